@@ -1,0 +1,2 @@
+//! Policy engine: placeholder until the engine lands.
+pub mod spec;
