@@ -22,7 +22,10 @@ pub struct DurationError {
 impl HumanDuration {
     /// Parse `<number><unit>` groups, units `s`, `m`, `h`, `d`. At most 100 years.
     pub fn parse(s: &str) -> Result<Self, DurationError> {
-        let err = |why| DurationError { input: s.chars().take(40).collect(), why };
+        let err = |why| DurationError {
+            input: s.chars().take(40).collect(),
+            why,
+        };
         if s.is_empty() {
             return Err(err("empty"));
         }
@@ -30,7 +33,10 @@ impl HumanDuration {
         let mut num: Option<u64> = None;
         for c in s.chars() {
             if let Some(d) = c.to_digit(10) {
-                let n = num.unwrap_or(0).checked_mul(10).and_then(|n| n.checked_add(u64::from(d)));
+                let n = num
+                    .unwrap_or(0)
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(d)));
                 num = Some(n.ok_or_else(|| err("too large"))?);
                 continue;
             }
@@ -41,8 +47,13 @@ impl HumanDuration {
                 'd' => 86_400,
                 _ => return Err(err("unknown unit; use s, m, h or d")),
             };
-            let n = num.take().ok_or_else(|| err("a unit needs a number before it"))?;
-            total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(|| err("too large"))?;
+            let n = num
+                .take()
+                .ok_or_else(|| err("a unit needs a number before it"))?;
+            total = n
+                .checked_mul(unit)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(|| err("too large"))?;
         }
         if num.is_some() {
             return Err(err("a number needs a unit after it"));
@@ -107,7 +118,13 @@ mod tests {
 
     #[test]
     fn parses_and_formats() {
-        for (s, secs) in [("90s", 90), ("15m", 900), ("1h30m", 5400), ("7d", 604_800), ("0s", 0)] {
+        for (s, secs) in [
+            ("90s", 90),
+            ("15m", 900),
+            ("1h30m", 5400),
+            ("7d", 604_800),
+            ("0s", 0),
+        ] {
             let d = HumanDuration::parse(s).unwrap();
             assert_eq!(d.get().as_secs(), secs, "{s}");
         }
@@ -117,7 +134,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for s in ["", "15", "m", "1x", "-1s", "1.5h", "99999999999999999999s", "40000d", "1 h"] {
+        for s in [
+            "",
+            "15",
+            "m",
+            "1x",
+            "-1s",
+            "1.5h",
+            "99999999999999999999s",
+            "40000d",
+            "1 h",
+        ] {
             assert!(HumanDuration::parse(s).is_err(), "{s}");
         }
     }

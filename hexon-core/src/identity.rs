@@ -78,7 +78,11 @@ impl AuthMethod {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok { Ok(AuthMethod(Arc::from(name))) } else { Err(InvalidAuthMethod(name.chars().take(40).collect())) }
+        if ok {
+            Ok(AuthMethod(Arc::from(name)))
+        } else {
+            Err(InvalidAuthMethod(name.chars().take(40).collect()))
+        }
     }
 
     /// The name.
@@ -179,7 +183,12 @@ pub struct IdentityData {
 impl TryFrom<IdentityData> for Identity {
     type Error = IdentityError;
     fn try_from(d: IdentityData) -> Result<Self, IdentityError> {
-        IdentityBuilder { groups: d.groups.to_vec(), auth: d.auth.to_vec(), data: d }.build()
+        IdentityBuilder {
+            groups: d.groups.to_vec(),
+            auth: d.auth.to_vec(),
+            data: d,
+        }
+        .build()
     }
 }
 
@@ -250,7 +259,12 @@ impl Identity {
     }
     /// When `method` was last used in this session, if it was.
     pub fn last_auth(&self, method: &str) -> Option<UnixTime> {
-        self.0.auth.iter().filter(|e| e.method.as_str() == method).map(|e| e.at).max()
+        self.0
+            .auth
+            .iter()
+            .filter(|e| e.method.as_str() == method)
+            .map(|e| e.at)
+            .max()
     }
     /// Session handle.
     pub fn session(&self) -> Option<&str> {
@@ -262,7 +276,9 @@ impl Identity {
     }
     /// Domain part of the email address (after the last `@`), lower-cased comparison is up to the caller.
     pub fn email_domain(&self) -> Option<&str> {
-        self.email().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d)
+        self.email()
+            .and_then(|e| e.rsplit_once('@'))
+            .map(|(_, d)| d)
     }
     /// All fields.
     pub fn data(&self) -> &IdentityData {
@@ -338,7 +354,10 @@ impl IdentityBuilder {
     }
     /// Record an authentication method used at `at`.
     pub fn auth(mut self, method: &str, at: UnixTime) -> Result<Self, IdentityError> {
-        self.auth.push(AuthEvent { method: AuthMethod::new(method)?, at });
+        self.auth.push(AuthEvent {
+            method: AuthMethod::new(method)?,
+            at,
+        });
         Ok(self)
     }
     /// Record an already validated authentication event.
@@ -392,15 +411,28 @@ mod tests {
 
     #[test]
     fn groups_sorted_dedup_and_searchable() {
-        let id = Identity::builder("s", "u").groups(["b", "a", "b", "c"]).build().unwrap();
-        assert_eq!(id.groups().iter().map(|g| &**g).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let id = Identity::builder("s", "u")
+            .groups(["b", "a", "b", "c"])
+            .build()
+            .unwrap();
+        assert_eq!(
+            id.groups().iter().map(|g| &**g).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert!(id.in_group("a") && id.in_group("c") && !id.in_group("d"));
     }
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(Identity::builder("", "u").build(), Err(IdentityError::Empty("subject")));
-        assert!(Identity::builder("s", "u").auth("Web Authn", UnixTime::EPOCH).is_err());
+        assert_eq!(
+            Identity::builder("", "u").build(),
+            Err(IdentityError::Empty("subject"))
+        );
+        assert!(
+            Identity::builder("s", "u")
+                .auth("Web Authn", UnixTime::EPOCH)
+                .is_err()
+        );
         assert!(AuthMethod::new(&"a".repeat(33)).is_err());
         assert!(Identity::builder("s", "u").groups([""]).build().is_err());
     }
@@ -422,13 +454,22 @@ mod tests {
 
     #[test]
     fn serde_round_trip_normalizes() {
-        let id = Identity::builder("s", "u").groups(["z", "a"]).session("x").build().unwrap();
+        let id = Identity::builder("s", "u")
+            .groups(["z", "a"])
+            .session("x")
+            .build()
+            .unwrap();
         let json = serde_json::to_string(&id).unwrap();
         let back: Identity = serde_json::from_str(&json).unwrap();
         assert_eq!(id, back);
-        assert!(serde_json::from_str::<Identity>(r#"{"subject":"","username":"u","kind":"user"}"#).is_err());
-        let unsorted: Identity =
-            serde_json::from_str(r#"{"subject":"s","username":"u","kind":"user","groups":["b","a","a"]}"#).unwrap();
+        assert!(
+            serde_json::from_str::<Identity>(r#"{"subject":"","username":"u","kind":"user"}"#)
+                .is_err()
+        );
+        let unsorted: Identity = serde_json::from_str(
+            r#"{"subject":"s","username":"u","kind":"user","groups":["b","a","a"]}"#,
+        )
+        .unwrap();
         assert_eq!(unsorted.groups().len(), 2);
         assert!(unsorted.in_group("a"));
     }

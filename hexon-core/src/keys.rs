@@ -33,7 +33,11 @@ impl fmt::Debug for PublicKey {
         match self {
             PublicKey::Ed25519(k) => write!(f, "Ed25519({})", URL_SAFE_NO_PAD.encode(k.as_bytes())),
             PublicKey::P256(k) => {
-                write!(f, "P256({})", URL_SAFE_NO_PAD.encode(k.to_encoded_point(true).as_bytes()))
+                write!(
+                    f,
+                    "P256({})",
+                    URL_SAFE_NO_PAD.encode(k.to_encoded_point(true).as_bytes())
+                )
             }
         }
     }
@@ -71,7 +75,9 @@ impl PublicKey {
 
     /// Ed25519 public key from its 32 bytes.
     pub fn ed25519_from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed("Ed25519 public key must be 32 bytes"))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| KeyError::Malformed("Ed25519 public key must be 32 bytes"))?;
         ed25519_dalek::VerifyingKey::from_bytes(&arr)
             .map(PublicKey::Ed25519)
             .map_err(|_| KeyError::Malformed("not a valid Ed25519 point"))
@@ -83,18 +89,29 @@ impl PublicKey {
     /// Ed25519 uses strict verification (rejects small-order keys and
     /// non-canonical signatures); ECDSA rejects high-S malleated signatures is
     /// not required by JWS/RFC 9421, so both S forms are accepted there.
-    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+    pub fn verify(
+        &self,
+        alg: Algorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
         if alg != self.algorithm() {
-            return Err(SignatureError::AlgorithmMismatch { asked: alg, key: self.algorithm() });
+            return Err(SignatureError::AlgorithmMismatch {
+                asked: alg,
+                key: self.algorithm(),
+            });
         }
         match self {
             PublicKey::Ed25519(k) => {
-                let sig = ed25519_dalek::Signature::from_slice(signature).map_err(|_| SignatureError::Malformed)?;
-                k.verify_strict(message, &sig).map_err(|_| SignatureError::Invalid)
+                let sig = ed25519_dalek::Signature::from_slice(signature)
+                    .map_err(|_| SignatureError::Malformed)?;
+                k.verify_strict(message, &sig)
+                    .map_err(|_| SignatureError::Invalid)
             }
             PublicKey::P256(k) => {
                 use p256::ecdsa::signature::Verifier as _;
-                let sig = p256::ecdsa::Signature::from_slice(signature).map_err(|_| SignatureError::Malformed)?;
+                let sig = p256::ecdsa::Signature::from_slice(signature)
+                    .map_err(|_| SignatureError::Malformed)?;
                 k.verify(message, &sig).map_err(|_| SignatureError::Invalid)
             }
         }
@@ -142,19 +159,25 @@ impl PublicKey {
         }
         let b64 = |s: &Option<String>, what: &'static str| -> Result<Vec<u8>, KeyError> {
             let s = s.as_deref().ok_or(KeyError::Malformed(what))?;
-            URL_SAFE_NO_PAD.decode(s).map_err(|_| KeyError::Malformed(what))
+            URL_SAFE_NO_PAD
+                .decode(s)
+                .map_err(|_| KeyError::Malformed(what))
         };
         let key = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
-            ("OKP", Some("Ed25519")) => PublicKey::ed25519_from_bytes(&b64(&jwk.x, "OKP key needs base64url \"x\"")?)?,
+            ("OKP", Some("Ed25519")) => {
+                PublicKey::ed25519_from_bytes(&b64(&jwk.x, "OKP key needs base64url \"x\"")?)?
+            }
             ("EC", Some("P-256")) => {
                 let x = b64(&jwk.x, "EC key needs base64url \"x\"")?;
                 let y = b64(&jwk.y, "EC key needs base64url \"y\"")?;
                 let coord = |v: Vec<u8>| -> Result<p256::FieldBytes, KeyError> {
-                    let arr: [u8; 32] =
-                        v.try_into().map_err(|_| KeyError::Malformed("P-256 coordinates must be 32 bytes each"))?;
+                    let arr: [u8; 32] = v.try_into().map_err(|_| {
+                        KeyError::Malformed("P-256 coordinates must be 32 bytes each")
+                    })?;
                     Ok(p256::FieldBytes::from(arr))
                 };
-                let point = p256::EncodedPoint::from_affine_coordinates(&coord(x)?, &coord(y)?, false);
+                let point =
+                    p256::EncodedPoint::from_affine_coordinates(&coord(x)?, &coord(y)?, false);
                 PublicKey::P256(
                     p256::ecdsa::VerifyingKey::from_encoded_point(&point)
                         .map_err(|_| KeyError::Malformed("not a point on P-256"))?,
@@ -164,7 +187,10 @@ impl PublicKey {
         };
         if let Some(alg) = &jwk.alg {
             if Algorithm::from_jws_name(alg) != Some(key.algorithm()) {
-                return Err(KeyError::Unsupported(format!("alg {alg:?} for a {} key", key.algorithm())));
+                return Err(KeyError::Unsupported(format!(
+                    "alg {alg:?} for a {} key",
+                    key.algorithm()
+                )));
             }
         }
         Ok(key)
@@ -262,9 +288,15 @@ impl KeySet {
     }
 
     /// Add or replace a key.
-    pub fn insert(&mut self, kid: &str, key: PublicKey, valid_until: Option<UnixTime>) -> Result<(), KeyError> {
+    pub fn insert(
+        &mut self,
+        kid: &str,
+        key: PublicKey,
+        valid_until: Option<UnixTime>,
+    ) -> Result<(), KeyError> {
         validate_key_id(kid).map_err(|_| KeyError::InvalidKid(kid.chars().take(70).collect()))?;
-        self.keys.insert(kid.to_owned(), VerificationKey { key, valid_until });
+        self.keys
+            .insert(kid.to_owned(), VerificationKey { key, valid_until });
         Ok(())
     }
 
@@ -304,7 +336,8 @@ impl KeySet {
 
     /// Drop keys whose validity ended before `now`.
     pub fn prune(&mut self, now: UnixTime) {
-        self.keys.retain(|_, k| k.valid_until.is_none_or(|u| now <= u));
+        self.keys
+            .retain(|_, k| k.valid_until.is_none_or(|u| now <= u));
     }
 
     /// The keys valid at `now` as a JWK Set.
@@ -385,7 +418,11 @@ impl KeyRing {
         self.keys.prune(now);
         let old_kid = self.active.key_id().to_owned();
         let old_key = self.active.public_key();
-        self.keys.insert(&old_kid, old_key, Some(now.saturating_add(max_signature_lifetime)))?;
+        self.keys.insert(
+            &old_kid,
+            old_key,
+            Some(now.saturating_add(max_signature_lifetime)),
+        )?;
         self.keys.insert(next.key_id(), next.public_key(), None)?;
         self.active = next;
         Ok(())
@@ -419,21 +456,47 @@ mod tests {
     fn jwks_import_refuses_bad_sets() {
         let ed = Ed25519Signer::generate("k").unwrap();
         let mut jwk = ed.public_key().to_jwk("k");
-        let ok = Jwks { keys: vec![jwk.clone()] };
+        let ok = Jwks {
+            keys: vec![jwk.clone()],
+        };
         assert!(KeySet::from_jwks(&ok).is_ok());
-        let dup = Jwks { keys: vec![jwk.clone(), jwk.clone()] };
-        assert_eq!(KeySet::from_jwks(&dup), Err(KeyError::DuplicateKid("k".into())));
+        let dup = Jwks {
+            keys: vec![jwk.clone(), jwk.clone()],
+        };
+        assert_eq!(
+            KeySet::from_jwks(&dup),
+            Err(KeyError::DuplicateKid("k".into()))
+        );
         let with_d = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}]}"#;
-        assert_eq!(KeySet::from_jwks_json(with_d), Err(KeyError::PrivateMaterial));
+        assert_eq!(
+            KeySet::from_jwks_json(with_d),
+            Err(KeyError::PrivateMaterial)
+        );
         jwk.kid = None;
-        assert_eq!(KeySet::from_jwks(&Jwks { keys: vec![jwk.clone()] }), Err(KeyError::MissingKid));
+        assert_eq!(
+            KeySet::from_jwks(&Jwks {
+                keys: vec![jwk.clone()]
+            }),
+            Err(KeyError::MissingKid)
+        );
         jwk.kid = Some("k".into());
         jwk.alg = Some("ES256".into());
-        assert!(matches!(KeySet::from_jwks(&Jwks { keys: vec![jwk.clone()] }), Err(KeyError::Unsupported(_))));
+        assert!(matches!(
+            KeySet::from_jwks(&Jwks {
+                keys: vec![jwk.clone()]
+            }),
+            Err(KeyError::Unsupported(_))
+        ));
         jwk.alg = None;
         jwk.x = Some("AAAA".into());
-        assert!(matches!(KeySet::from_jwks(&Jwks { keys: vec![jwk] }), Err(KeyError::Malformed(_))));
-        assert!(matches!(KeySet::from_jwks_json("{"), Err(KeyError::Json(_))));
+        assert!(matches!(
+            KeySet::from_jwks(&Jwks { keys: vec![jwk] }),
+            Err(KeyError::Malformed(_))
+        ));
+        assert!(matches!(
+            KeySet::from_jwks_json("{"),
+            Err(KeyError::Json(_))
+        ));
         assert!(matches!(
             KeySet::from_jwks_json(r#"{"keys":[{"kty":"RSA","kid":"r","n":"x","e":"AQAB"}]}"#),
             Err(KeyError::Unsupported(_))
@@ -457,10 +520,19 @@ mod tests {
         let k2: Arc<dyn Signer> = Arc::new(Ed25519Signer::generate("k2").unwrap());
         let mut ring = KeyRing::new(k1.clone()).unwrap();
         let t0 = UnixTime::from_secs(1000);
-        ring.rotate(k2.clone(), t0, Duration::from_secs(300)).unwrap();
+        ring.rotate(k2.clone(), t0, Duration::from_secs(300))
+            .unwrap();
         assert_eq!(ring.active().key_id(), "k2");
-        assert!(ring.key_set().get("k1", UnixTime::from_secs(1300)).is_some());
-        assert!(ring.key_set().get("k1", UnixTime::from_secs(1301)).is_none());
+        assert!(
+            ring.key_set()
+                .get("k1", UnixTime::from_secs(1300))
+                .is_some()
+        );
+        assert!(
+            ring.key_set()
+                .get("k1", UnixTime::from_secs(1301))
+                .is_none()
+        );
         assert_eq!(ring.jwks(UnixTime::from_secs(1200)).keys.len(), 2);
         assert_eq!(ring.jwks(UnixTime::from_secs(1400)).keys.len(), 1);
         assert!(ring.rotate(k2, t0, Duration::from_secs(1)).is_err());
@@ -476,11 +548,25 @@ mod tests {
             pk.verify(Algorithm::EcdsaP256Sha256, b"m", &sig),
             Err(SignatureError::AlgorithmMismatch { .. })
         ));
-        assert_eq!(pk.verify(Algorithm::Ed25519, b"n", &sig), Err(SignatureError::Invalid));
-        assert_eq!(pk.verify(Algorithm::Ed25519, b"m", &sig[..10]), Err(SignatureError::Malformed));
+        assert_eq!(
+            pk.verify(Algorithm::Ed25519, b"n", &sig),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            pk.verify(Algorithm::Ed25519, b"m", &sig[..10]),
+            Err(SignatureError::Malformed)
+        );
         let ec = P256Signer::generate("e").unwrap();
         let sig = ec.sign_sync(b"m");
-        assert_eq!(ec.public_key().verify(Algorithm::EcdsaP256Sha256, b"m", &sig), Ok(()));
-        assert_eq!(ec.public_key().verify(Algorithm::EcdsaP256Sha256, b"x", &sig), Err(SignatureError::Invalid));
+        assert_eq!(
+            ec.public_key()
+                .verify(Algorithm::EcdsaP256Sha256, b"m", &sig),
+            Ok(())
+        );
+        assert_eq!(
+            ec.public_key()
+                .verify(Algorithm::EcdsaP256Sha256, b"x", &sig),
+            Err(SignatureError::Invalid)
+        );
     }
 }

@@ -137,7 +137,9 @@ impl<S: Signer + ?Sized> Signer for Arc<S> {
 #[non_exhaustive]
 pub enum KeyLoadError {
     /// Not a PKCS#8 key of the expected algorithm.
-    #[error("not a PKCS#8 {expected} private key ({detail}); generate one with `openssl genpkey -algorithm {openssl}`")]
+    #[error(
+        "not a PKCS#8 {expected} private key ({detail}); generate one with `openssl genpkey -algorithm {openssl}`"
+    )]
     Pkcs8 {
         /// Expected algorithm.
         expected: Algorithm,
@@ -154,8 +156,14 @@ pub enum KeyLoadError {
 pub(crate) fn validate_key_id(kid: &str) -> Result<(), KeyLoadError> {
     let ok = !kid.is_empty()
         && kid.len() <= 64
-        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(KeyLoadError::KeyId(kid.chars().take(70).collect())) }
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyLoadError::KeyId(kid.chars().take(70).collect()))
+    }
 }
 
 /// A local Ed25519 private key.
@@ -168,24 +176,34 @@ impl Ed25519Signer {
     /// Generate a fresh key from the OS random source.
     pub fn generate(key_id: &str) -> Result<Self, KeyLoadError> {
         validate_key_id(key_id)?;
-        Ok(Ed25519Signer { kid: key_id.to_owned(), key: ed25519_dalek::SigningKey::generate(&mut OsRng) })
+        Ok(Ed25519Signer {
+            kid: key_id.to_owned(),
+            key: ed25519_dalek::SigningKey::generate(&mut OsRng),
+        })
     }
 
     /// From a 32-byte seed (RFC 8032 private key).
     pub fn from_seed(key_id: &str, seed: &[u8; 32]) -> Result<Self, KeyLoadError> {
         validate_key_id(key_id)?;
-        Ok(Ed25519Signer { kid: key_id.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(seed) })
+        Ok(Ed25519Signer {
+            kid: key_id.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(seed),
+        })
     }
 
     /// From a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), as `openssl genpkey -algorithm ed25519` writes.
     pub fn from_pkcs8_pem(key_id: &str, pem: &str) -> Result<Self, KeyLoadError> {
         validate_key_id(key_id)?;
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyLoadError::Pkcs8 {
-            expected: Algorithm::Ed25519,
-            openssl: "ed25519",
-            detail: e.to_string(),
-        })?;
-        Ok(Ed25519Signer { kid: key_id.to_owned(), key })
+        let key =
+            ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyLoadError::Pkcs8 {
+                expected: Algorithm::Ed25519,
+                openssl: "ed25519",
+                detail: e.to_string(),
+            })?;
+        Ok(Ed25519Signer {
+            kid: key_id.to_owned(),
+            key,
+        })
     }
 
     /// The key as PKCS#8 PEM, for storing. The string is zeroized on drop.
@@ -193,7 +211,11 @@ impl Ed25519Signer {
         self.key
             .to_pkcs8_pem(Default::default())
             .map(|s| Zeroizing::new(s.to_string()))
-            .map_err(|e| KeyLoadError::Pkcs8 { expected: Algorithm::Ed25519, openssl: "ed25519", detail: e.to_string() })
+            .map_err(|e| KeyLoadError::Pkcs8 {
+                expected: Algorithm::Ed25519,
+                openssl: "ed25519",
+                detail: e.to_string(),
+            })
     }
 
     /// Sign synchronously (local keys only; generic code uses [`Signer::sign`]).
@@ -205,7 +227,10 @@ impl Ed25519Signer {
 
 impl fmt::Debug for Ed25519Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ed25519Signer").field("kid", &self.kid).field("key", &"[redacted]").finish()
+        f.debug_struct("Ed25519Signer")
+            .field("kid", &self.kid)
+            .field("key", &"[redacted]")
+            .finish()
     }
 }
 
@@ -235,30 +260,38 @@ impl P256Signer {
     /// Generate a fresh key from the OS random source.
     pub fn generate(key_id: &str) -> Result<Self, KeyLoadError> {
         validate_key_id(key_id)?;
-        Ok(P256Signer { kid: key_id.to_owned(), key: p256::ecdsa::SigningKey::random(&mut OsRng) })
+        Ok(P256Signer {
+            kid: key_id.to_owned(),
+            key: p256::ecdsa::SigningKey::random(&mut OsRng),
+        })
     }
 
     /// From a PKCS#8 PEM, as `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes.
     pub fn from_pkcs8_pem(key_id: &str, pem: &str) -> Result<Self, KeyLoadError> {
         validate_key_id(key_id)?;
-        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyLoadError::Pkcs8 {
-            expected: Algorithm::EcdsaP256Sha256,
-            openssl: "EC -pkeyopt ec_paramgen_curve:P-256",
-            detail: e.to_string(),
-        })?;
-        Ok(P256Signer { kid: key_id.to_owned(), key })
+        let key =
+            p256::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyLoadError::Pkcs8 {
+                expected: Algorithm::EcdsaP256Sha256,
+                openssl: "EC -pkeyopt ec_paramgen_curve:P-256",
+                detail: e.to_string(),
+            })?;
+        Ok(P256Signer {
+            kid: key_id.to_owned(),
+            key,
+        })
     }
 
     /// The key as PKCS#8 PEM. The string is zeroized on drop.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyLoadError> {
         use p256::pkcs8::EncodePrivateKey as _;
-        self.key.to_pkcs8_pem(Default::default()).map(|s| Zeroizing::new(s.to_string())).map_err(|e| {
-            KeyLoadError::Pkcs8 {
+        self.key
+            .to_pkcs8_pem(Default::default())
+            .map(|s| Zeroizing::new(s.to_string()))
+            .map_err(|e| KeyLoadError::Pkcs8 {
                 expected: Algorithm::EcdsaP256Sha256,
                 openssl: "EC -pkeyopt ec_paramgen_curve:P-256",
                 detail: e.to_string(),
-            }
-        })
+            })
     }
 
     /// Sign synchronously; `r || s`.
@@ -271,7 +304,10 @@ impl P256Signer {
 
 impl fmt::Debug for P256Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("P256Signer").field("kid", &self.kid).field("key", &"[redacted]").finish()
+        f.debug_struct("P256Signer")
+            .field("kid", &self.kid)
+            .field("key", &"[redacted]")
+            .finish()
     }
 }
 

@@ -72,10 +72,22 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = UnixTime::from_secs(i64::MAX - 1);
-        assert_eq!(t.saturating_add(Duration::from_secs(10)).as_secs(), i64::MAX);
+        assert_eq!(
+            t.saturating_add(Duration::from_secs(10)).as_secs(),
+            i64::MAX
+        );
         let t = UnixTime::from_secs(i64::MIN + 1);
-        assert_eq!(t.saturating_sub(Duration::from_secs(10)).as_secs(), i64::MIN);
-        assert_eq!(UnixTime::from_secs(5).since(UnixTime::from_secs(10)), Duration::ZERO);
-        assert_eq!(UnixTime::from_secs(10).since(UnixTime::from_secs(4)), Duration::from_secs(6));
+        assert_eq!(
+            t.saturating_sub(Duration::from_secs(10)).as_secs(),
+            i64::MIN
+        );
+        assert_eq!(
+            UnixTime::from_secs(5).since(UnixTime::from_secs(10)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            UnixTime::from_secs(10).since(UnixTime::from_secs(4)),
+            Duration::from_secs(6)
+        );
     }
 }
