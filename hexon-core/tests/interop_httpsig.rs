@@ -225,3 +225,71 @@ fn hexon_verifies_what_python_signs() {
         }
     }
 }
+
+/// `examples/verify-python` (the documented non-Rust backend) accepts what
+/// Hexon signs, decodes the identity exactly, and refuses tampering.
+#[test]
+fn python_backend_example_reads_the_identity() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let key: Arc<dyn Signer> = Arc::new(Ed25519Signer::generate("gw-ex").unwrap());
+    let jwks = serde_json::to_string(&keyset(&*key).to_jwks(UnixTime::now())).unwrap();
+    let dir = std::env::temp_dir().join(format!("hexon-verify-python-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/verify-python/verify.py"
+    );
+    let check = |req: &Value| -> Value {
+        let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(&py)
+            .arg(script)
+            .arg(&jwks_path)
+            .arg("--check")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {py}: {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(req.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "run scripts/install-test-deps");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let mut p = request();
+    rt.block_on(HttpSigner::new(key).sign(
+        &identity(),
+        "reports",
+        Binding::REQUEST,
+        &mut p,
+        UnixTime::now(),
+    ))
+    .unwrap();
+    let out = check(&wire(&p));
+    assert_eq!(out["ok"], true, "{out}");
+    let who = &out["identity"];
+    assert_eq!(who["username"], "zoë, \"admin\"");
+    assert_eq!(who["subject"], "u-42");
+    assert_eq!(who["groups"], json!(["eng", "naïve", "on-call; pager"]));
+    assert_eq!(who["auth"]["webauthn"], 1_700_000_000);
+    assert_eq!(who["route"], "reports");
+
+    let mut forged = wire(&p);
+    forged["headers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(["hexon-admin", "yes"]));
+    assert_eq!(check(&forged)["ok"], false);
+    let mut moved = wire(&p);
+    moved["url"] = "http://app.example.com/admin".into();
+    assert_eq!(check(&moved)["ok"], false);
+    std::fs::remove_dir_all(&dir).ok();
+}
