@@ -206,9 +206,15 @@ impl Ed25519Signer {
         })
     }
 
-    /// The key as PKCS#8 PEM, for storing. The string is zeroized on drop.
+    /// The key as PKCS#8 v1 PEM (RFC 8410 `OneAsymmetricKey` without the
+    /// optional public key), the form OpenSSL and Python `cryptography`
+    /// read. The string is zeroized on drop.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyLoadError> {
-        self.key
+        let bytes = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        bytes
             .to_pkcs8_pem(Default::default())
             .map(|s| Zeroizing::new(s.to_string()))
             .map_err(|e| KeyLoadError::Pkcs8 {
@@ -324,5 +330,49 @@ impl Signer for P256Signer {
     fn sign<'a>(&'a self, message: &'a [u8]) -> SignFuture<'a> {
         let sig = self.sign_sync(message).to_vec();
         Box::pin(std::future::ready(Ok(sig)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn pkcs8_round_trip_and_v1_form() {
+        let ed = Ed25519Signer::from_seed("k", &[4; 32]).unwrap();
+        let pem = ed.to_pkcs8_pem().unwrap();
+        let back = Ed25519Signer::from_pkcs8_pem("k", &pem).unwrap();
+        assert_eq!(back.public_key(), ed.public_key());
+        // v1 OneAsymmetricKey for Ed25519 is exactly 48 DER bytes (no public key field).
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        assert_eq!(der.len(), 48);
+
+        let ec = P256Signer::generate("e").unwrap();
+        let back = P256Signer::from_pkcs8_pem("e", &ec.to_pkcs8_pem().unwrap()).unwrap();
+        assert_eq!(back.public_key(), ec.public_key());
+    }
+
+    #[test]
+    fn refuses_bad_keys_and_ids() {
+        assert!(matches!(
+            Ed25519Signer::from_pkcs8_pem("k", "not a pem"),
+            Err(KeyLoadError::Pkcs8 { .. })
+        ));
+        let ec_pem = P256Signer::generate("e").unwrap().to_pkcs8_pem().unwrap();
+        assert!(Ed25519Signer::from_pkcs8_pem("k", &ec_pem).is_err());
+        for bad in ["", "has space", "quote\"", &"x".repeat(65)] {
+            assert!(matches!(
+                Ed25519Signer::generate(bad),
+                Err(KeyLoadError::KeyId(_))
+            ));
+        }
+        assert_eq!(
+            format!("{:?}", Ed25519Signer::from_seed("k", &[1; 32]).unwrap()),
+            "Ed25519Signer { kid: \"k\", key: \"[redacted]\" }"
+        );
     }
 }
