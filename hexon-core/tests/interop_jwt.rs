@@ -188,34 +188,11 @@ async fn pyjwt_verifies_our_es256_tokens() {
     check_pyjwt_verifies(Arc::new(P256Signer::generate("ec-1").unwrap())).await;
 }
 
-/// A fresh Ed25519 key and its PKCS#8 v1 PEM (RFC 8410 §7, what
-/// `openssl genpkey -algorithm ed25519` writes).
-///
-/// Not `Ed25519Signer::to_pkcs8_pem`: that writes the RFC 5958 v2 form (with
-/// the public key), which Python `cryptography` (48) and OpenSSL 3.0 refuse
-/// to load ("ASN.1 parsing error: extra data").
+/// A fresh Ed25519 key and its PKCS#8 PEM as Hexon exports it. Python
+/// `cryptography` loading it is part of what this test proves.
 fn ed25519_with_pem(kid: &str) -> (Ed25519Signer, String) {
-    use base64::engine::general_purpose::STANDARD;
-    use rand_core::{OsRng, RngCore as _};
-    let mut seed = [0u8; 32];
-    OsRng.fill_bytes(&mut seed);
-    let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
-    der.extend_from_slice(&seed);
-    let pem = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        STANDARD.encode(&der)
-    );
-    let signer = Ed25519Signer::from_seed(kid, &seed).unwrap();
-    // The PEM really is this key: our own loader agrees.
-    assert_eq!(
-        Ed25519Signer::from_pkcs8_pem(kid, &pem)
-            .unwrap()
-            .public_key(),
-        signer.public_key()
-    );
+    let signer = Ed25519Signer::generate(kid).unwrap();
+    let pem = signer.to_pkcs8_pem().unwrap().to_string();
     (signer, pem)
 }
 
