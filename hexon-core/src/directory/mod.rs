@@ -481,6 +481,12 @@ fn validate_config(config: &DirectoryConfig) -> Result<(), DirectoryError> {
             "max_name_len is 0: no name would be accepted; use at least 1 (default 256)".into(),
         ));
     }
+    if config.sources.len() > 64 {
+        return Err(invalid_config(format!(
+            "{} sources configured: at most 64 are supported",
+            config.sources.len()
+        )));
+    }
     let mut ids = HashSet::new();
     let mut priorities = HashMap::new();
     for s in &config.sources {
@@ -604,7 +610,8 @@ struct UserAcc {
     email: Option<Sourced<Arc<str>>>,
     display_name: Option<Sourced<Arc<str>>>,
     disabled: Option<Sourced<bool>>,
-    sources: Vec<SourceId>,
+    /// Bit `i` set: `ordered[i]` delivers a record of the user.
+    sources: u64,
 }
 
 fn fill<T: Clone>(slot: &mut Option<Sourced<T>>, value: Option<&T>, source: &SourceId) {
@@ -647,14 +654,14 @@ fn build_view(
 
     // Users: per attribute, the first (highest-priority) source with a value.
     let mut accs: HashMap<Arc<str>, UserAcc> = HashMap::new();
-    for (sc, snap) in &ordered {
+    for (bit, (sc, snap)) in ordered.iter().enumerate() {
         for r in &snap.users {
             let a = accs.entry(r.subject.clone()).or_default();
             fill(&mut a.username, r.username.as_ref(), &sc.id);
             fill(&mut a.email, r.email.as_ref(), &sc.id);
             fill(&mut a.display_name, r.display_name.as_ref(), &sc.id);
             fill(&mut a.disabled, r.disabled.as_ref(), &sc.id);
-            a.sources.push(sc.id.clone());
+            a.sources |= 1u64 << bit;
         }
     }
     let mut accs: Vec<(Arc<str>, UserAcc)> = accs.into_iter().collect();
@@ -687,8 +694,8 @@ fn build_view(
         .map(|(i, n)| (n.clone(), i))
         .collect();
 
-    // User memberships.
-    let mut direct: Vec<Vec<u32>> = vec![Vec::new(); accs.len()];
+    // User memberships, as (user, group) pairs.
+    let mut direct: Vec<(u32, u32)> = Vec::new();
     let mut decided: Vec<bool> = vec![false; accs.len()];
     let override_mode = config.membership_mode == MembershipMode::Override;
     for (sc, snap) in &ordered {
@@ -710,9 +717,7 @@ fn build_view(
             if override_mode && decided.get(u as usize).copied().unwrap_or(false) {
                 continue;
             }
-            if let Some(d) = direct.get_mut(u as usize) {
-                d.push(gid);
-            }
+            direct.push((u, gid));
             knows.push(u);
         }
         if override_mode && sc.memberships {
@@ -772,9 +777,20 @@ fn build_view(
     let mut acc: Vec<u32> = Vec::new();
     let mut users: Vec<User> = Vec::with_capacity(accs.len());
     let mut by_username: HashMap<Arc<str>, u32> = HashMap::with_capacity(accs.len());
-    for ((i, (subject, a)), mut d) in (0u32..).zip(accs).zip(direct) {
-        d.sort_unstable();
-        d.dedup();
+    let mut source_lists: HashMap<u64, Arc<[SourceId]>> = HashMap::new();
+    direct.sort_unstable();
+    direct.dedup();
+    let mut edges = direct.iter().peekable();
+    let mut d: Vec<u32> = Vec::new();
+    for (i, (subject, a)) in (0u32..).zip(accs) {
+        d.clear();
+        while let Some(&&(u, g)) = edges.peek() {
+            if u != i {
+                break;
+            }
+            d.push(g);
+            edges.next();
+        }
         for &g in &d {
             if let Some(v) = direct_users.get_mut(g as usize) {
                 v.push(i);
@@ -798,7 +814,7 @@ fn build_view(
                     });
                 }
                 let entry = (names_of(&d), names_of(&acc));
-                cache.insert(d.into_boxed_slice(), entry.clone());
+                cache.insert(d.as_slice().into(), entry.clone());
                 entry
             }
         };
@@ -821,7 +837,15 @@ fn build_view(
             email: a.email,
             display_name: a.display_name,
             disabled: a.disabled,
-            sources: a.sources.into_boxed_slice(),
+            sources: source_lists
+                .entry(a.sources)
+                .or_insert_with(|| {
+                    (0..ordered.len())
+                        .filter(|b| a.sources & (1u64 << b) != 0)
+                        .filter_map(|b| ordered.get(b).map(|(sc, _)| sc.id.clone()))
+                        .collect()
+                })
+                .clone(),
             direct_groups,
             groups: eff,
         });

@@ -454,7 +454,7 @@ pub struct User {
     pub(crate) email: Option<Sourced<Arc<str>>>,
     pub(crate) display_name: Option<Sourced<Arc<str>>>,
     pub(crate) disabled: Option<Sourced<bool>>,
-    pub(crate) sources: Box<[SourceId]>,
+    pub(crate) sources: Arc<[SourceId]>,
     pub(crate) direct_groups: Arc<[Arc<str>]>,
     pub(crate) groups: Arc<[Arc<str>]>,
 }
