@@ -1,1 +1,725 @@
-//! placeholder: filled in by its owner.
+//! `hexon.toml`: the configuration model, `${VAR}` substitution, validation
+//! with precise locations, and the effective-values dump.
+//!
+//! ```
+//! use hexon_core::config::Config;
+//!
+//! let text = r#"
+//!     [signing]
+//!     key_id = "${KEY_ID:-gw-1}"
+//!
+//!     [[listener]]
+//!     bind = "127.0.0.1:${PORT}"
+//!
+//!     [[group]]
+//!     name = "eng"
+//!     users = ["alice"]
+//!
+//!     [[route]]
+//!     name = "app"
+//!     host = "app.example.com"
+//!     upstream = ["http://127.0.0.1:9000"]
+//!     [[route.allow]]
+//!     groups = ["eng"]
+//! "#;
+//! let env = |name: &str| (name == "PORT").then(|| "8443".to_owned());
+//! let config = Config::parse(text, &env)?;
+//! assert_eq!(config.listeners[0].bind, "127.0.0.1:8443");
+//! assert_eq!(config.signing.key_id, "gw-1");
+//!
+//! // Every problem, each with its place:
+//! let err = Config::parse(r#"
+//!     [[route]]
+//!     name = "app"
+//!     [[route.allow]]
+//!     groups = ["eng"]
+//!     [[group]]
+//!     name = "ops"
+//! "#, &env).unwrap_err();
+//! assert_eq!(err.to_string(), r#"route[0].allow[0].groups[0]: unknown group "eng""#);
+//! # Ok::<(), hexon_core::config::ConfigErrors>(())
+//! ```
+//!
+//! Substitution happens inside string values only (after TOML parsing), so a
+//! variable's value can never change the structure of the file: `${NAME}` is
+//! the variable (an error naming it if unset), `${NAME:-default}` falls back
+//! to `default` when unset or empty, `$$` is a literal `$`.
+//!
+//! Every field is documented in `docs/CONFIG.md`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+use crate::httpsig::Binding;
+use crate::policy::spec::RouteSpec;
+use crate::policy::{CompileOptions, PolicyEngine};
+use crate::signer::Algorithm;
+
+/// The whole configuration file, validated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[gateway]`: process-wide settings.
+    pub gateway: GatewayConfig,
+    /// `[signing]`: the key identity headers and JWTs are signed with.
+    pub signing: SigningConfig,
+    /// `[[listener]]`: where the gateway accepts connections.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// `[[group]]`: local groups (more come from directory sync).
+    #[serde(rename = "group")]
+    pub groups: Vec<GroupConfig>,
+    /// `[[route]]`: routes, their policy and upstreams.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[gateway]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Development mode: self-signed TLS when no certificate is configured,
+    /// verbose errors in logs. Never in production.
+    pub dev: bool,
+    /// Where the embedded state (keys, SQLite) lives.
+    pub data_dir: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            dev: false,
+            data_dir: "./hexon-data".into(),
+        }
+    }
+}
+
+/// `[signing]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct SigningConfig {
+    /// PKCS#8 PEM private key file. Unset: a key is generated in `data_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// Key id published in the JWKS and put in every signature.
+    pub key_id: String,
+    /// `ed25519` (default) or `ecdsa-p256-sha256`.
+    pub algorithm: Algorithm,
+    /// Signature lifetime (`expires - created`).
+    pub lifetime: HumanDuration,
+    /// Largest identity header the gateway will send.
+    pub max_header_bytes: usize,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            key_file: None,
+            key_id: "hexon-1".into(),
+            algorithm: Algorithm::Ed25519,
+            lifetime: HumanDuration(std::time::Duration::from_secs(120)),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `[[listener]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// Name for logs and metrics.
+    #[serde(default = "default_listener_name")]
+    pub name: String,
+    /// `address:port` to bind, e.g. `0.0.0.0:8443` or `[::]:443`.
+    pub bind: String,
+    /// TLS; without it the listener speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Expect a PROXY protocol (v1/v2) header from a load balancer.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+fn default_listener_name() -> String {
+    "http".into()
+}
+
+/// `[listener.tls]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+    /// PEM CA bundle: when set, clients must present a certificate it issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}
+
+/// `[[group]]`: a local group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GroupConfig {
+    /// Group name, as rules refer to it.
+    pub name: String,
+    /// Usernames that are direct members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// Groups that are members of this group (nesting: their members are members here too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// How a route passes the caller's identity to its upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum IdentityMode {
+    /// RFC 9421 signed `Hexon-*` headers (default).
+    #[default]
+    Headers,
+    /// `Authorization: Bearer <JWT>`.
+    Jwt,
+    /// Nothing (public assets, health checks).
+    None,
+}
+
+/// `[[route]]`: a [`RouteSpec`] (match + policy) plus where and how to forward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// Match and policy.
+    #[serde(flatten)]
+    pub spec: RouteSpec,
+    /// Upstream base URLs (`http://` or `https://`), balanced round-robin.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstream: Vec<String>,
+    /// How the identity reaches the upstream.
+    pub identity: IdentityMode,
+    /// Signed-header binding (`bind_request`, `bind_body`).
+    #[serde(flatten)]
+    pub binding: RouteBinding,
+}
+
+/// Per-route signature binding, in config form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct RouteBinding {
+    /// Bind signatures to method, path, query and a nonce.
+    pub bind_request: bool,
+    /// Also bind the body through `Content-Digest`.
+    pub bind_body: bool,
+}
+
+impl RouteBinding {
+    /// As the signer's [`Binding`].
+    pub fn to_binding(self) -> Binding {
+        Binding {
+            request: self.bind_request || self.bind_body,
+            content_digest: self.bind_body,
+        }
+    }
+}
+
+/// Keys of `[[route]]` that belong to forwarding, not to the [`RouteSpec`].
+const ROUTE_FORWARD_KEYS: [&str; 4] = ["upstream", "identity", "bind_request", "bind_body"];
+const SECTIONS: [&str; 5] = ["gateway", "signing", "listener", "group", "route"];
+
+/// One configuration problem and where it is (`route[3].allow[0].groups[1]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// Dotted path into the file; empty for the file as a whole.
+    pub location: String,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.location, self.message)
+        }
+    }
+}
+
+/// Every problem found (never just the first), one per line when displayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            fmt::Display::fmt(e, f)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, location: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            location: location.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Largest configuration file accepted.
+const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+impl Config {
+    /// Read and validate a file, substituting from the process environment.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                location: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse and validate TOML text; `env` resolves `${VAR}`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut errs = Errors(Vec::new());
+        if text.len() > MAX_CONFIG_BYTES {
+            errs.push("", format!("file is larger than {MAX_CONFIG_BYTES} bytes"));
+            return Err(ConfigErrors(errs.0));
+        }
+        let mut doc: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                errs.push("", format!("not valid TOML: {}", e.message().trim()));
+                if let Some(span) = e.span() {
+                    let line = text
+                        .get(..span.start)
+                        .map_or(0, |t| t.matches('\n').count())
+                        + 1;
+                    if let Some(first) = errs.0.first_mut() {
+                        first.message = format!("line {line}: {}", first.message);
+                    }
+                }
+                return Err(ConfigErrors(errs.0));
+            }
+        };
+        for (k, v) in doc.iter_mut() {
+            substitute_value(v, k, env, &mut errs);
+        }
+        // A value that could not be substituted would only produce follow-up
+        // errors about the unsubstituted text: report the variables first.
+        if !errs.0.is_empty() {
+            return Err(ConfigErrors(errs.0));
+        }
+
+        let mut config = Config::default();
+        for (key, value) in doc {
+            match key.as_str() {
+                "gateway" => {
+                    if let Some(v) = section(value, &key, &mut errs) {
+                        config.gateway = v;
+                    }
+                }
+                "signing" => {
+                    if let Some(v) = section(value, &key, &mut errs) {
+                        config.signing = v;
+                    }
+                }
+                "listener" => config.listeners = array(value, "listener", &mut errs, section),
+                "group" => config.groups = array(value, "group", &mut errs, section),
+                "route" => config.routes = array(value, "route", &mut errs, route),
+                other => errs.push(
+                    other,
+                    format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+                ),
+            }
+        }
+        config.validate(&mut errs);
+        if errs.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errs.0))
+        }
+    }
+
+    fn validate(&self, errs: &mut Errors) {
+        if self.signing.key_id.is_empty()
+            || self.signing.key_id.len() > 64
+            || !self
+                .signing
+                .key_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            errs.push(
+                "signing.key_id",
+                format!(
+                    "invalid key id {:?}: use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'",
+                    self.signing.key_id
+                ),
+            );
+        }
+        let lifetime = self.signing.lifetime.get().as_secs();
+        if !(1..=3600).contains(&lifetime) {
+            errs.push("signing.lifetime", "must be between 1s and 1h");
+        }
+        if self.signing.max_header_bytes < 256 {
+            errs.push("signing.max_header_bytes", "must be at least 256");
+        }
+        if self.gateway.data_dir.is_empty() {
+            errs.push("gateway.data_dir", "must not be empty");
+        }
+
+        let mut names = BTreeSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.bind.parse::<SocketAddr>().is_err() {
+                errs.push(
+                    format!("listener[{i}].bind"),
+                    format!(
+                        "{:?} is not an address:port (e.g. \"0.0.0.0:8443\", \"[::]:443\")",
+                        l.bind
+                    ),
+                );
+            }
+            if !names.insert(l.name.as_str()) {
+                errs.push(
+                    format!("listener[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name),
+                );
+            }
+            if let Some(tls) = &l.tls {
+                for (field, v) in [("cert", &tls.cert), ("key", &tls.key)] {
+                    if v.is_empty() {
+                        errs.push(format!("listener[{i}].tls.{field}"), "must name a PEM file");
+                    }
+                }
+            }
+        }
+
+        let groups: BTreeSet<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            if g.name.is_empty() {
+                errs.push(format!("group[{i}].name"), "must not be empty");
+            }
+            if !seen.insert(g.name.as_str()) {
+                errs.push(
+                    format!("group[{i}].name"),
+                    format!("duplicate group {:?}", g.name),
+                );
+            }
+            for (j, member) in g.groups.iter().enumerate() {
+                if !groups.contains(member.as_str()) {
+                    errs.push(
+                        format!("group[{i}].groups[{j}]"),
+                        format!("unknown group {member:?}"),
+                    );
+                }
+            }
+        }
+
+        for (i, r) in self.routes.iter().enumerate() {
+            for (j, u) in r.upstream.iter().enumerate() {
+                if let Err(why) = check_upstream(u) {
+                    errs.push(format!("route[{i}].upstream[{j}]"), why);
+                }
+            }
+            if r.identity == IdentityMode::None && (r.binding.bind_request || r.binding.bind_body) {
+                errs.push(
+                    format!("route[{i}].identity"),
+                    "bind_request/bind_body need identity = \"headers\"",
+                );
+            }
+        }
+
+        // The policy compiler validates routes and rules with the same
+        // locations (`route[i]...`). Group names are checked when the file
+        // defines groups; with none, groups come from directory sync at runtime.
+        let specs: Vec<RouteSpec> = self.routes.iter().map(|r| r.spec.clone()).collect();
+        let exists = |g: &str| groups.contains(g);
+        let opts = if self.groups.is_empty() {
+            CompileOptions::new()
+        } else {
+            CompileOptions::new().group_exists(&exists)
+        };
+        if let Err(e) = PolicyEngine::compile(&specs, &opts) {
+            for ce in e.errors() {
+                errs.push(ce.location(), ce.kind().to_string());
+            }
+        }
+    }
+
+    /// Compile the routes into the policy engine (already validated by `parse`).
+    pub fn policy(&self) -> Result<PolicyEngine, ConfigErrors> {
+        let specs: Vec<RouteSpec> = self.routes.iter().map(|r| r.spec.clone()).collect();
+        PolicyEngine::compile(&specs, &CompileOptions::new()).map_err(|e| {
+            ConfigErrors(
+                e.errors()
+                    .iter()
+                    .map(|ce| ConfigError {
+                        location: ce.location().to_owned(),
+                        message: ce.kind().to_string(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// The whole effective configuration (defaults filled in) as TOML.
+    pub fn effective_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Every value that differs from its default, as `path = value` lines
+    /// (what `hexon check` prints). Values of keys that look secret are redacted.
+    pub fn non_default_values(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let (Ok(toml::Value::Table(me)), Ok(toml::Value::Table(def))) = (
+            toml::Value::try_from(self),
+            toml::Value::try_from(Config::default()),
+        ) else {
+            return out;
+        };
+        diff_table("", &me, &def, &mut out);
+        out
+    }
+}
+
+fn diff_table(prefix: &str, me: &toml::Table, def: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in me {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (v, def.get(k)) {
+            (toml::Value::Table(t), Some(toml::Value::Table(d))) => diff_table(&path, t, d, out),
+            (toml::Value::Table(t), None) => diff_table(&path, t, &toml::Table::new(), out),
+            (toml::Value::Array(items), _) if items.iter().all(toml::Value::is_table) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        diff_table(&format!("{path}[{i}]"), t, &toml::Table::new(), out);
+                    }
+                }
+            }
+            (v, d) if Some(v) != d => {
+                let shown = if is_secret_key(k) {
+                    "\"[redacted]\"".to_owned()
+                } else {
+                    v.to_string()
+                };
+                out.push(format!("{path} = {shown}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    ["secret", "password", "token", "private"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+fn check_upstream(u: &str) -> Result<(), String> {
+    let uri: http::Uri = u.parse().map_err(|_| format!("{u:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{u:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{u:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{u:?} must not have a query"));
+    }
+    Ok(())
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+    location: &str,
+    errs: &mut Errors,
+) -> Option<T> {
+    if !value.is_table() {
+        errs.push(location, "must be a table");
+        return None;
+    }
+    match value.try_into() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let e: toml::de::Error = e;
+            errs.push(location, e.message().trim().to_owned());
+            None
+        }
+    }
+}
+
+fn array<T>(
+    value: toml::Value,
+    name: &str,
+    errs: &mut Errors,
+    item: fn(toml::Value, &str, &mut Errors) -> Option<T>,
+) -> Vec<T> {
+    let toml::Value::Array(items) = value else {
+        errs.push(
+            name,
+            format!("must be an array of tables: write [[{name}]]"),
+        );
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| item(v, &format!("{name}[{i}]"), errs))
+        .collect()
+}
+
+fn route(value: toml::Value, location: &str, errs: &mut Errors) -> Option<RouteConfig> {
+    let toml::Value::Table(mut table) = value else {
+        errs.push(location, "must be a table");
+        return None;
+    };
+    let mut forward = toml::Table::new();
+    for k in ROUTE_FORWARD_KEYS {
+        if let Some(v) = table.remove(k) {
+            forward.insert(k.to_owned(), v);
+        }
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Forward {
+        #[serde(default)]
+        upstream: Vec<String>,
+        #[serde(default)]
+        identity: IdentityMode,
+        #[serde(default)]
+        bind_request: bool,
+        #[serde(default)]
+        bind_body: bool,
+    }
+    let forward: Option<Forward> = section(toml::Value::Table(forward), location, errs);
+    let spec: Option<RouteSpec> = match toml::Value::Table(table).try_into() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let e: toml::de::Error = e;
+            let mut msg = e.message().trim().to_owned();
+            if msg.starts_with("unknown field") {
+                msg.push_str(&format!(", {}", ROUTE_FORWARD_KEYS.join(", ")));
+            }
+            errs.push(location, msg);
+            None
+        }
+    };
+    let (spec, f) = (spec?, forward?);
+    Some(RouteConfig {
+        spec,
+        upstream: f.upstream,
+        identity: f.identity,
+        binding: RouteBinding {
+            bind_request: f.bind_request,
+            bind_body: f.bind_body,
+        },
+    })
+}
+
+/// Substitute `${VAR}` in every string of `v` (recursively).
+fn substitute_value(
+    v: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) {
+    match v {
+        toml::Value::String(s) => match substitute(s, env) {
+            Ok(new) => *s = new,
+            Err(msg) => errs.push(path, msg),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute_value(item, &format!("{path}[{i}]"), env, errs);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                substitute_value(item, &format!("{path}.{k}"), env, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `${NAME}`, `${NAME:-default}`, `$$`. Exposed for tools that want the same rules.
+pub fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_owned());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        let (before, after) = rest.split_at(pos);
+        out.push_str(before);
+        let after = after.get(1..).unwrap_or("");
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let end = r.find('}').ok_or_else(|| {
+                "unterminated ${...}: close it with '}' or write $$ for a literal $".to_owned()
+            })?;
+            let (expr, r) = r.split_at(end);
+            rest = r.get(1..).unwrap_or("");
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            let valid = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(format!(
+                    "invalid variable name {name:?} in ${{...}}: use letters, digits and '_'"
+                ));
+            }
+            match (env(name), default) {
+                (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name:?} is not set (set it, or write ${{{name}:-default}})"
+                    ));
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}

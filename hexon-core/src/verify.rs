@@ -3,7 +3,7 @@
 //! [`VerifyIdentityLayer`] checks the RFC 9421 signature the gateway put on
 //! the request (see [`crate::httpsig`]) and rejects missing, expired,
 //! foreign-key or tampered requests with `401 Unauthorized`. A verified
-//! request carries the caller's [`Identity`] and the full
+//! request carries the caller's [`Identity`](crate::Identity) and the full
 //! [`VerifiedIdentity`](crate::httpsig::VerifiedIdentity) in its extensions. With the `axum` feature both are
 //! extractors.
 //!

@@ -1,0 +1,252 @@
+//! `hexon.toml`: parsing, `${VAR}` substitution, validation messages, dump.
+#![cfg(feature = "config")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use hexon_core::config::{Config, IdentityMode, substitute};
+use hexon_core::httpsig::Binding;
+use hexon_core::signer::Algorithm;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "PORT" => Some("8443".into()),
+        "EMPTY" => Some(String::new()),
+        "TRICKY" => Some("\"]\n[gateway]\ndev = true #".into()),
+        _ => None,
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    Config::parse(text, &env)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+const FULL: &str = r#"
+[gateway]
+dev = true
+
+[signing]
+key_file = "/etc/hexon/signing.pem"
+key_id = "gw-2026"
+algorithm = "ecdsa-p256-sha256"
+lifetime = "5m"
+
+[[listener]]
+name = "public"
+bind = "0.0.0.0:${PORT}"
+proxy_protocol = true
+[listener.tls]
+cert = "/etc/hexon/tls.crt"
+key = "/etc/hexon/tls.key"
+
+[[group]]
+name = "platform"
+users = ["bob"]
+
+[[group]]
+name = "eng"
+users = ["alice"]
+groups = ["platform"]
+
+[[route]]
+name = "grafana"
+host = "grafana.example.com"
+path = "/*"
+upstream = ["http://127.0.0.1:3000", "https://grafana-2.internal:3443"]
+bind_request = true
+[[route.allow]]
+groups = ["eng"]
+auth_methods = ["webauthn"]
+max_auth_age = "12h"
+[[route.deny]]
+source_ips = ["203.0.113.0/24"]
+
+[[route]]
+name = "api"
+host = "*.example.com"
+path = "/api/*"
+identity = "jwt"
+public_methods = ["OPTIONS"]
+[[route.allow]]
+authenticated = true
+"#;
+
+#[test]
+fn full_example_parses_with_defaults_filled() {
+    let c = Config::parse(FULL, &env).unwrap();
+    assert!(c.gateway.dev);
+    assert_eq!(c.gateway.data_dir, "./hexon-data");
+    assert_eq!(c.signing.algorithm, Algorithm::EcdsaP256Sha256);
+    assert_eq!(c.signing.lifetime.get().as_secs(), 300);
+    assert_eq!(c.listeners[0].bind, "0.0.0.0:8443");
+    assert!(c.listeners[0].proxy_protocol);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].upstream.len(), 2);
+    assert_eq!(c.routes[0].binding.to_binding(), Binding::REQUEST);
+    assert_eq!(c.routes[1].identity, IdentityMode::Jwt);
+    assert_eq!(c.groups[1].groups, ["platform"]);
+    let engine = c.policy().unwrap();
+    assert_eq!(engine.routes().len(), 2);
+}
+
+#[test]
+fn effective_dump_and_non_defaults() {
+    let c = Config::parse(FULL, &env).unwrap();
+    let effective = c.effective_toml();
+    assert!(
+        effective.contains("data_dir = \"./hexon-data\""),
+        "{effective}"
+    );
+    // The dump is itself a valid configuration that means the same.
+    let again = Config::parse(&effective, &env).unwrap();
+    assert_eq!(again, c);
+
+    let nd = c.non_default_values();
+    assert!(nd.contains(&"gateway.dev = true".to_owned()), "{nd:#?}");
+    assert!(
+        nd.contains(&"signing.key_id = \"gw-2026\"".to_owned()),
+        "{nd:#?}"
+    );
+    assert!(
+        nd.contains(&"route[1].identity = \"jwt\"".to_owned()),
+        "{nd:#?}"
+    );
+    assert!(
+        !nd.iter().any(|l| l.starts_with("gateway.data_dir")),
+        "{nd:#?}"
+    );
+
+    assert!(
+        Config::parse("", &env)
+            .unwrap()
+            .non_default_values()
+            .is_empty()
+    );
+}
+
+#[test]
+fn substitution_rules() {
+    assert_eq!(substitute("a${PORT}b", &env).unwrap(), "a8443b");
+    assert_eq!(substitute("${NOPE:-x:y}", &env).unwrap(), "x:y");
+    assert_eq!(substitute("${EMPTY:-d}", &env).unwrap(), "d");
+    assert_eq!(substitute("${EMPTY}", &env).unwrap(), "");
+    assert_eq!(substitute("$$ ${PORT} $ $x", &env).unwrap(), "$ 8443 $ $x");
+    assert_eq!(substitute("$${PORT}", &env).unwrap(), "${PORT}");
+    assert!(
+        substitute("${PORT", &env)
+            .unwrap_err()
+            .contains("unterminated")
+    );
+    assert!(
+        substitute("${1X}", &env)
+            .unwrap_err()
+            .contains("invalid variable name")
+    );
+    assert!(substitute("${}", &env).is_err());
+}
+
+#[test]
+fn unset_variable_is_named_with_its_location() {
+    let errs = errors("[[listener]]\nbind = \"0.0.0.0:${HEXON_PORT}\"\n");
+    assert_eq!(
+        errs,
+        [
+            r#"listener[0].bind: environment variable "HEXON_PORT" is not set (set it, or write ${HEXON_PORT:-default})"#
+        ]
+    );
+}
+
+#[test]
+fn variable_values_cannot_change_the_structure() {
+    let c = Config::parse("[signing]\nkey_file = \"${TRICKY}\"\n", &env).unwrap();
+    assert_eq!(
+        c.signing.key_file.as_deref(),
+        Some("\"]\n[gateway]\ndev = true #")
+    );
+    assert!(!c.gateway.dev);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_place() {
+    let errs = errors(
+        r#"
+[gatewy]
+dev = true
+
+[signing]
+key_id = "has space"
+lifetime = "2h"
+
+[[listener]]
+bind = "localhost"
+[[listener]]
+bind = "127.0.0.1:80"
+
+[[group]]
+name = "eng"
+groups = ["ghost"]
+
+[[route]]
+name = "a"
+upstream = ["ftp://x", "http://"]
+identity = "none"
+bind_body = true
+[[route.allow]]
+groups = ["eng", "ops"]
+
+[[route]]
+name = "b"
+alow = []
+"#,
+    );
+    let expected = [
+        "gatewy: unknown section; expected one of gateway, signing, listener, group, route",
+        "route[1]: unknown field `alow`",
+        r#"signing.key_id: invalid key id "has space": use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"#,
+        "signing.lifetime: must be between 1s and 1h",
+        r#"listener[0].bind: "localhost" is not an address:port (e.g. "0.0.0.0:8443", "[::]:443")"#,
+        r#"listener[1].name: duplicate listener name "http""#,
+        r#"group[0].groups[0]: unknown group "ghost""#,
+        r#"route[0].upstream[0]: "ftp://x" must start with http:// or https://"#,
+        r#"route[0].upstream[1]: "http://" is not a URL"#,
+        r#"route[0].identity: bind_request/bind_body need identity = "headers""#,
+        r#"route[0].allow[0].groups[1]: unknown group "ops""#,
+    ];
+    for e in expected {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+}
+
+#[test]
+fn type_errors_and_bad_toml() {
+    let e = errors("[signing]\nalgorithm = \"rsa\"\n");
+    assert!(e[0].starts_with("signing: unknown variant `rsa`"), "{e:?}");
+    let e = errors("[signing]\nlifetime = \"5x\"\n");
+    assert!(e[0].contains("invalid duration \"5x\""), "{e:?}");
+    let e = errors("[gateway]\ndev = true\n[[route]\nname = 1\n");
+    assert!(e[0].starts_with("line 3: not valid TOML"), "{e:?}");
+    let e = errors("route = 5\n");
+    assert_eq!(e, ["route: must be an array of tables: write [[route]]"]);
+    let e = errors("[[route]]\nname = \"a\"\npath = \"/a/../b\"\n");
+    assert!(e[0].starts_with("route[0].path:"), "{e:?}");
+    let e = errors(&"x".repeat(5 * 1024 * 1024));
+    assert!(e[0].contains("larger than"), "{e:?}");
+}
+
+#[test]
+fn load_reports_unreadable_files() {
+    let e = Config::load(std::path::Path::new("/nonexistent/hexon.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("cannot read /nonexistent/hexon.toml"),
+        "{e}"
+    );
+}
