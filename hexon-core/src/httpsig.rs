@@ -168,28 +168,33 @@ pub fn encode_value(value: &str) -> String {
 /// Decode an identity value strictly: only visible ASCII, `%XX` with
 /// upper-case hex, valid UTF-8, and canonical (re-encoding gives the input).
 pub fn decode_value(raw: &str) -> Result<String, HeaderDecodeError> {
-    if raw.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
-        return Err(HeaderDecodeError::RawByte);
-    }
     let mut out = Vec::with_capacity(raw.len());
     let mut bytes = raw.bytes();
     while let Some(b) = bytes.next() {
         if b == b'%' {
             let hi = bytes.next().and_then(upper_hex);
             let lo = bytes.next().and_then(upper_hex);
-            match (hi, lo) {
-                (Some(h), Some(l)) => out.push(h << 4 | l),
-                _ => return Err(HeaderDecodeError::BadEscape),
+            let (Some(h), Some(l)) = (hi, lo) else {
+                return Err(HeaderDecodeError::BadEscape);
+            };
+            let d = h << 4 | l;
+            // Canonical: only bytes that must be encoded may appear encoded.
+            if !must_encode(d) {
+                return Err(HeaderDecodeError::NotCanonical);
             }
+            out.push(d);
+        } else if must_encode(b) {
+            return Err(HeaderDecodeError::RawByte);
         } else {
             out.push(b);
         }
     }
-    let s = String::from_utf8(out).map_err(|_| HeaderDecodeError::NotUtf8)?;
-    if encode_value(&s) != raw {
-        return Err(HeaderDecodeError::NotCanonical);
-    }
-    Ok(s)
+    String::from_utf8(out).map_err(|_| HeaderDecodeError::NotUtf8)
+}
+
+/// The bytes [`ENCODE`] percent-encodes (percent-encoding also always encodes non-ASCII).
+fn must_encode(b: u8) -> bool {
+    !(0x21..=0x7e).contains(&b) || matches!(b, b'"' | b'%' | b',' | b';' | b'\\')
 }
 
 fn upper_hex(b: u8) -> Option<u8> {
@@ -204,7 +209,7 @@ fn upper_hex(b: u8) -> Option<u8> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeaderDecodeError {
-    /// A byte outside visible ASCII (space, control, non-ASCII): those must be percent-encoded.
+    /// A byte that must be percent-encoded (space, control, non-ASCII, `"`, `,`, `;`, `\\`) appears raw.
     #[error("raw byte that must be percent-encoded")]
     RawByte,
     /// `%` not followed by two upper-case hex digits.

@@ -678,3 +678,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn decoding_agrees_with_encoding_for_every_byte() {
+    for b in 0u8..=0x7f {
+        let raw = (b as char).to_string();
+        let enc = encode_value(&raw);
+        assert_eq!(decode_value(&enc).unwrap(), raw, "byte {b:#04x}");
+        let escaped = format!("%{b:02X}");
+        // Exactly one of the two spellings is canonical.
+        assert_ne!(
+            decode_value(&raw).is_ok(),
+            decode_value(&escaped).is_ok(),
+            "byte {b:#04x}"
+        );
+    }
+}
