@@ -29,6 +29,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let key = Ed25519Signer::from_seed("k", &[1; 32]).unwrap();
     let mut keys = KeySet::new();
     keys.insert("k", key.public_key(), None).unwrap();
-    let verifier = Verifier::new(keys);
+    let verifier = Verifier::new(keys, ["app.example.com"]);
     assert!(verifier.verify_parts(&parts, UnixTime::from_secs(1_700_000_000)).is_err());
 });

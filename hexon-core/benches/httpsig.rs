@@ -94,8 +94,8 @@ fn bench(c: &mut Criterion) {
 
     let mut signed = request();
     now_or_never(uncached.sign(&id, "reports", Binding::NONE, &mut signed, now)).unwrap();
-    let cold = Verifier::new(keys.clone()).with_cache_bytes(0);
-    let warm = Verifier::new(keys);
+    let cold = Verifier::new(keys.clone(), ["app.example.com"]).with_cache_bytes(0);
+    let warm = Verifier::new(keys, ["app.example.com"]);
     g.bench_function("verify uncached", |b| {
         b.iter(|| cold.verify_parts(black_box(&signed), now).unwrap())
     });

@@ -46,7 +46,7 @@
 //! keys.insert("gw-1", key.public_key(), None)?;
 //!
 //! let signer = HttpSigner::new(key);
-//! let verifier = Verifier::new(keys);
+//! let verifier = Verifier::new(keys, ["app.example.com"]);
 //!
 //! let alice = Identity::builder("u-1", "alice").groups(["eng"]).session("s-1").build()?;
 //! let now = UnixTime::from_secs(1_700_000_000);
@@ -84,7 +84,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::identity::{AuthEvent, AuthMethod, Identity, IdentityKind};
-use crate::keys::{KeySet, SignatureError};
+use crate::keys::{KeySet, PublicKey, SignatureError};
 use crate::signer::{Algorithm, SignError, Signer};
 use crate::time::UnixTime;
 
@@ -142,8 +142,9 @@ const ENCODE: &AsciiSet = &CONTROLS
 const MAX_SIGNATURE_FIELD: usize = 8 * 1024;
 
 /// Remove every identity and signature header a client might have sent:
-/// all `Hexon-*` headers, `Signature`, `Signature-Input`. The gateway calls
-/// this before anything else, so a forged identity can never reach a backend.
+/// all `Hexon-*` headers, `Signature`, `Signature-Input` (and their `_`
+/// spellings). The gateway calls this before anything else, so a forged
+/// identity can never reach a backend.
 pub fn remove_identity_headers(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = headers
         .keys()
@@ -156,8 +157,19 @@ pub fn remove_identity_headers(headers: &mut HeaderMap) {
 }
 
 /// Whether a (lower-case) header name belongs to the identity contract.
+/// `_` counts as `-`: CGI-style stacks (WSGI, PHP, Rack) fold both into the
+/// same variable, so `Hexon_Groups` must not slip past the gateway either.
 fn is_identity_header(name: &str) -> bool {
-    name.starts_with("hexon-") || name == "signature" || name == "signature-input"
+    let n = name.as_bytes();
+    let dashed = |prefix: &[u8]| {
+        n.len() >= prefix.len()
+            && n.iter()
+                .zip(prefix)
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    (dashed(b"hexon-") && n.len() > 6)
+        || (n.len() == 9 && dashed(b"signature"))
+        || (n.len() == 15 && dashed(b"signature-input"))
 }
 
 /// Percent-encode an identity value (see the module docs).
@@ -431,8 +443,9 @@ impl HttpSigner {
     ///
     /// Removes every identity/signature header already present, then sets
     /// the identity headers, `Signature-Input` and `Signature`. The
-    /// authority signed is the request's (absolute URI, else `Host`), so set
-    /// the upstream `Host` before signing.
+    /// authority signed is the request's ([`authority`]: absolute URI and/or
+    /// `Host`, which must agree), so set both to what the upstream will
+    /// receive before signing.
     pub async fn sign(
         &self,
         identity: &Identity,
@@ -593,9 +606,6 @@ impl HttpSigner {
                     v.push_str(", ");
                 }
                 v.extend(utf8_percent_encode(g, ENCODE));
-                if v.len() > self.max_header_bytes {
-                    break;
-                }
             }
             push(HEXON_GROUPS, "Hexon-Groups", v)?;
         }
@@ -727,35 +737,54 @@ fn sf_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The request's authority as RFC 9421 `@authority`: from the absolute URI,
-/// else the one `Host` header; lower-cased, default port for the scheme removed.
+/// The request's authority as RFC 9421 `@authority`: from the absolute URI
+/// and/or the one `Host` header, lower-cased, default port removed (`:80`
+/// for `http`, `:443` for `https`; either when the scheme is not known, as
+/// for an origin-form request behind a TLS terminator).
+///
+/// `None` when there is no authority, when there are several `Host` headers,
+/// or when the URI authority and `Host` disagree: an application that routes
+/// by `Host` must see the authority that was signed.
 pub fn authority(parts: &Parts) -> Option<String> {
-    let raw = match parts.uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => {
-            let mut hosts = parts.headers.get_all(HOST).iter();
-            let host = hosts.next()?;
+    let scheme = parts.uri.scheme_str();
+    let from_uri = parts
+        .uri
+        .authority()
+        .map(|a| normalize_authority(a.as_str(), scheme));
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let from_host = match hosts.next() {
+        Some(h) => {
             if hosts.next().is_some() {
                 return None;
             }
-            host.to_str().ok()?.trim().to_owned()
+            Some(normalize_authority(h.to_str().ok()?.trim(), scheme))
         }
+        None => None,
     };
-    if raw.is_empty() || raw.contains('@') {
-        return None;
-    }
-    let mut a = raw.to_ascii_lowercase();
-    let default_port = match parts.uri.scheme_str() {
-        Some("http") => Some(":80"),
-        Some("https") => Some(":443"),
-        _ => None,
+    let a = match (from_uri, from_host) {
+        (Some(u), Some(h)) if u != h => return None,
+        (Some(u), _) => u,
+        (None, Some(h)) => h,
+        (None, None) => return None,
     };
-    if let Some(p) = default_port {
-        if let Some(stripped) = a.strip_suffix(p) {
-            a = stripped.to_owned();
+    (!a.is_empty() && !a.contains(['@', ' ', '/', '\\'])).then_some(a)
+}
+
+/// Lower-case an authority and remove the scheme's default port.
+pub fn normalize_authority(raw: &str, scheme: Option<&str>) -> String {
+    let a = raw.to_ascii_lowercase();
+    let defaults: &[&str] = match scheme {
+        Some("http") => &[":80"],
+        Some("https") => &[":443"],
+        Some(_) => &[],
+        None => &[":80", ":443"],
+    };
+    for d in defaults {
+        if let Some(stripped) = a.strip_suffix(d) {
+            return stripped.to_owned();
         }
     }
-    Some(a)
+    a
 }
 
 /// Build the RFC 9421 signature base for `params` over the request `parts`.
@@ -918,6 +947,14 @@ pub enum VerifyError {
     /// `keyid` is not a key this verifier trusts (now).
     #[error("unknown or retired signing key {0:?}")]
     UnknownKey(String),
+    /// The request has no single, consistent authority (absolute URI and/or one `Host`).
+    #[error(
+        "request has no single, consistent authority (URI and Host disagree, or no/several Host headers)"
+    )]
+    NoAuthority,
+    /// The signature names a route this backend does not serve.
+    #[error("signed for another route {0:?}")]
+    WrongRoute(String),
     /// The `@authority` is not one this backend serves.
     #[error("signed for another authority {0:?}")]
     WrongAuthority(String),
@@ -944,6 +981,7 @@ pub struct Verifier {
     max_lifetime: Duration,
     require_request_binding: bool,
     authorities: Option<Vec<String>>,
+    routes: Option<Vec<String>>,
     cache: Option<quick_cache::sync::Cache<[u8; 64], Arc<VerifiedSig>, VerifiedWeighter>>,
 }
 
@@ -959,6 +997,9 @@ impl quick_cache::Weighter<[u8; 64], Arc<VerifiedSig>> for VerifiedWeighter {
 struct VerifiedSig {
     base: Box<[u8]>,
     key_id: Box<str>,
+    // The very key that verified: a key set swapped in while this entry was
+    // being inserted may reuse the key id for another key.
+    key: PublicKey,
 }
 
 impl fmt::Debug for Verifier {
@@ -969,26 +1010,60 @@ impl fmt::Debug for Verifier {
             .field("max_lifetime", &self.max_lifetime)
             .field("require_request_binding", &self.require_request_binding)
             .field("authorities", &self.authorities)
+            .field("routes", &self.routes)
             .finish_non_exhaustive()
     }
 }
 
 impl Verifier {
-    /// Trust `keys`; tolerate 30 s of clock skew; accept lifetimes up to 1 h;
-    /// cache up to 8 MiB of verified signatures.
-    pub fn new(keys: KeySet) -> Self {
+    /// Trust `keys` for requests to `authorities` — the `host` or
+    /// `host:port` names this backend is reached by, as the gateway's
+    /// upstream requests carry them. A signature made for any other
+    /// authority is refused, so a request captured at one backend cannot be
+    /// replayed at another. Tolerates 30 s of clock skew, accepts lifetimes
+    /// up to 1 h, caches up to 8 MiB of verified signatures.
+    pub fn new<I, S>(keys: KeySet, authorities: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let authorities = authorities
+            .into_iter()
+            .map(|a| normalize_authority(a.as_ref().trim(), None))
+            .collect();
         Verifier {
             keys: RwLock::new(Arc::new(keys)),
             clock_skew: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(3600),
             require_request_binding: false,
-            authorities: None,
+            authorities: Some(authorities),
+            routes: None,
             cache: Some(quick_cache::sync::Cache::with_weighter(
                 16_384,
                 8 * 1024 * 1024,
                 VerifiedWeighter,
             )),
         }
+    }
+
+    /// Trust `keys` for requests to any authority. Only for a backend that
+    /// cannot know its own names and accepts that a signed request made for
+    /// another backend of the same gateway verifies here too.
+    pub fn dangerous_accept_any_authority(keys: KeySet) -> Self {
+        let mut v = Verifier::new(keys, std::iter::empty::<&str>());
+        v.authorities = None;
+        v
+    }
+
+    /// Accept only signatures whose `Hexon-Route` is one of `routes`: pins
+    /// the backend to its routes when several backends share a host.
+    pub fn with_routes<I, S>(mut self, routes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.routes = Some(routes.into_iter().map(Into::into).collect());
+        self
     }
 
     /// Clock skew tolerated on `created` and `expires` (default 30 s).
@@ -1006,18 +1081,6 @@ impl Verifier {
     /// Refuse signatures that do not cover `@method`, `@path` and `@query`.
     pub fn require_request_binding(mut self, yes: bool) -> Self {
         self.require_request_binding = yes;
-        self
-    }
-
-    /// Accept only signatures made for these authorities (`host` or
-    /// `host:port`, lower case), so a request signed for another backend
-    /// cannot be replayed here with a spoofed `Host`.
-    pub fn with_authorities<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
-        self.authorities = Some(
-            a.into_iter()
-                .map(|s| s.into().to_ascii_lowercase())
-                .collect(),
-        );
         self
     }
 
@@ -1083,7 +1146,8 @@ impl Verifier {
         }
         for name in parts.headers.keys() {
             let n = name.as_str();
-            if n.starts_with("hexon-") && !params.components.iter().any(|c| c == n) {
+            let identity_header = is_identity_header(n) && !n.starts_with("signature");
+            if identity_header && !params.components.iter().any(|c| c == n) {
                 return Err(VerifyError::UncoveredIdentityHeader(n.to_owned()));
             }
         }
@@ -1095,11 +1159,14 @@ impl Verifier {
         if now > expires.saturating_add(skew) {
             return Err(VerifyError::Expired);
         }
-        if expires < created || created.saturating_add(self.max_lifetime) < expires {
+        if expires < created {
+            return Err(VerifyError::Malformed("expires is before created"));
+        }
+        if created.saturating_add(self.max_lifetime) < expires {
             return Err(VerifyError::LifetimeTooLong);
         }
 
-        let authority = authority(parts).ok_or(VerifyError::NotCovered("@authority"))?;
+        let authority = authority(parts).ok_or(VerifyError::NoAuthority)?;
         if let Some(allowed) = &self.authorities {
             if !allowed.contains(&authority) {
                 return Err(VerifyError::WrongAuthority(authority));
@@ -1113,11 +1180,17 @@ impl Verifier {
         let alg = params.alg.unwrap_or(key.algorithm());
         let base = signature_base(parts, &authority, &params)?;
 
-        let cache_key: Option<[u8; 64]> = signature.as_slice().try_into().ok();
+        // Only Ed25519 signatures are cached: strict Ed25519 verification
+        // admits one encoding per signature, whereas an ECDSA (r, s) has a
+        // second valid form (r, n - s) that would only fill the cache.
+        let cache_key: Option<[u8; 64]> = match key {
+            PublicKey::Ed25519(_) => signature.as_slice().try_into().ok(),
+            _ => None,
+        };
         let cached = match (&self.cache, &cache_key) {
-            (Some(cache), Some(k)) => cache
-                .get(k)
-                .is_some_and(|hit| *hit.base == *base.as_bytes() && *hit.key_id == *key_id),
+            (Some(cache), Some(k)) => cache.get(k).is_some_and(|hit| {
+                *hit.base == *base.as_bytes() && *hit.key_id == *key_id && hit.key == *key
+            }),
             _ => false,
         };
         if !cached {
@@ -1128,6 +1201,7 @@ impl Verifier {
                     Arc::new(VerifiedSig {
                         base: base.into_bytes().into_boxed_slice(),
                         key_id: key_id.into(),
+                        key: key.clone(),
                     }),
                 );
             }
@@ -1143,6 +1217,11 @@ impl Verifier {
             None
         };
         let (identity, route) = identity_from_headers(&parts.headers)?;
+        if let Some(routes) = &self.routes {
+            if !routes.iter().any(|r| **r == *route) {
+                return Err(VerifyError::WrongRoute(route.to_string()));
+            }
+        }
         Ok(VerifiedIdentity {
             identity,
             route,

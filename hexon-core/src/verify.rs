@@ -18,14 +18,16 @@
 //! let keys = KeySet::from_jwks_json(&jwks()).expect("valid JWKS");
 //! let app: Router = Router::new()
 //!     .route("/", get(|who: Identity| async move { format!("hello {}", who.username()) }))
-//!     .layer(VerifyIdentityLayer::new(Verifier::new(keys)));
+//!     .layer(VerifyIdentityLayer::new(Verifier::new(keys, ["api.internal:8080"])));
 //! # }
 //! ```
 //!
 //! When the signature covers `content-digest`, the layer also checks the
-//! body against it while it streams: the body yields an error at its end if
-//! the digest does not match, so a handler that reads the whole body (any
-//! extractor that buffers) fails instead of acting on tampered data.
+//! body against it while it streams: on a mismatch the body yields an error
+//! instead of its last data frame when its length is known (so a handler that
+//! stops after `Content-Length` bytes still fails), and at its end otherwise.
+//! A handler that reads a chunked body must read it to the end (every
+//! buffering extractor does) before acting on it.
 
 use std::fmt;
 use std::pin::Pin;
@@ -278,27 +280,35 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Inner(e)))),
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some((hasher, _)), Some(data)) = (this.check.as_mut(), frame.data_ref()) {
                     hasher.update(data);
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => match this.check.take() {
-                Some((hasher, expected)) => {
-                    let got: [u8; 32] = hasher.finalize().into();
-                    if subtle::ConstantTimeEq::ct_eq(&got[..], &expected[..]).into() {
-                        Poll::Ready(None)
-                    } else {
-                        Poll::Ready(Some(Err(BodyError::Digest(DigestMismatch))))
+                // When the inner body knows this was its last frame (a known
+                // length), judge now and withhold the frame on a mismatch: a
+                // consumer that stops after `Content-Length` bytes never
+                // polls the end and would otherwise never see the error.
+                if this.check.is_some() && this.inner.is_end_stream() {
+                    if let Some((hasher, expected)) = this.check.take() {
+                        if !digest_matches(hasher, &expected) {
+                            return Poll::Ready(Some(Err(BodyError::Digest(DigestMismatch))));
+                        }
                     }
                 }
-                None => Poll::Ready(None),
-            },
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                if let Some((hasher, expected)) = this.check.take() {
+                    if !digest_matches(hasher, &expected) {
+                        return Poll::Ready(Some(Err(BodyError::Digest(DigestMismatch))));
+                    }
+                }
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -310,6 +320,11 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+fn digest_matches(hasher: Sha256, expected: &[u8; 32]) -> bool {
+    let got: [u8; 32] = hasher.finalize().into();
+    subtle::ConstantTimeEq::ct_eq(&got[..], &expected[..]).into()
 }
 
 #[cfg(feature = "axum")]

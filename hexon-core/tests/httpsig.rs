@@ -50,7 +50,10 @@ fn setup() -> (HttpSigner, Verifier) {
     let k = key("gw-1");
     let mut keys = KeySet::new();
     keys.insert("gw-1", k.public_key(), None).unwrap();
-    (HttpSigner::new(k), Verifier::new(keys))
+    (
+        HttpSigner::new(k),
+        Verifier::new(keys, ["app.example.com", "h.example", "h"]),
+    )
 }
 
 fn alice() -> Identity {
@@ -237,12 +240,20 @@ fn tampering_is_refused() {
         Err(VerifyError::Base(_))
     ));
 
+    // Another authority this backend also serves: the signature does not cover it.
+    let mut p = good.clone();
+    p.headers
+        .insert("host", HeaderValue::from_static("h.example"));
+    assert_eq!(
+        verifier.verify_parts(&p, NOW),
+        Err(VerifyError::Signature(SignatureError::Invalid))
+    );
     let mut p = good.clone();
     p.headers
         .insert("host", HeaderValue::from_static("other.example.com"));
     assert_eq!(
         verifier.verify_parts(&p, NOW),
-        Err(VerifyError::Signature(SignatureError::Invalid))
+        Err(VerifyError::WrongAuthority("other.example.com".into()))
     );
 
     // Unbound signatures do not cover the path: that is what binding is for.
@@ -286,8 +297,8 @@ fn time_and_key_checks() {
         verifier.verify_parts(&p, UnixTime::from_secs(NOW.as_secs() - skew - 1)),
         Err(VerifyError::NotYetValid)
     );
-    let strict =
-        Verifier::new(verifier.keys().as_ref().clone()).with_max_lifetime(Duration::from_secs(60));
+    let strict = Verifier::new(verifier.keys().as_ref().clone(), ["app.example.com"])
+        .with_max_lifetime(Duration::from_secs(60));
     assert_eq!(
         strict.verify_parts(&p, NOW),
         Err(VerifyError::LifetimeTooLong)
@@ -323,7 +334,7 @@ fn algorithm_confusion_is_refused() {
     let ec = Arc::new(P256Signer::generate("ec-1").unwrap());
     let mut keys = KeySet::new();
     keys.insert("ec-1", ec.public_key(), None).unwrap();
-    let verifier = Verifier::new(keys);
+    let verifier = Verifier::new(keys, ["app.example.com"]);
     let signer = HttpSigner::new(ec);
     let mut p = signed(&signer, &alice(), Binding::NONE);
     assert!(verifier.verify_parts(&p, NOW).is_ok(), "P-256 works too");
@@ -342,7 +353,8 @@ fn algorithm_confusion_is_refused() {
 #[test]
 fn request_binding() {
     let (signer, verifier) = setup();
-    let strict = Verifier::new(verifier.keys().as_ref().clone()).require_request_binding(true);
+    let strict = Verifier::new(verifier.keys().as_ref().clone(), ["app.example.com"])
+        .require_request_binding(true);
     let unbound = signed(&signer, &alice(), Binding::NONE);
     assert_eq!(
         strict.verify_parts(&unbound, NOW),
@@ -613,21 +625,152 @@ fn authority_normalisation() {
         a("/x", Some("App.example.com:8080")).as_deref(),
         Some("app.example.com:8080")
     );
+    // Origin form behind a TLS terminator: the scheme is unknown, both defaults go.
+    assert_eq!(
+        a("/x", Some("app.example.com:443")).as_deref(),
+        Some("app.example.com")
+    );
+    assert_eq!(
+        a("/x", Some("app.example.com:80")).as_deref(),
+        Some("app.example.com")
+    );
+    assert_eq!(
+        a("https://app.example.com/x", Some("APP.example.com:443")).as_deref(),
+        Some("app.example.com")
+    );
+    assert_eq!(a("https://a.example/x", Some("b.example")), None);
     assert_eq!(a("/x", None), None);
 }
 
 #[test]
-fn expected_authorities() {
+fn signatures_are_pinned_to_authorities_and_routes() {
     let (signer, verifier) = setup();
+    let keys = verifier.keys().as_ref().clone();
     let p = signed(&signer, &alice(), Binding::NONE);
-    let only_b =
-        Verifier::new(verifier.keys().as_ref().clone()).with_authorities(["b.example.com"]);
+
+    // Captured at app.example.com, replayed at another backend.
+    let other = Verifier::new(keys.clone(), ["b.example.com"]);
     assert_eq!(
-        only_b.verify_parts(&p, NOW),
+        other.verify_parts(&p, NOW),
         Err(VerifyError::WrongAuthority("app.example.com".into()))
     );
-    let ok = Verifier::new(verifier.keys().as_ref().clone()).with_authorities(["APP.example.com"]);
-    assert!(ok.verify_parts(&p, NOW).is_ok());
+    // Configured names are compared normalised (case, default ports).
+    assert!(
+        Verifier::new(keys.clone(), ["APP.example.com:443"])
+            .verify_parts(&p, NOW)
+            .is_ok()
+    );
+    assert!(
+        Verifier::dangerous_accept_any_authority(keys.clone())
+            .verify_parts(&p, NOW)
+            .is_ok()
+    );
+    let pinned = Verifier::new(keys.clone(), ["app.example.com"]).with_routes(["billing"]);
+    assert_eq!(
+        pinned.verify_parts(&p, NOW),
+        Err(VerifyError::WrongRoute("reports".into()))
+    );
+    let pinned = Verifier::new(keys, ["app.example.com"]).with_routes(["billing", "reports"]);
+    assert!(pinned.verify_parts(&p, NOW).is_ok());
+
+    // The URI says one host, Host another: refused, whatever was signed.
+    let mut confused = p.clone();
+    confused.uri = "http://app.example.com/reports?year=2026".parse().unwrap();
+    assert!(verifier.verify_parts(&confused, NOW).is_ok());
+    confused
+        .headers
+        .insert("host", HeaderValue::from_static("evil.example.com"));
+    assert_eq!(
+        verifier.verify_parts(&confused, NOW),
+        Err(VerifyError::NoAuthority)
+    );
+}
+
+#[test]
+fn underscore_spellings_are_identity_headers_too() {
+    let (signer, verifier) = setup();
+    let mut p = parts("GET", "/", "app.example.com");
+    for (n, v) in [
+        ("hexon_groups", "root"),
+        ("signature_input", "x"),
+        ("hexon_user", "root"),
+    ] {
+        p.headers.insert(n, HeaderValue::from_static(v));
+    }
+    block_on(signer.sign(&alice(), "r", Binding::NONE, &mut p, NOW)).unwrap();
+    for n in ["hexon_groups", "signature_input", "hexon_user"] {
+        assert!(p.headers.get(n).is_none(), "{n} must be stripped");
+    }
+    assert!(verifier.verify_parts(&p, NOW).is_ok());
+    // Added after signing (straight to the backend): refused, not ignored.
+    p.headers
+        .insert("hexon_groups", HeaderValue::from_static("root"));
+    assert_eq!(
+        verifier.verify_parts(&p, NOW),
+        Err(VerifyError::UncoveredIdentityHeader("hexon_groups".into()))
+    );
+    // Look-alikes are not identity headers.
+    let mut q = parts("GET", "/", "app.example.com");
+    q.headers.insert("hexonuser", HeaderValue::from_static("x"));
+    q.headers
+        .insert("signatures", HeaderValue::from_static("x"));
+    block_on(signer.sign(&alice(), "r", Binding::NONE, &mut q, NOW)).unwrap();
+    assert!(q.headers.get("hexonuser").is_some() && q.headers.get("signatures").is_some());
+    assert!(verifier.verify_parts(&q, NOW).is_ok());
+}
+
+#[test]
+fn ecdsa_signatures_are_not_cached_and_malleated_forms_still_verify_fully() {
+    let ec = Arc::new(P256Signer::generate("ec-1").unwrap());
+    let mut keys = KeySet::new();
+    keys.insert("ec-1", ec.public_key(), None).unwrap();
+    let verifier = Verifier::new(keys.clone(), ["app.example.com"]);
+    let p = signed(&HttpSigner::new(ec), &alice(), Binding::NONE);
+    assert!(verifier.verify_parts(&p, NOW).is_ok());
+    assert!(verifier.verify_parts(&p, NOW).is_ok());
+    // Swapping in another key under the same id: refused.
+    let mut swapped = KeySet::new();
+    swapped
+        .insert(
+            "ec-1",
+            P256Signer::generate("ec-1").unwrap().public_key(),
+            None,
+        )
+        .unwrap();
+    verifier.set_keys(swapped);
+    assert_eq!(
+        verifier.verify_parts(&p, NOW),
+        Err(VerifyError::Signature(SignatureError::Invalid))
+    );
+}
+
+#[test]
+fn malformed_times_and_authorities() {
+    let (signer, verifier) = setup();
+    let p = signed(&signer, &alice(), Binding::NONE);
+    let input = p.headers.get("signature-input").unwrap().to_str().unwrap();
+    let mut q = p.clone();
+    q.headers.insert(
+        "signature-input",
+        HeaderValue::from_str(&input.replace("expires=1700000120", "expires=1699999999")).unwrap(),
+    );
+    assert_eq!(
+        verifier.verify_parts(&q, NOW),
+        Err(VerifyError::Malformed("expires is before created"))
+    );
+    let mut q = p.clone();
+    q.headers.remove("host");
+    assert_eq!(
+        verifier.verify_parts(&q, NOW),
+        Err(VerifyError::NoAuthority)
+    );
+    let mut q = p;
+    q.headers
+        .append("host", HeaderValue::from_static("app.example.com"));
+    assert_eq!(
+        verifier.verify_parts(&q, NOW),
+        Err(VerifyError::NoAuthority)
+    );
 }
 
 fn any_text() -> impl Strategy<Value = String> {

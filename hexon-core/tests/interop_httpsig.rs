@@ -209,7 +209,8 @@ fn hexon_verifies_what_python_signs() {
                 "signature",
                 HeaderValue::from_str(out["signature"].as_str().unwrap()).unwrap(),
             );
-            let verifier = Verifier::new(keyset(&*key)).require_request_binding(bound);
+            let verifier =
+                Verifier::new(keyset(&*key), ["app.example.com"]).require_request_binding(bound);
             let v = verifier
                 .verify_parts(&p, now)
                 .unwrap_or_else(|e| panic!("{} bound={bound}: {e}: {out}", key.key_id()));

@@ -32,10 +32,24 @@ fn setup() -> (HttpSigner, Router) {
             }),
         )
         .route(
+            "/first-frame",
+            post(|body: Body| async move {
+                // A handler that takes the first (here: only) frame and acts.
+                let mut body = body;
+                match body.frame().await {
+                    Some(Ok(f)) => format!("acted on {:?}", f.into_data().unwrap_or_default()),
+                    Some(Err(e)) => format!("refused: {e}"),
+                    None => "empty".into(),
+                }
+            }),
+        )
+        .route(
             "/upload",
             post(|body: String| async move { format!("got {} bytes", body.len()) }),
         )
-        .layer(VerifyIdentityLayer::new(Verifier::new(keys)).with_clock(|| NOW));
+        .layer(
+            VerifyIdentityLayer::new(Verifier::new(keys, ["app.example.com"])).with_clock(|| NOW),
+        );
     (HttpSigner::new(key), app)
 }
 
@@ -176,4 +190,37 @@ async fn extractor_without_layer_is_401() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_handler_that_stops_early_still_sees_a_digest_mismatch() {
+    let (signer, app) = setup();
+    let good = signed(
+        &signer,
+        "POST",
+        "/first-frame",
+        "{\"amount\":1}",
+        Binding::REQUEST_AND_BODY,
+    )
+    .await;
+    let (parts, _) = good.into_parts();
+    let res = app
+        .clone()
+        .oneshot(Request::from_parts(parts, Body::from("{\"amount\":9}")))
+        .await
+        .unwrap();
+    let (status, body) = text(res).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("refused:"), "{body}");
+
+    let good = signed(
+        &signer,
+        "POST",
+        "/first-frame",
+        "{\"amount\":1}",
+        Binding::REQUEST_AND_BODY,
+    )
+    .await;
+    let (_, body) = text(app.oneshot(good).await.unwrap()).await;
+    assert!(body.starts_with("acted on"), "{body}");
 }

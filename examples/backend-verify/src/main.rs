@@ -4,8 +4,12 @@
 //! before any handler runs.
 //!
 //! ```sh
-//! cargo run -p backend-verify -- jwks.json 127.0.0.1:8080
+//! cargo run -p backend-verify -- jwks.json 127.0.0.1:8080 [api.internal ...]
 //! ```
+//!
+//! The optional names after the address are the authorities (`host[:port]`)
+//! the gateway's upstream requests carry; by default the listen address.
+//! Signatures made for any other authority are refused.
 
 use axum::{Router, routing::get};
 use hexon_core::httpsig::{VerifiedIdentity, Verifier};
@@ -13,7 +17,7 @@ use hexon_core::verify::VerifyIdentityLayer;
 use hexon_core::{Identity, KeySet};
 
 /// The whole backend: routes plus one verification layer.
-fn app(keys: KeySet) -> Router {
+fn app(keys: KeySet, authorities: &[String]) -> Router {
     Router::new()
         .route(
             "/",
@@ -30,7 +34,7 @@ fn app(keys: KeySet) -> Router {
                 )
             }),
         )
-        .layer(VerifyIdentityLayer::new(Verifier::new(keys)))
+        .layer(VerifyIdentityLayer::new(Verifier::new(keys, authorities)))
 }
 
 #[tokio::main]
@@ -43,7 +47,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = KeySet::from_jwks_json(&std::fs::read_to_string(&jwks_path)?)
         .map_err(|e| format!("{jwks_path}: {e}"))?;
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    axum::serve(listener, app(keys)).await?;
+    let local = listener.local_addr()?.to_string();
+    let mut authorities: Vec<String> = args.collect();
+    if authorities.is_empty() {
+        authorities.push(local.clone());
+    }
+    #[allow(clippy::print_stderr)] // a binary's one line of output
+    {
+        eprintln!("backend-verify listening on {local} for {authorities:?}");
+    }
+    axum::serve(listener, app(keys, &authorities)).await?;
     Ok(())
 }
 
@@ -63,7 +76,10 @@ mod tests {
     async fn greets_verified_callers_and_refuses_others() {
         let key = Arc::new(Ed25519Signer::generate("gw-1").unwrap());
         let jwks = serde_json_jwks(&*key);
-        let app = app(KeySet::from_jwks_json(&jwks).unwrap());
+        let app = app(
+            KeySet::from_jwks_json(&jwks).unwrap(),
+            &["api.internal".to_owned()],
+        );
 
         let alice = Identity::builder("u-1", "alice")
             .groups(["eng"])
