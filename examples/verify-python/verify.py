@@ -4,12 +4,13 @@
 Only two public packages are needed (pip install http-message-signatures cryptography):
 an RFC 9421 verifier and the JWKS the gateway publishes at /.well-known/jwks.json.
 
-    python3 verify.py jwks.json 8081          # serve: answers "hello <user>" or 401
-    python3 verify.py jwks.json --check       # read {"method","url","headers"} JSON on stdin
+    python3 verify.py jwks.json 8081 [AUTHORITY ...]     # serve: "hello <user>" or 401
+    python3 verify.py jwks.json --check AUTHORITY ...    # read {"method","url","headers"} on stdin
 
-Rules (docs/SIGNED-IDENTITY.md): accept only the signature whose tag is "hexon", require it
-to cover the identity headers you read and @authority, and trust no Hexon-* header it
-does not cover.
+AUTHORITY: the host[:port] names the gateway's upstream requests carry (default for the
+server: 127.0.0.1:PORT). Rules (docs/SIGNED-IDENTITY.md): accept only the signature whose
+tag is "hexon", made for one of your authorities, covering the identity headers you read
+and @authority; trust no Hexon-* (or Hexon_*) header it does not cover.
 """
 import base64
 import json
@@ -71,8 +72,17 @@ def _decode(value):
     return urllib.parse.unquote(value.strip(), errors="strict")
 
 
-def verify(method, url, headers, keys):
+def _authority(url):
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.lower()
+    default = {"http": ":80", "https": ":443"}.get(parts.scheme)
+    return host[: -len(default)] if default and host.endswith(default) else host
+
+
+def verify(method, url, headers, keys, authorities):
     """Return the caller's identity as a dict, or raise if the signature does not verify."""
+    if _authority(url) not in authorities:
+        raise ValueError(f"signed for another authority: {_authority(url)!r}")
     sig_input = ", ".join(v for n, v in headers if n.lower() == "signature-input")
     kid = sig_input.split('keyid="', 1)[1].split('"', 1)[0] if 'keyid="' in sig_input else None
     if kid not in keys:
@@ -84,7 +94,8 @@ def verify(method, url, headers, keys):
     fields = {}
     for name, value in headers:
         n = name.lower()
-        if n.startswith("hexon-"):
+        # Hexon_X reaches CGI-style apps as the same variable as Hexon-X: it is never covered.
+        if n.replace("_", "-").startswith("hexon-"):
             if n not in covered:
                 raise ValueError(f"{name} is not covered by the signature")
             fields[n] = value if n not in fields else fields[n] + ", " + value
@@ -106,10 +117,12 @@ def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     keys = load_jwks(open(sys.argv[1]).read())
+    authorities = {a.lower() for a in sys.argv[3:]}
     if sys.argv[2] == "--check":
         req = json.load(sys.stdin)
         try:
-            print(json.dumps({"ok": True, "identity": verify(req["method"], req["url"], req["headers"], keys)}))
+            who = verify(req["method"], req["url"], req["headers"], keys, authorities)
+            print(json.dumps({"ok": True, "identity": who}))
         except Exception as e:
             print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
         return
@@ -118,7 +131,7 @@ def main():
         def do_GET(self):
             url = f"http://{self.headers['Host']}{self.path}"
             try:
-                who = verify(self.command, url, list(self.headers.items()), keys)
+                who = verify(self.command, url, list(self.headers.items()), keys, authorities)
             except Exception as e:
                 self.log_message("refused: %s", e)  # the reason stays in the log
                 self.send_response(401)
@@ -130,6 +143,7 @@ def main():
             self.end_headers()
             self.wfile.write(body)
 
+    authorities = authorities or {f"127.0.0.1:{sys.argv[2]}"}
     HTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()
 
 

@@ -250,6 +250,7 @@ fn python_backend_example_reads_the_identity() {
             .arg(script)
             .arg(&jwks_path)
             .arg("--check")
+            .arg("app.example.com")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -292,5 +293,19 @@ fn python_backend_example_reads_the_identity() {
     let mut moved = wire(&p);
     moved["url"] = "http://app.example.com/admin".into();
     assert_eq!(check(&moved)["ok"], false);
+    let mut elsewhere = wire(&p);
+    elsewhere["url"] = "http://other.example.com/reports/q3?year=2026&x=%20y".into();
+    let out = check(&elsewhere);
+    assert_eq!(out["ok"], false);
+    assert!(
+        out["error"].as_str().unwrap().contains("another authority"),
+        "{out}"
+    );
+    let mut underscored = wire(&p);
+    underscored["headers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(["hexon_groups", "root"]));
+    assert_eq!(check(&underscored)["ok"], false);
     std::fs::remove_dir_all(&dir).ok();
 }
