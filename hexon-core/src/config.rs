@@ -53,6 +53,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::directory::{
+    Directory, DirectoryConfig, DirectoryError, GroupRecord, SourceId, SourceSnapshot, UserRecord,
+};
 use crate::duration::HumanDuration;
 use crate::httpsig::Binding;
 use crate::policy::spec::RouteSpec;
@@ -231,6 +234,9 @@ impl RouteBinding {
         }
     }
 }
+
+/// The directory source name of `[[group]]` definitions.
+pub const CONFIG_SOURCE: &str = "config";
 
 /// Keys of `[[route]]` that belong to forwarding, not to the [`RouteSpec`].
 const ROUTE_FORWARD_KEYS: [&str; 4] = ["upstream", "identity", "bind_request", "bind_body"];
@@ -438,6 +444,13 @@ impl Config {
                 }
             }
         }
+        // Cycles and nesting depth: the directory refuses them with the path.
+        // Only once names are sound, so its errors are not duplicates.
+        if errs.0.iter().all(|e| !e.location.starts_with("group")) {
+            if let Err(e) = self.directory() {
+                errs.push("group", e.to_string());
+            }
+        }
 
         for (i, r) in self.routes.iter().enumerate() {
             for (j, u) in r.upstream.iter().enumerate() {
@@ -445,7 +458,9 @@ impl Config {
                     errs.push(format!("route[{i}].upstream[{j}]"), why);
                 }
             }
-            if r.identity == IdentityMode::None && (r.binding.bind_request || r.binding.bind_body) {
+            if r.identity != IdentityMode::Headers
+                && (r.binding.bind_request || r.binding.bind_body)
+            {
                 errs.push(
                     format!("route[{i}].identity"),
                     "bind_request/bind_body need identity = \"headers\"",
@@ -468,6 +483,29 @@ impl Config {
                 errs.push(ce.location(), ce.kind().to_string());
             }
         }
+    }
+
+    /// The local directory defined by `[[group]]`: one source named
+    /// `config`; each username is also the user's subject id.
+    pub fn directory(&self) -> Result<Directory, DirectoryError> {
+        let mut snapshot = SourceSnapshot::new();
+        let mut users = BTreeSet::new();
+        for g in &self.groups {
+            snapshot.push_group(GroupRecord::new(g.name.as_str()));
+            for u in &g.users {
+                if users.insert(u.as_str()) {
+                    snapshot.push_user(UserRecord::new(u.as_str()).username(u.as_str()));
+                }
+                snapshot.push_member(u.as_str(), g.name.as_str());
+            }
+            for child in &g.groups {
+                snapshot.push_nested(child.as_str(), g.name.as_str());
+            }
+        }
+        Directory::from_snapshots(
+            DirectoryConfig::new().source(CONFIG_SOURCE, 0),
+            [(SourceId::from(CONFIG_SOURCE), snapshot)],
+        )
     }
 
     /// Compile the routes into the policy engine (already validated by `parse`).
@@ -506,6 +544,29 @@ impl Config {
     }
 }
 
+/// The defaults of one element of an array of tables (`[[listener]]`,
+/// `[[route]]`), with required keys empty, to diff elements against.
+fn element_defaults(array_key: &str) -> toml::Table {
+    let mut seed = toml::Table::new();
+    let value = match array_key {
+        "listener" => {
+            seed.insert("bind".into(), toml::Value::String(String::new()));
+            section::<ListenerConfig>(toml::Value::Table(seed), "", &mut Errors(Vec::new()))
+                .and_then(|l| toml::Value::try_from(l).ok())
+        }
+        "route" => {
+            seed.insert("name".into(), toml::Value::String(String::new()));
+            route(toml::Value::Table(seed), "", &mut Errors(Vec::new()))
+                .and_then(|r| toml::Value::try_from(r).ok())
+        }
+        _ => None,
+    };
+    match value {
+        Some(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    }
+}
+
 fn diff_table(prefix: &str, me: &toml::Table, def: &toml::Table, out: &mut Vec<String>) {
     for (k, v) in me {
         let path = if prefix.is_empty() {
@@ -517,9 +578,10 @@ fn diff_table(prefix: &str, me: &toml::Table, def: &toml::Table, out: &mut Vec<S
             (toml::Value::Table(t), Some(toml::Value::Table(d))) => diff_table(&path, t, d, out),
             (toml::Value::Table(t), None) => diff_table(&path, t, &toml::Table::new(), out),
             (toml::Value::Array(items), _) if items.iter().all(toml::Value::is_table) => {
+                let defaults = element_defaults(k);
                 for (i, item) in items.iter().enumerate() {
                     if let toml::Value::Table(t) = item {
-                        diff_table(&format!("{path}[{i}]"), t, &toml::Table::new(), out);
+                        diff_table(&format!("{path}[{i}]"), t, &defaults, out);
                     }
                 }
             }
@@ -549,6 +611,13 @@ fn check_upstream(u: &str) -> Result<(), String> {
         Some("http" | "https") => {}
         _ => return Err(format!("{u:?} must start with http:// or https://")),
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "credentials in upstream URLs are not allowed (they would be logged); \
+                    use the upstream's own authentication"
+                .to_owned(),
+        );
+    }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{u:?} has no host"));
     }
@@ -567,11 +636,27 @@ fn section<T: serde::de::DeserializeOwned>(
         errs.push(location, "must be a table");
         return None;
     }
-    match value.try_into() {
+    deserialize(value, location, errs)
+}
+
+/// Deserialize with the failing field's path in the location
+/// (`route[0].allow[1].users`); the first error of a section is reported.
+fn deserialize<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+    location: &str,
+    errs: &mut Errors,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
-            let e: toml::de::Error = e;
-            errs.push(location, e.message().trim().to_owned());
+            let path = e.path().to_string();
+            let inner: toml::de::Error = e.into_inner();
+            let at = if path == "." || path.is_empty() {
+                location.to_owned()
+            } else {
+                format!("{location}.{path}")
+            };
+            errs.push(at, inner.message().trim().to_owned());
             None
         }
     }
@@ -620,19 +705,20 @@ fn route(value: toml::Value, location: &str, errs: &mut Errors) -> Option<RouteC
         #[serde(default)]
         bind_body: bool,
     }
-    let forward: Option<Forward> = section(toml::Value::Table(forward), location, errs);
-    let spec: Option<RouteSpec> = match toml::Value::Table(table).try_into() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            let e: toml::de::Error = e;
-            let mut msg = e.message().trim().to_owned();
-            if msg.starts_with("unknown field") {
-                msg.push_str(&format!(", {}", ROUTE_FORWARD_KEYS.join(", ")));
-            }
-            errs.push(location, msg);
-            None
+    let forward: Option<Forward> = deserialize(toml::Value::Table(forward), location, errs);
+    let before = errs.0.len();
+    let spec: Option<RouteSpec> = deserialize(toml::Value::Table(table), location, errs);
+    if let Some(e) = errs.0.get_mut(before) {
+        let field_of_route = e
+            .location
+            .strip_prefix(location)
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|f| !f.contains(['.', '[']));
+        if e.message.starts_with("unknown field") && field_of_route {
+            e.message
+                .push_str(&format!(", {}", ROUTE_FORWARD_KEYS.join(", ")));
         }
-    };
+    }
     let (spec, f) = (spec?, forward?);
     Some(RouteConfig {
         spec,
@@ -695,6 +781,11 @@ pub fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
+            if default.is_some_and(|d| d.contains(['$', '{'])) {
+                return Err(format!(
+                    "the default of ${{{name}:-...}} must not contain '$' or '{{' (defaults do not nest)"
+                ));
+            }
             let valid = name
                 .bytes()
                 .next()
@@ -715,6 +806,14 @@ pub fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
                     ));
                 }
             }
+        } else if after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            return Err(format!(
+                "write ${{{name}}} for a variable (or $$ for a literal $)"
+            ));
         } else {
             out.push('$');
             rest = after;

@@ -118,6 +118,23 @@ fn effective_dump_and_non_defaults() {
         !nd.iter().any(|l| l.starts_with("gateway.data_dir")),
         "{nd:#?}"
     );
+    // Array elements are compared with their own defaults.
+    assert!(
+        nd.contains(&"listener[0].name = \"public\"".to_owned()),
+        "{nd:#?}"
+    );
+    assert!(
+        !nd.iter().any(|l| l.starts_with("route[0].path")),
+        "{nd:#?}"
+    );
+    assert!(
+        !nd.iter().any(|l| l.starts_with("route[1].bind_request")),
+        "{nd:#?}"
+    );
+    assert!(
+        nd.contains(&"route[0].bind_request = true".to_owned()),
+        "{nd:#?}"
+    );
 
     assert!(
         Config::parse("", &env)
@@ -133,7 +150,16 @@ fn substitution_rules() {
     assert_eq!(substitute("${NOPE:-x:y}", &env).unwrap(), "x:y");
     assert_eq!(substitute("${EMPTY:-d}", &env).unwrap(), "d");
     assert_eq!(substitute("${EMPTY}", &env).unwrap(), "");
-    assert_eq!(substitute("$$ ${PORT} $ $x", &env).unwrap(), "$ 8443 $ $x");
+    assert_eq!(substitute("$$ ${PORT} $ $1", &env).unwrap(), "$ 8443 $ $1");
+    assert_eq!(
+        substitute("127.0.0.1:$PORT", &env).unwrap_err(),
+        "write ${PORT} for a variable (or $$ for a literal $)"
+    );
+    assert!(
+        substitute("${A:-${PORT}}", &env)
+            .unwrap_err()
+            .contains("defaults do not nest")
+    );
     assert_eq!(substitute("$${PORT}", &env).unwrap(), "${PORT}");
     assert!(
         substitute("${PORT", &env)
@@ -204,7 +230,7 @@ alow = []
     );
     let expected = [
         "gatewy: unknown section; expected one of gateway, signing, listener, group, route",
-        "route[1]: unknown field `alow`",
+        "route[1].alow: unknown field `alow`, expected one of `name`, `host`, `path`, `methods`, `public`, `public_methods`, `allow`, `deny`, upstream, identity, bind_request, bind_body",
         r#"signing.key_id: invalid key id "has space": use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"#,
         "signing.lifetime: must be between 1s and 1h",
         r#"listener[0].bind: "localhost" is not an address:port (e.g. "0.0.0.0:8443", "[::]:443")"#,
@@ -228,7 +254,38 @@ alow = []
 #[test]
 fn type_errors_and_bad_toml() {
     let e = errors("[signing]\nalgorithm = \"rsa\"\n");
-    assert!(e[0].starts_with("signing: unknown variant `rsa`"), "{e:?}");
+    assert_eq!(
+        e,
+        ["signing.algorithm: unknown variant `rsa`, expected `ed25519` or `ecdsa-p256-sha256`"]
+    );
+    let e =
+        errors("[[route]]\nname = \"a\"\nbind_request = \"yes\"\n[[route.allow]]\nusers = [1]\n");
+    assert_eq!(
+        e,
+        [
+            "route[0].bind_request: invalid type: string \"yes\", expected a boolean",
+            "route[0].allow[0].users[0]: invalid type: integer `1`, expected a string",
+        ]
+    );
+    let e = errors("[[route]]\nname = \"a\"\nupstream = [\"http://u:s3cret@10.0.0.1\"]\n");
+    assert!(
+        e[0].starts_with("route[0].upstream[0]: credentials in upstream URLs"),
+        "{e:?}"
+    );
+    assert!(!e[0].contains("s3cret"), "{e:?}");
+    let e = errors("[[route]]\nname = \"a\"\nidentity = \"jwt\"\nbind_body = true\n");
+    assert_eq!(
+        e,
+        ["route[0].identity: bind_request/bind_body need identity = \"headers\""]
+    );
+    let e = errors(
+        "[[group]]\nname = \"a\"\ngroups = [\"b\"]\n[[group]]\nname = \"b\"\ngroups = [\"a\"]\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("group: ") && e[0].contains("\"a\""),
+        "{e:?}"
+    );
     let e = errors("[signing]\nlifetime = \"5x\"\n");
     assert!(e[0].contains("invalid duration \"5x\""), "{e:?}");
     let e = errors("[gateway]\ndev = true\n[[route]\nname = 1\n");
