@@ -728,6 +728,11 @@ impl SignatureParams {
 /// RFC 8941 sf-string serialization (input already validated as printable ASCII).
 fn sf_string(out: &mut String, s: &str) {
     out.push('"');
+    if !s.contains(['"', '\\']) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         if c == '"' || c == '\\' {
             out.push('\\');
