@@ -118,15 +118,17 @@ pub const SIGNATURE: HeaderName = HeaderName::from_static("signature");
 /// `Content-Digest` (RFC 9530).
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
 
-/// Components every Hexon identity signature must cover.
-const REQUIRED: [&str; 5] = [
+/// Components every Hexon identity signature must cover (what a verifier
+/// in any language should require).
+pub const REQUIRED_COMPONENTS: [&str; 5] = [
     "hexon-user",
     "hexon-subject",
     "hexon-kind",
     "hexon-route",
     "@authority",
 ];
-const BOUND: [&str; 3] = ["@method", "@path", "@query"];
+/// Components a request-bound signature covers in addition.
+pub const BOUND_COMPONENTS: [&str; 3] = ["@method", "@path", "@query"];
 
 /// Bytes percent-encoded in identity header values.
 const ENCODE: &AsciiSet = &CONTROLS
@@ -476,7 +478,7 @@ impl HttpSigner {
         components.push("@authority");
         let mut nonce = None;
         if binding.is_bound() {
-            components.extend(BOUND);
+            components.extend(BOUND_COMPONENTS);
             let mut raw = [0u8; 16];
             OsRng.fill_bytes(&mut raw);
             nonce = Some(URL_SAFE_NO_PAD.encode(raw));
@@ -1138,12 +1140,12 @@ impl Verifier {
             .as_deref()
             .ok_or(VerifyError::Malformed("keyid is required"))?;
 
-        for required in REQUIRED {
+        for required in REQUIRED_COMPONENTS {
             if !params.components.iter().any(|c| c == required) {
                 return Err(VerifyError::NotCovered(required));
             }
         }
-        let request_bound = BOUND
+        let request_bound = BOUND_COMPONENTS
             .iter()
             .all(|b| params.components.iter().any(|c| c == b));
         if self.require_request_binding && !request_bound {

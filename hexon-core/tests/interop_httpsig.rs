@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hexon_core::httpsig::{Binding, HttpSigner, Verifier, content_digest};
+use hexon_core::httpsig::{Binding, HttpSigner, REQUIRED_COMPONENTS, Verifier, content_digest};
 use hexon_core::{Ed25519Signer, Identity, KeySet, P256Signer, Signer, UnixTime};
 use http::request::Parts;
 use http::{HeaderValue, Request};
@@ -101,14 +101,6 @@ fn signers() -> Vec<Arc<dyn Signer>> {
     ]
 }
 
-const REQUIRED: [&str; 5] = [
-    "hexon-user",
-    "hexon-subject",
-    "hexon-kind",
-    "hexon-route",
-    "@authority",
-];
-
 #[test]
 fn python_verifies_what_hexon_signs() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -125,7 +117,7 @@ fn python_verifies_what_hexon_signs() {
             let mut req = wire(&p);
             req["mode"] = "verify".into();
             req["jwk"] = jwk(&*key);
-            req["require"] = json!(REQUIRED);
+            req["require"] = json!(REQUIRED_COMPONENTS);
             let out = python(&req);
             assert_eq!(out["ok"], true, "{} {binding:?}: {out}", key.key_id());
             assert_eq!(out["label"], "hexon");
