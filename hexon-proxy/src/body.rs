@@ -1,0 +1,37 @@
+//! The body and error types shared by every layer.
+//!
+//! Requests flow with whatever body the server gives them (generic `B`);
+//! responses are [`BoxBody`], so a layer can answer on its own (401, 403,
+//! 502) or pass the upstream's streaming body through unchanged.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Full};
+
+/// A boxed error that crosses layer boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body of every Hexon service: streaming, `Send`, boxed.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> BoxBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Box any body whose errors convert into [`BoxError`].
+pub fn boxed<B>(body: B) -> BoxBody
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
