@@ -379,6 +379,7 @@ impl KeySet {
 #[derive(Clone, Debug)]
 pub struct KeyRing {
     active: Arc<dyn Signer>,
+    staged: Option<Arc<dyn Signer>>,
     keys: KeySet,
 }
 
@@ -387,7 +388,11 @@ impl KeyRing {
     pub fn new(active: Arc<dyn Signer>) -> Result<Self, KeyError> {
         let mut keys = KeySet::new();
         keys.insert(active.key_id(), active.public_key(), None)?;
-        Ok(KeyRing { active, keys })
+        Ok(KeyRing {
+            active,
+            staged: None,
+            keys,
+        })
     }
 
     /// The key new signatures are made with.
@@ -400,9 +405,37 @@ impl KeyRing {
         &self.keys
     }
 
+    /// Publish `next` without signing with it yet: it appears in the JWKS
+    /// so verifiers can fetch it before the first signature it makes. A
+    /// later [`rotate`](Self::rotate) to the same key id activates it.
+    /// Staging again replaces a previously staged key.
+    pub fn stage(&mut self, next: Arc<dyn Signer>) -> Result<(), KeyError> {
+        if next.key_id() == self.active.key_id() {
+            return Err(KeyError::DuplicateKid(next.key_id().to_owned()));
+        }
+        if let Some(old) = self.staged.take() {
+            self.keys.remove(old.key_id());
+        }
+        if self.keys.entry(next.key_id()).is_some() {
+            return Err(KeyError::DuplicateKid(next.key_id().to_owned()));
+        }
+        self.keys.insert(next.key_id(), next.public_key(), None)?;
+        self.staged = Some(next);
+        Ok(())
+    }
+
+    /// The staged key, if any.
+    pub fn staged(&self) -> Option<&Arc<dyn Signer>> {
+        self.staged.as_ref()
+    }
+
     /// Make `next` the active key. The previous key stays valid for
     /// verification until `now + max_signature_lifetime` — the moment the last
-    /// signature it could have made expires — and is then pruned.
+    /// signature it could have made expires (pass the signature lifetime plus
+    /// the verifiers' clock skew) — and is then pruned.
+    ///
+    /// `next` may be the [staged](Self::stage) key (same key id and public
+    /// key); any other key id already in the ring is refused.
     pub fn rotate(
         &mut self,
         next: Arc<dyn Signer>,
@@ -412,7 +445,14 @@ impl KeyRing {
         if next.key_id() == self.active.key_id() {
             return Err(KeyError::DuplicateKid(next.key_id().to_owned()));
         }
-        if self.keys.entry(next.key_id()).is_some() {
+        let is_staged = self
+            .staged
+            .as_ref()
+            .is_some_and(|s| s.key_id() == next.key_id() && s.public_key() == next.public_key());
+        if is_staged {
+            self.staged = None;
+            self.keys.remove(next.key_id());
+        } else if self.keys.entry(next.key_id()).is_some() {
             return Err(KeyError::DuplicateKid(next.key_id().to_owned()));
         }
         self.keys.prune(now);
@@ -536,6 +576,42 @@ mod tests {
         assert_eq!(ring.jwks(UnixTime::from_secs(1200)).keys.len(), 2);
         assert_eq!(ring.jwks(UnixTime::from_secs(1400)).keys.len(), 1);
         assert!(ring.rotate(k2, t0, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn staged_key_is_published_before_it_signs() {
+        let k1: Arc<dyn Signer> = Arc::new(Ed25519Signer::generate("k1").unwrap());
+        let k2: Arc<dyn Signer> = Arc::new(Ed25519Signer::generate("k2").unwrap());
+        let mut ring = KeyRing::new(k1.clone()).unwrap();
+        let t0 = UnixTime::from_secs(1000);
+        ring.stage(k2.clone()).unwrap();
+        assert_eq!(ring.active().key_id(), "k1");
+        assert_eq!(ring.jwks(t0).keys.len(), 2, "k2 published while k1 signs");
+        assert!(
+            ring.stage(k1.clone()).is_err(),
+            "the active key cannot be staged"
+        );
+        // Another key under the staged id is not the staged key.
+        let impostor: Arc<dyn Signer> = Arc::new(Ed25519Signer::generate("k2").unwrap());
+        assert!(ring.rotate(impostor, t0, Duration::from_secs(60)).is_err());
+        ring.rotate(k2, t0, Duration::from_secs(60)).unwrap();
+        assert_eq!(ring.active().key_id(), "k2");
+        assert!(ring.staged().is_none());
+        assert!(
+            ring.key_set()
+                .get("k1", UnixTime::from_secs(1060))
+                .is_some()
+        );
+        assert!(
+            ring.key_set()
+                .get("k1", UnixTime::from_secs(1061))
+                .is_none()
+        );
+        assert!(
+            ring.key_set()
+                .get("k2", UnixTime::from_secs(99_999))
+                .is_some()
+        );
     }
 
     #[test]
