@@ -73,6 +73,14 @@ pub struct Config {
     /// `[[listener]]`: where the gateway accepts connections.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// `[jwt]`: bearer tokens the gateway issues and accepts.
+    pub jwt: JwtConfig,
+    /// `[[trusted_issuer]]`: external token issuers whose JWTs are accepted.
+    #[serde(rename = "trusted_issuer")]
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// `[[user]]`: local users.
+    #[serde(rename = "user")]
+    pub users: Vec<UserConfig>,
     /// `[[group]]`: local groups (more come from directory sync).
     #[serde(rename = "group")]
     pub groups: Vec<GroupConfig>,
@@ -91,6 +99,20 @@ pub struct GatewayConfig {
     pub dev: bool,
     /// Where the embedded state (keys, SQLite) lives.
     pub data_dir: String,
+    /// Where browsers without a session are sent (`?rd=<original URL>` is
+    /// appended). Unset: they get a 401 like API clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_url: Option<String>,
+    /// Admin listener for `/metrics`, `/healthz`, `/readyz` (e.g. `127.0.0.1:9090`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_bind: Option<String>,
+    /// Audit log: `stdout` (one JSON line per request), `off`, or a file path.
+    pub audit: String,
+    /// Proxies (CIDRs) whose `X-Request-Id` and `X-Forwarded-For` are trusted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// Largest request body forwarded, in bytes (413 above).
+    pub max_body_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -98,8 +120,67 @@ impl Default for GatewayConfig {
         GatewayConfig {
             dev: false,
             data_dir: "./hexon-data".into(),
+            login_url: None,
+            admin_bind: None,
+            audit: "stdout".into(),
+            trusted_proxies: Vec::new(),
+            max_body_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// `[jwt]`: the gateway's own bearer tokens (`hexon token`, `identity = "jwt"` routes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct JwtConfig {
+    /// `iss` of tokens the gateway issues, and the issuer it accepts for its own tokens.
+    pub issuer: String,
+    /// `aud` the gateway accepts on bearer tokens presented to it.
+    pub audience: String,
+    /// Lifetime of tokens `hexon token` mints.
+    pub lifetime: HumanDuration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuer: "hexon".into(),
+            audience: "hexon".into(),
+            lifetime: HumanDuration(std::time::Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// `[[trusted_issuer]]`: an external OpenID provider / token issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TrustedIssuerConfig {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Where its public keys are (`https://…/jwks.json`; `http://` only for loopback).
+    pub jwks_url: String,
+    /// Expected `aud`.
+    pub audience: String,
+}
+
+/// `[[user]]`: a local user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UserConfig {
+    /// Username (also the subject id in the local directory source).
+    pub name: String,
+    /// Email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Disabled users cannot authenticate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// `[signing]`.
@@ -240,7 +321,16 @@ pub const CONFIG_SOURCE: &str = "config";
 
 /// Keys of `[[route]]` that belong to forwarding, not to the [`RouteSpec`].
 const ROUTE_FORWARD_KEYS: [&str; 4] = ["upstream", "identity", "bind_request", "bind_body"];
-const SECTIONS: [&str; 5] = ["gateway", "signing", "listener", "group", "route"];
+const SECTIONS: [&str; 8] = [
+    "gateway",
+    "signing",
+    "jwt",
+    "trusted_issuer",
+    "listener",
+    "user",
+    "group",
+    "route",
+];
 
 /// One configuration problem and where it is (`route[3].allow[0].groups[1]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -352,6 +442,15 @@ impl Config {
                         config.signing = v;
                     }
                 }
+                "jwt" => {
+                    if let Some(v) = section(value, &key, &mut errs) {
+                        config.jwt = v;
+                    }
+                }
+                "trusted_issuer" => {
+                    config.trusted_issuers = array(value, "trusted_issuer", &mut errs, section)
+                }
+                "user" => config.users = array(value, "user", &mut errs, section),
                 "listener" => config.listeners = array(value, "listener", &mut errs, section),
                 "group" => config.groups = array(value, "group", &mut errs, section),
                 "route" => config.routes = array(value, "route", &mut errs, route),
@@ -397,6 +496,67 @@ impl Config {
             errs.push("gateway.data_dir", "must not be empty");
         }
 
+        if let Some(url) = &self.gateway.login_url {
+            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+            {
+                errs.push(
+                    "gateway.login_url",
+                    "must be an http(s) URL or an absolute path",
+                );
+            }
+        }
+        if let Some(a) = &self.gateway.admin_bind {
+            if a.parse::<SocketAddr>().is_err() {
+                errs.push(
+                    "gateway.admin_bind",
+                    format!("{a:?} is not an address:port"),
+                );
+            }
+        }
+        let audit = self.gateway.audit.as_str();
+        if audit.is_empty() {
+            errs.push("gateway.audit", "write \"stdout\", \"off\" or a file path");
+        }
+        for (i, c) in self.gateway.trusted_proxies.iter().enumerate() {
+            if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+                errs.push(
+                    format!("gateway.trusted_proxies[{i}]"),
+                    format!("{c:?} is not a CIDR (e.g. \"10.0.0.0/8\") or an address"),
+                );
+            }
+        }
+        if self.jwt.issuer.is_empty() {
+            errs.push("jwt.issuer", "must not be empty");
+        }
+        if self.jwt.audience.is_empty() {
+            errs.push("jwt.audience", "must not be empty");
+        }
+        for (i, t) in self.trusted_issuers.iter().enumerate() {
+            if t.issuer.is_empty() {
+                errs.push(format!("trusted_issuer[{i}].issuer"), "must not be empty");
+            }
+            if t.issuer == self.jwt.issuer {
+                errs.push(
+                    format!("trusted_issuer[{i}].issuer"),
+                    "is the gateway's own issuer (jwt.issuer); choose another",
+                );
+            }
+            if let Err(why) = check_jwks_url(&t.jwks_url) {
+                errs.push(format!("trusted_issuer[{i}].jwks_url"), why);
+            }
+        }
+        let mut user_names = BTreeSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() {
+                errs.push(format!("user[{i}].name"), "must not be empty");
+            } else if !user_names.insert(u.name.as_str()) {
+                errs.push(
+                    format!("user[{i}].name"),
+                    format!("duplicate user {:?}", u.name),
+                );
+            }
+        }
+
         let mut names = BTreeSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if l.bind.parse::<SocketAddr>().is_err() {
@@ -435,6 +595,16 @@ impl Config {
                     format!("duplicate group {:?}", g.name),
                 );
             }
+            if !self.users.is_empty() {
+                for (j, u) in g.users.iter().enumerate() {
+                    if !user_names.contains(u.as_str()) {
+                        errs.push(
+                            format!("group[{i}].users[{j}]"),
+                            format!("unknown user {u:?} (define it with [[user]])"),
+                        );
+                    }
+                }
+            }
             for (j, member) in g.groups.iter().enumerate() {
                 if !groups.contains(member.as_str()) {
                     errs.push(
@@ -446,7 +616,11 @@ impl Config {
         }
         // Cycles and nesting depth: the directory refuses them with the path.
         // Only once names are sound, so its errors are not duplicates.
-        if errs.0.iter().all(|e| !e.location.starts_with("group")) {
+        if errs
+            .0
+            .iter()
+            .all(|e| !e.location.starts_with("group") && !e.location.starts_with("user"))
+        {
             if let Err(e) = self.directory() {
                 errs.push("group", e.to_string());
             }
@@ -485,11 +659,25 @@ impl Config {
         }
     }
 
-    /// The local directory defined by `[[group]]`: one source named
-    /// `config`; each username is also the user's subject id.
+    /// The local directory defined by `[[user]]` and `[[group]]`: one source
+    /// named `config`; each username is also the user's subject id.
     pub fn directory(&self) -> Result<Directory, DirectoryError> {
         let mut snapshot = SourceSnapshot::new();
         let mut users = BTreeSet::new();
+        for u in &self.users {
+            if users.insert(u.name.as_str()) {
+                let mut record = UserRecord::new(u.name.as_str())
+                    .username(u.name.as_str())
+                    .disabled(u.disabled);
+                if let Some(e) = &u.email {
+                    record = record.email(e.as_str());
+                }
+                if let Some(d) = &u.display_name {
+                    record = record.display_name(d.as_str());
+                }
+                snapshot.push_user(record);
+            }
+        }
         for g in &self.groups {
             snapshot.push_group(GroupRecord::new(g.name.as_str()));
             for u in &g.users {
@@ -603,6 +791,25 @@ fn is_secret_key(k: &str) -> bool {
     ["secret", "password", "token", "private"]
         .iter()
         .any(|s| k.contains(s))
+}
+
+fn check_jwks_url(u: &str) -> Result<(), String> {
+    let uri: http::Uri = u.parse().map_err(|_| format!("{u:?} is not a URL"))?;
+    let host = uri.host().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        Some("http") => Err(format!(
+            "{u:?}: keys must be fetched over https (http only for loopback)"
+        )),
+        _ => Err(format!("{u:?} must be an https:// URL")),
+    }
 }
 
 fn check_upstream(u: &str) -> Result<(), String> {

@@ -229,7 +229,7 @@ alow = []
 "#,
     );
     let expected = [
-        "gatewy: unknown section; expected one of gateway, signing, listener, group, route",
+        "gatewy: unknown section; expected one of gateway, signing, jwt, trusted_issuer, listener, user, group, route",
         "route[1].alow: unknown field `alow`, expected one of `name`, `host`, `path`, `methods`, `public`, `public_methods`, `allow`, `deny`, upstream, identity, bind_request, bind_body",
         r#"signing.key_id: invalid key id "has space": use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"#,
         "signing.lifetime: must be between 1s and 1h",
@@ -306,4 +306,93 @@ fn load_reports_unreadable_files() {
             .starts_with("cannot read /nonexistent/hexon.toml"),
         "{e}"
     );
+}
+
+#[test]
+fn gateway_users_and_issuers() {
+    let c = Config::parse(
+        r#"
+[gateway]
+login_url = "https://auth.example.com/login"
+admin_bind = "127.0.0.1:9090"
+trusted_proxies = ["10.0.0.0/8", "::1"]
+
+[jwt]
+issuer = "https://gw.example.com"
+lifetime = "15m"
+
+[[trusted_issuer]]
+issuer = "https://idp.example.com"
+jwks_url = "https://idp.example.com/jwks.json"
+audience = "gw"
+
+[[user]]
+name = "alice"
+email = "alice@example.com"
+display_name = "Alice"
+
+[[user]]
+name = "bob"
+disabled = true
+
+[[group]]
+name = "eng"
+users = ["alice", "bob"]
+"#,
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.jwt.audience, "hexon");
+    assert_eq!(c.jwt.lifetime.get().as_secs(), 900);
+    let dir = c.directory().unwrap();
+    let alice = dir.identity("alice").unwrap();
+    assert_eq!(alice.email(), Some("alice@example.com"));
+    assert!(alice.in_group("eng"));
+    assert!(
+        dir.identity("bob").is_err(),
+        "disabled users get no identity"
+    );
+
+    let e = errors(
+        r#"
+[gateway]
+login_url = "ftp://x"
+admin_bind = "nope"
+trusted_proxies = ["10.0.0.0/33"]
+[jwt]
+issuer = ""
+[[trusted_issuer]]
+issuer = "https://idp.example.com"
+jwks_url = "http://idp.example.com/jwks.json"
+audience = "gw"
+[[trusted_issuer]]
+issuer = "local"
+jwks_url = "http://127.0.0.1:8080/jwks.json"
+audience = "gw"
+[[user]]
+name = "alice"
+[[user]]
+name = "alice"
+[[group]]
+name = "eng"
+users = ["carol"]
+"#,
+    );
+    let expected = [
+        "gateway.login_url: must be an http(s) URL or an absolute path",
+        "gateway.admin_bind: \"nope\" is not an address:port",
+        "gateway.trusted_proxies[0]: \"10.0.0.0/33\" is not a CIDR",
+        "jwt.issuer: must not be empty",
+        "trusted_issuer[0].jwks_url: \"http://idp.example.com/jwks.json\": keys must be fetched over https",
+        "user[1].name: duplicate user \"alice\"",
+        "group[0].users[0]: unknown user \"carol\" (define it with [[user]])",
+    ];
+    for x in expected {
+        assert!(
+            e.iter().any(|g| g.starts_with(x)),
+            "missing {x:?} in\n{}",
+            e.join("\n")
+        );
+    }
+    assert_eq!(e.len(), expected.len(), "{}", e.join("\n"));
 }
