@@ -23,6 +23,7 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod ext;
+pub mod gateway;
 pub mod listener;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -1,0 +1,95 @@
+//! `hexon`: the reference gateway. Parses the command line and hands over to
+//! `hexon_proxy::gateway`; no logic lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hexon_proxy::gateway;
+
+#[derive(Parser)]
+#[command(name = "hexon", version, about = "Hexon identity enforcement gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+    },
+    /// Run the gateway on an embedded example configuration, with a built-in
+    /// echo backend that shows the verified identity. No external service.
+    Quickstart {
+        /// Gateway port on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Validate a configuration and print its non-default values.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+    },
+    /// Mint a bearer token for a configured user (for scripts and demos).
+    Token {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+        /// Username of a `[[user]]`.
+        #[arg(short, long)]
+        user: String,
+    },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate a PKCS#8 PEM signing key.
+    Generate {
+        /// Output file (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// `ed25519` or `ecdsa-p256-sha256`.
+        #[arg(long, default_value = "ed25519")]
+        algorithm: String,
+    },
+    /// Print the public JWKS of the configured signing key.
+    Jwks {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    gateway::init_logging();
+    let result = match cli.command {
+        Command::Check { config } => gateway::check(&config),
+        Command::Token { config, user } => gateway::token(&config, &user),
+        Command::Keys {
+            command: KeysCommand::Generate { out, algorithm },
+        } => gateway::generate_key(&out, &algorithm),
+        Command::Keys {
+            command: KeysCommand::Jwks { config },
+        } => gateway::print_jwks(&config),
+        Command::Serve { config } => gateway::run(gateway::serve(config)),
+        Command::Quickstart { port } => gateway::run(gateway::quickstart(port)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            gateway::report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

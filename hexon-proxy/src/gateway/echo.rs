@@ -1,0 +1,65 @@
+//! A tiny backend for the quickstart and for tests: it verifies Hexon's
+//! signed identity exactly as a real backend would (the `hexon-core`
+//! verification layer) and answers with what it verified, as JSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hexon_core::httpsig::{VerifiedIdentity, Verifier};
+use hexon_core::verify::VerifyIdentityLayer;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+
+/// Serve the echo backend on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, verifier: Arc<Verifier>) {
+    let service = ServiceBuilder::new()
+        .layer(VerifyIdentityLayer::from_shared(verifier))
+        .service_fn(|req: Request<_>| async move { Ok::<_, Infallible>(answer(&req)) });
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let svc = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(req: &Request<B>) -> Response<Full<Bytes>> {
+    let Some(v) = req.extensions().get::<VerifiedIdentity>() else {
+        let mut res = Response::new(Full::new(Bytes::from_static(b"unverified\n")));
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        return res;
+    };
+    let id = &v.identity;
+    let body = serde_json::json!({
+        "message": format!("hello {}, your identity was verified by this backend", id.username()),
+        "user": id.username(),
+        "subject": id.subject(),
+        "kind": id.kind().as_str(),
+        "email": id.email(),
+        "groups": id.groups().iter().map(|g| &**g).collect::<Vec<_>>(),
+        "auth": id.auth().iter().map(|a| serde_json::json!({"method": a.method.as_str(), "at": a.at.as_secs()})).collect::<Vec<_>>(),
+        "session": id.session(),
+        "route": &*v.route,
+        "key_id": &*v.key_id,
+        "request_bound": v.request_bound,
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+    });
+    let mut res = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
