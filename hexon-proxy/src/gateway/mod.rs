@@ -2,6 +2,8 @@
 //! runs. The binary only parses its command line; everything it does is
 //! here, testable as a library.
 
+pub mod admin;
+pub mod audit;
 pub mod echo;
 pub mod keys;
 pub mod metrics;

@@ -1,0 +1,278 @@
+//! The audit log: one JSON line per request — request id, client, method,
+//! host, path, user, route, decision, reason, status, latency — written by a
+//! background task so a slow disk never blocks a request. Also feeds the
+//! Prometheus metrics.
+//!
+//! [`AuditLayer`] is the outermost layer; [`CaptureLayer`] sits right after
+//! authentication and copies the caller's identity into the request's
+//! [`AuditSlot`], so even requests the policy refuses are logged with their user.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use hexon_core::Identity;
+use http::{Request, Response};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::metrics::Metrics;
+use crate::body::BoxBody;
+use crate::ext::{ConnectionInfo, MatchedRoute};
+
+/// What the inner layers learned about a request, for its audit line.
+#[derive(Clone, Debug, Default)]
+pub struct AuditSlot(Arc<Mutex<AuditFields>>);
+
+#[derive(Debug, Default)]
+struct AuditFields {
+    user: Option<String>,
+    route: Option<String>,
+    decision: Option<String>,
+    reason: Option<String>,
+}
+
+impl AuditSlot {
+    fn with<R>(&self, f: impl FnOnce(&mut AuditFields) -> R) -> R {
+        match self.0.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Record the policy's outcome (verdict and reason codes, route name).
+    pub fn set_decision(&self, decision: &str, reason: &str, route: Option<&str>) {
+        self.with(|a| {
+            a.decision = Some(decision.to_owned());
+            a.reason = Some(reason.to_owned());
+            if let Some(r) = route {
+                a.route = Some(r.to_owned());
+            }
+        });
+    }
+}
+
+/// Where audit lines go.
+#[derive(Clone, Debug)]
+pub struct AuditSink {
+    tx: Option<mpsc::Sender<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditSink {
+    /// `stdout`, `off`, or a file path (appended). Starts the writer task.
+    pub async fn open(target: &str, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match target {
+            "off" => return Ok(AuditSink { tx: None, metrics }),
+            "stdout" => Box::new(tokio::io::stdout()),
+            path => Box::new(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel::<String>(16_384);
+        tokio::spawn(write_lines(rx, writer));
+        Ok(AuditSink {
+            tx: Some(tx),
+            metrics,
+        })
+    }
+
+    fn emit(&self, line: String) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(line).is_err() {
+                tracing::warn!("audit log is not keeping up; a line was dropped");
+            }
+        }
+    }
+}
+
+async fn write_lines(
+    mut rx: mpsc::Receiver<String>,
+    mut w: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+) {
+    while let Some(mut line) = rx.recv().await {
+        line.push('\n');
+        // Batch whatever else is queued into one write.
+        while let Ok(more) = rx.try_recv() {
+            line.push_str(&more);
+            line.push('\n');
+            if line.len() > 64 * 1024 {
+                break;
+            }
+        }
+        if w.write_all(line.as_bytes()).await.is_err() || w.flush().await.is_err() {
+            tracing::error!("cannot write the audit log");
+        }
+    }
+}
+
+/// Outermost layer: times the request and writes its audit line.
+#[derive(Clone, Debug)]
+pub struct AuditLayer {
+    sink: AuditSink,
+}
+
+impl AuditLayer {
+    /// Log to `sink`.
+    pub fn new(sink: AuditSink) -> Self {
+        AuditLayer { sink }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            inner,
+            sink: self.sink.clone(),
+        }
+    }
+}
+
+/// Service of [`AuditLayer`].
+#[derive(Clone, Debug)]
+pub struct Audit<S> {
+    inner: S,
+    sink: AuditSink,
+}
+
+impl<S, B> Service<Request<B>> for Audit<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let slot = AuditSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let method = req.method().to_string();
+        let host = req
+            .uri()
+            .host()
+            .map(str::to_owned)
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let path = req.uri().path().to_owned();
+        let client = req
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|c| c.peer.ip().to_string());
+        let sink = self.sink.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let elapsed = start.elapsed();
+            let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
+            let request_id = res
+                .as_ref()
+                .ok()
+                .and_then(|r| r.headers().get(crate::request_id::X_REQUEST_ID))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let fields = slot.with(std::mem::take);
+            let route = fields.route.unwrap_or_default();
+            let decision = fields.decision.unwrap_or_else(|| "none".into());
+            sink.metrics
+                .observe(&route, &decision, status, elapsed.as_secs_f64());
+            let line = serde_json::json!({
+                "ts": jiff::Timestamp::now().to_string(),
+                "request_id": request_id,
+                "client": client,
+                "method": method,
+                "host": host,
+                "path": path,
+                "user": fields.user,
+                "route": if route.is_empty() { None } else { Some(route) },
+                "decision": decision,
+                "reason": fields.reason,
+                "status": status,
+                "latency_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            });
+            sink.emit(line.to_string());
+            res
+        })
+    }
+}
+
+/// Copies the authenticated identity and the matched route into the
+/// request's [`AuditSlot`]. Place it right after authentication.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureLayer;
+
+impl<S> Layer<S> for CaptureLayer {
+    type Service = Capture<S>;
+    fn layer(&self, inner: S) -> Capture<S> {
+        Capture { inner }
+    }
+}
+
+/// Service of [`CaptureLayer`].
+#[derive(Clone)]
+pub struct Capture<S> {
+    inner: S,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Capture<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Capture")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, B> Service<Request<B>> for Capture<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        if let Some(slot) = req.extensions().get::<AuditSlot>() {
+            let user = req
+                .extensions()
+                .get::<Identity>()
+                .map(|i| i.username().to_owned());
+            let route = req
+                .extensions()
+                .get::<MatchedRoute>()
+                .map(|r| r.name().to_owned());
+            slot.with(|a| {
+                if user.is_some() {
+                    a.user = user;
+                }
+                if route.is_some() {
+                    a.route = route;
+                }
+            });
+        }
+        self.inner.call(req)
+    }
+}
