@@ -1,0 +1,421 @@
+//! Header hygiene: hop-by-hop removal in both directions and the forwarding
+//! headers (`X-Forwarded-*`, RFC 7239 `Forwarded`, `X-Request-Id`).
+//!
+//! Removed in both directions:
+//! `Connection` and every header it names (except the protected ones
+//! below), `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`,
+//! `Proxy-Authenticate`, `TE`, `Transfer-Encoding`, `Upgrade`.
+//! On requests `TE: trailers` is kept (gRPC needs it); on a WebSocket
+//! upgrade `Connection: upgrade` and `Upgrade` are set again.
+//!
+//! - `Proxy-Authorization` / `Proxy-Authenticate` are credentials and
+//!   challenges for *this* hop (RFC 9110 §11.7): the gateway does not use
+//!   them, and forwarding them would hand a credential meant for a proxy to
+//!   the backend.
+//! - `Trailer` is **kept**: RFC 9110 §6.6.2 makes it end-to-end (RFC 2616's
+//!   list was a mistake), and hyper's HTTP/1.1 encoder only sends the
+//!   trailers a response declares in `Trailer`.
+//! - `Connection` cannot remove the headers the gateway itself is
+//!   responsible for: `Host`, `Content-Length`, `Content-Type`,
+//!   `Authorization`, `Signature`, `Signature-Input`, `Content-Digest`,
+//!   `X-Request-Id`, `Hexon-*` — otherwise a client could strip the signed
+//!   identity (`Connection: Signature`) or the framing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, FORWARDED, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::ext::{ConnectionInfo, RequestId};
+use crate::request_id::X_REQUEST_ID;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Decides whether the peer in front of the gateway is a proxy whose
+/// `X-Forwarded-For`/`Forwarded`/`X-Forwarded-Proto`/`X-Forwarded-Host` may
+/// be believed. Default: nobody.
+///
+/// The predicate sees [`ConnectionInfo::peer`] (the client address after
+/// PROXY protocol). When it returns `true` the gateway appends to the
+/// client's `X-Forwarded-For` and `Forwarded` and keeps its
+/// `X-Forwarded-Proto`/`-Host`; otherwise it replaces all four.
+#[derive(Clone)]
+pub struct TrustedProxies(Option<Arc<dyn Fn(IpAddr) -> bool + Send + Sync>>);
+
+impl std::fmt::Debug for TrustedProxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "TrustedProxies(predicate)"
+        } else {
+            "TrustedProxies(none)"
+        })
+    }
+}
+
+impl Default for TrustedProxies {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl TrustedProxies {
+    /// Trust no peer (the default).
+    pub fn none() -> Self {
+        TrustedProxies(None)
+    }
+
+    /// Trust the peers for which `f` returns `true`.
+    pub fn from_fn(f: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
+        TrustedProxies(Some(Arc::new(f)))
+    }
+
+    /// Trust exactly these addresses.
+    pub fn addrs(addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let addrs: Vec<IpAddr> = addrs.into_iter().collect();
+        Self::from_fn(move |ip| addrs.contains(&ip.to_canonical()))
+    }
+
+    /// Whether `ip` is trusted.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.0.as_ref().is_some_and(|f| f(ip))
+    }
+}
+
+fn is_protected(name: &HeaderName) -> bool {
+    [
+        &HOST,
+        &CONTENT_LENGTH,
+        &CONTENT_TYPE,
+        &AUTHORIZATION,
+        &X_REQUEST_ID,
+    ]
+    .contains(&name)
+        || matches!(
+            name.as_str(),
+            "signature" | "signature-input" | "content-digest"
+        )
+        || name.as_str().starts_with("hexon-")
+}
+
+/// Tokens of every `Connection` header, lowercased.
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Remove hop-by-hop headers (see the module docs). Returns whether the
+/// request asked for `TE: trailers`.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    for token in connection_tokens(headers) {
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if !is_protected(&name) {
+                headers.remove(&name);
+            }
+        }
+    }
+    let te_trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHORIZATION,
+        PROXY_AUTHENTICATE,
+        TE,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    te_trailers
+}
+
+/// Request headers for the upstream: hop-by-hop removed, `TE: trailers`
+/// kept, upgrade restored, `Host` set to the public authority, forwarding
+/// headers and `X-Request-Id` set.
+pub(crate) fn prepare_request(
+    headers: &mut HeaderMap,
+    upgrade: Option<&HeaderValue>,
+    host: &HeaderValue,
+    conn: Option<&ConnectionInfo>,
+    trust: &TrustedProxies,
+    request_id: Option<&RequestId>,
+) {
+    if remove_hop_by_hop(headers) {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(proto) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, proto.clone());
+    }
+    headers.insert(HOST, host.clone());
+    set_forwarding(headers, host, conn, trust);
+    match request_id.and_then(|r| HeaderValue::from_str(r.as_str()).ok()) {
+        Some(v) => {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        None => {
+            headers.remove(X_REQUEST_ID);
+        }
+    }
+}
+
+/// Response headers for the client: hop-by-hop removed; on `101` the
+/// upgrade is restored.
+pub(crate) fn prepare_response(headers: &mut HeaderMap, switching: bool) {
+    let upgrade = headers.get(UPGRADE).cloned();
+    remove_hop_by_hop(headers);
+    if switching {
+        if let Some(proto) = upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, proto);
+        }
+    }
+}
+
+/// Join every value of `name` into one comma-separated string.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn set_forwarding(
+    headers: &mut HeaderMap,
+    host: &HeaderValue,
+    conn: Option<&ConnectionInfo>,
+    trust: &TrustedProxies,
+) {
+    let trusted = conn.is_some_and(|c| trust.is_trusted(c.peer.ip()));
+    let (prior_xff, prior_fwd) = if trusted {
+        (
+            joined(headers, &X_FORWARDED_FOR),
+            joined(headers, &FORWARDED),
+        )
+    } else {
+        (None, None)
+    };
+    let keep_proto = trusted && headers.contains_key(&X_FORWARDED_PROTO);
+    let keep_host = trusted && headers.contains_key(&X_FORWARDED_HOST);
+    headers.remove(&X_FORWARDED_FOR);
+    headers.remove(FORWARDED);
+    if !keep_proto {
+        headers.remove(&X_FORWARDED_PROTO);
+    }
+    if !keep_host {
+        headers.remove(&X_FORWARDED_HOST);
+    }
+
+    let host_str = host.to_str().ok();
+    if !keep_host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let mut element = Vec::with_capacity(3);
+    if let Some(c) = conn {
+        let ip = c.peer.ip().to_canonical();
+        let xff = match prior_xff {
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if !keep_proto {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(c.scheme()));
+        }
+        element.push(format!("for={}", forwarded_node(c.peer)));
+        element.push(format!("proto={}", c.scheme()));
+    }
+    if let Some(h) = host_str {
+        element.push(format!("host={}", forwarded_value(h)));
+    }
+    let ours = element.join(";");
+    let value = match prior_fwd {
+        Some(prior) if !ours.is_empty() => format!("{prior}, {ours}"),
+        Some(prior) => prior,
+        None => ours,
+    };
+    if !value.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(FORWARDED, v);
+        }
+    }
+}
+
+/// RFC 7239 node for `for=`: IPv4 bare, IPv6 bracketed and quoted.
+fn forwarded_node(addr: SocketAddr) -> String {
+    match addr.ip().to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// A `Forwarded` value: a token as is, anything else quoted.
+fn forwarded_value(v: &str) -> String {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !v.is_empty() && v.chars().all(is_tchar) {
+        v.to_owned()
+    } else {
+        let mut out = String::with_capacity(v.len() + 2);
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(peer: &str) -> ConnectionInfo {
+        ConnectionInfo::plain(peer.parse().unwrap(), "127.0.0.1:443".parse().unwrap())
+    }
+
+    fn hv(s: &'static str) -> HeaderValue {
+        HeaderValue::from_static(s)
+    }
+
+    #[test]
+    fn hop_by_hop_is_removed_and_protected_headers_survive() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, hv("close, x-secret, signature, Hexon-User"));
+        h.insert("x-secret", hv("1"));
+        h.insert("signature", hv("sig"));
+        h.insert("hexon-user", hv("alice"));
+        h.insert("keep-alive", hv("timeout=5"));
+        h.insert("proxy-connection", hv("keep-alive"));
+        h.insert(PROXY_AUTHORIZATION, hv("Basic x"));
+        h.insert(TE, hv("gzip, trailers;q=1"));
+        h.insert(TRANSFER_ENCODING, hv("chunked"));
+        h.insert(UPGRADE, hv("h2c"));
+        h.insert("trailer", hv("grpc-status"));
+        let te = remove_hop_by_hop(&mut h);
+        assert!(te);
+        let names: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(h.contains_key("signature"));
+        assert!(h.contains_key("hexon-user"));
+        assert!(h.contains_key("trailer"));
+    }
+
+    #[test]
+    fn untrusted_peer_replaces_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, hv("6.6.6.6"));
+        h.insert(X_FORWARDED_PROTO, hv("https"));
+        h.insert(X_FORWARDED_HOST, hv("evil"));
+        h.insert(FORWARDED, hv("for=6.6.6.6"));
+        let c = conn("[2001:db8::1]:5000");
+        prepare_request(
+            &mut h,
+            None,
+            &hv("app.example.com:8443"),
+            Some(&c),
+            &TrustedProxies::none(),
+            Some(&RequestId("rid-1".into())),
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "2001:db8::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "app.example.com:8443");
+        assert_eq!(
+            h[FORWARDED],
+            "for=\"[2001:db8::1]\";proto=http;host=\"app.example.com:8443\""
+        );
+        assert_eq!(h[HOST], "app.example.com:8443");
+        assert_eq!(h[X_REQUEST_ID], "rid-1");
+    }
+
+    #[test]
+    fn trusted_peer_appends() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, hv("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, hv("2.2.2.2"));
+        h.insert(X_FORWARDED_PROTO, hv("https"));
+        h.insert(FORWARDED, hv("for=1.1.1.1"));
+        h.insert(X_REQUEST_ID, hv("client-chosen"));
+        let c = conn("10.0.0.1:5000");
+        let trust = TrustedProxies::addrs(["10.0.0.1".parse().unwrap()]);
+        prepare_request(&mut h, None, &hv("app"), Some(&c), &trust, None);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "app");
+        assert_eq!(
+            h[FORWARDED],
+            "for=1.1.1.1, for=10.0.0.1;proto=http;host=app"
+        );
+        assert!(!h.contains_key(X_REQUEST_ID));
+    }
+
+    #[test]
+    fn no_connection_info_strips_client_values() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, hv("6.6.6.6"));
+        h.insert(X_FORWARDED_PROTO, hv("https"));
+        let trust = TrustedProxies::from_fn(|_| true);
+        prepare_request(&mut h, None, &hv("app"), None, &trust, None);
+        assert!(!h.contains_key(X_FORWARDED_FOR));
+        assert!(!h.contains_key(X_FORWARDED_PROTO));
+        assert_eq!(h[FORWARDED], "host=app");
+    }
+
+    #[test]
+    fn upgrade_is_restored() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, hv("keep-alive, Upgrade"));
+        h.insert(UPGRADE, hv("websocket"));
+        prepare_request(
+            &mut h,
+            Some(&hv("websocket")),
+            &hv("app"),
+            None,
+            &TrustedProxies::none(),
+            None,
+        );
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h[UPGRADE], "websocket");
+
+        let mut r = HeaderMap::new();
+        r.insert(CONNECTION, hv("Upgrade"));
+        r.insert(UPGRADE, hv("websocket"));
+        r.insert("keep-alive", hv("x"));
+        prepare_response(&mut r, true);
+        assert_eq!(r[CONNECTION], "upgrade");
+        assert_eq!(r[UPGRADE], "websocket");
+        assert!(!r.contains_key("keep-alive"));
+        prepare_response(&mut r, false);
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,411 @@
+//! The reverse proxy: the [`tower_service::Service`] at the bottom of the
+//! stack that forwards an authenticated, authorized, signed request to an
+//! upstream and streams the response back.
+//!
+//! ```text
+//! listener → strip → request_id → authn → authz → sign → ReverseProxy → upstream
+//! ```
+//!
+//! - **Routing**: the upstream group is chosen by the [`MatchedRoute`]
+//!   extension in a hot-swappable [`RoutingTable`] ([`RoutingTableHandle`]).
+//!   No route, or a route the table does not know → 502 (fail closed).
+//! - **Upstreams**: `http://` (HTTP/1.1), `https://` (rustls, HTTP/2 or
+//!   HTTP/1.1 by ALPN, optional client certificate) and `h2c://` (HTTP/2
+//!   prior knowledge); base path + request path, query preserved.
+//! - **Authority**: the client's `Host` (or HTTP/2 `:authority`) is
+//!   preserved: sent as `Host`, and as `:authority` on HTTP/2 upstreams, so
+//!   a backend verifying the identity signature's `@authority` against its
+//!   public names sees what the gateway signed. HTTP/1.1 upstreams get an
+//!   origin-form request target.
+//! - **Balancing**: [`Balance`] (round-robin today).
+//! - **Pooling**: one hyper-util pooled client per upstream ([`PoolConfig`]).
+//! - **Timeouts**: [`Timeouts`] per group; 504 on expiry before the response
+//!   head, 502 when the upstream refuses or resets.
+//! - **Headers**: hop-by-hop hygiene both ways and forwarding headers; see
+//!   [`TrustedProxies`] and the list in the `forward` module docs.
+//! - **Bodies** stream both ways; the request body is limited
+//!   ([`GroupConfig::max_request_body`], 413).
+//! - **WebSocket**: HTTP/1.1 `Upgrade: websocket` is forwarded and spliced.
+//! - **gRPC**: HTTP/2 end to end with trailers and `TE: trailers`.
+//!
+//! Errors answer with [`crate::respond::error`] (status and request id only);
+//! detail goes to `tracing` with the fields `request_id`, `route`,
+//! `upstream`, `error`.
+
+mod balance;
+mod client;
+mod error;
+mod forward;
+mod limit;
+mod upgrade;
+mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::Authority;
+use http::{Extensions, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use tokio::time::Instant;
+
+pub use balance::{Balance, RoundRobin};
+pub use client::{PoolConfig, UpstreamTls};
+pub use error::UpstreamError;
+pub use forward::TrustedProxies;
+pub use upstream::{
+    DEFAULT_MAX_REQUEST_BODY, GroupConfig, Timeouts, Upstream, UpstreamGroup, UpstreamScheme,
+};
+
+use self::error::Chain;
+use self::limit::{LimitedBody, LogContext, TimedBody};
+use crate::body::{BoxBody, BoxError};
+use crate::ext::{ConnectionInfo, MatchedRoute, RequestId};
+use crate::respond;
+
+/// Route name → upstream group. Immutable once built; swap a whole new
+/// table through a [`RoutingTableHandle`].
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    routes: HashMap<Arc<str>, Arc<UpstreamGroup>>,
+}
+
+impl RoutingTable {
+    /// An empty table (every request gets 502).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add or replace the group of `route`.
+    pub fn insert(&mut self, route: impl Into<Arc<str>>, group: UpstreamGroup) -> &mut Self {
+        self.routes.insert(route.into(), Arc::new(group));
+        self
+    }
+
+    /// The group of `route`.
+    pub fn get(&self, route: &str) -> Option<&Arc<UpstreamGroup>> {
+        self.routes.get(route)
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table has no route.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// A table from the configuration's routes, every group with `config`.
+    /// A route without upstreams gets an empty group (503).
+    pub fn from_routes(
+        routes: &[hexon_core::config::RouteConfig],
+        config: &GroupConfig,
+    ) -> Result<Self, UpstreamError> {
+        let mut table = RoutingTable::new();
+        for r in routes {
+            let group = UpstreamGroup::new(&r.upstream, config.clone())?;
+            table.insert(r.spec.name.as_str(), group);
+        }
+        Ok(table)
+    }
+}
+
+/// A shared, hot-swappable [`RoutingTable`]. Clones share the table.
+///
+/// [`load`](Self::load) takes a snapshot for one request; [`store`](Self::store)
+/// swaps in a new table on config reload. In-flight requests finish on the
+/// snapshot they loaded (and its connection pools).
+#[derive(Clone, Debug, Default)]
+pub struct RoutingTableHandle(Arc<RwLock<Arc<RoutingTable>>>);
+
+impl RoutingTableHandle {
+    /// A handle on `table`.
+    pub fn new(table: RoutingTable) -> Self {
+        RoutingTableHandle(Arc::new(RwLock::new(Arc::new(table))))
+    }
+
+    /// The current table.
+    pub fn load(&self) -> Arc<RoutingTable> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replace the table; returns the previous one.
+    pub fn store(&self, table: RoutingTable) -> Arc<RoutingTable> {
+        let mut guard = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *guard, Arc::new(table))
+    }
+}
+
+/// The reverse proxy service. Cheap to clone; never fails (errors become
+/// responses).
+///
+/// Reads the request extensions [`MatchedRoute`] (required),
+/// [`ConnectionInfo`] (for `X-Forwarded-*`; without it the client's values
+/// are dropped and no `for=` is added) and [`RequestId`].
+#[derive(Clone, Debug)]
+pub struct ReverseProxy {
+    routes: RoutingTableHandle,
+    trust: TrustedProxies,
+}
+
+impl ReverseProxy {
+    /// A proxy routing through `routes`, trusting no forwarding proxy.
+    pub fn new(routes: RoutingTableHandle) -> Self {
+        ReverseProxy {
+            routes,
+            trust: TrustedProxies::none(),
+        }
+    }
+
+    /// Believe `X-Forwarded-*`/`Forwarded` from the peers `trust` accepts.
+    pub fn with_trusted_proxies(mut self, trust: TrustedProxies) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// The routing table handle (for reloads).
+    pub fn routes(&self) -> &RoutingTableHandle {
+        &self.routes
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for ReverseProxy
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+/// What a failure log line carries.
+struct Failure<'a> {
+    rid: Option<&'a RequestId>,
+    route: &'a str,
+    upstream: &'a str,
+    html: bool,
+}
+
+impl Failure<'_> {
+    fn respond(
+        &self,
+        status: StatusCode,
+        msg: &str,
+        err: Option<&(dyn std::error::Error + 'static)>,
+    ) -> Response<BoxBody> {
+        let rid = self.rid.map(RequestId::as_str).unwrap_or("-");
+        match err {
+            Some(e) => tracing::warn!(
+                request_id = %rid,
+                route = %self.route,
+                upstream = %self.upstream,
+                error = %Chain(e),
+                status = status.as_u16(),
+                "{msg}"
+            ),
+            None => tracing::warn!(
+                request_id = %rid,
+                route = %self.route,
+                upstream = %self.upstream,
+                status = status.as_u16(),
+                "{msg}"
+            ),
+        }
+        respond::error(status, self.rid, self.html)
+    }
+}
+
+impl ReverseProxy {
+    async fn forward<B>(self, mut req: Request<B>) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let rid = req.extensions().get::<RequestId>().cloned();
+        let route = req.extensions().get::<MatchedRoute>().cloned();
+        let conn = req.extensions().get::<ConnectionInfo>().cloned();
+        let mut fail = Failure {
+            rid: rid.as_ref(),
+            route: route.as_ref().map(MatchedRoute::name).unwrap_or("-"),
+            upstream: "-",
+            html: respond::wants_html(req.headers()),
+        };
+
+        let Some(route) = route.as_ref() else {
+            return fail.respond(StatusCode::BAD_GATEWAY, "no matched route", None);
+        };
+        let Some(group) = self.routes.load().get(route.name()).cloned() else {
+            return fail.respond(StatusCode::BAD_GATEWAY, "route has no upstream group", None);
+        };
+        let config = group.config();
+
+        if let Some(limit) = config.max_request_body {
+            let declared = req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                return fail.respond(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over the size limit",
+                    None,
+                );
+            }
+        }
+
+        let Some(upstream) = group.pick().cloned() else {
+            return fail.respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no upstream available",
+                None,
+            );
+        };
+        fail.upstream = upstream.url();
+
+        // The public authority: Host, else the HTTP/2 :authority.
+        let host = match req.headers().get(HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let Some((host, authority)) = host.and_then(|h| {
+            let a = Authority::try_from(h.as_bytes()).ok()?;
+            Some((h, a))
+        }) else {
+            return fail.respond(
+                StatusCode::BAD_REQUEST,
+                "request without a usable Host",
+                None,
+            );
+        };
+
+        let ws = upgrade::websocket(req.version(), req.headers());
+        let client_upgrade = ws.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let client = match ws {
+            Some(_) => match upstream.upgrade_client() {
+                Some(c) => c.clone(),
+                None => {
+                    return fail.respond(
+                        StatusCode::BAD_GATEWAY,
+                        "WebSocket upgrade to an h2c upstream",
+                        None,
+                    );
+                }
+            },
+            None => upstream.client().clone(),
+        };
+
+        let (parts, body) = req.into_parts();
+        let uri = match upstream.request_uri(&authority, parts.uri.path_and_query()) {
+            Ok(u) => u,
+            Err(e) => {
+                return fail.respond(
+                    StatusCode::BAD_REQUEST,
+                    "cannot build upstream URI",
+                    Some(&e),
+                );
+            }
+        };
+        let mut headers = parts.headers;
+        forward::prepare_request(
+            &mut headers,
+            ws.as_ref(),
+            &host,
+            conn.as_ref(),
+            &self.trust,
+            rid.as_ref(),
+        );
+        let too_large = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody::new(body, config.max_request_body, Arc::clone(&too_large));
+        let mut up_req = Request::new(body.boxed_unsync());
+        *up_req.method_mut() = parts.method;
+        *up_req.uri_mut() = uri;
+        *up_req.version_mut() = if upstream.scheme() == UpstreamScheme::H2c {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        *up_req.headers_mut() = headers;
+
+        let t = config.timeouts;
+        let start = Instant::now();
+        let deadline = t.total.map(|d| start + d);
+        let head_deadline = match deadline {
+            Some(d) => d.min(start + t.response_header),
+            None => start + t.response_header,
+        };
+        let res = match tokio::time::timeout_at(head_deadline, client.request(up_req)).await {
+            Err(_) => {
+                return fail.respond(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream response timeout",
+                    None,
+                );
+            }
+            Ok(Err(e)) => {
+                let status = if too_large.load(Ordering::Relaxed) {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    error::status_for(&e)
+                };
+                return fail.respond(status, "upstream request failed", Some(&e));
+            }
+            Ok(Ok(res)) => res,
+        };
+
+        let ctx = LogContext {
+            request_id: rid
+                .as_ref()
+                .map(RequestId::to_string)
+                .unwrap_or_else(|| "-".to_owned()),
+            route: route.name().to_owned(),
+            upstream: upstream.url().to_owned(),
+        };
+        let (mut parts, body) = res.into_parts();
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let up_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            match (client_upgrade, up_upgrade) {
+                (Some(c), Some(u)) => upgrade::splice(c, u, ctx),
+                _ => {
+                    return fail.respond(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream switched protocols without an upgrade request",
+                        None,
+                    );
+                }
+            }
+            forward::prepare_response(&mut parts.headers, true);
+            parts.extensions = Extensions::new();
+            parts.version = Version::HTTP_11;
+            return Response::from_parts(parts, crate::body::empty());
+        }
+
+        forward::prepare_response(&mut parts.headers, false);
+        parts.extensions = Extensions::new();
+        parts.version = Version::HTTP_11;
+        let body = TimedBody::new(body, t.idle, deadline, Arc::new(ctx));
+        Response::from_parts(parts, crate::body::boxed(body))
+    }
+}
