@@ -815,8 +815,12 @@ fn check_jwks_url(u: &str) -> Result<(), String> {
 fn check_upstream(u: &str) -> Result<(), String> {
     let uri: http::Uri = u.parse().map_err(|_| format!("{u:?} is not a URL"))?;
     match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("{u:?} must start with http:// or https://")),
+        Some("http" | "https" | "h2c") => {}
+        _ => {
+            return Err(format!(
+                "{u:?} must start with http://, https:// or h2c:// (HTTP/2 without TLS, e.g. gRPC)"
+            ));
+        }
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(

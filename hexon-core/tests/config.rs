@@ -236,7 +236,7 @@ alow = []
         r#"listener[0].bind: "localhost" is not an address:port (e.g. "0.0.0.0:8443", "[::]:443")"#,
         r#"listener[1].name: duplicate listener name "http""#,
         r#"group[0].groups[0]: unknown group "ghost""#,
-        r#"route[0].upstream[0]: "ftp://x" must start with http:// or https://"#,
+        r#"route[0].upstream[0]: "ftp://x" must start with http://, https:// or h2c://"#,
         r#"route[0].upstream[1]: "http://" is not a URL"#,
         r#"route[0].identity: bind_request/bind_body need identity = "headers""#,
         r#"route[0].allow[0].groups[1]: unknown group "ops""#,
