@@ -1,1 +1,287 @@
-//! placeholder: filled in by its owner.
+//! Remove every client-sent identity header before anything else runs.
+//!
+//! [`StripIdentityLayer`] deletes
+//!
+//! - every `Hexon-*`, `Signature` and `Signature-Input` header (and their `_`
+//!   spellings), through [`hexon_core::httpsig::remove_identity_headers`];
+//! - the identity headers other proxies and backends commonly trust
+//!   ([`DEFAULT_EXTRA_HEADERS`]: `Remote-User`, `X-Forwarded-User`,
+//!   `X-Auth-Request-*`, ...), extendable with [`StripIdentityLayer::with_header`]
+//!   and [`StripIdentityLayer::with_prefix`].
+//!
+//! Names are compared case-insensitively with `_` equal to `-`: CGI-style
+//! stacks (WSGI, PHP, Rack) fold both into the same variable, so
+//! `Remote_User` must not slip past either. The layer runs first in the stack,
+//! so a forged identity can never reach authentication, policy or a backend.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderName, Request};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Identity headers, beyond `Hexon-*` and `Signature*`, that are removed by
+/// default. An entry ending in `*` is a prefix.
+///
+/// They are the headers that other authenticating proxies (oauth2-proxy,
+/// Authelia, Pomerium, Apache/nginx `auth_request`, IIS, Shibboleth) set and
+/// that backends are often configured to trust blindly.
+pub const DEFAULT_EXTRA_HEADERS: &[&str] = &[
+    "remote-user",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
+    "x-remote-user",
+    "x-remote-email",
+    "x-remote-groups",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-auth-request-*",
+    "x-authenticated-user",
+    "x-authenticated-userid",
+    "x-user",
+    "x-username",
+    "x-email",
+    "x-webauth-user",
+    "x-ms-client-principal*",
+    "x-goog-authenticated-user-*",
+    "x-pomerium-*",
+    "x-client-cert*",
+    "x-ssl-client-*",
+    "ssl-client-*",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pattern {
+    /// Lower-case, `_` folded to `-`, without the trailing `*`.
+    name: Box<str>,
+    prefix: bool,
+}
+
+impl Pattern {
+    fn parse(raw: &str) -> Option<Self> {
+        let (name, prefix) = match raw.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (raw, false),
+        };
+        if name.is_empty() {
+            return None;
+        }
+        let folded: String = name
+            .chars()
+            .map(|c| {
+                if c == '_' {
+                    '-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        Some(Pattern {
+            name: folded.into(),
+            prefix,
+        })
+    }
+
+    /// `name` is already lower-case (an [`HeaderName`]).
+    fn matches(&self, name: &str) -> bool {
+        let n = name.as_bytes();
+        let p = self.name.as_bytes();
+        let len_ok = if self.prefix {
+            n.len() >= p.len()
+        } else {
+            n.len() == p.len()
+        };
+        len_ok
+            && n.iter()
+                .zip(p)
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    }
+}
+
+/// Removes client-sent identity headers. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct StripIdentityLayer {
+    patterns: Arc<[Pattern]>,
+}
+
+impl Default for StripIdentityLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StripIdentityLayer {
+    /// `Hexon-*`, `Signature*` and [`DEFAULT_EXTRA_HEADERS`].
+    pub fn new() -> Self {
+        StripIdentityLayer {
+            patterns: DEFAULT_EXTRA_HEADERS
+                .iter()
+                .filter_map(|p| Pattern::parse(p))
+                .collect(),
+        }
+    }
+
+    /// Only `Hexon-*` and `Signature*` (no extra headers).
+    pub fn hexon_only() -> Self {
+        StripIdentityLayer {
+            patterns: Arc::from(Vec::new()),
+        }
+    }
+
+    /// Also remove the header `name` (case-insensitive, `_` = `-`). A name
+    /// ending in `*` is a prefix, like [`with_prefix`](Self::with_prefix).
+    pub fn with_header(self, name: &str) -> Self {
+        self.push(Pattern::parse(name))
+    }
+
+    /// Also remove every header starting with `prefix`.
+    pub fn with_prefix(self, prefix: &str) -> Self {
+        let p = Pattern::parse(prefix).map(|mut p| {
+            p.prefix = true;
+            p
+        });
+        self.push(p)
+    }
+
+    fn push(self, p: Option<Pattern>) -> Self {
+        let mut v = self.patterns.to_vec();
+        if let Some(p) = p {
+            if !v.contains(&p) {
+                v.push(p);
+            }
+        }
+        StripIdentityLayer { patterns: v.into() }
+    }
+
+    /// Strip `headers` in place (what the service does to every request).
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        strip(&self.patterns, headers);
+    }
+}
+
+fn strip(patterns: &[Pattern], headers: &mut HeaderMap) {
+    hexon_core::httpsig::remove_identity_headers(headers);
+    if patterns.is_empty() {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| patterns.iter().any(|p| p.matches(n.as_str())))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+impl<S> Layer<S> for StripIdentityLayer {
+    type Service = StripIdentity<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StripIdentity {
+            inner,
+            patterns: self.patterns.clone(),
+        }
+    }
+}
+
+/// The service produced by [`StripIdentityLayer`].
+#[derive(Clone)]
+pub struct StripIdentity<S> {
+    inner: S,
+    patterns: Arc<[Pattern]>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for StripIdentity<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripIdentity")
+            .field("inner", &self.inner)
+            .field("patterns", &self.patterns.len())
+            .finish()
+    }
+}
+
+impl<S> StripIdentity<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwrap.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for StripIdentity<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        strip(&self.patterns, req.headers_mut());
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_fold_case_and_underscore() {
+        let layer = StripIdentityLayer::new().with_header("X-Custom_User");
+        let mut h = HeaderMap::new();
+        for name in [
+            "remote-user",
+            "remote_user",
+            "x-auth-request-email",
+            "x_auth_request_groups",
+            "x-custom-user",
+            "x_custom_user",
+            "hexon-user",
+            "hexon_groups",
+            "signature",
+            "signature_input",
+            "x-forwarded-for",
+            "remote-userx",
+            "accept",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
+        }
+        layer.strip(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-forwarded-for", "remote-userx", "accept"]);
+    }
+
+    #[test]
+    fn hexon_only_keeps_others() {
+        let mut h = HeaderMap::new();
+        h.insert("remote-user", "eve".parse().unwrap());
+        h.insert("hexon-user", "eve".parse().unwrap());
+        StripIdentityLayer::hexon_only().strip(&mut h);
+        assert!(h.contains_key("remote-user") && !h.contains_key("hexon-user"));
+        StripIdentityLayer::hexon_only()
+            .with_prefix("remote")
+            .strip(&mut h);
+        assert!(h.is_empty());
+    }
+}
