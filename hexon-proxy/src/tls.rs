@@ -1,1 +1,702 @@
-//! placeholder: filled in by its owner.
+//! TLS for listeners (rustls, ring provider).
+//!
+//! - TLS 1.3, and TLS 1.2 unless [`TlsSettings::min_version`] says 1.3
+//!   (default: 1.2 allowed — rustls only offers ECDHE + AEAD suites for 1.2,
+//!   and load balancers, health checkers and older clients still need it).
+//! - ALPN `h2`, `http/1.1`.
+//! - Several certificate/key PEM pairs; the certificate is chosen by SNI from
+//!   each leaf's DNS SANs (exact names first, then `*.example.com`
+//!   wildcards covering one label); the first pair is the default for
+//!   unknown or absent SNI.
+//! - [`ServerTls::reload`] re-reads every file and swaps the whole rustls
+//!   configuration atomically for new connections; when anything fails the
+//!   old configuration stays and the error is returned.
+//! - Optional client certificates verified against a CA bundle
+//!   ([`ClientAuth::Required`] or [`ClientAuth::Optional`]); the verified
+//!   chain reaches requests as [`TlsInfo::client_chain`].
+//! - Fail closed: missing, unreadable or invalid material is an error that
+//!   names the file and the problem; expired or not-yet-valid certificates
+//!   load with a warning (clients will refuse them, the operator sees why).
+//! - Dev mode ([`TlsSettings::dev`]): with no certificate configured, a
+//!   self-signed certificate for `localhost`, `127.0.0.1`, `::1` and the
+//!   configured names is generated (and stored under the data dir when one
+//!   is given), with a loud warning.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::ext::TlsInfo;
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertificateFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1/RSA or SEC1/EC).
+    pub key: PathBuf,
+}
+
+impl CertificateFiles {
+    /// A certificate file and its key file.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        CertificateFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }
+    }
+}
+
+/// Whether clients must present a certificate (when a client CA is set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A certificate issued by the client CA is required (the default: the
+    /// `client_ca` option says "clients must present a certificate").
+    #[default]
+    Required,
+    /// Clients may present one; if they do it must verify. Requests without
+    /// one proceed (other authenticators decide).
+    Optional,
+}
+
+/// The lowest TLS version accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MinTlsVersion {
+    /// TLS 1.2 and 1.3 (default).
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// Self-signed certificate for development.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DevCertificate {
+    /// Names besides `localhost`, `127.0.0.1` and `::1` (DNS names or IPs).
+    pub names: Vec<String>,
+    /// Where to keep it (`<data_dir>/dev-tls/{cert,key}.pem`) so browsers
+    /// see the same certificate across restarts; `None`: in memory only.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DevCertificate {
+    /// A dev certificate for the default names, kept under `data_dir`.
+    pub fn new(data_dir: Option<PathBuf>) -> Self {
+        DevCertificate {
+            names: Vec::new(),
+            data_dir,
+        }
+    }
+}
+
+/// A listener's TLS configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// Certificate/key pairs; the first is the default. May be empty only
+    /// with [`TlsSettings::dev`].
+    pub certificates: Vec<CertificateFiles>,
+    /// PEM CA bundle that issues client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: required (default) or optional.
+    pub client_auth: ClientAuth,
+    /// Lowest version (default TLS 1.2).
+    pub min_version: MinTlsVersion,
+    /// ALPN protocols in preference order (default `h2`, `http/1.1`).
+    pub alpn: Vec<Vec<u8>>,
+    /// Dev mode: generate a self-signed certificate when `certificates` is
+    /// empty. Ignored when certificates are configured.
+    pub dev: Option<DevCertificate>,
+}
+
+impl TlsSettings {
+    /// Serve these certificate/key pairs (the first one is the default).
+    pub fn new(certificates: Vec<CertificateFiles>) -> Self {
+        TlsSettings {
+            certificates,
+            client_ca: None,
+            client_auth: ClientAuth::default(),
+            min_version: MinTlsVersion::default(),
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            dev: None,
+        }
+    }
+
+    /// Dev mode: a generated self-signed certificate.
+    pub fn dev(dev: DevCertificate) -> Self {
+        TlsSettings {
+            dev: Some(dev),
+            ..TlsSettings::new(Vec::new())
+        }
+    }
+}
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A file's content is invalid.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The private key is not the certificate's.
+    #[error("{}: private key does not match the certificate in {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+    },
+    /// No certificate configured and dev mode off.
+    #[error(
+        "no TLS certificate configured (set cert and key, or enable dev mode for a self-signed one)"
+    )]
+    NoCertificate,
+    /// Generating or storing the dev certificate failed.
+    #[error("dev certificate: {0}")]
+    Dev(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// A loaded certificate, for status pages and expiry monitoring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertInfo {
+    /// The certificate file (`<dev self-signed>` for an in-memory one).
+    pub cert_file: PathBuf,
+    /// DNS names (SANs) it is selected for, lowercase.
+    pub names: Vec<String>,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// Whether it is served for unknown or absent SNI.
+    pub default: bool,
+}
+
+/// A listener's TLS state: the current rustls configuration, reloadable.
+///
+/// Cheap to clone (shared); [`ServerTls::reload`] on any clone affects all.
+#[derive(Clone)]
+pub struct ServerTls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: TlsSettings,
+    /// In-memory dev certificate (cert PEM, key PEM), generated once.
+    dev_pem: Mutex<Option<(String, String)>>,
+    state: RwLock<State>,
+}
+
+#[derive(Clone)]
+struct State {
+    config: Arc<ServerConfig>,
+    certificates: Arc<[CertInfo]>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Load every file and build the configuration; fails closed.
+    pub fn load(settings: TlsSettings) -> Result<Self, TlsError> {
+        let dev_pem = Mutex::new(None);
+        let state = build(&settings, &dev_pem, SystemTime::now())?;
+        Ok(ServerTls {
+            inner: Arc::new(Inner {
+                settings,
+                dev_pem,
+                state: RwLock::new(state),
+            }),
+        })
+    }
+
+    /// Re-read every file and swap the configuration for new connections.
+    /// On error the current configuration stays in place.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match build(&self.inner.settings, &self.inner.dev_pem, SystemTime::now()) {
+            Ok(state) => {
+                let names: Vec<_> = state
+                    .certificates
+                    .iter()
+                    .map(|c| c.cert_file.display().to_string())
+                    .collect();
+                *self
+                    .inner
+                    .state
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = state;
+                tracing::info!(certificates = ?names, "TLS configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates");
+                Err(e)
+            }
+        }
+    }
+
+    /// The current rustls configuration.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.state().config
+    }
+
+    /// The certificates currently served.
+    pub fn certificates(&self) -> Arc<[CertInfo]> {
+        self.state().certificates
+    }
+
+    /// An acceptor for one new connection (current configuration).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server_config())
+    }
+
+    fn state(&self) -> State {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What a finished handshake established, for [`crate::ext::ConnectionInfo`].
+pub(crate) fn tls_info(conn: &ServerConnection) -> TlsInfo {
+    TlsInfo {
+        sni: conn.server_name().map(str::to_owned),
+        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        // Present only if the client verifier accepted it.
+        client_chain: conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    info: CertInfo,
+}
+
+fn build(
+    s: &TlsSettings,
+    dev_pem: &Mutex<Option<(String, String)>>,
+    now: SystemTime,
+) -> Result<State, TlsError> {
+    let provider = provider();
+    let mut loaded = Vec::new();
+    if s.certificates.is_empty() {
+        let Some(dev) = &s.dev else {
+            return Err(TlsError::NoCertificate);
+        };
+        loaded.push(dev_certificate(dev, dev_pem, &provider, now)?);
+    }
+    for files in &s.certificates {
+        let cert_pem = read(&files.cert)?;
+        let key_pem = read(&files.key)?;
+        loaded.push(load_pair(
+            &cert_pem,
+            &files.cert,
+            &key_pem,
+            &files.key,
+            &provider,
+            now,
+        )?);
+    }
+
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    for l in &loaded {
+        for name in &l.info.names {
+            let (map, key) = match name.strip_prefix("*.") {
+                Some(parent) => (&mut wildcard, parent.to_owned()),
+                None => (&mut exact, name.clone()),
+            };
+            match map.entry(key) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    tracing::debug!(name, file = %l.info.cert_file.display(), "name already served by an earlier certificate");
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Arc::clone(&l.key));
+                }
+            }
+        }
+    }
+    let default = loaded
+        .first()
+        .map(|l| Arc::clone(&l.key))
+        .ok_or(TlsError::NoCertificate)?;
+    let resolver = SniResolver {
+        exact,
+        wildcard,
+        default,
+    };
+
+    let verifier = match &s.client_ca {
+        None => WebPkiClientVerifier::no_client_auth(),
+        Some(path) => {
+            let pem = read(path)?;
+            let mut roots = RootCertStore::empty();
+            let certs = pem_certs(&pem, path)?;
+            for c in certs {
+                roots.add(c).map_err(|e| TlsError::Invalid {
+                    path: path.clone(),
+                    reason: format!("invalid client CA certificate: {e}"),
+                })?;
+            }
+            let b =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            let b = match s.client_auth {
+                ClientAuth::Required => b,
+                ClientAuth::Optional => b.allow_unauthenticated(),
+            };
+            b.build().map_err(|e| TlsError::Invalid {
+                path: path.clone(),
+                reason: format!("client CA: {e}"),
+            })?
+        }
+    };
+
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match s.min_version {
+        MinTlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinTlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = s.alpn.clone();
+    // A fresh session cache per build: sessions resumed across a reload
+    // would skip verification against a changed client CA.
+
+    let mut infos: Vec<CertInfo> = loaded.into_iter().map(|l| l.info).collect();
+    if let Some(first) = infos.first_mut() {
+        first.default = true;
+    }
+    Ok(State {
+        config: Arc::new(config),
+        certificates: Arc::from(infos),
+    })
+}
+
+fn dev_certificate(
+    dev: &DevCertificate,
+    dev_pem: &Mutex<Option<(String, String)>>,
+    provider: &CryptoProvider,
+    now: SystemTime,
+) -> Result<Loaded, TlsError> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    for n in &dev.names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let label = PathBuf::from("<dev self-signed>");
+    let Some(dir) = &dev.data_dir else {
+        let mut pem = dev_pem.lock().unwrap_or_else(PoisonError::into_inner);
+        let (cert, key) = match &*pem {
+            Some(p) => p.clone(),
+            None => {
+                let p = generate_self_signed(&names, now)?;
+                *pem = Some(p.clone());
+                warn_dev(&names, None);
+                p
+            }
+        };
+        return load_pair(
+            cert.as_bytes(),
+            &label,
+            key.as_bytes(),
+            &label,
+            provider,
+            now,
+        );
+    };
+    let dir = dir.join("dev-tls");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if let (Ok(cert), Ok(key)) = (std::fs::read(&cert_path), std::fs::read(&key_path)) {
+        match load_pair(&cert, &cert_path, &key, &key_path, provider, now) {
+            Ok(l)
+                if l.info.not_after > now + Duration::from_secs(86_400)
+                    && dns_names_covered(&names, &l.info.names) =>
+            {
+                warn_dev(&names, Some(&dir));
+                return Ok(l);
+            }
+            Ok(_) => {
+                tracing::info!(dir = %dir.display(), "dev certificate expiring or names changed; generating a new one")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stored dev certificate unusable; generating a new one")
+            }
+        }
+    }
+    let (cert, key) = generate_self_signed(&names, now)?;
+    std::fs::create_dir_all(&dir).map_err(|e| TlsError::Dev(format!("{}: {e}", dir.display())))?;
+    write_private(&key_path, key.as_bytes())?;
+    std::fs::write(&cert_path, cert.as_bytes())
+        .map_err(|e| TlsError::Dev(format!("{}: {e}", cert_path.display())))?;
+    warn_dev(&names, Some(&dir));
+    load_pair(
+        cert.as_bytes(),
+        &cert_path,
+        key.as_bytes(),
+        &key_path,
+        provider,
+        now,
+    )
+}
+
+fn warn_dev(names: &[String], dir: Option<&Path>) {
+    tracing::warn!(
+        names = ?names,
+        stored_in = %dir.map_or_else(|| "memory only".to_owned(), |d| d.display().to_string()),
+        "DEV MODE: serving a SELF-SIGNED TLS certificate. Clients cannot verify it. Never use dev mode in production."
+    );
+}
+
+/// Whether every DNS name we want (IPs are not reported in `have`) is present.
+fn dns_names_covered(want: &[String], have: &[String]) -> bool {
+    want.iter()
+        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+        .all(|n| have.contains(&n.to_ascii_lowercase()))
+}
+
+fn generate_self_signed(names: &[String], now: SystemTime) -> Result<(String, String), TlsError> {
+    let dev = |e: rcgen::Error| TlsError::Dev(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(dev)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(dev)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Hexon development certificate");
+    params.not_before = now
+        .checked_sub(Duration::from_secs(3600))
+        .unwrap_or(now)
+        .into();
+    params.not_after = (now + Duration::from_secs(365 * 86_400)).into();
+    let cert = params.self_signed(&key).map_err(dev)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| TlsError::Dev(format!("{}: {e}", path.display())))
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    std::fs::write(path, data).map_err(|e| TlsError::Dev(format!("{}: {e}", path.display())))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            reason: format!("invalid PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid {
+            path: path.to_owned(),
+            reason: "no CERTIFICATE block in PEM".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn load_pair(
+    cert_pem: &[u8],
+    cert_path: &Path,
+    key_pem: &[u8],
+    key_path: &Path,
+    provider: &CryptoProvider,
+    now: SystemTime,
+) -> Result<Loaded, TlsError> {
+    let chain = pem_certs(cert_pem, cert_path)?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| TlsError::Invalid {
+            path: key_path.to_owned(),
+            reason: format!("invalid PEM: {e}"),
+        })?
+        .ok_or_else(|| TlsError::Invalid {
+            path: key_path.to_owned(),
+            reason: "no private key (PKCS#8, RSA or EC) in PEM".into(),
+        })?;
+    let signing_key =
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Invalid {
+                path: key_path.to_owned(),
+                reason: format!("unsupported private key: {e}"),
+            })?;
+    let info = cert_info(&chain, cert_path, now)?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(TlsError::KeyMismatch {
+                cert: cert_path.to_owned(),
+                key: key_path.to_owned(),
+            });
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            tracing::warn!(key = %key_path.display(), "cannot check that the private key matches the certificate");
+        }
+        Err(e) => {
+            return Err(TlsError::Invalid {
+                path: cert_path.to_owned(),
+                reason: format!("certificate/key check failed: {e}"),
+            });
+        }
+    }
+    Ok(Loaded {
+        key: Arc::new(certified),
+        info,
+    })
+}
+
+fn cert_info(
+    chain: &[CertificateDer<'static>],
+    path: &Path,
+    now: SystemTime,
+) -> Result<CertInfo, TlsError> {
+    let invalid = |reason: String| TlsError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let leaf = chain
+        .first()
+        .ok_or_else(|| invalid("no CERTIFICATE block in PEM".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| invalid(format!("cannot parse the first certificate: {e}")))?;
+    let mut names = Vec::new();
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => {
+            for n in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                    let d = d.trim_end_matches('.').to_ascii_lowercase();
+                    let bad_wildcard = d.contains('*')
+                        && d.strip_prefix("*.")
+                            .is_none_or(|rest| rest.contains('*') || !rest.contains('.'));
+                    if bad_wildcard {
+                        tracing::warn!(file = %path.display(), name = d, "unsupported wildcard form ignored");
+                        continue;
+                    }
+                    names.push(d);
+                }
+            }
+        }
+        Ok(None) => {
+            tracing::warn!(file = %path.display(), "certificate has no subjectAltName: served only as the default");
+        }
+        Err(e) => return Err(invalid(format!("invalid subjectAltName: {e}"))),
+    }
+    let time = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    let not_before = time(cert.validity().not_before.timestamp());
+    let not_after = time(cert.validity().not_after.timestamp());
+    if not_after < now {
+        tracing::warn!(file = %path.display(), not_after = %cert.validity().not_after, "certificate EXPIRED: clients will refuse it");
+    } else if not_before > now {
+        tracing::warn!(file = %path.display(), not_before = %cert.validity().not_before, "certificate not yet valid: clients will refuse it");
+    } else if not_after < now + Duration::from_secs(14 * 86_400) {
+        tracing::warn!(file = %path.display(), not_after = %cert.validity().not_after, "certificate expires in less than 14 days");
+    }
+    Ok(CertInfo {
+        cert_file: path.to_owned(),
+        names,
+        not_before,
+        not_after,
+        default: false,
+    })
+}
+
+/// Chooses the certificate by SNI.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the parent domain (`*.example.com` → `example.com`).
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn lookup(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni else {
+            return Arc::clone(&self.default);
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Arc::clone(k);
+        }
+        if let Some(k) = name
+            .split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+        {
+            return Arc::clone(k);
+        }
+        Arc::clone(&self.default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.lookup(hello.server_name()))
+    }
+}
