@@ -240,13 +240,43 @@ fn default_listener_name() -> String {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TlsConfig {
+    /// PEM certificate chain file. With `key`; both unset only in dev mode
+    /// (a self-signed certificate is generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// PEM private key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// More certificate/key pairs, chosen by SNI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCertificate>,
+    /// PEM CA bundle: clients present a certificate it issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+    /// With `client_ca`: `"required"` (default) or `"optional"`.
+    #[serde(default = "default_client_auth")]
+    pub client_auth: String,
+    /// Lowest TLS version: `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "default_min_tls")]
+    pub min_version: String,
+}
+
+fn default_client_auth() -> String {
+    "required".into()
+}
+fn default_min_tls() -> String {
+    "1.2".into()
+}
+
+/// `[[listener.tls.sni]]`: another certificate, served for the names in its SANs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SniCertificate {
     /// PEM certificate chain file.
     pub cert: String,
     /// PEM private key file.
     pub key: String,
-    /// PEM CA bundle: when set, clients must present a certificate it issued.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ca: Option<String>,
 }
 
 /// `[[group]]`: a local group.
@@ -575,10 +605,30 @@ impl Config {
                 );
             }
             if let Some(tls) = &l.tls {
-                for (field, v) in [("cert", &tls.cert), ("key", &tls.key)] {
-                    if v.is_empty() {
-                        errs.push(format!("listener[{i}].tls.{field}"), "must name a PEM file");
-                    }
+                match (&tls.cert, &tls.key) {
+                    (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {}
+                    (None, None) if self.gateway.dev => {}
+                    (None, None) => errs.push(
+                        format!("listener[{i}].tls"),
+                        "no certificate: set cert and key (or gateway.dev = true for a \
+                         self-signed development certificate)",
+                    ),
+                    _ => errs.push(
+                        format!("listener[{i}].tls"),
+                        "cert and key go together: set both to PEM files",
+                    ),
+                }
+                if !matches!(tls.client_auth.as_str(), "required" | "optional") {
+                    errs.push(
+                        format!("listener[{i}].tls.client_auth"),
+                        "must be \"required\" or \"optional\"",
+                    );
+                }
+                if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
+                    errs.push(
+                        format!("listener[{i}].tls.min_version"),
+                        "must be \"1.2\" or \"1.3\"",
+                    );
                 }
             }
         }

@@ -20,6 +20,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::metrics::Metrics;
+use crate::authz::AuthzOutcome;
 use crate::body::BoxBody;
 use crate::ext::{ConnectionInfo, MatchedRoute};
 
@@ -33,6 +34,7 @@ struct AuditFields {
     route: Option<String>,
     decision: Option<String>,
     reason: Option<String>,
+    rule: Option<String>,
 }
 
 impl AuditSlot {
@@ -191,6 +193,16 @@ where
                 .and_then(|r| r.headers().get(crate::request_id::X_REQUEST_ID))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            if let Some(o) = res
+                .as_ref()
+                .ok()
+                .and_then(|r| r.extensions().get::<AuthzOutcome>())
+            {
+                slot.set_decision(o.verdict.as_str(), o.reason.as_str(), o.route.as_deref());
+                if let Some(rule) = &o.rule {
+                    slot.with(|a| a.rule = Some(rule.clone()));
+                }
+            }
             let fields = slot.with(std::mem::take);
             let route = fields.route.unwrap_or_default();
             let decision = fields.decision.unwrap_or_else(|| "none".into());
@@ -207,6 +219,7 @@ where
                 "route": if route.is_empty() { None } else { Some(route) },
                 "decision": decision,
                 "reason": fields.reason,
+                "rule": fields.rule,
                 "status": status,
                 "latency_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             });

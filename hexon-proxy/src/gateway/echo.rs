@@ -18,9 +18,23 @@ use tower::ServiceBuilder;
 
 /// Serve the echo backend on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, verifier: Arc<Verifier>) {
-    let service = ServiceBuilder::new()
+    let verified = ServiceBuilder::new()
         .layer(VerifyIdentityLayer::from_shared(verifier))
         .service_fn(|req: Request<_>| async move { Ok::<_, Infallible>(answer(&req)) });
+    // Requests without any signature (public routes) are answered as
+    // anonymous; anything that carries one must verify.
+    let service = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let mut verified = verified.clone();
+        async move {
+            if req.headers().contains_key("signature-input")
+                || req.headers().contains_key("signature")
+            {
+                tower_service::Service::call(&mut verified, req).await
+            } else {
+                Ok(anonymous(&req))
+            }
+        }
+    });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -32,6 +46,20 @@ pub async fn serve(listener: TcpListener, verifier: Arc<Verifier>) {
                 .await;
         });
     }
+}
+
+fn anonymous<B>(req: &Request<B>) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "message": "hello anonymous: this request carries no identity (a public route)",
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+    });
+    let mut res = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 fn answer<B>(req: &Request<B>) -> Response<Full<Bytes>> {

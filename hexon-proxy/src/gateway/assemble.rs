@@ -1,0 +1,497 @@
+//! From a validated [`Config`] to running listeners: the one place where the
+//! stack is ordered.
+//!
+//! ```text
+//! audit → strip → request id → well-known (JWKS) → authenticate → capture
+//!       → authorize → sign → reverse proxy
+//! ```
+//!
+//! Why this order:
+//! - **audit** is outermost so every request is timed and logged, including
+//!   the ones an inner layer refuses;
+//! - **strip** runs before anything reads headers, so no later layer (nor
+//!   the upstream) can ever see a client-forged identity;
+//! - **request id** comes next so every response, even a 401, carries one;
+//! - **well-known** serves the public JWKS before authentication: backends
+//!   fetch it without credentials;
+//! - **authenticate** turns a credential into an `Identity` (an invalid
+//!   credential is a 401 here, never anonymous); **capture** records it for
+//!   the audit line;
+//! - **authorize** asks the policy; only allowed requests go further;
+//! - **sign** puts the identity on the request for the route's upstream;
+//! - the **reverse proxy** forwards it.
+//!
+//! Hot reload swaps what the handles hold (policy, routing table, signing
+//! table); in-flight requests finish on what they started with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hexon_core::UnixTime;
+use hexon_core::config::{Config, TlsConfig};
+use hexon_core::httpsig::HttpSigner;
+use hexon_core::jwt::{JwtIssuer, JwtVerifier};
+use hexon_core::keys::KeySet;
+use hexon_core::signer::Signer;
+use http::{Method, Request, Response, StatusCode, header};
+use sha2::{Digest as _, Sha256};
+use tower::ServiceBuilder;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::GatewayError;
+use super::admin::{self, Readiness};
+use super::audit::{AuditLayer, AuditSink, CaptureLayer};
+use super::keys;
+use super::metrics::Metrics;
+use crate::authn::{
+    AuthenticateLayer, BearerJwt, ClientCertificate, HttpsJwksFetcher, JwksIssuer,
+    MemorySessionStore, SessionCookie,
+};
+use crate::authz::{AuthorizeLayer, PolicyHandle};
+use crate::body::{BoxBody, full};
+use crate::listener::{Listener, ListenerSettings, ServerHandle};
+use crate::proxy::{GroupConfig, ReverseProxy, RoutingTable, RoutingTableHandle, TrustedProxies};
+use crate::proxy_protocol::ProxyProtocolLimits;
+use crate::request_id::RequestIdLayer;
+use crate::sign::{SignHandle, SignIdentityLayer, SignTable};
+use crate::strip::StripIdentityLayer;
+use crate::tls::{
+    CertificateFiles, ClientAuth, DevCertificate, MinTlsVersion, ServerTls, TlsSettings,
+};
+
+/// The swappable parts of a running gateway.
+#[derive(Clone)]
+pub struct Handles {
+    policy: PolicyHandle,
+    routes: RoutingTableHandle,
+    sign: SignHandle,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handles").finish_non_exhaustive()
+    }
+}
+
+/// A gateway built from a configuration, not yet listening.
+pub struct Gateway {
+    config: Config,
+    key: Arc<dyn Signer>,
+    handles: Handles,
+    jwks: Arc<RwLock<KeySet>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    sessions: Arc<MemorySessionStore>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running gateway: its listeners and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address of each `[[listener]]`, in order.
+    pub listeners: Vec<SocketAddr>,
+    /// The admin listener's address, if configured.
+    pub admin: Option<SocketAddr>,
+    servers: Vec<ServerHandle>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ready: Arc<Readiness>,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (up to `grace`).
+    pub async fn shutdown(self, grace: Duration) {
+        self.ready.set(false);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for s in self.servers {
+            let report = s.shutdown(grace).await;
+            tracing::info!(
+                finished = report.finished,
+                aborted = report.aborted,
+                "listener stopped"
+            );
+        }
+    }
+}
+
+fn routing_table(config: &Config) -> Result<RoutingTable, GatewayError> {
+    let group = GroupConfig::default().max_request_body(Some(config.gateway.max_body_bytes));
+    RoutingTable::from_routes(&config.routes, &group)
+        .map_err(|e| GatewayError::Other(format!("upstreams: {e}")))
+}
+
+fn sign_table(config: &Config, key: &Arc<dyn Signer>) -> SignTable {
+    SignTable::from_config(
+        &config.routes,
+        &config.jwt.issuer,
+        config.jwt.lifetime.get(),
+    )
+    .with_jwt_issuer(JwtIssuer::new(key.clone()))
+}
+
+fn trusted_cidrs(config: &Config) -> Vec<ipnet::IpNet> {
+    config
+        .gateway
+        .trusted_proxies
+        .iter()
+        .filter_map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| c.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        })
+        .collect()
+}
+
+impl Gateway {
+    /// Build every part from `config` (loading or creating the signing key).
+    pub fn build(config: Config) -> Result<Gateway, GatewayError> {
+        let key = keys::load_or_create(&config)?;
+        let mut jwks = KeySet::new();
+        jwks.insert(key.key_id(), key.public_key(), None)
+            .map_err(|e| GatewayError::Other(format!("signing key: {e}")))?;
+        let handles = Handles {
+            policy: PolicyHandle::new(config.policy()?),
+            routes: RoutingTableHandle::new(routing_table(&config)?),
+            sign: SignHandle::new(sign_table(&config, &key)),
+        };
+        Ok(Gateway {
+            key,
+            handles,
+            jwks: Arc::new(RwLock::new(jwks)),
+            metrics: Arc::new(Metrics::new()),
+            ready: Arc::new(Readiness::default()),
+            sessions: Arc::new(MemorySessionStore::new()),
+            config,
+        })
+    }
+
+    /// The signing key.
+    pub fn key(&self) -> &Arc<dyn Signer> {
+        &self.key
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The session store (sessions are created by the login issue; tests and
+    /// embedders may insert them).
+    pub fn sessions(&self) -> &Arc<MemorySessionStore> {
+        &self.sessions
+    }
+
+    /// Swap in a new configuration's policy, routes and signing table.
+    /// Listener, signing-key and authentication changes need a restart; they
+    /// are reported, not applied.
+    pub fn reload(&self, new: &Config) -> Result<Vec<String>, GatewayError> {
+        let policy = new.policy()?;
+        let routes = routing_table(new)?;
+        let sign = sign_table(new, &self.key);
+        self.handles.policy.store(policy);
+        self.handles.routes.store(routes);
+        self.handles.sign.store(sign);
+        let mut restart = Vec::new();
+        if new.listeners != self.config.listeners {
+            restart.push("listener".to_owned());
+        }
+        if new.signing != self.config.signing {
+            restart.push("signing".to_owned());
+        }
+        if new.jwt != self.config.jwt || new.trusted_issuers != self.config.trusted_issuers {
+            restart.push("jwt / trusted_issuer".to_owned());
+        }
+        if new.gateway != self.config.gateway {
+            restart.push("gateway".to_owned());
+        }
+        Ok(restart)
+    }
+
+    fn authenticate_layer(&self) -> Result<AuthenticateLayer, GatewayError> {
+        let own = JwtVerifier::new(
+            self.jwks_snapshot(),
+            self.config.jwt.issuer.as_str(),
+            self.config.jwt.audience.as_str(),
+        );
+        let mut bearer = BearerJwt::new(own);
+        if !self.config.trusted_issuers.is_empty() {
+            let fetcher = Arc::new(
+                HttpsJwksFetcher::new()
+                    .map_err(|e| GatewayError::Other(format!("JWKS client: {e}")))?,
+            );
+            for t in &self.config.trusted_issuers {
+                bearer = bearer.with_external(JwksIssuer::new(
+                    t.issuer.as_str(),
+                    t.audience.as_str(),
+                    t.jwks_url.as_str(),
+                    fetcher.clone(),
+                ));
+            }
+        }
+        Ok(AuthenticateLayer::new()
+            .with(bearer)
+            .with(SessionCookie::new(self.sessions.clone()))
+            .with(ClientCertificate::new()))
+    }
+
+    fn jwks_snapshot(&self) -> KeySet {
+        match self.jwks.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Bind every listener (and the admin listener) and serve.
+    pub async fn start(&self) -> Result<Running, GatewayError> {
+        let sink = AuditSink::open(&self.config.gateway.audit, self.metrics.clone())
+            .await
+            .map_err(|e| {
+                GatewayError::Other(format!(
+                    "gateway.audit: cannot open {:?}: {e}",
+                    self.config.gateway.audit
+                ))
+            })?;
+        let http_signer = Arc::new(
+            HttpSigner::new(self.key.clone())
+                .with_lifetime(self.config.signing.lifetime.get())
+                .with_max_header_bytes(self.config.signing.max_header_bytes),
+        );
+        let trusted = trusted_cidrs(&self.config);
+        let trusted_for_proxy = trusted.clone();
+        let mut authorize = AuthorizeLayer::new(self.handles.policy.clone());
+        if let Some(url) = &self.config.gateway.login_url {
+            authorize = authorize
+                .with_login_url(url)
+                .map_err(|e| GatewayError::Other(format!("gateway.login_url: {e}")))?;
+        }
+        let proxy = ReverseProxy::new(self.handles.routes.clone()).with_trusted_proxies(
+            TrustedProxies::from_fn(move |ip| {
+                trusted_for_proxy
+                    .iter()
+                    .any(|n| n.contains(&ip.to_canonical()))
+            }),
+        );
+        let stack = ServiceBuilder::new()
+            .layer(AuditLayer::new(sink))
+            .layer(StripIdentityLayer::new())
+            .layer(RequestIdLayer::new().trust_cidrs(trusted))
+            .layer(WellKnownLayer {
+                jwks: self.jwks.clone(),
+            })
+            .layer(self.authenticate_layer()?)
+            .layer(CaptureLayer)
+            .layer(authorize)
+            .layer(
+                SignIdentityLayer::new(http_signer, self.handles.sign.clone()).with_max_body_bytes(
+                    usize::try_from(self.config.gateway.max_body_bytes).unwrap_or(usize::MAX),
+                ),
+            )
+            .service(proxy);
+
+        let mut servers = Vec::new();
+        let mut addrs = Vec::new();
+        for (i, l) in self.config.listeners.iter().enumerate() {
+            let bind: SocketAddr = l.bind.parse().map_err(|_| {
+                GatewayError::Other(format!(
+                    "listener[{i}].bind: {:?} is not an address:port",
+                    l.bind
+                ))
+            })?;
+            let mut settings = ListenerSettings::new(l.name.as_str(), bind);
+            if l.proxy_protocol {
+                settings.proxy_protocol = Some(ProxyProtocolLimits::default());
+            }
+            let tls = match &l.tls {
+                Some(t) => Some(
+                    ServerTls::load(tls_settings(t, &self.config))
+                        .map_err(|e| GatewayError::Other(format!("listener[{i}].tls: {e}")))?,
+                ),
+                None => None,
+            };
+            let listener = Listener::bind(settings, tls)
+                .await
+                .map_err(|e| GatewayError::Other(e.to_string()))?;
+            addrs.push(listener.local_addr());
+            servers.push(listener.serve(stack.clone()));
+        }
+
+        let mut tasks = Vec::new();
+        let mut admin_addr = None;
+        if let Some(a) = &self.config.gateway.admin_bind {
+            let tcp = tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                GatewayError::Other(format!("gateway.admin_bind: cannot bind {a}: {e}"))
+            })?;
+            admin_addr = tcp.local_addr().ok();
+            tasks.push(tokio::spawn(admin::serve(
+                tcp,
+                self.metrics.clone(),
+                self.ready.clone(),
+            )));
+        }
+        let sessions = self.sessions.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                sessions.purge_expired();
+            }
+        }));
+        self.ready.set(true);
+        Ok(Running {
+            listeners: addrs,
+            admin: admin_addr,
+            servers,
+            tasks,
+            ready: self.ready.clone(),
+        })
+    }
+}
+
+fn tls_settings(t: &TlsConfig, config: &Config) -> TlsSettings {
+    let mut certs = Vec::new();
+    if let (Some(c), Some(k)) = (&t.cert, &t.key) {
+        certs.push(CertificateFiles::new(c, k));
+    }
+    certs.extend(t.sni.iter().map(|s| CertificateFiles::new(&s.cert, &s.key)));
+    let mut settings = if certs.is_empty() {
+        TlsSettings::dev(DevCertificate::new(Some(PathBuf::from(
+            &config.gateway.data_dir,
+        ))))
+    } else {
+        TlsSettings::new(certs)
+    };
+    settings.client_ca = t.client_ca.as_ref().map(PathBuf::from);
+    settings.client_auth = if t.client_auth == "optional" {
+        ClientAuth::Optional
+    } else {
+        ClientAuth::Required
+    };
+    settings.min_version = if t.min_version == "1.3" {
+        MinTlsVersion::Tls13
+    } else {
+        MinTlsVersion::Tls12
+    };
+    settings
+}
+
+/// Watch `path` and reload on change (SHA-256 of the contents), every
+/// `every`. An invalid new file keeps the running configuration and logs why.
+pub async fn watch_config(
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    env: fn(&str) -> Option<String>,
+    every: Duration,
+) {
+    let mut last = file_hash(&path);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Ok(text) = tokio::fs::read_to_string(&path).await else {
+            continue;
+        };
+        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if Some(hash) == last {
+            continue;
+        }
+        last = Some(hash);
+        match Config::parse(&text, &env) {
+            Err(e) => {
+                tracing::error!(path = %path.display(), errors = %e, "configuration changed but is invalid; still running the previous one")
+            }
+            Ok(new) => match gateway.reload(&new) {
+                Ok(restart) if restart.is_empty() => {
+                    tracing::info!(path = %path.display(), "configuration reloaded")
+                }
+                Ok(restart) => {
+                    tracing::warn!(path = %path.display(), sections = ?restart, "configuration reloaded; changes to these sections apply after a restart")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "configuration changed but cannot be applied; still running the previous one")
+                }
+            },
+        }
+    }
+}
+
+fn file_hash(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+}
+
+/// Serves `/.well-known/jwks.json` (the keys backends verify with); passes
+/// everything else on.
+#[derive(Clone)]
+struct WellKnownLayer {
+    jwks: Arc<RwLock<KeySet>>,
+}
+
+impl<S> Layer<S> for WellKnownLayer {
+    type Service = WellKnown<S>;
+    fn layer(&self, inner: S) -> WellKnown<S> {
+        WellKnown {
+            inner,
+            jwks: self.jwks.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct WellKnown<S> {
+    inner: S,
+    jwks: Arc<RwLock<KeySet>>,
+}
+
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+impl<S, B> Service<Request<B>> for WellKnown<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if req.uri().path() == JWKS_PATH
+            && (req.method() == Method::GET || req.method() == Method::HEAD)
+        {
+            let body = match self.jwks.read() {
+                Ok(k) => serde_json::to_string(&k.to_jwks(UnixTime::now())),
+                Err(p) => serde_json::to_string(&p.into_inner().to_jwks(UnixTime::now())),
+            }
+            .unwrap_or_else(|_| "{\"keys\":[]}".into());
+            let mut res = Response::new(full(Bytes::from(body)));
+            *res.status_mut() = StatusCode::OK;
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/jwk-set+json"),
+            );
+            res.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("public, max-age=300"),
+            );
+            return Box::pin(std::future::ready(Ok(res)));
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
