@@ -105,11 +105,29 @@ pub struct Running {
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,
     servers: Vec<ServerHandle>,
+    tls: Vec<ServerTls>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ready: Arc<Readiness>,
 }
 
 impl Running {
+    /// Re-read every listener's certificates and keys (e.g. after renewal).
+    /// A listener whose new files are invalid keeps its current ones; the
+    /// errors are returned and logged.
+    pub fn reload_certificates(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for tls in &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        errors
+    }
+
     /// Stop accepting, let in-flight requests finish (up to `grace`).
     pub async fn shutdown(self, grace: Duration) {
         self.ready.set(false);
@@ -303,6 +321,7 @@ impl Gateway {
 
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
+        let mut tls_handles = Vec::new();
         for (i, l) in self.config.listeners.iter().enumerate() {
             let bind: SocketAddr = l.bind.parse().map_err(|_| {
                 GatewayError::Other(format!(
@@ -321,6 +340,9 @@ impl Gateway {
                 ),
                 None => None,
             };
+            if let Some(t) = &tls {
+                tls_handles.push(t.clone());
+            }
             let listener = Listener::bind(settings, tls)
                 .await
                 .map_err(|e| GatewayError::Other(e.to_string()))?;
@@ -354,6 +376,7 @@ impl Gateway {
             listeners: addrs,
             admin: admin_addr,
             servers,
+            tls: tls_handles,
             tasks,
             ready: self.ready.clone(),
         })

@@ -206,7 +206,27 @@ pub async fn serve(path: PathBuf) -> Result<(), GatewayError> {
         |name| std::env::var(name).ok(),
         Duration::from_secs(2),
     ));
-    shutdown_signal().await;
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        #[cfg(unix)]
+        {
+            if let Some(h) = hup.as_mut() {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = h.recv() => {
+                        tracing::info!("SIGHUP: reloading TLS certificates");
+                        running.reload_certificates();
+                        continue;
+                    }
+                }
+            }
+        }
+        (&mut stop).await;
+        break;
+    }
     tracing::info!("shutting down: finishing in-flight requests");
     watcher.abort();
     running.shutdown(Duration::from_secs(10)).await;

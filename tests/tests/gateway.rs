@@ -1,0 +1,705 @@
+//! The gateway as users run it: assembled from `hexon.toml` by the same code
+//! as `hexon serve`, in front of real upstream servers on 127.0.0.1, driven
+//! by real HTTP clients (hyper, curl). Every request crosses two sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs,
+    unreachable_pub
+)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hexon_core::config::Config;
+use hexon_core::httpsig::Verifier;
+use hexon_core::jwt::JwtVerifier;
+use hexon_core::keys::KeySet;
+use hexon_proxy::body::{BoxBody, boxed, empty, full};
+use hexon_proxy::gateway::{Gateway, Running, mint_token_for};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+// ------------------------------------------------------------ upstreams
+
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    Arc::new(move |req| Box::pin(f(req)))
+}
+
+async fn start_upstream(h: Handler) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn count_body(mut body: Incoming) -> u64 {
+    let mut n = 0;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            n += d.len() as u64;
+        }
+    }
+    n
+}
+
+/// Answers with the request it received as JSON.
+fn header_echo() -> Handler {
+    handler(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let n = count_body(body).await;
+        let mut headers = serde_json::Map::new();
+        for name in parts.headers.keys() {
+            let vals: Vec<Value> = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| Value::from(v.to_str().unwrap_or("?")))
+                .collect();
+            headers.insert(name.as_str().to_owned(), Value::Array(vals));
+        }
+        let j = json!({"method": parts.method.as_str(), "uri": parts.uri.to_string(), "headers": headers, "body_len": n});
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(j.to_string()))
+            .unwrap()
+    })
+}
+
+// ------------------------------------------------------------ gateway
+
+struct Gw {
+    gateway: Arc<Gateway>,
+    running: Option<Running>,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Gw {
+    async fn start(toml: &str) -> Gw {
+        let dir = std::env::temp_dir().join(format!(
+            "hexon-e2e-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.display().to_string();
+        let config = Config::parse(toml, &|n| (n == "DATA").then(|| data.clone())).unwrap();
+        let gateway = Arc::new(Gateway::build(config).unwrap());
+        let running = gateway.start().await.unwrap();
+        let addr = running.listeners[0];
+        Gw {
+            gateway,
+            running: Some(running),
+            addr,
+            dir,
+        }
+    }
+
+    async fn token(&self, user: &str) -> String {
+        mint_token_for(self.gateway.config(), self.gateway.key().clone(), user)
+            .await
+            .unwrap()
+    }
+
+    fn keys(&self) -> KeySet {
+        let mut k = KeySet::new();
+        k.insert(
+            self.gateway.key().key_id(),
+            self.gateway.key().public_key(),
+            None,
+        )
+        .unwrap();
+        k
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+async fn send(addr: SocketAddr, req: Request<BoxBody>) -> Response<Incoming> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    within(tx.send_request(req)).await.unwrap()
+}
+
+fn get(path: &str, token: Option<&str>) -> http::request::Builder {
+    let mut b = Request::get(path).header("host", "app.example.com");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b
+}
+
+async fn json_body(res: Response<Incoming>) -> Value {
+    serde_json::from_slice(&within(res.into_body().collect()).await.unwrap().to_bytes()).unwrap()
+}
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("timed out after 30 s")
+}
+
+fn base_config(raw: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+data_dir = "${{DATA}}"
+audit = "off"
+login_url = "https://auth.example.com/login"
+
+[[listener]]
+bind = "127.0.0.1:0"
+
+[[user]]
+name = "alice"
+email = "alice@example.com"
+[[user]]
+name = "bob"
+
+[[group]]
+name = "platform"
+users = ["alice"]
+[[group]]
+name = "engineering"
+groups = ["platform"]
+
+[[route]]
+name = "raw"
+path = "/raw/*"
+upstream = ["http://{raw}"]
+[[route.allow]]
+groups = ["engineering"]
+
+[[route]]
+name = "jwt-app"
+path = "/jwt/*"
+upstream = ["http://{raw}"]
+identity = "jwt"
+[[route.allow]]
+groups = ["engineering"]
+
+[[route]]
+name = "bound"
+path = "/bound/*"
+upstream = ["http://{raw}"]
+bind_request = true
+[[route.allow]]
+groups = ["engineering"]
+
+[[route]]
+name = "public"
+path = "/public/*"
+public = true
+identity = "none"
+upstream = ["http://{raw}"]
+{extra}
+"#
+    )
+}
+
+// ------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_reaches_the_upstream_signed_and_spoofing_is_impossible() {
+    let raw = start_upstream(header_echo()).await;
+    let gw = Gw::start(&base_config(raw, "")).await;
+    let alice = gw.token("alice").await;
+
+    let req = get("/raw/reports?q=1", Some(&alice))
+        .header("hexon-groups", "root")
+        .header("hexon_user", "root")
+        .header("x-forwarded-user", "root")
+        .header("signature", "forged=:AA==:")
+        .body(empty())
+        .unwrap();
+    let res = send(gw.addr, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let j = json_body(res).await;
+    let h = &j["headers"];
+    assert_eq!(h["hexon-user"], json!(["alice"]));
+    assert_eq!(
+        h["hexon-groups"],
+        json!(["engineering, platform"]),
+        "resolved groups, nested included; client value gone"
+    );
+    assert_eq!(h["hexon-route"], json!(["raw"]));
+    assert!(h.get("hexon_user").is_none() && h.get("x-forwarded-user").is_none());
+    assert_eq!(h["x-request-id"], json!([rid]));
+    assert_eq!(
+        h["host"],
+        json!(["app.example.com"]),
+        "Host preserved: the signature covers it"
+    );
+
+    // The upstream's view verifies with the gateway's public key.
+    let mut parts = Request::get(j["uri"].as_str().unwrap())
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    for (name, vals) in h.as_object().unwrap() {
+        for v in vals.as_array().unwrap() {
+            parts.headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                v.as_str().unwrap().parse().unwrap(),
+            );
+        }
+    }
+    let v = Verifier::new(gw.keys(), ["app.example.com"])
+        .verify_parts(&parts, hexon_core::UnixTime::now())
+        .unwrap();
+    assert_eq!(v.identity.username(), "alice");
+    assert!(v.identity.in_group("engineering"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_become_the_right_responses() {
+    let raw = start_upstream(header_echo()).await;
+    let gw = Gw::start(&base_config(raw, "")).await;
+    let bob = gw.token("bob").await;
+
+    // Anonymous API client: 401 with a challenge.
+    let res = send(gw.addr, get("/raw/x", None).body(empty()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert!(res.headers().contains_key("x-request-id"));
+
+    // Anonymous browser: sent to login, with the way back.
+    let res = send(
+        gw.addr,
+        get("/raw/x?y=1", None)
+            .header("accept", "text/html")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FOUND);
+    let loc = res.headers()["location"].to_str().unwrap();
+    assert!(
+        loc.starts_with("https://auth.example.com/login?rd="),
+        "{loc}"
+    );
+
+    // Authenticated but not allowed: 403 with the request id, no reason.
+    let res = send(gw.addr, get("/raw/x", Some(&bob)).body(empty()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let j = json_body(res).await;
+    assert_eq!(j["status"], 403);
+    assert!(j["request_id"].as_str().unwrap().len() >= 16);
+    assert!(
+        !j.to_string().contains("engineering"),
+        "no policy detail to clients: {j}"
+    );
+
+    // A forged or foreign token is a 401, never anonymous.
+    let res = send(
+        gw.addr,
+        get("/public/x", Some("e30.e30.AAAA"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // Public route: no credential, no identity headers.
+    let res = send(
+        gw.addr,
+        get("/public/x", None)
+            .header("hexon-user", "root")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let j = json_body(res).await;
+    assert!(
+        j["headers"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("hexon-") && !k.starts_with("signature"))
+    );
+
+    // The gateway publishes its keys.
+    let res = send(
+        gw.addr,
+        get("/.well-known/jwks.json", None).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let jwks = json_body(res).await;
+    assert_eq!(
+        KeySet::from_jwks_json(&jwks.to_string()).unwrap(),
+        gw.keys()
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_routes_inject_a_bearer_token_for_the_upstream() {
+    let raw = start_upstream(header_echo()).await;
+    let gw = Gw::start(&base_config(raw, "")).await;
+    let alice = gw.token("alice").await;
+    let res = send(gw.addr, get("/jwt/x", Some(&alice)).body(empty()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let j = json_body(res).await;
+    let auth = j["headers"]["authorization"][0].as_str().unwrap();
+    let token = auth.strip_prefix("Bearer ").unwrap();
+    assert_ne!(
+        token, alice,
+        "the upstream gets a token made for it, not the client's"
+    );
+    let v = JwtVerifier::new(gw.keys(), "hexon", "jwt-app")
+        .verify(token, hexon_core::UnixTime::now())
+        .unwrap();
+    assert_eq!(v.identity.username(), "alice");
+    assert!(j["headers"].get("signature").is_none());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_502_with_request_id() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = Gw::start(&base_config(dead, "")).await;
+    let res = send(gw.addr, get("/public/x", None).body(empty()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let j = json_body(res).await;
+    assert_eq!(j["request_id"], rid);
+    assert!(
+        !j.to_string().contains(&dead.to_string()),
+        "no upstream address leaks: {j}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_fails_no_request() {
+    let hits_a = Arc::new(AtomicUsize::new(0));
+    let hits_b = Arc::new(AtomicUsize::new(0));
+    let counting = |hits: Arc<AtomicUsize>| {
+        handler(move |req: Request<Incoming>| {
+            let hits = hits.clone();
+            async move {
+                count_body(req.into_body()).await;
+                hits.fetch_add(1, Ordering::Relaxed);
+                Response::new(full("ok"))
+            }
+        })
+    };
+    let a = start_upstream(counting(hits_a.clone())).await;
+    let b = start_upstream(counting(hits_b.clone())).await;
+    let gw = Gw::start(&base_config(a, "")).await;
+    let alice = gw.token("alice").await;
+    let config_a = gw.gateway.config().clone();
+    let data = gw.dir.display().to_string();
+    let config_b = Config::parse(&base_config(b, ""), &|n| {
+        (n == "DATA").then(|| data.clone())
+    })
+    .unwrap();
+
+    let addr = gw.addr;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let alice = alice.clone();
+        clients.push(tokio::spawn(async move {
+            // Keep-alive connection, many requests, every one must succeed.
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut failures = Vec::new();
+            for i in 0..300 {
+                tx.ready().await.unwrap();
+                let res = tx
+                    .send_request(
+                        get(&format!("/raw/{i}"), Some(&alice))
+                            .body(empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                if res.status() != StatusCode::OK {
+                    failures.push(res.status());
+                }
+                res.into_body().collect().await.unwrap();
+            }
+            failures
+        }));
+    }
+    for i in 0..60 {
+        let next = if i % 2 == 0 { &config_b } else { &config_a };
+        gw.gateway.reload(next).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for c in clients {
+        let failures = within(c).await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "failed requests during reload: {failures:?}"
+        );
+    }
+    assert!(
+        hits_a.load(Ordering::Relaxed) > 0 && hits_b.load(Ordering::Relaxed) > 0,
+        "both configurations served"
+    );
+    assert_eq!(
+        hits_a.load(Ordering::Relaxed) + hits_b.load(Ordering::Relaxed),
+        1200
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_through_the_whole_stack() {
+    let up = start_upstream(handler(|mut req: Request<Incoming>| async move {
+        let signed = req.headers().contains_key("signature");
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = io.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                io.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("x-signed", signed.to_string())
+            .body(empty())
+            .unwrap()
+    }))
+    .await;
+    let gw = Gw::start(&base_config(up, "")).await;
+    let alice = gw.token("alice").await;
+    let req = get("/raw/chat", Some(&alice))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(empty())
+        .unwrap();
+    let res = send(gw.addr, req).await;
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(
+        res.headers()["x-signed"],
+        "true",
+        "the upgrade request carried the signed identity"
+    );
+    let mut io = TokioIo::new(within(hyper::upgrade::on(res)).await.unwrap());
+    io.write_all(b"\x81\x05hello").await.unwrap();
+    let mut back = [0u8; 7];
+    within(io.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"\x81\x05hello");
+    gw.stop().await;
+}
+
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_keeps_trailers_through_the_whole_stack() {
+    let up = start_upstream(handler(|req: Request<Incoming>| async move {
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        let user = req
+            .headers()
+            .get("hexon-user")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let n = count_body(req.into_body()).await;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = VecDeque::from([
+            Frame::data(Bytes::from(format!("user={user:?} n={n}"))),
+            Frame::trailers(trailers),
+        ]);
+        Response::builder()
+            .header("content-type", "application/grpc")
+            .body(boxed(Frames(frames)))
+            .unwrap()
+    }))
+    .await;
+    let extra = format!(
+        r#"
+[[route]]
+name = "grpc"
+path = "/pkg.Greeter/*"
+upstream = ["h2c://{up}"]
+[[route.allow]]
+groups = ["engineering"]
+"#
+    );
+    let dead = "127.0.0.1:9".parse().unwrap();
+    let gw = Gw::start(&base_config(dead, &extra)).await;
+    let alice = gw.token("alice").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, BoxBody>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://app.example.com/pkg.Greeter/SayHello")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {alice}"))
+        .body(full(&b"\0\0\0\0\x05hello"[..]))
+        .unwrap();
+    let res = within(tx.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let collected = within(res.into_body().collect()).await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "user=Some(\"alice\") n=10");
+    gw.stop().await;
+}
+
+/// 64 MiB produced on demand, never held in memory.
+struct Generated(u64);
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.0.min(64 * 1024);
+        self.0 -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n as usize])))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_uploads_stream_through_the_whole_stack() {
+    const SIZE: u64 = 64 * 1024 * 1024;
+    let raw = start_upstream(header_echo()).await;
+    let gw = Gw::start(&base_config(raw, "")).await;
+    let alice = gw.token("alice").await;
+    let req = Request::post("/raw/upload")
+        .header("host", "app.example.com")
+        .header("authorization", format!("Bearer {alice}"))
+        .body(boxed(Generated(SIZE)))
+        .unwrap();
+    let res = send(gw.addr, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_body(res).await["body_len"], SIZE);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_tls_certificate_and_http2_with_curl() {
+    let raw = start_upstream(header_echo()).await;
+    let toml = base_config(raw, "")
+        .replace(
+            "[[listener]]\nbind = \"127.0.0.1:0\"",
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[listener.tls]",
+        )
+        .replace("[gateway]\n", "[gateway]\ndev = true\n");
+    let gw = Gw::start(&toml).await;
+    let alice = gw.token("alice").await;
+    let ca = gw.dir.join("dev-tls").join("cert.pem");
+    assert!(ca.exists(), "the dev certificate is kept in the data dir");
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&ca)
+        .args(["-w", "\n%{http_code} %{http_version}", "-H"])
+        .arg(format!("Authorization: Bearer {alice}"))
+        .arg(format!("https://localhost:{}/raw/tls", gw.addr.port()))
+        .output()
+        .await
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(
+        status,
+        "200 2",
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(j["headers"]["hexon-user"], json!(["alice"]));
+    gw.stop().await;
+}
