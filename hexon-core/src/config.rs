@@ -323,6 +323,40 @@ pub struct RouteConfig {
     /// Signed-header binding (`bind_request`, `bind_body`).
     #[serde(flatten)]
     pub binding: RouteBinding,
+    /// Timeouts, limits and TLS towards the upstreams.
+    #[serde(flatten)]
+    pub upstream_options: UpstreamOptions,
+}
+
+/// Per-route upstream settings (all optional; the gateway's defaults apply).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct UpstreamOptions {
+    /// Time to establish a connection (default 5s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<HumanDuration>,
+    /// Time until the upstream's response head (default 60s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_timeout: Option<HumanDuration>,
+    /// Longest pause while streaming a response body (default 60s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// Upper bound on the whole exchange (default none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_timeout: Option<HumanDuration>,
+    /// Largest request body for this route (default `gateway.max_body_bytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// PEM CA bundle for `https://` upstreams (default: the public web roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<String>,
+    /// PEM client certificate chain for mTLS to the upstream (with `upstream_client_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_client_cert: Option<String>,
+    /// PEM private key of `upstream_client_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_client_key: Option<String>,
 }
 
 /// Per-route signature binding, in config form.
@@ -350,7 +384,20 @@ impl RouteBinding {
 pub const CONFIG_SOURCE: &str = "config";
 
 /// Keys of `[[route]]` that belong to forwarding, not to the [`RouteSpec`].
-const ROUTE_FORWARD_KEYS: [&str; 4] = ["upstream", "identity", "bind_request", "bind_body"];
+const ROUTE_FORWARD_KEYS: [&str; 12] = [
+    "upstream",
+    "identity",
+    "bind_request",
+    "bind_body",
+    "connect_timeout",
+    "response_timeout",
+    "idle_timeout",
+    "total_timeout",
+    "max_body_bytes",
+    "upstream_ca",
+    "upstream_client_cert",
+    "upstream_client_key",
+];
 const SECTIONS: [&str; 8] = [
     "gateway",
     "signing",
@@ -682,6 +729,16 @@ impl Config {
                     errs.push(format!("route[{i}].upstream[{j}]"), why);
                 }
             }
+            let o = &r.upstream_options;
+            if o.upstream_client_cert.is_some() != o.upstream_client_key.is_some() {
+                errs.push(
+                    format!("route[{i}].upstream_client_cert"),
+                    "upstream_client_cert and upstream_client_key go together",
+                );
+            }
+            if o.max_body_bytes == Some(0) {
+                errs.push(format!("route[{i}].max_body_bytes"), "must be at least 1");
+            }
             if r.identity != IdentityMode::Headers
                 && (r.binding.bind_request || r.binding.bind_body)
             {
@@ -965,6 +1022,8 @@ fn route(value: toml::Value, location: &str, errs: &mut Errors) -> Option<RouteC
         bind_request: bool,
         #[serde(default)]
         bind_body: bool,
+        #[serde(flatten)]
+        options: UpstreamOptions,
     }
     let forward: Option<Forward> = deserialize(toml::Value::Table(forward), location, errs);
     let before = errs.0.len();
@@ -989,6 +1048,7 @@ fn route(value: toml::Value, location: &str, errs: &mut Errors) -> Option<RouteC
             bind_request: f.bind_request,
             bind_body: f.bind_body,
         },
+        upstream_options: f.options,
     })
 }
 

@@ -703,3 +703,37 @@ async fn dev_tls_certificate_and_http2_with_curl() {
     assert_eq!(j["headers"]["hexon-user"], json!(["alice"]));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_route_timeouts_and_body_limits_from_the_config() {
+    let slow = start_upstream(handler(|req: Request<Incoming>| async move {
+        let n = count_body(req.into_body()).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Response::new(full(format!("{n}")))
+    }))
+    .await;
+    let extra = format!(
+        r#"
+[[route]]
+name = "slow"
+path = "/slow/*"
+public = true
+identity = "none"
+upstream = ["http://{slow}"]
+response_timeout = "1s"
+max_body_bytes = 1000
+"#
+    );
+    let dead = "127.0.0.1:9".parse().unwrap();
+    let gw = Gw::start(&base_config(dead, &extra)).await;
+    let res = send(gw.addr, get("/slow/x", None).body(empty()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(res.headers().contains_key("x-request-id"));
+    let big = Request::post("/slow/x")
+        .header("host", "app.example.com")
+        .body(full(vec![b'x'; 1001]))
+        .unwrap();
+    let res = send(gw.addr, big).await;
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    gw.stop().await;
+}

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hexon_core::UnixTime;
-use hexon_core::config::{Config, TlsConfig};
+use hexon_core::config::{Config, RouteConfig, TlsConfig};
 use hexon_core::httpsig::HttpSigner;
 use hexon_core::jwt::{JwtIssuer, JwtVerifier};
 use hexon_core::keys::KeySet;
@@ -55,7 +55,10 @@ use crate::authn::{
 use crate::authz::{AuthorizeLayer, PolicyHandle};
 use crate::body::{BoxBody, full};
 use crate::listener::{Listener, ListenerSettings, ServerHandle};
-use crate::proxy::{GroupConfig, ReverseProxy, RoutingTable, RoutingTableHandle, TrustedProxies};
+use crate::proxy::{
+    GroupConfig, ReverseProxy, RoutingTable, RoutingTableHandle, Timeouts, TrustedProxies,
+    UpstreamGroup, UpstreamTls,
+};
 use crate::proxy_protocol::ProxyProtocolLimits;
 use crate::request_id::RequestIdLayer;
 use crate::sign::{SignHandle, SignIdentityLayer, SignTable};
@@ -146,9 +149,50 @@ impl Running {
 }
 
 fn routing_table(config: &Config) -> Result<RoutingTable, GatewayError> {
-    let group = GroupConfig::default().max_request_body(Some(config.gateway.max_body_bytes));
-    RoutingTable::from_routes(&config.routes, &group)
-        .map_err(|e| GatewayError::Other(format!("upstreams: {e}")))
+    let mut table = RoutingTable::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let group = UpstreamGroup::new(&r.upstream, group_config(config, r)?)
+            .map_err(|e| GatewayError::Other(format!("route[{i}].upstream: {e}")))?;
+        table.insert(r.spec.name.as_str(), group);
+    }
+    Ok(table)
+}
+
+/// The upstream settings of one route: its options over the gateway's defaults.
+fn group_config(config: &Config, r: &RouteConfig) -> Result<GroupConfig, GatewayError> {
+    let o = &r.upstream_options;
+    let mut t = Timeouts::default();
+    if let Some(d) = o.connect_timeout {
+        t = t.connect(d.get());
+    }
+    if let Some(d) = o.response_timeout {
+        t = t.response_header(d.get());
+    }
+    if let Some(d) = o.idle_timeout {
+        t = t.idle(d.get());
+    }
+    if let Some(d) = o.total_timeout {
+        t = t.total(Some(d.get()));
+    }
+    let mut group = GroupConfig::default().timeouts(t).max_request_body(Some(
+        o.max_body_bytes.unwrap_or(config.gateway.max_body_bytes),
+    ));
+    let read = |p: &str| std::fs::read(p).map_err(|e| GatewayError::io(Path::new(p), e));
+    let mut tls = match &o.upstream_ca {
+        Some(ca) => {
+            UpstreamTls::ca_pem(&read(ca)?).map_err(|e| GatewayError::key(Path::new(ca), e))?
+        }
+        None => UpstreamTls::webpki(),
+    };
+    if let (Some(c), Some(k)) = (&o.upstream_client_cert, &o.upstream_client_key) {
+        tls = tls
+            .with_client_cert_pem(&read(c)?, &read(k)?)
+            .map_err(|e| GatewayError::key(Path::new(c), e))?;
+    }
+    if o.upstream_ca.is_some() || o.upstream_client_cert.is_some() {
+        group = group.tls(tls);
+    }
+    Ok(group)
 }
 
 fn sign_table(config: &Config, key: &Arc<dyn Signer>) -> SignTable {
