@@ -279,6 +279,10 @@ async fn identity_reaches_the_upstream_signed_and_spoofing_is_impossible() {
     );
     assert_eq!(h["hexon-route"], json!(["raw"]));
     assert!(h.get("hexon_user").is_none() && h.get("x-forwarded-user").is_none());
+    assert!(
+        h.get("authorization").is_none(),
+        "the gateway's bearer token is not forwarded"
+    );
     assert_eq!(h["x-request-id"], json!([rid]));
     assert_eq!(
         h["host"],

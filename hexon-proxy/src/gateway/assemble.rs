@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! audit → strip → request id → well-known (JWKS) → authenticate → capture
-//!       → authorize → sign → reverse proxy
+//!       → authorize → drop credentials → sign → reverse proxy
 //! ```
 //!
 //! Why this order:
@@ -18,6 +18,8 @@
 //!   credential is a 401 here, never anonymous); **capture** records it for
 //!   the audit line;
 //! - **authorize** asks the policy; only allowed requests go further;
+//! - **drop credentials** removes the gateway's own bearer token and session
+//!   cookie, so no backend can replay them at the gateway;
 //! - **sign** puts the identity on the request for the route's upstream;
 //! - the **reverse proxy** forwards it.
 //!
@@ -46,11 +48,12 @@ use tower_service::Service;
 use super::GatewayError;
 use super::admin::{self, Readiness};
 use super::audit::{AuditLayer, AuditSink, CaptureLayer};
+use super::credentials::DropCredentialsLayer;
 use super::keys;
 use super::metrics::Metrics;
 use crate::authn::{
-    AuthenticateLayer, BearerJwt, ClientCertificate, HttpsJwksFetcher, JwksIssuer,
-    MemorySessionStore, SessionCookie,
+    AuthenticateLayer, BearerJwt, ClientCertificate, DEFAULT_SESSION_COOKIE, HttpsJwksFetcher,
+    JwksIssuer, MemorySessionStore, SessionCookie,
 };
 use crate::authz::{AuthorizeLayer, PolicyHandle};
 use crate::body::{BoxBody, full};
@@ -356,6 +359,7 @@ impl Gateway {
             .layer(self.authenticate_layer()?)
             .layer(CaptureLayer)
             .layer(authorize)
+            .layer(DropCredentialsLayer::new(DEFAULT_SESSION_COOKIE))
             .layer(
                 SignIdentityLayer::new(http_signer, self.handles.sign.clone()).with_max_body_bytes(
                     usize::try_from(self.config.gateway.max_body_bytes).unwrap_or(usize::MAX),

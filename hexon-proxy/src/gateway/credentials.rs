@@ -1,0 +1,136 @@
+//! The gateway's own credentials never reach an upstream.
+//!
+//! A bearer token or session cookie the gateway accepted proves the caller
+//! to the gateway; forwarded, it would let any backend (or whoever reads its
+//! logs) replay it at the gateway for every other route. After
+//! authorization, this layer removes `Authorization: Bearer …` from
+//! authenticated requests (an invalid one never gets this far: it is a 401)
+//! and the gateway's session cookie from `Cookie`, keeping other cookies.
+//! Routes that need a token get one made for them (`identity = "jwt"`).
+
+use std::task::{Context, Poll};
+
+use hexon_core::Identity;
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderValue, Request};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Layer of [`DropCredentials`].
+#[derive(Clone, Debug)]
+pub struct DropCredentialsLayer {
+    cookie: &'static str,
+}
+
+impl DropCredentialsLayer {
+    /// Drop bearer tokens and the session cookie named `cookie`.
+    pub fn new(cookie: &'static str) -> Self {
+        DropCredentialsLayer { cookie }
+    }
+}
+
+impl<S> Layer<S> for DropCredentialsLayer {
+    type Service = DropCredentials<S>;
+    fn layer(&self, inner: S) -> DropCredentials<S> {
+        DropCredentials {
+            inner,
+            cookie: self.cookie,
+        }
+    }
+}
+
+/// Removes the gateway's credentials from requests before they are forwarded.
+#[derive(Clone, Debug)]
+pub struct DropCredentials<S> {
+    inner: S,
+    cookie: &'static str,
+}
+
+impl<S, B> Service<Request<B>> for DropCredentials<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        drop_credentials(&mut req, self.cookie);
+        self.inner.call(req)
+    }
+}
+
+fn drop_credentials<B>(req: &mut Request<B>, cookie: &str) {
+    let authenticated = req.extensions().get::<Identity>().is_some();
+    let headers = req.headers_mut();
+    if authenticated {
+        let bearer = headers.get_all(AUTHORIZATION).iter().any(|v| {
+            v.as_bytes()
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
+        });
+        if bearer {
+            headers.remove(AUTHORIZATION);
+        }
+    }
+    let cookies: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    if cookies.is_empty() {
+        return;
+    }
+    let prefix = format!("{cookie}=");
+    let kept: Vec<String> = cookies
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(COOKIE, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_session_cookie_are_dropped_other_cookies_kept() {
+        let mut req = Request::get("/")
+            .header("authorization", "Bearer abc")
+            .header("cookie", "a=1; __Host-hexon-session=secret; b=2")
+            .header("cookie", "__Host-hexon-session=other")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(Identity::builder("s", "u").build().unwrap());
+        drop_credentials(&mut req, "__Host-hexon-session");
+        assert!(req.headers().get("authorization").is_none());
+        assert_eq!(
+            req.headers().get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+
+        // Anonymous requests keep Authorization (other schemes, public routes).
+        let mut req = Request::get("/")
+            .header("authorization", "Basic eDp5")
+            .body(())
+            .unwrap();
+        drop_credentials(&mut req, "__Host-hexon-session");
+        assert!(req.headers().get("authorization").is_some());
+        let mut req = Request::get("/")
+            .header("cookie", "__Host-hexon-session=x")
+            .body(())
+            .unwrap();
+        drop_credentials(&mut req, "__Host-hexon-session");
+        assert!(req.headers().get("cookie").is_none());
+    }
+}
