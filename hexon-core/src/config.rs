@@ -902,19 +902,10 @@ fn is_secret_key(k: &str) -> bool {
 
 fn check_jwks_url(u: &str) -> Result<(), String> {
     let uri: http::Uri = u.parse().map_err(|_| format!("{u:?} is not a URL"))?;
-    let host = uri.host().unwrap_or("");
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
     match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if loopback => Ok(()),
-        Some("http") => Err(format!(
-            "{u:?}: keys must be fetched over https (http only for loopback)"
-        )),
+        Some("https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Some("https") => Err(format!("{u:?} has no host")),
+        Some("http") => Err(format!("{u:?}: keys must be fetched over https")),
         _ => Err(format!("{u:?} must be an https:// URL")),
     }
 }

@@ -367,7 +367,7 @@ jwks_url = "http://idp.example.com/jwks.json"
 audience = "gw"
 [[trusted_issuer]]
 issuer = "local"
-jwks_url = "http://127.0.0.1:8080/jwks.json"
+jwks_url = "https://127.0.0.1:8080/jwks.json"
 audience = "gw"
 [[user]]
 name = "alice"

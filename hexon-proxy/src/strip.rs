@@ -223,7 +223,7 @@ impl<S> StripIdentity<S> {
 
 impl<S, B> Service<Request<B>> for StripIdentity<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<StrippedBody<B>>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -233,9 +233,105 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        strip(&self.patterns, req.headers_mut());
-        self.inner.call(req)
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        strip(&self.patterns, &mut parts.headers);
+        strip_trailer_declaration(&self.patterns, &mut parts.headers);
+        let body = StrippedBody {
+            inner: body,
+            patterns: self.patterns.clone(),
+        };
+        self.inner.call(Request::from_parts(parts, body))
+    }
+}
+
+/// Drop identity header names from the `Trailer` declaration: HTTP/1.1
+/// encoders only send declared trailers, and a declared `Hexon-User`
+/// trailer must not survive even as a name.
+fn strip_trailer_declaration(patterns: &[Pattern], headers: &mut HeaderMap) {
+    let declared: Vec<String> = headers
+        .get_all(http::header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if declared.is_empty() {
+        return;
+    }
+    let kept: Vec<&str> = declared
+        .iter()
+        .map(String::as_str)
+        .filter(|n| {
+            let mut probe = HeaderMap::new();
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(name) => {
+                    probe.insert(name, http::HeaderValue::from_static(""));
+                    strip(patterns, &mut probe);
+                    !probe.is_empty()
+                }
+                Err(_) => false,
+            }
+        })
+        .collect();
+    headers.remove(http::header::TRAILER);
+    if !kept.is_empty() {
+        if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
+            headers.insert(http::header::TRAILER, v);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body whose trailers get the same stripping as the headers:
+    /// a client must not smuggle `Hexon-User` in as a trailer either (some
+    /// frameworks merge trailers into the header map).
+    pub struct StrippedBody<B> {
+        #[pin]
+        inner: B,
+        patterns: Arc<[Pattern]>,
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for StrippedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrippedBody")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for StrippedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        strip(this.patterns, &mut trailers);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

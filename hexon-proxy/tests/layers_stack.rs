@@ -66,39 +66,44 @@ async fn full_stack_over_real_http() {
     // The "upstream": verifies the signature the stack put on the request.
     let backend = {
         let verifier = verifier.clone();
-        tower::service_fn(move |req: Request<SignedBody<hyper::body::Incoming>>| {
-            let verifier = verifier.clone();
-            let fut: std::pin::Pin<
-                Box<
-                    dyn Future<Output = Result<Response<hexon_proxy::body::BoxBody>, Infallible>>
-                        + Send,
-                >,
-            > = Box::pin(async move {
-                let (parts, body) = req.into_parts();
-                let body = body.collect().await.unwrap().to_bytes();
-                let who = match verifier.verify_parts(&parts, NOW) {
-                    Ok(v) => {
-                        if let Some(d) = v.content_digest_sha256() {
-                            use sha2::Digest as _;
-                            let got: [u8; 32] = sha2::Sha256::digest(&body).into();
-                            assert_eq!(got, d);
+        tower::service_fn(
+            move |req: Request<
+                SignedBody<hexon_proxy::strip::StrippedBody<hyper::body::Incoming>>,
+            >| {
+                let verifier = verifier.clone();
+                let fut: std::pin::Pin<
+                    Box<
+                        dyn Future<
+                                Output = Result<Response<hexon_proxy::body::BoxBody>, Infallible>,
+                            > + Send,
+                    >,
+                > = Box::pin(async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    let who = match verifier.verify_parts(&parts, NOW) {
+                        Ok(v) => {
+                            if let Some(d) = v.content_digest_sha256() {
+                                use sha2::Digest as _;
+                                let got: [u8; 32] = sha2::Sha256::digest(&body).into();
+                                assert_eq!(got, d);
+                            }
+                            v.identity.username().to_owned()
                         }
-                        v.identity.username().to_owned()
-                    }
-                    Err(_)
-                        if parts
-                            .headers
-                            .keys()
-                            .any(|k| k.as_str().starts_with("hexon")) =>
-                    {
-                        "SPOOFED".to_owned()
-                    }
-                    Err(_) => "anonymous".to_owned(),
-                };
-                Ok::<_, Infallible>(Response::new(full(who)))
-            });
-            fut
-        })
+                        Err(_)
+                            if parts
+                                .headers
+                                .keys()
+                                .any(|k| k.as_str().starts_with("hexon")) =>
+                        {
+                            "SPOOFED".to_owned()
+                        }
+                        Err(_) => "anonymous".to_owned(),
+                    };
+                    Ok::<_, Infallible>(Response::new(full(who)))
+                });
+                fut
+            },
+        )
     };
 
     let stack = ServiceBuilder::new()

@@ -20,7 +20,7 @@ fn req() -> http::request::Builder {
 async fn spoofed_identity_headers_are_stripped() {
     let svc = ServiceBuilder::new()
         .layer(StripIdentityLayer::new().with_header("X-Tenant-User"))
-        .service(echo::<Empty<Bytes>>());
+        .service(echo::<hexon_proxy::strip::StrippedBody<Empty<Bytes>>>());
     let mut r = req()
         .header("Hexon-User", "root")
         .header("hexon_groups", "admins")

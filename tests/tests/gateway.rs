@@ -741,3 +741,72 @@ max_body_bytes = 1000
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_hosts_path_parameters_and_identity_trailers_are_refused() {
+    let trailers_seen = handler(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let collected = body.collect().await.unwrap();
+        let trailers: Vec<String> = collected
+            .trailers()
+            .map(|t| t.keys().map(|k| k.as_str().to_owned()).collect())
+            .unwrap_or_default();
+        let declared = parts
+            .headers
+            .get("trailer")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Response::new(full(
+            json!({"trailers": trailers, "declared": declared}).to_string(),
+        ))
+    });
+    let raw = start_upstream(trailers_seen).await;
+    let extra = r#"
+[[route]]
+name = "admin-vhost"
+host = "admin.example.com"
+upstream = ["http://127.0.0.1:9"]
+[[route.allow]]
+users = ["nobody"]
+"#;
+    let gw = Gw::start(&base_config(raw, extra)).await;
+    let alice = gw.token("alice").await;
+
+    // Absolute-form target naming one host, Host naming another: 400.
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET http://app.example.com/public/x HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    within(tcp.read_to_string(&mut out)).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+
+    // `;` path parameters would let `/admin;x` dodge an `/admin/*` route on
+    // servlet backends: refused.
+    let res = send(
+        gw.addr,
+        get("/raw/admin;x/users", Some(&alice))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // Identity headers sent as trailers never reach the upstream.
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "POST /raw/t HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: Bearer {alice}\r\n\
+         Trailer: hexon-user, x-checksum\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         3\r\nabc\r\n0\r\nHexon-User: root\r\nX-Checksum: 1\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    within(tcp.read_to_string(&mut out)).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = out.split("\r\n\r\n").nth(1).unwrap();
+    let json_start = body.find('{').unwrap();
+    let json_end = body.rfind('}').unwrap();
+    let j: Value = serde_json::from_str(&body[json_start..=json_end]).unwrap();
+    assert_eq!(j["trailers"], json!(["x-checksum"]), "{j}");
+    assert_eq!(j["declared"], json!("x-checksum"), "{j}");
+    gw.stop().await;
+}

@@ -227,6 +227,11 @@ pub enum RequestError {
     /// The host is empty, too long, or has characters a host name cannot have.
     #[error("host is empty or malformed")]
     MalformedHost,
+    /// A path segment carries `;` parameters (`/admin;x/users`): servlet
+    /// containers strip them and would route to `/admin/users`, which the
+    /// policy would not have matched.
+    #[error("path has ';' parameters")]
+    PathParameters,
 }
 
 /// Collects errors while compiling, building locations lazily.

@@ -40,6 +40,9 @@ pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, RequestError> {
         if is_dot_segment(seg.as_bytes()) {
             return Err(RequestError::DotSegment);
         }
+        if seg.contains(';') {
+            return Err(RequestError::PathParameters);
+        }
     }
     if clean {
         return Ok(Cow::Borrowed(path));

@@ -1185,3 +1185,16 @@ proptest! {
         prop_assert_eq!(e.explain(&r, &at(None)).decision, d);
     }
 }
+
+#[test]
+fn path_parameters_are_refused() {
+    use crate::policy::path::normalize_path;
+    assert_eq!(
+        normalize_path("/admin;x/users"),
+        Err(RequestError::PathParameters)
+    );
+    assert_eq!(normalize_path("/a/b;"), Err(RequestError::PathParameters));
+    assert_eq!(normalize_path("/..;x/admin"), Err(RequestError::DotSegment));
+    // Encoded ';' is data, not a parameter: servlet containers do not strip it.
+    assert!(normalize_path("/a%3Bb").is_ok());
+}

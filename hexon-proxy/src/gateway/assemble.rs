@@ -2,7 +2,7 @@
 //! stack is ordered.
 //!
 //! ```text
-//! audit → strip → request id → well-known (JWKS) → authenticate → capture
+//! audit → strip → request id → single authority → well-known (JWKS) → authenticate → capture
 //!       → authorize → drop credentials → sign → reverse proxy
 //! ```
 //!
@@ -12,6 +12,9 @@
 //! - **strip** runs before anything reads headers, so no later layer (nor
 //!   the upstream) can ever see a client-forged identity;
 //! - **request id** comes next so every response, even a 401, carries one;
+//! - **single authority** refuses requests whose absolute URI and `Host`
+//!   disagree (or with no or several `Host`s), so the policy, the proxy, the
+//!   signature and the audit log all see the same host;
 //! - **well-known** serves the public JWKS before authentication: backends
 //!   fetch it without credentials;
 //! - **authenticate** turns a credential into an `Identity` (an invalid
@@ -48,6 +51,7 @@ use tower_service::Service;
 use super::GatewayError;
 use super::admin::{self, Readiness};
 use super::audit::{AuditLayer, AuditSink, CaptureLayer};
+use super::authority::SingleAuthorityLayer;
 use super::credentials::DropCredentialsLayer;
 use super::keys;
 use super::metrics::Metrics;
@@ -69,6 +73,9 @@ use crate::strip::StripIdentityLayer;
 use crate::tls::{
     CertificateFiles, ClientAuth, DevCertificate, MinTlsVersion, ServerTls, TlsSettings,
 };
+
+/// Largest body of a `bind_body` route (it is buffered to be digested).
+pub const BIND_BODY_MAX: u64 = 1024 * 1024;
 
 /// The swappable parts of a running gateway.
 #[derive(Clone)]
@@ -353,6 +360,7 @@ impl Gateway {
             .layer(AuditLayer::new(sink))
             .layer(StripIdentityLayer::new())
             .layer(RequestIdLayer::new().trust_cidrs(trusted))
+            .layer(SingleAuthorityLayer)
             .layer(WellKnownLayer {
                 jwks: self.jwks.clone(),
             })
@@ -362,7 +370,10 @@ impl Gateway {
             .layer(DropCredentialsLayer::new(DEFAULT_SESSION_COOKIE))
             .layer(
                 SignIdentityLayer::new(http_signer, self.handles.sign.clone()).with_max_body_bytes(
-                    usize::try_from(self.config.gateway.max_body_bytes).unwrap_or(usize::MAX),
+                    // Bodies of `bind_body` routes are held in memory to be
+                    // digested: bounded small, whatever the forwarding limit.
+                    usize::try_from(self.config.gateway.max_body_bytes.min(BIND_BODY_MAX))
+                        .unwrap_or(1024 * 1024),
                 ),
             )
             .service(proxy);

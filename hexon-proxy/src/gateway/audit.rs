@@ -175,8 +175,9 @@ where
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_owned)
             })
+            .map(|h| clip(&h))
             .unwrap_or_default();
-        let path = req.uri().path().to_owned();
+        let path = clip(req.uri().path());
         let client = req
             .extensions()
             .get::<ConnectionInfo>()
@@ -227,6 +228,20 @@ where
             res
         })
     }
+}
+
+/// Client-controlled strings in audit lines are cut at 1 KiB, so a flood of
+/// long paths cannot make the queue hold gigabytes.
+fn clip(s: &str) -> String {
+    const MAX: usize = 1024;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", s.get(..end).unwrap_or(""))
 }
 
 /// Copies the authenticated identity and the matched route into the

@@ -81,13 +81,17 @@ fn drop_credentials<B>(req: &mut Request<B>, cookie: &str) {
     if cookies.is_empty() {
         return;
     }
-    let prefix = format!("{cookie}=");
+    // Split name and value as the session authenticator does (names trimmed).
+    let is_session = |c: &str| {
+        c.split_once('=')
+            .is_some_and(|(name, _)| name.trim() == cookie)
+    };
     let kept: Vec<String> = cookies
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
+        .filter(|c| !c.is_empty() && !is_session(c))
         .map(str::to_owned)
         .collect();
     headers.remove(COOKIE);
@@ -107,7 +111,7 @@ mod tests {
         let mut req = Request::get("/")
             .header("authorization", "Bearer abc")
             .header("cookie", "a=1; __Host-hexon-session=secret; b=2")
-            .header("cookie", "__Host-hexon-session=other")
+            .header("cookie", "__Host-hexon-session =other")
             .body(())
             .unwrap();
         req.extensions_mut()

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod assemble;
 pub mod audit;
+pub mod authority;
 pub mod credentials;
 pub mod echo;
 pub mod keys;

@@ -150,6 +150,8 @@ struct UpstreamInner {
     url: String,
     scheme: UpstreamScheme,
     base_path: String,
+    /// `host:port` the connector dials (also the pool key for HTTP/1.1).
+    dst_authority: Authority,
     client: UpstreamClient,
     /// HTTP/1.1-only client for upgrades over `https://` (ALPN could pick h2).
     upgrade_client: Option<UpstreamClient>,
@@ -203,7 +205,7 @@ impl Upstream {
         };
         let dst = Uri::builder()
             .scheme(dst_scheme)
-            .authority(dst_authority)
+            .authority(dst_authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|_| invalid("bad host or port"))?;
@@ -233,6 +235,7 @@ impl Upstream {
                 url: url.to_owned(),
                 scheme,
                 base_path,
+                dst_authority,
                 client,
                 upgrade_client,
             }),
@@ -269,9 +272,15 @@ impl Upstream {
         }
     }
 
-    /// The URI sent upstream: `scheme://<public authority><base><path>?<query>`.
+    /// The URI sent upstream: `scheme://<authority><base><path>?<query>`.
     /// hyper turns it into origin-form on HTTP/1.1; on HTTP/2 the authority
     /// becomes `:authority`.
+    ///
+    /// The URI authority is also the connection pool's key. `http://`
+    /// upstreams speak HTTP/1.1 only, so they get the upstream's own
+    /// address there (the public host travels in the `Host` header): a
+    /// client varying `Host` cannot open one pool per name. HTTP/2-capable
+    /// upstreams need the public host as `:authority` (the signature covers it).
     pub(crate) fn request_uri(
         &self,
         public_authority: &Authority,
@@ -282,9 +291,14 @@ impl Upstream {
         } else {
             Scheme::HTTP
         };
+        let authority = if self.inner.scheme == UpstreamScheme::Http {
+            self.inner.dst_authority.clone()
+        } else {
+            public_authority.clone()
+        };
         Uri::builder()
             .scheme(scheme)
-            .authority(public_authority.clone())
+            .authority(authority)
             .path_and_query(join_path(&self.inner.base_path, path_and_query))
             .build()
     }

@@ -1,0 +1,128 @@
+//! One request, one authority.
+//!
+//! HTTP/1.1 allows an absolute-form target (`GET http://a.example/ HTTP/1.1`)
+//! next to a `Host` header, and HTTP/2 a `host` header next to `:authority`.
+//! If they disagree, the policy (which matches the URI authority first), the
+//! proxy (which forwards `Host`), the signature and the audit log could each
+//! see a different host — a way to reach another virtual host through a
+//! public route. RFC 9112 §3.2 and RFC 9113 §8.3.1 make such requests
+//! invalid; so does the gateway: 400, before anything reads them. Requests
+//! with several `Host` headers, or none at all, are refused the same way.
+
+use std::future::{Future, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hexon_core::httpsig::normalize_authority;
+use http::header::HOST;
+use http::{Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::BoxBody;
+use crate::ext::RequestId;
+use crate::respond;
+
+/// Layer of [`SingleAuthority`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleAuthorityLayer;
+
+impl<S> Layer<S> for SingleAuthorityLayer {
+    type Service = SingleAuthority<S>;
+    fn layer(&self, inner: S) -> SingleAuthority<S> {
+        SingleAuthority { inner }
+    }
+}
+
+/// Refuses requests whose authority is missing, repeated or ambiguous.
+#[derive(Clone, Debug)]
+pub struct SingleAuthority<S> {
+    inner: S,
+}
+
+/// Why a request's authority is refused, if it is.
+pub fn check<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("several Host headers");
+    }
+    let scheme = req.uri().scheme_str();
+    match (req.uri().authority(), host) {
+        (None, None) => Err("no Host"),
+        (Some(_), None) | (None, Some(_)) => Ok(()),
+        (Some(a), Some(h)) => {
+            let h = h.to_str().map_err(|_| "Host is not ASCII")?;
+            if normalize_authority(a.as_str(), scheme) == normalize_authority(h.trim(), scheme) {
+                Ok(())
+            } else {
+                Err("request target authority and Host disagree")
+            }
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for SingleAuthority<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match check(&req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(why) => {
+                let id = req.extensions().get::<RequestId>();
+                tracing::info!(
+                    request_id = id.map(RequestId::as_str),
+                    reason = why,
+                    "bad request authority"
+                );
+                let res = respond::error(
+                    StatusCode::BAD_REQUEST,
+                    id,
+                    respond::wants_html(req.headers()),
+                );
+                Box::pin(ready(Ok(res)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::get(uri);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn one_authority_or_400() {
+        assert!(check(&req("/x", &["a.example"])).is_ok());
+        assert!(check(&req("http://a.example/x", &[])).is_ok());
+        assert!(check(&req("http://A.example:80/x", &["a.example"])).is_ok());
+        assert!(check(&req("https://a.example/x", &["a.example:443"])).is_ok());
+        assert_eq!(
+            check(&req("http://www.example/x", &["admin.example"])),
+            Err("request target authority and Host disagree")
+        );
+        assert_eq!(
+            check(&req("/x", &["a.example", "b.example"])),
+            Err("several Host headers")
+        );
+        assert_eq!(check(&req("/x", &[])), Err("no Host"));
+    }
+}
