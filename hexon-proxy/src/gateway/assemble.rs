@@ -27,7 +27,11 @@
 //! - the **reverse proxy** forwards it.
 //!
 //! Hot reload swaps what the handles hold (policy, routing table, signing
-//! table); in-flight requests finish on what they started with.
+//! table), one after the other. Each layer reads its table once per request,
+//! so a request keeps the policy it was authorized with; but a request that
+//! is between the authorize and proxy layers at the instant of a reload can
+//! be authorized by the old policy and forwarded with the new routing table.
+//! One generation per request (a single snapshot of all three) is future work.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -283,10 +287,19 @@ impl Gateway {
         if new.signing != self.config.signing {
             restart.push("signing".to_owned());
         }
-        if new.jwt != self.config.jwt || new.trusted_issuers != self.config.trusted_issuers {
-            restart.push("jwt / trusted_issuer".to_owned());
+        // Token verification is built at start; issuing (jwt.issuer,
+        // jwt.lifetime) follows the reloaded signing table.
+        if new.jwt.audience != self.config.jwt.audience
+            || new.trusted_issuers != self.config.trusted_issuers
+        {
+            restart.push("jwt.audience / trusted_issuer".to_owned());
         }
-        if new.gateway != self.config.gateway {
+        // max_body_bytes is applied through the routing table; the rest of
+        // [gateway] shapes the stack and its listeners.
+        let (mut old_gw, mut new_gw) = (self.config.gateway.clone(), new.gateway.clone());
+        old_gw.max_body_bytes = 0;
+        new_gw.max_body_bytes = 0;
+        if new_gw != old_gw {
             restart.push("gateway".to_owned());
         }
         Ok(restart)
