@@ -287,12 +287,13 @@ impl Gateway {
         if new.signing != self.config.signing {
             restart.push("signing".to_owned());
         }
-        // Token verification is built at start; issuing (jwt.issuer,
-        // jwt.lifetime) follows the reloaded signing table.
+        // Token verification is built at start (tokens presented to the
+        // gateway keep being checked against the old issuer and audience).
         if new.jwt.audience != self.config.jwt.audience
+            || new.jwt.issuer != self.config.jwt.issuer
             || new.trusted_issuers != self.config.trusted_issuers
         {
-            restart.push("jwt.audience / trusted_issuer".to_owned());
+            restart.push("jwt.issuer / jwt.audience / trusted_issuer".to_owned());
         }
         // max_body_bytes is applied through the routing table; the rest of
         // [gateway] shapes the stack and its listeners.
