@@ -1,0 +1,932 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! The real `hexon` binary, driven as an operator drives it: `check`,
+//! `keys generate`, `keys jwks`, `token`, `serve` (enforcement, signed
+//! headers, JWKS, metrics, audit log, hot reload, SIGTERM) and `quickstart`,
+//! with `curl` as the HTTP client and a small thread-based upstream.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+const HEXON: &str = env!("CARGO_BIN_EXE_hexon");
+/// Bound on every poll: a condition not reached in this time fails the test.
+const POLL_LIMIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- helpers
+
+/// A directory under the system temp dir, unique per test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "hexon-cli-{name}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+    fn write(&self, file: &str, text: &str) -> PathBuf {
+        let p = self.path(file);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn hexon(args: &[&str]) -> Output {
+    Command::new(HEXON)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("HEXON_CLI_TEST_UNSET")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, for at most [`POLL_LIMIT`].
+fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > POLL_LIMIT {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What curl got: status (0 if no answer), header block, body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+fn curl(url: &str, headers: &[String]) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "--max-time", "5"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let raw = text(&out.stdout);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+/// A child process killed (if still running) when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn sigterm(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -TERM failed");
+    }
+    /// Wait for the exit, at most `limit`.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return Some(st);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `hexon serve -c <config>`, stderr into `<dir>/stderr.log`.
+fn spawn_serve(dir: &TempDir, config: &Path) -> Proc {
+    let stderr = std::fs::File::create(dir.path("stderr.log")).unwrap();
+    let child = Command::new(HEXON)
+        .args(["serve", "-c", p(config)])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn stderr_log(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.path("stderr.log")).unwrap_or_default()
+}
+
+fn wait_ready(dir: &TempDir, proc: &mut Proc, admin: u16) {
+    let ok = poll(|| {
+        if let Some(st) = proc.0.try_wait().unwrap() {
+            panic!("hexon serve exited ({st}):\n{}", stderr_log(dir));
+        }
+        (curl(&format!("http://127.0.0.1:{admin}/readyz"), &[]).status == 200).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "hexon serve not ready within {POLL_LIMIT:?}:\n{}",
+        stderr_log(dir)
+    );
+}
+
+/// base64url (no padding) decoder, for JWT payloads.
+fn b64url_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url: {c:?} in {s:?}"),
+        }
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        acc = (acc << 6) | val(c);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).unwrap());
+        }
+    }
+    out
+}
+
+/// The JSON payload of a compact JWT.
+fn jwt_payload(token: &str) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT has three parts: {token:?}");
+    assert!(parts.iter().all(|p| !p.is_empty()), "empty JWT part");
+    text(&b64url_decode(parts.get(1).unwrap()))
+}
+
+/// A tiny HTTP/1.1 upstream (thread per connection, keep-alive): answers 200
+/// with the received request head as the body, and records every head.
+struct Upstream {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let h = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let h = h.clone();
+                std::thread::spawn(move || Upstream::connection(stream, &h));
+            }
+        });
+        Upstream { port, heads }
+    }
+
+    fn connection(stream: TcpStream, heads: &Mutex<Vec<String>>) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line == "\r\n" || line == "\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            heads.lock().unwrap().push(head.clone());
+            let res = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{head}",
+                head.len()
+            );
+            if writer.write_all(res.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Header lines of a raw request head named `name` (case-insensitive).
+fn head_values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+        .collect()
+}
+
+/// A gateway config: alice in `platform` nested in `eng`, bob in `ops`; one
+/// route `app` allowing `allowed`.
+fn serve_config(dir: &TempDir, port: u16, admin: u16, upstream: u16, allowed: &str) -> String {
+    format!(
+        r#"
+[gateway]
+data_dir = "{data}"
+admin_bind = "127.0.0.1:{admin}"
+audit = "{audit}"
+
+[signing]
+key_id = "cli-test"
+
+[jwt]
+issuer = "hexon-cli"
+audience = "hexon-cli-aud"
+
+[[listener]]
+name = "main"
+bind = "127.0.0.1:{port}"
+
+[[user]]
+name = "alice"
+email = "alice@example.com"
+
+[[user]]
+name = "bob"
+
+[[group]]
+name = "platform"
+users = ["alice"]
+
+[[group]]
+name = "eng"
+groups = ["platform"]
+
+[[group]]
+name = "ops"
+users = ["bob"]
+
+[[route]]
+name = "app"
+path = "/*"
+upstream = ["http://127.0.0.1:{upstream}"]
+[[route.allow]]
+name = "team"
+groups = ["{allowed}"]
+"#,
+        data = p(&dir.path("data")),
+        audit = p(&dir.path("audit.log")),
+    )
+}
+
+fn mint(config: &Path, user: &str) -> String {
+    let out = hexon(&["token", "-c", p(config), "--user", user]);
+    assert!(
+        out.status.success(),
+        "hexon token failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Value of the `hexon_requests_total` sample whose labels contain all of
+/// `labels`, or 0.
+fn requests_metric(metrics: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("hexon_requests_total{"))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+// ---------------------------------------------------------------- check
+
+#[test]
+fn check_valid_config_prints_ok_and_non_default_values() {
+    let dir = TempDir::new("check-ok");
+    let cfg = dir.write("hexon.toml", &serve_config(&dir, 8443, 9090, 3000, "eng"));
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.contains(": OK"), "first line: {first:?}");
+    assert!(
+        first.contains("1 listener(s), 1 route(s), 2 user(s), 3 group(s)"),
+        "counts: {first:?}"
+    );
+    for v in [
+        "cli-test",
+        "hexon-cli-aud",
+        "127.0.0.1:9090",
+        "127.0.0.1:8443",
+    ] {
+        assert!(
+            stdout.contains(v),
+            "non-default value {v:?} missing:\n{stdout}"
+        );
+    }
+    // Defaults are not printed.
+    assert!(!stdout.contains("max_body_bytes"), "{stdout}");
+    assert!(!stdout.contains("ed25519"), "{stdout}");
+}
+
+#[test]
+fn check_invalid_config_names_every_location() {
+    let dir = TempDir::new("check-bad");
+    let cfg = dir.write(
+        "hexon.toml",
+        r#"
+[bogus]
+x = 1
+
+[[listener]]
+bind = "localhost"
+
+[[group]]
+name = "eng"
+
+[[route]]
+name = "app"
+upstream = ["http://127.0.0.1:3000"]
+[[route.allow]]
+groups = ["engg"]
+"#,
+    );
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(text(&out.stdout).trim().is_empty(), "nothing on stdout");
+    assert!(stderr.contains("bogus"), "unknown section: {stderr}");
+    assert!(
+        stderr.contains("listener[0].bind") && stderr.contains("\"localhost\""),
+        "bad bind: {stderr}"
+    );
+    assert!(
+        stderr.contains(r#"route[0].allow[0].groups[0]: unknown group "engg""#),
+        "unknown group: {stderr}"
+    );
+}
+
+#[test]
+fn check_unset_variable_is_refused_with_its_location() {
+    let dir = TempDir::new("check-env");
+    let cfg = dir.write(
+        "hexon.toml",
+        r#"
+[signing]
+key_file = "${HEXON_CLI_TEST_UNSET}"
+
+[[listener]]
+bind = "127.0.0.1:8443"
+"#,
+    );
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("signing.key_file")
+            && stderr.contains(r#"environment variable "HEXON_CLI_TEST_UNSET" is not set"#),
+        "{stderr}"
+    );
+    // With the variable set, the same file is valid.
+    let out = Command::new(HEXON)
+        .args(["check", "-c", p(&cfg)])
+        .env("HEXON_CLI_TEST_UNSET", "/etc/hexon/key.pem")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("/etc/hexon/key.pem"));
+}
+
+#[test]
+fn check_missing_file_says_so() {
+    let dir = TempDir::new("check-missing");
+    let missing = dir.path("nope.toml");
+    let out = hexon(&["check", "-c", p(&missing)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot read") && stderr.contains(p(&missing)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("no such file"),
+        "the OS reason: {stderr}"
+    );
+}
+
+// ---------------------------------------------------------------- keys
+
+#[test]
+fn keys_generate_writes_private_pkcs8_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("keys");
+    let key = dir.path("signing.pem");
+    let out = hexon(&["keys", "generate", "--out", p(&key)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(p(&key)));
+    let pem = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "PKCS#8: {pem}"
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+
+    // A second run must not overwrite it.
+    let out = hexon(&["keys", "generate", "--out", p(&key)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(p(&key)), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), pem, "overwritten");
+
+    // ECDSA also works; an unknown algorithm is refused.
+    let ec = dir.path("ec.pem");
+    let out = hexon(&[
+        "keys",
+        "generate",
+        "--out",
+        p(&ec),
+        "--algorithm",
+        "ecdsa-p256-sha256",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = hexon(&[
+        "keys",
+        "generate",
+        "--out",
+        p(&dir.path("x.pem")),
+        "--algorithm",
+        "rsa",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown algorithm"));
+    assert!(!dir.path("x.pem").exists());
+
+    // `keys jwks` prints the public key under the configured key_id.
+    let cfg = dir.write(
+        "hexon.toml",
+        &format!(
+            "[signing]\nkey_file = \"{}\"\nkey_id = \"ops-2026\"\n\n[[listener]]\nbind = \"127.0.0.1:8443\"\n",
+            p(&key)
+        ),
+    );
+    let out = hexon(&["keys", "jwks", "-c", p(&cfg)]);
+    let jwks = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(jwks.contains("\"keys\""), "{jwks}");
+    assert!(jwks.contains("\"kid\": \"ops-2026\""), "{jwks}");
+    assert!(jwks.contains("\"crv\": \"Ed25519\""), "{jwks}");
+    assert!(!jwks.contains("\"d\""), "private part leaked: {jwks}");
+    // Same file, same public key.
+    assert_eq!(text(&hexon(&["keys", "jwks", "-c", p(&cfg)]).stdout), jwks);
+}
+
+// ---------------------------------------------------------------- token
+
+#[test]
+fn token_carries_resolved_groups_and_jwt_settings() {
+    let dir = TempDir::new("token");
+    let cfg = dir.write("hexon.toml", &serve_config(&dir, 8443, 9090, 3000, "eng"));
+    let token = mint(&cfg, "alice");
+    let payload = jwt_payload(&token);
+    assert!(payload.contains(r#""sub":"alice""#), "{payload}");
+    assert!(
+        payload.contains(r#""groups":["eng","platform"]"#),
+        "nested groups resolved: {payload}"
+    );
+    assert!(payload.contains(r#""iss":"hexon-cli""#), "{payload}");
+    assert!(payload.contains(r#""aud":"hexon-cli-aud""#), "{payload}");
+
+    let out = hexon(&["token", "-c", p(&cfg), "--user", "mallory"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).trim().is_empty());
+    assert!(
+        text(&out.stderr).contains("mallory"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------- serve
+
+#[test]
+fn serve_enforces_signs_and_records() {
+    let dir = TempDir::new("serve");
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.write(
+        "hexon.toml",
+        &serve_config(&dir, port, admin, upstream.port, "eng"),
+    );
+    let alice = mint(&cfg, "alice");
+    let bob = mint(&cfg, "bob");
+    let mut proc = spawn_serve(&dir, &cfg);
+    wait_ready(&dir, &mut proc, admin);
+    let url = format!("http://127.0.0.1:{port}/api/items?x=1");
+
+    // No credential: 401, with a request id, upstream not reached.
+    let r = curl(&url, &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        r.header("x-request-id").is_some_and(|v| !v.is_empty()),
+        "{r:?}"
+    );
+    assert!(upstream.heads.lock().unwrap().is_empty());
+
+    // An invalid token is a 401 too, never anonymous.
+    let r = curl(&url, &[bearer(&format!("{alice}x"))]);
+    assert_eq!(r.status, 401, "{r:?}");
+
+    // alice (eng through platform): 200; the upstream gets the signed
+    // identity and not the forged group.
+    let r = curl(&url, &[bearer(&alice), "Hexon-Groups: root".into()]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("x-request-id").is_some());
+    let head = upstream.last_head();
+    assert!(head.starts_with("GET /api/items?x=1 "), "{head}");
+    assert_eq!(head_values(&head, "hexon-user"), ["alice"], "{head}");
+    assert_eq!(head_values(&head, "signature-input").len(), 1, "{head}");
+    assert_eq!(head_values(&head, "signature").len(), 1, "{head}");
+    assert!(
+        head_values(&head, "hexon-groups")
+            .iter()
+            .all(|g| !g.contains("root")),
+        "forged group reached the upstream:\n{head}"
+    );
+
+    // bob (ops): 403.
+    let r = curl(&url, &[bearer(&bob)]);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(upstream.heads.lock().unwrap().len(), 1);
+
+    // The JWKS, without credentials.
+    let r = curl(
+        &format!("http://127.0.0.1:{port}/.well-known/jwks.json"),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(r#""kid":"cli-test""#), "{}", r.body);
+    let printed = text(&hexon(&["keys", "jwks", "-c", p(&cfg)]).stdout);
+    let x_of = |s: &str| {
+        let compact: String = s.split_whitespace().collect();
+        compact
+            .split(r#""x":""#)
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+            .map(str::to_owned)
+    };
+    assert!(x_of(&r.body).is_some());
+    assert_eq!(x_of(&r.body), x_of(&printed), "served vs printed key");
+
+    // Metrics count the requests, by route, decision and status.
+    let m = curl(&format!("http://127.0.0.1:{admin}/metrics"), &[]);
+    assert_eq!(m.status, 200);
+    assert_eq!(
+        requests_metric(&m.body, &["route=\"app\"", "status=\"200\""]),
+        1,
+        "{}",
+        m.body
+    );
+    assert_eq!(
+        requests_metric(&m.body, &["route=\"app\"", "status=\"403\""]),
+        1,
+        "{}",
+        m.body
+    );
+    assert_eq!(
+        requests_metric(&m.body, &["status=\"401\""]),
+        2,
+        "{}",
+        m.body
+    );
+
+    // The audit log: one JSON line per request (5 so far).
+    let audit = dir.path("audit.log");
+    let lines = poll(|| {
+        let t = std::fs::read_to_string(&audit).unwrap_or_default();
+        (t.lines().count() >= 5).then_some(t)
+    })
+    .expect("audit lines");
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    assert!(lines.iter().all(|l| l.starts_with('{') && l.ends_with('}')));
+    for key in ["\"user\":", "\"route\":", "\"decision\":", "\"status\":"] {
+        assert!(lines.iter().all(|l| l.contains(key)), "{key}: {lines:#?}");
+    }
+    assert!(lines[0].contains("\"status\":401") && lines[0].contains("\"user\":null"));
+    assert!(
+        lines[2].contains("\"user\":\"alice\"")
+            && lines[2].contains("\"route\":\"app\"")
+            && lines[2].contains("\"decision\":\"allow\"")
+            && lines[2].contains("\"status\":200"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains("\"user\":\"bob\"")
+            && lines[3].contains("\"route\":\"app\"")
+            && lines[3].contains("\"decision\":\"deny\"")
+            && lines[3].contains("\"status\":403"),
+        "{}",
+        lines[3]
+    );
+
+    proc.sigterm();
+    let st = proc.wait_for(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}\n{}",
+        stderr_log(&dir)
+    );
+}
+
+/// The client's bearer token was issued for the gateway's audience; an
+/// upstream that receives it could replay it against every other route.
+#[test]
+fn serve_does_not_forward_the_gateway_bearer_token_upstream() {
+    let dir = TempDir::new("no-bearer");
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.write(
+        "hexon.toml",
+        &serve_config(&dir, port, admin, upstream.port, "eng"),
+    );
+    let alice = mint(&cfg, "alice");
+    let mut proc = spawn_serve(&dir, &cfg);
+    wait_ready(&dir, &mut proc, admin);
+    let r = curl(&format!("http://127.0.0.1:{port}/"), &[bearer(&alice)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = upstream.last_head();
+    assert_eq!(head_values(&head, "hexon-user"), ["alice"], "{head}");
+    assert!(
+        head_values(&head, "authorization").is_empty(),
+        "the gateway's bearer token reached the upstream:\n{head}"
+    );
+}
+
+#[test]
+fn serve_hot_reloads_and_keeps_the_old_config_when_the_new_one_is_invalid() {
+    let dir = TempDir::new("reload");
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.write(
+        "hexon.toml",
+        &serve_config(&dir, port, admin, upstream.port, "eng"),
+    );
+    let alice = mint(&cfg, "alice");
+    let mut proc = spawn_serve(&dir, &cfg);
+    wait_ready(&dir, &mut proc, admin);
+    let url = format!("http://127.0.0.1:{port}/");
+    let status = || curl(&url, &[bearer(&alice)]).status;
+    assert_eq!(status(), 200);
+
+    // The route now allows ops only: alice is refused.
+    std::fs::write(&cfg, serve_config(&dir, port, admin, upstream.port, "ops")).unwrap();
+    assert!(
+        poll(|| (status() == 403).then_some(())).is_some(),
+        "reload to `ops` not applied:\n{}",
+        stderr_log(&dir)
+    );
+
+    // And back.
+    std::fs::write(&cfg, serve_config(&dir, port, admin, upstream.port, "eng")).unwrap();
+    assert!(
+        poll(|| (status() == 200).then_some(())).is_some(),
+        "reload back to `eng` not applied:\n{}",
+        stderr_log(&dir)
+    );
+
+    // An invalid file: logged, the running configuration stays.
+    std::fs::write(
+        &cfg,
+        serve_config(&dir, port, admin, upstream.port, "nosuchgroup"),
+    )
+    .unwrap();
+    let logged = poll(|| {
+        let log = stderr_log(&dir);
+        (log.contains("invalid") && log.contains("unknown group")).then_some(log)
+    });
+    assert!(
+        logged.is_some(),
+        "no error logged for the invalid file:\n{}",
+        stderr_log(&dir)
+    );
+    assert_eq!(status(), 200, "old configuration no longer serving");
+    assert_eq!(
+        proc.0.try_wait().unwrap(),
+        None,
+        "exited on an invalid file"
+    );
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let dir = TempDir::new("sigterm");
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.write(
+        "hexon.toml",
+        &serve_config(&dir, port, admin, upstream.port, "eng"),
+    );
+    let alice = mint(&cfg, "alice");
+    let mut proc = spawn_serve(&dir, &cfg);
+    wait_ready(&dir, &mut proc, admin);
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{port}/"), &[bearer(&alice)]).status,
+        200
+    );
+    proc.sigterm();
+    let st = proc.wait_for(Duration::from_secs(15));
+    assert!(st.is_some(), "still running 15 s after SIGTERM");
+    assert!(
+        st.is_some_and(|s| s.code() == Some(0)),
+        "{st:?}\n{}",
+        stderr_log(&dir)
+    );
+    assert!(
+        stderr_log(&dir).contains("shutting down"),
+        "{}",
+        stderr_log(&dir)
+    );
+    // Nothing listens any more.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+// ---------------------------------------------------------------- quickstart
+
+#[test]
+fn quickstart_prints_tokens_and_enforces() {
+    let port = free_port();
+    let child = Command::new(HEXON)
+        .args(["quickstart", "--port", &port.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let stdout = proc.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut alice, mut bob) = (None, None);
+    let deadline = Instant::now() + POLL_LIMIT;
+    while (alice.is_none() || bob.is_none()) && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if let Some(t) = line.trim().strip_prefix("ALICE=") {
+            alice = Some(t.to_owned());
+        }
+        if let Some(t) = line.trim().strip_prefix("BOB=") {
+            bob = Some(t.to_owned());
+        }
+    }
+    let alice = alice.expect("ALICE= on stdout");
+    let bob = bob.expect("BOB= on stdout");
+    assert!(jwt_payload(&alice).contains(r#""sub":"alice""#));
+    assert!(jwt_payload(&bob).contains(r#""sub":"bob""#));
+
+    let base = format!("http://127.0.0.1:{port}");
+    let r = curl(&format!("{base}/whoami"), &[bearer(&alice)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(r#""user": "alice""#), "{}", r.body);
+    assert!(r.body.contains("verified by this backend"), "{}", r.body);
+    assert!(r.body.contains(r#""engineering""#), "{}", r.body);
+
+    // A spoofed identity header is stripped: still alice.
+    let r = curl(
+        &format!("{base}/whoami"),
+        &[bearer(&alice), "Hexon-User: root".into()],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(r#""user": "alice""#), "{}", r.body);
+
+    assert_eq!(curl(&format!("{base}/whoami"), &[bearer(&bob)]).status, 403);
+    assert_eq!(curl(&format!("{base}/whoami"), &[]).status, 401);
+    let r = curl(&format!("{base}/public/hello"), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("hello anonymous"), "{}", r.body);
+
+    // The audit lines go to stdout too.
+    let mut audit = Vec::new();
+    let _ = poll(|| {
+        while let Ok(l) = rx.try_recv() {
+            if l.starts_with('{') {
+                audit.push(l);
+            }
+        }
+        (audit.len() >= 5).then_some(())
+    });
+    assert_eq!(audit.len(), 5, "{audit:#?}");
+
+    proc.sigterm();
+    let st = proc.wait_for(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+}
