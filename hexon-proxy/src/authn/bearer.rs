@@ -31,7 +31,22 @@ pub struct BearerJwt {
     local: RwLock<Option<Arc<JwtVerifier>>>,
     external: Vec<Arc<JwksIssuer>>,
     max_len: usize,
+    verified: Option<quick_cache::sync::Cache<Box<str>, Arc<Verified>>>,
 }
+
+/// A token Hexon's own verifier accepted, remembered so the same token (a
+/// client sends it on every request) is not verified again. An entry is
+/// used only while `nbf <= now <= exp` (no leeway: outside that window the
+/// full verification decides) and only with the verifier that accepted it.
+struct Verified {
+    identity: hexon_core::Identity,
+    not_before: Option<UnixTime>,
+    expires: UnixTime,
+    verifier: Arc<JwtVerifier>,
+}
+
+/// Tokens remembered by default.
+const VERIFIED_CACHE: usize = 16_384;
 
 impl fmt::Debug for BearerJwt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,6 +64,7 @@ impl BearerJwt {
             local: RwLock::new(Some(Arc::new(verifier))),
             external: Vec::new(),
             max_len: DEFAULT_MAX_TOKEN_LEN,
+            verified: Some(quick_cache::sync::Cache::new(VERIFIED_CACHE)),
         }
     }
 
@@ -58,12 +74,19 @@ impl BearerJwt {
             local: RwLock::new(None),
             external: Vec::new(),
             max_len: DEFAULT_MAX_TOKEN_LEN,
+            verified: Some(quick_cache::sync::Cache::new(VERIFIED_CACHE)),
         }
     }
 
     /// Also trust tokens of an external issuer.
     pub fn with_external(mut self, issuer: JwksIssuer) -> Self {
         self.external.push(Arc::new(issuer));
+        self
+    }
+
+    /// How many verified tokens to remember (default 16,384; 0 verifies every time).
+    pub fn with_verified_cache(mut self, entries: usize) -> Self {
+        self.verified = (entries > 0).then(|| quick_cache::sync::Cache::new(entries));
         self
     }
 
@@ -79,6 +102,9 @@ impl BearerJwt {
         match self.local.write() {
             Ok(mut g) => *g = v,
             Err(p) => *p.into_inner() = v,
+        }
+        if let Some(c) = &self.verified {
+            c.clear();
         }
     }
 
@@ -153,12 +179,31 @@ impl Authenticator for BearerJwt {
                     return ext.verify(token, kid.as_deref(), now).await;
                 }
             }
-            match self.local() {
-                None => AuthnResult::invalid("bearer token from an untrusted issuer"),
-                Some(v) => match v.verify(token, now) {
-                    Ok(verified) => AuthnResult::Authenticated(verified.identity),
-                    Err(e) => AuthnResult::invalid(format!("bearer JWT: {e}")),
-                },
+            let Some(v) = self.local() else {
+                return AuthnResult::invalid("bearer token from an untrusted issuer");
+            };
+            if let Some(hit) = self.verified.as_ref().and_then(|c| c.get(token)) {
+                let fresh = now <= hit.expires && hit.not_before.is_none_or(|nbf| nbf <= now);
+                if fresh && Arc::ptr_eq(&hit.verifier, &v) {
+                    return AuthnResult::Authenticated(hit.identity.clone());
+                }
+            }
+            match v.verify(token, now) {
+                Ok(verified) => {
+                    if let Some(c) = &self.verified {
+                        c.insert(
+                            token.into(),
+                            Arc::new(Verified {
+                                identity: verified.identity.clone(),
+                                not_before: verified.claims.nbf,
+                                expires: verified.claims.exp,
+                                verifier: v.clone(),
+                            }),
+                        );
+                    }
+                    AuthnResult::Authenticated(verified.identity)
+                }
+                Err(e) => AuthnResult::invalid(format!("bearer JWT: {e}")),
             }
         })
     }
@@ -172,5 +217,66 @@ impl Authenticator for BearerJwt {
             WWW_AUTHENTICATE,
             HeaderValue::from_static(r#"Bearer realm="hexon", error="invalid_token""#),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use hexon_core::jwt::{IssueParams, JwtIssuer, JwtVerifier};
+    use hexon_core::keys::KeySet;
+    use hexon_core::{Ed25519Signer, Identity, Signer, UnixTime};
+
+    use super::*;
+
+    fn parts(token: &str) -> Parts {
+        http::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[tokio::test]
+    async fn cached_tokens_still_expire_and_follow_key_rotation() {
+        let key = Arc::new(Ed25519Signer::generate("k1").unwrap());
+        let mut keys = KeySet::new();
+        keys.insert("k1", key.public_key(), None).unwrap();
+        let t0 = UnixTime::from_secs(1_700_000_000);
+        let alice = Identity::builder("u", "alice").build().unwrap();
+        let token = JwtIssuer::new(key.clone())
+            .issue(
+                &alice,
+                &IssueParams::new("hexon", "hexon", Duration::from_secs(60)),
+                t0,
+            )
+            .await
+            .unwrap();
+        let bearer = BearerJwt::new(JwtVerifier::new(keys, "hexon", "hexon"));
+        let p = parts(&token);
+        for _ in 0..2 {
+            assert!(matches!(
+                bearer.authenticate(&p, t0).await,
+                AuthnResult::Authenticated(_)
+            ));
+        }
+        // Past exp (and its leeway) the cached entry does not help.
+        let late = UnixTime::from_secs(t0.as_secs() + 60 + 61);
+        assert!(matches!(
+            bearer.authenticate(&p, late).await,
+            AuthnResult::Invalid(_)
+        ));
+        // A new verifier (rotation to other keys) forgets what the old one accepted.
+        let other = Ed25519Signer::generate("k1").unwrap();
+        let mut keys = KeySet::new();
+        keys.insert("k1", other.public_key(), None).unwrap();
+        bearer.set_verifier(JwtVerifier::new(keys, "hexon", "hexon"));
+        assert!(matches!(
+            bearer.authenticate(&p, t0).await,
+            AuthnResult::Invalid(_)
+        ));
     }
 }

@@ -209,6 +209,9 @@ where
             let decision = fields.decision.unwrap_or_else(|| "none".into());
             sink.metrics
                 .observe(&route, &decision, status, elapsed.as_secs_f64());
+            if sink.tx.is_none() {
+                return res;
+            }
             let line = serde_json::json!({
                 "ts": jiff::Timestamp::now().to_string(),
                 "request_id": request_id,
