@@ -810,3 +810,61 @@ users = ["nobody"]
     assert_eq!(j["declared"], json!("x-checksum"), "{j}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_keeps_the_configuration_it_was_authorized_with() {
+    let named = |name: &'static str| {
+        handler(move |req: Request<Incoming>| async move {
+            count_body(req.into_body()).await;
+            Response::new(full(name))
+        })
+    };
+    let a = start_upstream(named("A")).await;
+    let b = start_upstream(named("B")).await;
+    // `bind_body` makes the gateway read the whole body between authorizing
+    // and forwarding: the client decides how long that takes.
+    let with = |up: SocketAddr| {
+        base_config(up, "").replace(
+            "name = \"raw\"\npath = \"/raw/*\"",
+            "name = \"raw\"\npath = \"/raw/*\"\nbind_body = true",
+        )
+    };
+    let gw = Gw::start(&with(a)).await;
+    let alice = gw.token("alice").await;
+    let data = gw.dir.display().to_string();
+    let config_b = Config::parse(&with(b), &|n| (n == "DATA").then(|| data.clone())).unwrap();
+
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /raw/x HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: Bearer {alice}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // Let the gateway authorize and start reading the body, then reload.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.gateway.reload(&config_b).unwrap();
+    tcp.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    within(tcp.read_to_string(&mut out)).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with('A'),
+        "authorized under A, forwarded under A: {out}"
+    );
+
+    // New requests use B.
+    let res = send(
+        gw.addr,
+        Request::post("/raw/y")
+            .header("host", "app.example.com")
+            .header("authorization", format!("Bearer {alice}"))
+            .body(full("x"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        within(res.into_body().collect()).await.unwrap().to_bytes(),
+        "B"
+    );
+    gw.stop().await;
+}

@@ -427,7 +427,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let now = (self.layer.clock)();
-        let engine = self.layer.policy.load();
+        // A snapshot pinned on the request (one configuration generation for
+        // the whole stack) wins over the handle's current engine.
+        let engine = req
+            .extensions()
+            .get::<Arc<PolicyEngine>>()
+            .cloned()
+            .unwrap_or_else(|| self.layer.policy.load());
         let outcome = decide(&engine, &req, now);
         drop(engine);
 

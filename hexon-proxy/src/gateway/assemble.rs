@@ -27,11 +27,9 @@
 //! - the **reverse proxy** forwards it.
 //!
 //! Hot reload swaps what the handles hold (policy, routing table, signing
-//! table), one after the other. Each layer reads its table once per request,
-//! so a request keeps the policy it was authorized with; but a request that
-//! is between the authorize and proxy layers at the instant of a reload can
-//! be authorized by the old policy and forwarded with the new routing table.
-//! One generation per request (a single snapshot of all three) is future work.
+//! table) together; each request pins one generation of all three before
+//! authorization, so it is authorized, signed and forwarded by the same
+//! configuration, and in-flight requests finish on the one they started with.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,12 +79,92 @@ use crate::tls::{
 /// Largest body of a `bind_body` route (it is buffered to be digested).
 pub const BIND_BODY_MAX: u64 = 1024 * 1024;
 
-/// The swappable parts of a running gateway.
+/// The swappable parts of a running gateway. They change together: reload
+/// stores all three under the write side of `generation`, and every request
+/// pins all three under its read side (see [`PinGeneration`]), so a request
+/// never mixes two configurations.
 #[derive(Clone)]
 pub struct Handles {
     policy: PolicyHandle,
     routes: RoutingTableHandle,
     sign: SignHandle,
+    generation: Arc<RwLock<()>>,
+}
+
+impl Handles {
+    fn pin(
+        &self,
+    ) -> (
+        Arc<hexon_core::policy::PolicyEngine>,
+        Arc<RoutingTable>,
+        Arc<SignTable>,
+    ) {
+        let _g = match self.generation.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        (self.policy.load(), self.routes.load(), self.sign.load())
+    }
+
+    fn store(
+        &self,
+        policy: hexon_core::policy::PolicyEngine,
+        routes: RoutingTable,
+        sign: SignTable,
+    ) {
+        let _g = match self.generation.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        self.policy.store(policy);
+        self.routes.store(routes);
+        self.sign.store(sign);
+    }
+}
+
+/// Pins one configuration generation (policy, routing table, signing
+/// table) on the request, for authorize, sign and proxy to share.
+#[derive(Clone)]
+struct PinGenerationLayer {
+    handles: Handles,
+}
+
+impl<S> Layer<S> for PinGenerationLayer {
+    type Service = PinGeneration<S>;
+    fn layer(&self, inner: S) -> PinGeneration<S> {
+        PinGeneration {
+            inner,
+            handles: self.handles.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct PinGeneration<S> {
+    inner: S,
+    handles: Handles,
+}
+
+impl<S, B> Service<Request<B>> for PinGeneration<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        let (policy, routes, sign) = self.handles.pin();
+        let ext = req.extensions_mut();
+        ext.insert(policy);
+        ext.insert(routes);
+        ext.insert(sign);
+        self.inner.call(req)
+    }
 }
 
 impl std::fmt::Debug for Handles {
@@ -242,6 +320,7 @@ impl Gateway {
             policy: PolicyHandle::new(config.policy()?),
             routes: RoutingTableHandle::new(routing_table(&config)?),
             sign: SignHandle::new(sign_table(&config, &key)),
+            generation: Arc::new(RwLock::new(())),
         };
         Ok(Gateway {
             key,
@@ -277,9 +356,7 @@ impl Gateway {
         let policy = new.policy()?;
         let routes = routing_table(new)?;
         let sign = sign_table(new, &self.key);
-        self.handles.policy.store(policy);
-        self.handles.routes.store(routes);
-        self.handles.sign.store(sign);
+        self.handles.store(policy, routes, sign);
         let mut restart = Vec::new();
         if new.listeners != self.config.listeners {
             restart.push("listener".to_owned());
@@ -380,6 +457,9 @@ impl Gateway {
             })
             .layer(self.authenticate_layer()?)
             .layer(CaptureLayer)
+            .layer(PinGenerationLayer {
+                handles: self.handles.clone(),
+            })
             .layer(authorize)
             .layer(DropCredentialsLayer::new(DEFAULT_SESSION_COOKIE))
             .layer(

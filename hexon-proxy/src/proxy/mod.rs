@@ -252,7 +252,14 @@ impl ReverseProxy {
         let Some(route) = route.as_ref() else {
             return fail.respond(StatusCode::BAD_GATEWAY, "no matched route", None);
         };
-        let Some(group) = self.routes.load().get(route.name()).cloned() else {
+        // A snapshot pinned on the request (one configuration generation for
+        // the whole stack) wins over the handle's current table.
+        let table = req
+            .extensions()
+            .get::<Arc<RoutingTable>>()
+            .cloned()
+            .unwrap_or_else(|| self.routes.load());
+        let Some(group) = table.get(route.name()).cloned() else {
             return fail.respond(StatusCode::BAD_GATEWAY, "route has no upstream group", None);
         };
         let config = group.config();

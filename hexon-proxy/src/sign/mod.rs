@@ -433,7 +433,13 @@ impl Shared {
         B::Error: Into<BoxError>,
     {
         remove_identity_headers(&mut parts.headers);
-        let table = self.table.load();
+        // A snapshot pinned on the request (one configuration generation for
+        // the whole stack) wins over the handle's current table.
+        let table = parts
+            .extensions
+            .get::<Arc<SignTable>>()
+            .cloned()
+            .unwrap_or_else(|| self.table.load());
         let route = parts.extensions.get::<MatchedRoute>().cloned();
         let mode = route.as_ref().and_then(|r| table.get(r.name()));
         let Some(identity) = parts.extensions.get::<Identity>().cloned() else {
