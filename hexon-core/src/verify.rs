@@ -14,7 +14,7 @@
 //! use hexon_core::httpsig::Verifier;
 //! use hexon_core::verify::VerifyIdentityLayer;
 //!
-//! # fn jwks() -> String { unimplemented!() }
+//! # fn jwks() -> String { r#"{"keys":[]}"#.to_owned() }
 //! let keys = KeySet::from_jwks_json(&jwks()).expect("valid JWKS");
 //! let app: Router = Router::new()
 //!     .route("/", get(|who: Identity| async move { format!("hello {}", who.username()) }))
