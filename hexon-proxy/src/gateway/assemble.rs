@@ -81,7 +81,7 @@ pub const BIND_BODY_MAX: u64 = 1024 * 1024;
 
 /// The swappable parts of a running gateway. They change together: reload
 /// stores all three under the write side of `generation`, and every request
-/// pins all three under its read side (see [`PinGeneration`]), so a request
+/// pins all three under its read side (the pin-generation layer), so a request
 /// never mixes two configurations.
 #[derive(Clone)]
 pub struct Handles {
