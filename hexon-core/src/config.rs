@@ -254,18 +254,36 @@ pub struct TlsConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<String>,
     /// With `client_ca`: `"required"` (default) or `"optional"`.
-    #[serde(default = "default_client_auth")]
-    pub client_auth: String,
+    #[serde(default)]
+    pub client_auth: ClientAuthMode,
     /// Lowest TLS version: `"1.2"` (default) or `"1.3"`.
-    #[serde(default = "default_min_tls")]
-    pub min_version: String,
+    #[serde(default)]
+    pub min_version: MinTlsVersion,
 }
 
-fn default_client_auth() -> String {
-    "required".into()
+/// `listener.tls.client_auth`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ClientAuthMode {
+    /// Clients must present a certificate issued by `client_ca`.
+    #[default]
+    Required,
+    /// Clients may present one; other credentials may authenticate otherwise.
+    Optional,
 }
-fn default_min_tls() -> String {
-    "1.2".into()
+
+/// `listener.tls.min_version`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MinTlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// `[[listener.tls.sni]]`: another certificate, served for the names in its SANs.
@@ -664,18 +682,6 @@ impl Config {
                         format!("listener[{i}].tls"),
                         "cert and key go together: set both to PEM files",
                     ),
-                }
-                if !matches!(tls.client_auth.as_str(), "required" | "optional") {
-                    errs.push(
-                        format!("listener[{i}].tls.client_auth"),
-                        "must be \"required\" or \"optional\"",
-                    );
-                }
-                if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
-                    errs.push(
-                        format!("listener[{i}].tls.min_version"),
-                        "must be \"1.2\" or \"1.3\"",
-                    );
                 }
             }
         }

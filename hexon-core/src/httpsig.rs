@@ -753,12 +753,17 @@ fn sf_string(out: &mut String, s: &str) {
 /// or when the URI authority and `Host` disagree: an application that routes
 /// by `Host` must see the authority that was signed.
 pub fn authority(parts: &Parts) -> Option<String> {
-    let scheme = parts.uri.scheme_str();
-    let from_uri = parts
-        .uri
+    authority_of(&parts.uri, &parts.headers)
+}
+
+/// [`authority`] from a request's URI and headers (for callers that hold a
+/// whole `Request` rather than its `Parts`).
+pub fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    let scheme = uri.scheme_str();
+    let from_uri = uri
         .authority()
         .map(|a| normalize_authority(a.as_str(), scheme));
-    let mut hosts = parts.headers.get_all(HOST).iter();
+    let mut hosts = headers.get_all(HOST).iter();
     let from_host = match hosts.next() {
         Some(h) => {
             if hosts.next().is_some() {

@@ -286,6 +286,20 @@ fn type_errors_and_bad_toml() {
         e[0].starts_with("group: ") && e[0].contains("\"a\""),
         "{e:?}"
     );
+    let e = errors(
+        "[gateway]\ndev = true\n[[listener]]\nbind = \"127.0.0.1:1\"\n[listener.tls]\nclient_auth = \"maybe\"\n",
+    );
+    assert!(
+        e[0].starts_with("listener[0].tls.client_auth: unknown variant `maybe`"),
+        "{e:?}"
+    );
+    let e = errors(
+        "[gateway]\ndev = true\n[[listener]]\nbind = \"127.0.0.1:1\"\n[listener.tls]\nmin_version = \"1.1\"\n",
+    );
+    assert!(
+        e[0].starts_with("listener[0].tls.min_version: unknown variant `1.1`"),
+        "{e:?}"
+    );
     let e = errors("[signing]\nlifetime = \"5x\"\n");
     assert!(e[0].contains("invalid duration \"5x\""), "{e:?}");
     let e = errors("[gateway]\ndev = true\n[[route]\nname = 1\n");

@@ -31,4 +31,6 @@ pub mod request_id;
 pub mod respond;
 pub mod sign;
 pub mod strip;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod tls;

@@ -26,6 +26,7 @@ use hexon_proxy::proxy::{
     GroupConfig, ReverseProxy, RoutingTable, RoutingTableHandle, Timeouts, TrustedProxies,
     UpstreamGroup, UpstreamTls,
 };
+use hexon_proxy::test_util::{Handler, count_body, handler, start_upstream};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -108,54 +109,6 @@ impl Body for Frames {
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
-}
-
-async fn count_body(mut body: Incoming) -> Result<u64, hyper::Error> {
-    let mut n = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Some(d) = frame?.data_ref() {
-            n += d.len() as u64;
-        }
-    }
-    Ok(n)
-}
-
-// ---------------------------------------------------------------- upstreams
-
-type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
-        + Send
-        + Sync,
->;
-
-fn handler<F, Fut>(f: F) -> Handler
-where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
-{
-    Arc::new(move |req| Box::pin(f(req)))
-}
-
-/// A hyper server (HTTP/1.1 and h2c prior knowledge, upgrades on).
-async fn start_upstream(h: Handler) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let h = h.clone();
-                    async move { Ok::<_, Infallible>(h(req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 fn headers_json(h: &HeaderMap) -> Value {
@@ -277,7 +230,7 @@ async fn within<F: Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_joins_paths_preserves_host_and_sets_forwarding_headers() {
-    let up = start_upstream(echo("a")).await;
+    let up = start_upstream_ok(echo("a")).await;
     let proxy = proxy_for(
         "app",
         &[format!("http://{up}/base/")],
@@ -333,7 +286,7 @@ async fn http1_joins_paths_preserves_host_and_sets_forwarding_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_peer_forwarding_headers_are_appended() {
-    let up = start_upstream(echo("a")).await;
+    let up = start_upstream_ok(echo("a")).await;
     let proxy = proxy_for("app", &[format!("http://{up}")], GroupConfig::default())
         .with_trusted_proxies(TrustedProxies::from_fn(|ip| ip.is_loopback()));
     let gw = start_gateway(proxy, Some("app")).await;
@@ -358,7 +311,7 @@ async fn trusted_peer_forwarding_headers_are_appended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_headers_are_removed() {
-    let up = start_upstream(handler(|_req| async {
+    let up = start_upstream_ok(handler(|_req| async {
         Response::builder()
             .header("connection", "x-up-hop")
             .header("x-up-hop", "1")
@@ -389,8 +342,8 @@ async fn hop_by_hop_response_headers_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_across_two_upstreams() {
-    let a = start_upstream(echo("a")).await;
-    let b = start_upstream(echo("b")).await;
+    let a = start_upstream_ok(echo("a")).await;
+    let b = start_upstream_ok(echo("b")).await;
     let gw = start_gateway(
         proxy_for(
             "app",
@@ -410,8 +363,8 @@ async fn round_robin_across_two_upstreams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_table_hot_swap() {
-    let a = start_upstream(echo("a")).await;
-    let b = start_upstream(echo("b")).await;
+    let a = start_upstream_ok(echo("a")).await;
+    let b = start_upstream_ok(echo("b")).await;
     let proxy = proxy_for("app", &[format!("http://{a}")], GroupConfig::default());
     let handle = proxy.routes().clone();
     let gw = start_gateway(proxy, Some("app")).await;
@@ -435,7 +388,7 @@ async fn routing_table_hot_swap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upstream_gets_http2_with_public_authority() {
-    let up = start_upstream(echo("h2")).await;
+    let up = start_upstream_ok(echo("h2")).await;
     let gw = start_gateway(
         proxy_for("app", &[format!("h2c://{up}/svc")], GroupConfig::default()),
         Some("app"),
@@ -452,7 +405,7 @@ async fn h2c_upstream_gets_http2_with_public_authority() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_trailers_pass_through_h2c() {
-    let up = start_upstream(handler(|req: Request<Incoming>| async move {
+    let up = start_upstream_ok(handler(|req: Request<Incoming>| async move {
         assert_eq!(req.version(), http::Version::HTTP_2);
         let te = req
             .headers()
@@ -513,7 +466,7 @@ async fn grpc_trailers_pass_through_h2c() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_100_mb_up_and_down() {
     const SIZE: u64 = 100 * 1024 * 1024;
-    let up = start_upstream(handler(|req: Request<Incoming>| async move {
+    let up = start_upstream_ok(handler(|req: Request<Incoming>| async move {
         if req.uri().path() == "/download" {
             return Response::new(boxed(Generated::new(SIZE)));
         }
@@ -555,7 +508,7 @@ async fn bodies_stream_without_buffering() {
     let first_seen_tx = Arc::new(Mutex::new(Some(first_seen_tx)));
     let (dl_tx, dl_rx) = mpsc::channel::<Bytes>(1);
     let dl_rx = Arc::new(Mutex::new(Some(dl_rx)));
-    let up = start_upstream(handler(move |req: Request<Incoming>| {
+    let up = start_upstream_ok(handler(move |req: Request<Incoming>| {
         let first_seen_tx = first_seen_tx.clone();
         let dl_rx = dl_rx.clone();
         async move {
@@ -608,7 +561,7 @@ async fn bodies_stream_without_buffering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_spliced() {
-    let up = start_upstream(handler(|mut req: Request<Incoming>| async move {
+    let up = start_upstream_ok(handler(|mut req: Request<Incoming>| async move {
         let h = req.headers();
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
@@ -686,7 +639,7 @@ async fn upstream_down_is_502_with_request_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_is_504() {
-    let up = start_upstream(handler(|_req| async {
+    let up = start_upstream_ok(handler(|_req| async {
         tokio::time::sleep(Duration::from_secs(10)).await;
         Response::new(empty())
     }))
@@ -706,7 +659,7 @@ async fn slow_upstream_is_504() {
 async fn oversized_requests_are_413() {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
-    let up = start_upstream(handler(move |req: Request<Incoming>| {
+    let up = start_upstream_ok(handler(move |req: Request<Incoming>| {
         h.fetch_add(1, Ordering::Relaxed);
         async move {
             let n = count_body(req.into_body()).await.unwrap_or(0);
@@ -755,7 +708,7 @@ async fn oversized_requests_are_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_or_missing_route_is_502() {
-    let up = start_upstream(echo("a")).await;
+    let up = start_upstream_ok(echo("a")).await;
     let gw = start_gateway(
         proxy_for("app", &[format!("http://{up}")], GroupConfig::default()),
         Some("other"),
@@ -908,4 +861,8 @@ async fn https_upstream_with_private_ca_mtls_and_alpn_h2() {
         let gw = start_gateway(proxy.clone(), Some(route)).await;
         assert_error(&within(get(gw, "/", "app")).await, StatusCode::BAD_GATEWAY);
     }
+}
+
+async fn start_upstream_ok(h: Handler) -> SocketAddr {
+    start_upstream(h).await.unwrap()
 }

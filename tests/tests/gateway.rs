@@ -27,63 +27,25 @@ use hexon_core::httpsig::Verifier;
 use hexon_core::jwt::JwtVerifier;
 use hexon_core::keys::KeySet;
 use hexon_proxy::body::{BoxBody, boxed, empty, full};
-use hexon_proxy::gateway::{Gateway, Running, mint_token_for};
+use hexon_proxy::gateway::{Gateway, Running, mint_token};
+use hexon_proxy::test_util::{self, Handler, handler};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 // ------------------------------------------------------------ upstreams
 
-type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
-        + Send
-        + Sync,
->;
-
-fn handler<F, Fut>(f: F) -> Handler
-where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
-{
-    Arc::new(move |req| Box::pin(f(req)))
-}
-
 async fn start_upstream(h: Handler) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let h = h.clone();
-                    async move { Ok::<_, Infallible>(h(req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    test_util::start_upstream(h).await.unwrap()
 }
 
-async fn count_body(mut body: Incoming) -> u64 {
-    let mut n = 0;
-    while let Some(f) = body.frame().await {
-        if let Ok(d) = f.unwrap().into_data() {
-            n += d.len() as u64;
-        }
-    }
-    n
+async fn count_body(body: Incoming) -> u64 {
+    test_util::count_body(body).await.unwrap()
 }
 
 /// Answers with the request it received as JSON.
@@ -140,20 +102,13 @@ impl Gw {
     }
 
     async fn token(&self, user: &str) -> String {
-        mint_token_for(self.gateway.config(), self.gateway.key().clone(), user)
+        mint_token(self.gateway.config(), self.gateway.key().clone(), user)
             .await
             .unwrap()
     }
 
     fn keys(&self) -> KeySet {
-        let mut k = KeySet::new();
-        k.insert(
-            self.gateway.key().key_id(),
-            self.gateway.key().public_key(),
-            None,
-        )
-        .unwrap();
-        k
+        self.gateway.keys().clone()
     }
 
     async fn stop(mut self) {

@@ -214,25 +214,24 @@ impl SessionCookie {
         self
     }
 
+    /// The session cookie's name.
+    pub fn cookie_name(&self) -> &str {
+        &self.name
+    }
+
     /// The cookie value on the request: `Ok(None)` if absent, `Err` if
     /// present but unacceptable.
     fn cookie<'p>(&self, parts: &'p Parts) -> Result<Option<&'p str>, &'static str> {
         let name = self.name.as_bytes();
         let mut found: Option<&[u8]> = None;
         for header in parts.headers.get_all(COOKIE) {
-            for pair in header.as_bytes().split(|b| *b == b';') {
-                let pair = pair.trim_ascii();
-                let Some(eq) = pair.iter().position(|b| *b == b'=') else {
-                    continue;
-                };
-                let (n, v) = pair.split_at(eq);
-                if n.trim_ascii() != name {
+            for (n, v) in cookie_pairs(header.as_bytes()) {
+                if n != name {
                     continue;
                 }
                 if found.is_some() {
                     return Err("session cookie sent more than once");
                 }
-                let v = v.get(1..).unwrap_or_default().trim_ascii();
                 let v = v
                     .strip_prefix(b"\"")
                     .and_then(|v| v.strip_suffix(b"\""))
@@ -284,4 +283,16 @@ impl Authenticator for SessionCookie {
             response.headers_mut().append(SET_COOKIE, v);
         }
     }
+}
+
+/// The `name=value` pairs of one `Cookie` field line, names and values
+/// trimmed; pieces without `=` are skipped. The one cookie parser: the
+/// session authenticator and the gateway (which drops the session cookie
+/// before forwarding) must read cookies alike.
+pub fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    line.split(|b| *b == b';').filter_map(|pair| {
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        let (n, v) = pair.split_at(eq);
+        Some((n.trim_ascii(), v.get(1..).unwrap_or_default().trim_ascii()))
+    })
 }

@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
@@ -32,21 +30,11 @@ impl Readiness {
 
 /// Serve the admin endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Readiness>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (metrics, ready) = (metrics.clone(), ready.clone());
-        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let res = answer(&req, &metrics, &ready);
-            async move { Ok::<_, Infallible>(res) }
-        });
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let res = answer(&req, &metrics, &ready);
+        async move { Ok::<_, Infallible>(res) }
+    });
+    super::serve_plain(listener, svc).await;
 }
 
 fn answer<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Response<Full<Bytes>> {

@@ -39,7 +39,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hexon_core::UnixTime;
-use hexon_core::config::{Config, RouteConfig, TlsConfig};
+use hexon_core::config::{
+    ClientAuthMode, Config, MinTlsVersion as TlsVersion, RouteConfig, TlsConfig,
+};
 use hexon_core::httpsig::HttpSigner;
 use hexon_core::jwt::{JwtIssuer, JwtVerifier};
 use hexon_core::keys::KeySet;
@@ -178,7 +180,8 @@ pub struct Gateway {
     config: Config,
     key: Arc<dyn Signer>,
     handles: Handles,
-    jwks: Arc<RwLock<KeySet>>,
+    /// The keys backends verify with (the signing key; fixed until restart).
+    keys: KeySet,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     sessions: Arc<MemorySessionStore>,
@@ -325,7 +328,7 @@ impl Gateway {
         Ok(Gateway {
             key,
             handles,
-            jwks: Arc::new(RwLock::new(jwks)),
+            keys: jwks,
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(Readiness::default()),
             sessions: Arc::new(MemorySessionStore::new()),
@@ -336,6 +339,11 @@ impl Gateway {
     /// The signing key.
     pub fn key(&self) -> &Arc<dyn Signer> {
         &self.key
+    }
+
+    /// The public keys backends verify with (what `/.well-known/jwks.json` serves).
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
     }
 
     /// The configuration it was built from.
@@ -385,7 +393,7 @@ impl Gateway {
 
     fn authenticate_layer(&self) -> Result<AuthenticateLayer, GatewayError> {
         let own = JwtVerifier::new(
-            self.jwks_snapshot(),
+            self.keys.clone(),
             self.config.jwt.issuer.as_str(),
             self.config.jwt.audience.as_str(),
         );
@@ -408,13 +416,6 @@ impl Gateway {
             .with(bearer)
             .with(SessionCookie::new(self.sessions.clone()))
             .with(ClientCertificate::new()))
-    }
-
-    fn jwks_snapshot(&self) -> KeySet {
-        match self.jwks.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
     }
 
     /// Bind every listener (and the admin listener) and serve.
@@ -453,7 +454,11 @@ impl Gateway {
             .layer(RequestIdLayer::new().trust_cidrs(trusted))
             .layer(SingleAuthorityLayer)
             .layer(WellKnownLayer {
-                jwks: self.jwks.clone(),
+                // Serialised once: the key set only changes with a restart.
+                jwks: Bytes::from(
+                    serde_json::to_string(&self.keys.to_jwks(UnixTime::now()))
+                        .unwrap_or_else(|_| "{\"keys\":[]}".into()),
+                ),
             })
             .layer(self.authenticate_layer()?)
             .layer(CaptureLayer)
@@ -550,15 +555,13 @@ fn tls_settings(t: &TlsConfig, config: &Config) -> TlsSettings {
         TlsSettings::new(certs)
     };
     settings.client_ca = t.client_ca.as_ref().map(PathBuf::from);
-    settings.client_auth = if t.client_auth == "optional" {
-        ClientAuth::Optional
-    } else {
-        ClientAuth::Required
+    settings.client_auth = match t.client_auth {
+        ClientAuthMode::Optional => ClientAuth::Optional,
+        _ => ClientAuth::Required,
     };
-    settings.min_version = if t.min_version == "1.3" {
-        MinTlsVersion::Tls13
-    } else {
-        MinTlsVersion::Tls12
+    settings.min_version = match t.min_version {
+        TlsVersion::Tls13 => MinTlsVersion::Tls13,
+        _ => MinTlsVersion::Tls12,
     };
     settings
 }
@@ -610,7 +613,7 @@ fn file_hash(path: &Path) -> Option<[u8; 32]> {
 /// everything else on.
 #[derive(Clone)]
 struct WellKnownLayer {
-    jwks: Arc<RwLock<KeySet>>,
+    jwks: Bytes,
 }
 
 impl<S> Layer<S> for WellKnownLayer {
@@ -626,7 +629,7 @@ impl<S> Layer<S> for WellKnownLayer {
 #[derive(Clone)]
 struct WellKnown<S> {
     inner: S,
-    jwks: Arc<RwLock<KeySet>>,
+    jwks: Bytes,
 }
 
 const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -651,12 +654,7 @@ where
         if req.uri().path() == JWKS_PATH
             && (req.method() == Method::GET || req.method() == Method::HEAD)
         {
-            let body = match self.jwks.read() {
-                Ok(k) => serde_json::to_string(&k.to_jwks(UnixTime::now())),
-                Err(p) => serde_json::to_string(&p.into_inner().to_jwks(UnixTime::now())),
-            }
-            .unwrap_or_else(|_| "{\"keys\":[]}".into());
-            let mut res = Response::new(full(Bytes::from(body)));
+            let mut res = Response::new(full(self.jwks.clone()));
             *res.status_mut() = StatusCode::OK;
             res.headers_mut().insert(
                 header::CONTENT_TYPE,

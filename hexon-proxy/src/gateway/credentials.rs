@@ -16,6 +16,8 @@ use http::{HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::authn::cookie_pairs;
+
 /// Layer of [`DropCredentials`].
 #[derive(Clone, Debug)]
 pub struct DropCredentialsLayer {
@@ -77,26 +79,28 @@ fn drop_credentials<B>(req: &mut Request<B>, cookie: &str) {
             headers.remove(AUTHORIZATION);
         }
     }
-    let cookies: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
-    if cookies.is_empty() {
+    if !headers.contains_key(COOKIE) {
         return;
     }
-    // Split name and value as the session authenticator does (names trimmed).
-    let is_session = |c: &str| {
-        c.split_once('=')
-            .is_some_and(|(name, _)| name.trim() == cookie)
-    };
-    let kept: Vec<String> = cookies
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !is_session(c))
-        .map(str::to_owned)
-        .collect();
+    // Read cookies with the session authenticator's own parser, so whatever
+    // it would accept as the session cookie is what is removed here.
+    let mut kept: Vec<u8> = Vec::new();
+    for line in headers.get_all(COOKIE) {
+        for (name, value) in cookie_pairs(line.as_bytes()) {
+            if name == cookie.as_bytes() {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(name);
+            kept.push(b'=');
+            kept.extend_from_slice(value);
+        }
+    }
     headers.remove(COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
             headers.insert(COOKIE, v);
         }
     }

@@ -10,9 +10,6 @@ use hexon_core::httpsig::{VerifiedIdentity, Verifier};
 use hexon_core::verify::VerifyIdentityLayer;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
@@ -35,17 +32,7 @@ pub async fn serve(listener: TcpListener, verifier: Arc<Verifier>) {
             }
         }
     });
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let svc = TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    super::serve_plain(listener, service).await;
 }
 
 fn anonymous<B>(req: &Request<B>) -> Response<Full<Bytes>> {
@@ -54,12 +41,7 @@ fn anonymous<B>(req: &Request<B>) -> Response<Full<Bytes>> {
         "method": req.method().as_str(),
         "path": req.uri().path(),
     });
-    let mut res = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    res
+    json(&body)
 }
 
 fn answer<B>(req: &Request<B>) -> Response<Full<Bytes>> {
@@ -84,6 +66,10 @@ fn answer<B>(req: &Request<B>) -> Response<Full<Bytes>> {
         "method": req.method().as_str(),
         "path": req.uri().path(),
     });
+    json(&body)
+}
+
+fn json(body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -66,6 +66,36 @@ impl GatewayError {
     }
 }
 
+/// Serve plain HTTP/1.1 and HTTP/2 (h2c) with a tower `svc` on `listener`
+/// until the task is dropped: the admin listener and the echo backend. The
+/// gateway's own listeners use [`crate::listener`] (TLS, PROXY protocol,
+/// smuggling checks, graceful shutdown).
+pub(crate) async fn serve_plain<S, B>(listener: tokio::net::TcpListener, svc: S)
+where
+    S: tower_service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<crate::body::BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<crate::body::BoxError>,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+        tokio::spawn(async move {
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+        });
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -133,15 +163,7 @@ pub fn token(path: &Path, user: &str) -> Result<(), GatewayError> {
 }
 
 /// Mint a token for `user` of the config's local directory.
-pub async fn mint_token_for(
-    config: &Config,
-    key: Arc<dyn Signer>,
-    user: &str,
-) -> Result<String, GatewayError> {
-    mint_token(config, key, user).await
-}
-
-async fn mint_token(
+pub async fn mint_token(
     config: &Config,
     key: Arc<dyn Signer>,
     user: &str,
@@ -307,14 +329,14 @@ pub async fn start_quickstart(
         .first()
         .copied()
         .ok_or_else(|| GatewayError::Other("quickstart has no listener".into()))?;
-    let mut keys = KeySet::new();
-    keys.insert(gateway.key().key_id(), gateway.key().public_key(), None)
-        .map_err(|e| GatewayError::Other(e.to_string()))?;
     let authorities = [
         format!("127.0.0.1:{}", gw.port()),
         format!("localhost:{}", gw.port()),
     ];
-    let verifier = Arc::new(hexon_core::httpsig::Verifier::new(keys, authorities));
+    let verifier = Arc::new(hexon_core::httpsig::Verifier::new(
+        gateway.keys().clone(),
+        authorities,
+    ));
     let backend_task = tokio::spawn(echo::serve(backend, verifier));
     let alice = mint_token(gateway.config(), gateway.key().clone(), "alice").await?;
     let bob = mint_token(gateway.config(), gateway.key().clone(), "bob").await?;
