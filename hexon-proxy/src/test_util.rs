@@ -67,3 +67,23 @@ pub async fn count_body(mut body: Incoming) -> Result<u64, hyper::Error> {
     }
     Ok(n)
 }
+
+/// After the `101` this handler returns, echo every byte on the upgraded
+/// connection (a WebSocket-shaped upstream without framing).
+pub fn echo_after_upgrade(req: &mut Request<Incoming>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            let Some(data) = buf.get(..n).filter(|d| !d.is_empty()) else {
+                break;
+            };
+            if io.write_all(data).await.is_err() {
+                break;
+            }
+        }
+    });
+}

@@ -26,7 +26,7 @@ use hexon_proxy::proxy::{
     GroupConfig, ReverseProxy, RoutingTable, RoutingTableHandle, Timeouts, TrustedProxies,
     UpstreamGroup, UpstreamTls,
 };
-use hexon_proxy::test_util::{Handler, count_body, handler, start_upstream};
+use hexon_proxy::test_util::{self, Handler, count_body, handler, start_upstream};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -566,18 +566,7 @@ async fn websocket_upgrade_is_spliced() {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = io.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                io.write_all(&buf[..n]).await.unwrap();
-            }
-        });
+        test_util::echo_after_upgrade(&mut req);
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("upgrade", "websocket")

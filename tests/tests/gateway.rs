@@ -478,18 +478,7 @@ async fn hot_reload_under_load_fails_no_request() {
 async fn websocket_upgrade_through_the_whole_stack() {
     let up = start_upstream(handler(|mut req: Request<Incoming>| async move {
         let signed = req.headers().contains_key("signature");
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = io.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                io.write_all(&buf[..n]).await.unwrap();
-            }
-        });
+        test_util::echo_after_upgrade(&mut req);
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("upgrade", "websocket")
