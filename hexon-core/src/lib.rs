@@ -13,7 +13,9 @@
 //! - [`signer`] and [`keys`] — the one signing seam, key rings with rotation, JWKS;
 //! - `config` (feature `config`) — the TOML model with `${VAR}` substitution;
 //! - `verify` (feature `tower`, `axum`) — the backend SDK: a tower layer that
-//!   verifies signed identity and an axum extractor.
+//!   verifies signed identity and an axum extractor;
+//! - `store` (features `store`, `sqlite`, `postgres`, `nats`) — the state
+//!   layer: durable objects, shared KV with TTL and cluster events.
 //!
 //! The core is synchronous and I/O-free except where signing must await a
 //! [`Signer`]; time is always a parameter ([`UnixTime`]).
@@ -35,6 +37,9 @@ pub mod config;
 
 #[cfg(feature = "tower")]
 pub mod verify;
+
+#[cfg(feature = "store")]
+pub mod store;
 
 pub use identity::{AuthEvent, AuthMethod, Identity, IdentityKind};
 pub use keys::{KeyRing, KeySet, PublicKey};
