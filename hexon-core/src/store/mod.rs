@@ -17,6 +17,8 @@ mod error;
 pub mod kv;
 pub mod memory;
 mod seal;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
 
 pub use bus::{Event, EventBus, EventRecord, EventStream, StartAt};
 pub use durable::{
