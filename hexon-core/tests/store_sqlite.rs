@@ -273,7 +273,13 @@ async fn a_database_from_a_newer_hexon_is_refused() {
     assert!(
         message.contains("version 3") && message.contains("upgrade Hexon"),
         "{message}"
-    );
+    ); // A dry run says so too, instead of "nothing to do".
+    let store = SqliteStore::connect(&path, keys(1)).await.unwrap();
+    assert!(matches!(
+        store.pending_migrations().await,
+        Err(StoreError::Migration(m)) if m.contains("upgrade Hexon")
+    ));
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,19 +153,7 @@ where
         .list_applied_migrations()
         .await
         .map_err(|e| migration_error(engine, e))?;
-    let latest = latest(engine);
-    if let Some(newer) = applied
-        .iter()
-        .map(|m| m.version)
-        .filter(|v| !migrator.version_exists(*v))
-        .max()
-    {
-        return Err(StoreError::Migration(format!(
-            "{}: the database is at schema version {newer}, which this Hexon does not know (it knows up to {latest}); \
-             it was written by a newer Hexon: upgrade Hexon",
-            engine.name()
-        )));
-    }
+    refuse_unknown(engine, applied.iter().map(|m| m.version))?;
     for done in &applied {
         if migrator
             .iter()
@@ -201,13 +189,32 @@ where
     })
 }
 
-/// The embedded migrations not recorded as applied in `applied`.
-pub(super) fn pending(engine: Engine, applied: &HashSet<i64>) -> Vec<(i64, String)> {
-    embedded(engine)
+/// Refuse a database with an applied version this binary does not know.
+fn refuse_unknown(engine: Engine, applied: impl Iterator<Item = i64>) -> Result<(), StoreError> {
+    let known = embedded(engine);
+    match applied.filter(|v| !known.iter().any(|m| m.0 == *v)).max() {
+        None => Ok(()),
+        Some(newer) => Err(StoreError::Migration(format!(
+            "{}: the database is at schema version {newer}, which this Hexon does not know (it knows up to {}); \
+             it was written by a newer Hexon: upgrade Hexon",
+            engine.name(),
+            latest(engine)
+        ))),
+    }
+}
+
+/// The embedded migrations not recorded as applied in `applied`; refuses a
+/// database written by a newer Hexon, as [`run`] does.
+pub(super) fn pending(
+    engine: Engine,
+    applied: &HashSet<i64>,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    refuse_unknown(engine, applied.iter().copied())?;
+    Ok(embedded(engine)
         .iter()
         .filter(|m| !applied.contains(&m.0))
         .map(|&(version, description, _)| (version, description.to_owned()))
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ impl Core {
 
     async fn pending_migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
         let applied = self.applied_versions().await?.into_iter().collect();
-        Ok(migrate::pending(self.engine, &applied))
+        migrate::pending(self.engine, &applied)
     }
 
     async fn schema_version(&self) -> Result<i64, StoreError> {
@@ -379,6 +379,7 @@ macro_rules! sql_store {
             }
 
             /// The migrations `migrate` would apply: `(version, description)`.
+            /// Refuses a database written by a newer Hexon, like `migrate`.
             pub async fn pending_migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
                 self.core.pending_migrations().await
             }
