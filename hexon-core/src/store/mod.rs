@@ -16,6 +16,8 @@ pub mod durable;
 mod error;
 pub mod kv;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod seal;
 
 pub use bus::{Event, EventBus, EventRecord, EventStream, StartAt};
