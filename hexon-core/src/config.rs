@@ -282,9 +282,12 @@ impl StateConfig {
         }
         let prefix_ok = !self.nats_prefix.is_empty()
             && self.nats_prefix.len() <= 32
-            && self.nats_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && self
+                .nats_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !prefix_ok {
-            errs.push("state.nats_prefix", "use 1-32 of A-Z, a-z, 0-9, '_', '-'");
+            errs.push("state.nats_prefix", "use 1-32 of a-z, 0-9, '-'");
         }
         if let Some(node) = &self.node {
             if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control() || c.is_whitespace()) {

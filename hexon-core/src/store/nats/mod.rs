@@ -149,8 +149,9 @@ impl NatsOptions {
 
     /// Prefix of every bucket (`{prefix}_{name}`) and of the event stream
     /// (`{PREFIX}_EVENTS`, subjects `{prefix}.events.>`): 1..=32 of
-    /// `[a-z0-9_-]`. Deployments sharing one NATS account use different
-    /// prefixes.
+    /// `[a-z0-9-]` (no `_`, so `{prefix}_{name}` splits one way only: prefix
+    /// `a_b` with bucket `c` would be prefix `a` with bucket `b_c`).
+    /// Deployments sharing one NATS account use different prefixes.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -221,11 +222,11 @@ impl NatsOptions {
             || p.len() > MAX_PREFIX_LEN
             || !p
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(invalid(
                 "NATS prefix",
-                format!("`{p}`: use 1..={MAX_PREFIX_LEN} of [a-z0-9_-]"),
+                format!("`{p}`: use 1..={MAX_PREFIX_LEN} of [a-z0-9-]"),
             ));
         }
         if self.node.is_empty() || self.node.len() > 256 {
