@@ -87,6 +87,226 @@ pub struct Config {
     /// `[[route]]`: routes, their policy and upstreams.
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `[state]`: where durable objects, shared state and events live.
+    pub state: StateConfig,
+}
+
+/// Where durable objects live (`state.durable`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DurableBackend {
+    /// Embedded SQLite in `gateway.data_dir` (single node; the default).
+    #[default]
+    Sqlite,
+    /// PostgreSQL at `state.postgres_url` (several nodes).
+    Postgres,
+    /// Process memory: nothing survives a restart (tests, demos).
+    Memory,
+}
+
+/// Where shared short-lived state (sessions, codes, nonces, counters) lives
+/// (`state.shared`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SharedBackend {
+    /// Process memory (single node; the default). Lost on restart.
+    #[default]
+    Memory,
+    /// The durable store (SQLite or PostgreSQL): survives restarts.
+    Durable,
+    /// NATS JetStream at `state.nats_url` (several nodes); events go through
+    /// NATS too.
+    Nats,
+}
+
+/// `[state]`: where Hexon keeps what it must remember.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct StateConfig {
+    /// `sqlite` (default), `postgres` or `memory`.
+    pub durable: DurableBackend,
+    /// The SQLite file (default `<gateway.data_dir>/hexon.db`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlite_path: Option<String>,
+    /// PostgreSQL connection URL, e.g. `postgres://hexon@db/hexon`
+    /// (use `${VAR}` for a password).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema to keep Hexon's tables in (created if missing).
+    pub postgres_schema: String,
+    /// Largest PostgreSQL connection pool.
+    pub postgres_max_connections: u32,
+    /// `memory` (default), `durable` or `nats`.
+    pub shared: SharedBackend,
+    /// NATS server URL(s), comma-separated, e.g. `nats://10.0.0.5:4222`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// Prefix of Hexon's NATS KV buckets and event stream.
+    pub nats_prefix: String,
+    /// This node's name on published events (default: the host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Keys sealing secrets at rest (TOTP seeds, HMAC secrets), base64 of 32
+    /// bytes, newest first: the first seals, the others only open values
+    /// sealed before a rotation. Empty: a key is generated in
+    /// `gateway.data_dir` (single node only). Generate with `hexon keys secret`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub encryption_keys: Vec<String>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            durable: DurableBackend::Sqlite,
+            sqlite_path: None,
+            postgres_url: None,
+            postgres_schema: "hexon".into(),
+            postgres_max_connections: 16,
+            shared: SharedBackend::Memory,
+            nats_url: None,
+            nats_prefix: "hexon".into(),
+            node: None,
+            encryption_keys: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateConfig")
+            .field("durable", &self.durable)
+            .field("sqlite_path", &self.sqlite_path)
+            .field("postgres_url", &self.postgres_url.as_deref().map(redact_url))
+            .field("postgres_schema", &self.postgres_schema)
+            .field("shared", &self.shared)
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("nats_prefix", &self.nats_prefix)
+            .field("node", &self.node)
+            .field("encryption_keys", &format_args!("[{} redacted]", self.encryption_keys.len()))
+            .finish()
+    }
+}
+
+/// A URL with any password in its userinfo replaced, for logs and dumps.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:[redacted]@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl StateConfig {
+    /// The SQLite file: `sqlite_path`, or `hexon.db` in `data_dir`.
+    pub fn sqlite_file(&self, data_dir: &str) -> std::path::PathBuf {
+        match &self.sqlite_path {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::path::Path::new(data_dir).join("hexon.db"),
+        }
+    }
+
+    fn validate(&self, errs: &mut Errors) {
+        if self.durable == DurableBackend::Postgres {
+            match &self.postgres_url {
+                None => errs.push(
+                    "state.postgres_url",
+                    "required when state.durable = \"postgres\" (e.g. \"postgres://hexon@db.internal/hexon\")",
+                ),
+                Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => errs.push(
+                    "state.postgres_url",
+                    format!("{} is not a postgres:// URL", redact_url(u)),
+                ),
+                Some(_) => {}
+            }
+            if self.encryption_keys.is_empty() {
+                errs.push(
+                    "state.encryption_keys",
+                    "required with PostgreSQL: every node must seal and open secrets with the same keys \
+                     (generate one with `hexon keys secret`)",
+                );
+            }
+        }
+        if self.durable != DurableBackend::Postgres && self.postgres_url.is_some() {
+            errs.push("state.postgres_url", "set, but state.durable is not \"postgres\"");
+        }
+        let schema_ok = !self.postgres_schema.is_empty()
+            && self.postgres_schema.len() <= 63
+            && self.postgres_schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !self.postgres_schema.starts_with(|c: char| c.is_ascii_digit());
+        if !schema_ok {
+            errs.push(
+                "state.postgres_schema",
+                format!("{:?}: use 1-63 of a-z, 0-9, '_' (not starting with a digit)", self.postgres_schema),
+            );
+        }
+        if !(1..=1000).contains(&self.postgres_max_connections) {
+            errs.push("state.postgres_max_connections", "must be between 1 and 1000");
+        }
+        if self.shared == SharedBackend::Durable && self.durable == DurableBackend::Memory {
+            errs.push(
+                "state.shared",
+                "\"durable\" keeps shared state in the durable store, which is \"memory\" here; use \"memory\"",
+            );
+        }
+        if self.shared == SharedBackend::Nats {
+            match &self.nats_url {
+                None => errs.push(
+                    "state.nats_url",
+                    "required when state.shared = \"nats\" (e.g. \"nats://10.0.0.5:4222\")",
+                ),
+                Some(u) => {
+                    for (i, part) in u.split(',').enumerate() {
+                        let part = part.trim();
+                        let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|p| part.starts_with(p))
+                            || part.parse::<SocketAddr>().is_ok();
+                        if !ok {
+                            errs.push(
+                                "state.nats_url",
+                                format!("server #{i} {:?} is not a nats:// or tls:// URL", redact_url(part)),
+                            );
+                        }
+                    }
+                }
+            }
+        } else if self.nats_url.is_some() {
+            errs.push("state.nats_url", "set, but state.shared is not \"nats\"");
+        }
+        let prefix_ok = !self.nats_prefix.is_empty()
+            && self.nats_prefix.len() <= 32
+            && self
+                .nats_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !prefix_ok {
+            errs.push("state.nats_prefix", "use 1-32 of a-z, 0-9, '-'");
+        }
+        if let Some(node) = &self.node {
+            if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                errs.push("state.node", "use 1-64 printable characters without spaces");
+            }
+        }
+        #[cfg(feature = "store")]
+        if let Err(e) = crate::store::SecretKeys::from_base64(&self.encryption_keys) {
+            if !self.encryption_keys.is_empty() {
+                errs.push("state.encryption_keys", e.to_string());
+            }
+        }
+        #[cfg(not(feature = "store"))]
+        for (i, k) in self.encryption_keys.iter().enumerate() {
+            if k.trim().len() < 43 {
+                errs.push(format!("state.encryption_keys[{i}]"), "must be base64 of 32 bytes");
+            }
+        }
+    }
 }
 
 /// `[gateway]`.
@@ -416,8 +636,9 @@ const ROUTE_FORWARD_KEYS: [&str; 12] = [
     "upstream_client_cert",
     "upstream_client_key",
 ];
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "gateway",
+    "state",
     "signing",
     "jwt",
     "trusted_issuer",
@@ -542,6 +763,11 @@ impl Config {
                         config.jwt = v;
                     }
                 }
+                "state" => {
+                    if let Some(v) = section(value, &key, &mut errs) {
+                        config.state = v;
+                    }
+                }
                 "trusted_issuer" => {
                     config.trusted_issuers = array(value, "trusted_issuer", &mut errs, section)
                 }
@@ -590,6 +816,7 @@ impl Config {
         if self.gateway.data_dir.is_empty() {
             errs.push("gateway.data_dir", "must not be empty");
         }
+        self.state.validate(errs);
 
         if let Some(url) = &self.gateway.login_url {
             if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
@@ -889,6 +1116,8 @@ fn diff_table(prefix: &str, me: &toml::Table, def: &toml::Table, out: &mut Vec<S
             (v, d) if Some(v) != d => {
                 let shown = if is_secret_key(k) {
                     "\"[redacted]\"".to_owned()
+                } else if let (true, toml::Value::String(url)) = (k.ends_with("_url"), v) {
+                    toml::Value::String(redact_url(url)).to_string()
                 } else {
                     v.to_string()
                 };
@@ -901,7 +1130,7 @@ fn diff_table(prefix: &str, me: &toml::Table, def: &toml::Table, out: &mut Vec<S
 
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    ["secret", "password", "token", "private"]
+    ["secret", "password", "token", "private", "encryption"]
         .iter()
         .any(|s| k.contains(s))
 }

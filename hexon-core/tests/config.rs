@@ -229,7 +229,7 @@ alow = []
 "#,
     );
     let expected = [
-        "gatewy: unknown section; expected one of gateway, signing, jwt, trusted_issuer, listener, user, group, route",
+        "gatewy: unknown section; expected one of gateway, state, signing, jwt, trusted_issuer, listener, user, group, route",
         "route[1].alow: unknown field `alow`, expected one of `name`, `host`, `path`, `methods`, `public`, `public_methods`, `allow`, `deny`, upstream, identity, bind_request, bind_body",
         r#"signing.key_id: invalid key id "has space": use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"#,
         "signing.lifetime: must be between 1s and 1h",
@@ -409,4 +409,54 @@ users = ["carol"]
         );
     }
     assert_eq!(e.len(), expected.len(), "{}", e.join("\n"));
+}
+
+#[test]
+fn state_defaults_to_embedded_sqlite_and_memory() {
+    use hexon_core::config::{DurableBackend, SharedBackend};
+    let c = Config::parse("", &env).unwrap();
+    assert_eq!(c.state.durable, DurableBackend::Sqlite);
+    assert_eq!(c.state.shared, SharedBackend::Memory);
+    assert_eq!(
+        c.state.sqlite_file(&c.gateway.data_dir),
+        std::path::Path::new("./hexon-data/hexon.db")
+    );
+}
+
+#[test]
+fn state_backends_need_their_settings() {
+    let e = errors("[state]\ndurable = \"postgres\"\n");
+    assert!(e.iter().any(|m| m.starts_with("state.postgres_url: required")), "{e:?}");
+    assert!(e.iter().any(|m| m.starts_with("state.encryption_keys: required with PostgreSQL")), "{e:?}");
+    let e = errors("[state]\nshared = \"nats\"\n");
+    assert!(e.iter().any(|m| m.starts_with("state.nats_url: required")), "{e:?}");
+    let e = errors("[state]\nshared = \"nats\"\nnats_url = \"http://x:4222, nats://ok:4222\"\n");
+    assert_eq!(e, ["state.nats_url: server #0 \"http://x:4222\" is not a nats:// or tls:// URL"]);
+    let e = errors("[state]\ndurable = \"memory\"\nshared = \"durable\"\n");
+    assert!(e.iter().any(|m| m.starts_with("state.shared:")), "{e:?}");
+    let e = errors("[state]\npostgres_url = \"postgres://db/x\"\n");
+    assert_eq!(e, ["state.postgres_url: set, but state.durable is not \"postgres\""]);
+    let e = errors("[state]\ndurable = \"mysql\"\n");
+    assert!(e.iter().any(|m| m.contains("state.durable") && m.contains("sqlite")), "{e:?}");
+    let e = errors("[state]\npostgres_schema = \"Robert'); DROP\"\n");
+    assert!(e.iter().any(|m| m.starts_with("state.postgres_schema:")), "{e:?}");
+    let e = errors("[state]\nencryption_keys = [\"short\"]\n");
+    assert!(e.iter().any(|m| m.starts_with("state.encryption_keys:")), "{e:?}");
+    let e = errors("[state]\nwhat = 1\n");
+    assert!(e.iter().any(|m| m.contains("what")), "{e:?}");
+}
+
+#[test]
+fn state_secrets_never_show_in_dumps_or_debug() {
+    let key = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+    let text = format!(
+        "[state]\ndurable = \"postgres\"\npostgres_url = \"postgres://hexon:pa55word@db:5432/hexon\"\nencryption_keys = [\"{key}\"]\n"
+    );
+    let c = Config::parse(&text, &env).unwrap();
+    let shown = c.non_default_values().join("\n");
+    assert!(!shown.contains("pa55word") && !shown.contains(key), "{shown}");
+    assert!(shown.contains("postgres://hexon:[redacted]@db:5432/hexon"), "{shown}");
+    assert!(shown.contains("state.encryption_keys = \"[redacted]\""), "{shown}");
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("pa55word") && !debug.contains(key), "{debug}");
 }

@@ -13,7 +13,7 @@ use hexon_core::jwt::{IssueParams, JwtIssuer, JwtVerifier};
 use hexon_core::{Identity, IdentityKind, UnixTime};
 use hexon_proxy::authn::{
     AuthenticateLayer, AuthnResult, BearerJwt, ClientCertSans, ClientCertificate, ClientSan,
-    MemorySessionStore, Session, SessionCookie,
+    KvSessionStore, MemorySessionStore, Session, SessionCookie,
 };
 use hexon_proxy::ext::RequestId;
 use http::request::Parts;
@@ -488,4 +488,158 @@ async fn custom_cert_mapping_and_closure_authenticator() {
     let mut r = get().body(Empty::new()).unwrap();
     r.extensions_mut().insert(tls_peer("10.0.0.5", vec![der]));
     assert_eq!(call(svc, r).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A KV bucket that cannot be reached (a NATS outage, a dead database).
+#[derive(Debug)]
+struct DownKv;
+
+#[async_trait::async_trait]
+impl hexon_core::store::KvStore for DownKv {
+    async fn get(
+        &self,
+        _: &str,
+    ) -> Result<Option<hexon_core::store::KvEntry>, hexon_core::store::StoreError> {
+        Err(hexon_core::store::StoreError::unavailable(
+            "test",
+            "connection refused",
+        ))
+    }
+    async fn put(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: Duration,
+    ) -> Result<hexon_core::store::Revision, hexon_core::store::StoreError> {
+        Err(hexon_core::store::StoreError::unavailable("test", "down"))
+    }
+    async fn put_if_absent(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: Duration,
+    ) -> Result<Option<hexon_core::store::Revision>, hexon_core::store::StoreError> {
+        Err(hexon_core::store::StoreError::unavailable("test", "down"))
+    }
+    async fn compare_and_set(
+        &self,
+        _: &str,
+        _: hexon_core::store::Revision,
+        _: &[u8],
+        _: Duration,
+    ) -> Result<Option<hexon_core::store::Revision>, hexon_core::store::StoreError> {
+        Err(hexon_core::store::StoreError::unavailable("test", "down"))
+    }
+    async fn delete(&self, _: &str) -> Result<bool, hexon_core::store::StoreError> {
+        Err(hexon_core::store::StoreError::unavailable("test", "down"))
+    }
+    async fn delete_if(
+        &self,
+        _: &str,
+        _: hexon_core::store::Revision,
+    ) -> Result<bool, hexon_core::store::StoreError> {
+        Err(hexon_core::store::StoreError::unavailable("test", "down"))
+    }
+}
+
+#[derive(Debug)]
+struct DownBackend;
+
+#[async_trait::async_trait]
+impl hexon_core::store::KvBackend for DownBackend {
+    async fn bucket(
+        &self,
+        _: &str,
+        _: Duration,
+    ) -> Result<Arc<dyn hexon_core::store::KvStore>, hexon_core::store::StoreError> {
+        Ok(Arc::new(DownKv))
+    }
+    fn backend(&self) -> &'static str {
+        "down"
+    }
+}
+
+fn session_layer(store: KvSessionStore) -> AuthenticateLayer {
+    AuthenticateLayer::new()
+        .with(SessionCookie::new(Arc::new(store)))
+        .with_clock(UnixTime::now)
+}
+
+async fn run_layer(
+    layer: &AuthenticateLayer,
+    cookie: &str,
+) -> http::Response<hexon_proxy::body::BoxBody> {
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo::<Empty<Bytes>>());
+    let req = get()
+        .header("cookie", format!("__Host-hexon-session={cookie}"))
+        .body(Empty::new())
+        .unwrap();
+    call(svc, req).await
+}
+
+#[tokio::test]
+async fn kv_sessions_are_shared_revoked_everywhere_and_fail_closed() {
+    use futures_util::StreamExt as _;
+    use hexon_core::store::{Event, EventBus, KvBackend, MemoryBus, MemoryKvBackend, StartAt};
+    let backend = MemoryKvBackend::new();
+    let bus = Arc::new(MemoryBus::new("node-a"));
+    let mut events = bus.subscribe(StartAt::New).await.unwrap();
+    // Two "nodes" sharing one backend.
+    let node_a = KvSessionStore::open(&backend, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .with_events(bus.clone());
+    let node_b = KvSessionStore::open(&backend, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let now = UnixTime::now();
+    let later = now.saturating_add(Duration::from_secs(600));
+    let started = now.saturating_sub(Duration::from_secs(5));
+    node_a
+        .insert("cookie-a", &Session::new(alice(), later).created_at(started), now)
+        .await
+        .unwrap();
+    let bob = Identity::builder("u-2", "bob").build().unwrap();
+    node_a
+        .insert("cookie-b", &Session::new(bob, later).created_at(started), now)
+        .await
+        .unwrap();
+    // The cookie value is not what the store keeps.
+    let raw = backend.bucket("sessions", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(raw.get("cookie-a").await.unwrap(), None);
+
+    let (layer_a, layer_b) = (session_layer(node_a.clone()), session_layer(node_b.clone()));
+    let res = run_layer(&layer_b, "cookie-a").await;
+    assert_eq!(res.status(), StatusCode::OK, "a session made on node A works on node B");
+    assert_eq!(seen(&res).identity().unwrap().username(), "alice");
+
+    // Revoking alice on node A ends her session on node B, not bob's.
+    node_a.revoke_subject("u-1", now).await.unwrap();
+    assert_eq!(run_layer(&layer_b, "cookie-a").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(run_layer(&layer_a, "cookie-a").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(run_layer(&layer_b, "cookie-b").await.status(), StatusCode::OK);
+    let event = events.next().await.unwrap().unwrap();
+    assert_eq!(event.event, Event::UserSessionsRevoked { subject: "u-1".into() });
+    // A session begun after the revocation is not affected by it.
+    let fresh = now.saturating_add(Duration::from_secs(2));
+    node_a
+        .insert("cookie-a2", &Session::new(alice(), later).created_at(fresh), now)
+        .await
+        .unwrap();
+    assert_eq!(run_layer(&layer_b, "cookie-a2").await.status(), StatusCode::OK);
+    // Logout.
+    assert!(node_b.remove("cookie-b").await.unwrap());
+    assert_eq!(run_layer(&layer_a, "cookie-b").await.status(), StatusCode::UNAUTHORIZED);
+
+    // The store is down: 503 with Retry-After, and the cookie is NOT cleared
+    // (the user is not logged out by an outage), never 200.
+    let down = KvSessionStore::open(&DownBackend, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let res = run_layer(&session_layer(down), "cookie-a2").await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "5");
+    assert!(res.headers().get("set-cookie").is_none());
 }

@@ -90,7 +90,7 @@ impl Gw {
         std::fs::create_dir_all(&dir).unwrap();
         let data = dir.display().to_string();
         let config = Config::parse(toml, &|n| (n == "DATA").then(|| data.clone())).unwrap();
-        let gateway = Arc::new(Gateway::build(config).unwrap());
+        let gateway = Arc::new(Gateway::build(config).await.unwrap());
         let running = gateway.start().await.unwrap();
         let addr = running.listeners[0];
         Gw {

@@ -44,7 +44,18 @@ enum Command {
         #[arg(short, long)]
         user: String,
     },
-    /// Signing keys.
+    /// Bring the durable store's schema (SQLite or PostgreSQL) up to date.
+    /// `serve` does this at start too; run it alone to migrate before
+    /// rolling out, or to see what would change.
+    Migrate {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+        /// Only list the migrations that would run.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Signing keys and secret-sealing keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -62,6 +73,10 @@ enum KeysCommand {
         #[arg(long, default_value = "ed25519")]
         algorithm: String,
     },
+    /// Print a new random key for `state.encryption_keys` (seals TOTP seeds,
+    /// HMAC secrets and other secrets at rest). To rotate, put the new key
+    /// first and keep the old ones after it.
+    Secret,
     /// Print the public JWKS of the configured signing key.
     Jwks {
         /// Configuration file.
@@ -82,6 +97,10 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Jwks { config },
         } => gateway::print_jwks(&config),
+        Command::Keys {
+            command: KeysCommand::Secret,
+        } => gateway::print_secret_key(),
+        Command::Migrate { config, dry_run } => gateway::run(gateway::migrate(config, dry_run)),
         Command::Serve { config } => gateway::run(gateway::serve(config)),
         Command::Quickstart { port } => gateway::run(gateway::quickstart(port)),
     };

@@ -17,7 +17,7 @@
 //! - A [`Revision`] changes on every write and is never reused for a key,
 //!   even after delete and re-create, so compare-and-set has no ABA window.
 //! - Errors mean "could not look": a caller guarding security denies on
-//!   [`StoreError::Unavailable`](super::StoreError::Unavailable).
+//!   [`StoreError::Unavailable`].
 
 use std::fmt;
 use std::sync::Arc;

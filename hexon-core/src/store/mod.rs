@@ -16,6 +16,8 @@ pub mod durable;
 mod error;
 pub mod kv;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod seal;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;

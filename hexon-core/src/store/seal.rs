@@ -260,7 +260,10 @@ impl SecretKeys {
     }
 }
 
-fn split(sealed: &[u8]) -> Result<([u8; KEY_ID_LEN], [u8; NONCE_LEN], &[u8]), StoreError> {
+/// A sealed value's key id, nonce and ciphertext.
+type Parts<'a> = ([u8; KEY_ID_LEN], [u8; NONCE_LEN], &'a [u8]);
+
+fn split(sealed: &[u8]) -> Result<Parts<'_>, StoreError> {
     if sealed.len() < HEADER_LEN + TAG_LEN {
         return Err(StoreError::Crypto("sealed value is truncated"));
     }

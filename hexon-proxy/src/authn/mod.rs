@@ -56,8 +56,8 @@ pub use bearer::BearerJwt;
 pub use cert::{CertError, CertMapper, ClientCertSans, ClientCertificate, ClientSan};
 pub use jwks::{FetchError, FetchFuture, HttpsJwksFetcher, JwksFetcher, JwksIssuer};
 pub use session::{
-    DEFAULT_SESSION_COOKIE, MemorySessionStore, Session, SessionCookie, SessionFuture,
-    SessionStore, cookie_pairs,
+    DEFAULT_SESSION_COOKIE, KvSessionStore, MemorySessionStore, Session, SessionCookie,
+    SessionFuture, SessionStore, cookie_pairs,
 };
 
 /// What one authenticator made of a request.
@@ -70,6 +70,10 @@ pub enum AuthnResult {
     /// The credential is present but not acceptable (expired, forged, revoked,
     /// malformed). The reason is for logs only; the client gets a bare `401`.
     Invalid(Cow<'static, str>),
+    /// The credential could not be checked: the store it lives in did not
+    /// answer. Fail closed without blaming the client: `503` with
+    /// `Retry-After`, and the credential (cookie) is left alone.
+    Unavailable(Cow<'static, str>),
 }
 
 impl AuthnResult {
@@ -306,6 +310,22 @@ where
                                 respond::wants_html(&parts.headers),
                             );
                             a.challenge(&mut res);
+                            return Ok(res);
+                        }
+                        AuthnResult::Unavailable(reason) => {
+                            tracing::error!(
+                                request_id = request_id(&parts),
+                                authenticator = a.name(),
+                                reason = &*reason,
+                                "credential store unavailable; refusing the request"
+                            );
+                            let mut res = respond::error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                parts.extensions.get::<RequestId>(),
+                                respond::wants_html(&parts.headers),
+                            );
+                            res.headers_mut()
+                                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
                             return Ok(res);
                         }
                     }

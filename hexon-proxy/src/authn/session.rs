@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use hexon_core::store::{Event, EventBus, KvBackend, KvStore, StoreError};
 use hexon_core::verify::Clock;
 use hexon_core::{Identity, UnixTime};
 use http::header::{COOKIE, SET_COOKIE};
@@ -34,17 +35,33 @@ pub struct Session {
     pub identity: Identity,
     /// When the session ends.
     pub expires: UnixTime,
+    /// When the session began (revoking a user's sessions ends those begun
+    /// at or before the revocation).
+    pub created: UnixTime,
 }
 
 impl Session {
-    /// A session for `identity` until `expires`.
+    /// A session for `identity` from now until `expires`.
     pub fn new(identity: Identity, expires: UnixTime) -> Self {
-        Session { identity, expires }
+        Session {
+            identity,
+            expires,
+            created: UnixTime::now(),
+        }
+    }
+
+    /// Set when the session began.
+    pub fn created_at(mut self, created: UnixTime) -> Self {
+        self.created = created;
+        self
     }
 }
 
-/// The future a [`SessionStore`] returns.
-pub type SessionFuture<'a> = Pin<Box<dyn Future<Output = Option<Session>> + Send + 'a>>;
+/// The future a [`SessionStore`] returns: `Ok(None)` for no such session,
+/// `Err` when the store could not look (the request then fails closed with
+/// `503`, and the browser keeps its cookie).
+pub type SessionFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Session>, StoreError>> + Send + 'a>>;
 
 /// Where sessions live. `id` is the cookie value: a bearer secret. Stores
 /// must look it up without leaking it through timing (hash it, or compare
@@ -173,7 +190,153 @@ impl MemorySessionStore {
 
 impl SessionStore for MemorySessionStore {
     fn get<'a>(&'a self, id: &'a str) -> SessionFuture<'a> {
-        Box::pin(std::future::ready(self.lookup(id)))
+        Box::pin(std::future::ready(Ok(self.lookup(id))))
+    }
+}
+
+/// Sessions in a shared [`KvStore`] bucket: the same session is valid on
+/// every node that shares the store (NATS JetStream in a cluster), and it
+/// survives a restart where the store does (SQLite, PostgreSQL).
+///
+/// - Entries are keyed by the SHA-256 of the cookie value: the store never
+///   holds the bearer secret, and a store dump cannot be replayed as cookies.
+/// - Each entry's TTL is the session's remaining lifetime.
+/// - [`revoke_subject`](Self::revoke_subject) writes one revocation marker
+///   per user (bucket `revocations`) that every lookup checks, so revoking a
+///   user's sessions is one write that takes effect on every node at once,
+///   without listing their sessions; it also publishes
+///   [`Event::UserSessionsRevoked`] when an event bus is attached.
+/// - A store error is returned as `Err` (the request fails closed with 503),
+///   never as "no session".
+#[derive(Clone)]
+pub struct KvSessionStore {
+    sessions: Arc<dyn KvStore>,
+    revocations: Arc<dyn KvStore>,
+    events: Option<Arc<dyn EventBus>>,
+    max_lifetime: std::time::Duration,
+}
+
+impl fmt::Debug for KvSessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvSessionStore")
+            .field("sessions", &self.sessions)
+            .field("max_lifetime", &self.max_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSession {
+    identity: Identity,
+    expires: UnixTime,
+    created: UnixTime,
+}
+
+fn kv_key(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        use fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+impl KvSessionStore {
+    /// Open the `sessions` and `revocations` buckets of `backend`. No
+    /// session lives longer than `max_lifetime` (revocation markers are kept
+    /// that long).
+    pub async fn open(
+        backend: &dyn KvBackend,
+        max_lifetime: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let max_lifetime = max_lifetime.max(std::time::Duration::from_secs(1));
+        Ok(KvSessionStore {
+            sessions: backend.bucket("sessions", max_lifetime).await?,
+            revocations: backend.bucket("revocations", max_lifetime).await?,
+            events: None,
+            max_lifetime,
+        })
+    }
+
+    /// Publish revocations on `events`.
+    pub fn with_events(mut self, events: Arc<dyn EventBus>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Store `session` under the cookie value `id` (replacing any), until it
+    /// expires or `max_lifetime` passes, whichever is first.
+    pub async fn insert(&self, id: &str, session: &Session, now: UnixTime) -> Result<(), StoreError> {
+        let ttl = session.expires.since(now).min(self.max_lifetime);
+        if ttl.is_zero() {
+            return Err(StoreError::Invalid {
+                what: "session",
+                reason: "already expired".into(),
+            });
+        }
+        let stored = StoredSession {
+            identity: session.identity.clone(),
+            expires: session.expires,
+            created: session.created,
+        };
+        let value = serde_json::to_vec(&stored).map_err(|e| StoreError::Invalid {
+            what: "session",
+            reason: e.to_string(),
+        })?;
+        self.sessions.put(&kv_key(id), &value, ttl).await.map(|_| ())
+    }
+
+    /// Remove the session with cookie value `id` (logout). Whether it existed.
+    pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        self.sessions.delete(&kv_key(id)).await
+    }
+
+    /// End every session of `subject` begun at or before `now`, on every
+    /// node sharing the store.
+    pub async fn revoke_subject(&self, subject: &str, now: UnixTime) -> Result<(), StoreError> {
+        self.revocations
+            .put(subject, now.as_secs().to_string().as_bytes(), self.max_lifetime)
+            .await?;
+        if let Some(events) = &self.events {
+            events
+                .publish(&Event::UserSessionsRevoked {
+                    subject: subject.to_owned(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn lookup(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let key = kv_key(id);
+        let Some(entry) = self.sessions.get(&key).await? else {
+            return Ok(None);
+        };
+        let stored: StoredSession = serde_json::from_slice(&entry.value)
+            .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))?;
+        if let Some(marker) = self.revocations.get(stored.identity.subject()).await? {
+            let revoked_at = std::str::from_utf8(&marker.value)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| StoreError::Corrupt("revocation marker".into()))?;
+            if stored.created.as_secs() <= revoked_at {
+                // Best effort: the marker already refuses it everywhere.
+                let _ = self.sessions.delete_if(&key, entry.revision).await;
+                return Ok(None);
+            }
+        }
+        Ok(Some(Session {
+            identity: stored.identity,
+            expires: stored.expires,
+            created: stored.created,
+        }))
+    }
+}
+
+impl SessionStore for KvSessionStore {
+    fn get<'a>(&'a self, id: &'a str) -> SessionFuture<'a> {
+        Box::pin(self.lookup(id))
     }
 }
 
@@ -263,9 +426,10 @@ impl Authenticator for SessionCookie {
                 Err(why) => return AuthnResult::invalid(why),
             };
             match self.store.get(id).await {
-                None => AuthnResult::invalid("unknown or revoked session"),
-                Some(s) if s.expires <= now => AuthnResult::invalid("session expired"),
-                Some(s) => AuthnResult::Authenticated(s.identity),
+                Err(e) => AuthnResult::Unavailable(format!("session store: {e}").into()),
+                Ok(None) => AuthnResult::invalid("unknown or revoked session"),
+                Ok(Some(s)) if s.expires <= now => AuthnResult::invalid("session expired"),
+                Ok(Some(s)) => AuthnResult::Authenticated(s.identity),
             }
         })
     }

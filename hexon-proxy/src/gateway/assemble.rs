@@ -46,6 +46,7 @@ use hexon_core::httpsig::HttpSigner;
 use hexon_core::jwt::{JwtIssuer, JwtVerifier};
 use hexon_core::keys::KeySet;
 use hexon_core::signer::Signer;
+use hexon_core::store::Event;
 use http::{Method, Request, Response, StatusCode, header};
 use sha2::{Digest as _, Sha256};
 use tower::ServiceBuilder;
@@ -58,10 +59,11 @@ use super::audit::{AuditLayer, AuditSink, CaptureLayer};
 use super::authority::SingleAuthorityLayer;
 use super::credentials::DropCredentialsLayer;
 use super::keys;
+use super::state::{self, GatewayState};
 use super::metrics::Metrics;
 use crate::authn::{
     AuthenticateLayer, BearerJwt, ClientCertificate, DEFAULT_SESSION_COOKIE, HttpsJwksFetcher,
-    JwksIssuer, MemorySessionStore, SessionCookie,
+    JwksIssuer, KvSessionStore, SessionCookie,
 };
 use crate::authz::{AuthorizeLayer, PolicyHandle};
 use crate::body::{BoxBody, full};
@@ -184,7 +186,7 @@ pub struct Gateway {
     keys: KeySet,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
-    sessions: Arc<MemorySessionStore>,
+    state: GatewayState,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -313,8 +315,10 @@ fn trusted_cidrs(config: &Config) -> Vec<ipnet::IpNet> {
 }
 
 impl Gateway {
-    /// Build every part from `config` (loading or creating the signing key).
-    pub fn build(config: Config) -> Result<Gateway, GatewayError> {
+    /// Build every part from `config`: load or create the signing key, open
+    /// the state layer (`[state]`, running database migrations), compile
+    /// policy and routes.
+    pub async fn build(config: Config) -> Result<Gateway, GatewayError> {
         let key = keys::load_or_create(&config)?;
         let mut jwks = KeySet::new();
         jwks.insert(key.key_id(), key.public_key(), None)
@@ -331,7 +335,7 @@ impl Gateway {
             keys: jwks,
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(Readiness::default()),
-            sessions: Arc::new(MemorySessionStore::new()),
+            state: state::open(&config).await?,
             config,
         })
     }
@@ -353,8 +357,32 @@ impl Gateway {
 
     /// The session store (sessions are created by the login issue; tests and
     /// embedders may insert them).
-    pub fn sessions(&self) -> &Arc<MemorySessionStore> {
-        &self.sessions
+    pub fn sessions(&self) -> &KvSessionStore {
+        &self.state.sessions
+    }
+
+    /// The state layer: durable store, shared KV, event bus.
+    pub fn state(&self) -> &GatewayState {
+        &self.state
+    }
+
+    /// A user was disabled or removed: end their sessions on every node
+    /// sharing the state, and tell every node (event `user_disabled`).
+    pub async fn user_disabled(&self, subject: &str) -> Result<(), GatewayError> {
+        let now = UnixTime::now();
+        self.state
+            .sessions
+            .revoke_subject(subject, now)
+            .await
+            .map_err(|e| GatewayError::Other(format!("revoking sessions of {subject}: {e}")))?;
+        self.state
+            .events
+            .publish(&Event::UserDisabled {
+                subject: subject.to_owned(),
+            })
+            .await
+            .map_err(|e| GatewayError::Other(format!("publishing user_disabled for {subject}: {e}")))?;
+        Ok(())
     }
 
     /// Swap in a new configuration's policy, routes and signing table.
@@ -414,7 +442,7 @@ impl Gateway {
         }
         Ok(AuthenticateLayer::new()
             .with(bearer)
-            .with(SessionCookie::new(self.sessions.clone()))
+            .with(SessionCookie::new(Arc::new(self.state.sessions.clone())))
             .with(ClientCertificate::new()))
     }
 
@@ -521,14 +549,6 @@ impl Gateway {
                 self.ready.clone(),
             )));
         }
-        let sessions = self.sessions.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                sessions.purge_expired();
-            }
-        }));
         self.ready.set(true);
         Ok(Running {
             listeners: addrs,
@@ -575,6 +595,7 @@ pub async fn watch_config(
     every: Duration,
 ) {
     let mut last = file_hash(&path);
+    let mut applied = gateway.config.clone();
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -591,11 +612,23 @@ pub async fn watch_config(
                 tracing::error!(path = %path.display(), errors = %e, "configuration changed but is invalid; still running the previous one")
             }
             Ok(new) => match gateway.reload(&new) {
-                Ok(restart) if restart.is_empty() => {
-                    tracing::info!(path = %path.display(), "configuration reloaded")
-                }
                 Ok(restart) => {
-                    tracing::warn!(path = %path.display(), sections = ?restart, "configuration reloaded; changes to these sections apply after a restart")
+                    if restart.is_empty() {
+                        tracing::info!(path = %path.display(), "configuration reloaded");
+                    } else {
+                        tracing::warn!(path = %path.display(), sections = ?restart, "configuration reloaded; changes to these sections apply after a restart");
+                    }
+                    for subject in newly_disabled(&applied, &new) {
+                        match gateway.user_disabled(&subject).await {
+                            Ok(()) => tracing::info!(user = %subject, "user disabled or removed: sessions revoked on every node"),
+                            Err(e) => tracing::error!(user = %subject, error = %e, "user disabled but revoking their sessions failed; retrying at the next reload"),
+                        }
+                    }
+                    let sha256 = hex(&hash);
+                    if let Err(e) = gateway.state.events.publish(&Event::ConfigChanged { sha256 }).await {
+                        tracing::warn!(error = %e, "cannot publish config_changed");
+                    }
+                    applied = new;
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "configuration changed but cannot be applied; still running the previous one")
@@ -603,6 +636,29 @@ pub async fn watch_config(
             },
         }
     }
+}
+
+/// Users enabled in `old` that `new` disables or no longer has.
+fn newly_disabled(old: &Config, new: &Config) -> Vec<String> {
+    old.users
+        .iter()
+        .filter(|u| !u.disabled)
+        .filter(|u| {
+            new.users
+                .iter()
+                .find(|n| n.name == u.name)
+                .is_none_or(|n| n.disabled)
+        })
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn file_hash(path: &Path) -> Option<[u8; 32]> {

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod echo;
 pub mod keys;
 pub mod metrics;
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -218,10 +219,33 @@ pub fn print_jwks(path: &Path) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// `hexon keys secret`: a new key for `state.encryption_keys`.
+pub fn print_secret_key() -> Result<(), GatewayError> {
+    out(&hexon_core::store::SecretKeys::generate_base64());
+    Ok(())
+}
+
+/// `hexon migrate`: bring the durable store's schema up to date (or list
+/// what would run).
+pub async fn migrate(path: PathBuf, dry_run: bool) -> Result<(), GatewayError> {
+    let config = Config::load(&path)?;
+    let o = state::migrate(&config, dry_run).await?;
+    if o.applied.is_empty() {
+        out(&format!("{}: schema is up to date (version {})", o.backend, o.to));
+        return Ok(());
+    }
+    let verb = if dry_run { "would apply" } else { "applied" };
+    for (version, description) in &o.applied {
+        out(&format!("{}: {verb} {version} {description}", o.backend));
+    }
+    out(&format!("{}: schema version {} -> {}", o.backend, o.from, o.to));
+    Ok(())
+}
+
 /// `hexon serve`: run until SIGINT/SIGTERM, reloading the file when it changes.
 pub async fn serve(path: PathBuf) -> Result<(), GatewayError> {
     let config = Config::load(&path)?;
-    let gateway = Arc::new(Gateway::build(config)?);
+    let gateway = Arc::new(Gateway::build(config).await?);
     let running = gateway.start().await?;
     tracing::info!(listeners = ?running.listeners, admin = ?running.admin, config = %path.display(), "hexon is serving");
     let watcher = tokio::spawn(assemble::watch_config(
@@ -322,7 +346,7 @@ pub async fn start_quickstart(
     };
     let mut config = Config::parse(QUICKSTART_CONFIG, &env)?;
     config.gateway.audit = audit.to_owned();
-    let gateway = Gateway::build(config)?;
+    let gateway = Gateway::build(config).await?;
     let running = gateway.start().await?;
     let gw = running
         .listeners
