@@ -947,12 +947,17 @@ impl Core {
         })?;
         let mut tx = self.begin().await?;
         if self.engine.is_postgres() {
-            // Appends one at a time, so positions become visible in order: a
-            // reader paging with `audit_after` never skips a position that
-            // commits later. Readers are not blocked.
-            tx.execute("LOCK TABLE audit_log IN EXCLUSIVE MODE", &[])
-                .await
-                .map_err(|e| self.err(e))?;
+            // Appends one at a time (per schema), so positions become
+            // visible in order: a reader paging with `audit_after` never
+            // skips a position that commits later. Readers are not blocked,
+            // and no privilege beyond INSERT is needed on the table (so it
+            // can be revoked to harden the trail). Released at commit.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.hexon.audit_log'))",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
         }
         let row = tx
             .fetch_optional(

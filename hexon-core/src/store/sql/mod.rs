@@ -8,7 +8,7 @@
 //! `open`; see [`MigrationReport`]). The logic is written once; only the
 //! revision counter, locking and connection setup differ per engine.
 //!
-//! - Secrets ([`Material::Secret`](crate::store::Material::Secret)) are
+//! - Secrets ([`Material::Secret`]) are
 //!   sealed with the store's [`SecretKeys`] before they are written, bound
 //!   to their record; the database never sees them in the clear.
 //! - The audit trail is append-only in the database too: triggers refuse
