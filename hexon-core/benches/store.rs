@@ -11,7 +11,13 @@
 //! default `nats://127.0.0.1:4222`) must be running for their rows.
 //! A plain binary rather than criterion: the figures wanted are per-operation
 //! latency percentiles and throughput under concurrency, over real servers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,7 +107,12 @@ async fn kv_rows(name: &str, backend: &dyn KvBackend, n: usize) {
     run(16, n / 16, move |t, i| {
         let s = s.clone();
         async move {
-            assert!(s.get(&format!("s{}", (t * 7919 + i) % keys)).await.unwrap().is_some());
+            assert!(
+                s.get(&format!("s{}", (t * 7919 + i) % keys))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
         }
     })
     .await
@@ -137,12 +148,23 @@ async fn directory_rows(name: &str, store: &dyn DurableStore, n: usize) {
         snap.push_group(GroupRecord::new(format!("g{g}")));
     }
     for u in 0..10_000 {
-        snap.push_user(UserRecord::new(format!("u{u}")).username(format!("user{u}")).email(format!("u{u}@example.com")));
+        snap.push_user(
+            UserRecord::new(format!("u{u}"))
+                .username(format!("user{u}"))
+                .email(format!("u{u}@example.com")),
+        );
         snap.push_member(format!("u{u}"), format!("g{}", u % 100));
     }
     let t = Instant::now();
-    store.save_source(&SourceId::new("bench"), &snap).await.unwrap();
-    println!("{name:<9} {:<34} {:>10.1} ms", "directory save (10k users)", t.elapsed().as_secs_f64() * 1e3);
+    store
+        .save_source(&SourceId::new("bench"), &snap)
+        .await
+        .unwrap();
+    println!(
+        "{name:<9} {:<34} {:>10.1} ms",
+        "directory save (10k users)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let mut stats = Stats {
         ops: 0,
         elapsed: Duration::ZERO,
@@ -151,7 +173,14 @@ async fn directory_rows(name: &str, store: &dyn DurableStore, n: usize) {
     let start = Instant::now();
     for i in 0..n {
         let s = Instant::now();
-        assert_eq!(store.find_user(&format!("u{}", (i * 7919) % 10_000)).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .find_user(&format!("u{}", (i * 7919) % 10_000))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         stats.lat.push(s.elapsed());
         stats.ops += 1;
     }
@@ -168,17 +197,28 @@ fn main() {
     // useful either: run a short smoke pass unless benchmarking.
     let full = std::env::args().any(|a| a == "--bench");
     let n = if full { 20_000 } else { 200 };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let keys = Arc::new(SecretKeys::new([7; 32]));
         if wanted("memory") {
             kv_rows("memory", &hexon_core::store::MemoryKvBackend::new(), n).await;
-            directory_rows("memory", &hexon_core::store::MemoryStore::new(keys.clone()), n).await;
+            directory_rows(
+                "memory",
+                &hexon_core::store::MemoryStore::new(keys.clone()),
+                n,
+            )
+            .await;
         }
         #[cfg(feature = "sqlite")]
         if wanted("sqlite") {
             let dir = std::env::temp_dir().join(format!("hexon-bench-{}", std::process::id()));
-            let store = hexon_core::store::sql::SqliteStore::open(&dir.join("bench.db"), keys.clone()).await.unwrap();
+            let store =
+                hexon_core::store::sql::SqliteStore::open(&dir.join("bench.db"), keys.clone())
+                    .await
+                    .unwrap();
             kv_rows("sqlite", &store, n).await;
             directory_rows("sqlite", &store, n).await;
             store.close().await;
@@ -186,10 +226,13 @@ fn main() {
         }
         #[cfg(feature = "postgres")]
         if wanted("postgres") {
-            let url = std::env::var("HEXON_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let url = std::env::var("HEXON_BENCH_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
             let schema = format!("hexon_bench_{}", std::process::id());
             let options = hexon_core::store::sql::PostgresOptions::new(&url).schema(&schema);
-            let store = hexon_core::store::sql::PostgresStore::open(&options, keys.clone()).await.unwrap();
+            let store = hexon_core::store::sql::PostgresStore::open(&options, keys.clone())
+                .await
+                .unwrap();
             kv_rows("postgres", &store, n).await;
             directory_rows("postgres", &store, n).await;
             store.close().await;
@@ -197,11 +240,14 @@ fn main() {
         }
         #[cfg(feature = "nats")]
         if wanted("nats") {
-            let url = std::env::var("HEXON_BENCH_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+            let url = std::env::var("HEXON_BENCH_NATS")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
             let prefix = format!("hxbench{}", std::process::id());
             delete_nats_streams(&url, &prefix).await;
             let options = hexon_core::store::nats::NatsOptions::new(&url).prefix(&prefix);
-            let nats = hexon_core::store::nats::NatsState::connect(&options).await.unwrap();
+            let nats = hexon_core::store::nats::NatsState::connect(&options)
+                .await
+                .unwrap();
             kv_rows("nats", &nats, n).await;
             delete_nats_streams(&url, &prefix).await;
         }
@@ -212,7 +258,10 @@ fn main() {
 async fn drop_schema(url: &str, schema: &str) {
     use sqlx::Connection as _;
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 #[cfg(feature = "nats")]
@@ -220,9 +269,15 @@ async fn delete_nats_streams(url: &str, prefix: &str) {
     use futures_util::StreamExt as _;
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let names: Vec<String> = js.stream_names().filter_map(|n| async move { n.ok() }).collect().await;
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
     for name in names {
-        if name.starts_with(&format!("KV_{prefix}_")) || name == format!("{}_EVENTS", prefix.to_ascii_uppercase()) {
+        if name.starts_with(&format!("KV_{prefix}_"))
+            || name == format!("{}_EVENTS", prefix.to_ascii_uppercase())
+        {
             let _ = js.delete_stream(&name).await;
         }
     }

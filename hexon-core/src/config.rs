@@ -179,13 +179,19 @@ impl fmt::Debug for StateConfig {
         f.debug_struct("StateConfig")
             .field("durable", &self.durable)
             .field("sqlite_path", &self.sqlite_path)
-            .field("postgres_url", &self.postgres_url.as_deref().map(redact_url))
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_deref().map(redact_url),
+            )
             .field("postgres_schema", &self.postgres_schema)
             .field("shared", &self.shared)
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
             .field("nats_prefix", &self.nats_prefix)
             .field("node", &self.node)
-            .field("encryption_keys", &format_args!("[{} redacted]", self.encryption_keys.len()))
+            .field(
+                "encryption_keys",
+                &format_args!("[{} redacted]", self.encryption_keys.len()),
+            )
             .finish()
     }
 }
@@ -236,20 +242,34 @@ impl StateConfig {
             }
         }
         if self.durable != DurableBackend::Postgres && self.postgres_url.is_some() {
-            errs.push("state.postgres_url", "set, but state.durable is not \"postgres\"");
+            errs.push(
+                "state.postgres_url",
+                "set, but state.durable is not \"postgres\"",
+            );
         }
         let schema_ok = !self.postgres_schema.is_empty()
             && self.postgres_schema.len() <= 63
-            && self.postgres_schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !self.postgres_schema.starts_with(|c: char| c.is_ascii_digit());
+            && self
+                .postgres_schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !self
+                .postgres_schema
+                .starts_with(|c: char| c.is_ascii_digit());
         if !schema_ok {
             errs.push(
                 "state.postgres_schema",
-                format!("{:?}: use 1-63 of a-z, 0-9, '_' (not starting with a digit)", self.postgres_schema),
+                format!(
+                    "{:?}: use 1-63 of a-z, 0-9, '_' (not starting with a digit)",
+                    self.postgres_schema
+                ),
             );
         }
         if !(1..=1000).contains(&self.postgres_max_connections) {
-            errs.push("state.postgres_max_connections", "must be between 1 and 1000");
+            errs.push(
+                "state.postgres_max_connections",
+                "must be between 1 and 1000",
+            );
         }
         if self.shared == SharedBackend::Durable && self.durable == DurableBackend::Memory {
             errs.push(
@@ -266,12 +286,17 @@ impl StateConfig {
                 Some(u) => {
                     for (i, part) in u.split(',').enumerate() {
                         let part = part.trim();
-                        let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|p| part.starts_with(p))
+                        let ok = ["nats://", "tls://", "ws://", "wss://"]
+                            .iter()
+                            .any(|p| part.starts_with(p))
                             || part.parse::<SocketAddr>().is_ok();
                         if !ok {
                             errs.push(
                                 "state.nats_url",
-                                format!("server #{i} {:?} is not a nats:// or tls:// URL", redact_url(part)),
+                                format!(
+                                    "server #{i} {:?} is not a nats:// or tls:// URL",
+                                    redact_url(part)
+                                ),
                             );
                         }
                     }
@@ -290,7 +315,10 @@ impl StateConfig {
             errs.push("state.nats_prefix", "use 1-32 of a-z, 0-9, '-'");
         }
         if let Some(node) = &self.node {
-            if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            if node.is_empty()
+                || node.len() > 64
+                || node.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
                 errs.push("state.node", "use 1-64 printable characters without spaces");
             }
         }
@@ -303,7 +331,10 @@ impl StateConfig {
         #[cfg(not(feature = "store"))]
         for (i, k) in self.encryption_keys.iter().enumerate() {
             if k.trim().len() < 43 {
-                errs.push(format!("state.encryption_keys[{i}]"), "must be base64 of 32 bytes");
+                errs.push(
+                    format!("state.encryption_keys[{i}]"),
+                    "must be base64 of 32 bytes",
+                );
             }
         }
     }

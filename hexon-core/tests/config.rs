@@ -426,22 +426,49 @@ fn state_defaults_to_embedded_sqlite_and_memory() {
 #[test]
 fn state_backends_need_their_settings() {
     let e = errors("[state]\ndurable = \"postgres\"\n");
-    assert!(e.iter().any(|m| m.starts_with("state.postgres_url: required")), "{e:?}");
-    assert!(e.iter().any(|m| m.starts_with("state.encryption_keys: required with PostgreSQL")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("state.postgres_url: required")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("state.encryption_keys: required with PostgreSQL")),
+        "{e:?}"
+    );
     let e = errors("[state]\nshared = \"nats\"\n");
-    assert!(e.iter().any(|m| m.starts_with("state.nats_url: required")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.starts_with("state.nats_url: required")),
+        "{e:?}"
+    );
     let e = errors("[state]\nshared = \"nats\"\nnats_url = \"http://x:4222, nats://ok:4222\"\n");
-    assert_eq!(e, ["state.nats_url: server #0 \"http://x:4222\" is not a nats:// or tls:// URL"]);
+    assert_eq!(
+        e,
+        ["state.nats_url: server #0 \"http://x:4222\" is not a nats:// or tls:// URL"]
+    );
     let e = errors("[state]\ndurable = \"memory\"\nshared = \"durable\"\n");
     assert!(e.iter().any(|m| m.starts_with("state.shared:")), "{e:?}");
     let e = errors("[state]\npostgres_url = \"postgres://db/x\"\n");
-    assert_eq!(e, ["state.postgres_url: set, but state.durable is not \"postgres\""]);
+    assert_eq!(
+        e,
+        ["state.postgres_url: set, but state.durable is not \"postgres\""]
+    );
     let e = errors("[state]\ndurable = \"mysql\"\n");
-    assert!(e.iter().any(|m| m.contains("state.durable") && m.contains("sqlite")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("state.durable") && m.contains("sqlite")),
+        "{e:?}"
+    );
     let e = errors("[state]\npostgres_schema = \"Robert'); DROP\"\n");
-    assert!(e.iter().any(|m| m.starts_with("state.postgres_schema:")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.starts_with("state.postgres_schema:")),
+        "{e:?}"
+    );
     let e = errors("[state]\nencryption_keys = [\"short\"]\n");
-    assert!(e.iter().any(|m| m.starts_with("state.encryption_keys:")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.starts_with("state.encryption_keys:")),
+        "{e:?}"
+    );
     let e = errors("[state]\nwhat = 1\n");
     assert!(e.iter().any(|m| m.contains("what")), "{e:?}");
 }
@@ -454,9 +481,21 @@ fn state_secrets_never_show_in_dumps_or_debug() {
     );
     let c = Config::parse(&text, &env).unwrap();
     let shown = c.non_default_values().join("\n");
-    assert!(!shown.contains("pa55word") && !shown.contains(key), "{shown}");
-    assert!(shown.contains("postgres://hexon:[redacted]@db:5432/hexon"), "{shown}");
-    assert!(shown.contains("state.encryption_keys = \"[redacted]\""), "{shown}");
+    assert!(
+        !shown.contains("pa55word") && !shown.contains(key),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("postgres://hexon:[redacted]@db:5432/hexon"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("state.encryption_keys = \"[redacted]\""),
+        "{shown}"
+    );
     let debug = format!("{c:?}");
-    assert!(!debug.contains("pa55word") && !debug.contains(key), "{debug}");
+    assert!(
+        !debug.contains("pa55word") && !debug.contains(key),
+        "{debug}"
+    );
 }

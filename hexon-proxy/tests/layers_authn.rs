@@ -598,40 +598,79 @@ async fn kv_sessions_are_shared_revoked_everywhere_and_fail_closed() {
     let later = now.saturating_add(Duration::from_secs(600));
     let started = now.saturating_sub(Duration::from_secs(5));
     node_a
-        .insert("cookie-a", &Session::new(alice(), later).created_at(started), now)
+        .insert(
+            "cookie-a",
+            &Session::new(alice(), later).created_at(started),
+            now,
+        )
         .await
         .unwrap();
     let bob = Identity::builder("u-2", "bob").build().unwrap();
     node_a
-        .insert("cookie-b", &Session::new(bob, later).created_at(started), now)
+        .insert(
+            "cookie-b",
+            &Session::new(bob, later).created_at(started),
+            now,
+        )
         .await
         .unwrap();
     // The cookie value is not what the store keeps.
-    let raw = backend.bucket("sessions", Duration::from_secs(60)).await.unwrap();
+    let raw = backend
+        .bucket("sessions", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(raw.get("cookie-a").await.unwrap(), None);
 
     let (layer_a, layer_b) = (session_layer(node_a.clone()), session_layer(node_b.clone()));
     let res = run_layer(&layer_b, "cookie-a").await;
-    assert_eq!(res.status(), StatusCode::OK, "a session made on node A works on node B");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "a session made on node A works on node B"
+    );
     assert_eq!(seen(&res).identity().unwrap().username(), "alice");
 
     // Revoking alice on node A ends her session on node B, not bob's.
     node_a.revoke_subject("u-1", now).await.unwrap();
-    assert_eq!(run_layer(&layer_b, "cookie-a").await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(run_layer(&layer_a, "cookie-a").await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(run_layer(&layer_b, "cookie-b").await.status(), StatusCode::OK);
+    assert_eq!(
+        run_layer(&layer_b, "cookie-a").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        run_layer(&layer_a, "cookie-a").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        run_layer(&layer_b, "cookie-b").await.status(),
+        StatusCode::OK
+    );
     let event = events.next().await.unwrap().unwrap();
-    assert_eq!(event.event, Event::UserSessionsRevoked { subject: "u-1".into() });
+    assert_eq!(
+        event.event,
+        Event::UserSessionsRevoked {
+            subject: "u-1".into()
+        }
+    );
     // A session begun after the revocation is not affected by it.
     let fresh = now.saturating_add(Duration::from_secs(2));
     node_a
-        .insert("cookie-a2", &Session::new(alice(), later).created_at(fresh), now)
+        .insert(
+            "cookie-a2",
+            &Session::new(alice(), later).created_at(fresh),
+            now,
+        )
         .await
         .unwrap();
-    assert_eq!(run_layer(&layer_b, "cookie-a2").await.status(), StatusCode::OK);
+    assert_eq!(
+        run_layer(&layer_b, "cookie-a2").await.status(),
+        StatusCode::OK
+    );
     // Logout.
     assert!(node_b.remove("cookie-b").await.unwrap());
-    assert_eq!(run_layer(&layer_a, "cookie-b").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        run_layer(&layer_a, "cookie-b").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     // The store is down: 503 with Retry-After, and the cookie is NOT cleared
     // (the user is not logged out by an outage), never 200.

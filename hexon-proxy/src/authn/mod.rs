@@ -324,8 +324,10 @@ where
                                 parts.extensions.get::<RequestId>(),
                                 respond::wants_html(&parts.headers),
                             );
-                            res.headers_mut()
-                                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+                            res.headers_mut().insert(
+                                http::header::RETRY_AFTER,
+                                http::HeaderValue::from_static("5"),
+                            );
                             return Ok(res);
                         }
                     }

@@ -267,7 +267,12 @@ impl KvSessionStore {
 
     /// Store `session` under the cookie value `id` (replacing any), until it
     /// expires or `max_lifetime` passes, whichever is first.
-    pub async fn insert(&self, id: &str, session: &Session, now: UnixTime) -> Result<(), StoreError> {
+    pub async fn insert(
+        &self,
+        id: &str,
+        session: &Session,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
         let ttl = session.expires.since(now).min(self.max_lifetime);
         if ttl.is_zero() {
             return Err(StoreError::Invalid {
@@ -284,7 +289,10 @@ impl KvSessionStore {
             what: "session",
             reason: e.to_string(),
         })?;
-        self.sessions.put(&kv_key(id), &value, ttl).await.map(|_| ())
+        self.sessions
+            .put(&kv_key(id), &value, ttl)
+            .await
+            .map(|_| ())
     }
 
     /// Remove the session with cookie value `id` (logout). Whether it existed.
@@ -296,7 +304,11 @@ impl KvSessionStore {
     /// node sharing the store.
     pub async fn revoke_subject(&self, subject: &str, now: UnixTime) -> Result<(), StoreError> {
         self.revocations
-            .put(subject, now.as_secs().to_string().as_bytes(), self.max_lifetime)
+            .put(
+                subject,
+                now.as_secs().to_string().as_bytes(),
+                self.max_lifetime,
+            )
             .await?;
         if let Some(events) = &self.events {
             events

@@ -59,8 +59,8 @@ use super::audit::{AuditLayer, AuditSink, CaptureLayer};
 use super::authority::SingleAuthorityLayer;
 use super::credentials::DropCredentialsLayer;
 use super::keys;
-use super::state::{self, GatewayState};
 use super::metrics::Metrics;
+use super::state::{self, GatewayState};
 use crate::authn::{
     AuthenticateLayer, BearerJwt, ClientCertificate, DEFAULT_SESSION_COOKIE, HttpsJwksFetcher,
     JwksIssuer, KvSessionStore, SessionCookie,
@@ -381,7 +381,9 @@ impl Gateway {
                 subject: subject.to_owned(),
             })
             .await
-            .map_err(|e| GatewayError::Other(format!("publishing user_disabled for {subject}: {e}")))?;
+            .map_err(|e| {
+                GatewayError::Other(format!("publishing user_disabled for {subject}: {e}"))
+            })?;
         Ok(())
     }
 
@@ -620,12 +622,21 @@ pub async fn watch_config(
                     }
                     for subject in newly_disabled(&applied, &new) {
                         match gateway.user_disabled(&subject).await {
-                            Ok(()) => tracing::info!(user = %subject, "user disabled or removed: sessions revoked on every node"),
-                            Err(e) => tracing::error!(user = %subject, error = %e, "user disabled but revoking their sessions failed; retrying at the next reload"),
+                            Ok(()) => {
+                                tracing::info!(user = %subject, "user disabled or removed: sessions revoked on every node")
+                            }
+                            Err(e) => {
+                                tracing::error!(user = %subject, error = %e, "user disabled but revoking their sessions failed; retrying at the next reload")
+                            }
                         }
                     }
                     let sha256 = hex(&hash);
-                    if let Err(e) = gateway.state.events.publish(&Event::ConfigChanged { sha256 }).await {
+                    if let Err(e) = gateway
+                        .state
+                        .events
+                        .publish(&Event::ConfigChanged { sha256 })
+                        .await
+                    {
                         tracing::warn!(error = %e, "cannot publish config_changed");
                     }
                     applied = new;
@@ -655,10 +666,12 @@ fn newly_disabled(old: &Config, new: &Config) -> Vec<String> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn file_hash(path: &Path) -> Option<[u8; 32]> {

@@ -231,14 +231,20 @@ pub async fn migrate(path: PathBuf, dry_run: bool) -> Result<(), GatewayError> {
     let config = Config::load(&path)?;
     let o = state::migrate(&config, dry_run).await?;
     if o.applied.is_empty() {
-        out(&format!("{}: schema is up to date (version {})", o.backend, o.to));
+        out(&format!(
+            "{}: schema is up to date (version {})",
+            o.backend, o.to
+        ));
         return Ok(());
     }
     let verb = if dry_run { "would apply" } else { "applied" };
     for (version, description) in &o.applied {
         out(&format!("{}: {verb} {version} {description}", o.backend));
     }
-    out(&format!("{}: schema version {} -> {}", o.backend, o.from, o.to));
+    out(&format!(
+        "{}: schema version {} -> {}",
+        o.backend, o.from, o.to
+    ));
     Ok(())
 }
 

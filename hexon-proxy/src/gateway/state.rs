@@ -144,11 +144,11 @@ async fn open_durable(config: &Config, keys: &Arc<SecretKeys>) -> Result<Durable
                 let store = PostgresStore::open(&options, keys.clone())
                     .await
                     .map_err(|e| {
-                    store_error(
-                        &format!("state (PostgreSQL {})", hexon_core::config::redact_url(url)),
-                        e,
-                    )
-                })?;
+                        store_error(
+                            &format!("state (PostgreSQL {})", hexon_core::config::redact_url(url)),
+                            e,
+                        )
+                    })?;
                 let store = Arc::new(store);
                 Ok(Durable {
                     store: store.clone(),
@@ -161,7 +161,9 @@ async fn open_durable(config: &Config, keys: &Arc<SecretKeys>) -> Result<Durable
                 Err(missing_feature("state.durable = \"postgres\"", "postgres"))
             }
         }
-        _ => Err(GatewayError::Other("state.durable: unsupported backend".into())),
+        _ => Err(GatewayError::Other(
+            "state.durable: unsupported backend".into(),
+        )),
     }
 }
 
@@ -179,7 +181,8 @@ pub async fn open(config: &Config) -> Result<GatewayState, GatewayError> {
             Some(kv) => (kv, Arc::new(MemoryBus::new(node.clone()))),
             None => {
                 return Err(GatewayError::Other(
-                    "state.shared = \"durable\" needs state.durable = \"sqlite\" or \"postgres\"".into(),
+                    "state.shared = \"durable\" needs state.durable = \"sqlite\" or \"postgres\""
+                        .into(),
                 ));
             }
         },
@@ -204,7 +207,11 @@ pub async fn open(config: &Config) -> Result<GatewayState, GatewayError> {
                 return Err(missing_feature("state.shared = \"nats\"", "nats"));
             }
         }
-        _ => return Err(GatewayError::Other("state.shared: unsupported backend".into())),
+        _ => {
+            return Err(GatewayError::Other(
+                "state.shared: unsupported backend".into(),
+            ));
+        }
     };
     let sessions = KvSessionStore::open(kv.as_ref(), MAX_SESSION_LIFETIME)
         .await
@@ -260,10 +267,18 @@ pub async fn migrate(config: &Config, dry_run: bool) -> Result<MigrateOutcome, G
                 use hexon_core::store::sql::SqliteStore;
                 let path = config.state.sqlite_file(&config.gateway.data_dir);
                 let what = format!("state (SQLite {})", path.display());
-                let store = SqliteStore::connect(&path, keys).await.map_err(|e| store_error(&what, e))?;
+                let store = SqliteStore::connect(&path, keys)
+                    .await
+                    .map_err(|e| store_error(&what, e))?;
                 let outcome = if dry_run {
-                    let from = store.schema_version().await.map_err(|e| store_error(&what, e))?;
-                    let pending = store.pending_migrations().await.map_err(|e| store_error(&what, e))?;
+                    let from = store
+                        .schema_version()
+                        .await
+                        .map_err(|e| store_error(&what, e))?;
+                    let pending = store
+                        .pending_migrations()
+                        .await
+                        .map_err(|e| store_error(&what, e))?;
                     MigrateOutcome {
                         backend: "sqlite",
                         from,
@@ -298,10 +313,18 @@ pub async fn migrate(config: &Config, dry_run: bool) -> Result<MigrateOutcome, G
                 let options = PostgresOptions::new(url)
                     .schema(&config.state.postgres_schema)
                     .max_connections(2);
-                let store = PostgresStore::connect(&options, keys).await.map_err(|e| store_error(&what, e))?;
+                let store = PostgresStore::connect(&options, keys)
+                    .await
+                    .map_err(|e| store_error(&what, e))?;
                 let outcome = if dry_run {
-                    let from = store.schema_version().await.map_err(|e| store_error(&what, e))?;
-                    let pending = store.pending_migrations().await.map_err(|e| store_error(&what, e))?;
+                    let from = store
+                        .schema_version()
+                        .await
+                        .map_err(|e| store_error(&what, e))?;
+                    let pending = store
+                        .pending_migrations()
+                        .await
+                        .map_err(|e| store_error(&what, e))?;
                     MigrateOutcome {
                         backend: "postgres",
                         from,
@@ -326,6 +349,8 @@ pub async fn migrate(config: &Config, dry_run: bool) -> Result<MigrateOutcome, G
                 Err(missing_feature("state.durable = \"postgres\"", "postgres"))
             }
         }
-        _ => Err(GatewayError::Other("state.durable: unsupported backend".into())),
+        _ => Err(GatewayError::Other(
+            "state.durable: unsupported backend".into(),
+        )),
     }
 }
