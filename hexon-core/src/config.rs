@@ -146,6 +146,24 @@ pub struct StateConfig {
     pub nats_url: Option<String>,
     /// Prefix of Hexon's NATS KV buckets and event stream.
     pub nats_prefix: String,
+    /// NATS credentials file (`.creds`, JWT + NKey seed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_credentials_file: Option<String>,
+    /// NATS token (use `${VAR}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_token: Option<String>,
+    /// NATS user (with `nats_password`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_user: Option<String>,
+    /// NATS password (use `${VAR}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_password: Option<String>,
+    /// Refuse to talk to NATS without TLS.
+    pub nats_tls_required: bool,
+    /// Allow a NATS connection without credentials. Whoever can write to
+    /// Hexon's buckets can end sessions and replay nonces: only for a NATS
+    /// that nothing else can reach.
+    pub nats_allow_unauthenticated: bool,
     /// This node's name on published events (default: the host name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -168,6 +186,12 @@ impl Default for StateConfig {
             shared: SharedBackend::Memory,
             nats_url: None,
             nats_prefix: "hexon".into(),
+            nats_credentials_file: None,
+            nats_token: None,
+            nats_user: None,
+            nats_password: None,
+            nats_tls_required: false,
+            nats_allow_unauthenticated: false,
             node: None,
             encryption_keys: Vec::new(),
         }
@@ -187,6 +211,21 @@ impl fmt::Debug for StateConfig {
             .field("shared", &self.shared)
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
             .field("nats_prefix", &self.nats_prefix)
+            .field("nats_credentials_file", &self.nats_credentials_file)
+            .field(
+                "nats_token",
+                &self.nats_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("nats_user", &self.nats_user)
+            .field(
+                "nats_password",
+                &self.nats_password.as_ref().map(|_| "[redacted]"),
+            )
+            .field("nats_tls_required", &self.nats_tls_required)
+            .field(
+                "nats_allow_unauthenticated",
+                &self.nats_allow_unauthenticated,
+            )
             .field("node", &self.node)
             .field(
                 "encryption_keys",
@@ -196,19 +235,46 @@ impl fmt::Debug for StateConfig {
     }
 }
 
-/// A URL with any password in its userinfo replaced, for logs and dumps.
+/// A URL (or a comma-separated list of URLs) with everything secret
+/// replaced, for logs and dumps: the whole userinfo (a password, or a bare
+/// token) and every query value.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:[redacted]@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
+    url.split(',')
+        .map(|part| {
+            let trimmed = part.trim_start();
+            let lead = part.get(..part.len() - trimmed.len()).unwrap_or("");
+            let Some((scheme, rest)) = trimmed.split_once("://") else {
+                return part.to_owned();
+            };
+            // The authority ends at the first '/', '?' or '#' after the last
+            // '@' (a password may itself contain '/' or '?').
+            let after_at = rest.rfind('@').map_or(0, |i| i + 1);
+            let end = rest
+                .get(after_at..)
+                .and_then(|r| r.find(['/', '?', '#']))
+                .map_or(rest.len(), |i| i + after_at);
+            let (authority, tail) = rest.split_at(end);
+            let host = match authority.rsplit_once('@') {
+                Some((_, host)) => format!("[redacted]@{host}"),
+                None => authority.to_owned(),
+            };
+            let tail = match tail.split_once('?') {
+                Some((path, query)) => {
+                    let query: Vec<String> = query
+                        .split('&')
+                        .map(|kv| match kv.split_once('=') {
+                            Some((k, _)) => format!("{k}=[redacted]"),
+                            None => kv.to_owned(),
+                        })
+                        .collect();
+                    format!("{path}?{}", query.join("&"))
+                }
+                None => tail.to_owned(),
+            };
+            format!("{lead}{scheme}://{host}{tail}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl StateConfig {
@@ -290,6 +356,9 @@ impl StateConfig {
                             .iter()
                             .any(|p| part.starts_with(p))
                             || part.parse::<SocketAddr>().is_ok();
+                        let has_userinfo = part.split_once("://").is_some_and(|(_, r)| {
+                            r.split(['/', '?']).next().is_some_and(|a| a.contains('@'))
+                        });
                         if !ok {
                             errs.push(
                                 "state.nats_url",
@@ -298,9 +367,39 @@ impl StateConfig {
                                     redact_url(part)
                                 ),
                             );
+                        } else if has_userinfo {
+                            errs.push(
+                                "state.nats_url",
+                                format!(
+                                    "server #{i} {:?} has credentials in the URL, which the NATS client ignores; \
+                                     use state.nats_credentials_file, nats_token or nats_user + nats_password",
+                                    redact_url(part)
+                                ),
+                            );
                         }
                     }
                 }
+            }
+            let methods = [
+                self.nats_credentials_file.is_some(),
+                self.nats_token.is_some(),
+                self.nats_user.is_some() || self.nats_password.is_some(),
+            ];
+            match methods.iter().filter(|m| **m).count() {
+                0 if !self.nats_allow_unauthenticated => errs.push(
+                    "state.nats_credentials_file",
+                    "NATS needs credentials: whoever can write to Hexon's buckets can forge and end sessions \
+                     and replay nonces. Set nats_credentials_file, nats_token or nats_user + nats_password \
+                     (or nats_allow_unauthenticated = true for a NATS nothing else can reach)",
+                ),
+                0 | 1 => {}
+                _ => errs.push(
+                    "state.nats_token",
+                    "choose one of nats_credentials_file, nats_token, nats_user + nats_password",
+                ),
+            }
+            if self.nats_user.is_some() != self.nats_password.is_some() {
+                errs.push("state.nats_user", "nats_user and nats_password go together");
             }
         } else if self.nats_url.is_some() {
             errs.push("state.nats_url", "set, but state.shared is not \"nats\"");

@@ -441,7 +441,9 @@ fn state_backends_need_their_settings() {
         e.iter().any(|m| m.starts_with("state.nats_url: required")),
         "{e:?}"
     );
-    let e = errors("[state]\nshared = \"nats\"\nnats_url = \"http://x:4222, nats://ok:4222\"\n");
+    let e = errors(
+        "[state]\nshared = \"nats\"\nnats_url = \"http://x:4222, nats://ok:4222\"\nnats_token = \"t\"\n",
+    );
     assert_eq!(
         e,
         ["state.nats_url: server #0 \"http://x:4222\" is not a nats:// or tls:// URL"]
@@ -486,7 +488,7 @@ fn state_secrets_never_show_in_dumps_or_debug() {
         "{shown}"
     );
     assert!(
-        shown.contains("postgres://hexon:[redacted]@db:5432/hexon"),
+        shown.contains("postgres://[redacted]@db:5432/hexon"),
         "{shown}"
     );
     assert!(
@@ -498,4 +500,71 @@ fn state_secrets_never_show_in_dumps_or_debug() {
         !debug.contains("pa55word") && !debug.contains(key),
         "{debug}"
     );
+}
+
+#[test]
+fn nats_needs_credentials_outside_the_url() {
+    let base = "[state]\nshared = \"nats\"\nnats_url = \"nats://10.0.0.5:4222\"\n";
+    let e = errors(base);
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("state.nats_credentials_file: NATS needs credentials")),
+        "{e:?}"
+    );
+    assert!(Config::parse(&format!("{base}nats_allow_unauthenticated = true\n"), &env).is_ok());
+    assert!(Config::parse(&format!("{base}nats_token = \"t0k\"\n"), &env).is_ok());
+    let e = errors(&format!(
+        "{base}nats_token = \"t\"\nnats_credentials_file = \"/x.creds\"\n"
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("state.nats_token: choose one")),
+        "{e:?}"
+    );
+    let e = errors(&format!("{base}nats_user = \"hexon\"\n"));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("state.nats_user: nats_user and nats_password go together")),
+        "{e:?}"
+    );
+    let e = errors(
+        "[state]\nshared = \"nats\"\nnats_url = \"nats://hexon:s3cret@10.0.0.5:4222\"\nnats_token = \"t\"\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("credentials in the URL") && !e[0].contains("s3cret"),
+        "{e:?}"
+    );
+    // Secrets never show in dumps.
+    let c = Config::parse(
+        &format!("{base}nats_user = \"hexon\"\nnats_password = \"pw-123\"\n"),
+        &env,
+    )
+    .unwrap();
+    let shown = format!("{}\n{c:?}", c.non_default_values().join("\n"));
+    assert!(!shown.contains("pw-123"), "{shown}");
+}
+
+#[test]
+fn urls_are_redacted_whole() {
+    use hexon_core::config::redact_url;
+    let cases = [
+        ("postgres://u:p@db/x", "postgres://[redacted]@db/x"),
+        ("nats://TOKEN@h:4222", "nats://[redacted]@h:4222"),
+        (
+            "nats://a:pw@h1,nats://b:pw2@h2",
+            "nats://[redacted]@h1,nats://[redacted]@h2",
+        ),
+        ("postgres://u:p/a?b@db/x", "postgres://[redacted]@db/x"),
+        (
+            "postgres://db/x?sslmode=require&password=pw",
+            "postgres://db/x?sslmode=[redacted]&password=[redacted]",
+        ),
+        ("nats://10.0.0.5:4222", "nats://10.0.0.5:4222"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ];
+    for (url, want) in cases {
+        assert_eq!(redact_url(url), want, "{url}");
+    }
 }

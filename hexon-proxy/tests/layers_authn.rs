@@ -587,11 +587,12 @@ async fn kv_sessions_are_shared_revoked_everywhere_and_fail_closed() {
     let bus = Arc::new(MemoryBus::new("node-a"));
     let mut events = bus.subscribe(StartAt::New).await.unwrap();
     // Two "nodes" sharing one backend.
-    let node_a = KvSessionStore::open(&backend, Duration::from_secs(3600))
+    let keys = Arc::new(hexon_core::store::SecretKeys::new([5; 32]));
+    let node_a = KvSessionStore::open(&backend, keys.clone(), Duration::from_secs(3600))
         .await
         .unwrap()
         .with_events(bus.clone());
-    let node_b = KvSessionStore::open(&backend, Duration::from_secs(3600))
+    let node_b = KvSessionStore::open(&backend, keys.clone(), Duration::from_secs(3600))
         .await
         .unwrap();
     let now = UnixTime::now();
@@ -631,7 +632,7 @@ async fn kv_sessions_are_shared_revoked_everywhere_and_fail_closed() {
     assert_eq!(seen(&res).identity().unwrap().username(), "alice");
 
     // Revoking alice on node A ends her session on node B, not bob's.
-    node_a.revoke_subject("u-1", now).await.unwrap();
+    node_a.revoke_subject("u-1").await.unwrap();
     assert_eq!(
         run_layer(&layer_b, "cookie-a").await.status(),
         StatusCode::UNAUTHORIZED
@@ -674,11 +675,41 @@ async fn kv_sessions_are_shared_revoked_everywhere_and_fail_closed() {
 
     // The store is down: 503 with Retry-After, and the cookie is NOT cleared
     // (the user is not logged out by an outage), never 200.
-    let down = KvSessionStore::open(&DownBackend, Duration::from_secs(3600))
+    let down = KvSessionStore::open(&DownBackend, keys.clone(), Duration::from_secs(3600))
         .await
         .unwrap();
-    let res = run_layer(&session_layer(down), "cookie-a2").await;
+    let res = run_layer(&session_layer(down), "cookie-b").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "5");
     assert!(res.headers().get("set-cookie").is_none());
+
+    // A check against current state (the gateway's "is this user still
+    // enabled?") refuses a valid session.
+    node_a
+        .insert(
+            "cookie-c",
+            &Session::new(alice(), later).created_at(now),
+            now,
+        )
+        .await
+        .unwrap();
+    let checked = AuthenticateLayer::new()
+        .with(
+            SessionCookie::new(Arc::new(node_a.clone())).with_check(|id| {
+                if id.subject() == "u-1" {
+                    Err("disabled")
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .with_clock(UnixTime::now);
+    assert_eq!(
+        run_layer(&checked, "cookie-c").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        run_layer(&layer_a, "cookie-c").await.status(),
+        StatusCode::OK
+    );
 }

@@ -193,13 +193,16 @@ pub trait CredentialStore: Send + Sync {
 }
 
 /// The context a credential's sealed material is bound to.
-pub(crate) fn material_context(id: &str, kind: CredentialKind) -> Vec<u8> {
-    format!("hexon credential\0{}\0{id}", kind.as_str()).into_bytes()
+/// Bound: the kind, the id and the owner, so a sealed TOTP seed moved to
+/// another row or to another user's row does not open.
+pub(crate) fn material_context(owner: &str, id: &str, kind: CredentialKind) -> Vec<u8> {
+    format!("hexon credential\0{}\0{id}\0{owner}", kind.as_str()).into_bytes()
 }
 
 /// Material as stored: a type tag and bytes (sealed for secrets).
 pub(crate) fn seal_material(
     keys: &super::SecretKeys,
+    owner: &str,
     id: &str,
     kind: CredentialKind,
     material: &Material,
@@ -209,7 +212,7 @@ pub(crate) fn seal_material(
         Material::Public(p) => ("public", p.clone()),
         Material::Secret(s) => (
             "sealed",
-            keys.seal(s.expose(), &material_context(id, kind))?,
+            keys.seal(s.expose(), &material_context(owner, id, kind))?,
         ),
     })
 }
@@ -217,6 +220,7 @@ pub(crate) fn seal_material(
 /// The inverse of [`seal_material`].
 pub(crate) fn open_material(
     keys: &super::SecretKeys,
+    owner: &str,
     id: &str,
     kind: CredentialKind,
     tag: &str,
@@ -228,7 +232,7 @@ pub(crate) fn open_material(
             .map_err(|_| StoreError::Corrupt(format!("credential {id}: hash is not UTF-8"))),
         "public" => Ok(Material::Public(bytes)),
         "sealed" => keys
-            .open(&bytes, &material_context(id, kind))
+            .open(&bytes, &material_context(owner, id, kind))
             .map(Material::Secret),
         other => Err(StoreError::Corrupt(format!(
             "credential {id}: unknown material type `{other}`"

@@ -383,7 +383,14 @@ impl MemoryStore {
     ) -> Result<CredentialRecord, StoreError> {
         let (record, tag, bytes) = stored;
         let mut record = record.clone();
-        record.material = open_material(&self.keys, &record.id, record.kind, tag, bytes.clone())?;
+        record.material = open_material(
+            &self.keys,
+            &record.owner,
+            &record.id,
+            record.kind,
+            tag,
+            bytes.clone(),
+        )?;
         Ok(record)
     }
 }
@@ -444,7 +451,7 @@ impl DirectoryStore for MemoryStore {
 #[async_trait]
 impl CredentialStore for MemoryStore {
     async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
-        let (tag, bytes) = seal_material(&self.keys, &c.id, c.kind, &c.material)?;
+        let (tag, bytes) = seal_material(&self.keys, &c.owner, &c.id, c.kind, &c.material)?;
         let mut state = lock(&self.state);
         if state.credentials.contains_key(&c.id) {
             return Err(exists("credential", &c.id));
@@ -521,7 +528,7 @@ impl CredentialStore for MemoryStore {
             .credentials
             .get_mut(id)
             .ok_or_else(|| not_found("credential", id))?;
-        let (new_tag, new_bytes) = seal_material(&self.keys, &c.id, c.kind, material)?;
+        let (new_tag, new_bytes) = seal_material(&self.keys, &c.owner, &c.id, c.kind, material)?;
         *tag = new_tag;
         *bytes = new_bytes;
         Ok(())
@@ -536,9 +543,10 @@ impl CredentialStore for MemoryStore {
         let mut n = 0;
         for (c, tag, bytes) in state.credentials.values_mut() {
             if *tag == "sealed" && self.keys.needs_rewrap(bytes) {
-                *bytes = self
-                    .keys
-                    .rewrap(bytes, &super::durable::material_context(&c.id, c.kind))?;
+                *bytes = self.keys.rewrap(
+                    bytes,
+                    &super::durable::material_context(&c.owner, &c.id, c.kind),
+                )?;
                 n += 1;
             }
         }

@@ -56,8 +56,8 @@ pub use bearer::BearerJwt;
 pub use cert::{CertError, CertMapper, ClientCertSans, ClientCertificate, ClientSan};
 pub use jwks::{FetchError, FetchFuture, HttpsJwksFetcher, JwksFetcher, JwksIssuer};
 pub use session::{
-    DEFAULT_SESSION_COOKIE, KvSessionStore, MemorySessionStore, Session, SessionCookie,
-    SessionFuture, SessionStore, cookie_pairs,
+    DEFAULT_SESSION_COOKIE, KvSessionStore, MemorySessionStore, Session, SessionCheck,
+    SessionCookie, SessionFuture, SessionStore, cookie_pairs,
 };
 
 /// What one authenticator made of a request.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
-use hexon_core::store::{Event, EventBus, KvBackend, KvStore, StoreError};
+use hexon_core::store::{Event, EventBus, KvBackend, KvStore, SecretKeys, StoreError};
 use hexon_core::verify::Clock;
 use hexon_core::{Identity, UnixTime};
 use http::header::{COOKIE, SET_COOKIE};
@@ -200,18 +200,25 @@ impl SessionStore for MemorySessionStore {
 ///
 /// - Entries are keyed by the SHA-256 of the cookie value: the store never
 ///   holds the bearer secret, and a store dump cannot be replayed as cookies.
-/// - Each entry's TTL is the session's remaining lifetime.
-/// - [`revoke_subject`](Self::revoke_subject) writes one revocation marker
-///   per user (bucket `revocations`) that every lookup checks, so revoking a
-///   user's sessions is one write that takes effect on every node at once,
-///   without listing their sessions; it also publishes
-///   [`Event::UserSessionsRevoked`] when an event bus is attached.
+/// - Entries are **sealed** with the state's [`SecretKeys`], bound to their
+///   key: whoever can write to the store cannot forge a session for anyone.
+/// - Each entry lives until the session expires, and never longer than
+///   `max_lifetime` after the session began.
+/// - Revocation is by **generation**, not by clock: every user has a counter
+///   in the bucket `revocations`; a session records the counter's value when
+///   it is stored and is valid only while the counter has not moved.
+///   [`revoke_subject`](Self::revoke_subject) bumps the counter (one
+///   compare-and-set), which ends every session of the user on every node at
+///   once, whatever the nodes' clocks say. Storing a session refreshes the
+///   counter's TTL so it outlives the session; a session whose counter is
+///   missing is refused.
 /// - A store error is returned as `Err` (the request fails closed with 503),
 ///   never as "no session".
 #[derive(Clone)]
 pub struct KvSessionStore {
     sessions: Arc<dyn KvStore>,
     revocations: Arc<dyn KvStore>,
+    keys: Arc<SecretKeys>,
     events: Option<Arc<dyn EventBus>>,
     max_lifetime: std::time::Duration,
 }
@@ -230,6 +237,7 @@ struct StoredSession {
     identity: Identity,
     expires: UnixTime,
     created: UnixTime,
+    generation: u64,
 }
 
 fn kv_key(id: &str) -> String {
@@ -242,18 +250,33 @@ fn kv_key(id: &str) -> String {
     out
 }
 
+fn seal_context(key: &str) -> Vec<u8> {
+    format!("hexon session\0{key}").into_bytes()
+}
+
+/// How often a compare-and-set loop retries before reporting a conflict.
+const CAS_ATTEMPTS: usize = 32;
+
+fn parse_generation(value: &[u8]) -> Result<u64, StoreError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or_else(|| StoreError::Corrupt("session generation marker".into()))
+}
+
 impl KvSessionStore {
-    /// Open the `sessions` and `revocations` buckets of `backend`. No
-    /// session lives longer than `max_lifetime` (revocation markers are kept
-    /// that long).
+    /// Open the `sessions` and `revocations` buckets of `backend`, sealing
+    /// sessions with `keys`. No session lives longer than `max_lifetime`.
     pub async fn open(
         backend: &dyn KvBackend,
+        keys: Arc<SecretKeys>,
         max_lifetime: std::time::Duration,
     ) -> Result<Self, StoreError> {
         let max_lifetime = max_lifetime.max(std::time::Duration::from_secs(1));
         Ok(KvSessionStore {
             sessions: backend.bucket("sessions", max_lifetime).await?,
             revocations: backend.bucket("revocations", max_lifetime).await?,
+            keys,
             events: None,
             max_lifetime,
         })
@@ -265,34 +288,72 @@ impl KvSessionStore {
         self
     }
 
+    /// The user's current generation, its marker's TTL refreshed to
+    /// `max_lifetime` (created at 0 if missing).
+    async fn touch_generation(&self, subject: &str) -> Result<u64, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            match self.revocations.get(subject).await? {
+                None => {
+                    if self
+                        .revocations
+                        .put_if_absent(subject, b"0", self.max_lifetime)
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(0);
+                    }
+                }
+                Some(entry) => {
+                    let generation = parse_generation(&entry.value)?;
+                    if self
+                        .revocations
+                        .compare_and_set(subject, entry.revision, &entry.value, self.max_lifetime)
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(generation);
+                    }
+                }
+            }
+        }
+        Err(StoreError::Conflict {
+            what: "session generation",
+            key: subject.to_owned(),
+        })
+    }
+
     /// Store `session` under the cookie value `id` (replacing any), until it
-    /// expires or `max_lifetime` passes, whichever is first.
+    /// expires or `max_lifetime` after it began, whichever is first.
     pub async fn insert(
         &self,
         id: &str,
         session: &Session,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        let ttl = session.expires.since(now).min(self.max_lifetime);
+        let end = session
+            .expires
+            .min(session.created.saturating_add(self.max_lifetime));
+        let ttl = end.since(now).min(self.max_lifetime);
         if ttl.is_zero() {
             return Err(StoreError::Invalid {
                 what: "session",
                 reason: "already expired".into(),
             });
         }
+        let generation = self.touch_generation(session.identity.subject()).await?;
         let stored = StoredSession {
             identity: session.identity.clone(),
-            expires: session.expires,
+            expires: end,
             created: session.created,
+            generation,
         };
-        let value = serde_json::to_vec(&stored).map_err(|e| StoreError::Invalid {
+        let json = serde_json::to_vec(&stored).map_err(|e| StoreError::Invalid {
             what: "session",
             reason: e.to_string(),
         })?;
-        self.sessions
-            .put(&kv_key(id), &value, ttl)
-            .await
-            .map(|_| ())
+        let key = kv_key(id);
+        let sealed = self.keys.seal(&json, &seal_context(&key))?;
+        self.sessions.put(&key, &sealed, ttl).await.map(|_| ())
     }
 
     /// Remove the session with cookie value `id` (logout). Whether it existed.
@@ -300,16 +361,41 @@ impl KvSessionStore {
         self.sessions.delete(&kv_key(id)).await
     }
 
-    /// End every session of `subject` begun at or before `now`, on every
-    /// node sharing the store.
-    pub async fn revoke_subject(&self, subject: &str, now: UnixTime) -> Result<(), StoreError> {
-        self.revocations
-            .put(
-                subject,
-                now.as_secs().to_string().as_bytes(),
-                self.max_lifetime,
-            )
-            .await?;
+    /// End every session of `subject`, on every node sharing the store.
+    pub async fn revoke_subject(&self, subject: &str) -> Result<(), StoreError> {
+        let mut bumped = false;
+        for _ in 0..CAS_ATTEMPTS {
+            let done = match self.revocations.get(subject).await? {
+                // No marker: no session of this user can be valid.
+                None => self
+                    .revocations
+                    .put_if_absent(subject, b"1", self.max_lifetime)
+                    .await?
+                    .is_some(),
+                Some(entry) => {
+                    let next = parse_generation(&entry.value)?.saturating_add(1);
+                    self.revocations
+                        .compare_and_set(
+                            subject,
+                            entry.revision,
+                            next.to_string().as_bytes(),
+                            self.max_lifetime,
+                        )
+                        .await?
+                        .is_some()
+                }
+            };
+            if done {
+                bumped = true;
+                break;
+            }
+        }
+        if !bumped {
+            return Err(StoreError::Conflict {
+                what: "session generation",
+                key: subject.to_owned(),
+            });
+        }
         if let Some(events) = &self.events {
             events
                 .publish(&Event::UserSessionsRevoked {
@@ -325,18 +411,33 @@ impl KvSessionStore {
         let Some(entry) = self.sessions.get(&key).await? else {
             return Ok(None);
         };
-        let stored: StoredSession = serde_json::from_slice(&entry.value)
-            .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))?;
-        if let Some(marker) = self.revocations.get(stored.identity.subject()).await? {
-            let revoked_at = std::str::from_utf8(&marker.value)
-                .ok()
-                .and_then(|t| t.parse::<i64>().ok())
-                .ok_or_else(|| StoreError::Corrupt("revocation marker".into()))?;
-            if stored.created.as_secs() <= revoked_at {
-                // Best effort: the marker already refuses it everywhere.
-                let _ = self.sessions.delete_if(&key, entry.revision).await;
+        // A record that does not open or decode is not a session: forged,
+        // moved from another key, or sealed with a key no longer configured.
+        // Refuse it like an unknown session (401), not as an outage (503).
+        let opened = self
+            .keys
+            .open(&entry.value, &seal_context(&key))
+            .and_then(|json| {
+                serde_json::from_slice::<StoredSession>(json.expose())
+                    .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))
+            });
+        let stored = match opened {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing a session record that does not open");
                 return Ok(None);
             }
+        };
+        let current = match self.revocations.get(stored.identity.subject()).await? {
+            Some(marker) => Some(parse_generation(&marker.value)?),
+            None => None,
+        };
+        if current != Some(stored.generation) {
+            // Revoked (or its marker is gone, which storing a session never
+            // allows): refuse, and drop it. Best effort: the generation
+            // check already refuses it everywhere.
+            let _ = self.sessions.delete_if(&key, entry.revision).await;
+            return Ok(None);
         }
         Ok(Some(Session {
             identity: stored.identity,
@@ -364,7 +465,12 @@ impl SessionStore for KvSessionStore {
 pub struct SessionCookie {
     store: Arc<dyn SessionStore>,
     name: Arc<str>,
+    check: Option<SessionCheck>,
 }
+
+/// A check of a session's identity against current state (is the user still
+/// enabled?): `Err(reason)` refuses the session.
+pub type SessionCheck = Arc<dyn Fn(&Identity) -> Result<(), &'static str> + Send + Sync>;
 
 impl fmt::Debug for SessionCookie {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -380,7 +486,19 @@ impl SessionCookie {
         SessionCookie {
             store,
             name: Arc::from(DEFAULT_SESSION_COOKIE),
+            check: None,
         }
+    }
+
+    /// Check every session's identity against current state before
+    /// accepting it (e.g. refuse users disabled since they logged in, even if
+    /// revoking their sessions failed).
+    pub fn with_check(
+        mut self,
+        check: impl Fn(&Identity) -> Result<(), &'static str> + Send + Sync + 'static,
+    ) -> Self {
+        self.check = Some(Arc::new(check));
+        self
     }
 
     /// Another cookie name.
@@ -441,7 +559,10 @@ impl Authenticator for SessionCookie {
                 Err(e) => AuthnResult::Unavailable(format!("session store: {e}").into()),
                 Ok(None) => AuthnResult::invalid("unknown or revoked session"),
                 Ok(Some(s)) if s.expires <= now => AuthnResult::invalid("session expired"),
-                Ok(Some(s)) => AuthnResult::Authenticated(s.identity),
+                Ok(Some(s)) => match self.check.as_ref().map_or(Ok(()), |c| c(&s.identity)) {
+                    Ok(()) => AuthnResult::Authenticated(s.identity),
+                    Err(why) => AuthnResult::invalid(why),
+                },
             }
         })
     }

@@ -187,6 +187,46 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     state: GatewayState,
+    enabled: EnabledUsers,
+}
+
+/// The subjects of the users the current configuration has enabled. Session
+/// lookups check it, so a user disabled by a reload (or while this node was
+/// down) is refused at once even if revoking their sessions failed.
+#[derive(Clone, Default)]
+struct EnabledUsers(Arc<RwLock<Arc<std::collections::HashSet<String>>>>);
+
+impl EnabledUsers {
+    fn of(config: &Config) -> std::collections::HashSet<String> {
+        // An invalid directory cannot happen for a validated config; if it
+        // did, nobody's session is accepted (fail closed).
+        config
+            .directory()
+            .map(|d| {
+                d.users()
+                    .iter()
+                    .filter(|u| !u.is_disabled())
+                    .map(|u| u.subject().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn set(&self, users: std::collections::HashSet<String>) {
+        let mut g = match self.0.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Arc::new(users);
+    }
+
+    fn contains(&self, subject: &str) -> bool {
+        let g = match self.0.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.contains(subject)
+    }
 }
 
 impl std::fmt::Debug for Gateway {
@@ -336,6 +376,11 @@ impl Gateway {
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(Readiness::default()),
             state: state::open(&config).await?,
+            enabled: {
+                let e = EnabledUsers::default();
+                e.set(EnabledUsers::of(&config));
+                e
+            },
             config,
         })
     }
@@ -369,10 +414,9 @@ impl Gateway {
     /// A user was disabled or removed: end their sessions on every node
     /// sharing the state, and tell every node (event `user_disabled`).
     pub async fn user_disabled(&self, subject: &str) -> Result<(), GatewayError> {
-        let now = UnixTime::now();
         self.state
             .sessions
-            .revoke_subject(subject, now)
+            .revoke_subject(subject)
             .await
             .map_err(|e| GatewayError::Other(format!("revoking sessions of {subject}: {e}")))?;
         self.state
@@ -395,7 +439,11 @@ impl Gateway {
         let routes = routing_table(new)?;
         let sign = sign_table(new, &self.key);
         self.handles.store(policy, routes, sign);
+        self.enabled.set(EnabledUsers::of(new));
         let mut restart = Vec::new();
+        if new.state != self.config.state {
+            restart.push("state".to_owned());
+        }
         if new.listeners != self.config.listeners {
             restart.push("listener".to_owned());
         }
@@ -444,7 +492,16 @@ impl Gateway {
         }
         Ok(AuthenticateLayer::new()
             .with(bearer)
-            .with(SessionCookie::new(Arc::new(self.state.sessions.clone())))
+            .with({
+                let enabled = self.enabled.clone();
+                SessionCookie::new(Arc::new(self.state.sessions.clone())).with_check(move |id| {
+                    if enabled.contains(id.subject()) {
+                        Ok(())
+                    } else {
+                        Err("user disabled or no longer configured")
+                    }
+                })
+            })
             .with(ClientCertificate::new()))
     }
 
@@ -598,9 +655,19 @@ pub async fn watch_config(
 ) {
     let mut last = file_hash(&path);
     let mut applied = gateway.config.clone();
+    // Users whose sessions must be revoked: at start every disabled user (a
+    // user disabled while this node was down, or edited before a restart),
+    // then whoever a reload disables; kept until revoking succeeds.
+    let mut pending: std::collections::BTreeSet<String> = applied
+        .users
+        .iter()
+        .filter(|u| u.disabled)
+        .map(|u| u.name.clone())
+        .collect();
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        revoke_pending(&gateway, &mut pending).await;
         let Ok(text) = tokio::fs::read_to_string(&path).await else {
             continue;
         };
@@ -620,16 +687,8 @@ pub async fn watch_config(
                     } else {
                         tracing::warn!(path = %path.display(), sections = ?restart, "configuration reloaded; changes to these sections apply after a restart");
                     }
-                    for subject in newly_disabled(&applied, &new) {
-                        match gateway.user_disabled(&subject).await {
-                            Ok(()) => {
-                                tracing::info!(user = %subject, "user disabled or removed: sessions revoked on every node")
-                            }
-                            Err(e) => {
-                                tracing::error!(user = %subject, error = %e, "user disabled but revoking their sessions failed; retrying at the next reload")
-                            }
-                        }
-                    }
+                    pending.extend(newly_disabled(&applied, &new));
+                    revoke_pending(&gateway, &mut pending).await;
                     let sha256 = hex(&hash);
                     if let Err(e) = gateway
                         .state
@@ -647,6 +706,23 @@ pub async fn watch_config(
             },
         }
     }
+}
+
+/// Revoke the sessions of every pending user; keep those that failed.
+async fn revoke_pending(gateway: &Gateway, pending: &mut std::collections::BTreeSet<String>) {
+    let mut failed = std::collections::BTreeSet::new();
+    for subject in std::mem::take(pending) {
+        match gateway.user_disabled(&subject).await {
+            Ok(()) => {
+                tracing::info!(user = %subject, "user disabled or removed: sessions revoked on every node")
+            }
+            Err(e) => {
+                tracing::error!(user = %subject, error = %e, "revoking a disabled user's sessions failed; retrying (their sessions are refused meanwhile)");
+                failed.insert(subject);
+            }
+        }
+    }
+    *pending = failed;
 }
 
 /// Users enabled in `old` that `new` disables or no longer has.

@@ -191,9 +191,18 @@ pub async fn open(config: &Config) -> Result<GatewayState, GatewayError> {
             {
                 use hexon_core::store::nats::{NatsOptions, NatsState};
                 let url = config.state.nats_url.as_deref().unwrap_or_default();
-                let options = NatsOptions::new(url)
-                    .prefix(&config.state.nats_prefix)
-                    .node(&node);
+                let st = &config.state;
+                let mut options = NatsOptions::new(url)
+                    .prefix(&st.nats_prefix)
+                    .node(&node)
+                    .tls_required(st.nats_tls_required);
+                if let Some(file) = &st.nats_credentials_file {
+                    options = options.credentials_file(file);
+                } else if let Some(token) = &st.nats_token {
+                    options = options.token(token);
+                } else if let (Some(user), Some(password)) = (&st.nats_user, &st.nats_password) {
+                    options = options.user_password(user, password);
+                }
                 let nats = Arc::new(NatsState::connect(&options).await.map_err(|e| {
                     store_error(
                         &format!("state (NATS {})", hexon_core::config::redact_url(url)),
@@ -213,7 +222,7 @@ pub async fn open(config: &Config) -> Result<GatewayState, GatewayError> {
             ));
         }
     };
-    let sessions = KvSessionStore::open(kv.as_ref(), MAX_SESSION_LIFETIME)
+    let sessions = KvSessionStore::open(kv.as_ref(), keys.clone(), MAX_SESSION_LIFETIME)
         .await
         .map_err(|e| store_error("state (sessions bucket)", e))?
         .with_events(events.clone());

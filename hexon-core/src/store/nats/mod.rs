@@ -345,10 +345,18 @@ impl NatsState {
                 invalid("NATS credentials file", format!("{}: {e}", path.display()))
             })?,
         };
-        let client = tokio::time::timeout(options.request_timeout, connect.connect(&options.url))
+        // A comma-separated list is several servers of one cluster. The URLs
+        // stay out of error messages: they may carry credentials.
+        let servers: Vec<&str> = options
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let client = tokio::time::timeout(options.request_timeout, connect.connect(servers))
             .await
-            .map_err(|_| unavailable(format_args!("connecting to {}: timed out", options.url)))?
-            .map_err(|e| unavailable(format_args!("connecting to {}: {e}", options.url)))?;
+            .map_err(|_| unavailable("connecting to the NATS server(s): timed out"))?
+            .map_err(|e| unavailable(format_args!("connecting to the NATS server(s): {e}")))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout)
             .build(client.clone());

@@ -284,7 +284,7 @@ impl Core {
     // ---------------------------------------------------------- credentials
 
     pub(super) async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
-        let (tag, bytes) = seal_material(self.keys(), &c.id, c.kind, &c.material)?;
+        let (tag, bytes) = seal_material(self.keys(), &c.owner, &c.id, c.kind, &c.material)?;
         let result = self
             .pools
             .execute(
@@ -344,9 +344,10 @@ impl Core {
             StoreError::Corrupt(format!("credential {id}: unknown kind `{kind_name}`"))
         })?;
         let tag = row.text(5)?;
-        let material = open_material(self.keys(), &id, kind, &tag, row.bytes(6)?)?;
+        let owner = row.text(1)?;
+        let material = open_material(self.keys(), &owner, &id, kind, &tag, row.bytes(6)?)?;
         Ok(CredentialRecord {
-            owner: row.text(1)?,
+            owner,
             kind,
             label: row.text(3)?,
             lookup: row.opt_text(4)?,
@@ -455,17 +456,18 @@ impl Core {
         let row = self
             .pools
             .write_fetch_optional(
-                "SELECT kind FROM credentials WHERE id = $1",
+                "SELECT kind, owner FROM credentials WHERE id = $1",
                 &[Arg::Text(id)],
             )
             .await
             .map_err(|e| self.err(e))?
             .ok_or_else(|| not_found("credential", id))?;
         let kind_name = row.text(0)?;
+        let owner = row.text(1)?;
         let kind = CredentialKind::parse(&kind_name).ok_or_else(|| {
             StoreError::Corrupt(format!("credential {id}: unknown kind `{kind_name}`"))
         })?;
-        let (tag, bytes) = seal_material(self.keys(), id, kind, material)?;
+        let (tag, bytes) = seal_material(self.keys(), &owner, id, kind, material)?;
         let n = self
             .pools
             .execute(
@@ -493,21 +495,24 @@ impl Core {
         let rows = self
             .pools
             .fetch_all(
-                "SELECT id, kind, material FROM credentials WHERE material_type = 'sealed' ORDER BY id",
+                "SELECT id, kind, material, owner FROM credentials WHERE material_type = 'sealed' ORDER BY id",
                 &[],
             )
             .await
             .map_err(|e| self.err(e))?;
         let mut rewrapped = 0;
         for row in rows {
-            let (id, kind_name, sealed) = (row.text(0)?, row.text(1)?, row.bytes(2)?);
+            let (id, kind_name, sealed, owner) =
+                (row.text(0)?, row.text(1)?, row.bytes(2)?, row.text(3)?);
             if !self.keys().needs_rewrap(&sealed) {
                 continue;
             }
             let kind = CredentialKind::parse(&kind_name).ok_or_else(|| {
                 StoreError::Corrupt(format!("credential {id}: unknown kind `{kind_name}`"))
             })?;
-            let fresh = self.keys().rewrap(&sealed, &material_context(&id, kind))?;
+            let fresh = self
+                .keys()
+                .rewrap(&sealed, &material_context(&owner, &id, kind))?;
             // Only if nobody replaced the material meanwhile.
             let n = self
                 .pools
