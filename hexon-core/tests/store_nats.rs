@@ -155,6 +155,17 @@ async fn nats_kv_refuses_ttls_past_the_bucket_and_updates_its_max_age() {
         .clone();
     assert_eq!(info.config.max_age, Duration::from_secs(600));
     assert_eq!(info.config.max_messages_per_subject, 1);
+    // A node opening it with a shorter max_ttl does not shrink it (that would
+    // drop the other node's entries before their TTL).
+    let _short = nats.bucket("codes", Duration::from_secs(60)).await.unwrap();
+    let info = js
+        .get_stream(format!("KV_{}_codes", cleanup.prefix))
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(600));
+    assert_eq!(kv.get("k2").await.unwrap().unwrap().value, b"v");
 
     // A value written by something else than Hexon (no expiry) is not
     // mistaken for a live or an absent entry.

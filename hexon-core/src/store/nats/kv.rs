@@ -96,7 +96,8 @@ fn is_marker(headers: &HeaderMap) -> bool {
 }
 
 impl NatsKv {
-    /// Create or bind `{prefix}_{name}`, its `max_age` set to `max_ttl`.
+    /// Create or bind `{prefix}_{name}`, its `max_age` at least `max_ttl`
+    /// (raised if smaller, never lowered).
     pub(super) async fn open(
         shared: Arc<Shared>,
         name: &str,
@@ -129,6 +130,15 @@ impl NatsKv {
         let js = &shared.js;
         let stream = shared
             .bounded("opening a bucket", async {
+                let mut config = config;
+                // Never shrink retention another node (or version) chose: a
+                // shorter max_age would drop its nonces and revocation
+                // markers before their TTL.
+                if let Ok(mut existing) = js.get_stream(&stream_name).await {
+                    if let Ok(info) = existing.info().await {
+                        config.max_age = config.max_age.max(info.config.max_age);
+                    }
+                }
                 js.create_or_update_stream(config)
                     .await
                     .map_err(|e| unavailable(format_args!("bucket `{bucket}`: {e}")))?;
