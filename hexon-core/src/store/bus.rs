@@ -65,6 +65,50 @@ pub struct EventRecord {
     pub event: Event,
 }
 
+/// Largest event accepted from a bus (events are small; anything larger is
+/// not one of ours).
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    node: std::borrow::Cow<'a, str>,
+    published_at: UnixTime,
+    event: std::borrow::Cow<'a, Event>,
+}
+
+impl EventRecord {
+    /// The form a bus stores: JSON of `node`, `published_at` and `event`
+    /// (the sequence number is the bus's own).
+    pub fn encode(node: &str, published_at: UnixTime, event: &Event) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(&Wire {
+            node: node.into(),
+            published_at,
+            event: std::borrow::Cow::Borrowed(event),
+        })
+        .map_err(|e| StoreError::Corrupt(format!("encoding an event: {e}")))
+    }
+
+    /// Decode what [`encode`](Self::encode) wrote, numbered `seq`. Input
+    /// comes from the network: oversized or malformed payloads are
+    /// [`StoreError::Corrupt`], never a panic.
+    pub fn decode(seq: u64, payload: &[u8]) -> Result<EventRecord, StoreError> {
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(StoreError::Corrupt(format!(
+                "event #{seq}: {} bytes, larger than {MAX_EVENT_BYTES}",
+                payload.len()
+            )));
+        }
+        let wire: Wire<'_> = serde_json::from_slice(payload)
+            .map_err(|e| StoreError::Corrupt(format!("event #{seq}: {e}")))?;
+        Ok(EventRecord {
+            seq,
+            published_at: wire.published_at,
+            node: wire.node.into_owned(),
+            event: wire.event.into_owned(),
+        })
+    }
+}
+
 /// Where a subscription starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartAt {
@@ -113,5 +157,21 @@ mod tests {
         let future: Event = serde_json::from_str(r#"{"type":"quota_exceeded","n":3}"#).unwrap();
         assert_eq!(future, Event::Unknown);
         assert!(serde_json::from_str::<Event>(r#"{"subject":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn wire_form_round_trips_and_hostile_payloads_are_errors() {
+        let e = Event::SessionRevoked {
+            session: "s-1".into(),
+            subject: "u \"quoted\" é".into(),
+        };
+        let bytes = EventRecord::encode("node-a", UnixTime::from_secs(7), &e).unwrap();
+        let r = EventRecord::decode(42, &bytes).unwrap();
+        assert_eq!((r.seq, r.node.as_str(), r.published_at, &r.event), (42, "node-a", UnixTime::from_secs(7), &e));
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let huge = vec![b' '; MAX_EVENT_BYTES + 1];
+        for bad in [&b""[..], b"{", b"null", b"{\"node\":1}", deep.as_bytes(), &huge, b"\xff\xfe"] {
+            assert!(matches!(EventRecord::decode(1, bad), Err(StoreError::Corrupt(_))));
+        }
     }
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, pull};
 use futures_util::StreamExt as _;
-use serde::{Deserialize, Serialize};
 
 use super::{Shared, unavailable};
 use crate::UnixTime;
@@ -35,14 +34,6 @@ const INACTIVE: Duration = Duration::from_secs(60);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// An event as stored in the stream (its number is the stream sequence).
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    node: String,
-    published_at: UnixTime,
-    event: Event,
-}
-
 /// The stream's first and last sequence numbers.
 pub(super) async fn stream_bounds(shared: &Shared) -> Result<(u64, u64), StoreError> {
     let stream = shared
@@ -58,12 +49,7 @@ pub(super) async fn stream_bounds(shared: &Shared) -> Result<(u64, u64), StoreEr
 }
 
 pub(super) async fn publish(shared: &Shared, event: &Event) -> Result<u64, StoreError> {
-    let body = serde_json::to_vec(&Wire {
-        node: shared.node.clone(),
-        published_at: UnixTime::now(),
-        event: event.clone(),
-    })
-    .map_err(|e| StoreError::Corrupt(format!("encoding an event: {e}")))?;
+    let body = EventRecord::encode(&shared.node, UnixTime::now(), event)?;
     shared
         .bounded("publish", async {
             let ack = shared
@@ -311,16 +297,8 @@ impl Subscription {
                 }));
             }
             self.cursor = stream_seq;
-            self.pending.push_back(
-                serde_json::from_slice::<Wire>(&message.payload)
-                    .map(|wire| EventRecord {
-                        seq: stream_seq,
-                        published_at: wire.published_at,
-                        node: wire.node,
-                        event: wire.event,
-                    })
-                    .map_err(|e| StoreError::Corrupt(format!("event #{stream_seq}: {e}"))),
-            );
+            self.pending
+                .push_back(EventRecord::decode(stream_seq, &message.payload));
         }
     }
 }
