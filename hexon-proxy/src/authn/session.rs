@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
-use hexon_core::store::{Event, EventBus, KvBackend, KvStore, SecretKeys, StoreError};
+use hexon_core::store::{Event, EventBus, KvBackend, KvStore, Revision, SecretKeys, StoreError};
 use hexon_core::verify::Clock;
 use hexon_core::{Identity, UnixTime};
 use http::header::{COOKIE, SET_COOKIE};
@@ -219,6 +219,10 @@ pub struct KvSessionStore {
     sessions: Arc<dyn KvStore>,
     revocations: Arc<dyn KvStore>,
     keys: Arc<SecretKeys>,
+    /// Opened records by KV key and revision: a revision is never reused
+    /// for a key, so a hit is exactly the stored record, without opening
+    /// and decoding it again.
+    opened: Arc<OpenedCache>,
     events: Option<Arc<dyn EventBus>>,
     max_lifetime: std::time::Duration,
 }
@@ -231,6 +235,11 @@ impl fmt::Debug for KvSessionStore {
             .finish_non_exhaustive()
     }
 }
+
+type OpenedCache = quick_cache::sync::Cache<String, (Revision, Arc<StoredSession>)>;
+
+/// Opened session records kept in memory per store.
+const OPENED_CAPACITY: usize = 100_000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredSession {
@@ -277,6 +286,7 @@ impl KvSessionStore {
             sessions: backend.bucket("sessions", max_lifetime).await?,
             revocations: backend.bucket("revocations", max_lifetime).await?,
             keys,
+            opened: Arc::new(quick_cache::sync::Cache::new(OPENED_CAPACITY)),
             events: None,
             max_lifetime,
         })
@@ -358,7 +368,9 @@ impl KvSessionStore {
 
     /// Remove the session with cookie value `id` (logout). Whether it existed.
     pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        self.sessions.delete(&kv_key(id)).await
+        let key = kv_key(id);
+        self.opened.remove(&key);
+        self.sessions.delete(&key).await
     }
 
     /// End every session of `subject`, on every node sharing the store.
@@ -411,21 +423,36 @@ impl KvSessionStore {
         let Some(entry) = self.sessions.get(&key).await? else {
             return Ok(None);
         };
-        // A record that does not open or decode is not a session: forged,
-        // moved from another key, or sealed with a key no longer configured.
-        // Refuse it like an unknown session (401), not as an outage (503).
-        let opened = self
-            .keys
-            .open(&entry.value, &seal_context(&key))
-            .and_then(|json| {
-                serde_json::from_slice::<StoredSession>(json.expose())
-                    .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))
-            });
-        let stored = match opened {
-            Ok(stored) => stored,
-            Err(e) => {
-                tracing::warn!(error = %e, "refusing a session record that does not open");
-                return Ok(None);
+        let cached = self
+            .opened
+            .get(&key)
+            .filter(|(revision, _)| *revision == entry.revision)
+            .map(|(_, stored)| stored);
+        let stored = match cached {
+            Some(stored) => stored,
+            None => {
+                // A record that does not open or decode is not a session:
+                // forged, moved from another key, or sealed with a key no
+                // longer configured. Refuse it like an unknown session
+                // (401), not as an outage (503).
+                let opened = self
+                    .keys
+                    .open(&entry.value, &seal_context(&key))
+                    .and_then(|json| {
+                        serde_json::from_slice::<StoredSession>(json.expose())
+                            .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))
+                    });
+                match opened {
+                    Ok(stored) => {
+                        let stored = Arc::new(stored);
+                        self.opened.insert(key.clone(), (entry.revision, stored.clone()));
+                        stored
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refusing a session record that does not open");
+                        return Ok(None);
+                    }
+                }
             }
         };
         let current = match self.revocations.get(stored.identity.subject()).await? {
@@ -437,10 +464,11 @@ impl KvSessionStore {
             // allows): refuse, and drop it. Best effort: the generation
             // check already refuses it everywhere.
             let _ = self.sessions.delete_if(&key, entry.revision).await;
+            self.opened.remove(&key);
             return Ok(None);
         }
         Ok(Some(Session {
-            identity: stored.identity,
+            identity: stored.identity.clone(),
             expires: stored.expires,
             created: stored.created,
         }))
