@@ -77,6 +77,14 @@ enum KeysCommand {
     /// HMAC secrets and other secrets at rest). To rotate, put the new key
     /// first and keep the old ones after it.
     Secret,
+    /// After rotating `state.encryption_keys` (new key first, old ones
+    /// after it): re-seal every stored secret with the new key, so the old
+    /// keys can be removed.
+    Rewrap {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+    },
     /// Print the public JWKS of the configured signing key.
     Jwks {
         /// Configuration file.
@@ -100,6 +108,9 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Secret,
         } => gateway::print_secret_key(),
+        Command::Keys {
+            command: KeysCommand::Rewrap { config },
+        } => gateway::run(gateway::rewrap_secrets(config)),
         Command::Migrate { config, dry_run } => gateway::run(gateway::migrate(config, dry_run)),
         Command::Serve { config } => gateway::run(gateway::serve(config)),
         Command::Quickstart { port } => gateway::run(gateway::quickstart(port)),

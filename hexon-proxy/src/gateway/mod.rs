@@ -225,6 +225,17 @@ pub fn print_secret_key() -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// `hexon keys rewrap`: re-seal secrets sealed by older keys with the
+/// primary key (after a rotation of `state.encryption_keys`).
+pub async fn rewrap_secrets(path: PathBuf) -> Result<(), GatewayError> {
+    let config = Config::load(&path)?;
+    let n = state::rewrap(&config).await?;
+    out(&format!(
+        "re-sealed {n} secret(s) with the first of state.encryption_keys; keys after it can be removed once every node runs with this list"
+    ));
+    Ok(())
+}
+
 /// `hexon migrate`: bring the durable store's schema up to date (or list
 /// what would run).
 pub async fn migrate(path: PathBuf, dry_run: bool) -> Result<(), GatewayError> {

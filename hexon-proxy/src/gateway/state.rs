@@ -244,6 +244,18 @@ pub async fn open(config: &Config) -> Result<GatewayState, GatewayError> {
     })
 }
 
+/// `hexon keys rewrap`: re-seal every secret sealed by an older key with
+/// the first of `state.encryption_keys`. Returns how many were re-sealed.
+pub async fn rewrap(config: &Config) -> Result<usize, GatewayError> {
+    let keys = secret_keys(config)?;
+    let durable = open_durable(config, &keys).await?;
+    durable
+        .store
+        .rewrap_secrets()
+        .await
+        .map_err(|e| store_error("re-sealing secrets", e))
+}
+
 /// What `hexon migrate` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MigrateOutcome {
