@@ -445,7 +445,8 @@ impl KvSessionStore {
                 match opened {
                     Ok(stored) => {
                         let stored = Arc::new(stored);
-                        self.opened.insert(key.clone(), (entry.revision, stored.clone()));
+                        self.opened
+                            .insert(key.clone(), (entry.revision, stored.clone()));
                         stored
                     }
                     Err(e) => {

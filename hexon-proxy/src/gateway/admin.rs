@@ -13,18 +13,43 @@ use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
 
-/// Readiness, flipped by the gateway once it serves.
-#[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
+/// Readiness: flipped by the gateway once it serves, and lowered while the
+/// shared state store does not answer (requests that need it would fail
+/// with 503; a load balancer should send them elsewhere).
+#[derive(Debug)]
+pub struct Readiness {
+    serving: AtomicBool,
+    state_up: AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            serving: AtomicBool::new(false),
+            state_up: AtomicBool::new(true),
+        }
+    }
+}
 
 impl Readiness {
-    /// Mark ready (or not).
+    /// Mark serving (or not).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.serving.store(ready, Ordering::Release);
     }
-    /// Whether ready.
+    /// Record whether the shared state store answers.
+    pub fn set_state_up(&self, up: bool) {
+        self.state_up.store(up, Ordering::Release);
+    }
+    /// Whether ready: serving, with the state store answering.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.serving.load(Ordering::Acquire) && self.state_up.load(Ordering::Acquire)
+    }
+    fn why_not(&self) -> &'static str {
+        if !self.serving.load(Ordering::Acquire) {
+            "not ready: not serving yet\n"
+        } else {
+            "not ready: the shared state store does not answer\n"
+        }
     }
 }
 
@@ -51,7 +76,7 @@ fn answer<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Response
         (&Method::GET, "/readyz") => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "not ready\n".to_owned(),
+            ready.why_not().to_owned(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
@@ -66,4 +91,55 @@ fn answer<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Response
         header::HeaderValue::from_static(content_type),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn readyz(ready: &Readiness) -> (StatusCode, String) {
+        let req = Request::get("/readyz").body(()).unwrap();
+        let res = answer(&req, &Metrics::new(), ready);
+        let body = res.body().clone();
+        let bytes = body_text(body);
+        (res.status(), bytes)
+    }
+
+    fn body_text(body: Full<Bytes>) -> String {
+        use http_body::Body as _;
+        let mut body = std::pin::pin!(body);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match body.as_mut().poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+            }
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn readiness_follows_serving_and_the_state_store() {
+        let ready = Readiness::default();
+        assert_eq!(
+            readyz(&ready),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: not serving yet\n".into()
+            )
+        );
+        ready.set(true);
+        assert_eq!(readyz(&ready), (StatusCode::OK, "ready\n".into()));
+        ready.set_state_up(false);
+        assert_eq!(
+            readyz(&ready),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the shared state store does not answer\n".into()
+            )
+        );
+        ready.set_state_up(true);
+        assert_eq!(readyz(&ready).0, StatusCode::OK);
+    }
 }

@@ -608,6 +608,10 @@ impl Gateway {
                 self.ready.clone(),
             )));
         }
+        tasks.push(tokio::spawn(watch_state(
+            self.state.kv.clone(),
+            self.ready.clone(),
+        )));
         self.ready.set(true);
         Ok(Running {
             listeners: addrs,
@@ -705,6 +709,38 @@ pub async fn watch_config(
                 }
             },
         }
+    }
+}
+
+/// Probe the shared state store every few seconds and lower readiness while
+/// it does not answer.
+async fn watch_state(kv: Arc<dyn hexon_core::store::KvBackend>, ready: Arc<Readiness>) {
+    const EVERY: Duration = Duration::from_secs(5);
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let mut tick = tokio::time::interval(EVERY);
+    let mut up = true;
+    loop {
+        tick.tick().await;
+        let probe = async {
+            let bucket = kv.bucket("health", Duration::from_secs(60)).await?;
+            bucket.get("probe").await.map(|_| ())
+        };
+        let now_up = matches!(tokio::time::timeout(TIMEOUT, probe).await, Ok(Ok(())));
+        if now_up != up {
+            if now_up {
+                tracing::info!(
+                    backend = kv.backend(),
+                    "shared state store answers again: ready"
+                );
+            } else {
+                tracing::error!(
+                    backend = kv.backend(),
+                    "shared state store does not answer: not ready (requests needing it get 503)"
+                );
+            }
+            up = now_up;
+        }
+        ready.set_state_up(now_up);
     }
 }
 
