@@ -79,7 +79,11 @@ struct Wire<'a> {
 impl EventRecord {
     /// The form a bus stores: JSON of `node`, `published_at` and `event`
     /// (the sequence number is the bus's own).
-    pub fn encode(node: &str, published_at: UnixTime, event: &Event) -> Result<Vec<u8>, StoreError> {
+    pub fn encode(
+        node: &str,
+        published_at: UnixTime,
+        event: &Event,
+    ) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(&Wire {
             node: node.into(),
             published_at,
@@ -167,11 +171,25 @@ mod tests {
         };
         let bytes = EventRecord::encode("node-a", UnixTime::from_secs(7), &e).unwrap();
         let r = EventRecord::decode(42, &bytes).unwrap();
-        assert_eq!((r.seq, r.node.as_str(), r.published_at, &r.event), (42, "node-a", UnixTime::from_secs(7), &e));
+        assert_eq!(
+            (r.seq, r.node.as_str(), r.published_at, &r.event),
+            (42, "node-a", UnixTime::from_secs(7), &e)
+        );
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let huge = vec![b' '; MAX_EVENT_BYTES + 1];
-        for bad in [&b""[..], b"{", b"null", b"{\"node\":1}", deep.as_bytes(), &huge, b"\xff\xfe"] {
-            assert!(matches!(EventRecord::decode(1, bad), Err(StoreError::Corrupt(_))));
+        for bad in [
+            &b""[..],
+            b"{",
+            b"null",
+            b"{\"node\":1}",
+            deep.as_bytes(),
+            &huge,
+            b"\xff\xfe",
+        ] {
+            assert!(matches!(
+                EventRecord::decode(1, bad),
+                Err(StoreError::Corrupt(_))
+            ));
         }
     }
 }
