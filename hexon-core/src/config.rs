@@ -401,6 +401,16 @@ impl StateConfig {
             if self.nats_user.is_some() != self.nats_password.is_some() {
                 errs.push("state.nats_user", "nats_user and nats_password go together");
             }
+            // Sessions in the shared KV are sealed with these keys: a key
+            // generated per node would make every node refuse the sessions
+            // the others made. (PostgreSQL already requires them above.)
+            if self.encryption_keys.is_empty() && self.durable != DurableBackend::Postgres {
+                errs.push(
+                    "state.encryption_keys",
+                    "required with shared = \"nats\": sessions are sealed with these keys and every node \
+                     must open what any node sealed (generate one with `hexon keys secret`)",
+                );
+            }
         } else if self.nats_url.is_some() {
             errs.push("state.nats_url", "set, but state.shared is not \"nats\"");
         }

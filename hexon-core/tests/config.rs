@@ -442,7 +442,7 @@ fn state_backends_need_their_settings() {
         "{e:?}"
     );
     let e = errors(
-        "[state]\nshared = \"nats\"\nnats_url = \"http://x:4222, nats://ok:4222\"\nnats_token = \"t\"\n",
+        "[state]\nshared = \"nats\"\nnats_url = \"http://x:4222, nats://ok:4222\"\nnats_token = \"t\"\nencryption_keys = [\"q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\"]\n",
     );
     assert_eq!(
         e,
@@ -504,7 +504,7 @@ fn state_secrets_never_show_in_dumps_or_debug() {
 
 #[test]
 fn nats_needs_credentials_outside_the_url() {
-    let base = "[state]\nshared = \"nats\"\nnats_url = \"nats://10.0.0.5:4222\"\n";
+    let base = "[state]\nshared = \"nats\"\nnats_url = \"nats://10.0.0.5:4222\"\nencryption_keys = [\"q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\"]\n";
     let e = errors(base);
     assert!(
         e.iter()
@@ -528,11 +528,20 @@ fn nats_needs_credentials_outside_the_url() {
         "{e:?}"
     );
     let e = errors(
-        "[state]\nshared = \"nats\"\nnats_url = \"nats://hexon:s3cret@10.0.0.5:4222\"\nnats_token = \"t\"\n",
+        "[state]\nshared = \"nats\"\nnats_url = \"nats://hexon:s3cret@10.0.0.5:4222\"\nnats_token = \"t\"\nencryption_keys = [\"q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\"]\n",
     );
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
         e[0].contains("credentials in the URL") && !e[0].contains("s3cret"),
+        "{e:?}"
+    );
+    // Sessions are sealed with the keys: every node needs the same ones.
+    let e = errors(
+        "[state]\nshared = \"nats\"\nnats_url = \"nats://10.0.0.5:4222\"\nnats_token = \"t\"\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("state.encryption_keys: required with shared = \"nats\""),
         "{e:?}"
     );
     // Secrets never show in dumps.

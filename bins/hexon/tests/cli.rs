@@ -930,3 +930,212 @@ fn quickstart_prints_tokens_and_enforces() {
     let st = proc.wait_for(Duration::from_secs(15));
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
 }
+
+// ---------------------------------------------------------------- state
+
+/// Decode standard base64 (with padding).
+fn b64std_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    };
+    if s.len() % 4 != 0 {
+        return None;
+    }
+    let body = s.trim_end_matches('=');
+    if s.len() - body.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in body.bytes() {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).unwrap());
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn keys_secret_prints_a_new_32_byte_key_each_time() {
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let out = hexon(&["keys", "secret"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert_eq!(stdout.lines().count(), 1, "one line: {stdout:?}");
+        let key = stdout.trim().to_owned();
+        assert_eq!(key.len(), 44, "{key:?}");
+        let bytes = b64std_decode(&key).unwrap_or_else(|| panic!("not standard base64: {key:?}"));
+        assert_eq!(bytes.len(), 32, "{key:?}");
+        seen.push(key);
+    }
+    assert_ne!(seen[0], seen[1], "every run prints a new key");
+
+    // What it prints is accepted as state.encryption_keys.
+    let dir = TempDir::new("secret");
+    let cfg = dir.write(
+        "hexon.toml",
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:8443\"\n\n[state]\nencryption_keys = [\"{}\", \"{}\"]\n",
+            seen[0], seen[1]
+        ),
+    );
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains(&seen[0]) && !stdout.contains(&seen[1]),
+        "keys are redacted: {stdout}"
+    );
+}
+
+/// The SQLite migrations shipped with this build: `(version, file)`.
+fn sqlite_migrations() -> Vec<(i64, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hexon-core/migrations/sqlite");
+    let mut v: Vec<(i64, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sql"))
+        .map(|n| (n.split('_').next().unwrap().parse().unwrap(), n))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no migrations in {}", dir.display());
+    v
+}
+
+#[test]
+fn migrate_lists_applies_and_then_reports_up_to_date() {
+    let dir = TempDir::new("migrate");
+    let cfg = dir.write(
+        "hexon.toml",
+        &format!(
+            "{}\n[state]\ndurable = \"sqlite\"\n",
+            serve_config(&dir, 8443, 9090, 3000, "eng")
+        ),
+    );
+    let migrations = sqlite_migrations();
+    let last = migrations.last().unwrap().0;
+
+    // --dry-run lists every migration and applies none (twice the same).
+    let out = hexon(&["migrate", "-c", p(&cfg), "--dry-run"]);
+    let listed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (version, file) in &migrations {
+        assert!(
+            listed.contains(&format!("sqlite: would apply {version} ")),
+            "{file} not listed:\n{listed}"
+        );
+    }
+    assert!(
+        listed.contains(&format!("sqlite: schema version 0 -> {last}")),
+        "{listed}"
+    );
+    assert!(!listed.contains("applied"), "{listed}");
+    let again = hexon(&["migrate", "-c", p(&cfg), "--dry-run"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout), listed, "a dry run changes nothing");
+
+    // Applying prints the versions; they are the ones the dry run listed.
+    let out = hexon(&["migrate", "-c", p(&cfg)]);
+    let applied = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (version, file) in &migrations {
+        assert!(
+            applied.contains(&format!("sqlite: applied {version} ")),
+            "{file} not applied:\n{applied}"
+        );
+    }
+    assert!(
+        applied.contains(&format!("sqlite: schema version 0 -> {last}")),
+        "{applied}"
+    );
+    assert_eq!(
+        applied.replace("sqlite: applied ", "sqlite: would apply "),
+        listed
+    );
+    assert!(dir.path("data/hexon.db").is_file());
+
+    // Nothing left to do, with and without --dry-run.
+    for args in [
+        vec!["migrate", "-c", p(&cfg)],
+        vec!["migrate", "-c", p(&cfg), "--dry-run"],
+    ] {
+        let out = hexon(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("sqlite: schema is up to date (version {last})"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn migrate_against_an_unreachable_postgres_fails_without_the_password() {
+    let dir = TempDir::new("migrate-pg");
+    let cfg = dir.write(
+        "hexon.toml",
+        &format!(
+            "{}\n[state]\ndurable = \"postgres\"\npostgres_url = \"postgres://hexon:Pa55-w0rd-e2e@127.0.0.1:1/hexon\"\nencryption_keys = [\"{}\"]\n",
+            serve_config(&dir, 8443, 9090, 3000, "eng"),
+            text(&hexon(&["keys", "secret"]).stdout).trim()
+        ),
+    );
+    let start = Instant::now();
+    let out = hexon(&["migrate", "-c", p(&cfg)]);
+    let stderr = text(&out.stderr);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "names the server: {stderr}");
+    assert!(
+        !stderr.contains("Pa55-w0rd-e2e") && !stdout.contains("Pa55-w0rd-e2e"),
+        "password leaked:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn check_refuses_nats_without_credentials() {
+    let dir = TempDir::new("check-nats");
+    let key = text(&hexon(&["keys", "secret"]).stdout).trim().to_owned();
+    let base = format!(
+        "{}\n[state]\nshared = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nencryption_keys = [\"{key}\"]\n",
+        serve_config(&dir, 8443, 9090, 3000, "eng")
+    );
+    let cfg = dir.write("hexon.toml", &base);
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(text(&out.stdout).trim().is_empty(), "nothing on stdout");
+    assert!(
+        stderr.contains("state.nats_credentials_file"),
+        "names the setting: {stderr}"
+    );
+
+    // With the explicit opt-out it passes.
+    let cfg = dir.write(
+        "ok.toml",
+        &format!("{base}nats_allow_unauthenticated = true\n"),
+    );
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -657,7 +657,10 @@ pub async fn watch_config(
     env: fn(&str) -> Option<String>,
     every: Duration,
 ) {
-    let mut last = file_hash(&path);
+    // No hash yet: the first look compares the file with the configuration
+    // the gateway runs, so an edit made while it was starting (after the
+    // file was read) is applied, not taken as the running configuration.
+    let mut last: Option<[u8; 32]> = None;
     let mut applied = gateway.config.clone();
     // Users whose sessions must be revoked: at start every disabled user (a
     // user disabled while this node was down, or edited before a restart),
@@ -679,8 +682,10 @@ pub async fn watch_config(
         if Some(hash) == last {
             continue;
         }
+        let first_look = last.is_none();
         last = Some(hash);
         match Config::parse(&text, &env) {
+            Ok(new) if first_look && new == applied => {}
             Err(e) => {
                 tracing::error!(path = %path.display(), errors = %e, "configuration changed but is invalid; still running the previous one")
             }
@@ -784,10 +789,6 @@ fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
-}
-
-fn file_hash(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
 }
 
 /// Serves `/.well-known/jwks.json` (the keys backends verify with); passes
