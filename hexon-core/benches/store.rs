@@ -238,18 +238,18 @@ fn main() {
             store.close().await;
             drop_schema(&url, &schema).await;
         }
-        #[cfg(feature = "nats")]
+        #[cfg(all(feature = "nats", feature = "test-util"))]
         if wanted("nats") {
             let url = std::env::var("HEXON_BENCH_NATS")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
             let prefix = format!("hxbench{}", std::process::id());
-            delete_nats_streams(&url, &prefix).await;
+            hexon_core::store::conformance::delete_nats_prefix(&url, &prefix).await;
             let options = hexon_core::store::nats::NatsOptions::new(&url).prefix(&prefix);
             let nats = hexon_core::store::nats::NatsState::connect(&options)
                 .await
                 .unwrap();
             kv_rows("nats", &nats, n).await;
-            delete_nats_streams(&url, &prefix).await;
+            hexon_core::store::conformance::delete_nats_prefix(&url, &prefix).await;
         }
     });
 }
@@ -262,23 +262,4 @@ async fn drop_schema(url: &str, schema: &str) {
         .execute(&mut conn)
         .await
         .unwrap();
-}
-
-#[cfg(feature = "nats")]
-async fn delete_nats_streams(url: &str, prefix: &str) {
-    use futures_util::StreamExt as _;
-    let client = async_nats::connect(url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let names: Vec<String> = js
-        .stream_names()
-        .filter_map(|n| async move { n.ok() })
-        .collect()
-        .await;
-    for name in names {
-        if name.starts_with(&format!("KV_{prefix}_"))
-            || name == format!("{}_EVENTS", prefix.to_ascii_uppercase())
-        {
-            let _ = js.delete_stream(&name).await;
-        }
-    }
 }

@@ -49,30 +49,11 @@ impl Drop for Cleanup {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(delete_streams(&url, &prefix));
+            rt.block_on(hexon_core::store::conformance::delete_nats_prefix(
+                &url, &prefix,
+            ));
         })
         .join();
-    }
-}
-
-async fn delete_streams(url: &str, prefix: &str) {
-    let Ok(Ok(client)) =
-        tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await
-    else {
-        return;
-    };
-    let js = async_nats::jetstream::new(client);
-    let kv = format!("KV_{prefix}_");
-    let events = format!("{}_EVENTS", prefix.to_ascii_uppercase());
-    let names: Vec<String> = js
-        .stream_names()
-        .filter_map(|n| async move { n.ok() })
-        .collect()
-        .await;
-    for name in names {
-        if name.starts_with(&kv) || name == events {
-            let _ = js.delete_stream(&name).await;
-        }
     }
 }
 

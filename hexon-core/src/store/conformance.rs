@@ -1057,3 +1057,27 @@ pub async fn durable_audit(store: &dyn DurableStore) {
     assert_eq!(rest.len(), 15, "{name}: paging");
     assert_eq!(rest.last().unwrap().event, seqs[24].1);
 }
+
+/// Delete every stream a NATS prefix owns (its KV buckets and its event
+/// stream): cleanup for tests and benchmarks on a shared server. Best effort.
+#[cfg(feature = "nats")]
+pub async fn delete_nats_prefix(url: &str, prefix: &str) {
+    let Ok(Ok(client)) =
+        tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await
+    else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let kv = format!("KV_{prefix}_");
+    let events = format!("{}_EVENTS", prefix.to_ascii_uppercase());
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    for name in names {
+        if name.starts_with(&kv) || name == events {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
+}

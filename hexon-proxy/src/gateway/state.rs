@@ -284,39 +284,13 @@ pub async fn migrate(config: &Config, dry_run: bool) -> Result<MigrateOutcome, G
         DurableBackend::Sqlite => {
             #[cfg(feature = "sqlite")]
             {
-                use hexon_core::store::DurableStore as _;
                 use hexon_core::store::sql::SqliteStore;
                 let path = config.state.sqlite_file(&config.gateway.data_dir);
                 let what = format!("state (SQLite {})", path.display());
                 let store = SqliteStore::connect(&path, keys)
                     .await
                     .map_err(|e| store_error(&what, e))?;
-                let outcome = if dry_run {
-                    let from = store
-                        .schema_version()
-                        .await
-                        .map_err(|e| store_error(&what, e))?;
-                    let pending = store
-                        .pending_migrations()
-                        .await
-                        .map_err(|e| store_error(&what, e))?;
-                    MigrateOutcome {
-                        backend: "sqlite",
-                        from,
-                        to: pending.last().map_or(from, |p| p.0),
-                        applied: pending,
-                    }
-                } else {
-                    let r = store.migrate().await.map_err(|e| store_error(&what, e))?;
-                    MigrateOutcome {
-                        backend: "sqlite",
-                        from: r.from,
-                        to: r.to,
-                        applied: r.applied,
-                    }
-                };
-                store.close().await;
-                Ok(outcome)
+                run_migrations(&store, "sqlite", &what, dry_run).await
             }
             #[cfg(not(feature = "sqlite"))]
             {
@@ -327,7 +301,6 @@ pub async fn migrate(config: &Config, dry_run: bool) -> Result<MigrateOutcome, G
         DurableBackend::Postgres => {
             #[cfg(feature = "postgres")]
             {
-                use hexon_core::store::DurableStore as _;
                 use hexon_core::store::sql::{PostgresOptions, PostgresStore};
                 let url = config.state.postgres_url.as_deref().unwrap_or_default();
                 let what = format!("state (PostgreSQL {})", hexon_core::config::redact_url(url));
@@ -337,32 +310,7 @@ pub async fn migrate(config: &Config, dry_run: bool) -> Result<MigrateOutcome, G
                 let store = PostgresStore::connect(&options, keys)
                     .await
                     .map_err(|e| store_error(&what, e))?;
-                let outcome = if dry_run {
-                    let from = store
-                        .schema_version()
-                        .await
-                        .map_err(|e| store_error(&what, e))?;
-                    let pending = store
-                        .pending_migrations()
-                        .await
-                        .map_err(|e| store_error(&what, e))?;
-                    MigrateOutcome {
-                        backend: "postgres",
-                        from,
-                        to: pending.last().map_or(from, |p| p.0),
-                        applied: pending,
-                    }
-                } else {
-                    let r = store.migrate().await.map_err(|e| store_error(&what, e))?;
-                    MigrateOutcome {
-                        backend: "postgres",
-                        from: r.from,
-                        to: r.to,
-                        applied: r.applied,
-                    }
-                };
-                store.close().await;
-                Ok(outcome)
+                run_migrations(&store, "postgres", &what, dry_run).await
             }
             #[cfg(not(feature = "postgres"))]
             {
@@ -374,4 +322,76 @@ pub async fn migrate(config: &Config, dry_run: bool) -> Result<MigrateOutcome, G
             "state.durable: unsupported backend".into(),
         )),
     }
+}
+
+/// The migration side of an SQL store (both engines have the same methods).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+trait SqlMigrations: DurableStore {
+    async fn pending(&self) -> Result<Vec<(i64, String)>, StoreError>;
+    async fn apply(&self) -> Result<hexon_core::store::sql::MigrationReport, StoreError>;
+    async fn shut(&self);
+}
+
+#[cfg(feature = "sqlite")]
+impl SqlMigrations for hexon_core::store::sql::SqliteStore {
+    async fn pending(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.pending_migrations().await
+    }
+    async fn apply(&self) -> Result<hexon_core::store::sql::MigrationReport, StoreError> {
+        self.migrate().await
+    }
+    async fn shut(&self) {
+        self.close().await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl SqlMigrations for hexon_core::store::sql::PostgresStore {
+    async fn pending(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.pending_migrations().await
+    }
+    async fn apply(&self) -> Result<hexon_core::store::sql::MigrationReport, StoreError> {
+        self.migrate().await
+    }
+    async fn shut(&self) {
+        self.close().await;
+    }
+}
+
+/// `hexon migrate` on one SQL store: list (`dry_run`) or apply.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn run_migrations<S: SqlMigrations>(
+    store: &S,
+    backend: &'static str,
+    what: &str,
+    dry_run: bool,
+) -> Result<MigrateOutcome, GatewayError> {
+    let outcome = if dry_run {
+        let from = store
+            .schema_version()
+            .await
+            .map_err(|e| store_error(what, e));
+        let pending = store.pending().await.map_err(|e| store_error(what, e));
+        from.and_then(|from| {
+            pending.map(|pending| MigrateOutcome {
+                backend,
+                from,
+                to: pending.last().map_or(from, |p| p.0),
+                applied: pending,
+            })
+        })
+    } else {
+        store
+            .apply()
+            .await
+            .map(|r| MigrateOutcome {
+                backend,
+                from: r.from,
+                to: r.to,
+                applied: r.applied,
+            })
+            .map_err(|e| store_error(what, e))
+    };
+    store.shut().await;
+    outcome
 }
