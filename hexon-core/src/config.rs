@@ -235,47 +235,7 @@ impl fmt::Debug for StateConfig {
     }
 }
 
-/// A URL (or a comma-separated list of URLs) with everything secret
-/// replaced, for logs and dumps: the whole userinfo (a password, or a bare
-/// token) and every query value.
-pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|part| {
-            let trimmed = part.trim_start();
-            let lead = part.get(..part.len() - trimmed.len()).unwrap_or("");
-            let Some((scheme, rest)) = trimmed.split_once("://") else {
-                return part.to_owned();
-            };
-            // The authority ends at the first '/', '?' or '#' after the last
-            // '@' (a password may itself contain '/' or '?').
-            let after_at = rest.rfind('@').map_or(0, |i| i + 1);
-            let end = rest
-                .get(after_at..)
-                .and_then(|r| r.find(['/', '?', '#']))
-                .map_or(rest.len(), |i| i + after_at);
-            let (authority, tail) = rest.split_at(end);
-            let host = match authority.rsplit_once('@') {
-                Some((_, host)) => format!("[redacted]@{host}"),
-                None => authority.to_owned(),
-            };
-            let tail = match tail.split_once('?') {
-                Some((path, query)) => {
-                    let query: Vec<String> = query
-                        .split('&')
-                        .map(|kv| match kv.split_once('=') {
-                            Some((k, _)) => format!("{k}=[redacted]"),
-                            None => kv.to_owned(),
-                        })
-                        .collect();
-                    format!("{path}?{}", query.join("&"))
-                }
-                None => tail.to_owned(),
-            };
-            format!("{lead}{scheme}://{host}{tail}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use crate::redact::redact_url;
 
 impl StateConfig {
     /// The SQLite file: `sqlite_path`, or `hexon.db` in `data_dir`.

@@ -10,6 +10,7 @@
 //! - [`httpsig`] — the contract with backends: identity headers signed as
 //!   RFC 9421 HTTP Message Signatures (Ed25519), and the verifier;
 //! - [`jwt`] — EdDSA / ES256 JWTs for routes that inject `Authorization: Bearer`;
+//! - [`redact`] — secrets taken out of connection URLs before they are shown;
 //! - [`signer`] and [`keys`] — the one signing seam, key rings with rotation, JWKS;
 //! - `config` (feature `config`) — the TOML model with `${VAR}` substitution;
 //! - `verify` (feature `tower`, `axum`) — the backend SDK: a tower layer that
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod jwt;
 pub mod keys;
 pub mod policy;
+pub mod redact;
 pub mod signer;
 pub mod time;
 

@@ -1,5 +1,6 @@
 //! The SQLite store: the conformance suite, restarts, migrations, key
-//! rotation, the append-only audit trail, the KV read cache and the
+//! rotation, the append-only audit trail, the KV read cache (writes given up
+//! part-way, a closed store), consistent directory loads and the
 //! one-process-per-file lock.
 #![cfg(all(feature = "sqlite", feature = "test-util"))]
 #![allow(
@@ -10,12 +11,14 @@
 )]
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hexon_core::UnixTime;
-use hexon_core::directory::{SourceId, SourceSnapshot, UserRecord};
+use hexon_core::directory::{GroupRecord, SourceId, SourceSnapshot, UserRecord};
 use hexon_core::store::sql::SqliteStore;
 use hexon_core::store::{
     ApiClientRecord, ApiClientStore, AuditStore, ClientStatus, CredentialKind, CredentialRecord,
@@ -498,6 +501,194 @@ async fn the_kv_cache_stays_coherent_under_concurrent_writers() {
     store.close().await;
 }
 
+/// Every row of `bucket`, read behind the store's back: key → (value,
+/// revision), live rows only.
+async fn rows_of(path: &Path, bucket: &str) -> HashMap<String, (Vec<u8>, u64)> {
+    let pool = raw(path).await;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>, i64)> =
+        sqlx::query_as("SELECT key, value, revision FROM kv WHERE bucket = $1 AND expires_at > $2")
+            .bind(bucket)
+            .bind(now)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    rows.into_iter()
+        .map(|(k, v, r)| (String::from_utf8(k).unwrap(), (v, r as u64)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_part_way_still_updates_the_cache() {
+    const N: usize = 200;
+    let (_dir, path) = state_file();
+    let store = SqliteStore::open(&path, keys(1)).await.unwrap();
+    let kv = store.bucket("sessions", HOUR).await.unwrap();
+    let mut revisions = Vec::new();
+    for i in 0..N {
+        let key = format!("s{i}");
+        revisions.push(kv.put(&key, b"live", HOUR).await.unwrap());
+        assert_eq!(kv.get(&key).await.unwrap().unwrap().value, b"live");
+    }
+    // Revoke every session, but give up on each write right after its first
+    // poll (a request cancelled, a timeout): the write has started, the
+    // caller is gone.
+    for (i, rev) in revisions.iter().enumerate() {
+        let key = format!("s{i}");
+        let _ = match i % 4 {
+            0 => tokio::time::timeout(Duration::ZERO, kv.delete(&key))
+                .await
+                .map(drop),
+            1 => tokio::time::timeout(Duration::ZERO, kv.delete_if(&key, *rev))
+                .await
+                .map(drop),
+            2 => tokio::time::timeout(Duration::ZERO, kv.put(&key, b"revoked", HOUR))
+                .await
+                .map(drop),
+            _ => tokio::time::timeout(
+                Duration::ZERO,
+                kv.compare_and_set(&key, *rev, b"revoked", HOUR),
+            )
+            .await
+            .map(drop),
+        };
+    }
+    // Every write completes without its caller...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = rows_of(&path, "sessions").await;
+        let settled = (0..N).all(|i| match rows.get(&format!("s{i}")) {
+            None => i % 4 < 2,
+            Some((value, _)) => i % 4 >= 2 && value == b"revoked",
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes given up on never completed: {} of {N} rows still live and unchanged",
+            rows.values().filter(|(v, _)| v == b"live").count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and (once the last one lets the writer go) the cache says what
+    // the database says, for every key.
+    kv.put("sentinel", b"x", HOUR).await.unwrap();
+    let rows = rows_of(&path, "sessions").await;
+    for i in 0..N {
+        let key = format!("s{i}");
+        let cached = kv.get(&key).await.unwrap().map(|e| (e.value, e.revision.0));
+        assert_eq!(
+            cached.as_ref(),
+            rows.get(&key),
+            "{key}: the cache disagrees with the database"
+        );
+    }
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_answers_nothing_from_its_cache() {
+    let (_dir, path) = state_file();
+    let store = SqliteStore::open(&path, keys(1)).await.unwrap();
+    let kv = store.bucket("sessions", HOUR).await.unwrap();
+    let rev = kv.put("s", b"v", HOUR).await.unwrap();
+    assert_eq!(kv.get("s").await.unwrap().unwrap().revision, rev);
+    store.close().await;
+    assert!(kv.get("s").await.unwrap_err().is_unavailable(), "get");
+    let again = store.bucket("sessions", HOUR).await.unwrap();
+    assert!(
+        again.get("s").await.unwrap_err().is_unavailable(),
+        "new handle"
+    );
+    assert!(kv.put("s", b"w", HOUR).await.unwrap_err().is_unavailable());
+    assert!(
+        kv.put_if_absent("t", b"w", HOUR)
+            .await
+            .unwrap_err()
+            .is_unavailable()
+    );
+    assert!(
+        kv.compare_and_set("s", rev, b"w", HOUR)
+            .await
+            .unwrap_err()
+            .is_unavailable()
+    );
+    assert!(kv.delete("s").await.unwrap_err().is_unavailable());
+    assert!(kv.delete_if("s", rev).await.unwrap_err().is_unavailable());
+    assert!(store.sweep_expired().await.unwrap_err().is_unavailable());
+    assert!(store.load_sources().await.unwrap_err().is_unavailable());
+    // Nothing was written after the close.
+    let store = SqliteStore::open(&path, keys(1)).await.unwrap();
+    let kv = store.bucket("sessions", HOUR).await.unwrap();
+    assert_eq!(kv.get("s").await.unwrap().unwrap().value, b"v");
+    store.close().await;
+}
+
+// ---------------------------------------------------------------- directory
+
+/// A source's snapshot: users `<p>01..<p>50`, all members of group `g_<p>`
+/// (in the order a load returns them).
+fn snapshot_of(prefix: &str) -> SourceSnapshot {
+    let group = format!("g_{prefix}");
+    let mut snapshot = SourceSnapshot::new().with_group(GroupRecord::new(group.as_str()));
+    for i in 1..=50 {
+        let subject = format!("{prefix}{i:02}");
+        snapshot = snapshot
+            .with_user(UserRecord::new(subject.as_str()))
+            .with_member(subject.as_str(), group.as_str());
+    }
+    snapshot
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_load_sees_each_save_whole() {
+    let (_dir, path) = state_file();
+    let store = SqliteStore::open(&path, keys(1)).await.unwrap();
+    let (a, b) = (snapshot_of("a"), snapshot_of("b"));
+    let source = SourceId::new("ldap");
+    store.save_source(&source, &a).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (store, source, done) = (store.clone(), source.clone(), done.clone());
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            for i in 0..40 {
+                let next = if i % 2 == 0 { &b } else { &a };
+                store.save_source(&source, next).await.unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+        }
+    });
+    let mut loads = 0;
+    while !done.load(Ordering::SeqCst) || loads < 20 {
+        let loaded = store.load_sources().await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        let got = &loaded[0].1;
+        assert!(
+            got == &a || got == &b,
+            "load {loads} mixed two saves: users {:?}…, groups {:?}, memberships {:?}…",
+            got.users()
+                .iter()
+                .take(2)
+                .map(|u| &u.subject)
+                .collect::<Vec<_>>(),
+            got.groups().iter().map(|g| &g.name).collect::<Vec<_>>(),
+            got.user_memberships().iter().take(2).collect::<Vec<_>>(),
+        );
+        loads += 1;
+    }
+    writer.await.unwrap();
+    store.close().await;
+}
+
 // ---------------------------------------------------------- one process
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,6 +767,65 @@ async fn a_state_file_held_by_another_process_is_refused() {
         .unwrap()
         .close()
         .await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_state_file_takes_the_same_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::create_dir(&elsewhere).unwrap();
+    let file = real.join("hexon.db");
+    // A linked directory, and a link to the file itself in another one.
+    std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(&file, elsewhere.join("state.db")).unwrap();
+    // And a link to a file that does not exist yet.
+    std::os::unix::fs::symlink(real.join("later.db"), elsewhere.join("later.db")).unwrap();
+    let lock_files = || {
+        std::fs::read_dir(&real)
+            .unwrap()
+            .chain(std::fs::read_dir(&elsewhere).unwrap())
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".lock")
+            })
+            .count()
+    };
+
+    let store = SqliteStore::open(&file, keys(1)).await.unwrap();
+    for other in [
+        dir.path().join("link").join("hexon.db"),
+        real.join("..").join("link").join(".").join("hexon.db"),
+        elsewhere.join("state.db"),
+    ] {
+        let err = SqliteStore::open(&other, keys(1)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("another Hexon process"),
+            "{} opened a second time: {err:?}",
+            other.display()
+        );
+    }
+    assert_eq!(lock_files(), 1, "one lock file for one state file");
+    store.close().await;
+
+    let later = SqliteStore::open(&elsewhere.join("later.db"), keys(1))
+        .await
+        .unwrap();
+    let err = SqliteStore::open(&real.join("later.db"), keys(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("another Hexon process"), "{err:?}");
+    assert_eq!(lock_files(), 2);
+    later.close().await;
+
+    // Through a link, once the first is closed: the same file.
+    let store = SqliteStore::open(&elsewhere.join("state.db"), keys(1))
+        .await
+        .unwrap();
+    assert_eq!(store.path(), Some(elsewhere.join("state.db").as_path()));
+    store.close().await;
 }
 
 fn lock_file(path: &Path) -> PathBuf {

@@ -54,7 +54,9 @@ impl Engine {
             }
             #[cfg(feature = "postgres")]
             Engine::Postgres => {
-                "check that PostgreSQL is running and reachable at the configured URL, and that the pool is large enough"
+                "check that PostgreSQL is running and reachable at the configured URL, that the pool is large enough, \
+                 and that no long transaction holds locks Hexon needs (a statement waits at most lock_timeout for a lock \
+                 and runs at most statement_timeout)"
             }
         }
     }
@@ -170,7 +172,8 @@ pub(super) enum Conn {
     Postgres(PoolConnection<Postgres>),
 }
 
-/// A transaction on the write side.
+/// A transaction: a write on the write side, or a read-only snapshot
+/// ([`Pools::begin_read`]).
 pub(super) enum Tx {
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::Transaction<'static, Sqlite>),
@@ -286,6 +289,14 @@ impl Tx {
         dispatch!(self, fetch_optional, sql, args, |t| &mut **t)
     }
 
+    pub(super) async fn fetch_all(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        dispatch!(self, fetch_all, sql, args, |t| &mut **t)
+    }
+
     pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             #[cfg(feature = "sqlite")]
@@ -371,6 +382,22 @@ impl Pools {
             }
             #[cfg(feature = "postgres")]
             Pools::Postgres(pool) => pool.begin().await.map(Tx::Postgres),
+        }
+    }
+
+    /// Begin a read-only transaction on the read side, whose reads all see
+    /// one snapshot of the database (PostgreSQL: `REPEATABLE READ READ
+    /// ONLY`; SQLite: a deferred transaction on one connection, whose first
+    /// read fixes the snapshot in WAL mode).
+    pub(super) async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Pools::Sqlite { read, .. } => read.begin().await.map(Tx::Sqlite),
+            #[cfg(feature = "postgres")]
+            Pools::Postgres(pool) => pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map(Tx::Postgres),
         }
     }
 
@@ -479,10 +506,15 @@ fn classify(engine: Engine, code: &str) -> DbClass {
         }
         #[cfg(feature = "postgres")]
         Engine::Postgres => {
+            // lock_not_available: `lock_timeout` passed waiting for a lock.
+            if code == "55P03" {
+                return DbClass::Unavailable;
+            }
             let class = code.get(..2).unwrap_or("");
             match class {
                 // connection exception, insufficient resources, operator
-                // intervention, system error, serialization failure / deadlock
+                // intervention (57014: `statement_timeout` passed), system
+                // error, serialization failure / deadlock
                 "08" | "53" | "57" | "58" | "40" => DbClass::Unavailable,
                 // data exception (NUL in text, out of range, bad encoding)
                 "22" => DbClass::Invalid,

@@ -172,21 +172,40 @@ impl Core {
         self.commit(tx).await
     }
 
+    /// Every source, read in one read-only transaction on one connection:
+    /// the five tables come from one snapshot, so a `save_source` committed
+    /// meanwhile is seen whole or not at all.
     pub(super) async fn load_sources(&self) -> Result<Vec<(SourceId, SourceSnapshot)>, StoreError> {
-        let read = |sql| self.pools.fetch_all(sql, &[]);
-        let sources = read("SELECT source FROM directory_sources ORDER BY source")
+        let mut tx = self.pools.begin_read().await.map_err(|e| self.err(e))?;
+        let snapshots = self.load_sources_in(&mut tx).await?;
+        // Read-only: committing only ends the snapshot.
+        self.commit(tx).await?;
+        Ok(snapshots
+            .into_iter()
+            .map(|(k, v)| (SourceId::new(k.as_str()), v))
+            .collect())
+    }
+
+    async fn load_sources_in(
+        &self,
+        tx: &mut Tx,
+    ) -> Result<BTreeMap<String, SourceSnapshot>, StoreError> {
+        let sources = tx
+            .fetch_all("SELECT source FROM directory_sources ORDER BY source", &[])
             .await
             .map_err(|e| self.err(e))?;
         let mut snapshots: BTreeMap<String, SourceSnapshot> = BTreeMap::new();
         for row in sources {
             snapshots.insert(row.text(0)?, SourceSnapshot::new());
         }
-        let users = read(
-            "SELECT source, subject, username, email, display_name, disabled \
+        let users = tx
+            .fetch_all(
+                "SELECT source, subject, username, email, display_name, disabled \
              FROM directory_users ORDER BY source, position",
-        )
-        .await
-        .map_err(|e| self.err(e))?;
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
         for row in users {
             let source = row.text(0)?;
             let user = user_from_row(&row, 1)?;
@@ -194,11 +213,13 @@ impl Core {
                 s.users.push(user);
             }
         }
-        let groups = read(
-            "SELECT source, name, display_name FROM directory_groups ORDER BY source, position",
-        )
-        .await
-        .map_err(|e| self.err(e))?;
+        let groups = tx
+            .fetch_all(
+                "SELECT source, name, display_name FROM directory_groups ORDER BY source, position",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
         for row in groups {
             let source = row.text(0)?;
             let mut group = GroupRecord::new(row.text(1)?);
@@ -207,12 +228,14 @@ impl Core {
                 s.groups.push(group);
             }
         }
-        let members = read(
-            "SELECT source, subject, group_name FROM directory_user_memberships \
+        let members = tx
+            .fetch_all(
+                "SELECT source, subject, group_name FROM directory_user_memberships \
              ORDER BY source, subject, group_name",
-        )
-        .await
-        .map_err(|e| self.err(e))?;
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
         for row in members {
             let source = row.text(0)?;
             if let Some(s) = snapshots.get_mut(&source) {
@@ -220,12 +243,14 @@ impl Core {
                     .push((row.text(1)?.into(), row.text(2)?.into()));
             }
         }
-        let nested = read(
-            "SELECT source, child, parent FROM directory_group_memberships \
+        let nested = tx
+            .fetch_all(
+                "SELECT source, child, parent FROM directory_group_memberships \
              ORDER BY source, child, parent",
-        )
-        .await
-        .map_err(|e| self.err(e))?;
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
         for row in nested {
             let source = row.text(0)?;
             if let Some(s) = snapshots.get_mut(&source) {
@@ -233,10 +258,7 @@ impl Core {
                     .push((row.text(1)?.into(), row.text(2)?.into()));
             }
         }
-        Ok(snapshots
-            .into_iter()
-            .map(|(k, v)| (SourceId::new(k.as_str()), v))
-            .collect())
+        Ok(snapshots)
     }
 
     pub(super) async fn delete_source(&self, source: &SourceId) -> Result<bool, StoreError> {

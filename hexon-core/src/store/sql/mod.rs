@@ -24,7 +24,7 @@
 //! PostgreSQL, which has no such cache.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -64,6 +64,14 @@ pub(super) struct Core {
     keys: Arc<SecretKeys>,
     /// KV writes so far, to pace the sweep of expired rows.
     kv_writes: kv::WriteCounter,
+    /// Whether a background sweep is running (one at a time).
+    sweeping: AtomicBool,
+    /// Set by `close`: every later operation is unavailable, whatever a
+    /// cache still holds.
+    closed: AtomicBool,
+    /// How long a migration waits for a lock (PostgreSQL).
+    #[cfg(feature = "postgres")]
+    migration_lock_timeout: Duration,
     /// The exclusive lock on the SQLite state file, released on close or
     /// when the last handle drops.
     #[cfg(feature = "sqlite")]
@@ -77,6 +85,10 @@ impl Core {
             pools,
             keys,
             kv_writes: AtomicU64::new(0),
+            sweeping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            #[cfg(feature = "postgres")]
+            migration_lock_timeout: Duration::from_secs(300),
             #[cfg(feature = "sqlite")]
             file_lock: std::sync::Mutex::new(None),
         }
@@ -92,13 +104,23 @@ impl Core {
             #[cfg(feature = "postgres")]
             Pools::Postgres(pool) => {
                 let mut conn = pool.acquire().await.map_err(|e| map_err(self.engine, e))?;
-                let report = migrate::run(&mut *conn, self.engine).await;
-                if report.is_err() {
-                    // Never hand back a connection that may still hold the
-                    // migration lock.
-                    drop(conn.detach());
-                }
-                report
+                // This connection may hold the migration's session advisory
+                // lock, and its timeouts are changed below: it is closed,
+                // never handed back to the pool — also when the migration is
+                // cancelled part-way (this future dropped), which would
+                // otherwise leave the lock held by an idle pooled connection.
+                conn.close_on_drop();
+                // Wait longer for another node's migration than a request
+                // waits for a lock, and let a long migration finish.
+                let settings = format!(
+                    "SET lock_timeout = {}; SET statement_timeout = 0",
+                    postgres::setting_ms(self.migration_lock_timeout)
+                );
+                sqlx::raw_sql(&settings)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| map_err(self.engine, e))?;
+                migrate::run(&mut *conn, self.engine).await
             }
         }
     }
@@ -151,7 +173,22 @@ impl Core {
             .unwrap_or(0))
     }
 
+    /// [`StoreError::Unavailable`] once the store is closed.
+    pub(super) fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable {
+                backend: self.engine.name(),
+                detail: "the store was closed".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     async fn close(&self) {
+        // First refuse new operations (a cached KV entry included), then
+        // wait for the connections in use to come back and close them.
+        self.closed.store(true, Ordering::Release);
         self.pools.close().await;
         #[cfg(feature = "sqlite")]
         {
@@ -385,16 +422,20 @@ macro_rules! sql_store {
             }
 
             /// Remove expired KV rows now (they are invisible already, and
-            /// swept every few thousand writes anyway). Returns how many.
+            /// swept in the background every few thousand writes anyway).
+            /// Returns how many.
             pub async fn sweep_expired(&self) -> Result<u64, StoreError> {
                 kv::sweep(&self.core).await
             }
 
             /// Close every connection (and, for SQLite, release the state
-            /// file's lock). Operations after this fail with
-            /// [`StoreError::Unavailable`].
+            /// file's lock and empty the KV read cache). Every operation
+            /// after this fails with [`StoreError::Unavailable`], KV gets
+            /// included.
             pub async fn close(&self) {
-                self.core.close().await
+                self.core.close().await;
+                // After the pools: writes in flight have updated the caches.
+                self.buckets.close();
             }
         }
     };

@@ -9,10 +9,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use super::db::{Arg, Engine, Pools, map_err};
 use super::kv::Buckets;
 use super::{Core, MigrationReport};
+use crate::redact::redact_url;
 use crate::store::{SecretKeys, StoreError};
 
 /// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_SCHEMA_LEN: usize = 63;
+/// How long a migration waits at least for another node's migration (its
+/// advisory lock) or a lock on a table it changes.
+const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where and how to connect to PostgreSQL.
 #[derive(Clone)]
@@ -21,6 +25,8 @@ pub struct PostgresOptions {
     schema: Option<String>,
     max_connections: u32,
     acquire_timeout: Duration,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -30,35 +36,39 @@ impl std::fmt::Debug for PostgresOptions {
             .field("schema", &self.schema)
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
 
-/// The URL without its password (`postgres://user:***@host/db`).
+/// The URL with its userinfo and every query value replaced (see
+/// [`redact_url`]); a string that is not a URL is not shown at all.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsed>".into();
-    };
-    // The last `@`: a password may contain one (over-redacting is fine).
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    let is_url = url
+        .trim_start()
+        .split_once("://")
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && !scheme.contains(char::is_whitespace));
+    if is_url {
+        redact_url(url)
+    } else {
+        "[redacted: not a URL]".into()
     }
 }
 
 impl PostgresOptions {
     /// Connect to `url` (`postgres://user[:password]@host[:port]/database`,
-    /// with any libpq parameter such as `sslmode`), with 10 connections and
-    /// a 5-second wait for one.
+    /// with any libpq parameter such as `sslmode`), with 10 connections, a
+    /// 5-second wait for one, a 10-second `lock_timeout` and a 30-second
+    /// `statement_timeout`.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresOptions {
             url: url.into(),
             schema: None,
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
         }
     }
 
@@ -82,6 +92,32 @@ impl PostgresOptions {
         self.acquire_timeout = timeout;
         self
     }
+
+    /// How long a statement waits for a lock another session holds
+    /// (PostgreSQL's `lock_timeout`, set on every connection) before failing
+    /// with [`StoreError::Unavailable`]. At least 1 ms; 10 seconds unless
+    /// set. A stuck lock then fails requests instead of hanging them.
+    ///
+    /// Migrations wait longer for another node's migration (five minutes,
+    /// or this if longer) and have no statement timeout.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long one statement may run (PostgreSQL's `statement_timeout`, set
+    /// on every connection) before it is cancelled with
+    /// [`StoreError::Unavailable`]. At least 1 ms; 30 seconds unless set.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// A duration as a PostgreSQL setting in milliseconds (the unit of
+/// `lock_timeout` and `statement_timeout`), at least 1 (0 would disable it).
+pub(super) fn setting_ms(d: Duration) -> String {
+    d.as_millis().clamp(1, i32::MAX as u128).to_string()
 }
 
 fn check_schema(name: &str) -> Result<(), StoreError> {
@@ -149,6 +185,14 @@ impl PostgresStore {
             check_schema(schema)?;
             connect = connect.options([("search_path", schema.as_str())]);
         }
+        // A session never waits for a lock, or runs a statement, without
+        // end: a stuck lock (a crashed node's migration, a forgotten manual
+        // transaction) fails requests with `Unavailable` instead of hanging
+        // them.
+        connect = connect.options([
+            ("lock_timeout", setting_ms(options.lock_timeout)),
+            ("statement_timeout", setting_ms(options.statement_timeout)),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -176,8 +220,10 @@ impl PostgresStore {
                 Err(e) => return Err(map_err(Engine::Postgres, e)),
             }
         }
+        let mut core = Core::new(Engine::Postgres, pools, keys);
+        core.migration_lock_timeout = options.lock_timeout.max(MIGRATION_LOCK_TIMEOUT);
         Ok(PostgresStore {
-            core: Arc::new(Core::new(Engine::Postgres, pools, keys)),
+            core: Arc::new(core),
             buckets: Arc::new(Buckets::default()),
             schema: options.schema.clone(),
         })
@@ -218,15 +264,33 @@ mod tests {
     fn urls_are_shown_without_passwords() {
         assert_eq!(
             redact("postgres://hexon:s3cret@db:5432/hexon"),
-            "postgres://hexon:***@db:5432/hexon"
+            "postgres://[redacted]@db:5432/hexon"
         );
+        assert_eq!(redact("postgres://u:p@ss@h/d"), "postgres://[redacted]@h/d");
         assert_eq!(
-            redact("postgres://hexon@db/hexon"),
-            "postgres://hexon@db/hexon"
+            redact("postgres://db/hx?user=u&password=s3cret"),
+            "postgres://db/hx?user=[redacted]&password=[redacted]"
         );
-        assert_eq!(redact("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
-        let shown = format!("{:?}", PostgresOptions::new("postgres://u:pw@h/d"));
-        assert!(!shown.contains("pw"), "{shown}");
+        assert_eq!(redact("host=db password=s3cret"), "[redacted: not a URL]");
+        for url in [
+            "postgres://u:s3cret@h/d",
+            "postgres://h/d?password=s3cret",
+            "postgresql://h1,h2/d?sslmode=require&password=s3cret",
+            "host=db password=s3cret",
+        ] {
+            let shown = format!("{:?}", PostgresOptions::new(url));
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_whole_positive_milliseconds() {
+        assert_eq!(setting_ms(Duration::from_secs(10)), "10000");
+        assert_eq!(setting_ms(Duration::ZERO), "1");
+        assert_eq!(
+            setting_ms(Duration::from_secs(u64::MAX)),
+            i32::MAX.to_string()
+        );
     }
 
     #[test]

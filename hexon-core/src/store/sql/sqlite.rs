@@ -24,13 +24,19 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCK_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Durable objects and KV buckets in one SQLite file (WAL mode,
-/// `synchronous = NORMAL`, foreign keys on).
+/// `synchronous = FULL`, foreign keys on).
+///
+/// `synchronous = FULL` syncs the write-ahead log at every commit, so a
+/// write that returned survives a power loss or an OS crash: a revoked
+/// session, a consumed one-time code or a revision handed out is never
+/// undone (with `NORMAL`, the last commits before the crash could be).
 ///
 /// **The file belongs to one gateway process**: the store holds an
 /// exclusive lock on `<file>.lock` while it is open, and opening the same
-/// file from a second process fails. That lets KV gets be answered from an
-/// in-process cache that every write updates (a session lookup is a hash
-/// lookup, not a query). Several gateways share state through
+/// file from a second process fails. The path is resolved first (symbolic
+/// links, `..`), so every spelling of one file takes the same lock. That
+/// lets KV gets be answered from an in-process cache that every write
+/// updates (a session lookup is a hash lookup, not a query). Several gateways share state through
 /// [`PostgresStore`](super::PostgresStore) instead.
 ///
 /// Writes go through one connection (SQLite has one writer anyway), so
@@ -101,6 +107,38 @@ fn restrict(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The file's one true path: symbolic links followed (the file's own
+/// included, even if it does not exist yet), the directory resolved (`.`,
+/// `..`, links). The lock file is named after this, so two spellings of one
+/// file cannot take two different locks. The directory must exist.
+fn canonical(path: &Path) -> std::io::Result<PathBuf> {
+    /// Links followed at most (as the kernel's `ELOOP` limit).
+    const MAX_LINKS: usize = 40;
+    let mut path = path.to_owned();
+    for _ in 0..MAX_LINKS {
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            let name = path.file_name().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the path does not name a file",
+                )
+            })?;
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            return Ok(std::fs::canonicalize(parent)?.join(name));
+        }
+        let target = std::fs::read_link(&path)?;
+        path = match path.parent() {
+            Some(parent) => parent.join(target),
+            None => target,
+        };
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
+}
+
 fn create_parent(path: &Path) -> std::io::Result<()> {
     let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
@@ -165,7 +203,8 @@ fn options(path: &Path) -> SqliteConnectOptions {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // Every commit durable on return (see `SqliteStore`).
+        .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT)
 }
@@ -180,6 +219,10 @@ impl SqliteStore {
                 "cannot create the directory of {}: {e}",
                 path.display()
             ))
+        })?;
+        let given = path;
+        let path = &canonical(given).map_err(|e| {
+            unavailable(format!("cannot resolve the path {}: {e}", given.display()))
         })?;
         let lock = lock_state_file(path).await?;
         open_private(path)
@@ -209,7 +252,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             core: Arc::new(core),
             buckets: Arc::new(Buckets::default()),
-            path: Some(path.to_owned()),
+            path: Some(given.to_owned()),
         })
     }
 
@@ -259,7 +302,7 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// The state file, if not in memory.
+    /// The state file (as given to `open`), if not in memory.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
