@@ -256,6 +256,16 @@ impl Node {
         cookie
     }
 
+    /// `GET /whoami` with a bearer token through the real listener: the status.
+    async fn get_bearer(&self, token: &str) -> StatusCode {
+        let req = Request::get("/whoami")
+            .header("host", HOST)
+            .header("authorization", format!("Bearer {token}"))
+            .body(empty())
+            .unwrap();
+        send(self.addr, req).await.status()
+    }
+
     /// `GET /whoami` with the session cookie through the real listener.
     async fn get(&self, cookie: &str) -> Seen {
         let req = Request::get("/whoami")
@@ -769,6 +779,22 @@ async fn config_reload_disabling_a_user_revokes_their_sessions() {
     let bob = node.login("bob").await;
     node.get(&alice).await.assert_user("alice");
     node.get(&bob).await.assert_user("bob");
+    // A bearer token `hexon token` minted for alice, and one for bob.
+    let config = node.gateway.config().clone();
+    let key = node.gateway.key().clone();
+    let alice_token = hexon_proxy::gateway::mint_token(&config, key.clone(), "alice")
+        .await
+        .unwrap();
+    let bob_token = hexon_proxy::gateway::mint_token(&config, key.clone(), "bob")
+        .await
+        .unwrap();
+    assert_eq!(node.get_bearer(&alice_token).await, StatusCode::OK);
+    // carol is disabled: no token is minted for her.
+    let refused = hexon_proxy::gateway::mint_token(&config, key, "carol")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("disabled"), "{refused}");
 
     // Alice is disabled in the file while the gateway is starting (after it
     // read the file, before the watcher first looks): the watcher must
@@ -804,6 +830,13 @@ async fn config_reload_disabling_a_user_revokes_their_sessions() {
     .await
     .assert_refused();
     node.get(&bob).await.assert_user("bob");
+    // Her bearer token is refused too (tokens are stateless: the gateway
+    // checks the current configuration's enabled users on every request).
+    assert_eq!(
+        node.get_bearer(&alice_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(node.get_bearer(&bob_token).await, StatusCode::OK);
     expect_event(
         &mut events,
         "user_disabled for alice",

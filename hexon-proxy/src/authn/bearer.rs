@@ -32,6 +32,7 @@ pub struct BearerJwt {
     external: Vec<Arc<JwksIssuer>>,
     max_len: usize,
     verified: Option<quick_cache::sync::Cache<Box<str>, Arc<Verified>>>,
+    check: Option<super::SessionCheck>,
 }
 
 /// A token Hexon's own verifier accepted, remembered so the same token (a
@@ -65,6 +66,7 @@ impl BearerJwt {
             external: Vec::new(),
             max_len: DEFAULT_MAX_TOKEN_LEN,
             verified: Some(quick_cache::sync::Cache::new(VERIFIED_CACHE)),
+            check: None,
         }
     }
 
@@ -75,6 +77,26 @@ impl BearerJwt {
             external: Vec::new(),
             max_len: DEFAULT_MAX_TOKEN_LEN,
             verified: Some(quick_cache::sync::Cache::new(VERIFIED_CACHE)),
+            check: None,
+        }
+    }
+
+    /// Check the identity of every token of Hexon's own issuer against
+    /// current state before accepting it (e.g. refuse a user disabled since
+    /// the token was minted). External issuers' tokens are not checked: their
+    /// users are not Hexon's.
+    pub fn with_local_check(
+        mut self,
+        check: impl Fn(&hexon_core::Identity) -> Result<(), &'static str> + Send + Sync + 'static,
+    ) -> Self {
+        self.check = Some(Arc::new(check));
+        self
+    }
+
+    fn accept(&self, identity: hexon_core::Identity) -> AuthnResult {
+        match self.check.as_ref().map_or(Ok(()), |c| c(&identity)) {
+            Ok(()) => AuthnResult::Authenticated(identity),
+            Err(why) => AuthnResult::invalid(why),
         }
     }
 
@@ -185,7 +207,7 @@ impl Authenticator for BearerJwt {
             if let Some(hit) = self.verified.as_ref().and_then(|c| c.get(token)) {
                 let fresh = now <= hit.expires && hit.not_before.is_none_or(|nbf| nbf <= now);
                 if fresh && Arc::ptr_eq(&hit.verifier, &v) {
-                    return AuthnResult::Authenticated(hit.identity.clone());
+                    return self.accept(hit.identity.clone());
                 }
             }
             match v.verify(token, now) {
@@ -201,7 +223,7 @@ impl Authenticator for BearerJwt {
                             }),
                         );
                     }
-                    AuthnResult::Authenticated(verified.identity)
+                    self.accept(verified.identity)
                 }
                 Err(e) => AuthnResult::invalid(format!("bearer JWT: {e}")),
             }

@@ -220,6 +220,21 @@ impl EnabledUsers {
         *g = Arc::new(users);
     }
 
+    /// The check the session and bearer authenticators run on every
+    /// identity they accept.
+    fn check(
+        &self,
+    ) -> impl Fn(&hexon_core::Identity) -> Result<(), &'static str> + Send + Sync + 'static {
+        let enabled = self.clone();
+        move |id| {
+            if enabled.contains(id.subject()) {
+                Ok(())
+            } else {
+                Err("user disabled or no longer configured")
+            }
+        }
+    }
+
     fn contains(&self, subject: &str) -> bool {
         let g = match self.0.read() {
             Ok(g) => g,
@@ -475,7 +490,7 @@ impl Gateway {
             self.config.jwt.issuer.as_str(),
             self.config.jwt.audience.as_str(),
         );
-        let mut bearer = BearerJwt::new(own);
+        let mut bearer = BearerJwt::new(own).with_local_check(self.enabled.check());
         if !self.config.trusted_issuers.is_empty() {
             let fetcher = Arc::new(
                 HttpsJwksFetcher::new()
@@ -492,16 +507,10 @@ impl Gateway {
         }
         Ok(AuthenticateLayer::new()
             .with(bearer)
-            .with({
-                let enabled = self.enabled.clone();
-                SessionCookie::new(Arc::new(self.state.sessions.clone())).with_check(move |id| {
-                    if enabled.contains(id.subject()) {
-                        Ok(())
-                    } else {
-                        Err("user disabled or no longer configured")
-                    }
-                })
-            })
+            .with(
+                SessionCookie::new(Arc::new(self.state.sessions.clone()))
+                    .with_check(self.enabled.check()),
+            )
             .with(ClientCertificate::new()))
     }
 

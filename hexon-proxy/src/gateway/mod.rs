@@ -172,6 +172,11 @@ pub async fn mint_token(
     let directory = config
         .directory()
         .map_err(|e| GatewayError::Other(format!("local directory: {e}")))?;
+    if directory.user(user).is_some_and(|u| u.is_disabled()) {
+        return Err(GatewayError::Other(format!(
+            "user {user:?} is disabled (disabled = true in [[user]]); the gateway would refuse its token"
+        )));
+    }
     let identity = directory
         .identity_builder(user)
         .map_err(|e| GatewayError::Other(format!("user {user:?}: {e} (define it with [[user]])")))?
