@@ -549,6 +549,34 @@ pub struct ListenerConfig {
     /// Expect a PROXY protocol (v1/v2) header from a load balancer.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Time for the TLS handshake (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_timeout: Option<HumanDuration>,
+    /// Time for an HTTP/1 request head to arrive (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<HumanDuration>,
+    /// Largest request head in bytes (default 65536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<usize>,
+    /// Most header fields in an HTTP/1 request (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<usize>,
+    /// HTTP/1 keep-alive (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<bool>,
+    /// HTTP/2 PING interval to detect dead peers (default 60s; "0s" turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive_interval: Option<HumanDuration>,
+    /// HTTP/2 concurrent streams per connection (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on a plain listener (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2c: Option<bool>,
+    /// Most simultaneous connections; at the limit new ones wait in the
+    /// kernel's backlog (default unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 fn default_listener_name() -> String {
@@ -995,6 +1023,51 @@ impl Config {
                     format!("listener[{i}].name"),
                     format!("duplicate listener name {:?}", l.name),
                 );
+            }
+            let secs = |d: &Option<HumanDuration>| d.as_ref().map(|d| d.get().as_secs());
+            for (key, value, min) in [
+                ("tls_handshake_timeout", secs(&l.tls_handshake_timeout), 1),
+                ("header_read_timeout", secs(&l.header_read_timeout), 1),
+                (
+                    "http2_keep_alive_interval",
+                    secs(&l.http2_keep_alive_interval),
+                    0,
+                ),
+            ] {
+                if value.is_some_and(|v| v < min || v > 600) {
+                    errs.push(
+                        format!("listener[{i}].{key}"),
+                        if min == 0 {
+                            "must be at most 10m (\"0s\" turns it off)"
+                        } else {
+                            "must be between 1s and 10m"
+                        },
+                    );
+                }
+            }
+            let ranges: [(&str, Option<usize>, usize, usize); 4] = [
+                (
+                    "max_header_bytes",
+                    l.max_header_bytes,
+                    8 * 1024,
+                    1024 * 1024,
+                ),
+                ("max_headers", l.max_headers, 1, 1000),
+                (
+                    "http2_max_concurrent_streams",
+                    l.http2_max_concurrent_streams.map(|n| n as usize),
+                    1,
+                    10_000,
+                ),
+                ("max_connections", l.max_connections, 1, 10_000_000),
+            ];
+            for (key, value, lo, hi) in ranges {
+                if value.is_some_and(|v| v < lo || v > hi) {
+                    errs.push(
+                        format!("listener[{i}].{key}"),
+                        format!("must be between {lo} and {hi}"),
+                    );
+                }
             }
             if let Some(tls) = &l.tls {
                 match (&tls.cert, &tls.key) {

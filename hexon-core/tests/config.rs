@@ -577,3 +577,26 @@ fn urls_are_redacted_whole() {
         assert_eq!(redact_url(url), want, "{url}");
     }
 }
+
+#[test]
+fn listener_limits_are_validated() {
+    let ok = "[[listener]]\nbind = \"0.0.0.0:80\"\nheader_read_timeout = \"5s\"\nmax_header_bytes = 16384\nmax_headers = 50\nkeep_alive = false\nhttp2_keep_alive_interval = \"0s\"\nhttp2_max_concurrent_streams = 100\nh2c = false\nmax_connections = 10000\ntls_handshake_timeout = \"3s\"\n";
+    let c = Config::parse(ok, &env).unwrap();
+    assert_eq!(c.listeners[0].max_headers, Some(50));
+    let e = errors(
+        "[[listener]]\nbind = \"0.0.0.0:80\"\nheader_read_timeout = \"0s\"\nmax_header_bytes = 100\nmax_headers = 0\nhttp2_max_concurrent_streams = 0\nmax_connections = 0\nhttp2_keep_alive_interval = \"1h\"\n",
+    );
+    for key in [
+        "listener[0].header_read_timeout: must be between 1s and 10m",
+        "listener[0].max_header_bytes: must be between 8192 and 1048576",
+        "listener[0].max_headers: must be between 1 and 1000",
+        "listener[0].http2_max_concurrent_streams: must be between 1 and 10000",
+        "listener[0].max_connections: must be between 1 and 10000000",
+        "listener[0].http2_keep_alive_interval: must be at most 10m",
+    ] {
+        assert!(
+            e.iter().any(|m| m.starts_with(key)),
+            "missing {key:?} in {e:?}"
+        );
+    }
+}

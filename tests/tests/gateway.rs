@@ -812,3 +812,57 @@ async fn a_request_keeps_the_configuration_it_was_authorized_with() {
     );
     gw.stop().await;
 }
+
+/// Write `bytes` on a new connection and read until the gateway closes it.
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut reply = Vec::new();
+    within(tcp.read_to_end(&mut reply)).await.unwrap();
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_limits_and_timeouts_from_the_config() {
+    let raw = start_upstream(header_echo()).await;
+    let config = base_config(raw, "").replacen(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nmax_header_bytes = 8192\nmax_headers = 8\nheader_read_timeout = \"1s\"\nkeep_alive = false",
+        1,
+    );
+    let gw = Gw::start(&config).await;
+    // A small request passes the listener (and meets the policy: 401).
+    let ok = raw_exchange(
+        gw.addr,
+        b"GET /raw/x HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 401"), "{ok}");
+    // keep_alive = false: the gateway closes after one response.
+    assert!(
+        ok.to_ascii_lowercase().contains("connection: close"),
+        "{ok}"
+    );
+    // Too many header fields, a too large head: refused by the listener.
+    let mut many = String::from("GET /public/x HTTP/1.1\r\nHost: app.example.com\r\n");
+    for i in 0..20 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let reply = raw_exchange(gw.addr, many.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    let big = format!(
+        "GET /public/x HTTP/1.1\r\nHost: app.example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let reply = raw_exchange(gw.addr, big.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    // A head that never ends is cut off (header_read_timeout), not kept open.
+    let reply = raw_exchange(
+        gw.addr,
+        b"GET /public/x HTTP/1.1\r\nHost: app.example.com\r\n",
+    )
+    .await;
+    assert!(!reply.starts_with("HTTP/1.1 2"), "{reply}");
+    gw.stop().await;
+}

@@ -587,6 +587,33 @@ impl Gateway {
             if l.proxy_protocol {
                 settings.proxy_protocol = Some(ProxyProtocolLimits::default());
             }
+            if let Some(d) = &l.tls_handshake_timeout {
+                settings.tls_handshake_timeout = d.get();
+            }
+            if let Some(d) = &l.header_read_timeout {
+                settings.header_read_timeout = d.get();
+            }
+            if let Some(d) = &l.http2_keep_alive_interval {
+                settings.http2_keep_alive_interval = (!d.get().is_zero()).then(|| d.get());
+            }
+            if let Some(n) = l.max_header_bytes {
+                settings.max_header_size = n;
+            }
+            if let Some(n) = l.max_headers {
+                settings.max_headers = n;
+            }
+            if let Some(b) = l.keep_alive {
+                settings.keep_alive = b;
+            }
+            if let Some(n) = l.http2_max_concurrent_streams {
+                settings.http2_max_concurrent_streams = n;
+            }
+            if let Some(b) = l.h2c {
+                settings.h2c = b;
+            }
+            if l.max_connections.is_some() {
+                settings.max_connections = l.max_connections;
+            }
             let tls = match &l.tls {
                 Some(t) => Some(
                     ServerTls::load(tls_settings(t, &self.config))
