@@ -1024,21 +1024,26 @@ impl Config {
                     format!("duplicate listener name {:?}", l.name),
                 );
             }
-            let secs = |d: &Option<HumanDuration>| d.as_ref().map(|d| d.get().as_secs());
-            for (key, value, min) in [
-                ("tls_handshake_timeout", secs(&l.tls_handshake_timeout), 1),
-                ("header_read_timeout", secs(&l.header_read_timeout), 1),
+            let one = std::time::Duration::from_secs(1);
+            let ten_minutes = std::time::Duration::from_secs(600);
+            for (key, value, zero_is_off) in [
+                ("tls_handshake_timeout", &l.tls_handshake_timeout, false),
+                ("header_read_timeout", &l.header_read_timeout, false),
                 (
                     "http2_keep_alive_interval",
-                    secs(&l.http2_keep_alive_interval),
-                    0,
+                    &l.http2_keep_alive_interval,
+                    true,
                 ),
             ] {
-                if value.is_some_and(|v| v < min || v > 600) {
+                let bad = value
+                    .as_ref()
+                    .map(|d| d.get())
+                    .is_some_and(|v| v > ten_minutes || (v < one && !(zero_is_off && v.is_zero())));
+                if bad {
                     errs.push(
                         format!("listener[{i}].{key}"),
-                        if min == 0 {
-                            "must be at most 10m (\"0s\" turns it off)"
+                        if zero_is_off {
+                            "must be \"0s\" (off) or between 1s and 10m"
                         } else {
                             "must be between 1s and 10m"
                         },
@@ -1130,6 +1135,16 @@ impl Config {
         }
 
         for (i, r) in self.routes.iter().enumerate() {
+            if r.spec.name == self.jwt.audience {
+                errs.push(
+                    format!("route[{i}].name"),
+                    format!(
+                        "{:?} is jwt.audience: tokens the gateway sends to this route's backend \
+                         would be accepted by the gateway itself; rename the route or change jwt.audience",
+                        r.spec.name
+                    ),
+                );
+            }
             for (j, u) in r.upstream.iter().enumerate() {
                 if let Err(why) = check_upstream(u) {
                     errs.push(format!("route[{i}].upstream[{j}]"), why);

@@ -584,19 +584,31 @@ fn listener_limits_are_validated() {
     let c = Config::parse(ok, &env).unwrap();
     assert_eq!(c.listeners[0].max_headers, Some(50));
     let e = errors(
-        "[[listener]]\nbind = \"0.0.0.0:80\"\nheader_read_timeout = \"0s\"\nmax_header_bytes = 100\nmax_headers = 0\nhttp2_max_concurrent_streams = 0\nmax_connections = 0\nhttp2_keep_alive_interval = \"1h\"\n",
+        "[[listener]]\nbind = \"0.0.0.0:80\"\ntls_handshake_timeout = \"11m\"\nheader_read_timeout = \"0s\"\nmax_header_bytes = 100\nmax_headers = 0\nhttp2_max_concurrent_streams = 0\nmax_connections = 0\nhttp2_keep_alive_interval = \"1h\"\n",
     );
     for key in [
+        "listener[0].tls_handshake_timeout: must be between 1s and 10m",
         "listener[0].header_read_timeout: must be between 1s and 10m",
         "listener[0].max_header_bytes: must be between 8192 and 1048576",
         "listener[0].max_headers: must be between 1 and 1000",
         "listener[0].http2_max_concurrent_streams: must be between 1 and 10000",
         "listener[0].max_connections: must be between 1 and 10000000",
-        "listener[0].http2_keep_alive_interval: must be at most 10m",
+        "listener[0].http2_keep_alive_interval: must be \"0s\" (off) or between 1s and 10m",
     ] {
         assert!(
             e.iter().any(|m| m.starts_with(key)),
             "missing {key:?} in {e:?}"
         );
     }
+}
+
+#[test]
+fn a_route_cannot_share_the_gateways_own_audience() {
+    let e =
+        errors("[[route]]\nname = \"hexon\"\nupstream = [\"http://127.0.0.1:9\"]\npublic = true\n");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("route[0].name: \"hexon\" is jwt.audience")),
+        "{e:?}"
+    );
 }

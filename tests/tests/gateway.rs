@@ -864,5 +864,9 @@ async fn listener_limits_and_timeouts_from_the_config() {
     )
     .await;
     assert!(!reply.starts_with("HTTP/1.1 2"), "{reply}");
+    // A connection that sends nothing at all is closed too (before hyper
+    // has even chosen HTTP/1 or HTTP/2), instead of holding a slot forever.
+    let reply = raw_exchange(gw.addr, b"").await;
+    assert_eq!(reply, "");
     gw.stop().await;
 }

@@ -263,6 +263,13 @@ fn seal_context(key: &str) -> Vec<u8> {
     format!("hexon session\0{key}").into_bytes()
 }
 
+/// How long a user's generation counter is kept: twice the longest session,
+/// so it outlives every session stored under it even across clock skew
+/// between nodes.
+fn marker_lifetime(max_lifetime: std::time::Duration) -> std::time::Duration {
+    max_lifetime.saturating_mul(2)
+}
+
 /// How often a compare-and-set loop retries before reporting a conflict.
 const CAS_ATTEMPTS: usize = 32;
 
@@ -284,7 +291,9 @@ impl KvSessionStore {
         let max_lifetime = max_lifetime.max(std::time::Duration::from_secs(1));
         Ok(KvSessionStore {
             sessions: backend.bucket("sessions", max_lifetime).await?,
-            revocations: backend.bucket("revocations", max_lifetime).await?,
+            revocations: backend
+                .bucket("revocations", marker_lifetime(max_lifetime))
+                .await?,
             keys,
             opened: Arc::new(quick_cache::sync::Cache::new(OPENED_CAPACITY)),
             events: None,
@@ -306,7 +315,7 @@ impl KvSessionStore {
                 None => {
                     if self
                         .revocations
-                        .put_if_absent(subject, b"0", self.max_lifetime)
+                        .put_if_absent(subject, b"0", marker_lifetime(self.max_lifetime))
                         .await?
                         .is_some()
                     {
@@ -317,7 +326,12 @@ impl KvSessionStore {
                     let generation = parse_generation(&entry.value)?;
                     if self
                         .revocations
-                        .compare_and_set(subject, entry.revision, &entry.value, self.max_lifetime)
+                        .compare_and_set(
+                            subject,
+                            entry.revision,
+                            &entry.value,
+                            marker_lifetime(self.max_lifetime),
+                        )
                         .await?
                         .is_some()
                     {
@@ -381,7 +395,7 @@ impl KvSessionStore {
                 // No marker: no session of this user can be valid.
                 None => self
                     .revocations
-                    .put_if_absent(subject, b"1", self.max_lifetime)
+                    .put_if_absent(subject, b"1", marker_lifetime(self.max_lifetime))
                     .await?
                     .is_some(),
                 Some(entry) => {
@@ -391,7 +405,7 @@ impl KvSessionStore {
                             subject,
                             entry.revision,
                             next.to_string().as_bytes(),
-                            self.max_lifetime,
+                            marker_lifetime(self.max_lifetime),
                         )
                         .await?
                         .is_some()

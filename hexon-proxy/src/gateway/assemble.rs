@@ -707,48 +707,60 @@ pub async fn watch_config(
         .filter(|u| u.disabled)
         .map(|u| u.name.clone())
         .collect();
+    revoke_pending(&gateway, &mut pending).await;
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        revoke_pending(&gateway, &mut pending).await;
-        let Ok(text) = tokio::fs::read_to_string(&path).await else {
-            continue;
-        };
-        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        if Some(hash) == last {
-            continue;
-        }
-        let first_look = last.is_none();
-        last = Some(hash);
-        match Config::parse(&text, &env) {
-            Ok(new) if first_look && new == applied => {}
-            Err(e) => {
-                tracing::error!(path = %path.display(), errors = %e, "configuration changed but is invalid; still running the previous one")
+        let mut changed = None;
+        // The file first: a reload is never held up by revocations that
+        // wait on a slow store.
+        if let Ok(text) = tokio::fs::read_to_string(&path).await {
+            let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+            if Some(hash) != last {
+                let first_look = last.is_none();
+                last = Some(hash);
+                match Config::parse(&text, &env) {
+                    Ok(new) if first_look && new == applied => {}
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), errors = %e, "configuration changed but is invalid; still running the previous one")
+                    }
+                    Ok(new) => match gateway.reload(&new) {
+                        Ok(restart) => {
+                            if restart.is_empty() {
+                                tracing::info!(path = %path.display(), "configuration reloaded");
+                            } else {
+                                tracing::warn!(path = %path.display(), sections = ?restart, "configuration reloaded; changes to these sections apply after a restart");
+                            }
+                            // A user enabled again is no longer to be revoked
+                            // (that would end the sessions they start now).
+                            pending.retain(|u| {
+                                new.users
+                                    .iter()
+                                    .find(|n| n.name == *u)
+                                    .is_none_or(|n| n.disabled)
+                            });
+                            pending.extend(newly_disabled(&applied, &new));
+                            changed = Some(hex(&hash));
+                            applied = new;
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), error = %e, "configuration changed but cannot be applied; still running the previous one")
+                        }
+                    },
+                }
             }
-            Ok(new) => match gateway.reload(&new) {
-                Ok(restart) => {
-                    if restart.is_empty() {
-                        tracing::info!(path = %path.display(), "configuration reloaded");
-                    } else {
-                        tracing::warn!(path = %path.display(), sections = ?restart, "configuration reloaded; changes to these sections apply after a restart");
-                    }
-                    pending.extend(newly_disabled(&applied, &new));
-                    revoke_pending(&gateway, &mut pending).await;
-                    let sha256 = hex(&hash);
-                    if let Err(e) = gateway
-                        .state
-                        .events
-                        .publish(&Event::ConfigChanged { sha256 })
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot publish config_changed");
-                    }
-                    applied = new;
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "configuration changed but cannot be applied; still running the previous one")
-                }
-            },
+        }
+        revoke_pending(&gateway, &mut pending).await;
+        // Announced once its consequences (revocations) are done.
+        if let Some(sha256) = changed {
+            if let Err(e) = gateway
+                .state
+                .events
+                .publish(&Event::ConfigChanged { sha256 })
+                .await
+            {
+                tracing::warn!(error = %e, "cannot publish config_changed");
+            }
         }
     }
 }
@@ -758,15 +770,34 @@ pub async fn watch_config(
 async fn watch_state(kv: Arc<dyn hexon_core::store::KvBackend>, ready: Arc<Readiness>) {
     const EVERY: Duration = Duration::from_secs(5);
     const TIMEOUT: Duration = Duration::from_secs(3);
+    // One slow answer is not an outage: two failed probes in a row are.
+    const FAILURES_TO_DOWN: u32 = 2;
     let mut tick = tokio::time::interval(EVERY);
+    let mut bucket = None;
+    let mut failures = 0u32;
     let mut up = true;
     loop {
         tick.tick().await;
         let probe = async {
-            let bucket = kv.bucket("health", Duration::from_secs(60)).await?;
-            bucket.get("probe").await.map(|_| ())
+            // Open the bucket once (opening may be an administrative call,
+            // e.g. on NATS); then probe with a plain read.
+            let b = match &bucket {
+                Some(b) => Arc::clone(b),
+                None => {
+                    let b = kv.bucket("health", Duration::from_secs(60)).await?;
+                    bucket = Some(Arc::clone(&b));
+                    b
+                }
+            };
+            b.get("probe").await.map(|_| ())
         };
-        let now_up = matches!(tokio::time::timeout(TIMEOUT, probe).await, Ok(Ok(())));
+        let answered = matches!(tokio::time::timeout(TIMEOUT, probe).await, Ok(Ok(())));
+        failures = if answered {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        let now_up = failures < FAILURES_TO_DOWN;
         if now_up != up {
             if now_up {
                 tracing::info!(

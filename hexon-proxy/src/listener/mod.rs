@@ -461,7 +461,11 @@ async fn connection<S>(
         shared.settings.max_headers,
         verdicts.clone(),
     );
-    let io = TokioIo::new(SniffIo::new(io, observer));
+    let io = TokioIo::new(SniffIo::new(
+        io,
+        observer,
+        shared.settings.header_read_timeout,
+    ));
     let info = Arc::new(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let service = service.clone();

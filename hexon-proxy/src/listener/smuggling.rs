@@ -290,16 +290,29 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
-/// An I/O wrapper that shows every byte read to an [`Observer`].
+/// An I/O wrapper that shows every byte read to an [`Observer`], and ends
+/// a connection that sends nothing at all within its first-byte deadline
+/// (hyper's header timeout starts only once a request head begins, and its
+/// HTTP/1-or-2 detection waits for the first bytes without a limit: a client
+/// that connects and stays silent would otherwise hold a slot forever).
 #[derive(Debug)]
 pub(crate) struct SniffIo<I> {
     inner: I,
     observer: Observer,
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<I> SniffIo<I> {
-    pub(crate) fn new(inner: I, observer: Observer) -> Self {
-        SniffIo { inner, observer }
+    pub(crate) fn new(
+        inner: I,
+        observer: Observer,
+        first_byte_within: std::time::Duration,
+    ) -> Self {
+        SniffIo {
+            inner,
+            observer,
+            first_byte: Some(Box::pin(tokio::time::sleep(first_byte_within))),
+        }
     }
 }
 
@@ -312,11 +325,27 @@ impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
         let before = buf.filled().len();
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            if !matches!(this.observer.state, State::Passthrough) {
-                this.observer
-                    .feed(buf.filled().get(before..).unwrap_or_default());
+        match &r {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.first_byte = None;
+                }
+                if !matches!(this.observer.state, State::Passthrough) {
+                    this.observer
+                        .feed(buf.filled().get(before..).unwrap_or_default());
+                }
             }
+            Poll::Pending => {
+                if let Some(deadline) = this.first_byte.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no request bytes within the header read timeout",
+                        )));
+                    }
+                }
+            }
+            Poll::Ready(Err(_)) => {}
         }
         r
     }
