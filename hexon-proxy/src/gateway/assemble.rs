@@ -733,12 +733,8 @@ pub async fn watch_config(
                             }
                             // A user enabled again is no longer to be revoked
                             // (that would end the sessions they start now).
-                            pending.retain(|u| {
-                                new.users
-                                    .iter()
-                                    .find(|n| n.name == *u)
-                                    .is_none_or(|n| n.disabled)
-                            });
+                            let enabled_now = EnabledUsers::of(&new);
+                            pending.retain(|u| !enabled_now.contains(u));
                             pending.extend(newly_disabled(&applied, &new));
                             changed = Some(hex(&hash));
                             applied = new;
@@ -835,17 +831,15 @@ async fn revoke_pending(gateway: &Gateway, pending: &mut std::collections::BTree
 
 /// Users enabled in `old` that `new` disables or no longer has.
 fn newly_disabled(old: &Config, new: &Config) -> Vec<String> {
-    old.users
-        .iter()
-        .filter(|u| !u.disabled)
-        .filter(|u| {
-            new.users
-                .iter()
-                .find(|n| n.name == u.name)
-                .is_none_or(|n| n.disabled)
-        })
-        .map(|u| u.name.clone())
-        .collect()
+    // Every user of the merged directory counts, including users that exist
+    // only as members of a `[[group]]`.
+    let now = EnabledUsers::of(new);
+    let mut gone: Vec<String> = EnabledUsers::of(old)
+        .into_iter()
+        .filter(|u| !now.contains(u))
+        .collect();
+    gone.sort();
+    gone
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -916,5 +910,33 @@ where
             return Box::pin(std::future::ready(Ok(res)));
         }
         Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn users_disabled_or_gone_are_found_including_group_only_members() {
+        let old = config(
+            "[[user]]\nname = \"alice\"\n[[user]]\nname = \"bob\"\n[[user]]\nname = \"carol\"\ndisabled = true\n",
+        );
+        let new =
+            config("[[user]]\nname = \"alice\"\ndisabled = true\n[[user]]\nname = \"carol\"\n");
+        // alice disabled, bob removed; carol enabled again is not "disabled".
+        assert_eq!(newly_disabled(&old, &new), ["alice", "bob"]);
+        assert!(newly_disabled(&new, &new).is_empty());
+        let enabled = EnabledUsers::of(&new);
+        assert!(enabled.contains("carol") && !enabled.contains("alice"));
+        // Without [[user]] sections, members of [[group]] are the users.
+        let old = config("[[group]]\nname = \"ops\"\nusers = [\"dave\", \"erin\"]\n");
+        let new = config("[[group]]\nname = \"ops\"\nusers = [\"erin\"]\n");
+        assert_eq!(newly_disabled(&old, &new), ["dave"]);
     }
 }
