@@ -13,9 +13,6 @@
 )]
 
 use std::collections::HashSet;
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +27,6 @@ use hexon_core::store::{
 
 const SHARED_URL: &str = "nats://127.0.0.1:4222";
 const START_SHARED: &str = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log";
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
 
 /// Everything one test creates on a server: deleted when the test ends,
 /// passed or failed.
@@ -305,74 +301,6 @@ async fn nats_bus_reports_events_it_no_longer_keeps() {
 
 // ----------------------------------------------------------- own server
 
-/// A nats-server of the test's own, killed when dropped.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        assert!(
-            Path::new(NATS_SERVER).exists(),
-            "{NATS_SERVER} is missing: apt-get install nats-server"
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Server {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.spawn();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(NATS_SERVER)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Fails closed within the timeout (plus scheduling slack).
 async fn assert_unavailable<T: std::fmt::Debug>(
     what: &str,
@@ -396,7 +324,8 @@ async fn assert_unavailable<T: std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_survives_a_server_restart_failing_closed_meanwhile() {
-    let mut server = Server::start();
+    let storage = tempfile::tempdir().unwrap();
+    let mut server = hexon_core::store::conformance::NatsServer::start(storage.path());
     let timeout = Duration::from_secs(2);
     let options = NatsOptions::new(server.url())
         .prefix("restart")
@@ -469,7 +398,7 @@ async fn nats_survives_a_server_restart_failing_closed_meanwhile() {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
     }
 
-    server.spawn();
+    server.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !nats.is_connected() {
         assert!(Instant::now() < deadline, "no reconnect within 30 s");

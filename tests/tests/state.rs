@@ -20,9 +20,8 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher as _, Hasher as _};
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use futures_util::StreamExt as _;
 use hexon_core::UnixTime;
 use hexon_core::config::Config;
 use hexon_core::httpsig::Verifier;
+use hexon_core::store::conformance::NatsServer;
 use hexon_core::store::{Event, EventStream, SecretKeys, StartAt};
 use hexon_proxy::authn::{DEFAULT_SESSION_COOKIE, Session};
 use hexon_proxy::body::{BoxBody, empty, full};
@@ -51,7 +51,6 @@ const START_POSTGRES: &str =
     "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 const START_NATS: &str = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log";
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
 const HOST: &str = "app.example.com";
 
 // ------------------------------------------------------------ helpers
@@ -501,80 +500,6 @@ impl Drop for Prefix {
     }
 }
 
-/// A nats-server of the test's own (JetStream, its own storage directory),
-/// killed when dropped.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: Dir,
-}
-
-impl NatsServer {
-    fn start() -> NatsServer {
-        assert!(
-            Path::new(NATS_SERVER).exists(),
-            "{NATS_SERVER} is missing: apt-get install nats-server"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = NatsServer {
-            child: None,
-            port,
-            dir: Dir::new("nats"),
-        };
-        server.spawn();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new(NATS_SERVER)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while StdTcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {} within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn nats_state(url: &str, prefix: &str, node: &str, key: &str) -> String {
     format!(
         r#"durable = "memory"
@@ -1001,7 +926,8 @@ async fn postgres_is_migrated_at_start_and_shares_sessions() {
 /// the same session works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_fail_closed_while_nats_is_down_and_recover() {
-    let mut server = NatsServer::start();
+    let storage = Dir::new("nats");
+    let mut server = NatsServer::start(storage.path());
     let url = server.url();
     let prefix = format!("e2e-{}", random_hex());
     let upstream = test_util::start_upstream(header_echo()).await.unwrap();
@@ -1047,7 +973,7 @@ async fn sessions_fail_closed_while_nats_is_down_and_recover() {
     .await;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 
-    server.spawn();
+    server.restart();
     let back = poll(
         "the session after NATS is back",
         Duration::from_secs(15),

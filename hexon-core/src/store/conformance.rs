@@ -1081,3 +1081,91 @@ pub async fn delete_nats_prefix(url: &str, prefix: &str) {
         }
     }
 }
+
+/// A nats-server of a test's own (JetStream, storage in a directory the test
+/// owns), on a free port, killed when dropped: for tests that stop and
+/// restart the server under a client.
+#[cfg(feature = "nats")]
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    storage: std::path::PathBuf,
+}
+
+#[cfg(feature = "nats")]
+impl NatsServer {
+    /// Where Debian installs the server.
+    pub const BINARY: &'static str = "/usr/sbin/nats-server";
+
+    /// Start one storing its streams in `storage` (which must outlive it).
+    pub fn start(storage: impl Into<std::path::PathBuf>) -> NatsServer {
+        assert!(
+            std::path::Path::new(Self::BINARY).exists(),
+            "{} is missing: apt-get install nats-server",
+            Self::BINARY
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            storage: storage.into(),
+        };
+        server.restart();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Start it again (after [`kill`](Self::kill)) on the same port and
+    /// storage; returns once it listens.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "nats-server is already running");
+        let child = std::process::Command::new(Self::BINARY)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.storage)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill it (SIGKILL: a crash, not a clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(feature = "nats")]
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
