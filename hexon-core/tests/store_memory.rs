@@ -31,6 +31,12 @@ async fn memory_store_passes_the_conformance_suite() {
     conformance::durable_suite(&store).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_loads_each_save_whole() {
+    let store = Arc::new(MemoryStore::new(Arc::new(SecretKeys::new([3; 32]))));
+    conformance::durable_loads_are_whole(store).await;
+}
+
 #[tokio::test]
 async fn memory_bus_reports_events_it_no_longer_keeps() {
     let bus = MemoryBus::with_history("n", 5);

@@ -20,11 +20,10 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hexon_core::UnixTime;
-use hexon_core::directory::{GroupRecord, SourceId, SourceSnapshot, UserRecord};
+use hexon_core::directory::{SourceId, SourceSnapshot, UserRecord};
 use hexon_core::store::sql::{PostgresOptions, PostgresStore};
 use hexon_core::store::{
     ApiClientStore, AuditStore, CredentialKind, CredentialRecord, CredentialStore, DirectoryStore,
@@ -647,58 +646,11 @@ async fn a_held_lock_fails_requests_instead_of_hanging_them() {
     pool.close().await;
 }
 
-/// A source's snapshot: users `<p>01..<p>50`, all members of group `g_<p>`
-/// (in the order a load returns them).
-fn snapshot_of(prefix: &str) -> SourceSnapshot {
-    let group = format!("g_{prefix}");
-    let mut snapshot = SourceSnapshot::new().with_group(GroupRecord::new(group.as_str()));
-    for i in 1..=50 {
-        let subject = format!("{prefix}{i:02}");
-        snapshot = snapshot
-            .with_user(UserRecord::new(subject.as_str()))
-            .with_member(subject.as_str(), group.as_str());
-    }
-    snapshot
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_load_sees_each_save_whole() {
     let schema = Schema::new().await;
     let store = schema.open(keys(1)).await;
-    let (a, b) = (snapshot_of("a"), snapshot_of("b"));
-    let source = SourceId::new("ldap");
-    store.save_source(&source, &a).await.unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (store, source, done) = (store.clone(), source.clone(), done.clone());
-        let (a, b) = (a.clone(), b.clone());
-        async move {
-            for i in 0..40 {
-                let next = if i % 2 == 0 { &b } else { &a };
-                store.save_source(&source, next).await.unwrap();
-            }
-            done.store(true, Ordering::SeqCst);
-        }
-    });
-    let mut loads = 0;
-    while !done.load(Ordering::SeqCst) || loads < 20 {
-        let loaded = store.load_sources().await.unwrap();
-        assert_eq!(loaded.len(), 1);
-        let got = &loaded[0].1;
-        assert!(
-            got == &a || got == &b,
-            "load {loads} mixed two saves: users {:?}…, groups {:?}, memberships {:?}…",
-            got.users()
-                .iter()
-                .take(2)
-                .map(|u| &u.subject)
-                .collect::<Vec<_>>(),
-            got.groups().iter().map(|g| &g.name).collect::<Vec<_>>(),
-            got.user_memberships().iter().take(2).collect::<Vec<_>>(),
-        );
-        loads += 1;
-    }
-    writer.await.unwrap();
+    conformance::durable_loads_are_whole(Arc::new(store.clone())).await;
     store.close().await;
 }
 

@@ -609,6 +609,65 @@ fn normalise(s: &SourceSnapshot) -> SourceSnapshot {
     s
 }
 
+/// A source's snapshot: users `<p>01..<p>50`, all members of group `g_<p>`.
+fn snapshot_of(prefix: &str) -> SourceSnapshot {
+    let group = format!("g_{prefix}");
+    let mut snapshot = SourceSnapshot::new().with_group(GroupRecord::new(group.as_str()));
+    for i in 1..=50 {
+        let subject = format!("{prefix}{i:02}");
+        snapshot = snapshot
+            .with_user(UserRecord::new(subject.as_str()))
+            .with_member(subject.as_str(), group.as_str());
+    }
+    snapshot
+}
+
+/// A directory load sees each save of a source whole, never a mix of two:
+/// a writer alternates two snapshots of one source while loads run (a user
+/// removed from a group must not keep the membership on a node that loaded
+/// half of a sync).
+pub async fn durable_loads_are_whole(store: Arc<dyn DurableStore>) {
+    let name = store.backend();
+    let (a, b) = (normalise(&snapshot_of("a")), normalise(&snapshot_of("b")));
+    let source = SourceId::new("loads-are-whole");
+    store.save_source(&source, &a).await.unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (store, source, done) = (store.clone(), source.clone(), done.clone());
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            for i in 0..40 {
+                let next = if i % 2 == 0 { &b } else { &a };
+                store.save_source(&source, next).await.unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut loads = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) || loads < 20 {
+        let loaded = store.load_sources().await.unwrap();
+        let got = loaded
+            .iter()
+            .find(|(id, _)| *id == source)
+            .map(|(_, s)| normalise(s))
+            .unwrap_or_else(|| panic!("{name}: the source vanished during a save"));
+        assert!(
+            got == a || got == b,
+            "{name}: load {loads} mixed two saves: users {:?}…, groups {:?}",
+            got.users
+                .iter()
+                .take(2)
+                .map(|u| &u.subject)
+                .collect::<Vec<_>>(),
+            got.groups.iter().map(|g| &g.name).collect::<Vec<_>>(),
+        );
+        loads += 1;
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    assert!(store.delete_source(&source).await.unwrap());
+}
+
 /// Credentials: sealing, lookups, uniqueness, counter compare-and-set.
 pub async fn durable_credentials(store: &dyn DurableStore) {
     let name = store.backend();
