@@ -16,6 +16,8 @@ use super::db::{Arg, Row, Tx, map_err, unique_or};
 
 // ----------------------------------------------------------------- columns
 
+const CREDENTIAL_EXISTS: &str = "SELECT 1 FROM credentials WHERE id = $1";
+
 macro_rules! credential_columns {
     () => {
         "SELECT id, owner, kind, label, lookup, material_type, material, counter, created_at, \
@@ -333,7 +335,7 @@ impl Core {
             Err(e) => match map_err(self.engine, e) {
                 StoreError::AlreadyExists { .. } => {
                     // Which key collided: the id, or the (kind, lookup) pair.
-                    if self.credential_exists(&c.id).await? {
+                    if self.exists(CREDENTIAL_EXISTS, &[Arg::Text(&c.id)]).await? {
                         Err(StoreError::AlreadyExists {
                             what: "credential",
                             key: c.id.clone(),
@@ -350,10 +352,14 @@ impl Core {
         }
     }
 
-    async fn credential_exists(&self, id: &str) -> Result<bool, StoreError> {
+    /// Whether `sql` (a `SELECT 1 … WHERE <key>`) finds a row, read on the
+    /// write side so it sees the write that just missed: it tells a guarded
+    /// update that lost (conflict, already done) from one with nothing to
+    /// update (not found).
+    async fn exists(&self, sql: &str, args: &[Arg<'_>]) -> Result<bool, StoreError> {
         Ok(self
             .pools
-            .write_fetch_optional("SELECT 1 FROM credentials WHERE id = $1", &[Arg::Text(id)])
+            .write_fetch_optional(sql, args)
             .await
             .map_err(|e| self.err(e))?
             .is_some())
@@ -441,7 +447,7 @@ impl Core {
         let (Ok(expected), new) = (i64::try_from(expected), to_i64("credential counter", new)?)
         else {
             // No stored counter is that large: it cannot match.
-            return if self.credential_exists(id).await? {
+            return if self.exists(CREDENTIAL_EXISTS, &[Arg::Text(id)]).await? {
                 Ok(false)
             } else {
                 Err(not_found("credential", id))
@@ -463,7 +469,7 @@ impl Core {
             .map_err(|e| self.err(e))?;
         if n > 0 {
             Ok(true)
-        } else if self.credential_exists(id).await? {
+        } else if self.exists(CREDENTIAL_EXISTS, &[Arg::Text(id)]).await? {
             Ok(false)
         } else {
             Err(not_found("credential", id))
@@ -576,7 +582,13 @@ impl Core {
             Ok(_) => Ok(()),
             Err(e) => match map_err(self.engine, e) {
                 StoreError::AlreadyExists { .. } => {
-                    if self.api_client_exists(&c.id).await? {
+                    if self
+                        .exists(
+                            "SELECT 1 FROM api_clients WHERE id = $1",
+                            &[Arg::Text(&c.id)],
+                        )
+                        .await?
+                    {
                         Err(StoreError::AlreadyExists {
                             what: "API client",
                             key: c.id.clone(),
@@ -591,15 +603,6 @@ impl Core {
                 other => Err(other),
             },
         }
-    }
-
-    async fn api_client_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .pools
-            .write_fetch_optional("SELECT 1 FROM api_clients WHERE id = $1", &[Arg::Text(id)])
-            .await
-            .map_err(|e| self.err(e))?
-            .is_some())
     }
 
     pub(super) async fn api_client(&self, id: &str) -> Result<Option<ApiClientRecord>, StoreError> {
@@ -650,7 +653,15 @@ impl Core {
             .map_err(|e| unique_or(self.engine, e, "API client name", &c.name))?;
         match row {
             Some(row) => to_u64("API client version", row.int(0)?),
-            None if self.api_client_exists(&c.id).await? => Err(conflict("API client", &c.id)),
+            None if self
+                .exists(
+                    "SELECT 1 FROM api_clients WHERE id = $1",
+                    &[Arg::Text(&c.id)],
+                )
+                .await? =>
+            {
+                Err(conflict("API client", &c.id))
+            }
             None => Err(not_found("API client", &c.id)),
         }
     }
@@ -813,22 +824,16 @@ impl Core {
             .map_err(|e| self.err(e))?;
         match row {
             Some(row) => to_u64("OIDC client version", row.int(0)?),
-            None => {
-                let exists = self
-                    .pools
-                    .write_fetch_optional(
-                        "SELECT 1 FROM oidc_clients WHERE client_id = $1",
-                        &[Arg::Text(&c.client_id)],
-                    )
-                    .await
-                    .map_err(|e| self.err(e))?
-                    .is_some();
-                if exists {
-                    Err(conflict("OIDC client", &c.client_id))
-                } else {
-                    Err(not_found("OIDC client", &c.client_id))
-                }
+            None if self
+                .exists(
+                    "SELECT 1 FROM oidc_clients WHERE client_id = $1",
+                    &[Arg::Text(&c.client_id)],
+                )
+                .await? =>
+            {
+                Err(conflict("OIDC client", &c.client_id))
             }
+            None => Err(not_found("OIDC client", &c.client_id)),
         }
     }
 
@@ -927,14 +932,11 @@ impl Core {
             return Ok(true);
         }
         let exists = self
-            .pools
-            .write_fetch_optional(
+            .exists(
                 "SELECT 1 FROM certificates WHERE issuer = $1 AND serial = $2",
                 &[Arg::Text(issuer), Arg::Text(serial)],
             )
-            .await
-            .map_err(|e| self.err(e))?
-            .is_some();
+            .await?;
         if exists {
             Ok(false)
         } else {
