@@ -35,3 +35,28 @@ where
 {
     body.map_err(Into::into).boxed()
 }
+
+/// The future of a layer that finishes a request in an `async` block (the
+/// authenticate and sign-identity layers): boxed, `Send`, answering a
+/// [`BoxBody`] response.
+pub struct BoxResponseFuture<E> {
+    pub(crate) inner: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<BoxBody>, E>> + Send>,
+    >,
+}
+
+impl<E> std::fmt::Debug for BoxResponseFuture<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoxResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<E> std::future::Future for BoxResponseFuture<E> {
+    type Output = Result<http::Response<BoxBody>, E>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}

@@ -229,22 +229,7 @@ impl<S> Authenticate<S> {
 }
 
 /// Future of [`Authenticate`].
-pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<BoxBody>, E>> + Send>>,
-}
-
-impl<E> fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response<BoxBody>, E>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
+pub type ResponseFuture<E> = crate::body::BoxResponseFuture<E>;
 
 impl<S, B> Service<Request<B>> for Authenticate<S>
 where
