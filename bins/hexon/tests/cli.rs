@@ -176,6 +176,42 @@ impl Drop for Proc {
 }
 
 /// `hexon serve -c <config>`, stderr into `<dir>/stderr.log`.
+/// `hexon serve` running a fresh configuration (route allowing `eng`) in
+/// front of a recording upstream, with a token minted for alice.
+struct Serving {
+    dir: TempDir,
+    upstream: Upstream,
+    port: u16,
+    admin: u16,
+    cfg: PathBuf,
+    alice: String,
+    proc: Proc,
+}
+
+impl Serving {
+    fn start(name: &str) -> Serving {
+        let dir = TempDir::new(name);
+        let upstream = Upstream::start();
+        let (port, admin) = (free_port(), free_port());
+        let cfg = dir.write(
+            "hexon.toml",
+            &serve_config(&dir, port, admin, upstream.port, "eng"),
+        );
+        let alice = mint(&cfg, "alice");
+        let mut proc = spawn_serve(&dir, &cfg);
+        wait_ready(&dir, &mut proc, admin);
+        Serving {
+            dir,
+            upstream,
+            port,
+            admin,
+            cfg,
+            alice,
+            proc,
+        }
+    }
+}
+
 fn spawn_serve(dir: &TempDir, config: &Path) -> Proc {
     let stderr = std::fs::File::create(dir.path("stderr.log")).unwrap();
     let child = Command::new(HEXON)
@@ -610,17 +646,16 @@ fn token_carries_resolved_groups_and_jwt_settings() {
 
 #[test]
 fn serve_enforces_signs_and_records() {
-    let dir = TempDir::new("serve");
-    let upstream = Upstream::start();
-    let (port, admin) = (free_port(), free_port());
-    let cfg = dir.write(
-        "hexon.toml",
-        &serve_config(&dir, port, admin, upstream.port, "eng"),
-    );
-    let alice = mint(&cfg, "alice");
+    let Serving {
+        dir,
+        upstream,
+        port,
+        admin,
+        cfg,
+        alice,
+        mut proc,
+    } = Serving::start("serve");
     let bob = mint(&cfg, "bob");
-    let mut proc = spawn_serve(&dir, &cfg);
-    wait_ready(&dir, &mut proc, admin);
     let url = format!("http://127.0.0.1:{port}/api/items?x=1");
 
     // No credential: 401, with a request id, upstream not reached.
@@ -743,16 +778,15 @@ fn serve_enforces_signs_and_records() {
 /// upstream that receives it could replay it against every other route.
 #[test]
 fn serve_does_not_forward_the_gateway_bearer_token_upstream() {
-    let dir = TempDir::new("no-bearer");
-    let upstream = Upstream::start();
-    let (port, admin) = (free_port(), free_port());
-    let cfg = dir.write(
-        "hexon.toml",
-        &serve_config(&dir, port, admin, upstream.port, "eng"),
-    );
-    let alice = mint(&cfg, "alice");
-    let mut proc = spawn_serve(&dir, &cfg);
-    wait_ready(&dir, &mut proc, admin);
+    let Serving {
+        dir: _dir,
+        upstream,
+        port,
+        admin: _admin,
+        cfg: _cfg,
+        alice,
+        proc: _proc,
+    } = Serving::start("no-bearer");
     let r = curl(&format!("http://127.0.0.1:{port}/"), &[bearer(&alice)]);
     assert_eq!(r.status, 200, "{r:?}");
     let head = upstream.last_head();
@@ -765,16 +799,15 @@ fn serve_does_not_forward_the_gateway_bearer_token_upstream() {
 
 #[test]
 fn serve_hot_reloads_and_keeps_the_old_config_when_the_new_one_is_invalid() {
-    let dir = TempDir::new("reload");
-    let upstream = Upstream::start();
-    let (port, admin) = (free_port(), free_port());
-    let cfg = dir.write(
-        "hexon.toml",
-        &serve_config(&dir, port, admin, upstream.port, "eng"),
-    );
-    let alice = mint(&cfg, "alice");
-    let mut proc = spawn_serve(&dir, &cfg);
-    wait_ready(&dir, &mut proc, admin);
+    let Serving {
+        dir,
+        upstream,
+        port,
+        admin,
+        cfg,
+        alice,
+        mut proc,
+    } = Serving::start("reload");
     let url = format!("http://127.0.0.1:{port}/");
     let status = || curl(&url, &[bearer(&alice)]).status;
     assert_eq!(status(), 200);
@@ -820,16 +853,15 @@ fn serve_hot_reloads_and_keeps_the_old_config_when_the_new_one_is_invalid() {
 
 #[test]
 fn serve_stops_gracefully_on_sigterm() {
-    let dir = TempDir::new("sigterm");
-    let upstream = Upstream::start();
-    let (port, admin) = (free_port(), free_port());
-    let cfg = dir.write(
-        "hexon.toml",
-        &serve_config(&dir, port, admin, upstream.port, "eng"),
-    );
-    let alice = mint(&cfg, "alice");
-    let mut proc = spawn_serve(&dir, &cfg);
-    wait_ready(&dir, &mut proc, admin);
+    let Serving {
+        dir,
+        upstream: _upstream,
+        port,
+        admin: _admin,
+        cfg: _cfg,
+        alice,
+        mut proc,
+    } = Serving::start("sigterm");
     assert_eq!(
         curl(&format!("http://127.0.0.1:{port}/"), &[bearer(&alice)]).status,
         200
