@@ -1556,10 +1556,7 @@ mod tests {
         // Known-answer check of the test HMAC (RFC 4231 case 2), so the
         // forged tokens above are real HS256 tokens.
         assert_eq!(
-            hmac_sha256(b"Jefe", b"what do ya want for nothing?")
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
+            crate::hex::encode(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

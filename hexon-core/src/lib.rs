@@ -25,6 +25,7 @@
 
 pub mod directory;
 pub mod duration;
+pub mod hex;
 pub mod httpsig;
 pub mod identity;
 pub mod jwt;

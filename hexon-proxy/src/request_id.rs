@@ -127,12 +127,7 @@ pub fn generate() -> RequestId {
             .map_or(0, |d| d.as_nanos() as u64);
         raw = ((u128::from(t) << 64) | u128::from(n)).to_be_bytes();
     }
-    let mut s = String::with_capacity(32);
-    for b in raw {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-    }
-    RequestId(Arc::from(s))
+    RequestId(Arc::from(hexon_core::hex::encode(&raw)))
 }
 
 impl<S> Layer<S> for RequestIdLayer {

@@ -80,7 +80,7 @@ fn new_cookie() -> String {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(SecretKeys::generate_base64())
         .unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hexon_core::hex::encode(&bytes)
 }
 
 async fn within<F: Future>(what: &str, limit: Duration, f: F) -> F::Output {
@@ -692,7 +692,7 @@ async fn config_reload_disabling_a_user_revokes_their_sessions() {
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &file).unwrap();
         let sha: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        sha.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        hexon_core::hex::encode(&sha)
     };
     let enabled = config_text(&data, upstream, &users(false), "");
     let disabled = config_text(&data, upstream, &users(true), "");
@@ -888,7 +888,7 @@ async fn postgres_is_migrated_at_start_and_shares_sessions() {
     b.get(&bob).await.assert_user("bob");
     // The store holds the SHA-256 of the cookie, sealed: never the cookie.
     let digest: [u8; 32] = Sha256::digest(alice.as_bytes()).into();
-    let digest: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = hexon_core::hex::encode(&digest);
     let stored: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM \"{}\".kv WHERE bucket = 'sessions' AND key = $1",
         schema.0

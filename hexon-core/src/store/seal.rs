@@ -113,7 +113,7 @@ impl fmt::Debug for SecretKeys {
 }
 
 fn hex4(id: &[u8; KEY_ID_LEN]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(id)
 }
 
 fn key_id(key: &[u8; 32]) -> [u8; KEY_ID_LEN] {

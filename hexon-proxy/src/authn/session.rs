@@ -250,13 +250,7 @@ struct StoredSession {
 }
 
 fn kv_key(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        use fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hexon_core::hex::encode(&Sha256::digest(id.as_bytes()))
 }
 
 fn seal_context(key: &str) -> Vec<u8> {

@@ -736,7 +736,7 @@ pub async fn watch_config(
                             let enabled_now = EnabledUsers::of(&new);
                             pending.retain(|u| !enabled_now.contains(u));
                             pending.extend(newly_disabled(&applied, &new));
-                            changed = Some(hex(&hash));
+                            changed = Some(hexon_core::hex::encode(&hash));
                             applied = new;
                         }
                         Err(e) => {
@@ -840,16 +840,6 @@ fn newly_disabled(old: &Config, new: &Config) -> Vec<String> {
         .collect();
     gone.sort();
     gone
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Serves `/.well-known/jwks.json` (the keys backends verify with); passes
