@@ -292,7 +292,7 @@ where
                             let mut res = respond::error(
                                 StatusCode::UNAUTHORIZED,
                                 parts.extensions.get::<RequestId>(),
-                                respond::wants_html(&parts.headers),
+                                respond::Flavor::of(&parts.headers),
                             );
                             a.challenge(&mut res);
                             return Ok(res);
@@ -307,7 +307,7 @@ where
                             let mut res = respond::error(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 parts.extensions.get::<RequestId>(),
-                                respond::wants_html(&parts.headers),
+                                respond::Flavor::of(&parts.headers),
                             );
                             res.headers_mut().insert(
                                 http::header::RETRY_AFTER,

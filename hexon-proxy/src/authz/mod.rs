@@ -357,12 +357,13 @@ impl AuthorizeLayer {
 
     fn refuse<B>(&self, req: &Request<B>, outcome: &AuthzOutcome) -> Response<BoxBody> {
         let id = req.extensions().get::<RequestId>();
-        let html = respond::wants_html(req.headers());
+        let flavor = respond::Flavor::of(req.headers());
+        let html = flavor == respond::Flavor::Html;
         match &outcome.verdict {
             AuthzVerdict::NeedLogin => match (&self.login, html) {
                 (Some(login), true) => respond::redirect(&self.login_redirect(login, req, &[]), id),
                 _ => {
-                    let mut res = respond::error(StatusCode::UNAUTHORIZED, id, html);
+                    let mut res = respond::error(StatusCode::UNAUTHORIZED, id, flavor);
                     res.headers_mut().insert(
                         WWW_AUTHENTICATE,
                         HeaderValue::from_static(r#"Bearer realm="hexon""#),
@@ -388,7 +389,7 @@ impl AuthorizeLayer {
                         respond::redirect(&self.login_redirect(login, req, &extra), id)
                     }
                     _ => {
-                        let mut res = respond::error(StatusCode::UNAUTHORIZED, id, html);
+                        let mut res = respond::error(StatusCode::UNAUTHORIZED, id, flavor);
                         // Method names are [a-z0-9_-], so they need no escaping.
                         let mut v = String::from(
                             r#"Bearer realm="hexon", error="insufficient_user_authentication", error_description="A different authentication level is required""#,
@@ -407,7 +408,7 @@ impl AuthorizeLayer {
                 }
             }
             AuthzVerdict::Deny | AuthzVerdict::Allow => {
-                respond::error(StatusCode::FORBIDDEN, id, html)
+                respond::error(StatusCode::FORBIDDEN, id, flavor)
             }
         }
     }

@@ -67,7 +67,7 @@ where
                 let res = respond::error(
                     StatusCode::BAD_REQUEST,
                     id,
-                    respond::wants_html(req.headers()),
+                    respond::Flavor::of(req.headers()),
                 );
                 Box::pin(ready(Ok(res)))
             }

@@ -510,7 +510,7 @@ where
 {
     if let Some(reason) = verdict.or_else(|| smuggling::check_headers(req.headers())) {
         tracing::debug!(peer = %info.peer, reason, "request refused: possible request smuggling");
-        let mut res = respond::error(StatusCode::BAD_REQUEST, None, false);
+        let mut res = respond::error(StatusCode::BAD_REQUEST, None, respond::Flavor::Json);
         if req.version() <= Version::HTTP_11 {
             res.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

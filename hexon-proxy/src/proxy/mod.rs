@@ -201,7 +201,7 @@ struct Failure<'a> {
     rid: Option<&'a RequestId>,
     route: &'a str,
     upstream: &'a str,
-    html: bool,
+    flavor: respond::Flavor,
 }
 
 impl Failure<'_> {
@@ -229,7 +229,7 @@ impl Failure<'_> {
                 "{msg}"
             ),
         }
-        respond::error(status, self.rid, self.html)
+        respond::error(status, self.rid, self.flavor)
     }
 }
 
@@ -246,7 +246,7 @@ impl ReverseProxy {
             rid: rid.as_ref(),
             route: route.as_ref().map(MatchedRoute::name).unwrap_or("-"),
             upstream: "-",
-            html: respond::wants_html(req.headers()),
+            flavor: respond::Flavor::of(req.headers()),
         };
 
         let Some(route) = route.as_ref() else {

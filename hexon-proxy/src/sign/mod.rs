@@ -351,7 +351,7 @@ fn fail(parts: &Parts, status: StatusCode, why: &str) -> Response<BoxBody> {
             "request body refused"
         );
     }
-    respond::error(status, id, respond::wants_html(&parts.headers))
+    respond::error(status, id, respond::Flavor::of(&parts.headers))
 }
 
 impl Shared {
