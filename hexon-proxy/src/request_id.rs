@@ -114,19 +114,22 @@ pub fn is_well_formed(id: &[u8]) -> bool {
         && id.iter().all(|b| (0x21..=0x7e).contains(b) && *b != b',')
 }
 
-/// A new random request id: 128 bits as 32 lower-case hex digits.
+/// A new request id: 128 bits as 32 lower-case hex digits.
+///
+/// Ids must be unique and should not reveal how many requests the gateway
+/// served; they are not secrets. So instead of a `getrandom` system call per
+/// request (measurable under load), each id is a keyed SipHash of a
+/// process-wide counter under a key drawn from the OS once: two 64-bit
+/// outputs of a PRF over distinct inputs.
 pub fn generate() -> RequestId {
-    use rand_core::RngCore as _;
-    let mut raw = [0u8; 16];
-    if rand_core::OsRng.try_fill_bytes(&mut raw).is_err() {
-        // The OS random source failed: ids must still be unique, not secret.
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        raw = ((u128::from(t) << 64) | u128::from(n)).to_be_bytes();
-    }
+    use std::hash::BuildHasher as _;
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let keys = KEYS.get_or_init(std::hash::RandomState::new);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let hi = keys.hash_one((n, 0u8));
+    let lo = keys.hash_one((n, 1u8));
+    let raw = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
     RequestId(Arc::from(hexon_core::hex::encode(&raw)))
 }
 

@@ -32,7 +32,7 @@ pub struct AuditSlot(Arc<Mutex<AuditFields>>);
 struct AuditFields {
     user: Option<String>,
     route: Option<String>,
-    decision: Option<String>,
+    decision: Option<&'static str>,
     reason: Option<String>,
     rule: Option<String>,
 }
@@ -46,9 +46,9 @@ impl AuditSlot {
     }
 
     /// Record the policy's outcome (verdict and reason codes, route name).
-    pub fn set_decision(&self, decision: &str, reason: &str, route: Option<&str>) {
+    pub fn set_decision(&self, decision: &'static str, reason: &str, route: Option<&str>) {
         self.with(|a| {
-            a.decision = Some(decision.to_owned());
+            a.decision = Some(decision);
             a.reason = Some(reason.to_owned());
             if let Some(r) = route {
                 a.route = Some(r.to_owned());
@@ -164,24 +164,27 @@ where
         let start = Instant::now();
         let slot = AuditSlot::default();
         req.extensions_mut().insert(slot.clone());
-        let method = req.method().to_string();
-        let host = req
-            .uri()
-            .host()
-            .map(str::to_owned)
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .map(|h| clip(&h))
-            .unwrap_or_default();
-        let path = clip(req.uri().path());
-        let client = req
-            .extensions()
-            .get::<ConnectionInfo>()
-            .map(|c| c.peer.ip().to_string());
+        // What only the audit line needs is copied only when there is one
+        // (metrics need just the route, decision and status).
+        let logged = self.sink.tx.is_some().then(|| {
+            let method = req.method().to_string();
+            let host = req
+                .uri()
+                .host()
+                .or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .map(clip)
+                .unwrap_or_default();
+            let path = clip(req.uri().path());
+            let client = req
+                .extensions()
+                .get::<ConnectionInfo>()
+                .map(|c| c.peer.ip().to_string());
+            (method, host, path, client)
+        });
         let sink = self.sink.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -206,12 +209,12 @@ where
             }
             let fields = slot.with(std::mem::take);
             let route = fields.route.unwrap_or_default();
-            let decision = fields.decision.unwrap_or_else(|| "none".into());
+            let decision = fields.decision.unwrap_or("none");
             sink.metrics
-                .observe(&route, &decision, status, elapsed.as_secs_f64());
-            if sink.tx.is_none() {
+                .observe(&route, decision, status, elapsed.as_secs_f64());
+            let Some((method, host, path, client)) = logged else {
                 return res;
-            }
+            };
             let line = serde_json::json!({
                 "ts": jiff::Timestamp::now().to_string(),
                 "request_id": request_id,

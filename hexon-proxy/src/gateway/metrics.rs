@@ -11,8 +11,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
-    decision: String,
-    status: String,
+    decision: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,13 +74,13 @@ impl Metrics {
     }
 
     /// Record one finished request.
-    pub fn observe(&self, route: &str, decision: &str, status: u16, seconds: f64) {
+    pub fn observe(&self, route: &str, decision: &'static str, status: u16, seconds: f64) {
         let route = if route.is_empty() { "-" } else { route }.to_owned();
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
-                decision: decision.to_owned(),
-                status: status.to_string(),
+                decision,
+                status,
             })
             .inc();
         self.latency

@@ -21,7 +21,7 @@
 //!   `X-Request-Id`, `Hexon-*` — otherwise a client could strip the signed
 //!   identity (`Connection: Signature`) or the framing.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{
@@ -117,13 +117,41 @@ pub(crate) fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// The fixed hop-by-hop headers, removed in both directions.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+        &TE,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ]
+    .contains(&name)
+}
+
 /// Remove hop-by-hop headers (see the module docs). Returns whether the
 /// request asked for `TE: trailers`.
+///
+/// One pass over the names finds what is present, so the common request
+/// with none of them costs no hash lookups (this runs twice per request).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    for token in connection_tokens(headers) {
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            if !is_protected(&name) {
-                headers.remove(&name);
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    if doomed.is_empty() {
+        return false;
+    }
+    if doomed.contains(&CONNECTION) {
+        for token in connection_tokens(headers) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !is_protected(&name) {
+                    doomed.push(name);
+                }
             }
         }
     }
@@ -137,16 +165,7 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHORIZATION,
-        PROXY_AUTHENTICATE,
-        TE,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    for name in doomed {
         headers.remove(name);
     }
     te_trailers
@@ -237,12 +256,14 @@ fn set_forwarding(
     if !keep_host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    let mut element = Vec::with_capacity(3);
+    // Our `Forwarded` element, built in one buffer: this runs per request.
+    let mut ours = String::with_capacity(64);
     if let Some(c) = conn {
         let ip = c.peer.ip().to_canonical();
+        let ip_text = ip.to_string();
         let xff = match prior_xff {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip.to_string(),
+            Some(prior) => format!("{prior}, {ip_text}"),
+            None => ip_text.clone(),
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
             headers.insert(X_FORWARDED_FOR, v);
@@ -250,13 +271,25 @@ fn set_forwarding(
         if !keep_proto {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(c.scheme()));
         }
-        element.push(format!("for={}", forwarded_node(c.peer)));
-        element.push(format!("proto={}", c.scheme()));
+        ours.push_str("for=");
+        match ip {
+            IpAddr::V4(_) => ours.push_str(&ip_text),
+            IpAddr::V6(_) => {
+                ours.push_str("\"[");
+                ours.push_str(&ip_text);
+                ours.push_str("]\"");
+            }
+        }
+        ours.push_str(";proto=");
+        ours.push_str(c.scheme());
     }
     if let Some(h) = host_str {
-        element.push(format!("host={}", forwarded_value(h)));
+        if !ours.is_empty() {
+            ours.push(';');
+        }
+        ours.push_str("host=");
+        ours.push_str(&forwarded_value(h));
     }
-    let ours = element.join(";");
     let value = match prior_fwd {
         Some(prior) if !ours.is_empty() => format!("{prior}, {ours}"),
         Some(prior) => prior,
@@ -266,14 +299,6 @@ fn set_forwarding(
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(FORWARDED, v);
         }
-    }
-}
-
-/// RFC 7239 node for `for=`: IPv4 bare, IPv6 bracketed and quoted.
-fn forwarded_node(addr: SocketAddr) -> String {
-    match addr.ip().to_canonical() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
     }
 }
 
