@@ -519,6 +519,26 @@ pub struct SigningConfig {
     pub lifetime: HumanDuration,
     /// Largest identity header the gateway will send.
     pub max_header_bytes: usize,
+    /// Keys published in the JWKS (and accepted for the gateway's own bearer
+    /// tokens) without signing with them: the next key before a rotation,
+    /// the previous one after it. See docs/CONFIG.md, "Rotating the signing
+    /// key".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PublishedKey>,
+}
+
+/// `[[signing.publish]]`: a verification key the gateway publishes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PublishedKey {
+    /// PKCS#8 PEM private key file (only its public half is used).
+    pub key_file: String,
+    /// Key id in the JWKS and in the signatures the key made or will make.
+    pub key_id: String,
+    /// The key's algorithm; defaults to `signing.algorithm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
 }
 
 impl Default for SigningConfig {
@@ -529,6 +549,7 @@ impl Default for SigningConfig {
             algorithm: Algorithm::Ed25519,
             lifetime: HumanDuration(std::time::Duration::from_secs(120)),
             max_header_bytes: 16 * 1024,
+            publish: Vec::new(),
         }
     }
 }
@@ -918,21 +939,23 @@ impl Config {
     }
 
     fn validate(&self, errs: &mut Errors) {
-        if self.signing.key_id.is_empty()
-            || self.signing.key_id.len() > 64
-            || !self
-                .signing
-                .key_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            errs.push(
-                "signing.key_id",
-                format!(
-                    "invalid key id {:?}: use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'",
-                    self.signing.key_id
-                ),
-            );
+        check_key_id(errs, "signing.key_id", &self.signing.key_id);
+        let mut seen = std::collections::HashSet::from([self.signing.key_id.as_str()]);
+        for (i, p) in self.signing.publish.iter().enumerate() {
+            let at = format!("signing.publish[{i}]");
+            check_key_id(errs, &format!("{at}.key_id"), &p.key_id);
+            if !seen.insert(p.key_id.as_str()) {
+                errs.push(
+                    format!("{at}.key_id"),
+                    format!(
+                        "key id {:?} is already used by signing.key_id or another published key",
+                        p.key_id
+                    ),
+                );
+            }
+            if p.key_file.is_empty() {
+                errs.push(format!("{at}.key_file"), "must not be empty");
+            }
         }
         let lifetime = self.signing.lifetime.get().as_secs();
         if !(1..=3600).contains(&lifetime) {
@@ -1556,4 +1579,19 @@ pub fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Key ids: 1-64 of `A-Z a-z 0-9 . _ -` (they appear in headers and JWKS).
+fn check_key_id(errs: &mut Errors, at: &str, kid: &str) {
+    if kid.is_empty()
+        || kid.len() > 64
+        || !kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        errs.push(
+            at,
+            format!("invalid key id {kid:?}: use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"),
+        );
+    }
 }

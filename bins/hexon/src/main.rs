@@ -85,7 +85,22 @@ enum KeysCommand {
         #[arg(short, long, default_value = "hexon.toml")]
         config: PathBuf,
     },
-    /// Print the public JWKS of the configured signing key.
+    /// Rotate the signing key: write a new key and print the two
+    /// configuration steps (publish it, then sign with it while the old key
+    /// stays published) that keep every signature verifiable.
+    Rotate {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+        /// Where to write the new PKCS#8 PEM key (must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Key id of the new key (default: the current one with its trailing
+        /// number incremented, e.g. gw-7 -> gw-8).
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+    /// Print the public JWKS: the signing key and `[[signing.publish]]` keys.
     Jwks {
         /// Configuration file.
         #[arg(short, long, default_value = "hexon.toml")]
@@ -105,6 +120,14 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Jwks { config },
         } => gateway::print_jwks(&config),
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    config,
+                    out,
+                    key_id,
+                },
+        } => gateway::rotate_key(&config, &out, key_id.as_deref()),
         Command::Keys {
             command: KeysCommand::Secret,
         } => gateway::print_secret_key(),

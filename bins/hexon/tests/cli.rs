@@ -1171,3 +1171,118 @@ fn check_refuses_nats_without_credentials() {
     let out = hexon(&["check", "-c", p(&cfg)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The kids of a JWKS document, sorted.
+fn jwks_kids(json: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let mut kids: Vec<String> = v
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|k| k.get("kid").and_then(|v| v.as_str()).unwrap().to_owned())
+        .collect();
+    kids.sort();
+    kids
+}
+
+#[test]
+fn keys_rotate_publishes_then_signs_with_the_new_key_and_old_tokens_stay_valid() {
+    let dir = TempDir::new("rotate");
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let before = serve_config(&dir, port, admin, upstream.port, "eng");
+    let cfg_a = dir.write("a.toml", &before);
+    // A token signed by the current key (created in the data directory).
+    let old_token = mint(&cfg_a, "alice");
+
+    let next = dir.path("next.pem");
+    let out = hexon(&["keys", "rotate", "-c", p(&cfg_a), "--out", p(&next)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("key id cli-test-2"), "{said}");
+    assert!(
+        said.contains("[[signing.publish]]") && said.contains("Step 2"),
+        "{said}"
+    );
+    assert!(next.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&next).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // Never overwrites, and refuses a key id that is in use.
+    let again = hexon(&["keys", "rotate", "-c", p(&cfg_a), "--out", p(&next)]);
+    assert!(!again.status.success());
+    let taken = hexon(&[
+        "keys",
+        "rotate",
+        "-c",
+        p(&cfg_a),
+        "--out",
+        p(&dir.path("x.pem")),
+        "--key-id",
+        "cli-test",
+    ]);
+    assert!(!taken.status.success());
+    assert!(
+        text(&taken.stderr).contains("already in use"),
+        "{}",
+        text(&taken.stderr)
+    );
+
+    // Step 2 done: the new key signs, the old one is published.
+    let old_key = dir.path("data").join("signing-key.pem");
+    let signing = format!(
+        "[signing]\nkey_file = \"{}\"\nkey_id = \"cli-test-2\"\n\n[[signing.publish]]\nkey_file = \"{}\"\nkey_id = \"cli-test\"\n",
+        p(&next),
+        p(&old_key)
+    );
+    let after = before.replace("[signing]\nkey_id = \"cli-test\"\n", &signing);
+    assert_ne!(after, before);
+    let cfg_b = dir.write("b.toml", &after);
+    let jwks = hexon(&["keys", "jwks", "-c", p(&cfg_b)]);
+    assert!(jwks.status.success(), "{}", text(&jwks.stderr));
+    assert_eq!(jwks_kids(&text(&jwks.stdout)), ["cli-test", "cli-test-2"]);
+
+    let new_token = mint(&cfg_b, "alice");
+    let header = text(&b64url_decode(new_token.split('.').next().unwrap()));
+    assert!(header.contains("\"kid\":\"cli-test-2\""), "{header}");
+    let mut proc = spawn_serve(&dir, &cfg_b);
+    wait_ready(&dir, &mut proc, admin);
+    let served = curl(
+        &format!("http://127.0.0.1:{port}/.well-known/jwks.json"),
+        &[],
+    );
+    assert_eq!(served.status, 200, "{served:?}");
+    assert_eq!(jwks_kids(&served.body), ["cli-test", "cli-test-2"]);
+    for token in [&old_token, &new_token] {
+        let r = curl(&format!("http://127.0.0.1:{port}/"), &[bearer(token)]);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // The upstream's signature is made with the new key.
+    let head = upstream.last_head();
+    assert!(head.contains("keyid=\"cli-test-2\""), "{head}");
+    drop(proc);
+
+    // A published key must not reuse a key id, and must be readable.
+    let dup = after.replace("key_id = \"cli-test\"\n", "key_id = \"cli-test-2\"\n");
+    let cfg_dup = dir.write("dup.toml", &dup);
+    let out = hexon(&["check", "-c", p(&cfg_dup)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("signing.publish[0].key_id"),
+        "{}",
+        text(&out.stderr)
+    );
+    let missing = after.replace(p(&old_key), p(&dir.path("gone.pem")));
+    let cfg_missing = dir.write("missing.toml", &missing);
+    let out = hexon(&["keys", "jwks", "-c", p(&cfg_missing)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("signing.publish[0]"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -182,7 +182,8 @@ pub struct Gateway {
     config: Config,
     key: Arc<dyn Signer>,
     handles: Handles,
-    /// The keys backends verify with (the signing key; fixed until restart).
+    /// The keys backends verify with (the signing key and the
+    /// `[[signing.publish]]` keys; fixed until restart).
     keys: KeySet,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
@@ -375,9 +376,7 @@ impl Gateway {
     /// policy and routes.
     pub async fn build(config: Config) -> Result<Gateway, GatewayError> {
         let key = keys::load_or_create(&config)?;
-        let mut jwks = KeySet::new();
-        jwks.insert(key.key_id(), key.public_key(), None)
-            .map_err(|e| GatewayError::Other(format!("signing key: {e}")))?;
+        let jwks = keys::verification_keys(&config, &key)?;
         let handles = Handles {
             policy: PolicyHandle::new(config.policy()?),
             routes: RoutingTableHandle::new(routing_table(&config)?),

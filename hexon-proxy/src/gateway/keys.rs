@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hexon_core::config::Config;
+use hexon_core::keys::KeySet;
 use hexon_core::signer::{Algorithm, Ed25519Signer, P256Signer, Signer};
 
 use super::GatewayError;
@@ -30,6 +31,49 @@ pub fn load_or_create(config: &Config) -> Result<Arc<dyn Signer>, GatewayError> 
     write_private(&path, &pem)?;
     tracing::warn!(path = %path.display(), key_id = kid, "generated a new signing key (set signing.key_file to manage keys yourself)");
     load(&path, kid, alg)
+}
+
+/// Every key backends and the gateway itself verify with: the signing key
+/// plus each `[[signing.publish]]` key (only their public halves). This is
+/// what `/.well-known/jwks.json` serves.
+pub fn verification_keys(config: &Config, key: &Arc<dyn Signer>) -> Result<KeySet, GatewayError> {
+    let mut set = KeySet::new();
+    set.insert(key.key_id(), key.public_key(), None)
+        .map_err(|e| GatewayError::Other(format!("signing key: {e}")))?;
+    for (i, p) in config.signing.publish.iter().enumerate() {
+        let alg = p.algorithm.unwrap_or(config.signing.algorithm);
+        let published = load(Path::new(&p.key_file), &p.key_id, alg).map_err(|e| {
+            GatewayError::Other(format!("signing.publish[{i}] ({}): {e}", p.key_id))
+        })?;
+        if published.public_key() == key.public_key() {
+            return Err(GatewayError::Other(format!(
+                "signing.publish[{i}] ({}) is the signing key itself under another key id; \
+                 publish a different key",
+                p.key_id
+            )));
+        }
+        set.insert(&p.key_id, published.public_key(), None)
+            .map_err(|e| GatewayError::Other(format!("signing.publish[{i}]: {e}")))?;
+    }
+    Ok(set)
+}
+
+/// The key id that follows `kid` in a rotation: a trailing number is
+/// incremented (`gw-7` → `gw-8`, `hexon-1` → `hexon-2`), otherwise `-2` is
+/// appended. Stays within the 64-byte key-id limit.
+pub fn next_key_id(kid: &str) -> String {
+    let digits = kid.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let (stem, num) = kid.split_at(kid.len() - digits);
+    let next = match num.parse::<u64>() {
+        Ok(n) => format!("{stem}{}", n.saturating_add(1)),
+        _ => format!("{kid}-2"),
+    };
+    if next.len() > 64 {
+        let keep = 64 - 2;
+        format!("{}-2", kid.get(..keep).unwrap_or(kid))
+    } else {
+        next
+    }
 }
 
 /// Load a PKCS#8 PEM key of the configured algorithm.
@@ -73,4 +117,19 @@ pub fn write_private(path: &Path, pem: &str) -> Result<(), GatewayError> {
     f.write_all(pem.as_bytes())
         .map_err(|e| GatewayError::io(path, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_key_id;
+
+    #[test]
+    fn next_key_ids() {
+        assert_eq!(next_key_id("hexon-1"), "hexon-2");
+        assert_eq!(next_key_id("gw-2026-11"), "gw-2026-12");
+        assert_eq!(next_key_id("gw-9"), "gw-10");
+        assert_eq!(next_key_id("prod"), "prod-2");
+        assert_eq!(next_key_id("7"), "8");
+        assert!(next_key_id(&"a".repeat(64)).len() <= 64);
+    }
 }

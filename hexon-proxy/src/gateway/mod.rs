@@ -21,7 +21,6 @@ pub use assemble::{Gateway, Running};
 use hexon_core::UnixTime;
 use hexon_core::config::{Config, ConfigErrors};
 use hexon_core::jwt::{IssueParams, JwtIssuer};
-use hexon_core::keys::KeySet;
 use hexon_core::signer::{Algorithm, Signer};
 
 /// Why a gateway command failed. Every message says what to do.
@@ -211,13 +210,66 @@ pub fn generate_key(out_path: &Path, algorithm: &str) -> Result<(), GatewayError
     Ok(())
 }
 
-/// `hexon keys jwks`: the public JWKS of the configured key.
+/// `hexon keys rotate`: write a new signing key (the configured algorithm)
+/// to `out_path` and print the two configuration steps that rotate to it
+/// without a moment where a backend cannot verify.
+pub fn rotate_key(path: &Path, out_path: &Path, key_id: Option<&str>) -> Result<(), GatewayError> {
+    let config = Config::load(path)?;
+    let current = keys::load_or_create(&config)?;
+    let current_file = config
+        .signing
+        .key_file
+        .clone()
+        .unwrap_or_else(|| keys::default_key_path(&config).display().to_string());
+    let kid = key_id.map_or_else(|| keys::next_key_id(current.key_id()), str::to_owned);
+    let taken = kid == current.key_id() || config.signing.publish.iter().any(|p| p.key_id == kid);
+    if taken {
+        return Err(GatewayError::Other(format!(
+            "key id {kid:?} is already in use; choose another with --key-id"
+        )));
+    }
+    let alg = config.signing.algorithm;
+    let pem = keys::generate_pem(alg, &kid)?;
+    keys::write_private(out_path, &pem)?;
+    // The printed configuration must not depend on where the gateway runs.
+    let new_file = std::fs::canonicalize(out_path).unwrap_or_else(|_| out_path.to_owned());
+    let new_file = new_file.display();
+    let old_kid = current.key_id();
+    let lifetime = config
+        .signing
+        .lifetime
+        .get()
+        .as_secs()
+        .max(config.jwt.lifetime.get().as_secs());
+    out(&format!(
+        "wrote {new_file} ({}, key id {kid}).\n\n\
+         Step 1 - publish it: add to {path} and restart (or roll) every node:\n\n\
+         [[signing.publish]]\n\
+         key_file = \"{new_file}\"\n\
+         key_id = \"{kid}\"\n\n\
+         Backends now see both keys in /.well-known/jwks.json. Wait until every backend has\n\
+         refreshed its copy of the JWKS (its cache time).\n\n\
+         Step 2 - sign with it: in [signing] set\n\n\
+         key_file = \"{new_file}\"\n\
+         key_id = \"{kid}\"\n\n\
+         and change the [[signing.publish]] entry to the previous key, so its signatures and\n\
+         tokens stay valid until they expire:\n\n\
+         [[signing.publish]]\n\
+         key_file = \"{current_file}\"\n\
+         key_id = \"{old_kid}\"\n\n\
+         Restart (or roll) every node. After {lifetime} s (the longer of signing.lifetime and\n\
+         jwt.lifetime) nothing signed with {old_kid} is valid any more: remove that entry.",
+        alg.http_sig_name(),
+        path = path.display(),
+    ));
+    Ok(())
+}
+
+/// `hexon keys jwks`: the public JWKS of the configured and published keys.
 pub fn print_jwks(path: &Path) -> Result<(), GatewayError> {
     let config = Config::load(path)?;
     let key = keys::load_or_create(&config)?;
-    let mut set = KeySet::new();
-    set.insert(key.key_id(), key.public_key(), None)
-        .map_err(|e| GatewayError::Other(e.to_string()))?;
+    let set = keys::verification_keys(&config, &key)?;
     let jwks = serde_json::to_string_pretty(&set.to_jwks(UnixTime::now()))
         .map_err(|e| GatewayError::Other(e.to_string()))?;
     out(&jwks);
