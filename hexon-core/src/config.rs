@@ -400,9 +400,11 @@ impl StateConfig {
         #[cfg(not(feature = "store"))]
         for (i, k) in self.encryption_keys.iter().enumerate() {
             if k.trim().len() < 43 {
+                // Same location as with the `store` feature, which checks
+                // the keys fully (a feature must not change the messages).
                 errs.push(
-                    format!("state.encryption_keys[{i}]"),
-                    "must be base64 of 32 bytes",
+                    "state.encryption_keys",
+                    format!("key {i} must be base64 of 32 bytes"),
                 );
             }
         }
