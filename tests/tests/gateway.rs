@@ -525,6 +525,23 @@ impl Body for Frames {
     }
 }
 
+/// A gateway whose route `grpc` sends `path` to the h2c upstream `up`
+/// (engineering only).
+async fn grpc_gateway(path: &str, up: SocketAddr) -> Gw {
+    let extra = format!(
+        r#"
+[[route]]
+name = "grpc"
+path = "{path}"
+upstream = ["h2c://{up}"]
+[[route.allow]]
+groups = ["engineering"]
+"#
+    );
+    let dead = "127.0.0.1:9".parse().unwrap();
+    Gw::start(&base_config(dead, &extra)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_h2c_keeps_trailers_through_the_whole_stack() {
     let up = start_upstream(handler(|req: Request<Incoming>| async move {
@@ -546,18 +563,7 @@ async fn grpc_over_h2c_keeps_trailers_through_the_whole_stack() {
             .unwrap()
     }))
     .await;
-    let extra = format!(
-        r#"
-[[route]]
-name = "grpc"
-path = "/pkg.Greeter/*"
-upstream = ["h2c://{up}"]
-[[route.allow]]
-groups = ["engineering"]
-"#
-    );
-    let dead = "127.0.0.1:9".parse().unwrap();
-    let gw = Gw::start(&base_config(dead, &extra)).await;
+    let gw = grpc_gateway("/pkg.Greeter/*", up).await;
     let alice = gw.token("alice").await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, BoxBody>(
@@ -597,18 +603,7 @@ async fn tonic_client_and_server_through_the_whole_stack() {
     const SVC: &str = "hexon.test.Orders";
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = backend.local_addr().unwrap();
-    let extra = format!(
-        r#"
-[[route]]
-name = "grpc"
-path = "/grpc.health.v1.Health/*"
-upstream = ["h2c://{up}"]
-[[route.allow]]
-groups = ["engineering"]
-"#
-    );
-    let dead = "127.0.0.1:9".parse().unwrap();
-    let gw = Gw::start(&base_config(dead, &extra)).await;
+    let gw = grpc_gateway("/grpc.health.v1.Health/*", up).await;
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
