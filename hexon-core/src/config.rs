@@ -1583,14 +1583,18 @@ pub fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     Ok(out)
 }
 
-/// Key ids: 1-64 of `A-Z a-z 0-9 . _ -` (they appear in headers and JWKS).
-fn check_key_id(errs: &mut Errors, at: &str, kid: &str) {
-    if kid.is_empty()
-        || kid.len() > 64
-        || !kid
+/// Whether `kid` is a valid signing key id: 1-64 of `A-Z a-z 0-9 . _ -`
+/// (key ids appear in signature headers and in the JWKS).
+pub fn is_valid_key_id(kid: &str) -> bool {
+    !kid.is_empty()
+        && kid.len() <= 64
+        && kid
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
+}
+
+fn check_key_id(errs: &mut Errors, at: &str, kid: &str) {
+    if !is_valid_key_id(kid) {
         errs.push(
             at,
             format!("invalid key id {kid:?}: use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"),

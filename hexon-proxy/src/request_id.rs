@@ -118,9 +118,9 @@ pub fn is_well_formed(id: &[u8]) -> bool {
 ///
 /// Ids must be unique and should not reveal how many requests the gateway
 /// served; they are not secrets. So instead of a `getrandom` system call per
-/// request (measurable under load), each id is a keyed SipHash of a
-/// process-wide counter under a key drawn from the OS once: two 64-bit
-/// outputs of a PRF over distinct inputs.
+/// request (measurable under load), each id hashes a process-wide counter
+/// with std's randomly keyed hasher (`RandomState`: SipHash under a key drawn
+/// from the OS once), twice with different tags for 128 bits.
 pub fn generate() -> RequestId {
     use std::hash::BuildHasher as _;
     static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();

@@ -32,10 +32,13 @@ impl Flavor {
     /// `application/grpc+proto`, `application/grpc-web…`), HTML when the
     /// client accepts it, JSON otherwise.
     pub fn of(headers: &HeaderMap) -> Flavor {
-        let grpc = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.as_bytes().get(..16))
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"));
+        // `application/grpc`, then nothing or `+codec`, `;params`, `-web…`.
+        let grpc = headers.get(CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+                && matches!(v.get(16), None | Some(b'+' | b';' | b'-'))
+        });
         if grpc {
             Flavor::Grpc
         } else if headers
@@ -73,10 +76,10 @@ pub fn error(
     flavor: Flavor,
 ) -> Response<BoxBody> {
     let reason = status.canonical_reason().unwrap_or("Error");
-    let id = request_id.map(RequestId::as_str).unwrap_or("-");
     if flavor == Flavor::Grpc {
         return grpc_error(status, reason, request_id);
     }
+    let id = request_id.map(RequestId::as_str).unwrap_or("-");
     let (content_type, body) = if flavor == Flavor::Html {
         (
             "text/html; charset=utf-8",
@@ -100,10 +103,7 @@ pub fn error(
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(v) = request_id.and_then(|r| HeaderValue::from_str(r.as_str()).ok()) {
-        h.insert(crate::request_id::X_REQUEST_ID, v);
-    }
+    not_cached_with_id(h, request_id);
     res
 }
 
@@ -127,10 +127,7 @@ fn grpc_error(
         h.insert("grpc-message", v);
     }
     h.insert("x-hexon-status", HeaderValue::from(status.as_u16()));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(v) = request_id.and_then(|r| HeaderValue::from_str(r.as_str()).ok()) {
-        h.insert(crate::request_id::X_REQUEST_ID, v);
-    }
+    not_cached_with_id(h, request_id);
     res
 }
 
@@ -141,12 +138,17 @@ pub fn redirect(location: &str, request_id: Option<&RequestId>) -> Response<BoxB
     if let Ok(v) = HeaderValue::from_str(location) {
         res.headers_mut().insert(LOCATION, v);
     }
-    res.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(v) = request_id.and_then(|r| HeaderValue::from_str(r.as_str()).ok()) {
-        res.headers_mut().insert(crate::request_id::X_REQUEST_ID, v);
-    }
+    not_cached_with_id(res.headers_mut(), request_id);
     res
+}
+
+/// Every answer the gateway makes itself: never cached, and carrying the
+/// request id to quote to an operator.
+fn not_cached_with_id(h: &mut HeaderMap, request_id: Option<&RequestId>) {
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(v) = request_id.and_then(|r| HeaderValue::from_str(r.as_str()).ok()) {
+        h.insert(crate::request_id::X_REQUEST_ID, v);
+    }
 }
 
 fn html_escape(s: &str) -> String {
@@ -179,13 +181,19 @@ mod tests {
         for ct in [
             "application/grpc",
             "application/grpc+proto",
+            "application/grpc; charset=utf-8",
             "Application/GRPC-web+proto",
         ] {
             let h = headers(&[("content-type", ct), ("accept", "text/html")]);
             assert_eq!(Flavor::of(&h), Flavor::Grpc, "{ct}");
         }
         // Neither a prefix of the gRPC type nor a lookalike is gRPC.
-        for ct in ["application/grp", "application/json", "text/grpc"] {
+        for ct in [
+            "application/grp",
+            "application/grpcx",
+            "application/json",
+            "text/grpc",
+        ] {
             assert_eq!(
                 Flavor::of(&headers(&[("content-type", ct)])),
                 Flavor::Json,

@@ -1226,6 +1226,21 @@ fn keys_rotate_publishes_then_signs_with_the_new_key_and_old_tokens_stay_valid()
         "cli-test",
     ]);
     assert!(!taken.status.success());
+    let bad = hexon(&[
+        "keys",
+        "rotate",
+        "-c",
+        p(&cfg_a),
+        "--out",
+        p(&dir.path("y.pem")),
+        "--key-id",
+        "bad id",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        !dir.path("y.pem").exists(),
+        "no key written for a refused key id"
+    );
     assert!(
         text(&taken.stderr).contains("already in use"),
         "{}",

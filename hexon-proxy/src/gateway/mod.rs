@@ -222,6 +222,11 @@ pub fn rotate_key(path: &Path, out_path: &Path, key_id: Option<&str>) -> Result<
         .clone()
         .unwrap_or_else(|| keys::default_key_path(&config).display().to_string());
     let kid = key_id.map_or_else(|| keys::next_key_id(current.key_id()), str::to_owned);
+    if !hexon_core::config::is_valid_key_id(&kid) {
+        return Err(GatewayError::Other(format!(
+            "invalid key id {kid:?}: use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"
+        )));
+    }
     let taken = kid == current.key_id() || config.signing.publish.iter().any(|p| p.key_id == kid);
     if taken {
         return Err(GatewayError::Other(format!(
