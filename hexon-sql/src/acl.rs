@@ -82,6 +82,12 @@ pub struct DatabaseConfig {
     /// Statements per second on this database across all identities.
     #[serde(default)]
     pub rate_total: Option<u32>,
+    /// The real server, `host:port` (used by the wire relays).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The database name on the real server (default: `name`).
+    #[serde(default)]
+    pub upstream_database: Option<String>,
     /// Roles in priority order.
     #[serde(default)]
     pub roles: Vec<RoleConfig>,
@@ -136,6 +142,41 @@ pub struct RoleConfig {
     /// and enforced on the wire.
     #[serde(default)]
     pub row_limit: Option<u64>,
+    /// The database user the relay logs in as for this role.
+    #[serde(default)]
+    pub upstream_user: Option<String>,
+    /// That user's password (use `${VAR}`; never logged).
+    #[serde(default)]
+    pub upstream_password: Option<Secret>,
+}
+
+/// A secret string: `Debug` prints `[redacted]`, and it is zeroed on drop.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `s`.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret text (for the one place that sends it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 fn yes() -> bool {
@@ -191,6 +232,10 @@ pub struct DatabaseAcl {
     pub dialect: Dialect,
     pub(crate) rate_per_identity: Option<u32>,
     pub(crate) rate_total: Option<u32>,
+    /// The real server, `host:port`.
+    pub upstream: Option<String>,
+    /// The database name on the real server.
+    pub upstream_database: String,
     roles: Vec<Arc<Role>>,
 }
 
@@ -213,6 +258,10 @@ pub struct Role {
     pub(crate) allow_unbounded_writes: bool,
     /// Row cap for reads.
     pub row_limit: Option<u64>,
+    /// Database user for this role.
+    pub upstream_user: Option<String>,
+    /// Its password.
+    pub upstream_password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,6 +346,8 @@ impl Acl {
                     dialect: db.dialect,
                     rate_per_identity: db.rate_per_identity,
                     rate_total: db.rate_total,
+                    upstream: db.upstream.clone(),
+                    upstream_database: db.upstream_database.clone().unwrap_or_else(|| db.name.clone()),
                     roles,
                 }),
             );
@@ -491,6 +542,8 @@ fn compile_role(r: &RoleConfig, dialect: Dialect, at: &str) -> Result<Role, Vec<
         max_complexity: r.max_complexity,
         allow_unbounded_writes: r.allow_unbounded_writes,
         row_limit: r.row_limit,
+        upstream_user: r.upstream_user.clone(),
+        upstream_password: r.upstream_password.clone(),
     })
 }
 
