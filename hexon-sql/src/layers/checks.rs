@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use sqlparser::ast::{Expr, LimitClause, Statement, Value};
 
-use super::{Check, CheckLayer, limits, no_access};
+use super::{Check, CheckLayer, no_access, parsed};
 use crate::acl::{Acl, Role};
 use crate::analysis::{Analysed, Kind, SessionChange, TableOp, function_classes};
 use crate::dialect::Dialect;
@@ -281,7 +281,7 @@ impl Check for ReadOnly {
         let Some(role) = role(&self.acl, req) else {
             return Ok(());
         };
-        let a = req.analysis(&limits(&self.acl))?;
+        let a = parsed(&self.acl, req)?;
         for s in &a.statements {
             for change in &s.session {
                 match change {
@@ -404,7 +404,7 @@ impl Check for DatabaseAccess {
                 ),
             ));
         }
-        let a = req.analysis(&limits(&self.acl))?;
+        let a = parsed(&self.acl, req)?;
         for s in &a.statements {
             if let Some(target) = &s.switches_database {
                 if target != req.database() {
@@ -444,7 +444,7 @@ impl Check for Pattern {
         if role.deny_patterns.is_empty() && role.allow_patterns.is_empty() {
             return Ok(());
         }
-        let a = req.analysis(&limits(&self.acl))?;
+        let a = parsed(&self.acl, req)?;
         if let Some(p) = role
             .deny_patterns
             .iter()
@@ -491,7 +491,7 @@ impl Check for TablePermission {
         let Some(role) = role(&self.acl, req) else {
             return Err(no_access(req.database()));
         };
-        let a = req.analysis(&limits(&self.acl))?;
+        let a = parsed(&self.acl, req)?;
         let dialect = req.dialect();
         for s in &a.statements {
             let kind = s.kind.as_str();
@@ -589,7 +589,7 @@ impl Check for Complexity {
         let Some(role) = role(&self.acl, req) else {
             return Err(no_access(req.database()));
         };
-        let a = req.analysis(&limits(&self.acl))?;
+        let a = parsed(&self.acl, req)?;
         for s in &a.statements {
             if s.complexity.unbounded_writes > 0 && !role.allow_unbounded_writes {
                 return Err(Refusal::new(
@@ -640,7 +640,7 @@ impl Check for Limit {
         let Some(cap) = role.row_limit else {
             return Ok(());
         };
-        let a = req.analysis(&limits(&self.acl))?;
+        let a = parsed(&self.acl, req)?;
         let mut changed = false;
         let mut out = String::with_capacity(a.canonical.len() + 16);
         for (i, s) in a.statements.iter().enumerate() {

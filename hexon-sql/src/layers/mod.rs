@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::acl::Acl;
-use crate::analysis::ParseLimits;
+use crate::analysis::{Analysis, ParseLimits};
 use crate::request::{Admitted, Refusal, SqlRequest, Stage};
 
 mod cache;
@@ -132,7 +132,10 @@ impl Service<SqlRequest> for Admit {
     }
 }
 
-fn admit(acl: &Acl, req: &SqlRequest) -> Result<Admitted, Refusal> {
+/// The shared parse, with the authoritative statement count: the lexical
+/// scan of the validation layer can only refuse, so a text it took for one
+/// statement is counted again here, by the parser.
+pub(crate) fn parsed<'r>(acl: &Acl, req: &'r SqlRequest) -> Result<&'r Arc<Analysis>, Refusal> {
     let a = req.analysis(&limits(acl))?;
     if a.statements.len() > 1 && !acl.validation.multi_statements {
         return Err(Refusal::new(
@@ -141,6 +144,11 @@ fn admit(acl: &Acl, req: &SqlRequest) -> Result<Admitted, Refusal> {
             "one statement at a time: several statements in one query are refused",
         ));
     }
+    Ok(a)
+}
+
+fn admit(acl: &Acl, req: &SqlRequest) -> Result<Admitted, Refusal> {
+    let a = parsed(acl, req)?;
     let role = acl
         .role_for(req.identity(), req.database())
         .ok_or_else(|| no_access(req.database()))?;
