@@ -347,7 +347,10 @@ impl Acl {
                     rate_per_identity: db.rate_per_identity,
                     rate_total: db.rate_total,
                     upstream: db.upstream.clone(),
-                    upstream_database: db.upstream_database.clone().unwrap_or_else(|| db.name.clone()),
+                    upstream_database: db
+                        .upstream_database
+                        .clone()
+                        .unwrap_or_else(|| db.name.clone()),
                     roles,
                 }),
             );
