@@ -503,6 +503,12 @@ fn compile_role(r: &RoleConfig, dialect: Dialect, at: &str) -> Result<Role, Vec<
             "a read-only role has no writes to allow",
         ));
     }
+    if r.read_only && r.functions.iter().any(|f| f == "*") {
+        errs.push(err(
+            &format!("{at}.functions"),
+            "a read-only role cannot trust every function (a user-defined function can write); name the ones that only read",
+        ));
+    }
     if r.row_limit == Some(0) {
         errs.push(err(
             &format!("{at}.row_limit"),
@@ -567,6 +573,8 @@ groups = []
 tables = [{ name = "a.b.c", ops = ["select"] }]
 deny_patterns = ["("]
 statements = ["dance"]
+read_only = true
+functions = ["*"]
 "#,
         )
         .unwrap_err();
@@ -577,6 +585,7 @@ statements = ["dance"]
                 "databases[0].roles[0].groups",
                 "databases[0].roles[0].tables[0].name",
                 "databases[0].roles[0].statements[0]",
+                "databases[0].roles[0].functions",
                 "databases[0].roles[0].deny_patterns[0]"
             ]
         );
