@@ -861,7 +861,7 @@ impl Visitor for Walker {
 
     fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
         match self.scopes.pop() {
-            Some(s) if s.query == q as *const Query => ControlFlow::Continue(()),
+            Some(s) if std::ptr::eq(s.query, q) => ControlFlow::Continue(()),
             _ => self.fail(unclassified("an unbalanced query tree")),
         }
     }

@@ -38,7 +38,7 @@ impl Dialect {
     /// The schema an unqualified table name resolves to, given the current
     /// database (PostgreSQL: `public`, since the relay refuses changes to
     /// `search_path`; MySQL: the current database).
-    pub fn default_schema<'a>(self, database: &'a str) -> &'a str {
+    pub fn default_schema(self, database: &str) -> &str {
         match self {
             Dialect::Postgres => "public",
             Dialect::Mysql => database,

@@ -45,7 +45,9 @@ pub fn classify(qualified: &str) -> FunctionClass {
     if let Some(why) = side_effect(name) {
         return FunctionClass::SideEffect(why);
     }
-    if !foreign_schema && PURE.binary_search(&name).is_ok() {
+    if !foreign_schema
+        && (PURE.binary_search(&name).is_ok() || PURE_PREFIX.iter().any(|p| name.starts_with(p)))
+    {
         return FunctionClass::Pure;
     }
     FunctionClass::Unknown
@@ -147,12 +149,17 @@ fn side_effect(name: &str) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
+/// Families of catalog helpers that only format or look up catalog data
+/// (what `psql`'s `\d` and drivers call).
+const PURE_PREFIX: &[&str] = &["pg_get_", "pg_size_", "has_"];
+
 /// Built-ins of PostgreSQL and MySQL/MariaDB that read only their arguments
 /// (sorted: looked up by binary search).
 const PURE: &[&str] = &[
     "abs",
     "acos",
     "age",
+    "array",
     "array_agg",
     "array_append",
     "array_cat",
@@ -326,12 +333,38 @@ const PURE: &[&str] = &[
     "percent_rank",
     "percentile_cont",
     "percentile_disc",
+    "pg_backend_pid",
+    "pg_char_to_encoding",
+    "pg_collation_is_visible",
+    "pg_column_size",
+    "pg_conversion_is_visible",
+    "pg_describe_object",
+    "pg_encoding_to_char",
+    "pg_function_is_visible",
     "pg_get_constraintdef",
     "pg_get_expr",
     "pg_get_indexdef",
     "pg_get_userbyid",
     "pg_get_viewdef",
+    "pg_has_role",
+    "pg_identify_object",
+    "pg_indexes_size",
+    "pg_is_in_recovery",
+    "pg_opclass_is_visible",
+    "pg_operator_is_visible",
+    "pg_partition_ancestors",
+    "pg_partition_root",
+    "pg_partition_tree",
+    "pg_postmaster_start_time",
+    "pg_relation_is_publishable",
+    "pg_relation_size",
+    "pg_statistics_obj_is_visible",
     "pg_table_is_visible",
+    "pg_table_size",
+    "pg_tablespace_location",
+    "pg_total_relation_size",
+    "pg_ts_config_is_visible",
+    "pg_type_is_visible",
     "pg_typeof",
     "pi",
     "position",
@@ -344,6 +377,7 @@ const PURE: &[&str] = &[
     "radians",
     "random",
     "rank",
+    "regexp_like",
     "regexp_match",
     "regexp_matches",
     "regexp_replace",
@@ -362,6 +396,7 @@ const PURE: &[&str] = &[
     "session_user",
     "sha1",
     "sha2",
+    "shobj_description",
     "sign",
     "sin",
     "split_part",

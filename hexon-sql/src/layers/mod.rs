@@ -208,6 +208,36 @@ pub type PipelineService = CheckService<
     >,
 >;
 
+/// Run a synchronous pipeline (every layer of this crate is) to its verdict
+/// without an async runtime: for callers such as a lint tool or a fuzz
+/// target. A service that is not ready, or whose future is pending, gives a
+/// refusal (fail closed) rather than blocking.
+pub fn decide_now<S>(service: &mut S, req: SqlRequest) -> Result<Admitted, Refusal>
+where
+    S: Service<SqlRequest, Response = Admitted, Error = Refusal>,
+    S::Future: Unpin,
+{
+    use std::future::Future;
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let pending = || {
+        Refusal::new(
+            Stage::Validation,
+            "not_ready",
+            "the pipeline cannot decide synchronously",
+        )
+    };
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Err(e),
+        Poll::Pending => return Err(pending()),
+    }
+    let mut fut = service.call(req);
+    match std::pin::Pin::new(&mut fut).poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => Err(pending()),
+    }
+}
+
 /// Builds the pipeline from an [`Acl`].
 #[derive(Debug)]
 pub struct Pipeline;

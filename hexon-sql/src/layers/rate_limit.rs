@@ -21,11 +21,14 @@ use crate::request::{Admitted, Refusal, SqlRequest, Stage};
 /// Most keys remembered before stale ones are swept.
 const SWEEP_AT: usize = 100_000;
 
+/// (database, identity subject or `None` for the database total).
+type Key = (Arc<str>, Option<Arc<str>>);
+
 /// The rate-limit layer (state shared by every service it makes).
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     acl: Arc<Acl>,
-    state: Arc<Mutex<HashMap<(Arc<str>, Option<Arc<str>>), Instant>>>,
+    state: Arc<Mutex<HashMap<Key, Instant>>>,
 }
 
 impl RateLimit {

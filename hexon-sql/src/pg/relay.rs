@@ -1,0 +1,890 @@
+//! The relay's state machine, without I/O: client messages in, upstream
+//! messages in, bytes for either side out. The session (`session.rs`) moves
+//! bytes between sockets and these buffers.
+//!
+//! # Ordering
+//!
+//! Every message the client sends that the upstream answers with a
+//! `ReadyForQuery` (a simple `Query`, or a `Sync` closing a batch of
+//! extended-protocol messages) has an entry in [`Relay::pending`], in order.
+//! Upstream responses always belong to the entry at the front. A refusal is
+//! never written to the client directly when anything is outstanding: a
+//! refused simple query becomes a [`Pending::Refused`] entry answered when it
+//! reaches the front; a refused extended-protocol message marks its batch,
+//! the rest of the batch is discarded up to `Sync`, the `Sync` is forwarded,
+//! and the error is injected just before the `ReadyForQuery` that answers it
+//! (or dropped, if the upstream already reported an error in that batch).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use pgwire::messages::PgWireFrontendMessage;
+use pgwire::messages::extendedquery::Parse;
+use pgwire::messages::simplequery::Query;
+use tower_service::Service;
+
+use hexon_core::Identity;
+
+use super::frame::{self, HEADER, Severity};
+use crate::acl::{Acl, Role};
+use crate::dialect::Dialect;
+use crate::layers::PipelineService;
+use crate::request::{Admitted, Origin, Refusal, SqlRequest, Stage};
+
+/// What the pipeline decided about a prepared statement, kept per name.
+#[derive(Debug)]
+pub(crate) struct Stmt {
+    row_cap: Option<u64>,
+    normalized: Arc<str>,
+    role: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Portal {
+    stmt: Arc<Stmt>,
+    /// Rows sent from this portal so far (cumulative over `Execute`s with a
+    /// row count, so a portal fetched in chunks is capped as a whole).
+    rows: Arc<AtomicU64>,
+}
+
+/// One execution whose results are being relayed.
+#[derive(Debug)]
+struct Exec {
+    stmt: Arc<Stmt>,
+    rows: Arc<AtomicU64>,
+    /// Rows forwarded for this execution (for the query log).
+    sent: u64,
+    /// The cap was exceeded: rows are being dropped.
+    over: bool,
+    start: Instant,
+    failed: bool,
+}
+
+impl Exec {
+    fn new(stmt: Arc<Stmt>, rows: Arc<AtomicU64>) -> Self {
+        Self {
+            stmt,
+            rows,
+            sent: 0,
+            over: false,
+            start: Instant::now(),
+            failed: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A simple `Query` forwarded upstream.
+    Simple(Exec),
+    /// A batch of extended-protocol messages (closed by `Sync`).
+    Extended {
+        execs: VecDeque<Exec>,
+        inject: Option<Bytes>,
+        synced: bool,
+    },
+    /// A refused simple query (or function call): error and
+    /// `ReadyForQuery` once everything before it is answered.
+    Refused(Bytes),
+}
+
+/// What the session should do after a client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Go on.
+    Continue,
+    /// Write out what is buffered, then close both sides.
+    Close,
+}
+
+/// Who the session is, fixed at startup.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionInfo {
+    pub(crate) identity: Identity,
+    pub(crate) database: Arc<str>,
+    pub(crate) role: Arc<Role>,
+    pub(crate) acl: Arc<Acl>,
+}
+
+/// The relay state of one session.
+pub(crate) struct Relay {
+    info: SessionInfo,
+    pipeline: PipelineService,
+    statements: HashMap<Box<str>, Arc<Stmt>>,
+    portals: HashMap<Box<str>, Portal>,
+    pending: VecDeque<Pending>,
+    /// A refusal happened in the open extended batch: drop until `Sync`.
+    discarding: bool,
+    /// Transaction status of the last upstream `ReadyForQuery`.
+    tx_status: u8,
+    /// Drop upstream results until `ReadyForQuery` (after we replaced a
+    /// result by a row-cap error, as a server does after any error).
+    suppress: bool,
+    /// An `ErrorResponse` reached the client since the last `ReadyForQuery`.
+    batch_error: bool,
+    /// The upstream is in COPY FROM STDIN (it sent `CopyInResponse`).
+    copy_in: bool,
+    /// Client messages larger than this are refused.
+    pub(crate) max_message: usize,
+}
+
+const UNNAMED: &str = "";
+
+fn name_key(name: Option<String>) -> Box<str> {
+    name.unwrap_or_default().into_boxed_str()
+}
+
+impl Relay {
+    /// A relay for the session `info`, deciding with `pipeline`.
+    pub(crate) fn new(info: SessionInfo, pipeline: PipelineService) -> Self {
+        let max_message = (1usize << 20).max(info.acl.validation().max_bytes.saturating_add(1024));
+        Self {
+            info,
+            pipeline,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            discarding: false,
+            tx_status: b'I',
+            suppress: false,
+            batch_error: false,
+            copy_in: false,
+            max_message,
+        }
+    }
+
+    /// Whether nothing is outstanding upstream.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    // ------------------------------------------------------------------
+    // Client → upstream.
+
+    /// Handle one complete client message (`frame`, header included).
+    pub(crate) fn on_client(
+        &mut self,
+        frame: BytesMut,
+        up: &mut BytesMut,
+        cl: &mut BytesMut,
+    ) -> Flow {
+        let tag = frame.first().copied().unwrap_or(0);
+        if self.discarding && tag != b'S' && tag != b'X' {
+            return Flow::Continue;
+        }
+        match tag {
+            b'F' => {
+                let r = Refusal::new(
+                    Stage::Validation,
+                    "function_call",
+                    "the legacy FunctionCall message is not supported by the bastion: call the function in a query",
+                );
+                self.log_refused(&r, "");
+                let mut e = BytesMut::new();
+                frame::error(
+                    &mut e,
+                    Severity::Error,
+                    "0A000",
+                    &r.reason,
+                    Some("refused by the hexon-sql bastion (protocol)"),
+                );
+                self.refuse_simple(e.freeze(), cl);
+                return Flow::Continue;
+            }
+            b'd' | b'c' | b'f' => {
+                if self.copy_in {
+                    if frame
+                        .get(HEADER..)
+                        .is_some_and(|b| frame::well_formed(tag, b))
+                    {
+                        up.extend_from_slice(&frame);
+                        return Flow::Continue;
+                    }
+                    return self.fatal(cl, "08P01", "malformed COPY message");
+                }
+                // Outside COPY a server ignores these; so do we (and they
+                // never reach the upstream).
+                return Flow::Continue;
+            }
+            _ => {}
+        }
+        let msg = match frame::decode_frontend(frame.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.fatal(cl, "08P01", &format!("protocol violation: {e}"));
+            }
+        };
+        match msg {
+            PgWireFrontendMessage::Query(q) => self.query(q.query, up, cl),
+            PgWireFrontendMessage::Parse(p) => self.parse(p, up),
+            PgWireFrontendMessage::Bind(b) => {
+                let stmt = self
+                    .statements
+                    .get(&*b.statement_name.clone().unwrap_or_default());
+                match stmt {
+                    Some(s) => {
+                        let portal = Portal {
+                            stmt: s.clone(),
+                            rows: Arc::new(AtomicU64::new(0)),
+                        };
+                        self.portals.insert(name_key(b.portal_name), portal);
+                        self.open_batch();
+                        up.extend_from_slice(&frame);
+                    }
+                    None => self.refuse_unknown("prepared statement", b.statement_name),
+                }
+            }
+            PgWireFrontendMessage::Describe(d) => {
+                let known = if d.target_type == b'S' {
+                    self.statements
+                        .contains_key(d.name.as_deref().unwrap_or(UNNAMED))
+                } else {
+                    self.portals
+                        .contains_key(d.name.as_deref().unwrap_or(UNNAMED))
+                };
+                if known {
+                    self.open_batch();
+                    up.extend_from_slice(&frame);
+                } else {
+                    let what = if d.target_type == b'S' {
+                        "prepared statement"
+                    } else {
+                        "portal"
+                    };
+                    self.refuse_unknown(what, d.name);
+                }
+            }
+            PgWireFrontendMessage::Execute(x) => {
+                match self.portals.get(x.name.as_deref().unwrap_or(UNNAMED)) {
+                    Some(p) => {
+                        let exec = Exec::new(p.stmt.clone(), p.rows.clone());
+                        if let Some(execs) = self.open_batch_execs() {
+                            execs.push_back(exec);
+                        }
+                        up.extend_from_slice(&frame);
+                    }
+                    None => self.refuse_unknown("portal", x.name),
+                }
+            }
+            PgWireFrontendMessage::Close(c) => {
+                let key = c.name.as_deref().unwrap_or(UNNAMED);
+                if c.target_type == b'S' {
+                    self.statements.remove(key);
+                } else {
+                    self.portals.remove(key);
+                }
+                self.open_batch();
+                up.extend_from_slice(&frame);
+            }
+            PgWireFrontendMessage::Sync(_) => {
+                self.open_batch();
+                if let Some(Pending::Extended { synced, .. }) = self.pending.back_mut() {
+                    *synced = true;
+                }
+                self.discarding = false;
+                up.extend_from_slice(&frame);
+            }
+            PgWireFrontendMessage::Flush(_) => up.extend_from_slice(&frame),
+            PgWireFrontendMessage::Terminate(_) => {
+                up.extend_from_slice(&frame);
+                return Flow::Close;
+            }
+            _ => {
+                return self.fatal(
+                    cl,
+                    "08P01",
+                    &format!("unexpected message type {:?}", char::from(tag)),
+                );
+            }
+        }
+        Flow::Continue
+    }
+
+    fn fatal(&mut self, cl: &mut BytesMut, code: &str, message: &str) -> Flow {
+        frame::error(cl, Severity::Fatal, code, message, None);
+        Flow::Close
+    }
+
+    /// Run the pipeline on `sql`.
+    fn decide(&mut self, sql: String, origin: Origin) -> (Result<Admitted, Refusal>, SqlRequest) {
+        let req = SqlRequest::new(
+            self.info.identity.clone(),
+            self.info.database.clone(),
+            sql,
+            Dialect::Postgres,
+        )
+        .with_origin(origin);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let not_ready = || {
+            Refusal::new(
+                Stage::Validation,
+                "not_ready",
+                "the bastion's pipeline is not ready; try again",
+            )
+        };
+        let verdict = match self.pipeline.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => self
+                .pipeline
+                .call(req.clone())
+                .now_or_never()
+                .unwrap_or_else(|| Err(not_ready())),
+            Poll::Ready(Err(r)) => Err(r),
+            Poll::Pending => Err(not_ready()),
+        };
+        (verdict, req)
+    }
+
+    /// The normalised text of a refused statement, when it was parsed.
+    fn refused_statement(&self, req: &SqlRequest, r: &Refusal) -> Arc<str> {
+        match r.stage {
+            Stage::Validation | Stage::RateLimit | Stage::Parse => "".into(),
+            _ => req
+                .analysis(&crate::layers::limits(&self.info.acl))
+                .map(|a| Arc::from(a.normalized.as_str()))
+                .unwrap_or_else(|_| "".into()),
+        }
+    }
+
+    fn stmt_from(&self, a: &Admitted) -> Arc<Stmt> {
+        Arc::new(Stmt {
+            // The role's row limit backs the pipeline's cap on every result.
+            row_cap: a.row_cap.or(self.info.role.row_limit),
+            normalized: a.normalized.clone(),
+            role: a.role.clone(),
+        })
+    }
+
+    fn query(&mut self, sql: String, up: &mut BytesMut, cl: &mut BytesMut) {
+        // A simple query destroys the unnamed statement and portal.
+        self.statements.remove(UNNAMED);
+        self.portals.remove(UNNAMED);
+        let (verdict, req) = self.decide(sql, Origin::Simple);
+        match verdict {
+            Ok(a) => {
+                frame::put(up, &Query::new(a.sql.to_string()));
+                let exec = Exec::new(self.stmt_from(&a), Arc::new(AtomicU64::new(0)));
+                match self.pending.back_mut() {
+                    // A Query in the middle of an unsynced batch is answered
+                    // by the same ReadyForQuery.
+                    Some(Pending::Extended { execs, synced, .. }) if !*synced => {
+                        execs.push_back(exec);
+                        *synced = true;
+                    }
+                    _ => self.pending.push_back(Pending::Simple(exec)),
+                }
+            }
+            Err(r) => {
+                let statement = self.refused_statement(&req, &r);
+                self.log_refused(&r, &statement);
+                let mut e = BytesMut::new();
+                frame::refusal_error(&mut e, &r);
+                self.refuse_simple(e.freeze(), cl);
+            }
+        }
+    }
+
+    /// Answer a refused simple query now, or when what is before it is done.
+    fn refuse_simple(&mut self, error: Bytes, cl: &mut BytesMut) {
+        if self.pending.is_empty() {
+            cl.extend_from_slice(&error);
+            frame::ready(cl, self.tx_status);
+        } else {
+            self.pending.push_back(Pending::Refused(error));
+        }
+    }
+
+    fn parse(&mut self, p: Parse, up: &mut BytesMut) {
+        let key = name_key(p.name.clone());
+        let (verdict, req) = self.decide(p.query, Origin::Prepare);
+        match verdict {
+            Ok(a) => {
+                let stmt = self.stmt_from(&a);
+                self.statements.insert(key, stmt);
+                frame::put(up, &Parse::new(p.name, a.sql.to_string(), p.type_oids));
+                self.open_batch();
+            }
+            Err(r) => {
+                // Whatever the name meant before, it is not usable now.
+                self.statements.remove(&key);
+                let statement = self.refused_statement(&req, &r);
+                self.log_refused(&r, &statement);
+                let mut e = BytesMut::new();
+                frame::refusal_error(&mut e, &r);
+                self.refuse_extended(e.freeze());
+            }
+        }
+    }
+
+    fn refuse_unknown(&mut self, what: &str, name: Option<String>) {
+        let r = Refusal::new(
+            Stage::Validation,
+            "not_admitted",
+            format!(
+                "{what} {:?} does not exist or was not admitted by the bastion",
+                name.unwrap_or_default()
+            ),
+        );
+        self.log_refused(&r, "");
+        let mut e = BytesMut::new();
+        frame::error(
+            &mut e,
+            Severity::Error,
+            if what == "portal" { "34000" } else { "26000" },
+            &r.reason,
+            Some("refused by the hexon-sql bastion at stage validation (not_admitted)"),
+        );
+        self.refuse_extended(e.freeze());
+    }
+
+    /// Refuse inside the open extended batch: remember the error for its
+    /// `Sync`, and drop the rest of the batch.
+    fn refuse_extended(&mut self, error: Bytes) {
+        self.open_batch();
+        if let Some(Pending::Extended { inject, .. }) = self.pending.back_mut() {
+            if inject.is_none() {
+                *inject = Some(error);
+            }
+        }
+        self.discarding = true;
+    }
+
+    /// Make sure the back of the queue is an unsynced extended batch.
+    fn open_batch(&mut self) {
+        self.open_batch_execs();
+    }
+
+    fn open_batch_execs(&mut self) -> Option<&mut VecDeque<Exec>> {
+        if !matches!(
+            self.pending.back(),
+            Some(Pending::Extended { synced: false, .. })
+        ) {
+            self.pending.push_back(Pending::Extended {
+                execs: VecDeque::new(),
+                inject: None,
+                synced: false,
+            });
+        }
+        match self.pending.back_mut() {
+            Some(Pending::Extended { execs, .. }) => Some(execs),
+            _ => None,
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Upstream → client.
+
+    fn current_exec(&mut self) -> Option<&mut Exec> {
+        match self.pending.front_mut()? {
+            Pending::Simple(e) => Some(e),
+            Pending::Extended { execs, .. } => execs.front_mut(),
+            Pending::Refused(_) => None,
+        }
+    }
+
+    /// Handle one complete upstream message (`frame`, header included).
+    pub(crate) fn on_upstream(&mut self, frame: &[u8], cl: &mut BytesMut) {
+        let tag = frame.first().copied().unwrap_or(0);
+        if tag == b'Z' {
+            self.ready_for_query(frame, cl);
+            return;
+        }
+        if self.suppress {
+            // Asynchronous messages still go through.
+            if matches!(tag, b'N' | b'A' | b'S') {
+                cl.extend_from_slice(frame);
+            }
+            return;
+        }
+        match tag {
+            b'D' => {
+                let Some(e) = self.current_exec() else {
+                    cl.extend_from_slice(frame);
+                    return;
+                };
+                let n = e.rows.fetch_add(1, Ordering::Relaxed) + 1;
+                if e.stmt.row_cap.is_some_and(|cap| n > cap) {
+                    e.over = true;
+                } else {
+                    e.sent += 1;
+                    cl.extend_from_slice(frame);
+                }
+            }
+            b'C' | b's' | b'I' => {
+                let simple = matches!(self.pending.front(), Some(Pending::Simple(_)));
+                let mut capped = None;
+                if let Some(e) = self.current_exec() {
+                    if e.over {
+                        capped = Some((e.stmt.row_cap.unwrap_or(0), e.stmt.role.clone()));
+                        e.failed = true;
+                    }
+                    if simple && tag == b'C' {
+                        // Each result of a simple query is capped on its own.
+                        e.rows.store(0, Ordering::Relaxed);
+                        e.over = false;
+                    }
+                }
+                match capped {
+                    Some((cap, role)) => {
+                        frame::error(
+                            cl,
+                            Severity::Error,
+                            "54000",
+                            &format!("result exceeds the row cap of {cap} rows for role {role}"),
+                            Some("refused by the hexon-sql bastion at stage limit (row_cap)"),
+                        );
+                        self.after_error(true);
+                    }
+                    None => cl.extend_from_slice(frame),
+                }
+                if !simple {
+                    self.finish_exec();
+                }
+            }
+            b'E' => {
+                cl.extend_from_slice(frame);
+                if let Some(e) = self.current_exec() {
+                    e.failed = true;
+                }
+                self.after_error(false);
+            }
+            b'G' => {
+                self.copy_in = true;
+                cl.extend_from_slice(frame);
+            }
+            // Key data after startup would reveal the real key: never forward.
+            b'K' => {}
+            _ => cl.extend_from_slice(frame),
+        }
+    }
+
+    /// An error reached the client: the rest of the batch is skipped (by
+    /// the server for its own errors; by us, for errors we made).
+    fn after_error(&mut self, ours: bool) {
+        self.batch_error = true;
+        self.copy_in = false;
+        if let Some(Pending::Extended { execs, synced, .. }) = self.pending.front_mut() {
+            if let Some(e) = execs.pop_front() {
+                log_exec(&self.info, &e);
+            }
+            for e in execs.drain(..) {
+                drop(e);
+            }
+            if ours {
+                // Drop what the client still sends in this batch, as a
+                // server would after an error.
+                if !*synced && self.pending.len() == 1 {
+                    self.discarding = true;
+                }
+            }
+        }
+        if ours {
+            self.suppress = true;
+        }
+    }
+
+    fn finish_exec(&mut self) {
+        if let Some(Pending::Extended { execs, .. }) = self.pending.front_mut() {
+            if let Some(e) = execs.pop_front() {
+                log_exec(&self.info, &e);
+            }
+        }
+    }
+
+    fn ready_for_query(&mut self, frame: &[u8], cl: &mut BytesMut) {
+        if let Some(&s) = frame.get(HEADER) {
+            self.tx_status = s;
+        }
+        match self.pending.pop_front() {
+            Some(Pending::Simple(e)) => log_exec(&self.info, &e),
+            Some(Pending::Extended { execs, inject, .. }) => {
+                for e in execs {
+                    log_exec(&self.info, &e);
+                }
+                if let Some(err) = inject {
+                    if !self.batch_error {
+                        cl.extend_from_slice(&err);
+                    }
+                }
+            }
+            Some(Pending::Refused(err)) => {
+                // Out of step (should not happen): answer it anyway.
+                cl.extend_from_slice(&err);
+                frame::ready(cl, self.tx_status);
+            }
+            None => {}
+        }
+        self.suppress = false;
+        self.batch_error = false;
+        self.copy_in = false;
+        cl.extend_from_slice(frame);
+        while let Some(Pending::Refused(_)) = self.pending.front() {
+            if let Some(Pending::Refused(err)) = self.pending.pop_front() {
+                cl.extend_from_slice(&err);
+                frame::ready(cl, self.tx_status);
+            }
+        }
+    }
+
+    fn log_refused(&self, r: &Refusal, statement: &str) {
+        tracing::info!(
+            target: "hexon_sql::query",
+            user = self.info.identity.username(),
+            database = &*self.info.database,
+            role = &*self.info.role.name,
+            statement,
+            verdict = "refused",
+            stage = r.stage.as_str(),
+            code = r.code,
+            duration_us = 0u64,
+            rows = 0u64,
+            "statement refused: {}",
+            r.reason
+        );
+    }
+}
+
+fn log_exec(info: &SessionInfo, e: &Exec) {
+    let duration_us = u64::try_from(e.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::info!(
+        target: "hexon_sql::query",
+        user = info.identity.username(),
+        database = &*info.database,
+        role = &*e.stmt.role,
+        statement = &*e.stmt.normalized,
+        verdict = "admitted",
+        stage = "",
+        code = if e.over { "row_cap" } else if e.failed { "error" } else { "" },
+        duration_us,
+        rows = e.sent,
+        "statement"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Pipeline;
+    use bytes::BufMut;
+    use pgwire::messages::Message;
+    use pgwire::messages::extendedquery::{Bind, Execute, Sync};
+
+    const ACL: &str = r#"
+[[databases]]
+name = "app"
+dialect = "postgres"
+[[databases.roles]]
+name = "reader"
+groups = ["g"]
+read_only = true
+row_limit = 2
+tables = [{ name = "public.*", ops = ["select"] }]
+"#;
+
+    fn relay() -> Relay {
+        let acl = Arc::new(Acl::from_toml(ACL).unwrap());
+        let identity = Identity::builder("u", "alice")
+            .groups(["g"])
+            .build()
+            .unwrap();
+        let role = acl.role_for(&identity, "app").unwrap().clone();
+        let info = SessionInfo {
+            identity,
+            database: "app".into(),
+            role,
+            acl: acl.clone(),
+        };
+        Relay::new(info, Pipeline::build(acl, 16))
+    }
+
+    fn enc<M: Message>(m: M) -> BytesMut {
+        let mut b = BytesMut::new();
+        m.encode(&mut b).unwrap();
+        b
+    }
+
+    fn raw(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        frame::header(&mut b, tag, body.len());
+        b.put_slice(body);
+        b.to_vec()
+    }
+
+    fn tags(mut b: &[u8]) -> String {
+        let mut out = String::new();
+        while let Ok(Some(n)) = frame::typed_len(b, usize::MAX) {
+            out.push(char::from(b[0]));
+            b = &b[n..];
+        }
+        out
+    }
+
+    #[test]
+    fn refused_parse_error_is_injected_before_the_ready_for_query() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(
+            enc(Parse::new(Some("a".into()), "SELECT 1".into(), vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(
+            enc(Parse::new(Some("b".into()), "DELETE FROM t".into(), vec![])),
+            &mut up,
+            &mut cl,
+        );
+        // Discarded until Sync.
+        r.on_client(
+            enc(Bind::new(None, Some("b".into()), vec![], vec![], vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        assert!(cl.is_empty(), "nothing before the upstream answers");
+        assert_eq!(
+            tags(&up),
+            "PS",
+            "the refused Parse and the Bind never reach upstream"
+        );
+        // Upstream answers the first Parse, then Sync.
+        r.on_upstream(&raw(b'1', b""), &mut cl);
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        assert_eq!(tags(&cl), "1EZ");
+        assert!(r.idle());
+        // The refused name is unknown afterwards.
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(
+            enc(Bind::new(None, Some("b".into()), vec![], vec![], vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        assert_eq!(tags(&up), "S");
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        assert_eq!(tags(&cl), "EZ");
+    }
+
+    #[test]
+    fn injected_error_is_dropped_when_upstream_already_failed() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(
+            enc(Parse::new(None, "SELECT 1".into(), vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(
+            enc(Parse::new(Some("b".into()), "DROP TABLE t".into(), vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_upstream(&raw(b'E', b"SERROR\0\0"), &mut cl);
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        assert_eq!(tags(&cl), "EZ");
+    }
+
+    #[test]
+    fn refused_simple_query_waits_for_outstanding_results() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
+        r.on_client(enc(Query::new("DELETE FROM t".into())), &mut up, &mut cl);
+        assert!(cl.is_empty());
+        r.on_upstream(&raw(b'T', b"\0\0"), &mut cl);
+        r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
+        r.on_upstream(&raw(b'C', b"SELECT 1\0"), &mut cl);
+        r.on_upstream(&raw(b'Z', b"T"), &mut cl);
+        assert_eq!(tags(&cl), "TDCZEZ");
+        // The refusal reports the transaction status of the last upstream RFQ.
+        assert_eq!(cl.last(), Some(&b'T'));
+        // With nothing outstanding, a refusal is answered at once.
+        let mut cl = BytesMut::new();
+        r.on_client(enc(Query::new("DELETE FROM t".into())), &mut up, &mut cl);
+        assert_eq!(tags(&cl), "EZ");
+    }
+
+    #[test]
+    fn row_cap_replaces_the_command_complete() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        // FETCH-like: the statement's cap (row_limit 2) applies on the wire.
+        r.on_client(enc(Query::new("SELECT * FROM t".into())), &mut up, &mut cl);
+        r.on_upstream(&raw(b'T', b"\0\0"), &mut cl);
+        for _ in 0..5 {
+            r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
+        }
+        r.on_upstream(&raw(b'C', b"SELECT 5\0"), &mut cl);
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        assert_eq!(tags(&cl), "TDDEZ");
+        let text = String::from_utf8_lossy(&cl);
+        assert!(text.contains("row cap of 2 rows for role reader"), "{text}");
+        assert!(text.contains("54000"));
+    }
+
+    #[test]
+    fn portal_rows_are_capped_cumulatively() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(
+            enc(Parse::new(None, "SELECT * FROM t".into(), vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(
+            enc(Bind::new(None, None, vec![], vec![], vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(enc(Execute::new(None, 2)), &mut up, &mut cl);
+        r.on_client(enc(Execute::new(None, 2)), &mut up, &mut cl);
+        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        assert_eq!(tags(&up), "PBEES");
+        r.on_upstream(&raw(b'1', b""), &mut cl);
+        r.on_upstream(&raw(b'2', b""), &mut cl);
+        r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
+        r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
+        r.on_upstream(&raw(b's', b""), &mut cl);
+        r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
+        r.on_upstream(&raw(b's', b""), &mut cl);
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        assert_eq!(tags(&cl), "12DDsEZ");
+    }
+
+    #[test]
+    fn bind_and_execute_need_admitted_names() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(enc(Execute::new(Some("nope".into()), 0)), &mut up, &mut cl);
+        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        assert_eq!(tags(&up), "S");
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        assert_eq!(tags(&cl), "EZ");
+        assert!(String::from_utf8_lossy(&cl).contains("34000"));
+    }
+
+    #[test]
+    fn function_call_and_garbage() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        let flow = r.on_client(
+            BytesMut::from(&raw(b'F', b"\0\0\0\x01")[..]),
+            &mut up,
+            &mut cl,
+        );
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(tags(&cl), "EZ");
+        let mut cl = BytesMut::new();
+        let flow = r.on_client(BytesMut::from(&raw(b'P', b"")[..]), &mut up, &mut cl);
+        assert_eq!(flow, Flow::Close);
+        assert_eq!(tags(&cl), "E");
+        let flow = r.on_client(BytesMut::from(&raw(b'~', b"xyz")[..]), &mut up, &mut cl);
+        assert_eq!(flow, Flow::Close);
+        assert!(up.is_empty());
+    }
+}

@@ -1,0 +1,699 @@
+//! One client connection: startup (TLS, cancel, authentication, upstream
+//! login), then the relay loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::response::{GssEncResponse, SslResponse};
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey, Startup};
+use pgwire::messages::{
+    DecodeContext, PgWireFrontendMessage, ProtocolVersion, SslNegotiationMetaMessage,
+};
+use rand_core::{OsRng, RngCore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use hexon_core::UnixTime;
+
+use super::Shared;
+use super::auth::{self, LoginError, UpstreamLogin};
+use super::frame::{self, FrameError, Severity};
+use super::relay::{Flow, Relay, SessionInfo};
+use crate::dialect::Dialect;
+
+/// Time a client has from connecting to being logged in.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest password message (a token) accepted.
+const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
+/// Stop reading from one side while this much is waiting to be written to
+/// the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read granularity.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Startup parameters passed on to the upstream when the client sets them.
+const PASSED_SETTINGS: &[&str] = &[
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "extra_float_digits",
+];
+
+/// Where the real server's cancel key is, by the bastion's process id.
+#[derive(Debug, Default)]
+pub(crate) struct CancelMap(Mutex<HashMap<i32, CancelEntry>>);
+
+#[derive(Debug, Clone)]
+struct CancelEntry {
+    secret: i32,
+    upstream: String,
+    pid: i32,
+    upstream_secret: i32,
+}
+
+/// Removes a session's cancel key when the session ends.
+pub(crate) struct CancelGuard {
+    map: Arc<CancelMap>,
+    pid: i32,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.map.lock().remove(&self.pid);
+    }
+}
+
+fn random_i32() -> i32 {
+    let mut b = [0u8; 4];
+    if OsRng.try_fill_bytes(&mut b).is_err() {
+        // No OS randomness: a key nobody can guess is impossible; use one
+        // that matches nothing useful (the entry is still unique by pid).
+        tracing::error!("no OS randomness for a cancel key");
+    }
+    i32::from_be_bytes(b)
+}
+
+impl CancelMap {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, CancelEntry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register the upstream key; returns the bastion's (pid, secret).
+    fn register(
+        self: &Arc<Self>,
+        upstream: &str,
+        pid: i32,
+        upstream_secret: i32,
+    ) -> (CancelGuard, i32, i32) {
+        let secret = random_i32();
+        let mut map = self.lock();
+        let mut our = random_i32() & i32::MAX;
+        while our == 0 || map.contains_key(&our) {
+            our = random_i32() & i32::MAX;
+        }
+        map.insert(
+            our,
+            CancelEntry {
+                secret,
+                upstream: upstream.to_owned(),
+                pid,
+                upstream_secret,
+            },
+        );
+        (
+            CancelGuard {
+                map: self.clone(),
+                pid: our,
+            },
+            our,
+            secret,
+        )
+    }
+
+    fn lookup(&self, pid: i32, secret: i32) -> Option<CancelEntry> {
+        let map = self.lock();
+        let e = map.get(&pid)?;
+        // Integers: the comparison is a single instruction.
+        (e.secret == secret).then(|| e.clone())
+    }
+}
+
+/// Read one untyped startup-phase packet.
+async fn read_packet<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> std::io::Result<BytesMut> {
+    loop {
+        match frame::startup_len(buf) {
+            Ok(Some(n)) if buf.len() >= n => return Ok(buf.split_to(n)),
+            Ok(_) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        buf.reserve(1024);
+        if s.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+enum First {
+    Ssl,
+    Gss,
+    Cancel(i32, i32),
+    Startup(Startup),
+}
+
+fn classify(packet: BytesMut) -> Result<First, FrameError> {
+    let bad = || FrameError::Malformed('?');
+    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+    let mut b = packet.clone();
+    match PgWireFrontendMessage::decode(&mut b, &ctx) {
+        Ok(Some(PgWireFrontendMessage::SslNegotiation(
+            SslNegotiationMetaMessage::PostgresSsl(_),
+        ))) => return Ok(First::Ssl),
+        Ok(Some(PgWireFrontendMessage::SslNegotiation(
+            SslNegotiationMetaMessage::PostgresGss(_),
+        ))) => return Ok(First::Gss),
+        Ok(Some(PgWireFrontendMessage::SslNegotiation(SslNegotiationMetaMessage::None))) => {}
+        _ => return Err(bad()),
+    }
+    ctx.awaiting_frontend_ssl = false;
+    let mut b = packet;
+    match PgWireFrontendMessage::decode(&mut b, &ctx) {
+        Ok(Some(PgWireFrontendMessage::CancelRequest(c))) => {
+            let secret = c.secret_key.as_i32().ok_or_else(bad)?;
+            Ok(First::Cancel(c.pid, secret))
+        }
+        Ok(Some(PgWireFrontendMessage::Startup(s))) => Ok(First::Startup(s)),
+        _ => Err(bad()),
+    }
+}
+
+/// Serve one accepted connection.
+pub(crate) async fn handle(mut tcp: TcpStream, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut ssl_asked = false;
+    let mut gss_asked = false;
+    let first = tokio::time::timeout(STARTUP_TIMEOUT, async {
+        loop {
+            let packet = read_packet(&mut tcp, &mut buf).await?;
+            match classify(packet) {
+                Ok(First::Gss) if !gss_asked => {
+                    gss_asked = true;
+                    let mut out = BytesMut::new();
+                    frame::put(&mut out, &GssEncResponse::Refuse);
+                    tcp.write_all(&out).await?;
+                }
+                Ok(First::Ssl) if !ssl_asked => {
+                    ssl_asked = true;
+                    if shared.tls.is_none() {
+                        let mut out = BytesMut::new();
+                        frame::put(&mut out, &SslResponse::Refuse);
+                        tcp.write_all(&out).await?;
+                    } else {
+                        return Ok(Some(First::Ssl));
+                    }
+                }
+                Ok(f @ (First::Cancel(..) | First::Startup(_))) => return Ok(Some(f)),
+                Ok(_) | Err(_) => return Ok::<_, std::io::Error>(None),
+            }
+        }
+    })
+    .await;
+    let first = match first {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => {
+            let mut out = BytesMut::new();
+            frame::error(
+                &mut out,
+                Severity::Fatal,
+                "08P01",
+                "invalid startup packet",
+                None,
+            );
+            let _ = tcp.write_all(&out).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "startup failed");
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                let mut out = BytesMut::new();
+                frame::error(
+                    &mut out,
+                    Severity::Fatal,
+                    "08P01",
+                    &format!("invalid startup packet: {e}"),
+                    None,
+                );
+                let _ = tcp.write_all(&out).await;
+            }
+            return;
+        }
+        Err(_) => return,
+    };
+    match first {
+        First::Ssl => {
+            // Bytes sent after SSLRequest and before the handshake would be
+            // read as if they came over TLS: refuse (CVE-2021-23214).
+            if !buf.is_empty() {
+                return;
+            }
+            let Some(acceptor) = shared.tls.clone() else {
+                return;
+            };
+            let mut out = BytesMut::new();
+            frame::put(&mut out, &SslResponse::Accept);
+            if tcp.write_all(&out).await.is_err() {
+                return;
+            }
+            let tls = match tokio::time::timeout(STARTUP_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            startup(tls, BytesMut::new(), None, true, shared).await;
+        }
+        First::Cancel(pid, secret) => cancel(&shared, pid, secret).await,
+        First::Startup(s) => startup(tcp, buf, Some(s), false, shared).await,
+        First::Gss => {}
+    }
+}
+
+async fn cancel(shared: &Shared, pid: i32, secret: i32) {
+    let Some(e) = shared.cancels.lookup(pid, secret) else {
+        tracing::debug!("cancel request with an unknown key ignored");
+        return;
+    };
+    let mut out = BytesMut::new();
+    frame::put(
+        &mut out,
+        &CancelRequest::new(e.pid, SecretKey::I32(e.upstream_secret)),
+    );
+    let sent = async {
+        let mut s = TcpStream::connect(&e.upstream).await?;
+        s.write_all(&out).await?;
+        // The server closes the connection when done.
+        let mut sink = [0u8; 16];
+        let _ = s.read(&mut sink).await;
+        Ok::<_, std::io::Error>(())
+    };
+    if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(10), sent).await {
+        tracing::warn!(error = %err, "could not forward a cancel request");
+    }
+}
+
+async fn fatal<S: AsyncWrite + Unpin>(s: &mut S, e: &LoginError) {
+    let mut out = BytesMut::new();
+    frame::error(&mut out, Severity::Fatal, e.sqlstate, &e.message, None);
+    let _ = s.write_all(&out).await;
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+}
+
+/// What the startup packet asks for, once checked.
+struct StartupParams {
+    user: String,
+    database: String,
+    /// Settings passed on to the upstream.
+    settings: Vec<(String, String)>,
+}
+
+/// Check the startup parameters.
+fn check_parameters(s: &Startup) -> Result<StartupParams, LoginError> {
+    if s.protocol_number_minor != 0 {
+        return Err(LoginError::new(
+            "0A000",
+            format!(
+                "protocol 3.{} is not supported by the bastion; use 3.0",
+                s.protocol_number_minor
+            ),
+        ));
+    }
+    let mut user = None;
+    let mut database = None;
+    let mut settings = Vec::new();
+    for (k, v) in &s.parameters {
+        match k.to_ascii_lowercase().as_str() {
+            "user" => user = Some(v.clone()),
+            "database" => database = Some(v.clone()),
+            "application_name" => {}
+            "replication" => {
+                return Err(LoginError::new(
+                    "0A000",
+                    "replication connections are not supported by the bastion",
+                ));
+            }
+            "options" => {
+                return Err(LoginError::new(
+                    "0A000",
+                    "the startup parameter \"options\" is refused by the bastion: settings must go through the ACL (unset PGOPTIONS)",
+                ));
+            }
+            "client_encoding" => {
+                let e = v.to_ascii_lowercase().replace(['-', '_'], "");
+                if !matches!(e.as_str(), "utf8" | "unicode" | "auto") {
+                    return Err(LoginError::new(
+                        "0A000",
+                        format!("client_encoding {v:?} is not supported by the bastion: use UTF8"),
+                    ));
+                }
+            }
+            other if PASSED_SETTINGS.contains(&other) => {
+                settings.push((other.to_owned(), v.clone()))
+            }
+            other => {
+                return Err(LoginError::new(
+                    "0A000",
+                    format!("the startup parameter {other:?} is refused by the bastion"),
+                ));
+            }
+        }
+    }
+    let user = user
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| LoginError::new("28000", "no user name in the startup packet"))?;
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    Ok(StartupParams {
+        user,
+        database,
+        settings,
+    })
+}
+
+async fn startup<S>(
+    mut client: S,
+    mut buf: BytesMut,
+    first: Option<Startup>,
+    tls: bool,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let login = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        login(&mut client, &mut buf, first, tls, &shared),
+    )
+    .await;
+    let (relay, upstream, info, _guard) = match login {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(sqlstate = e.sqlstate, reason = %e.message, "PostgreSQL login refused");
+            fatal(&mut client, &e).await;
+            return;
+        }
+        Err(_) => {
+            fatal(&mut client, &LoginError::new("08006", "login timed out")).await;
+            return;
+        }
+    };
+    tracing::debug!(
+        user = info.0,
+        database = info.1,
+        "PostgreSQL session started"
+    );
+    if let Err(e) = relay_loop(client, buf, upstream, relay).await {
+        tracing::debug!(error = %e, "PostgreSQL session ended with an error");
+    }
+}
+
+type LoggedIn = (Relay, auth::Upstream, (String, String), Option<CancelGuard>);
+
+async fn login<S>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    first: Option<Startup>,
+    tls: bool,
+    shared: &Shared,
+) -> Result<Option<LoggedIn>, LoginError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let io = |e: std::io::Error| LoginError::new("08006", format!("connection failure: {e}"));
+    let startup = match first {
+        Some(s) => s,
+        None => {
+            let packet = read_packet(client, buf).await.map_err(io)?;
+            match classify(packet) {
+                Ok(First::Startup(s)) => s,
+                Ok(First::Cancel(pid, secret)) => {
+                    cancel(shared, pid, secret).await;
+                    return Ok(None);
+                }
+                _ => return Err(LoginError::new("08P01", "invalid startup packet")),
+            }
+        }
+    };
+    let StartupParams {
+        user,
+        database,
+        settings,
+    } = check_parameters(&startup)?;
+    if !tls && !shared.allow_plaintext {
+        return Err(LoginError::new(
+            "28000",
+            "this bastion requires TLS (the password is a gateway token): connect with sslmode=require or stricter",
+        ));
+    }
+    let mut out = BytesMut::new();
+    frame::put(&mut out, &Authentication::CleartextPassword);
+    client.write_all(&out).await.map_err(io)?;
+    client.flush().await.map_err(io)?;
+    let f = auth::read_typed(client, buf, MAX_PASSWORD_MESSAGE)
+        .await
+        .map_err(io)?;
+    if f.first() != Some(&b'p') {
+        return Err(LoginError::new("08P01", "expected a password message"));
+    }
+    let password = match frame::decode_frontend(f) {
+        Ok(PgWireFrontendMessage::PasswordMessageFamily(p)) => p
+            .into_password()
+            .map_err(|_| LoginError::new("08P01", "malformed password message"))?,
+        _ => return Err(LoginError::new("08P01", "malformed password message")),
+    };
+    let identity =
+        auth::verify_client(&shared.verifier, &password.password, &user, UnixTime::now())?;
+    drop(password);
+    let no_access = || {
+        LoginError::new(
+            "28000",
+            format!(
+                "no access to database {database:?}: it is not configured in the bastion, or none of your groups has a role there"
+            ),
+        )
+    };
+    let db = shared.acl.database(&database).ok_or_else(no_access)?;
+    let role = db.role_for(&identity).ok_or_else(no_access)?.clone();
+    if db.dialect != Dialect::Postgres {
+        return Err(LoginError::new(
+            "28000",
+            format!("database {database:?} is not a PostgreSQL database"),
+        ));
+    }
+    let addr = db.upstream.as_deref().ok_or_else(|| {
+        LoginError::new(
+            "08006",
+            format!("database {database:?} has no upstream server configured"),
+        )
+    })?;
+    let upstream_user = role.upstream_user.as_deref().unwrap_or(identity.username());
+    let upstream = auth::connect_upstream(UpstreamLogin {
+        addr,
+        user: upstream_user,
+        password: role.upstream_password.as_ref(),
+        database: &db.upstream_database,
+        read_only: role.read_only,
+        settings,
+    })
+    .await?;
+    let mut out = BytesMut::new();
+    frame::put(&mut out, &Authentication::Ok);
+    out.extend_from_slice(&upstream.parameters);
+    let guard = match upstream.key {
+        Some((pid, secret)) => {
+            let (guard, our_pid, our_secret) = shared.cancels.register(addr, pid, secret);
+            frame::put(
+                &mut out,
+                &BackendKeyData::new(our_pid, SecretKey::I32(our_secret)),
+            );
+            Some(guard)
+        }
+        None => None,
+    };
+    frame::ready(&mut out, upstream.status);
+    client.write_all(&out).await.map_err(io)?;
+    client.flush().await.map_err(io)?;
+    let info = SessionInfo {
+        identity,
+        database: db.name.clone(),
+        role,
+        acl: shared.acl.clone(),
+    };
+    let relay = Relay::new(info, shared.pipeline.clone());
+    Ok(Some((relay, upstream, (user, database), guard)))
+}
+
+/// Reserve room to read: at least a chunk, or what the message in progress
+/// still needs (bounded by the cap, already checked).
+fn reserve(buf: &mut BytesMut, max: usize) {
+    let want = frame::missing(buf, max).clamp(READ_CHUNK, READ_CHUNK.max(1 << 20));
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want);
+    }
+}
+
+async fn relay_loop<S>(
+    client: S,
+    mut cin: BytesMut,
+    upstream: auth::Upstream,
+    mut relay: Relay,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = upstream.stream.into_split();
+    let mut uin = upstream.leftover;
+    let mut to_client = BytesMut::with_capacity(64 * 1024);
+    let mut to_upstream = BytesMut::with_capacity(16 * 1024);
+    let max_client = relay.max_message;
+    // The upstream is trusted, but its messages are still bounded
+    // (PostgreSQL's own limit is 1 GiB).
+    let max_upstream = 1usize << 30;
+    let mut closing = false;
+    let mut client_eof = false;
+    // Messages the client sent before the first loop turn.
+    if process_client(
+        &mut relay,
+        &mut cin,
+        max_client,
+        &mut to_upstream,
+        &mut to_client,
+    ) {
+        closing = true;
+    }
+    loop {
+        if closing && to_client.is_empty() && to_upstream.is_empty() {
+            break;
+        }
+        let read_client = !closing
+            && !client_eof
+            && to_upstream.len() < HIGH_WATER
+            && to_client.len() < HIGH_WATER;
+        let read_upstream = !closing && to_client.len() < HIGH_WATER;
+        if read_client {
+            reserve(&mut cin, max_client);
+        }
+        if read_upstream {
+            reserve(&mut uin, max_upstream);
+        }
+        tokio::select! {
+            r = cr.read_buf(&mut cin), if read_client => {
+                if r? == 0 {
+                    // Client gone: end the upstream session politely.
+                    client_eof = true;
+                    frame::put(&mut to_upstream, &pgwire::messages::terminate::Terminate::new());
+                    closing = true;
+                } else if process_client(&mut relay, &mut cin, max_client, &mut to_upstream, &mut to_client) {
+                    closing = true;
+                }
+            }
+            r = ur.read_buf(&mut uin), if read_upstream => {
+                if r? == 0 {
+                    closing = true;
+                    to_upstream.clear();
+                } else {
+                    loop {
+                        match frame::take_typed(&mut uin, max_upstream) {
+                            Ok(Some(f)) => relay.on_upstream(&f, &mut to_client),
+                            Ok(None) => break,
+                            Err(e) => {
+                                frame::error(&mut to_client, Severity::Fatal, "08P01", &format!("the database server sent an invalid message: {e}"), None);
+                                closing = true;
+                                to_upstream.clear();
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            r = cw.write(&to_client), if !to_client.is_empty() => {
+                to_client.advance(r?);
+                if to_client.is_empty() {
+                    cw.flush().await?;
+                }
+            }
+            r = uw.write(&to_upstream), if !to_upstream.is_empty() => {
+                to_upstream.advance(r?);
+            }
+        }
+    }
+    let _ = uw.shutdown().await;
+    if !client_eof {
+        let _ = cw.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Handle every complete client message in `cin`; true when the session
+/// must close.
+fn process_client(
+    relay: &mut Relay,
+    cin: &mut BytesMut,
+    max: usize,
+    to_upstream: &mut BytesMut,
+    to_client: &mut BytesMut,
+) -> bool {
+    loop {
+        match frame::take_typed(cin, max) {
+            Ok(Some(f)) => {
+                if relay.on_client(f, to_upstream, to_client) == Flow::Close {
+                    return true;
+                }
+            }
+            Ok(None) => return false,
+            Err(e) => {
+                frame::error(
+                    to_client,
+                    Severity::Fatal,
+                    "08P01",
+                    &format!("protocol violation: {e}"),
+                    None,
+                );
+                frame::put(to_upstream, &pgwire::messages::terminate::Terminate::new());
+                return true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_parameters() {
+        let mut s = Startup::new();
+        s.parameters.insert("user".into(), "alice".into());
+        s.parameters.insert("client_encoding".into(), "UTF8".into());
+        s.parameters.insert("DateStyle".into(), "ISO".into());
+        let p = check_parameters(&s).unwrap();
+        assert_eq!((p.user.as_str(), p.database.as_str()), ("alice", "alice"));
+        assert_eq!(p.settings, vec![("datestyle".to_owned(), "ISO".to_owned())]);
+        for (k, v, code) in [
+            ("options", "-c search_path=x", "0A000"),
+            ("replication", "database", "0A000"),
+            ("search_path", "evil", "0A000"),
+            ("client_encoding", "LATIN1", "0A000"),
+        ] {
+            let mut s2 = Startup::new();
+            s2.parameters.insert("user".into(), "alice".into());
+            s2.parameters.insert(k.into(), v.into());
+            assert_eq!(check_parameters(&s2).err().unwrap().sqlstate, code, "{k}");
+        }
+        assert_eq!(
+            check_parameters(&Startup::new()).err().unwrap().sqlstate,
+            "28000"
+        );
+    }
+
+    #[test]
+    fn cancel_keys_map_and_unmap() {
+        let map = Arc::new(CancelMap::default());
+        let (guard, pid, secret) = map.register("127.0.0.1:5432", 42, 7);
+        let e = map.lookup(pid, secret).unwrap();
+        assert_eq!((e.pid, e.upstream_secret), (42, 7));
+        assert!(map.lookup(pid, secret.wrapping_add(1)).is_none());
+        drop(guard);
+        assert!(map.lookup(pid, secret).is_none());
+    }
+}
