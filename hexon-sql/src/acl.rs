@@ -244,24 +244,11 @@ pub struct DatabaseAcl {
 pub struct Role {
     /// Name.
     pub name: Arc<str>,
-    groups: Vec<String>,
-    /// Refuse writes and side effects.
-    pub read_only: bool,
+    /// The role as configured (function and variable names lower-cased).
+    pub(crate) config: RoleConfig,
     tables: Vec<(TablePattern, Vec<TableOp>)>,
-    pub(crate) catalog: bool,
-    pub(crate) statements: Vec<String>,
-    pub(crate) functions: Vec<String>,
-    pub(crate) session_variables: Vec<String>,
     pub(crate) deny_patterns: Vec<Regex>,
     pub(crate) allow_patterns: Vec<Regex>,
-    pub(crate) max_complexity: u32,
-    pub(crate) allow_unbounded_writes: bool,
-    /// Row cap for reads.
-    pub row_limit: Option<u64>,
-    /// Database user for this role.
-    pub upstream_user: Option<String>,
-    /// Its password.
-    pub upstream_password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,13 +391,31 @@ fn toml_from_str(text: &str) -> Result<AclConfig, Vec<AclError>> {
 impl DatabaseAcl {
     /// The role `identity` acts as here.
     pub fn role_for(&self, identity: &Identity) -> Option<&Arc<Role>> {
-        self.roles
-            .iter()
-            .find(|r| r.groups.iter().any(|g| g == "*" || identity.in_group(g)))
+        self.roles.iter().find(|r| {
+            r.config
+                .groups
+                .iter()
+                .any(|g| g == "*" || identity.in_group(g))
+        })
     }
 }
 
 impl Role {
+    /// The role as configured.
+    pub fn config(&self) -> &RoleConfig {
+        &self.config
+    }
+
+    /// Whether every write and side effect is refused.
+    pub fn read_only(&self) -> bool {
+        self.config.read_only
+    }
+
+    /// The row cap for reads, if any.
+    pub fn row_limit(&self) -> Option<u64> {
+        self.config.row_limit
+    }
+
     /// The operations the role may do on `schema.table` (`None`: no rule
     /// matches, no access).
     pub fn table_ops(&self, schema: &str, table: &str) -> Option<&[TableOp]> {
@@ -423,19 +428,19 @@ impl Role {
 
     /// Whether the role may run statements of `kind` (`ddl`, `admin`, …).
     pub fn allows_statement(&self, kind: &str) -> bool {
-        self.statements.iter().any(|k| k == kind)
+        self.config.statements.iter().any(|k| k == kind)
     }
 
     /// Whether the role may call the (lower-case, possibly qualified) function.
     pub fn allows_function(&self, name: &str) -> bool {
-        self.functions.iter().any(|f| f == "*" || f == name)
+        self.config.functions.iter().any(|f| f == "*" || f == name)
     }
 
     /// Whether the role may set `variable`.
     pub fn allows_variable(&self, variable: &str) -> bool {
         SAFE_SESSION_VARIABLES.contains(&variable)
             || variable.starts_with('@')
-            || self.session_variables.iter().any(|v| v == variable)
+            || self.config.session_variables.iter().any(|v| v == variable)
     }
 }
 
@@ -533,26 +538,19 @@ fn compile_role(r: &RoleConfig, dialect: Dialect, at: &str) -> Result<Role, Vec<
     if !errs.is_empty() {
         return Err(errs);
     }
+    let mut config = r.clone();
+    for f in &mut config.functions {
+        *f = f.to_lowercase();
+    }
+    for v in &mut config.session_variables {
+        *v = v.to_lowercase();
+    }
     Ok(Role {
         name: r.name.as_str().into(),
-        groups: r.groups.clone(),
-        read_only: r.read_only,
+        config,
         tables,
-        catalog: r.catalog,
-        statements: r.statements.clone(),
-        functions: r.functions.iter().map(|f| f.to_lowercase()).collect(),
-        session_variables: r
-            .session_variables
-            .iter()
-            .map(|v| v.to_lowercase())
-            .collect(),
         deny_patterns,
         allow_patterns,
-        max_complexity: r.max_complexity,
-        allow_unbounded_writes: r.allow_unbounded_writes,
-        row_limit: r.row_limit,
-        upstream_user: r.upstream_user.clone(),
-        upstream_password: r.upstream_password.clone(),
     })
 }
 

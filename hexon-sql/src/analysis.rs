@@ -653,17 +653,11 @@ impl Walker {
             | Statement::Fetch { .. }
             | Statement::Close { .. } => {}
             other => {
-                if !matches!(
-                    kind_of(other)?,
-                    Kind::Show | Kind::Transaction | Kind::Query
-                ) {
-                    self.effects.push(kind_of(other)?.as_str().to_uppercase());
-                }
-                if matches!(kind_of(other)?, Kind::Ddl | Kind::Admin) {
-                    // Schema and privilege changes name objects in many
-                    // shapes; the table-permission layer treats the kind
-                    // as a whole, so its relations are recorded as reads
-                    // only when the visitor finds them.
+                // DDL and privilege changes are writes as a whole; the
+                // table-permission layer refuses them by kind.
+                let kind = kind_of(other)?;
+                if !matches!(kind, Kind::Show | Kind::Transaction | Kind::Query) {
+                    self.effects.push(kind.as_str().to_uppercase());
                 }
             }
         }

@@ -432,6 +432,18 @@ const HOSTILE: &[(Dialect, char, &str, Stage)] = &[
     (PG, 'a', "TABLE salaries", Parse),
 ];
 
+/// `a`: the analyst (read-only), anything else: the developer (writer); on
+/// the PostgreSQL database `app` or the MySQL database `shop`.
+fn caller(who: char, dialect: Dialect) -> (hexon_core::Identity, &'static str) {
+    let id = if who == 'a' { analyst() } else { developer() };
+    let db = if dialect == Dialect::Postgres {
+        "app"
+    } else {
+        "shop"
+    };
+    (id, db)
+}
+
 #[tokio::test]
 async fn every_hostile_statement_is_refused_by_the_named_layer() {
     assert!(
@@ -441,12 +453,7 @@ async fn every_hostile_statement_is_refused_by_the_named_layer() {
     let mut p = pipeline();
     let mut wrong = Vec::new();
     for (dialect, who, sql, stage) in HOSTILE {
-        let (id, db) = match (who, dialect) {
-            ('a', Dialect::Postgres) => (analyst(), "app"),
-            ('a', _) => (analyst(), "shop"),
-            (_, Dialect::Postgres) => (developer(), "app"),
-            (_, _) => (developer(), "shop"),
-        };
+        let (id, db) = caller(*who, *dialect);
         match run(&mut p, &id, db, *dialect, sql).await {
             Ok(admitted) => wrong.push(format!("ADMITTED {sql:?} as {:?}", admitted.sql)),
             Err(r) if r.stage != *stage => wrong.push(format!(
@@ -565,12 +572,7 @@ async fn legitimate_statements_go_through_in_canonical_form() {
     ];
     let mut wrong = Vec::new();
     for (dialect, who, sql, expected) in cases {
-        let (id, db) = match (who, dialect) {
-            ('a', Dialect::Postgres) => (analyst(), "app"),
-            ('a', _) => (analyst(), "shop"),
-            (_, Dialect::Postgres) => (developer(), "app"),
-            (_, _) => (developer(), "shop"),
-        };
+        let (id, db) = caller(*who, *dialect);
         match run(&mut p, &id, db, *dialect, sql).await {
             Ok(a) if &*a.sql == *expected => {}
             Ok(a) => wrong.push(format!("{sql:?}: sent {:?}, expected {expected:?}", a.sql)),

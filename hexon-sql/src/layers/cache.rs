@@ -5,7 +5,6 @@
 //! carries the canonical text the layers approved: a cache hit can only ever
 //! send what was checked.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -115,8 +114,7 @@ where
         // is ready at its first poll and its verdict can be cached here. An
         // inner service that really waits is passed through uncached.
         let mut fut = self.inner.call(req);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match std::pin::Pin::new(&mut fut).poll(&mut cx) {
+        match super::poll_once(&mut fut) {
             Poll::Ready(verdict) => {
                 cache.insert(key, verdict.clone());
                 Either::Left(ready(verdict))

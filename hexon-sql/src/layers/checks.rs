@@ -323,7 +323,7 @@ impl Check for ReadOnly {
             }
             for (f, class) in function_classes(s) {
                 if let FunctionClass::Dangerous(why) = class {
-                    if !role.functions.iter().any(|g| g == f) {
+                    if !role.config.functions.iter().any(|g| g == f) {
                         return Err(Refusal::new(
                             Stage::ReadOnly,
                             "dangerous_function",
@@ -332,7 +332,7 @@ impl Check for ReadOnly {
                     }
                 }
             }
-            if !role.read_only {
+            if !role.config.read_only {
                 continue;
             }
             if let Some(effect) = s.effects.first() {
@@ -536,7 +536,7 @@ fn check_tables(
             (None, _) => dialect.default_schema(database),
         };
         if is_catalog_schema(dialect, schema) {
-            if role.catalog && t.op == TableOp::Select {
+            if role.config.catalog && t.op == TableOp::Select {
                 continue;
             }
             return Err(Refusal::new(
@@ -591,7 +591,7 @@ impl Check for Complexity {
         };
         let a = parsed(&self.acl, req)?;
         for s in &a.statements {
-            if s.complexity.unbounded_writes > 0 && !role.allow_unbounded_writes {
+            if s.complexity.unbounded_writes > 0 && !role.config.allow_unbounded_writes {
                 return Err(Refusal::new(
                     Stage::Complexity,
                     "unbounded_write",
@@ -602,14 +602,14 @@ impl Check for Complexity {
                 ));
             }
             let score = score(&s.complexity);
-            if score > role.max_complexity {
+            if score > role.config.max_complexity {
                 let c = s.complexity;
                 return Err(Refusal::new(
                     Stage::Complexity,
                     "too_complex",
                     format!(
                         "complexity {score} exceeds {} for role {} ({} joins, {} subqueries, {} cartesian products, {} set operations)",
-                        role.max_complexity,
+                        role.config.max_complexity,
                         role.name,
                         c.joins,
                         c.subqueries,
@@ -637,7 +637,7 @@ impl Check for Limit {
         let Some(role) = role(&self.acl, req) else {
             return Err(no_access(req.database()));
         };
-        let Some(cap) = role.row_limit else {
+        let Some(cap) = role.config.row_limit else {
             return Ok(());
         };
         let a = parsed(&self.acl, req)?;

@@ -27,7 +27,7 @@ pub use checks::{
     Complexity, DatabaseAccess, Limit, LimitAnnotation, Pattern, ReadOnly, TablePermission,
     Validation,
 };
-pub use rate_limit::{RateLimit, RateLimitService};
+pub use rate_limit::RateLimit;
 
 /// One decision of the pipeline, as a value a [`CheckLayer`] runs.
 pub trait Check: Clone {
@@ -189,7 +189,8 @@ pub(crate) fn no_access(database: &str) -> Refusal {
 /// The whole pipeline, layers in order.
 pub type PipelineService = CheckService<
     Validation,
-    rate_limit::RateLimitService<
+    CheckService<
+        RateLimit,
         cache::VerdictCacheService<
             CheckService<
                 ReadOnly,
@@ -217,8 +218,6 @@ where
     S: Service<SqlRequest, Response = Admitted, Error = Refusal>,
     S::Future: Unpin,
 {
-    use std::future::Future;
-    let mut cx = Context::from_waker(std::task::Waker::noop());
     let pending = || {
         Refusal::new(
             Stage::Validation,
@@ -226,16 +225,24 @@ where
             "the pipeline cannot decide synchronously",
         )
     };
+    let mut cx = Context::from_waker(std::task::Waker::noop());
     match service.poll_ready(&mut cx) {
         Poll::Ready(Ok(())) => {}
         Poll::Ready(Err(e)) => return Err(e),
         Poll::Pending => return Err(pending()),
     }
     let mut fut = service.call(req);
-    match std::pin::Pin::new(&mut fut).poll(&mut cx) {
+    match poll_once(&mut fut) {
         Poll::Ready(v) => v,
         Poll::Pending => Err(pending()),
     }
+}
+
+/// Poll `fut` once, with a waker that does nothing: the layers of this crate
+/// decide synchronously, so their futures are ready at the first poll.
+pub(crate) fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(fut).poll(&mut cx)
 }
 
 /// Builds the pipeline from an [`Acl`].
@@ -263,7 +270,7 @@ impl Pipeline {
         let s = CheckLayer::new(DatabaseAccess::new(acl.clone())).layer(s);
         let s = CheckLayer::new(ReadOnly::new(acl.clone())).layer(s);
         let s = VerdictCacheLayer::new(acl.clone(), cache_capacity).layer(s);
-        let s = RateLimit::new(acl.clone()).layer(s);
+        let s = RateLimit::layer(acl.clone()).layer(s);
         CheckLayer::new(Validation::new(acl)).layer(s)
     }
 }

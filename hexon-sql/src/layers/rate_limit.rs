@@ -7,16 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::{Either, Ready, ready};
 use tokio::time::Instant;
-use tower_layer::Layer;
-use tower_service::Service;
 
+use super::{Check, CheckLayer};
 use crate::acl::Acl;
-use crate::request::{Admitted, Refusal, SqlRequest, Stage};
+use crate::request::{Refusal, SqlRequest, Stage};
 
 /// Most keys remembered before stale ones are swept.
 const SWEEP_AT: usize = 100_000;
@@ -24,7 +21,7 @@ const SWEEP_AT: usize = 100_000;
 /// (database, identity subject or `None` for the database total).
 type Key = (Arc<str>, Option<Arc<str>>);
 
-/// The rate-limit layer (state shared by every service it makes).
+/// Layer 2's check; clones share the counters.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     acl: Arc<Acl>,
@@ -38,6 +35,12 @@ impl RateLimit {
             acl,
             state: Arc::default(),
         }
+    }
+
+    /// This check as a tower layer (every service it makes shares the
+    /// counters).
+    pub fn layer(acl: Arc<Acl>) -> CheckLayer<Self> {
+        CheckLayer::new(Self::new(acl))
     }
 
     /// GCRA: admit when the theoretical arrival time is at most one burst
@@ -63,7 +66,7 @@ impl RateLimit {
         Ok(())
     }
 
-    fn check(&self, req: &SqlRequest) -> Result<(), Refusal> {
+    fn decide(&self, req: &SqlRequest) -> Result<(), Refusal> {
         let Some(db) = self.acl.database(req.database()) else {
             return Ok(());
         };
@@ -91,50 +94,8 @@ impl RateLimit {
     }
 }
 
-impl<S> Layer<S> for RateLimit {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            limit: self.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service [`RateLimit`] makes.
-#[derive(Debug, Clone)]
-pub struct RateLimitService<S> {
-    limit: RateLimit,
-    inner: S,
-}
-
-impl<S> RateLimitService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S> Service<SqlRequest> for RateLimitService<S>
-where
-    S: Service<SqlRequest, Response = Admitted, Error = Refusal>,
-{
-    type Response = Admitted;
-    type Error = Refusal;
-    type Future = Either<Ready<Result<Admitted, Refusal>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: SqlRequest) -> Self::Future {
-        match self.limit.check(&req) {
-            Ok(()) => Either::Right(self.inner.call(req)),
-            Err(r) => Either::Left(ready(Err(r))),
-        }
+impl Check for RateLimit {
+    fn check(&self, req: &mut SqlRequest) -> Result<(), Refusal> {
+        self.decide(req)
     }
 }

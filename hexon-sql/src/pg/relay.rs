@@ -18,15 +18,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::messages::extendedquery::Parse;
 use pgwire::messages::simplequery::Query;
-use tower_service::Service;
 
 use hexon_core::Identity;
 
@@ -226,7 +223,7 @@ impl Relay {
             PgWireFrontendMessage::Bind(b) => {
                 let stmt = self
                     .statements
-                    .get(&*b.statement_name.clone().unwrap_or_default());
+                    .get(b.statement_name.as_deref().unwrap_or(UNNAMED));
                 match stmt {
                     Some(s) => {
                         let portal = Portal {
@@ -320,23 +317,7 @@ impl Relay {
             Dialect::Postgres,
         )
         .with_origin(origin);
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        let not_ready = || {
-            Refusal::new(
-                Stage::Validation,
-                "not_ready",
-                "the bastion's pipeline is not ready; try again",
-            )
-        };
-        let verdict = match self.pipeline.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => self
-                .pipeline
-                .call(req.clone())
-                .now_or_never()
-                .unwrap_or_else(|| Err(not_ready())),
-            Poll::Ready(Err(r)) => Err(r),
-            Poll::Pending => Err(not_ready()),
-        };
+        let verdict = crate::layers::decide_now(&mut self.pipeline, req.clone());
         (verdict, req)
     }
 
@@ -354,7 +335,7 @@ impl Relay {
     fn stmt_from(&self, a: &Admitted) -> Arc<Stmt> {
         Arc::new(Stmt {
             // The role's row limit backs the pipeline's cap on every result.
-            row_cap: a.row_cap.or(self.info.role.row_limit),
+            row_cap: a.row_cap.or(self.info.role.row_limit()),
             normalized: a.normalized.clone(),
             role: a.role.clone(),
         })
@@ -572,9 +553,7 @@ impl Relay {
             if let Some(e) = execs.pop_front() {
                 log_exec(&self.info, &e);
             }
-            for e in execs.drain(..) {
-                drop(e);
-            }
+            execs.clear();
             if ours {
                 // Drop what the client still sends in this batch, as a
                 // server would after an error.

@@ -485,13 +485,17 @@ where
             format!("database {database:?} has no upstream server configured"),
         )
     })?;
-    let upstream_user = role.upstream_user.as_deref().unwrap_or(identity.username());
+    let upstream_user = role
+        .config()
+        .upstream_user
+        .as_deref()
+        .unwrap_or(identity.username());
     let upstream = auth::connect_upstream(UpstreamLogin {
         addr,
         user: upstream_user,
-        password: role.upstream_password.as_ref(),
+        password: role.config().upstream_password.as_ref(),
         database: &db.upstream_database,
-        read_only: role.read_only,
+        read_only: role.read_only(),
         settings,
     })
     .await?;
