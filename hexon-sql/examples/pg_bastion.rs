@@ -1,0 +1,74 @@
+//! A PostgreSQL bastion from an ACL file, for trying the bastion locally and
+//! for `scripts/bench-sql`.
+//!
+//! ```text
+//! cargo run --release -p hexon-sql --features postgres --example pg_bastion -- \
+//!     ACL.toml 127.0.0.1:6434 USER GROUP[,GROUP…] TOKEN_FILE
+//! ```
+//!
+//! It makes a signing key for this run only, writes a one-hour token for
+//! USER (in the GROUPs) to TOKEN_FILE (mode 0600), and serves until
+//! interrupted. It listens **without TLS** (`dangerous_allow_plaintext`), so
+//! it is for loopback experiments and benchmarks only; a deployment
+//! configures `tls_cert` / `tls_key` and verifies tokens minted by the
+//! gateway.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hexon_core::jwt::{IssueParams, JwtIssuer};
+use hexon_core::{Ed25519Signer, Identity, KeySet, Signer, UnixTime};
+use hexon_sql::Acl;
+use hexon_sql::pg::{PgBastion, PgBastionConfig};
+
+const ISSUER: &str = "hexon-sql-example";
+const AUDIENCE: &str = "hexon-sql";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [acl_file, listen, user, groups, token_file] = args.as_slice() else {
+        return Err(
+            "usage: pg_bastion ACL.toml LISTEN_ADDR USER GROUP[,GROUP...] TOKEN_FILE".into(),
+        );
+    };
+    let acl = Acl::from_toml(&std::fs::read_to_string(acl_file)?).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let signer = Arc::new(Ed25519Signer::generate("example")?);
+    let mut keys = KeySet::new();
+    keys.insert("example", signer.public_key(), None)?;
+
+    let identity = Identity::builder(user.as_str(), user.as_str())
+        .groups(groups.split(',').filter(|g| !g.is_empty()))
+        .build()?;
+    let params = IssueParams::new(ISSUER, AUDIENCE, Duration::from_secs(3600));
+    let token = JwtIssuer::new(signer)
+        .issue(&identity, &params, UnixTime::now())
+        .await?;
+    let mut f = std::fs::OpenOptions::new();
+    f.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+    f.open(token_file)?.write_all(token.as_bytes())?;
+
+    let config: PgBastionConfig = toml::from_str(&format!(
+        "listen = {listen:?}\ndangerous_allow_plaintext = true\ntoken_issuer = {ISSUER:?}\ntoken_audience = {AUDIENCE:?}\n"
+    ))?;
+    let bastion = PgBastion::bind(&config, Arc::new(acl), keys).await?;
+    println!(
+        "hexon-sql bastion on {} (plaintext: local use only); token for {user} in {token_file}",
+        bastion.local_addr()?
+    );
+    bastion
+        .serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    Ok(())
+}
