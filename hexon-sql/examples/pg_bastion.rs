@@ -21,7 +21,8 @@ use std::time::Duration;
 use hexon_core::jwt::{IssueParams, JwtIssuer};
 use hexon_core::{Ed25519Signer, Identity, KeySet, Signer, UnixTime};
 use hexon_sql::Acl;
-use hexon_sql::pg::{PgBastion, PgBastionConfig};
+use hexon_sql::pg::PgBastion;
+use hexon_sql::wire::BastionConfig;
 
 const ISSUER: &str = "hexon-sql-example";
 const AUDIENCE: &str = "hexon-sql";
@@ -57,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
     f.open(token_file)?.write_all(token.as_bytes())?;
 
-    let config: PgBastionConfig = toml::from_str(&format!(
+    let config: BastionConfig = toml::from_str(&format!(
         "listen = {listen:?}\ndangerous_allow_plaintext = true\ntoken_issuer = {ISSUER:?}\ntoken_audience = {AUDIENCE:?}\n"
     ))?;
     let bastion = PgBastion::bind(&config, Arc::new(acl), keys).await?;

@@ -12,7 +12,9 @@
 //!   `Service<SqlRequest, Response = Admitted, Error = Refusal>`.
 //! - [`Acl`] — databases and roles (chosen by the caller's groups) from TOML,
 //!   validated with located errors.
-//! - `pg` (feature `postgres`) — the PostgreSQL wire-protocol bastion.
+//! - `pg` (feature `postgres`) — the PostgreSQL wire-protocol bastion;
+//!   `mysql` (feature `mysql`) — the MySQL / MariaDB one. Both share
+//!   `wire` (configuration, token login, query log).
 //!
 //! Anything the pipeline cannot parse or classify is refused, naming the
 //! stage. The guide is docs/SQL.md in the repository.
@@ -54,6 +56,10 @@ pub mod layers;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod request;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod wire;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
 pub use acl::{Acl, AclConfig, AclError};
 pub use dialect::Dialect;

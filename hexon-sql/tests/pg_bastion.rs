@@ -23,7 +23,8 @@ use bytes::{BufMut, BytesMut};
 use hexon_core::jwt::{IssueParams, JwtIssuer};
 use hexon_core::{Ed25519Signer, Identity, KeySet, Signer, UnixTime};
 use hexon_sql::Acl;
-use hexon_sql::pg::{PgBastion, PgBastionConfig};
+use hexon_sql::pg::PgBastion;
+use hexon_sql::wire::BastionConfig;
 use pgwire::messages::Message;
 use pgwire::messages::extendedquery::{Parse, Sync};
 use pgwire::messages::simplequery::Query;
@@ -178,7 +179,7 @@ impl Env {
         let signer = Arc::new(Ed25519Signer::generate("k1").unwrap());
         let mut keys = KeySet::new();
         keys.insert("k1", signer.public_key(), None).unwrap();
-        let config = PgBastionConfig {
+        let config = BastionConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_cert: cert,
             tls_key: key,

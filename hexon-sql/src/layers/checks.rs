@@ -430,6 +430,20 @@ impl Check for DatabaseAccess {
                         ),
                     ));
                 }
+                // A MySQL server reads `db.t` literally: when this database
+                // has another name on the server, `name.t` would reach a
+                // different database there.
+                let renamed = db.dialect == Dialect::Mysql && *db.upstream_database != *db.name;
+                if renamed && !catalog && t.database.is_some() {
+                    return Err(Refusal::new(
+                        Stage::DatabaseAccess,
+                        "qualified_name",
+                        format!(
+                            "write table names without the database (this database is named differently on its server): {}",
+                            t.name
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

@@ -48,25 +48,8 @@ pub(crate) fn verify_client(
     startup_user: &str,
     now: UnixTime,
 ) -> Result<Identity, LoginError> {
-    let verified = verifier.verify(token.trim(), now).map_err(|e| {
-        LoginError::new(
-            "28P01",
-            format!(
-                "password authentication failed: the password must be a valid gateway token ({e})"
-            ),
-        )
-    })?;
-    let identity = verified.identity;
-    if identity.username() != startup_user {
-        return Err(LoginError::new(
-            "28P01",
-            format!(
-                "password authentication failed: the token is for user {:?}, not {startup_user:?}",
-                identity.username()
-            ),
-        ));
-    }
-    Ok(identity)
+    crate::wire::verify_token(verifier, token, startup_user, now)
+        .map_err(|m| LoginError::new("28P01", m))
 }
 
 /// How to log in upstream.

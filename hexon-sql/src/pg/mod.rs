@@ -12,15 +12,16 @@
 //! frame by frame, and capped at the statement's row cap.
 //!
 //! ```no_run
-//! # async fn run(acl: std::sync::Arc<hexon_sql::Acl>, keys: hexon_core::KeySet) -> Result<(), hexon_sql::pg::PgBastionError> {
-//! use hexon_sql::pg::{PgBastion, PgBastionConfig};
-//! let config: PgBastionConfig = toml::from_str(r#"
+//! # async fn run(acl: std::sync::Arc<hexon_sql::Acl>, keys: hexon_core::KeySet) -> Result<(), hexon_sql::wire::BastionError> {
+//! use hexon_sql::pg::PgBastion;
+//! use hexon_sql::wire::BastionConfig;
+//! let config: BastionConfig = toml::from_str(r#"
 //!     listen = "127.0.0.1:6432"
 //!     tls_cert = "/etc/hexon/pg.crt"
 //!     tls_key = "/etc/hexon/pg.key"
 //!     token_issuer = "https://hexon.example"
 //!     token_audience = "hexon"
-//! "#).map_err(|e| hexon_sql::pg::PgBastionError::Config(e.to_string()))?;
+//! "#).map_err(|e| hexon_sql::wire::BastionError::Config(e.to_string()))?;
 //! let bastion = PgBastion::bind(&config, acl, keys).await?;
 //! bastion.serve(std::future::pending()).await;
 //! # Ok(()) }
@@ -47,12 +48,8 @@
 //! Tokens and upstream passwords are never logged.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -61,55 +58,12 @@ use hexon_core::jwt::JwtVerifier;
 
 use crate::acl::Acl;
 use crate::layers::{Pipeline, PipelineService};
+use crate::wire::{self, BastionConfig, BastionError};
 
 mod auth;
 mod frame;
 mod relay;
 mod session;
-
-/// Configuration of the PostgreSQL bastion.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgBastionConfig {
-    /// Address to listen on, e.g. `0.0.0.0:6432`.
-    pub listen: SocketAddr,
-    /// PEM certificate chain for TLS.
-    #[serde(default)]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS.
-    #[serde(default)]
-    pub tls_key: Option<PathBuf>,
-    /// Accept logins without TLS (the token then crosses the network in
-    /// clear). For tests and loopback-only setups.
-    #[serde(default)]
-    pub dangerous_allow_plaintext: bool,
-    /// Issuer (`iss`) of the gateway tokens accepted as passwords.
-    pub token_issuer: String,
-    /// Audience (`aud`) the tokens must carry.
-    pub token_audience: String,
-    /// Entries of the pipeline's verdict cache.
-    #[serde(default = "default_cache")]
-    pub verdict_cache: usize,
-}
-
-fn default_cache() -> usize {
-    10_000
-}
-
-/// Why the bastion could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PgBastionError {
-    /// The configuration is incomplete or inconsistent.
-    #[error("PostgreSQL bastion configuration: {0}")]
-    Config(String),
-    /// The certificate or key could not be loaded.
-    #[error("PostgreSQL bastion TLS: {0}")]
-    Tls(String),
-    /// The listener could not be bound.
-    #[error("PostgreSQL bastion listener: {0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// What every session shares.
 pub(crate) struct Shared {
@@ -136,28 +90,6 @@ impl std::fmt::Debug for PgBastion {
     }
 }
 
-fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, PgBastionError> {
-    let tls = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
-        PgBastionError::Tls(format!("{what} {}: {e}", path.display()))
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls("certificate", cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls("certificate", cert, &e))?;
-    if certs.is_empty() {
-        return Err(tls("certificate", cert, &"no certificate in the file"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls("key", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PgBastionError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| PgBastionError::Tls(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 impl PgBastion {
     /// Bind the listener, load the TLS certificate, and prepare the
     /// pipeline for `acl`. Tokens are verified against `keys`, the
@@ -167,36 +99,18 @@ impl PgBastion {
     /// No TLS configured without `dangerous_allow_plaintext`, only one of
     /// certificate and key, unreadable PEM, or a listener that cannot bind.
     pub async fn bind(
-        config: &PgBastionConfig,
+        config: &BastionConfig,
         acl: Arc<Acl>,
         keys: KeySet,
-    ) -> Result<Self, PgBastionError> {
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
-            (None, None) if config.dangerous_allow_plaintext => None,
-            (None, None) => {
-                return Err(PgBastionError::Config(
-                    "set tls_cert and tls_key (clients send their token as the password), or dangerous_allow_plaintext = true for tests".into(),
-                ));
-            }
-            _ => {
-                return Err(PgBastionError::Config(
-                    "tls_cert and tls_key go together".into(),
-                ));
-            }
-        };
+    ) -> Result<Self, BastionError> {
+        let tls = wire::tls_from(config)?;
         let listener = TcpListener::bind(config.listen).await?;
-        let verifier = JwtVerifier::new(
-            keys,
-            config.token_issuer.clone(),
-            config.token_audience.clone(),
-        );
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
                 tls,
                 allow_plaintext: config.dangerous_allow_plaintext,
-                verifier,
+                verifier: wire::verifier(config, keys),
                 pipeline: Pipeline::build(acl.clone(), config.verdict_cache),
                 acl,
                 cancels: Arc::default(),
@@ -215,22 +129,10 @@ impl PgBastion {
     /// Accept connections until `shutdown` completes, each session in its
     /// own task. Sessions already running go on until their clients leave.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                r = self.listener.accept() => match r {
-                    Ok((tcp, peer)) => {
-                        tracing::debug!(%peer, "PostgreSQL client connected");
-                        tokio::spawn(session::handle(tcp, self.shared.clone()));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }
+        let shared = self.shared;
+        wire::serve(&self.listener, "postgres", shutdown, |tcp| {
+            session::handle(tcp, shared.clone())
+        })
+        .await;
     }
 }

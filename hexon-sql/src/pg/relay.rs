@@ -323,13 +323,7 @@ impl Relay {
 
     /// The normalised text of a refused statement, when it was parsed.
     fn refused_statement(&self, req: &SqlRequest, r: &Refusal) -> Arc<str> {
-        match r.stage {
-            Stage::Validation | Stage::RateLimit | Stage::Parse => "".into(),
-            _ => req
-                .analysis(&crate::layers::limits(&self.info.acl))
-                .map(|a| Arc::from(a.normalized.as_str()))
-                .unwrap_or_else(|_| "".into()),
-        }
+        crate::wire::refused_statement(&self.info.acl, req, r)
     }
 
     fn stmt_from(&self, a: &Admitted) -> Arc<Stmt> {
@@ -611,37 +605,35 @@ impl Relay {
     }
 
     fn log_refused(&self, r: &Refusal, statement: &str) {
-        tracing::info!(
-            target: "hexon_sql::query",
-            user = self.info.identity.username(),
-            database = &*self.info.database,
-            role = &*self.info.role.name,
-            statement,
-            verdict = "refused",
-            stage = r.stage.as_str(),
-            code = r.code,
-            duration_us = 0u64,
-            rows = 0u64,
-            "statement refused: {}",
-            r.reason
-        );
+        crate::wire::log_refused(&self.info.subject(&self.info.role.name), r, statement);
+    }
+}
+
+impl SessionInfo {
+    fn subject<'a>(&'a self, role: &'a str) -> crate::wire::LogSubject<'a> {
+        crate::wire::LogSubject {
+            identity: &self.identity,
+            database: &self.database,
+            role,
+        }
     }
 }
 
 fn log_exec(info: &SessionInfo, e: &Exec) {
-    let duration_us = u64::try_from(e.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    tracing::info!(
-        target: "hexon_sql::query",
-        user = info.identity.username(),
-        database = &*info.database,
-        role = &*e.stmt.role,
-        statement = &*e.stmt.normalized,
-        verdict = "admitted",
-        stage = "",
-        code = if e.over { "row_cap" } else if e.failed { "error" } else { "" },
-        duration_us,
-        rows = e.sent,
-        "statement"
+    use crate::wire::Outcome;
+    let outcome = if e.over {
+        Outcome::RowCap
+    } else if e.failed {
+        Outcome::Failed
+    } else {
+        Outcome::Done
+    };
+    crate::wire::log_admitted(
+        &info.subject(&e.stmt.role),
+        &e.stmt.normalized,
+        e.start,
+        e.sent,
+        outcome,
     );
 }
 

@@ -1,0 +1,250 @@
+//! What the wire-protocol bastions (PostgreSQL and MySQL) share: their
+//! configuration, the TLS acceptor, the accept loop, verification of the
+//! gateway token presented as the password, and the query log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use hexon_core::jwt::JwtVerifier;
+use hexon_core::{Identity, UnixTime};
+
+use crate::request::{Refusal, SqlRequest, Stage};
+
+/// Configuration of a wire-protocol bastion (the same for PostgreSQL and
+/// MySQL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BastionConfig {
+    /// Address to listen on, e.g. `0.0.0.0:6432`.
+    pub listen: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Accept logins without TLS (the token then crosses the network in
+    /// clear). For tests and loopback-only setups.
+    #[serde(default)]
+    pub dangerous_allow_plaintext: bool,
+    /// Issuer (`iss`) of the gateway tokens accepted as passwords.
+    pub token_issuer: String,
+    /// Audience (`aud`) the tokens must carry.
+    pub token_audience: String,
+    /// Entries of the pipeline's verdict cache.
+    #[serde(default = "default_cache")]
+    pub verdict_cache: usize,
+}
+
+fn default_cache() -> usize {
+    10_000
+}
+
+/// Why a bastion could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BastionError {
+    /// The configuration is incomplete or inconsistent.
+    #[error("SQL bastion configuration: {0}")]
+    Config(String),
+    /// The certificate or key could not be loaded.
+    #[error("SQL bastion TLS: {0}")]
+    Tls(String),
+    /// The listener could not be bound.
+    #[error("SQL bastion listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, BastionError> {
+    let tls = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
+        BastionError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls("certificate", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls("certificate", cert, &e))?;
+    if certs.is_empty() {
+        return Err(tls("certificate", cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls("key", key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BastionError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| BastionError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS acceptor `config` asks for (`None`: plaintext allowed and no
+/// certificate configured).
+///
+/// # Errors
+/// No TLS without `dangerous_allow_plaintext`, only one of certificate and
+/// key, unreadable PEM.
+pub(crate) fn tls_from(config: &BastionConfig) -> Result<Option<TlsAcceptor>, BastionError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Ok(Some(tls_acceptor(c, k)?)),
+        (None, None) if config.dangerous_allow_plaintext => Ok(None),
+        (None, None) => Err(BastionError::Config(
+            "set tls_cert and tls_key (clients send their token as the password), or dangerous_allow_plaintext = true for tests".into(),
+        )),
+        _ => Err(BastionError::Config(
+            "tls_cert and tls_key go together".into(),
+        )),
+    }
+}
+
+/// The verifier of gateway tokens `config` names, over `keys`.
+pub(crate) fn verifier(config: &BastionConfig, keys: hexon_core::KeySet) -> JwtVerifier {
+    JwtVerifier::new(
+        keys,
+        config.token_issuer.clone(),
+        config.token_audience.clone(),
+    )
+}
+
+/// Accept connections on `listener` until `shutdown` completes, each in its
+/// own task running `handle`. Sessions already running go on until their
+/// clients leave.
+pub(crate) async fn serve<F, Fut>(
+    listener: &TcpListener,
+    protocol: &'static str,
+    shutdown: impl std::future::Future<Output = ()>,
+    handle: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    tracing::debug!(%peer, protocol, "SQL client connected");
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(handle(tcp));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Verify the token the client sent as its password, and that it belongs to
+/// the user the client logged in as.
+///
+/// # Errors
+/// A message for the client saying why (never the token).
+pub(crate) fn verify_token(
+    verifier: &JwtVerifier,
+    token: &str,
+    login_user: &str,
+    now: UnixTime,
+) -> Result<Identity, String> {
+    let verified = verifier.verify(token.trim(), now).map_err(|e| {
+        format!("password authentication failed: the password must be a valid gateway token ({e})")
+    })?;
+    let identity = verified.identity;
+    if identity.username() != login_user {
+        return Err(format!(
+            "password authentication failed: the token is for user {:?}, not {login_user:?}",
+            identity.username()
+        ));
+    }
+    Ok(identity)
+}
+
+/// The normalised text of a refused statement, when it got as far as being
+/// parsed (never the raw text: it may carry secrets in literals).
+pub(crate) fn refused_statement(
+    acl: &crate::acl::Acl,
+    req: &SqlRequest,
+    r: &Refusal,
+) -> Arc<str> {
+    match r.stage {
+        Stage::Validation | Stage::RateLimit | Stage::Parse => "".into(),
+        _ => req
+            .analysis(&crate::layers::limits(acl))
+            .map(|a| Arc::from(a.normalized.as_str()))
+            .unwrap_or_else(|_| "".into()),
+    }
+}
+
+/// Who a query-log event is about.
+pub(crate) struct LogSubject<'a> {
+    pub(crate) identity: &'a Identity,
+    pub(crate) database: &'a str,
+    pub(crate) role: &'a str,
+}
+
+/// Log a refused statement (target `hexon_sql::query`).
+pub(crate) fn log_refused(who: &LogSubject<'_>, r: &Refusal, statement: &str) {
+    tracing::info!(
+        target: "hexon_sql::query",
+        user = who.identity.username(),
+        database = who.database,
+        role = who.role,
+        statement,
+        verdict = "refused",
+        stage = r.stage.as_str(),
+        code = r.code,
+        duration_us = 0u64,
+        rows = 0u64,
+        "statement refused: {}",
+        r.reason
+    );
+}
+
+/// How an admitted statement ended, for the query log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Results relayed.
+    Done,
+    /// The server reported an error.
+    Failed,
+    /// The row cap cut the result.
+    RowCap,
+}
+
+/// Log an admitted statement once its results are relayed.
+pub(crate) fn log_admitted(
+    who: &LogSubject<'_>,
+    statement: &str,
+    start: Instant,
+    rows: u64,
+    outcome: Outcome,
+) {
+    let duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::info!(
+        target: "hexon_sql::query",
+        user = who.identity.username(),
+        database = who.database,
+        role = who.role,
+        statement,
+        verdict = "admitted",
+        stage = "",
+        code = match outcome {
+            Outcome::Done => "",
+            Outcome::Failed => "error",
+            Outcome::RowCap => "row_cap",
+        },
+        duration_us,
+        rows,
+        "statement"
+    );
+}
