@@ -60,6 +60,8 @@ pub mod request;
 pub mod wire;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod fuzzing;
 
 pub use acl::{Acl, AclConfig, AclError};
 pub use dialect::Dialect;

@@ -68,7 +68,7 @@ use crate::wire::{self, BastionConfig, BastionError};
 
 mod auth;
 mod frame;
-mod relay;
+pub(crate) mod relay;
 mod session;
 
 /// What every session shares.
@@ -141,5 +141,39 @@ impl MyBastion {
             session::handle(tcp, shared.clone())
         })
         .await;
+    }
+}
+
+/// For the fuzz targets only (not a stable API): parse `data` as a client's
+/// handshake response, then run a relay session in which client commands
+/// and server answers both come from `data` (each command forwarded to the
+/// server is answered by the packets that follow it). Never panics.
+#[doc(hidden)]
+pub fn fuzz_session(data: &[u8]) {
+    use bytes::BytesMut;
+    let _ = auth::parse_hello(data);
+    let mut relay = match (crate::fuzzing::my_session(), crate::fuzzing::pipeline()) {
+        (Some(info), Some(pipeline)) => relay::Relay::new(info, pipeline),
+        _ => return,
+    };
+    let mut input = BytesMut::from(data);
+    let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+    'commands: while let Ok(Some(command)) = frame::take(&mut input, frame::MAX_PAYLOAD) {
+        match relay.on_command(command, &mut up, &mut cl) {
+            relay::Step::Close => break,
+            relay::Step::Forward => loop {
+                match frame::take(&mut input, frame::MAX_PAYLOAD) {
+                    Ok(Some(p)) => match relay.on_upstream(&p, &mut cl) {
+                        relay::Upstream::More => {}
+                        relay::Upstream::Close => break 'commands,
+                        _ => break,
+                    },
+                    _ => break 'commands,
+                }
+            },
+            _ => {}
+        }
+        up.clear();
+        cl.clear();
     }
 }

@@ -62,7 +62,7 @@ use crate::wire::{self, BastionConfig, BastionError};
 
 mod auth;
 mod frame;
-mod relay;
+pub(crate) mod relay;
 mod session;
 
 /// What every session shares.
@@ -134,5 +134,40 @@ impl PgBastion {
             session::handle(tcp, shared.clone())
         })
         .await;
+    }
+}
+
+/// For the fuzz targets only (not a stable API): run the startup-packet
+/// parsers on `data`, then a relay session whose client sends the first
+/// part of `data` and whose server answers with the rest. Never panics.
+#[doc(hidden)]
+pub fn fuzz_session(data: &[u8]) {
+    use bytes::BytesMut;
+    let mut b = BytesMut::from(data);
+    if let Ok(Some(n)) = frame::startup_len(&b) {
+        if b.len() >= n {
+            if let Ok(session::First::Startup(s)) = session::classify(b.split_to(n)) {
+                let _ = session::check_parameters(&s);
+            }
+        }
+    }
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let at = rest.len() * usize::from(split) / 255;
+    let (client, server) = rest.split_at(at);
+    let mut relay = match (crate::fuzzing::pg_session(), crate::fuzzing::pipeline()) {
+        (Some(info), Some(pipeline)) => relay::Relay::new(info, pipeline),
+        _ => return,
+    };
+    let (mut cin, mut sin) = (BytesMut::from(client), BytesMut::from(server));
+    let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+    while let Ok(Some(f)) = frame::take_typed(&mut cin, 1 << 20) {
+        if relay.on_client(f, &mut up, &mut cl) == relay::Flow::Close {
+            break;
+        }
+    }
+    while let Ok(Some(f)) = frame::take_typed(&mut sin, 1 << 20) {
+        relay.on_upstream(&f, &mut cl);
     }
 }

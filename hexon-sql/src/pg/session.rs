@@ -139,14 +139,14 @@ async fn read_packet<S: AsyncRead + Unpin>(
     }
 }
 
-enum First {
+pub(crate) enum First {
     Ssl,
     Gss,
     Cancel(i32, i32),
     Startup(Startup),
 }
 
-fn classify(packet: BytesMut) -> Result<First, FrameError> {
+pub(crate) fn classify(packet: BytesMut) -> Result<First, FrameError> {
     let bad = || FrameError::Malformed('?');
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
     let mut b = packet.clone();
@@ -298,7 +298,7 @@ async fn fatal<S: AsyncWrite + Unpin>(s: &mut S, e: &LoginError) {
 }
 
 /// What the startup packet asks for, once checked.
-struct StartupParams {
+pub(crate) struct StartupParams {
     user: String,
     database: String,
     /// Settings passed on to the upstream.
@@ -306,7 +306,7 @@ struct StartupParams {
 }
 
 /// Check the startup parameters.
-fn check_parameters(s: &Startup) -> Result<StartupParams, LoginError> {
+pub(crate) fn check_parameters(s: &Startup) -> Result<StartupParams, LoginError> {
     if s.protocol_number_minor != 0 {
         return Err(LoginError::new(
             "0A000",
