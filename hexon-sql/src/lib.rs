@@ -52,16 +52,16 @@ pub mod acl;
 pub mod analysis;
 pub mod dialect;
 pub mod functions;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod fuzzing;
 pub mod layers;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod request;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod wire;
-#[cfg(feature = "mysql")]
-pub mod mysql;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-mod fuzzing;
 
 pub use acl::{Acl, AclConfig, AclError};
 pub use dialect::Dialect;

@@ -171,11 +171,7 @@ pub(crate) fn verify_token(
 
 /// The normalised text of a refused statement, when it got as far as being
 /// parsed (never the raw text: it may carry secrets in literals).
-pub(crate) fn refused_statement(
-    acl: &crate::acl::Acl,
-    req: &SqlRequest,
-    r: &Refusal,
-) -> Arc<str> {
+pub(crate) fn refused_statement(acl: &crate::acl::Acl, req: &SqlRequest, r: &Refusal) -> Arc<str> {
     match r.stage {
         Stage::Validation | Stage::RateLimit | Stage::Parse => "".into(),
         _ => req

@@ -268,7 +268,10 @@ fn mariadb_client_reads_through_the_bastion_with_the_row_cap() {
     // LIMIT injected: 5 of 20 rows.
     let o = env.ssl("ana", &tok, "shop", "SELECT id FROM items ORDER BY id");
     assert!(o.status.success(), "{}", err(&o));
-    assert_eq!(out(&o).split_whitespace().collect::<Vec<_>>(), ["1", "2", "3", "4", "5"]);
+    assert_eq!(
+        out(&o).split_whitespace().collect::<Vec<_>>(),
+        ["1", "2", "3", "4", "5"]
+    );
     // Several statements, one per COM_QUERY (the client splits them).
     let o = env.ssl(
         "ana",
@@ -414,11 +417,36 @@ fn login_failures_say_why() {
     let env = Env::start(true);
     let tok = env.token("ana", &["analysts"]);
     let cases: Vec<(Vec<&str>, &str, &str, &str)> = vec![
-        (vec!["--skip-ssl", "-D", "shop"], "ana", tok.as_str(), "requires TLS"),
-        (vec!["--ssl", "-D", "shop"], "ana", "not-a-token", "gateway token"),
-        (vec!["--ssl", "-D", "shop"], "bob", tok.as_str(), "the token is for user"),
-        (vec!["--ssl", "-D", "nowhere"], "ana", tok.as_str(), "no access to database"),
-        (vec!["--ssl", "-D", "pg"], "ana", tok.as_str(), "not a MySQL database"),
+        (
+            vec!["--skip-ssl", "-D", "shop"],
+            "ana",
+            tok.as_str(),
+            "requires TLS",
+        ),
+        (
+            vec!["--ssl", "-D", "shop"],
+            "ana",
+            "not-a-token",
+            "gateway token",
+        ),
+        (
+            vec!["--ssl", "-D", "shop"],
+            "bob",
+            tok.as_str(),
+            "the token is for user",
+        ),
+        (
+            vec!["--ssl", "-D", "nowhere"],
+            "ana",
+            tok.as_str(),
+            "no access to database",
+        ),
+        (
+            vec!["--ssl", "-D", "pg"],
+            "ana",
+            tok.as_str(),
+            "not a MySQL database",
+        ),
         (vec!["--ssl"], "ana", tok.as_str(), "name a database"),
     ];
     for (args, user, token, want) in cases {

@@ -166,12 +166,11 @@ pub(crate) fn parse_hello(payload: &[u8]) -> Result<ClientHello, LoginError> {
     // the server did not offer (e.g. CLIENT_CONNECT_ATTRS) and then leave
     // the fields out, so parse with the intersection.
     let mut payload = payload.to_vec();
-    let Some(flags) = payload.get_mut(..4) else {
+    let Some(flags) = payload.first_chunk_mut::<4>() else {
         return Err(bad("short packet"));
     };
-    let theirs = u32::from_le_bytes([flags[0], flags[1], flags[2], flags[3]]);
     let ours = (ANNOUNCED | CapabilityFlags::CLIENT_SSL).bits();
-    flags.copy_from_slice(&(theirs & ours).to_le_bytes());
+    *flags = (u32::from_le_bytes(*flags) & ours).to_le_bytes();
     let h = HandshakeResponse::deserialize((), &mut ParseBuf(&payload))
         .map_err(|e| bad(&e.to_string()))?;
     let capabilities = h.capabilities();
@@ -242,14 +241,22 @@ fn auth_data(
 ) -> Result<Vec<u8>, LoginError> {
     let pw = password.map(|p| p.expose().as_bytes()).unwrap_or_default();
     match plugin {
-        AuthPlugin::MysqlNativePassword => {
-            Ok(scramble_native(nonce, pw).map(|s| s.to_vec()).unwrap_or_default())
-        }
+        AuthPlugin::MysqlNativePassword => Ok(scramble_native(nonce, pw)
+            .map(|s| s.to_vec())
+            .unwrap_or_default()),
         AuthPlugin::CachingSha2Password => {
-            let nonce: &[u8; 20] = nonce.get(..20).and_then(|n| n.try_into().ok()).ok_or_else(
-                || LoginError::upstream("the database server sent a short authentication nonce"),
-            )?;
-            Ok(scramble_sha256(nonce, pw).map(|s| s.to_vec()).unwrap_or_default())
+            let nonce: &[u8; 20] =
+                nonce
+                    .get(..20)
+                    .and_then(|n| n.try_into().ok())
+                    .ok_or_else(|| {
+                        LoginError::upstream(
+                            "the database server sent a short authentication nonce",
+                        )
+                    })?;
+            Ok(scramble_sha256(nonce, pw)
+                .map(|s| s.to_vec())
+                .unwrap_or_default())
         }
         other => Err(LoginError::upstream(format!(
             "the database server asks for the authentication plugin {:?}, which the bastion does not use: give the bastion's account mysql_native_password (or caching_sha2_password)",
@@ -352,7 +359,9 @@ pub(crate) async fn connect_upstream(login: UpstreamLogin<'_>) -> Result<Upstrea
                         LoginError::upstream(format!("invalid authentication switch: {e}"))
                     })?;
                 let data = auth_data(&switch.auth_plugin(), switch.plugin_data(), login.password)?;
-                write_packet(&mut stream, seq, &data).await.map_err(io_err)?;
+                write_packet(&mut stream, seq, &data)
+                    .await
+                    .map_err(io_err)?;
             }
             // caching_sha2_password: 3 = fast authentication succeeded (an
             // OK follows), 4 = the server wants the password itself.
@@ -438,8 +447,14 @@ mod tests {
         let h = HandshakePacket::deserialize((), &mut ParseBuf(&g)).unwrap();
         assert_eq!(h.connection_id(), 7);
         assert!(h.capabilities().contains(CapabilityFlags::CLIENT_SSL));
-        assert!(!h.capabilities().contains(CapabilityFlags::CLIENT_LOCAL_FILES));
-        assert!(!h.capabilities().contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS));
+        assert!(
+            !h.capabilities()
+                .contains(CapabilityFlags::CLIENT_LOCAL_FILES)
+        );
+        assert!(
+            !h.capabilities()
+                .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS)
+        );
         assert_eq!(h.auth_plugin(), Some(AuthPlugin::MysqlClearPassword));
         let mut nonce = h.scramble_1_ref().to_vec();
         nonce.extend_from_slice(h.scramble_2_ref().unwrap());

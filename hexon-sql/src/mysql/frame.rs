@@ -51,8 +51,18 @@ impl Packet {
 /// The payload length announced at the start of `buf`, once its header is
 /// there.
 fn payload_len(buf: &[u8]) -> Option<usize> {
-    let h = buf.get(..HEADER)?;
-    Some(usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16)
+    let [a, b, c, _seq] = *buf.first_chunk::<HEADER>()?;
+    Some(usize::from(a) | usize::from(b) << 8 | usize::from(c) << 16)
+}
+
+/// A little-endian `u16` at `at`.
+pub(crate) fn u16_at(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(*p.get(at..)?.first_chunk::<2>()?))
+}
+
+/// A little-endian `u32` at `at`.
+pub(crate) fn u32_at(p: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*p.get(at..)?.first_chunk::<4>()?))
 }
 
 /// Take one complete packet from the start of `buf`; `max` caps the payload.
@@ -70,8 +80,8 @@ pub(crate) fn take(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, Fra
         return Ok(None);
     }
     let mut p = buf.split_to(HEADER + len);
-    let seq = p[3];
     let payload = p.split_off(HEADER);
+    let seq = p.last().copied().unwrap_or_default();
     Ok(Some(Packet { seq, payload }))
 }
 
@@ -125,10 +135,7 @@ pub(crate) fn is_eof(payload: &[u8]) -> bool {
 
 /// The status flags of an `EOF` packet.
 pub(crate) fn eof_status(payload: &[u8]) -> u16 {
-    match payload.get(3..5) {
-        Some(s) => u16::from_le_bytes([s[0], s[1]]),
-        None => 0,
-    }
+    u16_at(payload, 3).unwrap_or(0)
 }
 
 /// Read a length-encoded integer.
@@ -136,12 +143,12 @@ pub(crate) fn lenenc(p: &mut &[u8]) -> Option<u64> {
     let (&first, rest) = p.split_first()?;
     let (n, used) = match first {
         0..=0xFA => (u64::from(first), 0),
-        0xFC => (u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)), 2),
+        0xFC => (u64::from(u16_at(rest, 0)?), 2),
         0xFD => {
-            let b = rest.get(..3)?;
-            (u64::from(b[0]) | u64::from(b[1]) << 8 | u64::from(b[2]) << 16, 3)
+            let [a, b, c] = *rest.first_chunk::<3>()?;
+            (u64::from(a) | u64::from(b) << 8 | u64::from(c) << 16, 3)
         }
-        0xFE => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 8),
+        0xFE => (u64::from_le_bytes(*rest.first_chunk::<8>()?), 8),
         // 0xFB is NULL, 0xFF an error marker: not integers.
         _ => return None,
     };
@@ -154,16 +161,12 @@ pub(crate) fn ok_status(payload: &[u8]) -> Option<u16> {
     let mut p = payload.get(1..)?;
     lenenc(&mut p)?;
     lenenc(&mut p)?;
-    let s = p.get(..2)?;
-    Some(u16::from_le_bytes([s[0], s[1]]))
+    u16_at(p, 0)
 }
 
 /// The code and message of an `ERR` packet, for logs and login errors.
 pub(crate) fn error_fields(payload: &[u8]) -> (u16, String) {
-    let code = payload
-        .get(1..3)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .unwrap_or(0);
+    let code = u16_at(payload, 1).unwrap_or(0);
     let mut rest = payload.get(3..).unwrap_or_default();
     if rest.first() == Some(&b'#') {
         rest = rest.get(6..).unwrap_or_default();
@@ -232,10 +235,7 @@ mod tests {
         let p = take(&mut o, 100).unwrap().unwrap();
         assert_eq!(ok_status(&p.payload), Some(SERVER_STATUS_AUTOCOMMIT));
         // Long affected-row counts.
-        assert_eq!(
-            ok_status(&[0, 0xFC, 1, 1, 0xFD, 1, 1, 1, 8, 0]),
-            Some(8)
-        );
+        assert_eq!(ok_status(&[0, 0xFC, 1, 1, 0xFD, 1, 1, 1, 8, 0]), Some(8));
         assert_eq!(ok_status(&[0, 0xFE, 1]), None);
         let mut e = BytesMut::new();
         error(&mut e, 1, 1227, "42501", "no");

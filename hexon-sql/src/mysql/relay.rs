@@ -17,7 +17,7 @@ use bytes::{BufMut, BytesMut};
 
 use hexon_core::Identity;
 
-use super::frame::{self, Packet};
+use super::frame::{self, Packet, u16_at, u32_at};
 use crate::acl::{Acl, DatabaseAcl, Role};
 use crate::dialect::Dialect;
 use crate::layers::PipelineService;
@@ -145,7 +145,10 @@ enum Phase {
     PrepareFirst,
     /// Parameter and column definitions still expected, each group's
     /// closing EOF included.
-    PrepareDefs { params: u32, columns: u32 },
+    PrepareDefs {
+        params: u32,
+        columns: u32,
+    },
     /// One packet answers (`COM_PING`, `COM_INIT_DB`, …).
     Single,
 }
@@ -237,14 +240,6 @@ fn prepare_state(r: &Response) -> Upstream {
     }
 }
 
-fn u32_at(p: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u16_at(p: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?))
-}
-
 /// Quote a database name for `USE`.
 fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
@@ -325,20 +320,20 @@ impl Relay {
                 Step::Close
             }
             com::QUERY => {
-                let Ok(sql) = std::str::from_utf8(&payload[1..]) else {
+                let Ok(sql) = std::str::from_utf8(payload.get(1..).unwrap_or_default()) else {
                     return self.refuse_text(cl, "the statement is not valid UTF-8");
                 };
                 self.query(sql.to_owned(), up, cl)
             }
             com::INIT_DB => {
-                let Ok(name) = std::str::from_utf8(&payload[1..]) else {
+                let Ok(name) = std::str::from_utf8(payload.get(1..).unwrap_or_default()) else {
                     return self.refuse_text(cl, "the database name is not valid UTF-8");
                 };
                 // The same checks as `USE name`.
                 self.query(format!("USE {}", quote_ident(name)), up, cl)
             }
             com::STMT_PREPARE => {
-                let Ok(sql) = std::str::from_utf8(&payload[1..]) else {
+                let Ok(sql) = std::str::from_utf8(payload.get(1..).unwrap_or_default()) else {
                     return self.refuse_text(cl, "the statement is not valid UTF-8");
                 };
                 self.prepare(sql.to_owned(), up, cl)
@@ -579,7 +574,12 @@ impl Relay {
         let Some(s) = self.statements.get(&id) else {
             return self.unknown_statement(cl);
         };
-        let exec = Exec::new(s.row_cap, s.normalized.clone(), s.role.clone(), s.cursor_rows);
+        let exec = Exec::new(
+            s.row_cap,
+            s.normalized.clone(),
+            s.role.clone(),
+            s.cursor_rows,
+        );
         frame::put(up, 0, payload);
         let mut r = Response::new(Phase::Rows);
         r.exec = Some(exec);
@@ -767,11 +767,9 @@ impl Relay {
             }
             Phase::PrepareFirst => match kind {
                 Some(0x00) => {
-                    let (Some(id), Some(columns), Some(params)) = (
-                        u32_at(payload, 1),
-                        u16_at(payload, 5),
-                        u16_at(payload, 7),
-                    ) else {
+                    let (Some(id), Some(columns), Some(params)) =
+                        (u32_at(payload, 1), u16_at(payload, 5), u16_at(payload, 7))
+                    else {
                         return self.broken(cl, "an invalid COM_STMT_PREPARE answer");
                     };
                     if let Some(a) = r.preparing.take() {
@@ -1000,7 +998,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         // Turning multi-statements on.
         let (step, up, cl) = r_on(&mut r, &[com::SET_OPTION, 0, 0]);
         assert!(up.is_empty());
-        assert_eq!((step, error_code(&cl)), (Step::Answered, er::SPECIFIC_ACCESS_DENIED));
+        assert_eq!(
+            (step, error_code(&cl)),
+            (Step::Answered, er::SPECIFIC_ACCESS_DENIED)
+        );
         // ... and off is fine.
         assert_eq!(r_on(&mut r, &[com::SET_OPTION, 1, 0]).0, Step::Forward);
         r.response = None;
@@ -1012,7 +1013,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         for c in [com::STMT_EXECUTE, com::STMT_FETCH, com::STMT_RESET] {
             let (step, up, cl) = r_on(&mut r, &[c, 1, 0, 0, 0, 0, 1, 0, 0, 0]);
             assert!(up.is_empty());
-            assert_eq!((step, error_code(&cl)), (Step::Answered, er::UNKNOWN_STMT_HANDLER));
+            assert_eq!(
+                (step, error_code(&cl)),
+                (Step::Answered, er::UNKNOWN_STMT_HANDLER)
+            );
         }
         // No answer is expected for these: dropped silently.
         for c in [com::STMT_SEND_LONG_DATA, com::STMT_CLOSE] {
@@ -1101,7 +1105,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         let mut r = relay();
         query(&mut r, "select id from orders");
         let mut cl = BytesMut::new();
-        for (i, p) in [&[1u8][..], b"\x03def", EOF, b"\x011", b"\x012"].iter().enumerate() {
+        for (i, p) in [&[1u8][..], b"\x03def", EOF, b"\x011", b"\x012"]
+            .iter()
+            .enumerate()
+        {
             r.on_upstream(&pkt(i as u8 + 1, p), &mut cl);
         }
         let before = packets(&cl).len();
@@ -1109,7 +1116,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         // continuation is not mistaken for an EOF.
         let mut big = BytesMut::zeroed(frame::MAX_PAYLOAD);
         big[0] = 0xFC;
-        let first = Packet { seq: 6, payload: big };
+        let first = Packet {
+            seq: 6,
+            payload: big,
+        };
         assert_eq!(r.on_upstream(&first, &mut cl), Upstream::More);
         assert_eq!(r.on_upstream(&pkt(7, &[0xFE]), &mut cl), Upstream::More);
         assert_eq!(packets(&cl).len(), before);
@@ -1142,7 +1152,14 @@ tables = [{ name = "far.*", ops = ["select"] }]
         let cursor_eof = [0xFE, 0, 0, 0x42, 0];
         for (i, p) in [&[1u8][..], b"\x03def", &cursor_eof].iter().enumerate() {
             let v = r.on_upstream(&pkt(i as u8 + 1, p), &mut cl);
-            assert_eq!(v, if i == 2 { Upstream::Done } else { Upstream::More });
+            assert_eq!(
+                v,
+                if i == 2 {
+                    Upstream::Done
+                } else {
+                    Upstream::More
+                }
+            );
         }
         let fetch = [com::STMT_FETCH, 7, 0, 0, 0, 2, 0, 0, 0];
         assert_eq!(r_on(&mut r, &fetch).0, Step::Forward);
@@ -1159,7 +1176,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         assert_eq!(p.len(), 1);
         assert_eq!(frame::error_fields(&p[0].1).0, er::TOO_BIG_SELECT);
         // Closing forgets the statement.
-        assert_eq!(r_on(&mut r, &[com::STMT_CLOSE, 7, 0, 0, 0]).0, Step::ForwardOnly);
+        assert_eq!(
+            r_on(&mut r, &[com::STMT_CLOSE, 7, 0, 0, 0]).0,
+            Step::ForwardOnly
+        );
         assert_eq!(
             r_on(&mut r, &[com::STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0]).0,
             Step::Answered
@@ -1173,7 +1193,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         payload.extend_from_slice(b"delete from orders where id = ?");
         let (step, up, cl) = r_on(&mut r, &payload);
         assert!(up.is_empty());
-        assert_eq!((step, error_code(&cl)), (Step::Answered, er::READ_ONLY_TRANSACTION));
+        assert_eq!(
+            (step, error_code(&cl)),
+            (Step::Answered, er::READ_ONLY_TRANSACTION)
+        );
     }
 
     #[test]
@@ -1184,7 +1207,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         // The server is told the database's name there.
         assert_eq!(&packets(&up)[0].1, b"\x02shop2_real");
         let mut cl = BytesMut::new();
-        assert_eq!(r.on_upstream(&pkt(1, &[0, 0, 0, 2, 0, 0, 0]), &mut cl), Upstream::Done);
+        assert_eq!(
+            r.on_upstream(&pkt(1, &[0, 0, 0, 2, 0, 0, 0]), &mut cl),
+            Upstream::Done
+        );
         assert_eq!(r.database(), "shop2");
         // Now shop2's rules apply: shop's tables are another database.
         let (step, up, _) = query(&mut r, "select id from t");
@@ -1193,10 +1219,16 @@ tables = [{ name = "far.*", ops = ["select"] }]
         // A database on another server: connect to it directly.
         let (step, up, cl) = query(&mut r, "use far");
         assert!(up.is_empty());
-        assert_eq!((step, error_code(&cl)), (Step::Answered, er::DBACCESS_DENIED));
+        assert_eq!(
+            (step, error_code(&cl)),
+            (Step::Answered, er::DBACCESS_DENIED)
+        );
         // Unknown databases.
         let (step, _, cl) = r_on(&mut r, b"\x02mysql");
-        assert_eq!((step, error_code(&cl)), (Step::Answered, er::DBACCESS_DENIED));
+        assert_eq!(
+            (step, error_code(&cl)),
+            (Step::Answered, er::DBACCESS_DENIED)
+        );
         // A failed switch leaves the session where it was.
         let (_, _, _) = r_on(&mut r, b"\x02shop");
         let mut cl = BytesMut::new();
@@ -1221,7 +1253,10 @@ tables = [{ name = "far.*", ops = ["select"] }]
         assert_eq!(r.on_upstream(&pkt(1, &[0xFC, 1]), &mut cl), Upstream::Close);
         // Unprompted packets.
         let mut r = relay();
-        assert_eq!(r.on_upstream(&pkt(1, &[0]), &mut BytesMut::new()), Upstream::Close);
+        assert_eq!(
+            r.on_upstream(&pkt(1, &[0]), &mut BytesMut::new()),
+            Upstream::Close
+        );
     }
 
     #[test]

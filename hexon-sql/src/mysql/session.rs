@@ -68,17 +68,18 @@ pub(crate) async fn handle(mut tcp: TcpStream, shared: Arc<Shared>) {
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "MySQL handshake failed");
             if e.kind() == std::io::ErrorKind::InvalidData {
-                fail(&mut tcp, 1, &LoginError::new(1043, "08S01", "bad handshake")).await;
+                fail(
+                    &mut tcp,
+                    1,
+                    &LoginError::new(1043, "08S01", "bad handshake"),
+                )
+                .await;
             }
             return;
         }
         Err(_) => return,
     };
-    let caps = first
-        .payload
-        .get(..4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .unwrap_or(0);
+    let caps = frame::u32_at(&first.payload, 0).unwrap_or(0);
     // An SSLRequest is the first 32 bytes of a handshake response.
     if caps & CapabilityFlags::CLIENT_SSL.bits() != 0 && first.payload.len() == 32 {
         let Some(acceptor) = shared.tls.clone() else {
@@ -206,7 +207,11 @@ where
             ),
         )
     };
-    let db = shared.acl.database(&database).ok_or_else(no_access)?.clone();
+    let db = shared
+        .acl
+        .database(&database)
+        .ok_or_else(no_access)?
+        .clone();
     let role = db.role_for(&identity).ok_or_else(no_access)?.clone();
     if db.dialect != Dialect::Mysql {
         return Err(LoginError::new(
