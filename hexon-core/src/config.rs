@@ -89,6 +89,12 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[state]`: where durable objects, shared state and events live.
     pub state: StateConfig,
+    /// `[sql]`: the SQL bastion, kept as TOML (after `${VAR}`
+    /// substitution): `hexon-sql` validates it and the gateway runs it.
+    /// Not part of the effective-values dump (it holds database
+    /// passwords).
+    #[serde(skip)]
+    pub sql: Option<toml::Table>,
 }
 
 /// Where durable objects live (`state.durable`).
@@ -787,7 +793,7 @@ const ROUTE_FORWARD_KEYS: [&str; 12] = [
     "upstream_client_cert",
     "upstream_client_key",
 ];
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "gateway",
     "state",
     "signing",
@@ -797,6 +803,7 @@ const SECTIONS: [&str; 9] = [
     "user",
     "group",
     "route",
+    "sql",
 ];
 
 /// One configuration problem and where it is (`route[3].allow[0].groups[1]`).
@@ -807,6 +814,17 @@ pub struct ConfigError {
     pub location: String,
     /// What is wrong and, where possible, what to do.
     pub message: String,
+}
+
+impl ConfigError {
+    /// A problem at `location` (for sections validated outside this crate,
+    /// such as `[sql]`).
+    pub fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -926,6 +944,10 @@ impl Config {
                 "listener" => config.listeners = array(value, "listener", &mut errs, section),
                 "group" => config.groups = array(value, "group", &mut errs, section),
                 "route" => config.routes = array(value, "route", &mut errs, route),
+                "sql" => match value {
+                    toml::Value::Table(t) => config.sql = Some(t),
+                    _ => errs.push("sql", "must be a table ([sql])".to_owned()),
+                },
                 other => errs.push(
                     other,
                     format!("unknown section; expected one of {}", SECTIONS.join(", ")),

@@ -361,6 +361,11 @@ impl Acl {
         Self::new(&config)
     }
 
+    /// Every configured database.
+    pub fn databases(&self) -> impl Iterator<Item = &Arc<DatabaseAcl>> {
+        self.databases.values()
+    }
+
     /// The database named `name`, if configured.
     pub fn database(&self, name: &str) -> Option<&Arc<DatabaseAcl>> {
         self.databases.get(name)

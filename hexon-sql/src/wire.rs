@@ -244,3 +244,224 @@ pub(crate) fn log_admitted(
         "statement"
     );
 }
+
+/// One bastion listener of the gateway's `[sql]` section (`[sql.postgres]`,
+/// `[sql.mysql]`). Tokens are checked against the gateway's `[jwt]` issuer
+/// and audience, so `hexon token` mints the password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Accept logins without TLS (tests and loopback only).
+    #[serde(default)]
+    pub dangerous_allow_plaintext: bool,
+}
+
+/// The gateway's `[sql]` section: the ACL (`[sql.validation]`,
+/// `[[sql.databases]]`), the bastion listeners and the verdict cache size.
+#[derive(Debug, Clone)]
+pub struct SqlSection {
+    /// The compiled ACL.
+    pub acl: Arc<crate::acl::Acl>,
+    /// The PostgreSQL bastion, if any.
+    pub postgres: Option<ListenerSection>,
+    /// The MySQL bastion, if any.
+    pub mysql: Option<ListenerSection>,
+    /// Entries of each bastion's verdict cache.
+    pub verdict_cache: usize,
+}
+
+fn located(prefix: &str, e: serde_path_to_error::Error<toml::de::Error>) -> crate::acl::AclError {
+    let path = e.path().to_string();
+    crate::acl::AclError {
+        location: match (prefix, path.as_str()) {
+            (p, ".") => p.to_owned(),
+            ("", q) => q.to_owned(),
+            (p, q) => format!("{p}.{q}"),
+        },
+        message: e.into_inner().message().to_string(),
+    }
+}
+
+fn listener(
+    table: &mut toml::Table,
+    key: &str,
+    errs: &mut Vec<crate::acl::AclError>,
+) -> Option<ListenerSection> {
+    let value = table.remove(key)?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| errs.push(located(key, e)))
+        .ok()
+}
+
+impl SqlSection {
+    /// Validate the `[sql]` table of hexon.toml. Locations are relative to
+    /// it (`databases[0].roles[1].name`, `postgres.listen`).
+    ///
+    /// # Errors
+    /// Every problem found: the ACL's, the listeners', databases whose
+    /// dialect has no listener or that name no upstream server, and a
+    /// section without any listener.
+    pub fn from_table(mut table: toml::Table) -> Result<Self, Vec<crate::acl::AclError>> {
+        let mut errs = Vec::new();
+        let postgres = listener(&mut table, "postgres", &mut errs);
+        let mysql = listener(&mut table, "mysql", &mut errs);
+        let verdict_cache = match table.remove("verdict_cache") {
+            None => default_cache(),
+            Some(v) => match v.as_integer().map(usize::try_from) {
+                Some(Ok(n)) => n,
+                _ => {
+                    errs.push(crate::acl::AclError {
+                        location: "verdict_cache".into(),
+                        message: "must be a non-negative integer".into(),
+                    });
+                    0
+                }
+            },
+        };
+        let config: Option<crate::acl::AclConfig> =
+            serde_path_to_error::deserialize(toml::Value::Table(table))
+                .map_err(|e| errs.push(located("", e)))
+                .ok();
+        let acl = config.and_then(|c| {
+            if postgres.is_none() && mysql.is_none() {
+                errs.push(crate::acl::AclError {
+                    location: String::new(),
+                    message: "no bastion listener: add [sql.postgres] and/or [sql.mysql] with listen = \"host:port\"".into(),
+                });
+            }
+            for (i, db) in c.databases.iter().enumerate() {
+                let served = match db.dialect {
+                    crate::Dialect::Postgres => postgres.is_some(),
+                    crate::Dialect::Mysql => mysql.is_some(),
+                };
+                if !served {
+                    errs.push(crate::acl::AclError {
+                        location: format!("databases[{i}].dialect"),
+                        message: format!(
+                            "no [sql.{}] listener serves this database",
+                            db.dialect.as_str()
+                        ),
+                    });
+                }
+                if db.upstream.is_none() {
+                    errs.push(crate::acl::AclError {
+                        location: format!("databases[{i}].upstream"),
+                        message: "missing: the bastion needs the real server's host:port".into(),
+                    });
+                }
+            }
+            crate::acl::Acl::new(&c).map_err(|mut e| errs.append(&mut e)).ok()
+        });
+        match acl {
+            Some(acl) if errs.is_empty() => Ok(Self {
+                acl: Arc::new(acl),
+                postgres,
+                mysql,
+                verdict_cache,
+            }),
+            _ => Err(errs),
+        }
+    }
+
+    /// The bastion configuration for `listener`, accepting tokens of
+    /// `issuer` for `audience`.
+    pub fn bastion_config(
+        &self,
+        listener: &ListenerSection,
+        issuer: &str,
+        audience: &str,
+    ) -> BastionConfig {
+        BastionConfig {
+            listen: listener.listen,
+            tls_cert: listener.tls_cert.clone(),
+            tls_key: listener.tls_key.clone(),
+            dangerous_allow_plaintext: listener.dangerous_allow_plaintext,
+            token_issuer: issuer.to_owned(),
+            token_audience: audience.to_owned(),
+            verdict_cache: self.verdict_cache,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> Result<SqlSection, Vec<String>> {
+        let t: toml::Table = text.parse().unwrap_or_default();
+        SqlSection::from_table(t).map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_valid_section() {
+        let s = section(
+            r#"
+            verdict_cache = 50
+            [postgres]
+            listen = "127.0.0.1:6432"
+            dangerous_allow_plaintext = true
+            [[databases]]
+            name = "app"
+            dialect = "postgres"
+            upstream = "127.0.0.1:5432"
+            [[databases.roles]]
+            name = "r"
+            groups = ["g"]
+            read_only = true
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(s.verdict_cache, 50);
+        assert!(s.mysql.is_none());
+        let b = s.bastion_config(s.postgres.as_ref().unwrap_or_else(|| panic!()), "i", "a");
+        assert_eq!((b.token_issuer.as_str(), b.verdict_cache), ("i", 50));
+        assert!(s.acl.database("app").is_some());
+    }
+
+    #[test]
+    fn errors_are_located() {
+        let e = section(
+            r#"
+            verdict_cache = -1
+            [postgres]
+            listen = "nowhere"
+            [[databases]]
+            name = "shop"
+            dialect = "mysql"
+            [[databases.roles]]
+            name = "r"
+            groups = ["g"]
+            "#,
+        )
+        .err()
+        .unwrap_or_default();
+        let joined = e.join("\n");
+        for want in [
+            "postgres.listen:",
+            "verdict_cache: must be a non-negative integer",
+            "databases[0].dialect: no [sql.mysql] listener",
+            "databases[0].upstream: missing",
+        ] {
+            assert!(joined.contains(want), "{want}\n{joined}");
+        }
+        let e = section("[[databases]]\nname = 1").err().unwrap_or_default();
+        assert!(
+            e.iter().any(|m| m.starts_with("databases[0].name:")),
+            "{e:?}"
+        );
+        let e = section("").err().unwrap_or_default();
+        assert!(e.iter().any(|m| m.contains("no bastion listener")), "{e:?}");
+        let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nbogus = 1")
+            .err()
+            .unwrap_or_default();
+        assert!(e.iter().any(|m| m.starts_with("mysql")), "{e:?}");
+    }
+}

@@ -1301,3 +1301,153 @@ fn keys_rotate_publishes_then_signs_with_the_new_key_and_old_tokens_stay_valid()
         text(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------- sql
+
+/// `[sql]` with both bastions on loopback (plaintext, for the test), in
+/// front of the machine's PostgreSQL (database `test`, user `postgres`) and
+/// MariaDB (database `test`, `root`).
+fn sql_section(pg: u16, my: u16) -> String {
+    format!(
+        r#"
+[sql.postgres]
+listen = "127.0.0.1:{pg}"
+dangerous_allow_plaintext = true
+
+[sql.mysql]
+listen = "127.0.0.1:{my}"
+dangerous_allow_plaintext = true
+
+[[sql.databases]]
+name = "app"
+dialect = "postgres"
+upstream = "127.0.0.1:5432"
+upstream_database = "test"
+[[sql.databases.roles]]
+name = "engineers"
+groups = ["eng"]
+read_only = true
+upstream_user = "postgres"
+tables = [{{ name = "public.*", ops = ["select"] }}]
+
+[[sql.databases]]
+name = "shop"
+dialect = "mysql"
+upstream = "127.0.0.1:3306"
+upstream_database = "test"
+[[sql.databases.roles]]
+name = "engineers"
+groups = ["eng"]
+read_only = true
+upstream_user = "root"
+tables = [{{ name = "shop.*", ops = ["select"] }}]
+"#
+    )
+}
+
+#[test]
+fn check_validates_the_sql_section_with_locations() {
+    let dir = TempDir::new("check-sql");
+    let (pg, my) = (free_port(), free_port());
+    let base = serve_config(&dir, free_port(), free_port(), free_port(), "eng");
+    let cfg = dir.write("ok.toml", &format!("{base}{}", sql_section(pg, my)));
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "sql: 2 database(s); PostgreSQL bastion 127.0.0.1:{pg}, MySQL bastion 127.0.0.1:{my}"
+        )),
+        "{stdout}"
+    );
+    let bad = sql_section(pg, my)
+        .replace("dialect = \"mysql\"", "dialect = \"oracle\"")
+        .replace(
+            "read_only = true\nupstream_user = \"postgres\"",
+            "read_only = 3\nupstream_user = \"postgres\"",
+        );
+    let cfg = dir.write("bad.toml", &format!("{base}{bad}"));
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("sql.databases[0].roles[0].read_only"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_runs_the_sql_bastions_with_gateway_tokens() {
+    let dir = TempDir::new("serve-sql");
+    let upstream = Upstream::start();
+    let (port, admin, pg, my) = (free_port(), free_port(), free_port(), free_port());
+    let cfg = dir.write(
+        "hexon.toml",
+        &format!(
+            "{}{}",
+            serve_config(&dir, port, admin, upstream.port, "eng"),
+            sql_section(pg, my)
+        ),
+    );
+    let alice = mint(&cfg, "alice");
+    let bob = mint(&cfg, "bob");
+    let mut proc = spawn_serve(&dir, &cfg);
+    wait_ready(&dir, &mut proc, admin);
+    let psql = |token: &str, user: &str, sql: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={pg} user={user} dbname=app sslmode=disable"
+            ))
+            .args(["-X", "-A", "-t", "-c", sql])
+            .env("PGPASSWORD", token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env_remove("PGOPTIONS")
+            .output()
+            .unwrap()
+    };
+    let mariadb = |token: &str, user: &str, sql: &str| {
+        Command::new("mariadb")
+            .arg("--no-defaults")
+            .args(["-h127.0.0.1", &format!("-P{my}"), &format!("-u{user}")])
+            .args(["-D", "shop", "--batch", "--skip-column-names", "--skip-ssl"])
+            .args(["-e", sql])
+            .env("MYSQL_PWD", token)
+            .output()
+            .unwrap()
+    };
+    let o = psql(&alice, "alice", "SELECT 40 + 2");
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stderr),
+        stderr_log(&dir)
+    );
+    assert_eq!(text(&o.stdout).trim(), "42");
+    let o = mariadb(&alice, "alice", "SELECT 40 + 2");
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stderr),
+        stderr_log(&dir)
+    );
+    assert_eq!(text(&o.stdout).trim(), "42");
+    // The ACL applies: the role is read-only.
+    let o = psql(&alice, "alice", "CREATE TABLE hexon_cli_nope (a int)");
+    assert!(!o.status.success());
+    let o = mariadb(&alice, "alice", "CREATE TABLE hexon_cli_nope (a int)");
+    assert!(!o.status.success());
+    // bob is not in eng: no role on either database.
+    let o = psql(&bob, "bob", "SELECT 1");
+    assert!(text(&o.stderr).contains("no access"), "{}", text(&o.stderr));
+    let o = mariadb(&bob, "bob", "SELECT 1");
+    assert!(text(&o.stderr).contains("no access"), "{}", text(&o.stderr));
+    // Each statement is in the query log.
+    assert!(
+        stderr_log(&dir).contains("statement refused"),
+        "{}",
+        stderr_log(&dir)
+    );
+    proc.sigterm();
+    assert!(proc.wait_for(Duration::from_secs(15)).is_some());
+    assert!(TcpStream::connect(("127.0.0.1", my)).is_err());
+}

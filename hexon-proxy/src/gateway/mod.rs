@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod echo;
 pub mod keys;
 pub mod metrics;
+pub mod sql;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -134,6 +135,10 @@ fn out(s: &str) {
 /// `hexon check`: validate and print the non-default values.
 pub fn check(path: &Path) -> Result<(), GatewayError> {
     let config = Config::load(path)?;
+    #[cfg(feature = "sql")]
+    let sql = sql::section(&config)?;
+    #[cfg(not(feature = "sql"))]
+    sql::check_absent(&config)?;
     out(&format!(
         "{}: OK ({} listener(s), {} route(s), {} user(s), {} group(s))",
         path.display(),
@@ -142,6 +147,10 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
         config.users.len(),
         config.groups.len()
     ));
+    #[cfg(feature = "sql")]
+    if let Some(s) = &sql {
+        out(&sql::summary(s));
+    }
     let values = config.non_default_values();
     if !values.is_empty() {
         out("# non-default values");
@@ -324,9 +333,20 @@ pub async fn migrate(path: PathBuf, dry_run: bool) -> Result<(), GatewayError> {
 /// `hexon serve`: run until SIGINT/SIGTERM, reloading the file when it changes.
 pub async fn serve(path: PathBuf) -> Result<(), GatewayError> {
     let config = Config::load(&path)?;
+    #[cfg(feature = "sql")]
+    let sql_section = sql::section(&config)?;
+    #[cfg(not(feature = "sql"))]
+    sql::check_absent(&config)?;
     let gateway = Arc::new(Gateway::build(config).await?);
     let running = gateway.start().await?;
-    tracing::info!(listeners = ?running.listeners, admin = ?running.admin, config = %path.display(), "hexon is serving");
+    #[cfg(feature = "sql")]
+    let mut bastions = match &sql_section {
+        Some(s) => sql::start(gateway.config(), s, gateway.keys()).await?,
+        None => sql::SqlBastions::default(),
+    };
+    #[cfg(not(feature = "sql"))]
+    let mut bastions = sql::SqlBastions::default();
+    tracing::info!(listeners = ?running.listeners, admin = ?running.admin, sql_postgres = ?bastions.postgres, sql_mysql = ?bastions.mysql, config = %path.display(), "hexon is serving");
     let watcher = tokio::spawn(assemble::watch_config(
         path,
         gateway.clone(),
@@ -355,6 +375,7 @@ pub async fn serve(path: PathBuf) -> Result<(), GatewayError> {
         break;
     }
     tracing::info!("shutting down: finishing in-flight requests");
+    bastions.stop();
     watcher.abort();
     running.shutdown(Duration::from_secs(10)).await;
     Ok(())
