@@ -18,6 +18,23 @@ use hexon_core::{Identity, UnixTime};
 
 use crate::request::{Refusal, SqlRequest, Stage};
 
+/// A check run on the caller's identity at login and before every
+/// statement (e.g. the gateway's "is this user still enabled"): an error
+/// refuses the login, or the statement, with its reason.
+pub type IdentityCheck = Arc<dyn Fn(&Identity) -> Result<(), &'static str> + Send + Sync + 'static>;
+
+/// The refusal for an identity the check no longer accepts.
+pub(crate) fn revoked(identity: &Identity, reason: &str) -> Refusal {
+    Refusal::new(
+        Stage::DatabaseAccess,
+        "identity_revoked",
+        format!(
+            "user {:?} may no longer use the bastion ({reason}); the session's statements are refused",
+            identity.username()
+        ),
+    )
+}
+
 /// Configuration of a wire-protocol bastion (the same for PostgreSQL and
 /// MySQL).
 #[derive(Debug, Clone, Deserialize)]

@@ -174,6 +174,10 @@ struct Env {
 
 impl Env {
     fn start(tls: bool) -> Env {
+        Env::start_with(tls, None)
+    }
+
+    fn start_with(tls: bool, check: Option<hexon_sql::wire::IdentityCheck>) -> Env {
         let fixture = Fixture::new();
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = if tls {
@@ -206,7 +210,10 @@ impl Env {
             .enable_all()
             .build()
             .unwrap();
-        let bastion = rt.block_on(MyBastion::bind(&config, acl, keys)).unwrap();
+        let mut bastion = rt.block_on(MyBastion::bind(&config, acl, keys)).unwrap();
+        if let Some(c) = check {
+            bastion = bastion.with_identity_check(c);
+        }
         let addr = bastion.local_addr().unwrap();
         rt.spawn(bastion.serve(std::future::pending()));
         Env {
@@ -467,7 +474,19 @@ fn login_failures_say_why() {
 fn prepared_statements_with_a_driver() {
     use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
     use sqlx::{ConnectOptions, Row};
-    let env = Env::start(false);
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let enabled = Arc::new(AtomicBool::new(true));
+    let flag = enabled.clone();
+    let env = Env::start_with(
+        false,
+        Some(Arc::new(move |_: &Identity| {
+            if flag.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("user disabled")
+            }
+        })),
+    );
     let tok = env.token("ana", &["analysts"]);
     let opts = MySqlConnectOptions::new()
         .host("127.0.0.1")
@@ -507,6 +526,19 @@ fn prepared_statements_with_a_driver() {
             .await
             .unwrap();
         assert_eq!(n, 20);
+        // The user is disabled: the open session's statements are refused,
+        // and so is a new login.
+        enabled.store(false, Ordering::SeqCst);
+        let e = sqlx::query("SELECT COUNT(*) FROM items")
+            .fetch_one(&mut c)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("may no longer use the bastion"),
+            "{e}"
+        );
+        let e = opts.connect().await.unwrap_err();
+        assert!(e.to_string().contains("may not log in"), "{e}");
     });
     assert_eq!(env.fixture.count(), "20");
 }

@@ -1447,6 +1447,25 @@ fn serve_runs_the_sql_bastions_with_gateway_tokens() {
         "{}",
         stderr_log(&dir)
     );
+    // Disabling alice (hot reload) refuses her logins on both bastions.
+    let text_now = std::fs::read_to_string(&cfg).unwrap();
+    let disabled = text_now.replace(
+        "name = \"alice\"\nemail",
+        "name = \"alice\"\ndisabled = true\nemail",
+    );
+    assert_ne!(disabled, text_now);
+    std::fs::write(&cfg, disabled).unwrap();
+    let refused = poll(|| {
+        let o = psql(&alice, "alice", "SELECT 1");
+        text(&o.stderr).contains("may not log in").then_some(())
+    });
+    assert!(refused.is_some(), "{}", stderr_log(&dir));
+    let o = mariadb(&alice, "alice", "SELECT 1");
+    assert!(
+        text(&o.stderr).contains("may not log in"),
+        "{}",
+        text(&o.stderr)
+    );
     proc.sigterm();
     assert!(proc.wait_for(Duration::from_secs(15)).is_some());
     assert!(TcpStream::connect(("127.0.0.1", my)).is_err());

@@ -409,6 +409,15 @@ impl Gateway {
         &self.keys
     }
 
+    /// The check every authenticator runs on the identities it accepts:
+    /// is the user still enabled in the current configuration. The SQL
+    /// bastions run it at login and before every statement.
+    pub fn enabled_check(
+        &self,
+    ) -> impl Fn(&hexon_core::Identity) -> Result<(), &'static str> + Send + Sync + 'static {
+        self.enabled.check()
+    }
+
     /// The configuration it was built from.
     pub fn config(&self) -> &Config {
         &self.config

@@ -341,7 +341,15 @@ pub async fn serve(path: PathBuf) -> Result<(), GatewayError> {
     let running = gateway.start().await?;
     #[cfg(feature = "sql")]
     let mut bastions = match &sql_section {
-        Some(s) => sql::start(gateway.config(), s, gateway.keys()).await?,
+        Some(s) => {
+            sql::start(
+                gateway.config(),
+                s,
+                gateway.keys(),
+                Arc::new(gateway.enabled_check()),
+            )
+            .await?
+        }
         None => sql::SqlBastions::default(),
     };
     #[cfg(not(feature = "sql"))]

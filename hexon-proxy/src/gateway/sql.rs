@@ -90,7 +90,8 @@ impl Drop for SqlBastions {
 }
 
 /// Bind and start the bastions of `section`; tokens are verified with
-/// `keys` (the gateway's published keys).
+/// `keys` (the gateway's published keys), and `check` (the gateway's "user
+/// still enabled") runs at login and before every statement.
 ///
 /// # Errors
 /// A listener that cannot bind or TLS material that does not load: the
@@ -100,6 +101,7 @@ pub async fn start(
     config: &Config,
     section: &hexon_sql::wire::SqlSection,
     keys: &hexon_core::keys::KeySet,
+    check: hexon_sql::wire::IdentityCheck,
 ) -> Result<SqlBastions, GatewayError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -120,7 +122,8 @@ pub async fn start(
             keys.clone(),
         )
         .await
-        .map_err(|e| fail("postgres", e))?;
+        .map_err(|e| fail("postgres", e))?
+        .with_identity_check(check.clone());
         out.postgres = b.local_addr().ok();
         tokio::spawn(b.serve(stopped()));
     }
@@ -131,7 +134,8 @@ pub async fn start(
             keys.clone(),
         )
         .await
-        .map_err(|e| fail("mysql", e))?;
+        .map_err(|e| fail("mysql", e))?
+        .with_identity_check(check.clone());
         out.mysql = b.local_addr().ok();
         tokio::spawn(b.serve(stopped()));
     }

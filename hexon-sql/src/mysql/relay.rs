@@ -227,6 +227,8 @@ pub(crate) struct Relay {
     seq: u8,
     /// Status flags of the last upstream answer (for our own OK packets).
     status: u16,
+    /// Run on the identity before every statement.
+    check: Option<crate::wire::IdentityCheck>,
 }
 
 /// Whether a `COM_STMT_PREPARE` answer is complete.
@@ -255,7 +257,20 @@ impl Relay {
             resetting: false,
             seq: 1,
             status: frame::SERVER_STATUS_AUTOCOMMIT,
+            check: None,
         }
+    }
+
+    /// The refusal when the identity check no longer accepts the caller.
+    fn revoked_now(&self) -> Option<Refusal> {
+        let reason = self.check.as_ref()?(&self.info.identity).err()?;
+        Some(crate::wire::revoked(&self.info.identity, reason))
+    }
+
+    /// Run `check` on the identity before every statement.
+    pub(crate) fn with_check(mut self, check: Option<crate::wire::IdentityCheck>) -> Self {
+        self.check = check;
+        self
     }
 
     /// The session's role is read-only.
@@ -292,6 +307,9 @@ impl Relay {
             Dialect::Mysql,
         )
         .with_origin(origin);
+        if let Some(r) = self.revoked_now() {
+            return (Err(r), req);
+        }
         let verdict = crate::layers::decide_now(&mut self.pipeline, req.clone());
         (verdict, req)
     }
@@ -337,6 +355,24 @@ impl Relay {
                     return self.refuse_text(cl, "the statement is not valid UTF-8");
                 };
                 self.prepare(sql.to_owned(), up, cl)
+            }
+            com::STMT_EXECUTE | com::STMT_FETCH if self.check.is_some() => {
+                // A statement prepared earlier runs again: the identity must
+                // still be accepted.
+                match self.revoked_now() {
+                    Some(r) => {
+                        let req = SqlRequest::new(
+                            self.info.identity.clone(),
+                            self.info.db.name.clone(),
+                            "",
+                            Dialect::Mysql,
+                        );
+                        self.refuse(cl, &req, &r);
+                        Step::Answered
+                    }
+                    None if command == com::STMT_EXECUTE => self.execute(payload, up, cl),
+                    None => self.fetch(payload, up, cl),
+                }
             }
             com::STMT_EXECUTE => self.execute(payload, up, cl),
             com::STMT_FETCH => self.fetch(payload, up, cl),

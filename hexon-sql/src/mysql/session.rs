@@ -191,6 +191,12 @@ where
     let identity = crate::wire::verify_token(&shared.verifier, &password, &h.user, UnixTime::now())
         .map_err(LoginError::denied)?;
     drop(password);
+    if let Some(Err(reason)) = shared.check.as_ref().map(|c| c(&identity)) {
+        return Err(LoginError::denied(format!(
+            "user {:?} may not log in: {reason}",
+            h.user
+        )));
+    }
     let database = h.database.ok_or_else(|| {
         LoginError::new(
             1046,
@@ -250,7 +256,8 @@ where
         acl: shared.acl.clone(),
         upstream_user,
     };
-    Ok((Relay::new(info, shared.pipeline.clone()), upstream))
+    let relay = Relay::new(info, shared.pipeline.clone()).with_check(shared.check.clone());
+    Ok((relay, upstream))
 }
 
 async fn flush<S: AsyncWrite + Unpin>(s: &mut S, out: &mut BytesMut) -> std::io::Result<()> {

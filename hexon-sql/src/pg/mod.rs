@@ -72,6 +72,7 @@ pub(crate) struct Shared {
     verifier: JwtVerifier,
     acl: Arc<Acl>,
     pipeline: PipelineService,
+    check: Option<wire::IdentityCheck>,
     cancels: Arc<session::CancelMap>,
 }
 
@@ -112,10 +113,23 @@ impl PgBastion {
                 allow_plaintext: config.dangerous_allow_plaintext,
                 verifier: wire::verifier(config, keys),
                 pipeline: Pipeline::build(acl.clone(), config.verdict_cache),
+                check: None,
                 acl,
                 cancels: Arc::default(),
             }),
         })
+    }
+
+    /// Run `check` on the caller's identity at login and before every
+    /// statement; the gateway passes its "user still enabled" check, so
+    /// disabling a user refuses their logins and stops their open sessions.
+    #[must_use]
+    pub fn with_identity_check(mut self, check: wire::IdentityCheck) -> Self {
+        // Only `serve` shares the state; before it, this is the only handle.
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.check = Some(check);
+        }
+        self
     }
 
     /// The address the listener is bound to (useful with port 0).

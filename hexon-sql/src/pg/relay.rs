@@ -128,6 +128,8 @@ pub(crate) struct Relay {
     copy_in: bool,
     /// Client messages larger than this are refused.
     pub(crate) max_message: usize,
+    /// Run on the identity before every statement.
+    check: Option<crate::wire::IdentityCheck>,
 }
 
 const UNNAMED: &str = "";
@@ -152,7 +154,20 @@ impl Relay {
             batch_error: false,
             copy_in: false,
             max_message,
+            check: None,
         }
+    }
+
+    /// The refusal when the identity check no longer accepts the caller.
+    fn revoked_now(&self) -> Option<Refusal> {
+        let reason = self.check.as_ref()?(&self.info.identity).err()?;
+        Some(crate::wire::revoked(&self.info.identity, reason))
+    }
+
+    /// Run `check` on the identity before every statement.
+    pub(crate) fn with_check(mut self, check: Option<crate::wire::IdentityCheck>) -> Self {
+        self.check = check;
+        self
     }
 
     /// Whether nothing is outstanding upstream.
@@ -221,6 +236,15 @@ impl Relay {
             PgWireFrontendMessage::Query(q) => self.query(q.query, up, cl),
             PgWireFrontendMessage::Parse(p) => self.parse(p, up),
             PgWireFrontendMessage::Bind(b) => {
+                // A statement prepared earlier runs again: the identity
+                // must still be accepted.
+                if let Some(r) = self.revoked_now() {
+                    self.log_refused(&r, "");
+                    let mut e = BytesMut::new();
+                    frame::refusal_error(&mut e, &r);
+                    self.refuse_extended(e.freeze());
+                    return Flow::Continue;
+                }
                 let stmt = self
                     .statements
                     .get(b.statement_name.as_deref().unwrap_or(UNNAMED));
@@ -317,6 +341,9 @@ impl Relay {
             Dialect::Postgres,
         )
         .with_origin(origin);
+        if let Some(r) = self.revoked_now() {
+            return (Err(r), req);
+        }
         let verdict = crate::layers::decide_now(&mut self.pipeline, req.clone());
         (verdict, req)
     }
@@ -837,6 +864,45 @@ tables = [{ name = "public.*", ops = ["select"] }]
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
         assert_eq!(tags(&cl), "EZ");
         assert!(String::from_utf8_lossy(&cl).contains("34000"));
+    }
+
+    #[test]
+    fn a_revoked_identity_runs_nothing_more() {
+        use std::sync::atomic::AtomicBool;
+        let on = Arc::new(AtomicBool::new(true));
+        let flag = on.clone();
+        let check: crate::wire::IdentityCheck = Arc::new(move |_| {
+            if flag.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("disabled")
+            }
+        });
+        let mut r = relay().with_check(Some(check));
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(
+            enc(Parse::new(Some("s".into()), "SELECT 1".into(), vec![])),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        assert_eq!(tags(&up), "PS");
+        r.on_upstream(&raw(b'1', b""), &mut cl);
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        on.store(false, Ordering::SeqCst);
+        // The statement prepared before cannot be bound any more...
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        let bind = Bind::new(None, Some("s".into()), vec![], vec![], vec![]);
+        r.on_client(enc(bind), &mut up, &mut cl);
+        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        assert_eq!(tags(&up), "S");
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        assert!(String::from_utf8_lossy(&cl).contains("may no longer use"));
+        // ... and a new query is refused.
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
+        assert!(up.is_empty());
+        assert_eq!(tags(&cl), "EZ");
     }
 
     #[test]

@@ -462,6 +462,12 @@ where
     };
     let identity =
         auth::verify_client(&shared.verifier, &password.password, &user, UnixTime::now())?;
+    if let Some(Err(reason)) = shared.check.as_ref().map(|c| c(&identity)) {
+        return Err(LoginError::new(
+            "28000",
+            format!("user {user:?} may not log in: {reason}"),
+        ));
+    }
     drop(password);
     let no_access = || {
         LoginError::new(
@@ -522,7 +528,7 @@ where
         role,
         acl: shared.acl.clone(),
     };
-    let relay = Relay::new(info, shared.pipeline.clone());
+    let relay = Relay::new(info, shared.pipeline.clone()).with_check(shared.check.clone());
     Ok(Some((relay, upstream, (user, database), guard)))
 }
 
