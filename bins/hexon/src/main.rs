@@ -60,6 +60,23 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The SQL bastions of `[sql]`.
+    Sql {
+        #[command(subcommand)]
+        command: SqlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SqlCommand {
+    /// Read a database password on stdin and print it sealed with the
+    /// gateway's secret key, for a role's `upstream_password`
+    /// (`printf '%s' "$PW" | hexon sql seal-password -c hexon.toml`).
+    SealPassword {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +151,9 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Rewrap { config },
         } => gateway::run(gateway::rewrap_secrets(config)),
+        Command::Sql {
+            command: SqlCommand::SealPassword { config },
+        } => gateway::seal_sql_password(&config),
         Command::Migrate { config, dry_run } => gateway::run(gateway::migrate(config, dry_run)),
         Command::Serve { config } => gateway::run(gateway::serve(config)),
         Command::Quickstart { port } => gateway::run(gateway::quickstart(port)),

@@ -1308,6 +1308,10 @@ fn keys_rotate_publishes_then_signs_with_the_new_key_and_old_tokens_stay_valid()
 /// front of the machine's PostgreSQL (database `test`, user `postgres`) and
 /// MariaDB (database `test`, `root`).
 fn sql_section(pg: u16, my: u16) -> String {
+    sql_section_as(pg, my, "root", "")
+}
+
+fn sql_section_as(pg: u16, my: u16, my_user: &str, my_password: &str) -> String {
     format!(
         r#"
 [sql.postgres]
@@ -1339,10 +1343,45 @@ upstream_database = "test"
 name = "engineers"
 groups = ["eng"]
 read_only = true
-upstream_user = "root"
+upstream_user = "{my_user}"
+upstream_password = "{my_password}"
 tables = [{{ name = "shop.*", ops = ["select"] }}]
 "#
     )
+}
+
+fn mariadb_root(sql: &str) {
+    let o = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h127.0.0.1",
+            "-P3306",
+            "-uroot",
+            "-e",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{sql}: {}", text(&o.stderr));
+}
+
+/// `hexon sql seal-password` with the password on stdin.
+fn seal(config: &Path, password: &str) -> Output {
+    let mut child = Command::new(HEXON)
+        .args(["sql", "seal-password", "-c", p(config)])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -1359,6 +1398,37 @@ fn check_validates_the_sql_section_with_locations() {
             "sql: 2 database(s); PostgreSQL bastion 127.0.0.1:{pg}, MySQL bastion 127.0.0.1:{my}"
         )),
         "{stdout}"
+    );
+    // A plain password is reported; a sealed one opens; a damaged one is
+    // located.
+    let plain = dir.write(
+        "plain.toml",
+        &format!("{base}{}", sql_section_as(pg, my, "root", "hunter2")),
+    );
+    let out = hexon(&["check", "-c", p(&plain)]);
+    assert!(text(&out.stdout).contains("1 upstream_password value(s) in plain text"));
+    let sealed = seal(&plain, "hunter2\n");
+    assert!(sealed.status.success(), "{}", text(&sealed.stderr));
+    let sealed = text(&sealed.stdout).trim().to_owned();
+    assert!(sealed.starts_with("sealed:") && !sealed.contains("hunter2"));
+    let cfg = dir.write(
+        "sealed.toml",
+        &format!("{base}{}", sql_section_as(pg, my, "root", &sealed)),
+    );
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("plain text"));
+    let damaged = sealed.replace("sealed:", "sealed:AAAA");
+    let cfg = dir.write(
+        "damaged.toml",
+        &format!("{base}{}", sql_section_as(pg, my, "root", &damaged)),
+    );
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("sql.databases[1].roles[0].upstream_password: cannot open it"),
+        "{}",
+        text(&out.stderr)
     );
     let bad = sql_section(pg, my)
         .replace("dialect = \"mysql\"", "dialect = \"oracle\"")
@@ -1381,14 +1451,21 @@ fn serve_runs_the_sql_bastions_with_gateway_tokens() {
     let dir = TempDir::new("serve-sql");
     let upstream = Upstream::start();
     let (port, admin, pg, my) = (free_port(), free_port(), free_port(), free_port());
-    let cfg = dir.write(
-        "hexon.toml",
-        &format!(
-            "{}{}",
-            serve_config(&dir, port, admin, upstream.port, "eng"),
-            sql_section(pg, my)
-        ),
-    );
+    // The MariaDB account the bastion uses, its password sealed at rest.
+    let account = format!("hexon_cli_{}", std::process::id());
+    mariadb_root(&format!(
+        "DROP USER IF EXISTS '{account}'@'%'; CREATE USER '{account}'@'%' IDENTIFIED BY 'cli-pw-9'; GRANT SELECT ON test.* TO '{account}'@'%'"
+    ));
+    let base = serve_config(&dir, port, admin, upstream.port, "eng");
+    let cfg = dir.write("hexon.toml", &base);
+    let sealed = seal(&cfg, "cli-pw-9");
+    assert!(sealed.status.success(), "{}", text(&sealed.stderr));
+    let sealed = text(&sealed.stdout).trim().to_owned();
+    std::fs::write(
+        &cfg,
+        format!("{base}{}", sql_section_as(pg, my, &account, &sealed)),
+    )
+    .unwrap();
     let alice = mint(&cfg, "alice");
     let bob = mint(&cfg, "bob");
     let mut proc = spawn_serve(&dir, &cfg);
@@ -1469,4 +1546,5 @@ fn serve_runs_the_sql_bastions_with_gateway_tokens() {
     proc.sigterm();
     assert!(proc.wait_for(Duration::from_secs(15)).is_some());
     assert!(TcpStream::connect(("127.0.0.1", my)).is_err());
+    mariadb_root(&format!("DROP USER IF EXISTS '{account}'@'%'"));
 }

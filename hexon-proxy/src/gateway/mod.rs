@@ -150,6 +150,13 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
     #[cfg(feature = "sql")]
     if let Some(s) = &sql {
         out(&sql::summary(s));
+        let plain = sql::plain_passwords(&config);
+        if plain > 0 {
+            out(&format!(
+                "note: {plain} upstream_password value(s) in plain text; store them sealed: `hexon sql seal-password -c {}` (reads the password on stdin)",
+                path.display()
+            ));
+        }
     }
     let values = config.non_default_values();
     if !values.is_empty() {
@@ -158,6 +165,27 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
             out(&v);
         }
     }
+    Ok(())
+}
+
+/// `hexon sql seal-password`: read a database password on stdin, print it
+/// sealed for a role's `upstream_password`.
+pub fn seal_sql_password(path: &Path) -> Result<(), GatewayError> {
+    use std::io::Read as _;
+    let config = Config::load(path)?;
+    let mut password = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut password)
+        .map_err(|e| GatewayError::Other(format!("cannot read the password on stdin: {e}")))?;
+    let password = zeroize::Zeroizing::new(password);
+    let trimmed = password.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(GatewayError::Other(
+            "no password on stdin: printf '%s' \"$PASSWORD\" | hexon sql seal-password -c hexon.toml".into(),
+        ));
+    }
+    out(&sql::seal_password(&config, trimmed)?);
     Ok(())
 }
 

@@ -5,7 +5,6 @@
 
 use hexon_core::config::{Config, ConfigError, ConfigErrors};
 
-#[cfg(feature = "sql")]
 use super::GatewayError;
 
 /// The `[sql]` section, validated (`None` when there is none).
@@ -15,9 +14,10 @@ use super::GatewayError;
 /// feature asked to run one.
 #[cfg(feature = "sql")]
 pub fn section(config: &Config) -> Result<Option<hexon_sql::wire::SqlSection>, ConfigErrors> {
-    let Some(table) = config.sql.clone() else {
+    let Some(mut table) = config.sql.clone() else {
         return Ok(None);
     };
+    open_sealed(config, &mut table)?;
     hexon_sql::wire::SqlSection::from_table(table)
         .map(Some)
         .map_err(|errs| {
@@ -34,6 +34,117 @@ pub fn section(config: &Config) -> Result<Option<hexon_sql::wire::SqlSection>, C
                     .collect(),
             )
         })
+}
+
+/// What an upstream password sealed at rest starts with.
+pub const SEALED_PREFIX: &str = "sealed:";
+/// What a sealed upstream password is bound to.
+const SEAL_CONTEXT: &[u8] = b"hexon-sql:upstream_password";
+
+#[cfg(feature = "sql")]
+/// The roles' `upstream_password` values that are sealed (`sealed:…`, from
+/// `hexon sql seal-password`), as (location, value).
+fn sealed_values(table: &mut toml::Table) -> Vec<(String, &mut toml::Value)> {
+    let mut out = Vec::new();
+    let Some(toml::Value::Array(dbs)) = table.get_mut("databases") else {
+        return out;
+    };
+    for (di, db) in dbs.iter_mut().enumerate() {
+        let Some(toml::Value::Array(roles)) = db.get_mut("roles") else {
+            continue;
+        };
+        for (ri, role) in roles.iter_mut().enumerate() {
+            if let Some(v) = role.get_mut("upstream_password") {
+                if v.as_str().is_some_and(|s| s.starts_with(SEALED_PREFIX)) {
+                    out.push((
+                        format!("sql.databases[{di}].roles[{ri}].upstream_password"),
+                        v,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(feature = "sql")]
+/// Replace sealed upstream passwords by their plaintext, opened with the
+/// gateway's secret keys (`state.encryption_keys`, or the generated key in
+/// the data directory — never created here).
+fn open_sealed(config: &Config, table: &mut toml::Table) -> Result<(), ConfigErrors> {
+    use base64::Engine as _;
+    let values = sealed_values(table);
+    if values.is_empty() {
+        return Ok(());
+    }
+    let keys = if config.state.encryption_keys.is_empty() {
+        let path = super::state::default_secret_key_path(config);
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|t| {
+                hexon_core::store::SecretKeys::from_base64(&[t.trim()]).map_err(|e| e.to_string())
+            })
+    } else {
+        hexon_core::store::SecretKeys::from_base64(&config.state.encryption_keys)
+            .map_err(|e| e.to_string())
+    };
+    let mut errs = Vec::new();
+    for (at, value) in values {
+        let opened = keys
+            .as_ref()
+            .map_err(|e| format!("no key to open it ({e}); seal with the key this gateway uses"))
+            .and_then(|k| {
+                let text = value.as_str().unwrap_or_default();
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim_start_matches(SEALED_PREFIX))
+                    .map_err(|_| "not a sealed value (base64 after \"sealed:\")".to_owned())?;
+                let plain = k.open(&raw, SEAL_CONTEXT).map_err(|e| {
+                    format!("cannot open it ({e}): sealed with another key? seal it again with `hexon sql seal-password`")
+                })?;
+                String::from_utf8(plain.expose().to_vec())
+                    .map_err(|_| "the sealed password is not UTF-8".to_owned())
+            });
+        match opened {
+            Ok(p) => *value = toml::Value::String(p),
+            Err(e) => errs.push(ConfigError::new(at, e)),
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+/// `hexon sql seal-password`: seal `password` with the gateway's secret key
+/// (created in the data directory if `state.encryption_keys` is not set),
+/// for a role's `upstream_password`.
+///
+/// # Errors
+/// No usable key.
+pub fn seal_password(config: &Config, password: &str) -> Result<String, GatewayError> {
+    use base64::Engine as _;
+    let keys = super::state::secret_keys(config)?;
+    let sealed = keys
+        .seal(password.as_bytes(), SEAL_CONTEXT)
+        .map_err(|e| GatewayError::Other(format!("cannot seal: {e}")))?;
+    Ok(format!(
+        "{SEALED_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(sealed)
+    ))
+}
+
+/// How many roles' `upstream_password` values are in plain text.
+pub fn plain_passwords(config: &Config) -> usize {
+    let Some(toml::Value::Array(dbs)) = config.sql.as_ref().and_then(|t| t.get("databases")) else {
+        return 0;
+    };
+    dbs.iter()
+        .filter_map(|d| d.get("roles")?.as_array())
+        .flatten()
+        .filter_map(|r| r.get("upstream_password")?.as_str())
+        .filter(|p| !p.starts_with(SEALED_PREFIX))
+        .count()
 }
 
 /// One line for `hexon check`.
