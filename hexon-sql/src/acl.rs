@@ -88,9 +88,37 @@ pub struct DatabaseConfig {
     /// The database name on the real server (default: `name`).
     #[serde(default)]
     pub upstream_database: Option<String>,
+    /// TLS to the real server.
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
+    /// PEM CA certificates the real server's certificate must chain to
+    /// (`upstream_tls = "verify"`).
+    #[serde(default)]
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// The name the real server's certificate must carry (default: the host
+    /// part of `upstream`).
+    #[serde(default)]
+    pub upstream_tls_name: Option<String>,
     /// Roles in priority order.
     #[serde(default)]
     pub roles: Vec<RoleConfig>,
+}
+
+/// TLS from the bastion to the real server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum UpstreamTls {
+    /// Plain TCP (loopback, or a private network you trust).
+    #[default]
+    Disable,
+    /// Encrypted, but the certificate is not checked (like libpq's
+    /// `sslmode=require`): protects against listeners, not against someone
+    /// who can impersonate the server.
+    Require,
+    /// Encrypted, with the certificate chain checked against `upstream_ca`
+    /// and the name against `upstream_tls_name` (or the upstream host).
+    Verify,
 }
 
 /// What a group of callers may do on one database.
@@ -236,6 +264,12 @@ pub struct DatabaseAcl {
     pub upstream: Option<String>,
     /// The database name on the real server.
     pub upstream_database: String,
+    /// TLS to the real server.
+    pub upstream_tls: UpstreamTls,
+    /// CA certificates for `UpstreamTls::Verify`.
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry.
+    pub upstream_tls_name: Option<String>,
     roles: Vec<Arc<Role>>,
 }
 
@@ -318,6 +352,17 @@ impl Acl {
                     "a rate of 0 would refuse everything; leave it out for no limit",
                 ));
             }
+            match (db.upstream_tls, &db.upstream_ca) {
+                (UpstreamTls::Verify, None) => errs.push(err(
+                    &format!("{at}.upstream_ca"),
+                    "upstream_tls = \"verify\" needs the CA that signed the server's certificate (a PEM file)",
+                )),
+                (UpstreamTls::Disable | UpstreamTls::Require, Some(_)) => errs.push(err(
+                    &format!("{at}.upstream_ca"),
+                    "only used with upstream_tls = \"verify\"",
+                )),
+                _ => {}
+            }
             let mut roles = Vec::new();
             for (ri, r) in db.roles.iter().enumerate() {
                 let at = format!("{at}.roles[{ri}]");
@@ -338,6 +383,9 @@ impl Acl {
                         .upstream_database
                         .clone()
                         .unwrap_or_else(|| db.name.clone()),
+                    upstream_tls: db.upstream_tls,
+                    upstream_ca: db.upstream_ca.clone(),
+                    upstream_tls_name: db.upstream_tls_name.clone(),
                     roles,
                 }),
             );

@@ -63,7 +63,7 @@ pub mod request;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod wire;
 
-pub use acl::{Acl, AclConfig, AclError};
+pub use acl::{Acl, AclConfig, AclError, UpstreamTls};
 pub use dialect::Dialect;
 pub use layers::{Pipeline, PipelineService, decide_now};
 pub use request::{Admitted, Origin, Refusal, SqlRequest, Stage};

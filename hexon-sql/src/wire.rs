@@ -482,3 +482,192 @@ mod tests {
         assert!(e.iter().any(|m| m.starts_with("mysql")), "{e:?}");
     }
 }
+
+/// The connection to the real server: plain TCP or TLS over it.
+#[derive(Debug)]
+pub(crate) enum UpStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How to speak TLS to one database's server.
+#[derive(Clone)]
+pub(crate) struct UpstreamTlsConfig {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTlsConfig")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl UpstreamTlsConfig {
+    /// Run the TLS handshake over `tcp`.
+    pub(crate) async fn connect(&self, tcp: TcpStream) -> std::io::Result<UpStream> {
+        let tls = self.connector.connect(self.name.clone(), tcp).await?;
+        Ok(UpStream::Tls(Box::new(tls)))
+    }
+}
+
+/// `upstream_tls = "require"`: encrypt, accept any certificate (but still
+/// check that the handshake is signed by the key in it).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS configuration of every database that asks for TLS upstream.
+///
+/// # Errors
+/// An unreadable CA file or an invalid server name, naming the database.
+pub(crate) fn upstream_tls(
+    acl: &crate::acl::Acl,
+) -> Result<std::collections::HashMap<Arc<str>, UpstreamTlsConfig>, BastionError> {
+    use crate::acl::UpstreamTls;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut out = std::collections::HashMap::new();
+    for db in acl.databases() {
+        if db.upstream_tls == UpstreamTls::Disable {
+            continue;
+        }
+        let fail = |m: String| BastionError::Tls(format!("database {:?}: {m}", db.name));
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?;
+        let config = match (&db.upstream_tls, &db.upstream_ca) {
+            (UpstreamTls::Verify, Some(ca)) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| fail(format!("upstream_ca {}: {e}", ca.display())))?;
+                for c in certs {
+                    let c = c.map_err(|e| fail(format!("upstream_ca {}: {e}", ca.display())))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| fail(format!("upstream_ca {}: {e}", ca.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(fail(format!(
+                        "upstream_ca {}: no certificate in the file",
+                        ca.display()
+                    )));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            (UpstreamTls::Verify, None) => {
+                return Err(fail("upstream_tls = \"verify\" needs upstream_ca".into()));
+            }
+            _ => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
+                .with_no_client_auth(),
+        };
+        let host = match (&db.upstream_tls_name, &db.upstream) {
+            (Some(n), _) => n.clone(),
+            (None, Some(u)) => u
+                .rsplit_once(':')
+                .map_or(u.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            (None, None) => continue,
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| fail(format!("server name {host:?}: {e}")))?;
+        out.insert(
+            db.name.clone(),
+            UpstreamTlsConfig {
+                connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+                name,
+            },
+        );
+    }
+    Ok(out)
+}

@@ -139,6 +139,55 @@ upstream_user = "postgres"
 tables = [{{ name = "public.*", ops = ["select", "insert", "update", "delete"] }}]
 
 [[databases]]
+name = "app_tls"
+dialect = "postgres"
+upstream = "{PG}"
+upstream_database = "test"
+upstream_tls = "require"
+
+[[databases.roles]]
+name = "reader"
+groups = ["analysts"]
+read_only = true
+upstream_user = "postgres"
+functions = ["pg_backend_pid"]
+tables = [{{ name = "public.*", ops = ["select"] }}]
+
+[[databases]]
+name = "app_verify"
+dialect = "postgres"
+upstream = "{PG}"
+upstream_database = "test"
+upstream_tls = "verify"
+# The server's self-signed certificate (Debian's snakeoil, for localhost).
+upstream_ca = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+upstream_tls_name = "localhost"
+
+[[databases.roles]]
+name = "reader"
+groups = ["analysts"]
+read_only = true
+upstream_user = "postgres"
+functions = ["pg_backend_pid"]
+tables = [{{ name = "public.*", ops = ["select"] }}]
+
+[[databases]]
+name = "app_wrong_name"
+dialect = "postgres"
+upstream = "{PG}"
+upstream_database = "test"
+upstream_tls = "verify"
+upstream_ca = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+upstream_tls_name = "db.internal"
+
+[[databases.roles]]
+name = "reader"
+groups = ["analysts"]
+read_only = true
+upstream_user = "postgres"
+tables = [{{ name = "public.*", ops = ["select"] }}]
+
+[[databases]]
 name = "bench"
 dialect = "postgres"
 upstream = "{PG}"
@@ -776,4 +825,46 @@ fn hostile_input_is_answered_or_closed() {
     let (mut r, _) = Raw::login(env.addr, "alice", &tok);
     r.send(&encode(&Query::new("SELECT 1".into())));
     assert_eq!(tags(&r.until_ready()), "TDCZ");
+}
+
+#[test]
+fn tls_to_the_upstream_server() {
+    let env = Env::start(true, "test");
+    let tok = env.token("alice", &["analysts"]);
+    // Encrypted (the server says so about the bastion's own connection).
+    let o = env.psql(
+        "alice",
+        &tok,
+        "app_tls",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).trim(), "t");
+    // Without TLS the same query says f: the check above could fail.
+    let o = env.psql(
+        "alice",
+        &tok,
+        "app",
+        "SELECT count(*) FROM pg_stat_ssl WHERE NOT ssl",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_ne!(out(&o).trim(), "0");
+    // Verified against the server's certificate.
+    let o = env.psql(
+        "alice",
+        &tok,
+        "app_verify",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).trim(), "t");
+    // A certificate for another name: no session, and no fallback to plain
+    // TCP.
+    let o = env.psql("alice", &tok, "app_wrong_name", "SELECT 1");
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("TLS to the database server failed"),
+        "{}",
+        err(&o)
+    );
 }

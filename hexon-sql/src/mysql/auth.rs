@@ -11,7 +11,9 @@ use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
 use mysql_common::auth::plugins::mysql_native_password::scramble_native;
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
+use mysql_common::packets::{
+    AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse, SslRequest,
+};
 use mysql_common::proto::{MyDeserialize, MySerialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -215,11 +217,13 @@ pub(crate) struct UpstreamLogin<'a> {
     pub(crate) read_only: bool,
     /// The client's capabilities (those in [`PASSED`] are passed on).
     pub(crate) client_capabilities: CapabilityFlags,
+    /// TLS to the server, when the database asks for it.
+    pub(crate) tls: Option<&'a crate::wire::UpstreamTlsConfig>,
 }
 
 /// A logged-in upstream connection.
 pub(crate) struct Upstream {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: crate::wire::UpStream,
     /// Bytes read past the login (none, normally).
     pub(crate) leftover: BytesMut,
 }
@@ -285,13 +289,13 @@ fn server_version(v: &[u8]) -> (u16, u16, u16) {
 /// The server cannot be reached, refuses the login (its message is
 /// included), or wants a method the bastion does not support.
 pub(crate) async fn connect_upstream(login: UpstreamLogin<'_>) -> Result<Upstream, LoginError> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(login.addr))
+    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(login.addr))
         .await
         .map_err(|_| LoginError::upstream("connecting to the database server timed out"))?
         .map_err(io_err)?;
-    stream.set_nodelay(true).map_err(io_err)?;
+    tcp.set_nodelay(true).map_err(io_err)?;
     let mut buf = BytesMut::with_capacity(4096);
-    let hello = read_packet(&mut stream, &mut buf, UPSTREAM_LOGIN_MAX)
+    let hello = read_packet(&mut tcp, &mut buf, UPSTREAM_LOGIN_MAX)
         .await
         .map_err(io_err)?;
     if hello.kind() == Some(0xFF) {
@@ -324,7 +328,32 @@ pub(crate) async fn connect_upstream(login: UpstreamLogin<'_>) -> Result<Upstrea
         .map(|p| p.into_owned())
         .unwrap_or(AuthPlugin::MysqlNativePassword);
     let data = auth_data(&plugin, &nonce, login.password)?;
-    let caps = (REQUIRED | (login.client_capabilities & PASSED)) & server_caps;
+    let mut caps = (REQUIRED | (login.client_capabilities & PASSED)) & server_caps;
+    let mut seq = hello.seq.wrapping_add(1);
+    let mut stream = match login.tls {
+        None => crate::wire::UpStream::Plain(tcp),
+        Some(tls) => {
+            if !server_caps.contains(CapabilityFlags::CLIENT_SSL) {
+                return Err(LoginError::upstream(
+                    "the database server does not offer TLS, and upstream_tls asks for it",
+                ));
+            }
+            if !buf.is_empty() {
+                return Err(LoginError::upstream(
+                    "the database server sent data before the TLS handshake",
+                ));
+            }
+            caps |= CapabilityFlags::CLIENT_SSL;
+            let request = SslRequest::new(caps, 16 * 1024 * 1024, UTF8MB4_GENERAL_CI);
+            write_packet(&mut tcp, seq, &serialize(&request))
+                .await
+                .map_err(io_err)?;
+            seq = seq.wrapping_add(1);
+            tls.connect(tcp).await.map_err(|e| {
+                LoginError::upstream(format!("TLS to the database server failed: {e}"))
+            })?
+        }
+    };
     let response = HandshakeResponse::new(
         Some(Cow::Owned(data)),
         server_version(h.server_version_ref()),
@@ -335,7 +364,6 @@ pub(crate) async fn connect_upstream(login: UpstreamLogin<'_>) -> Result<Upstrea
         None,
         16 * 1024 * 1024,
     );
-    let mut seq = hello.seq.wrapping_add(1);
     write_packet(&mut stream, seq, &serialize(&response))
         .await
         .map_err(io_err)?;

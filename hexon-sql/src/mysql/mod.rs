@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     acl: Arc<Acl>,
     pipeline: PipelineService,
     check: Option<wire::IdentityCheck>,
+    /// TLS to the real servers, by database.
+    upstream_tls: std::collections::HashMap<Arc<str>, wire::UpstreamTlsConfig>,
     /// Connection ids shown in greetings.
     next_id: AtomicU32,
 }
@@ -112,6 +114,7 @@ impl MyBastion {
         keys: KeySet,
     ) -> Result<Self, BastionError> {
         let tls = wire::tls_from(config)?;
+        let upstream_tls = wire::upstream_tls(&acl)?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
@@ -121,6 +124,7 @@ impl MyBastion {
                 verifier: wire::verifier(config, keys),
                 pipeline: Pipeline::build(acl.clone(), config.verdict_cache),
                 check: None,
+                upstream_tls,
                 acl,
                 next_id: AtomicU32::new(1),
             }),

@@ -243,6 +243,7 @@ where
         database: &db.upstream_database,
         read_only: role.read_only(),
         client_capabilities: h.capabilities,
+        tls: shared.upstream_tls.get(&db.name),
     })
     .await?;
     let mut out = BytesMut::new();

@@ -61,11 +61,13 @@ pub(crate) struct UpstreamLogin<'a> {
     pub(crate) read_only: bool,
     /// Harmless client settings passed on (date style, time zone, …).
     pub(crate) settings: Vec<(String, String)>,
+    /// TLS to the server, when the database asks for it.
+    pub(crate) tls: Option<&'a crate::wire::UpstreamTlsConfig>,
 }
 
 /// A logged-in upstream connection.
 pub(crate) struct Upstream {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: crate::wire::UpStream,
     /// `ParameterStatus` frames, to forward to the client as they are.
     pub(crate) parameters: BytesMut,
     /// The server's cancel key (process id, secret).
@@ -130,6 +132,32 @@ fn auth_code(f: &[u8]) -> Option<i32> {
     ))
 }
 
+/// `SSLRequest`: length 8 and the code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Turn `tcp` into a TLS connection when `tls` is set (the server must
+/// agree: a server that refuses is an error, never a fallback to plain).
+pub(crate) async fn connect_tls(
+    mut tcp: TcpStream,
+    tls: Option<&crate::wire::UpstreamTlsConfig>,
+) -> Result<crate::wire::UpStream, LoginError> {
+    let Some(tls) = tls else {
+        return Ok(crate::wire::UpStream::Plain(tcp));
+    };
+    tcp.write_all(&SSL_REQUEST).await.map_err(io_err)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io_err)?;
+    if answer != *b"S" {
+        return Err(LoginError::new(
+            "08006",
+            "the database server does not accept TLS, and upstream_tls asks for it",
+        ));
+    }
+    tls.connect(tcp)
+        .await
+        .map_err(|e| LoginError::new("08006", format!("TLS to the database server failed: {e}")))
+}
+
 /// Connect to the upstream server and log in.
 ///
 /// # Errors
@@ -137,8 +165,9 @@ fn auth_code(f: &[u8]) -> Option<i32> {
 /// login (its message is included), `28000` when it wants a password the
 /// role does not configure or an unsupported method.
 pub(crate) async fn connect_upstream(login: UpstreamLogin<'_>) -> Result<Upstream, LoginError> {
-    let mut stream = TcpStream::connect(login.addr).await.map_err(io_err)?;
-    stream.set_nodelay(true).map_err(io_err)?;
+    let tcp = TcpStream::connect(login.addr).await.map_err(io_err)?;
+    tcp.set_nodelay(true).map_err(io_err)?;
+    let mut stream = connect_tls(tcp, login.tls).await?;
     let mut startup = Startup::new();
     let p = &mut startup.parameters;
     for (k, v) in login.settings {

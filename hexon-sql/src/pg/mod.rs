@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     acl: Arc<Acl>,
     pipeline: PipelineService,
     check: Option<wire::IdentityCheck>,
+    /// TLS to the real servers, by database.
+    upstream_tls: std::collections::HashMap<Arc<str>, wire::UpstreamTlsConfig>,
     cancels: Arc<session::CancelMap>,
 }
 
@@ -105,6 +107,7 @@ impl PgBastion {
         keys: KeySet,
     ) -> Result<Self, BastionError> {
         let tls = wire::tls_from(config)?;
+        let upstream_tls = wire::upstream_tls(&acl)?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
@@ -114,6 +117,7 @@ impl PgBastion {
                 verifier: wire::verifier(config, keys),
                 pipeline: Pipeline::build(acl.clone(), config.verdict_cache),
                 check: None,
+                upstream_tls,
                 acl,
                 cancels: Arc::default(),
             }),

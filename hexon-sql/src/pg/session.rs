@@ -50,6 +50,7 @@ pub(crate) struct CancelMap(Mutex<HashMap<i32, CancelEntry>>);
 struct CancelEntry {
     secret: i32,
     upstream: String,
+    tls: Option<crate::wire::UpstreamTlsConfig>,
     pid: i32,
     upstream_secret: i32,
 }
@@ -85,6 +86,7 @@ impl CancelMap {
     fn register(
         self: &Arc<Self>,
         upstream: &str,
+        tls: Option<crate::wire::UpstreamTlsConfig>,
         pid: i32,
         upstream_secret: i32,
     ) -> (CancelGuard, i32, i32) {
@@ -99,6 +101,7 @@ impl CancelMap {
             CancelEntry {
                 secret,
                 upstream: upstream.to_owned(),
+                tls,
                 pid,
                 upstream_secret,
             },
@@ -277,7 +280,10 @@ async fn cancel(shared: &Shared, pid: i32, secret: i32) {
         &CancelRequest::new(e.pid, SecretKey::I32(e.upstream_secret)),
     );
     let sent = async {
-        let mut s = TcpStream::connect(&e.upstream).await?;
+        let tcp = TcpStream::connect(&e.upstream).await?;
+        let mut s = auth::connect_tls(tcp, e.tls.as_ref())
+            .await
+            .map_err(|e| std::io::Error::other(e.message))?;
         s.write_all(&out).await?;
         // The server closes the connection when done.
         let mut sink = [0u8; 16];
@@ -503,6 +509,7 @@ where
         database: &db.upstream_database,
         read_only: role.read_only(),
         settings,
+        tls: shared.upstream_tls.get(&db.name),
     })
     .await?;
     let mut out = BytesMut::new();
@@ -510,7 +517,12 @@ where
     out.extend_from_slice(&upstream.parameters);
     let guard = match upstream.key {
         Some((pid, secret)) => {
-            let (guard, our_pid, our_secret) = shared.cancels.register(addr, pid, secret);
+            let (guard, our_pid, our_secret) = shared.cancels.register(
+                addr,
+                shared.upstream_tls.get(&db.name).cloned(),
+                pid,
+                secret,
+            );
             frame::put(
                 &mut out,
                 &BackendKeyData::new(our_pid, SecretKey::I32(our_secret)),
@@ -551,7 +563,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = upstream.stream.into_split();
+    let (mut ur, mut uw) = tokio::io::split(upstream.stream);
     let mut uin = upstream.leftover;
     let mut to_client = BytesMut::with_capacity(64 * 1024);
     let mut to_upstream = BytesMut::with_capacity(16 * 1024);
@@ -699,7 +711,7 @@ mod tests {
     #[test]
     fn cancel_keys_map_and_unmap() {
         let map = Arc::new(CancelMap::default());
-        let (guard, pid, secret) = map.register("127.0.0.1:5432", 42, 7);
+        let (guard, pid, secret) = map.register("127.0.0.1:5432", None, 42, 7);
         let e = map.lookup(pid, secret).unwrap();
         assert_eq!((e.pid, e.upstream_secret), (42, 7));
         assert!(map.lookup(pid, secret.wrapping_add(1)).is_none());
