@@ -620,3 +620,214 @@ fn hostile_commands_on_the_wire() {
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
 }
+
+/// A throwaway MariaDB server with TLS (its own data directory, port and
+/// certificate), for the upstream-TLS test: the machine's server has TLS
+/// off.
+struct TlsMariadb {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsMariadb {
+    fn start() -> TlsMariadb {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let o = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
+            ])
+            .output()
+            .expect("mariadb-install-db (Debian package mariadb-server)");
+        assert!(o.status.success(), "{}", err(&o));
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let cert = params.self_signed(&kp).unwrap();
+        let ca = dir.path().join("server.crt");
+        let key = dir.path().join("server.key");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        std::fs::write(&key, kp.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("s.sock").display()))
+            .arg(format!("--port={port}"))
+            .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin"])
+            .arg(format!("--ssl-cert={}", ca.display()))
+            .arg(format!("--ssl-key={}", key.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = TlsMariadb {
+            child,
+            port,
+            ca,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = server.root("SELECT 1");
+            if o.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TLS MariaDB did not start: {}",
+                err(&o)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let o = server.root(
+            "CREATE DATABASE tls_db; CREATE TABLE tls_db.items (id INT PRIMARY KEY); INSERT INTO tls_db.items VALUES (1), (2)",
+        );
+        assert!(o.status.success(), "{}", err(&o));
+        server
+    }
+
+    fn root(&self, sql: &str) -> Output {
+        Command::new("mariadb")
+            .args(["--no-defaults", "-h127.0.0.1", "-uroot", "--skip-ssl"])
+            .arg(format!("-P{}", self.port))
+            .args(["-e", sql])
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TlsMariadb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tls_to_the_upstream_server() {
+    let server = TlsMariadb::start();
+    let acl = format!(
+        r#"
+[[databases]]
+name = "secure"
+dialect = "mysql"
+upstream = "127.0.0.1:{port}"
+upstream_database = "tls_db"
+upstream_tls = "verify"
+upstream_ca = "{ca}"
+upstream_tls_name = "localhost"
+[[databases.roles]]
+name = "reader"
+groups = ["analysts"]
+read_only = true
+upstream_user = "root"
+tables = [{{ name = "secure.*", ops = ["select"] }}]
+
+[[databases]]
+name = "wrong_name"
+dialect = "mysql"
+upstream = "127.0.0.1:{port}"
+upstream_database = "tls_db"
+upstream_tls = "verify"
+upstream_ca = "{ca}"
+upstream_tls_name = "db.internal"
+[[databases.roles]]
+name = "reader"
+groups = ["analysts"]
+read_only = true
+upstream_user = "root"
+tables = [{{ name = "wrong_name.*", ops = ["select"] }}]
+
+[[databases]]
+name = "no_tls"
+dialect = "mysql"
+upstream = "{MARIADB}"
+upstream_database = "test"
+upstream_tls = "require"
+[[databases.roles]]
+name = "reader"
+groups = ["analysts"]
+read_only = true
+upstream_user = "root"
+tables = [{{ name = "no_tls.*", ops = ["select"] }}]
+"#,
+        port = server.port,
+        ca = server.ca.display(),
+    );
+    let signer = Arc::new(Ed25519Signer::generate("k1").unwrap());
+    let mut keys = KeySet::new();
+    keys.insert("k1", signer.public_key(), None).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = BastionConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: None,
+        tls_key: None,
+        dangerous_allow_plaintext: true,
+        token_issuer: ISSUER.into(),
+        token_audience: AUDIENCE.into(),
+        verdict_cache: 100,
+    };
+    let bastion = rt
+        .block_on(MyBastion::bind(
+            &config,
+            Arc::new(Acl::from_toml(&acl).unwrap()),
+            keys,
+        ))
+        .unwrap();
+    let port = bastion.local_addr().unwrap().port();
+    rt.spawn(bastion.serve(std::future::pending()));
+    let id = Identity::builder("sub-ana", "ana")
+        .groups(["analysts"])
+        .build()
+        .unwrap();
+    let token = rt
+        .block_on(JwtIssuer::new(signer).issue(
+            &id,
+            &IssueParams::new(ISSUER, AUDIENCE, Duration::from_secs(300)),
+            UnixTime::now(),
+        ))
+        .unwrap();
+    let run = |db: &str, sql: &str| {
+        Command::new("mariadb")
+            .args(["--no-defaults", "-h127.0.0.1", "-uana", "--skip-ssl"])
+            .args(["--batch", "--skip-column-names"])
+            .arg(format!("-P{port}"))
+            .args(["-D", db, "-e", sql])
+            .env("MYSQL_PWD", &token)
+            .output()
+            .unwrap()
+    };
+    let o = run("secure", "SELECT id FROM items ORDER BY id");
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+    // The server reports the bastion's connection as encrypted.
+    let o = run("secure", "SHOW SESSION STATUS LIKE 'Ssl_version'");
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("TLSv1."), "{}", out(&o));
+    // Another name than the certificate's: refused, no plain fallback.
+    let o = run("wrong_name", "SELECT 1");
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("TLS to the database server failed"),
+        "{}",
+        err(&o)
+    );
+    // A server without TLS when TLS is required.
+    let o = run("no_tls", "SELECT 1");
+    assert!(!o.status.success());
+    assert!(err(&o).contains("does not offer TLS"), "{}", err(&o));
+}

@@ -76,9 +76,11 @@ impl LoginError {
         Self::new(1045, "28000", message)
     }
 
-    /// `CR_CONNECTION_ERROR`-like: the upstream could not be used.
+    /// `ER_CONNECT_TO_FOREIGN_DATA_SOURCE`: the upstream could not be used.
+    /// (Not a 2xxx client error number: clients read those from a server
+    /// as a malformed packet.)
     pub(crate) fn upstream(message: impl Into<String>) -> Self {
-        Self::new(2013, "08S01", message)
+        Self::new(1429, "08S01", message)
     }
 }
 
@@ -328,7 +330,11 @@ pub(crate) async fn connect_upstream(login: UpstreamLogin<'_>) -> Result<Upstrea
         .map(|p| p.into_owned())
         .unwrap_or(AuthPlugin::MysqlNativePassword);
     let data = auth_data(&plugin, &nonce, login.password)?;
-    let mut caps = (REQUIRED | (login.client_capabilities & PASSED)) & server_caps;
+    // The database is always named; servers read the flags of an SSL
+    // request as the session's, so they are complete before TLS starts.
+    let mut caps =
+        (REQUIRED | CapabilityFlags::CLIENT_CONNECT_WITH_DB | (login.client_capabilities & PASSED))
+            & server_caps;
     let mut seq = hello.seq.wrapping_add(1);
     let mut stream = match login.tls {
         None => crate::wire::UpStream::Plain(tcp),

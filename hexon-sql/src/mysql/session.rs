@@ -159,7 +159,7 @@ async fn login<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let io = |e: std::io::Error| LoginError::new(2013, "08S01", format!("connection failure: {e}"));
+    let io = |e: std::io::Error| LoginError::new(1043, "08S01", format!("connection failure: {e}"));
     let hello = match hello {
         Some(h) => h,
         None => auth::read_packet(client, buf, MAX_LOGIN_PACKET)
