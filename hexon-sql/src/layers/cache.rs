@@ -1,9 +1,13 @@
 //! Verdicts cached by (database, role, dialect, origin, statement text), so a
-//! repeated statement skips the parse and every layer below.
+//! repeated statement skips the parse and every layer below; and, on a miss,
+//! admitted verdicts cached by statement *shape* (the same statement with
+//! other literal values: see `shape.rs` for why that is sound), so
+//! `… WHERE id = 17` reuses what `… WHERE id = 42` cost to decide.
 //!
-//! The key holds the exact text, not a hash of it, and an admitted verdict
-//! carries the canonical text the layers approved: a cache hit can only ever
-//! send what was checked.
+//! The keys hold the exact text (or token stream), not a hash of it, and an
+//! admitted verdict carries the canonical text the layers approved (for a
+//! shape, a template of it): a cache hit can only ever send what was
+//! checked.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,6 +32,17 @@ struct Key {
 /// The shared cache of verdicts.
 pub type VerdictCache = quick_cache::sync::Cache<KeyOpaque, Result<Admitted, Refusal>>;
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ShapeKey {
+    database: Arc<str>,
+    role: Arc<str>,
+    dialect: Dialect,
+    origin: Origin,
+    shape: super::shape::Shape,
+}
+
+type ShapeCache = quick_cache::sync::Cache<ShapeKey, super::shape::ShapeVerdict>;
+
 /// The cache key (opaque).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyOpaque(Key);
@@ -37,6 +52,7 @@ pub struct KeyOpaque(Key);
 pub struct VerdictCacheLayer {
     acl: Arc<Acl>,
     cache: Option<Arc<VerdictCache>>,
+    shapes: Option<Arc<ShapeCache>>,
 }
 
 impl VerdictCacheLayer {
@@ -45,6 +61,7 @@ impl VerdictCacheLayer {
         Self {
             acl,
             cache: (capacity > 0).then(|| Arc::new(VerdictCache::new(capacity))),
+            shapes: (capacity > 0).then(|| Arc::new(ShapeCache::new(capacity))),
         }
     }
 }
@@ -55,6 +72,7 @@ impl<S> Layer<S> for VerdictCacheLayer {
         VerdictCacheService {
             acl: self.acl.clone(),
             cache: self.cache.clone(),
+            shapes: self.shapes.clone(),
             inner,
         }
     }
@@ -65,6 +83,7 @@ impl<S> Layer<S> for VerdictCacheLayer {
 pub struct VerdictCacheService<S> {
     acl: Arc<Acl>,
     cache: Option<Arc<VerdictCache>>,
+    shapes: Option<Arc<ShapeCache>>,
     inner: S,
 }
 
@@ -110,13 +129,41 @@ where
         if let Some(v) = cache.get(&key) {
             return Either::Left(ready(v));
         }
+        let shaped = self
+            .shapes
+            .as_ref()
+            .and_then(|_| super::shape::shape(req.sql(), req.dialect()));
+        let shape_key = shaped.as_ref().map(|(shape, _)| ShapeKey {
+            database: key.0.database.clone(),
+            role: key.0.role.clone(),
+            dialect: key.0.dialect,
+            origin: key.0.origin,
+            shape: shape.clone(),
+        });
+        if let (Some(shapes), Some(sk), Some((_, literals))) = (&self.shapes, &shape_key, &shaped) {
+            if let Some(v) = shapes.get(sk) {
+                if let Some(sql) = v.template.fill(literals) {
+                    return Either::Left(ready(Ok(Admitted {
+                        sql: sql.into(),
+                        row_cap: v.row_cap,
+                        normalized: v.normalized.clone(),
+                        role: v.role.clone(),
+                        switches_database: None,
+                    })));
+                }
+            }
+        }
         // The layers of this crate decide synchronously, so the inner future
         // is ready at its first poll and its verdict can be cached here. An
         // inner service that really waits is passed through uncached.
-        let mut fut = self.inner.call(req);
+        let mut fut = self.inner.call(req.clone());
         match super::poll_once(&mut fut) {
             Poll::Ready(verdict) => {
                 cache.insert(key, verdict.clone());
+                if let (Ok(admitted), Some(sk), Some((_, literals))) = (&verdict, shape_key, shaped)
+                {
+                    self.learn_shape(&req, admitted, sk, &literals);
+                }
                 Either::Left(ready(verdict))
             }
             Poll::Pending => Either::Right(fut),
@@ -124,6 +171,162 @@ where
     }
 }
 
+impl<S> VerdictCacheService<S>
+where
+    S: Service<SqlRequest, Response = Admitted, Error = Refusal>,
+    S::Future: Unpin,
+{
+    /// Keep the template of an admitted statement's shape, once the full
+    /// pipeline agrees with it on a probe (the statement with synthetic
+    /// literal values).
+    fn learn_shape(
+        &mut self,
+        req: &SqlRequest,
+        admitted: &Admitted,
+        key: ShapeKey,
+        literals: &[super::shape::Literal],
+    ) {
+        let Some(shapes) = self.shapes.clone() else {
+            return;
+        };
+        let Ok(analysis) = req.analysis(&super::limits(&self.acl)) else {
+            return;
+        };
+        let Some(c) =
+            super::shape::candidate(req.sql(), literals, &admitted.sql, analysis, req.dialect())
+        else {
+            return;
+        };
+        let probe = SqlRequest::new(
+            req.identity().clone(),
+            req.database(),
+            c.probe,
+            req.dialect(),
+        )
+        .with_origin(req.origin());
+        // The probe is a second call: the inner service must be ready for it
+        // now (this crate's layers always are).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if !matches!(self.inner.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            return;
+        }
+        let mut fut = self.inner.call(probe);
+        let agrees = matches!(
+            super::poll_once(&mut fut),
+            Poll::Ready(Ok(p)) if *p.sql == c.expected
+                && p.row_cap == admitted.row_cap
+                && p.normalized == admitted.normalized
+                && p.role == admitted.role
+                && p.switches_database.is_none()
+        );
+        if agrees {
+            shapes.insert(
+                key,
+                super::shape::ShapeVerdict {
+                    template: Arc::new(c.template),
+                    row_cap: admitted.row_cap,
+                    normalized: admitted.normalized.clone(),
+                    role: admitted.role.clone(),
+                },
+            );
+        }
+    }
+}
+
 /// Either a cached verdict or the inner future (for inner services that are
 /// not immediately ready).
 pub type CachedFuture<F> = Either<Ready<Result<Admitted, Refusal>>, F>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const ACL: &str = r#"
+[[databases]]
+name = "app"
+dialect = "postgres"
+[[databases.roles]]
+name = "r"
+groups = ["g"]
+tables = [{ name = "public.*", ops = ["select"] }]
+"#;
+
+    /// The cache over an inner service that admits everything as its
+    /// canonical text and counts its calls.
+    fn service(
+        calls: Arc<AtomicUsize>,
+    ) -> impl Service<
+        SqlRequest,
+        Response = Admitted,
+        Error = Refusal,
+        Future = CachedFuture<Ready<Result<Admitted, Refusal>>>,
+    > {
+        let acl = Arc::new(Acl::from_toml(ACL).unwrap_or_else(|e| panic!("{e:?}")));
+        let limits = super::super::limits(&acl);
+        let inner = tower::service_fn(move |req: SqlRequest| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            ready(
+                req.analysis(&limits)
+                    .map(|a| Admitted {
+                        sql: a.canonical.as_str().into(),
+                        row_cap: None,
+                        normalized: a.normalized.as_str().into(),
+                        role: "r".into(),
+                        switches_database: None,
+                    })
+                    .map_err(|e| e.clone()),
+            )
+        });
+        VerdictCacheLayer::new(acl, 100).layer(inner)
+    }
+
+    fn req(sql: &str) -> SqlRequest {
+        let id = hexon_core::Identity::builder("u", "u")
+            .groups(["g"])
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        SqlRequest::new(id, "app", sql, Dialect::Postgres)
+    }
+
+    fn decide(
+        s: &mut impl Service<
+            SqlRequest,
+            Response = Admitted,
+            Error = Refusal,
+            Future = CachedFuture<Ready<Result<Admitted, Refusal>>>,
+        >,
+        sql: &str,
+    ) -> Result<Admitted, Refusal> {
+        match super::super::poll_once(&mut s.call(req(sql))) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("pending"),
+        }
+    }
+
+    #[test]
+    fn a_shape_is_learned_once_and_reused() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut s = service(calls.clone());
+        let a = decide(&mut s, "SELECT name FROM t WHERE id = 1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&*a.sql, "SELECT name FROM t WHERE id = 1");
+        // The decision and the probe that checks the template.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let b =
+            decide(&mut s, "SELECT name FROM t WHERE id = 987").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&*b.sql, "SELECT name FROM t WHERE id = 987");
+        assert_eq!(b.normalized, a.normalized);
+        // Answered from the shape: the inner service was not asked.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The exact text again: from the first cache.
+        decide(&mut s, "SELECT name FROM t WHERE id = 1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Another shape: asked again.
+        decide(&mut s, "SELECT id FROM t WHERE id = 1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // A shapeless statement (a string with a backslash): asked every time.
+        decide(&mut s, "SELECT name FROM t WHERE name = 'a\\b'").unwrap_or_else(|e| panic!("{e}"));
+        decide(&mut s, "SELECT name FROM t WHERE name = 'c\\d'").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+}

@@ -21,6 +21,7 @@ use crate::request::{Admitted, Refusal, SqlRequest, Stage};
 mod cache;
 mod checks;
 mod rate_limit;
+mod shape;
 
 pub use cache::{CachedFuture, KeyOpaque, VerdictCache, VerdictCacheLayer, VerdictCacheService};
 pub use checks::{
