@@ -78,6 +78,18 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // A new literal every time (as pgbench's simple protocol sends): the
+    // exact-text cache misses, the shape cache answers.
+    let mut shaped = Pipeline::build(acl.clone(), 10_000);
+    let mut n = 0u64;
+    g.bench_function("shape_hit/point_select", |b| {
+        b.iter(|| {
+            n += 1;
+            let sql = format!("SELECT id, total FROM orders WHERE id = {n}");
+            let req = SqlRequest::new(who.clone(), "app", sql, Dialect::Postgres);
+            black_box(decide_now(&mut shaped, req).unwrap())
+        })
+    });
     g.finish();
 }
 

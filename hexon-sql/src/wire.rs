@@ -59,10 +59,112 @@ pub struct BastionConfig {
     /// Entries of the pipeline's verdict cache.
     #[serde(default = "default_cache")]
     pub verdict_cache: usize,
+    /// Connections open at once (logged in or not); more are closed at
+    /// accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Sessions one user may have open at once.
+    #[serde(default = "default_max_per_user")]
+    pub max_connections_per_user: usize,
 }
 
 fn default_cache() -> usize {
     10_000
+}
+
+pub(crate) fn default_max_connections() -> usize {
+    1024
+}
+
+pub(crate) fn default_max_per_user() -> usize {
+    64
+}
+
+/// The connection limits of one bastion.
+#[derive(Debug)]
+pub(crate) struct ConnectionLimits {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+    per_user: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    max_per_user: usize,
+}
+
+/// A connection slot; freed on drop.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A user's session slot; freed on drop.
+#[derive(Debug)]
+pub(crate) struct UserSlot {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub(crate) fn new(config: &BastionConfig) -> Self {
+        Self {
+            open: Arc::default(),
+            max: config.max_connections,
+            per_user: Arc::default(),
+            max_per_user: config.max_connections_per_user,
+        }
+    }
+
+    /// A slot for a new connection, if under the limit.
+    pub(crate) fn connection(&self) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        let mut n = self.open.load(Ordering::Acquire);
+        loop {
+            if n >= self.max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Slot(self.open.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// A session slot for `user`.
+    ///
+    /// # Errors
+    /// A message for the client when the user has too many sessions.
+    pub(crate) fn user(&self, user: &str) -> Result<UserSlot, String> {
+        let mut m = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(user.to_owned()).or_insert(0);
+        if *n >= self.max_per_user {
+            return Err(format!(
+                "too many sessions for user {user:?} (at most {}): close some first",
+                self.max_per_user
+            ));
+        }
+        *n += 1;
+        Ok(UserSlot {
+            map: self.per_user.clone(),
+            user: user.to_owned(),
+        })
+    }
 }
 
 /// Why a bastion could not start.
@@ -136,6 +238,7 @@ pub(crate) fn verifier(config: &BastionConfig, keys: hexon_core::KeySet) -> JwtV
 pub(crate) async fn serve<F, Fut>(
     listener: &TcpListener,
     protocol: &'static str,
+    limits: &ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()>,
     handle: F,
 ) where
@@ -148,9 +251,18 @@ pub(crate) async fn serve<F, Fut>(
             () = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
+                    let Some(slot) = limits.connection() else {
+                        tracing::warn!(%peer, protocol, "SQL connection refused: max_connections reached");
+                        drop(tcp);
+                        continue;
+                    };
                     tracing::debug!(%peer, protocol, "SQL client connected");
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(handle(tcp));
+                    let session = handle(tcp);
+                    tokio::spawn(async move {
+                        session.await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off.
@@ -279,6 +391,12 @@ pub struct ListenerSection {
     /// Accept logins without TLS (tests and loopback only).
     #[serde(default)]
     pub dangerous_allow_plaintext: bool,
+    /// Connections open at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Sessions one user may have open at once.
+    #[serde(default = "default_max_per_user")]
+    pub max_connections_per_user: usize,
 }
 
 /// The gateway's `[sql]` section: the ACL (`[sql.validation]`,
@@ -404,6 +522,8 @@ impl SqlSection {
             token_issuer: issuer.to_owned(),
             token_audience: audience.to_owned(),
             verdict_cache: self.verdict_cache,
+            max_connections: listener.max_connections,
+            max_connections_per_user: listener.max_connections_per_user,
         }
     }
 }
@@ -415,6 +535,32 @@ mod tests {
     fn section(text: &str) -> Result<SqlSection, Vec<String>> {
         let t: toml::Table = text.parse().unwrap_or_default();
         SqlSection::from_table(t).map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn connection_limits_count_and_free() {
+        let config: BastionConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:0"
+            token_issuer = "i"
+            token_audience = "a"
+            max_connections = 2
+            max_connections_per_user = 1
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let l = ConnectionLimits::new(&config);
+        let a = l.connection();
+        let b = l.connection();
+        assert!(a.is_some() && b.is_some());
+        assert!(l.connection().is_none());
+        drop(a);
+        assert!(l.connection().is_some());
+        let u = l.user("ana").unwrap_or_else(|e| panic!("{e}"));
+        assert!(l.user("ana").is_err());
+        assert!(l.user("bob").is_ok());
+        drop(u);
+        assert!(l.user("ana").is_ok());
     }
 
     #[test]

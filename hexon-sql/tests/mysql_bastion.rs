@@ -203,6 +203,8 @@ impl Env {
             token_issuer: ISSUER.into(),
             token_audience: AUDIENCE.into(),
             verdict_cache: 1000,
+            max_connections: 64,
+            max_connections_per_user: 8,
         };
         let acl = Arc::new(Acl::from_toml(&fixture.acl()).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -780,6 +782,8 @@ tables = [{{ name = "no_tls.*", ops = ["select"] }}]
         token_issuer: ISSUER.into(),
         token_audience: AUDIENCE.into(),
         verdict_cache: 100,
+        max_connections: 64,
+        max_connections_per_user: 8,
     };
     let bastion = rt
         .block_on(MyBastion::bind(
@@ -830,4 +834,49 @@ tables = [{{ name = "no_tls.*", ops = ["select"] }}]
     let o = run("no_tls", "SELECT 1");
     assert!(!o.status.success());
     assert!(err(&o).contains("does not offer TLS"), "{}", err(&o));
+}
+
+#[test]
+fn sessions_per_user_are_limited() {
+    use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
+    use sqlx::{ConnectOptions, Connection};
+    let env = Env::start(false);
+    let opts = |user: &str, token: &str| {
+        MySqlConnectOptions::new()
+            .host("127.0.0.1")
+            .port(env.addr.port())
+            .username(user)
+            .password(token)
+            .database("shop")
+            .ssl_mode(MySqlSslMode::Disabled)
+            .enable_cleartext_plugin(true)
+            .set_names(false)
+            .pipes_as_concat(false)
+            .no_engine_substitution(false)
+            .timezone(None)
+    };
+    let ana = env.token("ana", &["analysts"]);
+    let wes = env.token("wes", &["writers"]);
+    env.rt.block_on(async {
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            open.push(opts("ana", &ana).connect().await.unwrap());
+        }
+        let e = opts("ana", &ana).connect().await.unwrap_err();
+        assert!(e.to_string().contains("too many sessions"), "{e}");
+        // Another user is not affected.
+        let w = opts("wes", &wes).connect().await.unwrap();
+        w.close().await.unwrap();
+        // A session ending frees its slot.
+        open.pop().unwrap().close().await.unwrap();
+        let mut again = None;
+        for _ in 0..50 {
+            if let Ok(c) = opts("ana", &ana).connect().await {
+                again = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(again.is_some(), "the freed slot was not reused");
+    });
 }

@@ -236,6 +236,8 @@ impl Env {
             token_issuer: ISSUER.into(),
             token_audience: AUDIENCE.into(),
             verdict_cache: 1000,
+            max_connections: 64,
+            max_connections_per_user: 8,
         };
         let acl = Arc::new(Acl::from_toml(&acl_toml(bench_db)).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -79,6 +79,7 @@ pub(crate) struct Shared {
     acl: Arc<Acl>,
     pipeline: PipelineService,
     check: Option<wire::IdentityCheck>,
+    limits: wire::ConnectionLimits,
     /// TLS to the real servers, by database.
     upstream_tls: std::collections::HashMap<Arc<str>, wire::UpstreamTlsConfig>,
     /// Connection ids shown in greetings.
@@ -125,6 +126,7 @@ impl MyBastion {
                 pipeline: Pipeline::build(acl.clone(), config.verdict_cache),
                 check: None,
                 upstream_tls,
+                limits: wire::ConnectionLimits::new(config),
                 acl,
                 next_id: AtomicU32::new(1),
             }),
@@ -155,7 +157,7 @@ impl MyBastion {
     /// own task. Sessions already running go on until their clients leave.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared;
-        wire::serve(&self.listener, "mysql", shutdown, |tcp| {
+        wire::serve(&self.listener, "mysql", &shared.limits, shutdown, |tcp| {
             session::handle(tcp, shared.clone())
         })
         .await;

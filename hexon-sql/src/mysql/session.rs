@@ -125,7 +125,7 @@ async fn session<S>(
         login(&mut client, &mut buf, hello, tls, &shared, &mut seq),
     )
     .await;
-    let (relay, upstream) = match login {
+    let (relay, upstream, _user_slot) = match login {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             tracing::info!(code = e.code, reason = %e.message, "MySQL login refused");
@@ -155,7 +155,7 @@ async fn login<S>(
     tls: bool,
     shared: &Shared,
     seq: &mut u8,
-) -> Result<(Relay, auth::Upstream), LoginError>
+) -> Result<(Relay, auth::Upstream, crate::wire::UserSlot), LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -197,6 +197,11 @@ where
             h.user
         )));
     }
+    // ER_TOO_MANY_USER_CONNECTIONS
+    let user_slot = shared
+        .limits
+        .user(identity.username())
+        .map_err(|m| LoginError::new(1203, "42000", m))?;
     let database = h.database.ok_or_else(|| {
         LoginError::new(
             1046,
@@ -258,7 +263,7 @@ where
         upstream_user,
     };
     let relay = Relay::new(info, shared.pipeline.clone()).with_check(shared.check.clone());
-    Ok((relay, upstream))
+    Ok((relay, upstream, user_slot))
 }
 
 async fn flush<S: AsyncWrite + Unpin>(s: &mut S, out: &mut BytesMut) -> std::io::Result<()> {

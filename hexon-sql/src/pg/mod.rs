@@ -73,6 +73,7 @@ pub(crate) struct Shared {
     acl: Arc<Acl>,
     pipeline: PipelineService,
     check: Option<wire::IdentityCheck>,
+    limits: wire::ConnectionLimits,
     /// TLS to the real servers, by database.
     upstream_tls: std::collections::HashMap<Arc<str>, wire::UpstreamTlsConfig>,
     cancels: Arc<session::CancelMap>,
@@ -118,6 +119,7 @@ impl PgBastion {
                 pipeline: Pipeline::build(acl.clone(), config.verdict_cache),
                 check: None,
                 upstream_tls,
+                limits: wire::ConnectionLimits::new(config),
                 acl,
                 cancels: Arc::default(),
             }),
@@ -148,9 +150,13 @@ impl PgBastion {
     /// own task. Sessions already running go on until their clients leave.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared;
-        wire::serve(&self.listener, "postgres", shutdown, |tcp| {
-            session::handle(tcp, shared.clone())
-        })
+        wire::serve(
+            &self.listener,
+            "postgres",
+            &shared.limits,
+            shutdown,
+            |tcp| session::handle(tcp, shared.clone()),
+        )
         .await;
     }
 }

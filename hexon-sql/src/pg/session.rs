@@ -412,7 +412,12 @@ async fn startup<S>(
     }
 }
 
-type LoggedIn = (Relay, auth::Upstream, (String, String), Option<CancelGuard>);
+type LoggedIn = (
+    Relay,
+    auth::Upstream,
+    (String, String),
+    (Option<CancelGuard>, crate::wire::UserSlot),
+);
 
 async fn login<S>(
     client: &mut S,
@@ -474,6 +479,10 @@ where
             format!("user {user:?} may not log in: {reason}"),
         ));
     }
+    let user_slot = shared
+        .limits
+        .user(identity.username())
+        .map_err(|m| LoginError::new("53300", m))?;
     drop(password);
     let no_access = || {
         LoginError::new(
@@ -541,7 +550,12 @@ where
         acl: shared.acl.clone(),
     };
     let relay = Relay::new(info, shared.pipeline.clone()).with_check(shared.check.clone());
-    Ok(Some((relay, upstream, (user, database), guard)))
+    Ok(Some((
+        relay,
+        upstream,
+        (user, database),
+        (guard, user_slot),
+    )))
 }
 
 /// Reserve room to read: at least a chunk, or what the message in progress
