@@ -223,13 +223,46 @@ pub(crate) fn tls_from(config: &BastionConfig) -> Result<Option<TlsAcceptor>, Ba
     }
 }
 
-/// The verifier of gateway tokens `config` names, over `keys`.
-pub(crate) fn verifier(config: &BastionConfig, keys: hexon_core::KeySet) -> JwtVerifier {
-    JwtVerifier::new(
-        keys,
-        config.token_issuer.clone(),
-        config.token_audience.clone(),
-    )
+/// What every session of either bastion shares (each bastion adds its own
+/// protocol's state beside it).
+pub(crate) struct Common {
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) allow_plaintext: bool,
+    pub(crate) verifier: JwtVerifier,
+    pub(crate) acl: Arc<crate::acl::Acl>,
+    pub(crate) pipeline: crate::layers::PipelineService,
+    pub(crate) check: Option<IdentityCheck>,
+    pub(crate) limits: ConnectionLimits,
+    /// TLS to the real servers, by database.
+    pub(crate) upstream_tls: std::collections::HashMap<Arc<str>, UpstreamTlsConfig>,
+}
+
+impl Common {
+    /// Load the TLS material `config` and `acl` name, and prepare the
+    /// pipeline; tokens are verified against `keys`.
+    ///
+    /// # Errors
+    /// As [`tls_from`] and [`upstream_tls`].
+    pub(crate) fn new(
+        config: &BastionConfig,
+        acl: Arc<crate::acl::Acl>,
+        keys: hexon_core::KeySet,
+    ) -> Result<Self, BastionError> {
+        Ok(Self {
+            tls: tls_from(config)?,
+            allow_plaintext: config.dangerous_allow_plaintext,
+            verifier: JwtVerifier::new(
+                keys,
+                config.token_issuer.clone(),
+                config.token_audience.clone(),
+            ),
+            pipeline: crate::layers::Pipeline::build(acl.clone(), config.verdict_cache),
+            check: None,
+            limits: ConnectionLimits::new(config),
+            upstream_tls: upstream_tls(&acl)?,
+            acl,
+        })
+    }
 }
 
 /// Accept connections on `listener` until `shutdown` completes, each in its

@@ -77,57 +77,81 @@ pub(crate) fn shape(sql: &str, dialect: Dialect) -> Option<(Shape, Vec<Literal>)
     let mut literals = Vec::new();
     let mut limit_seen = false;
     for t in tokens {
-        match t {
-            Token::Whitespace(_) => {}
-            Token::Word(ref w)
-                if matches!(
-                    w.keyword,
-                    Keyword::LIMIT | Keyword::OFFSET | Keyword::FETCH | Keyword::TOP
-                ) =>
-            {
-                limit_seen = true;
-                out.push(t);
-            }
-            Token::Number(n, false) if !limit_seen => {
-                literals.push(Literal::Number(n));
-                out.push(Token::Placeholder(NUMBER.into()));
-            }
-            Token::SingleQuotedString(s) => {
-                // sqlparser prints a value's quote doubled, except where it
-                // takes the value for already escaped (two quotes in a row,
-                // or a quote after a backslash): such values would not print
-                // back to themselves, so they take the full path (which
-                // refuses them by its round trip).
-                if s.contains(['\\', '\0']) || s.contains("''") {
-                    return None;
+        match classify(&t, &mut limit_seen)? {
+            Class::Skip => {}
+            Class::Keep => out.push(t),
+            Class::Literal => match t {
+                Token::Number(n, _) => {
+                    literals.push(Literal::Number(n));
+                    out.push(Token::Placeholder(NUMBER.into()));
                 }
-                literals.push(Literal::Str(s));
-                out.push(Token::Placeholder(STRING.into()));
-            }
-            Token::Number(..) | Token::Word(_) | Token::Placeholder(_) | Token::EOF => out.push(t),
-            Token::Char(_)
-            | Token::DoubleQuotedString(_)
-            | Token::TripleSingleQuotedString(_)
-            | Token::TripleDoubleQuotedString(_)
-            | Token::DollarQuotedString(_)
-            | Token::SingleQuotedByteStringLiteral(_)
-            | Token::DoubleQuotedByteStringLiteral(_)
-            | Token::TripleSingleQuotedByteStringLiteral(_)
-            | Token::TripleDoubleQuotedByteStringLiteral(_)
-            | Token::SingleQuotedRawStringLiteral(_)
-            | Token::DoubleQuotedRawStringLiteral(_)
-            | Token::TripleSingleQuotedRawStringLiteral(_)
-            | Token::TripleDoubleQuotedRawStringLiteral(_)
-            | Token::NationalStringLiteral(_)
-            | Token::QuoteDelimitedStringLiteral(_)
-            | Token::NationalQuoteDelimitedStringLiteral(_)
-            | Token::EscapedStringLiteral(_)
-            | Token::UnicodeStringLiteral(_)
-            | Token::HexStringLiteral(_) => return None,
-            other => out.push(other),
+                Token::SingleQuotedString(v) => {
+                    literals.push(Literal::Str(v));
+                    out.push(Token::Placeholder(STRING.into()));
+                }
+                _ => return None,
+            },
         }
     }
     Some((Shape(out), literals))
+}
+
+/// What a token is to a shape.
+enum Class {
+    /// Whitespace and comments: not part of the shape.
+    Skip,
+    /// Part of the shape as it is.
+    Keep,
+    /// A literal: a slot in the shape.
+    Literal,
+}
+
+/// The one rule [`shape`], the template cutter and the probe writer share;
+/// `None` for a token that makes the statement shapeless.
+fn classify(t: &Token, limit_seen: &mut bool) -> Option<Class> {
+    Some(match t {
+        Token::Whitespace(_) => Class::Skip,
+        Token::Word(w)
+            if matches!(
+                w.keyword,
+                Keyword::LIMIT | Keyword::OFFSET | Keyword::FETCH | Keyword::TOP
+            ) =>
+        {
+            *limit_seen = true;
+            Class::Keep
+        }
+        Token::Number(_, false) if !*limit_seen => Class::Literal,
+        // sqlparser prints a value's quote doubled, except where it takes
+        // the value for already escaped (two quotes in a row, or a quote
+        // after a backslash): such values would not print back to
+        // themselves, so they take the full path (which refuses them by its
+        // round trip).
+        Token::SingleQuotedString(v) if v.contains(['\\', '\0']) || v.contains("''") => {
+            return None;
+        }
+        Token::SingleQuotedString(_) => Class::Literal,
+        Token::Number(..) | Token::Word(_) | Token::Placeholder(_) | Token::EOF => Class::Keep,
+        Token::Char(_)
+        | Token::DoubleQuotedString(_)
+        | Token::TripleSingleQuotedString(_)
+        | Token::TripleDoubleQuotedString(_)
+        | Token::DollarQuotedString(_)
+        | Token::SingleQuotedByteStringLiteral(_)
+        | Token::DoubleQuotedByteStringLiteral(_)
+        | Token::TripleSingleQuotedByteStringLiteral(_)
+        | Token::TripleDoubleQuotedByteStringLiteral(_)
+        | Token::SingleQuotedRawStringLiteral(_)
+        | Token::DoubleQuotedRawStringLiteral(_)
+        | Token::TripleSingleQuotedRawStringLiteral(_)
+        | Token::TripleDoubleQuotedRawStringLiteral(_)
+        | Token::NationalStringLiteral(_)
+        | Token::QuoteDelimitedStringLiteral(_)
+        | Token::NationalQuoteDelimitedStringLiteral(_)
+        | Token::EscapedStringLiteral(_)
+        | Token::UnicodeStringLiteral(_)
+        | Token::HexStringLiteral(_) => return None,
+        _ => Class::Keep,
+    })
 }
 
 /// Canonical text cut at its literals: `parts.len() == literals + 1`.
@@ -230,23 +254,9 @@ fn cut(canonical: &str, dialect: Dialect) -> Option<Template> {
                 let _ = write!(whole, "{t}");
             }
         }
-        match t {
-            Token::Word(w)
-                if matches!(
-                    w.keyword,
-                    Keyword::LIMIT | Keyword::OFFSET | Keyword::FETCH | Keyword::TOP
-                ) =>
-            {
-                limit_seen = true;
-                let _ = write!(current, "{t}");
-            }
-            Token::Number(_, false) if !limit_seen => {
-                parts.push(std::mem::take(&mut current).into_boxed_str());
-            }
-            Token::SingleQuotedString(_) => {
-                parts.push(std::mem::take(&mut current).into_boxed_str());
-            }
-            _ => {
+        match classify(t, &mut limit_seen)? {
+            Class::Literal => parts.push(std::mem::take(&mut current).into_boxed_str()),
+            Class::Skip | Class::Keep => {
                 let _ = write!(current, "{t}");
             }
         }
@@ -265,19 +275,9 @@ fn substitute(input: &str, dialect: Dialect, values: &[Literal]) -> Option<Strin
     let mut next = values.iter();
     let mut limit_seen = false;
     for t in &tokens {
-        match t {
-            Token::Word(w)
-                if matches!(
-                    w.keyword,
-                    Keyword::LIMIT | Keyword::OFFSET | Keyword::FETCH | Keyword::TOP
-                ) =>
-            {
-                limit_seen = true;
-                let _ = write!(out, "{t}");
-            }
-            Token::Number(_, false) if !limit_seen => next.next()?.render(&mut out),
-            Token::SingleQuotedString(_) => next.next()?.render(&mut out),
-            _ => {
+        match classify(t, &mut limit_seen)? {
+            Class::Literal => next.next()?.render(&mut out),
+            Class::Skip | Class::Keep => {
                 let _ = write!(out, "{t}");
             }
         }

@@ -370,12 +370,11 @@ impl Relay {
                         self.refuse(cl, &req, &r);
                         Step::Answered
                     }
-                    None if command == com::STMT_EXECUTE => self.execute(payload, up, cl),
-                    None => self.fetch(payload, up, cl),
+                    None => self.run_statement(payload, up, cl, command == com::STMT_FETCH),
                 }
             }
-            com::STMT_EXECUTE => self.execute(payload, up, cl),
-            com::STMT_FETCH => self.fetch(payload, up, cl),
+            com::STMT_EXECUTE => self.run_statement(payload, up, cl, false),
+            com::STMT_FETCH => self.run_statement(payload, up, cl, true),
             com::STMT_SEND_LONG_DATA | com::STMT_CLOSE => {
                 let id = u32_at(payload, 1);
                 match id {
@@ -585,31 +584,25 @@ impl Relay {
         Step::Forward
     }
 
-    fn execute(&mut self, payload: &[u8], up: &mut BytesMut, cl: &mut BytesMut) -> Step {
+    /// `COM_STMT_EXECUTE` (a new execution: the statement's cursor starts
+    /// over) or `COM_STMT_FETCH` (more rows from its cursor, counted on top
+    /// of those already sent).
+    fn run_statement(
+        &mut self,
+        payload: &[u8],
+        up: &mut BytesMut,
+        cl: &mut BytesMut,
+        fetch: bool,
+    ) -> Step {
         let Some(id) = u32_at(payload, 1) else {
             return self.unknown_statement(cl);
         };
         let Some(s) = self.statements.get_mut(&id) else {
             return self.unknown_statement(cl);
         };
-        // A new execution closes the statement's cursor.
-        s.cursor_rows = 0;
-        let exec = Exec::new(s.row_cap, s.normalized.clone(), s.role.clone(), 0);
-        frame::put(up, 0, payload);
-        let mut r = Response::new(Phase::First);
-        r.exec = Some(exec);
-        r.cursor_of = Some(id);
-        self.response = Some(r);
-        Step::Forward
-    }
-
-    fn fetch(&mut self, payload: &[u8], up: &mut BytesMut, cl: &mut BytesMut) -> Step {
-        let Some(id) = u32_at(payload, 1) else {
-            return self.unknown_statement(cl);
-        };
-        let Some(s) = self.statements.get(&id) else {
-            return self.unknown_statement(cl);
-        };
+        if !fetch {
+            s.cursor_rows = 0;
+        }
         let exec = Exec::new(
             s.row_cap,
             s.normalized.clone(),
@@ -617,7 +610,7 @@ impl Relay {
             s.cursor_rows,
         );
         frame::put(up, 0, payload);
-        let mut r = Response::new(Phase::Rows);
+        let mut r = Response::new(if fetch { Phase::Rows } else { Phase::First });
         r.exec = Some(exec);
         r.cursor_of = Some(id);
         self.response = Some(r);

@@ -51,13 +51,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use hexon_core::KeySet;
-use hexon_core::jwt::JwtVerifier;
 
 use crate::acl::Acl;
-use crate::layers::{Pipeline, PipelineService};
 use crate::wire::{self, BastionConfig, BastionError};
 
 mod auth;
@@ -67,16 +64,15 @@ mod session;
 
 /// What every session shares.
 pub(crate) struct Shared {
-    tls: Option<TlsAcceptor>,
-    allow_plaintext: bool,
-    verifier: JwtVerifier,
-    acl: Arc<Acl>,
-    pipeline: PipelineService,
-    check: Option<wire::IdentityCheck>,
-    limits: wire::ConnectionLimits,
-    /// TLS to the real servers, by database.
-    upstream_tls: std::collections::HashMap<Arc<str>, wire::UpstreamTlsConfig>,
+    common: wire::Common,
     cancels: Arc<session::CancelMap>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = wire::Common;
+    fn deref(&self) -> &wire::Common {
+        &self.common
+    }
 }
 
 /// A bound PostgreSQL bastion; [`serve`](Self::serve) runs it.
@@ -107,20 +103,12 @@ impl PgBastion {
         acl: Arc<Acl>,
         keys: KeySet,
     ) -> Result<Self, BastionError> {
-        let tls = wire::tls_from(config)?;
-        let upstream_tls = wire::upstream_tls(&acl)?;
+        let common = wire::Common::new(config, acl, keys)?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                tls,
-                allow_plaintext: config.dangerous_allow_plaintext,
-                verifier: wire::verifier(config, keys),
-                pipeline: Pipeline::build(acl.clone(), config.verdict_cache),
-                check: None,
-                upstream_tls,
-                limits: wire::ConnectionLimits::new(config),
-                acl,
+                common,
                 cancels: Arc::default(),
             }),
         })
@@ -133,7 +121,7 @@ impl PgBastion {
     pub fn with_identity_check(mut self, check: wire::IdentityCheck) -> Self {
         // Only `serve` shares the state; before it, this is the only handle.
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.check = Some(check);
+            shared.common.check = Some(check);
         }
         self
     }
