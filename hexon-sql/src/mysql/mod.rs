@@ -8,7 +8,7 @@
 //! database. The bastion verifies the token, picks the caller's role on that
 //! database from the [`Acl`], logs in to the real server as the role's
 //! database account, and relays the session: every statement (`COM_QUERY`,
-//! `COM_STMT_PREPARE`, and `COM_INIT_DB` as `USE`) passes the [`Pipeline`]
+//! `COM_STMT_PREPARE`, and `COM_INIT_DB` as `USE`) passes the [`Pipeline`](crate::Pipeline)
 //! first, and what the server receives is the pipeline's canonical text,
 //! never the client's bytes.
 //!

@@ -7,7 +7,7 @@
 //! role on the database from the [`Acl`], logs in to the real server as that
 //! role's database user, and from then on relays the session: every
 //! statement (simple `Query`, or `Parse` of the extended protocol) passes the
-//! [`Pipeline`] first, and what the server receives is the
+//! [`Pipeline`](crate::Pipeline) first, and what the server receives is the
 //! pipeline's canonical text, never the client's bytes. Results are relayed
 //! frame by frame, and capped at the statement's row cap.
 //!
