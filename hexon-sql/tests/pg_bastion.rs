@@ -418,6 +418,77 @@ fn write_role_writes_with_where_only() {
     );
 }
 
+/// A refused statement inside a transaction block fails the transaction on
+/// the server too, as a server-side error would: `COMMIT` then rolls back,
+/// and the write before the refusal is not kept.
+#[test]
+fn a_refusal_inside_a_transaction_aborts_it() {
+    let env = Env::start(true, "test");
+    let t = Table::new(3);
+    let tok = env.token("bob", &["writers"]);
+    let begin = "BEGIN".to_owned();
+    let insert = format!("INSERT INTO {} VALUES (99, 'kept?')", t.0);
+    let refused = format!("DELETE FROM {}", t.0);
+    let commit = "COMMIT".to_owned();
+    let o = env.psql_with(
+        "bob",
+        &tok,
+        "app",
+        "require",
+        &[
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-c",
+            &begin,
+            "-c",
+            &insert,
+            "-c",
+            &refused,
+            "-c",
+            &commit,
+        ],
+        &[],
+    );
+    let (stdout, stderr) = (out(&o), err(&o));
+    assert!(
+        stderr.contains("complexity"),
+        "the refusal is reported: {stderr}"
+    );
+    assert!(
+        !stderr.contains("syntax error"),
+        "the stand-in's error is not: {stderr}"
+    );
+    assert!(
+        stdout.contains("ROLLBACK"),
+        "COMMIT of a failed block rolls back: {stdout}\n{stderr}"
+    );
+    assert_eq!(
+        admin(
+            "test",
+            &format!("SELECT count(*) FROM {} WHERE id = 99", t.0)
+        ),
+        "0"
+    );
+    // Outside a transaction the stand-in changes nothing: the next
+    // statement runs normally.
+    let o = env.psql_with(
+        "bob",
+        &tok,
+        "app",
+        "require",
+        &["-v", "ON_ERROR_STOP=0", "-c", &refused, "-c", &insert],
+        &[],
+    );
+    assert!(err(&o).contains("complexity"), "{}", err(&o));
+    assert_eq!(
+        admin(
+            "test",
+            &format!("SELECT count(*) FROM {} WHERE id = 99", t.0)
+        ),
+        "1"
+    );
+}
+
 #[test]
 fn row_cap_by_limit_and_on_the_wire() {
     let env = Env::start(true, "test");

@@ -9,7 +9,11 @@
 //! extended-protocol messages) has an entry in [`Relay::pending`], in order.
 //! Upstream responses always belong to the entry at the front. A refusal is
 //! never written to the client directly when anything is outstanding: a
-//! refused simple query becomes a [`Pending::Refused`] entry answered when it
+//! refused simple query is replaced upstream by a syntax error (so an open
+//! transaction block fails on the server as it would have) and becomes a
+//! [`Pending::Aborting`] entry whose server error is swapped for the
+//! refusal; a refused function call becomes a [`Pending::Refused`] entry
+//! answered when it
 //! reaches the front; a refused extended-protocol message marks its batch,
 //! the rest of the batch is discarded up to `Sync`, the `Sync` is forwarded,
 //! and the error is injected just before the `ReadyForQuery` that answers it
@@ -88,7 +92,17 @@ enum Pending {
     /// A refused simple query (or function call): error and
     /// `ReadyForQuery` once everything before it is answered.
     Refused(Bytes),
+    /// A refused simple query whose place upstream was taken by
+    /// [`ABORT_TEXT`]: the server's error is replaced by this one (`sent`
+    /// once it is), and its `ReadyForQuery` passed on, so a transaction
+    /// block is aborted on the server as an error there would abort it.
+    Aborting { error: Bytes, sent: bool },
 }
+
+/// What goes upstream in place of a refused simple query: a syntax error,
+/// which runs nothing and aborts an open transaction block (a refused
+/// statement inside `BEGIN … COMMIT` must not let `COMMIT` keep the rest).
+const ABORT_TEXT: &str = "hexon_sql_refused_the_statement";
 
 /// What the session should do after a client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,7 +400,20 @@ impl Relay {
                 self.log_refused(&r, &statement);
                 let mut e = BytesMut::new();
                 frame::refusal_error(&mut e, &r);
-                self.refuse_simple(e.freeze(), cl);
+                match self.pending.back() {
+                    // Inside an unsynced extended batch the server's answer
+                    // belongs to the batch: answer locally, as before.
+                    Some(Pending::Extended { synced: false, .. }) => {
+                        self.refuse_simple(e.freeze(), cl);
+                    }
+                    _ => {
+                        frame::put(up, &Query::new(ABORT_TEXT.to_owned()));
+                        self.pending.push_back(Pending::Aborting {
+                            error: e.freeze(),
+                            sent: false,
+                        });
+                    }
+                }
             }
         }
     }
@@ -485,7 +512,7 @@ impl Relay {
         match self.pending.front_mut()? {
             Pending::Simple(e) => Some(e),
             Pending::Extended { execs, .. } => execs.front_mut(),
-            Pending::Refused(_) => None,
+            Pending::Refused(_) | Pending::Aborting { .. } => None,
         }
     }
 
@@ -546,6 +573,14 @@ impl Relay {
                 }
                 if !simple {
                     self.finish_exec();
+                }
+            }
+            b'E' if matches!(self.pending.front(), Some(Pending::Aborting { .. })) => {
+                if let Some(Pending::Aborting { error, sent }) = self.pending.front_mut() {
+                    if !*sent {
+                        cl.extend_from_slice(error);
+                        *sent = true;
+                    }
                 }
             }
             b'E' => {
@@ -616,6 +651,11 @@ impl Relay {
                 // Out of step (should not happen): answer it anyway.
                 cl.extend_from_slice(&err);
                 frame::ready(cl, self.tx_status);
+            }
+            Some(Pending::Aborting { error, sent }) => {
+                if !sent {
+                    cl.extend_from_slice(&error);
+                }
             }
             None => {}
         }
@@ -788,23 +828,37 @@ tables = [{ name = "public.*", ops = ["select"] }]
     }
 
     #[test]
-    fn refused_simple_query_waits_for_outstanding_results() {
+    fn a_refused_simple_query_aborts_the_servers_transaction() {
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         r.on_client(enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
         r.on_client(enc(Query::new("DELETE FROM t".into())), &mut up, &mut cl);
         assert!(cl.is_empty());
+        // The refused statement never goes upstream; a syntax error takes
+        // its place, so an open transaction block is aborted there too.
+        assert_eq!(tags(&up), "QQ");
+        let text = String::from_utf8_lossy(&up).into_owned();
+        assert!(
+            !text.contains("DELETE") && text.contains(ABORT_TEXT),
+            "{text}"
+        );
         r.on_upstream(&raw(b'T', b"\0\0"), &mut cl);
         r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
         r.on_upstream(&raw(b'C', b"SELECT 1\0"), &mut cl);
         r.on_upstream(&raw(b'Z', b"T"), &mut cl);
+        assert_eq!(tags(&cl), "TDCZ");
+        // The server's syntax error is replaced by the refusal; its
+        // ReadyForQuery (transaction now failed) is passed on.
+        r.on_upstream(&raw(b'E', b"SERROR\0C42601\0Msyntax error\0\0"), &mut cl);
+        r.on_upstream(&raw(b'Z', b"E"), &mut cl);
         assert_eq!(tags(&cl), "TDCZEZ");
-        // The refusal reports the transaction status of the last upstream RFQ.
-        assert_eq!(cl.last(), Some(&b'T'));
-        // With nothing outstanding, a refusal is answered at once.
-        let mut cl = BytesMut::new();
-        r.on_client(enc(Query::new("DELETE FROM t".into())), &mut up, &mut cl);
-        assert_eq!(tags(&cl), "EZ");
+        assert_eq!(cl.last(), Some(&b'E'));
+        let text = String::from_utf8_lossy(&cl).into_owned();
+        assert!(
+            text.contains("read_only") && !text.contains("syntax error"),
+            "{text}"
+        );
+        assert!(r.idle());
     }
 
     #[test]
@@ -898,11 +952,14 @@ tables = [{ name = "public.*", ops = ["select"] }]
         assert_eq!(tags(&up), "S");
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
         assert!(String::from_utf8_lossy(&cl).contains("may no longer use"));
-        // ... and a new query is refused.
+        // ... and a new query is refused (it never reaches the server).
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         r.on_client(enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
-        assert!(up.is_empty());
+        assert!(String::from_utf8_lossy(&up).contains(ABORT_TEXT));
+        r.on_upstream(&raw(b'E', b"SERROR\0\0"), &mut cl);
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
         assert_eq!(tags(&cl), "EZ");
+        assert!(String::from_utf8_lossy(&cl).contains("may no longer use"));
     }
 
     #[test]
