@@ -652,11 +652,10 @@ impl Relay {
                 cl.extend_from_slice(&err);
                 frame::ready(cl, self.tx_status);
             }
-            Some(Pending::Aborting { error, sent }) => {
-                if !sent {
-                    cl.extend_from_slice(&error);
-                }
-            }
+            // The server sent no error of its own (it always does for the
+            // stand-in): the refusal is still reported.
+            Some(Pending::Aborting { error, sent: false }) => cl.extend_from_slice(&error),
+            Some(Pending::Aborting { sent: true, .. }) => {}
             None => {}
         }
         self.suppress = false;
