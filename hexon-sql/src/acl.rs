@@ -432,13 +432,18 @@ impl Acl {
 
 fn toml_from_str(text: &str) -> Result<AclConfig, Vec<AclError>> {
     let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let location = e.path().to_string();
-        vec![AclError {
-            location,
-            message: e.into_inner().message().to_string(),
-        }]
-    })
+    serde_path_to_error::deserialize(de).map_err(|e| vec![located("", e)])
+}
+
+/// A deserialisation error at its path, under `prefix` (empty: none).
+pub(crate) fn located(prefix: &str, e: serde_path_to_error::Error<toml::de::Error>) -> AclError {
+    let path = e.path().to_string();
+    let location = match (prefix, path.as_str()) {
+        ("", q) => q.to_owned(),
+        (p, ".") => p.to_owned(),
+        (p, q) => format!("{p}.{q}"),
+    };
+    err(&location, e.into_inner().message())
 }
 
 impl DatabaseAcl {
@@ -497,7 +502,7 @@ impl Role {
     }
 }
 
-fn err(location: &str, message: &str) -> AclError {
+pub(crate) fn err(location: &str, message: &str) -> AclError {
     AclError {
         location: location.into(),
         message: message.into(),

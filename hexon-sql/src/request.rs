@@ -84,6 +84,11 @@ impl SqlRequest {
         self.sql.clone()
     }
 
+    /// The database name, shared (no copy).
+    pub fn shared_database(&self) -> Arc<str> {
+        self.database.clone()
+    }
+
     /// Simple query or prepared statement.
     pub fn origin(&self) -> Origin {
         self.origin

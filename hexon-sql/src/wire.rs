@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use hexon_core::jwt::JwtVerifier;
 use hexon_core::{Identity, UnixTime};
 
+use crate::acl::err;
 use crate::request::{Refusal, SqlRequest, Stage};
 
 /// A check run on the caller's identity at login and before every
@@ -446,18 +447,6 @@ pub struct SqlSection {
     pub verdict_cache: usize,
 }
 
-fn located(prefix: &str, e: serde_path_to_error::Error<toml::de::Error>) -> crate::acl::AclError {
-    let path = e.path().to_string();
-    crate::acl::AclError {
-        location: match (prefix, path.as_str()) {
-            (p, ".") => p.to_owned(),
-            ("", q) => q.to_owned(),
-            (p, q) => format!("{p}.{q}"),
-        },
-        message: e.into_inner().message().to_string(),
-    }
-}
-
 fn listener(
     table: &mut toml::Table,
     key: &str,
@@ -465,7 +454,7 @@ fn listener(
 ) -> Option<ListenerSection> {
     let value = table.remove(key)?;
     serde_path_to_error::deserialize(value)
-        .map_err(|e| errs.push(located(key, e)))
+        .map_err(|e| errs.push(crate::acl::located(key, e)))
         .ok()
 }
 
@@ -486,24 +475,21 @@ impl SqlSection {
             Some(v) => match v.as_integer().map(usize::try_from) {
                 Some(Ok(n)) => n,
                 _ => {
-                    errs.push(crate::acl::AclError {
-                        location: "verdict_cache".into(),
-                        message: "must be a non-negative integer".into(),
-                    });
+                    errs.push(err("verdict_cache", "must be a non-negative integer"));
                     0
                 }
             },
         };
         let config: Option<crate::acl::AclConfig> =
             serde_path_to_error::deserialize(toml::Value::Table(table))
-                .map_err(|e| errs.push(located("", e)))
+                .map_err(|e| errs.push(crate::acl::located("", e)))
                 .ok();
         let acl = config.and_then(|c| {
             if postgres.is_none() && mysql.is_none() {
-                errs.push(crate::acl::AclError {
-                    location: String::new(),
-                    message: "no bastion listener: add [sql.postgres] and/or [sql.mysql] with listen = \"host:port\"".into(),
-                });
+                errs.push(err(
+                    "",
+                    "no bastion listener: add [sql.postgres] and/or [sql.mysql] with listen = \"host:port\"",
+                ));
             }
             for (i, db) in c.databases.iter().enumerate() {
                 let served = match db.dialect {
@@ -511,19 +497,19 @@ impl SqlSection {
                     crate::Dialect::Mysql => mysql.is_some(),
                 };
                 if !served {
-                    errs.push(crate::acl::AclError {
-                        location: format!("databases[{i}].dialect"),
-                        message: format!(
+                    errs.push(err(
+                        &format!("databases[{i}].dialect"),
+                        &format!(
                             "no [sql.{}] listener serves this database",
                             db.dialect.as_str()
                         ),
-                    });
+                    ));
                 }
                 if db.upstream.is_none() {
-                    errs.push(crate::acl::AclError {
-                        location: format!("databases[{i}].upstream"),
-                        message: "missing: the bastion needs the real server's host:port".into(),
-                    });
+                    errs.push(err(
+                        &format!("databases[{i}].upstream"),
+                        "missing: the bastion needs the real server's host:port",
+                    ));
                 }
             }
             crate::acl::Acl::new(&c).map_err(|mut e| errs.append(&mut e)).ok()

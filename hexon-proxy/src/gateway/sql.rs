@@ -41,26 +41,20 @@ pub const SEALED_PREFIX: &str = "sealed:";
 /// What a sealed upstream password is bound to.
 const SEAL_CONTEXT: &[u8] = b"hexon-sql:upstream_password";
 
-#[cfg(feature = "sql")]
-/// The roles' `upstream_password` values that are sealed (`sealed:…`, from
-/// `hexon sql seal-password`), as (location, value).
-fn sealed_values(table: &mut toml::Table) -> Vec<(String, &mut toml::Value)> {
-    let mut out = Vec::new();
-    let Some(toml::Value::Array(dbs)) = table.get_mut("databases") else {
-        return out;
+/// Every role's `upstream_password` in the raw `[sql]` table: (database
+/// index, role index, value).
+fn upstream_passwords(table: &toml::Table) -> Vec<(usize, usize, &str)> {
+    let Some(dbs) = table.get("databases").and_then(toml::Value::as_array) else {
+        return Vec::new();
     };
-    for (di, db) in dbs.iter_mut().enumerate() {
-        let Some(toml::Value::Array(roles)) = db.get_mut("roles") else {
+    let mut out = Vec::new();
+    for (di, db) in dbs.iter().enumerate() {
+        let Some(roles) = db.get("roles").and_then(toml::Value::as_array) else {
             continue;
         };
-        for (ri, role) in roles.iter_mut().enumerate() {
-            if let Some(v) = role.get_mut("upstream_password") {
-                if v.as_str().is_some_and(|s| s.starts_with(SEALED_PREFIX)) {
-                    out.push((
-                        format!("sql.databases[{di}].roles[{ri}].upstream_password"),
-                        v,
-                    ));
-                }
+        for (ri, role) in roles.iter().enumerate() {
+            if let Some(p) = role.get("upstream_password").and_then(toml::Value::as_str) {
+                out.push((di, ri, p));
             }
         }
     }
@@ -68,33 +62,27 @@ fn sealed_values(table: &mut toml::Table) -> Vec<(String, &mut toml::Value)> {
 }
 
 #[cfg(feature = "sql")]
-/// Replace sealed upstream passwords by their plaintext, opened with the
-/// gateway's secret keys (`state.encryption_keys`, or the generated key in
-/// the data directory — never created here).
+/// Replace sealed upstream passwords (`sealed:…`, from `hexon sql
+/// seal-password`) by their plaintext, opened with the gateway's secret keys
+/// (never created here).
 fn open_sealed(config: &Config, table: &mut toml::Table) -> Result<(), ConfigErrors> {
     use base64::Engine as _;
-    let values = sealed_values(table);
-    if values.is_empty() {
+    let sealed: Vec<(usize, usize, String)> = upstream_passwords(table)
+        .into_iter()
+        .filter(|(_, _, p)| p.starts_with(SEALED_PREFIX))
+        .map(|(di, ri, p)| (di, ri, p.to_owned()))
+        .collect();
+    if sealed.is_empty() {
         return Ok(());
     }
-    let keys = if config.state.encryption_keys.is_empty() {
-        let path = super::state::default_secret_key_path(config);
-        std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))
-            .and_then(|t| {
-                hexon_core::store::SecretKeys::from_base64(&[t.trim()]).map_err(|e| e.to_string())
-            })
-    } else {
-        hexon_core::store::SecretKeys::from_base64(&config.state.encryption_keys)
-            .map_err(|e| e.to_string())
-    };
+    let keys = super::state::load_secret_keys(config);
     let mut errs = Vec::new();
-    for (at, value) in values {
+    for (di, ri, text) in sealed {
+        let at = format!("sql.databases[{di}].roles[{ri}].upstream_password");
         let opened = keys
             .as_ref()
             .map_err(|e| format!("no key to open it ({e}); seal with the key this gateway uses"))
             .and_then(|k| {
-                let text = value.as_str().unwrap_or_default();
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(text.trim_start_matches(SEALED_PREFIX))
                     .map_err(|_| "not a sealed value (base64 after \"sealed:\")".to_owned())?;
@@ -104,9 +92,16 @@ fn open_sealed(config: &Config, table: &mut toml::Table) -> Result<(), ConfigErr
                 String::from_utf8(plain.expose().to_vec())
                     .map_err(|_| "the sealed password is not UTF-8".to_owned())
             });
-        match opened {
-            Ok(p) => *value = toml::Value::String(p),
-            Err(e) => errs.push(ConfigError::new(at, e)),
+        let slot = table
+            .get_mut("databases")
+            .and_then(|d| d.get_mut(di))
+            .and_then(|d| d.get_mut("roles"))
+            .and_then(|r| r.get_mut(ri))
+            .and_then(|r| r.get_mut("upstream_password"));
+        match (opened, slot) {
+            (Ok(p), Some(v)) => *v = toml::Value::String(p),
+            (Err(e), _) => errs.push(ConfigError::new(at, e)),
+            (Ok(_), None) => {}
         }
     }
     if errs.is_empty() {
@@ -136,15 +131,12 @@ pub fn seal_password(config: &Config, password: &str) -> Result<String, GatewayE
 
 /// How many roles' `upstream_password` values are in plain text.
 pub fn plain_passwords(config: &Config) -> usize {
-    let Some(toml::Value::Array(dbs)) = config.sql.as_ref().and_then(|t| t.get("databases")) else {
-        return 0;
-    };
-    dbs.iter()
-        .filter_map(|d| d.get("roles")?.as_array())
-        .flatten()
-        .filter_map(|r| r.get("upstream_password")?.as_str())
-        .filter(|p| !p.starts_with(SEALED_PREFIX))
-        .count()
+    config.sql.as_ref().map_or(0, |t| {
+        upstream_passwords(t)
+            .iter()
+            .filter(|(_, _, p)| !p.starts_with(SEALED_PREFIX))
+            .count()
+    })
 }
 
 /// One line for `hexon check`.

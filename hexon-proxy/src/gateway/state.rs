@@ -59,19 +59,26 @@ pub fn default_secret_key_path(config: &Config) -> PathBuf {
 /// The configured secret-sealing keys, or the generated key in the data
 /// directory (created on first use, mode 0600).
 pub fn secret_keys(config: &Config) -> Result<Arc<SecretKeys>, GatewayError> {
-    if !config.state.encryption_keys.is_empty() {
-        return SecretKeys::from_base64(&config.state.encryption_keys)
-            .map(Arc::new)
-            .map_err(|e| GatewayError::Other(format!("state.encryption_keys: {e}")));
-    }
     let path = default_secret_key_path(config);
-    if !path.exists() {
+    if config.state.encryption_keys.is_empty() && !path.exists() {
         write_private(&path, &format!("{}\n", SecretKeys::generate_base64()))?;
         tracing::warn!(
             path = %path.display(),
             "generated the key that seals secrets at rest; back it up, or set state.encryption_keys (losing it loses TOTP seeds and HMAC secrets)"
         );
     }
+    load_secret_keys(config)
+}
+
+/// The configured secret-sealing keys, or the key in the data directory if
+/// it exists (never created here: for reading values sealed before).
+pub fn load_secret_keys(config: &Config) -> Result<Arc<SecretKeys>, GatewayError> {
+    if !config.state.encryption_keys.is_empty() {
+        return SecretKeys::from_base64(&config.state.encryption_keys)
+            .map(Arc::new)
+            .map_err(|e| GatewayError::Other(format!("state.encryption_keys: {e}")));
+    }
+    let path = default_secret_key_path(config);
     let text = std::fs::read_to_string(&path).map_err(|e| GatewayError::io(&path, e))?;
     SecretKeys::from_base64(&[text.trim()])
         .map(Arc::new)

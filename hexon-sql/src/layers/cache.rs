@@ -41,7 +41,9 @@ struct ShapeKey {
     shape: super::shape::Shape,
 }
 
-type ShapeCache = quick_cache::sync::Cache<ShapeKey, super::shape::ShapeVerdict>;
+/// By shape: the verdict to reuse, or `None` for a shape known to have no
+/// usable template.
+type ShapeCache = quick_cache::sync::Cache<ShapeKey, Option<super::shape::ShapeVerdict>>;
 
 /// The cache key (opaque).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -120,7 +122,7 @@ where
             return Either::Right(self.inner.call(req));
         };
         let key = KeyOpaque(Key {
-            database: req.database().into(),
+            database: req.shared_database(),
             role: role.name.clone(),
             dialect: req.dialect(),
             origin: req.origin(),
@@ -129,28 +131,26 @@ where
         if let Some(v) = cache.get(&key) {
             return Either::Left(ready(v));
         }
-        let shaped = self
-            .shapes
-            .as_ref()
-            .and_then(|_| super::shape::shape(req.sql(), req.dialect()));
-        let shape_key = shaped.as_ref().map(|(shape, _)| ShapeKey {
-            database: key.0.database.clone(),
-            role: key.0.role.clone(),
-            dialect: key.0.dialect,
-            origin: key.0.origin,
-            shape: shape.clone(),
+        let shaped = self.shapes.as_ref().and_then(|shapes| {
+            let (shape, literals) = super::shape::shape(req.sql(), req.dialect())?;
+            let shape_key = ShapeKey {
+                database: key.0.database.clone(),
+                role: key.0.role.clone(),
+                dialect: key.0.dialect,
+                origin: key.0.origin,
+                shape,
+            };
+            Some((shapes.get(&shape_key), shape_key, literals))
         });
-        if let (Some(shapes), Some(sk), Some((_, literals))) = (&self.shapes, &shape_key, &shaped) {
-            if let Some(v) = shapes.get(sk) {
-                if let Some(sql) = v.template.fill(literals) {
-                    return Either::Left(ready(Ok(Admitted {
-                        sql: sql.into(),
-                        row_cap: v.row_cap,
-                        normalized: v.normalized.clone(),
-                        role: v.role.clone(),
-                        switches_database: None,
-                    })));
-                }
+        if let Some((Some(Some(v)), _, literals)) = &shaped {
+            if let Some(sql) = v.template.fill(literals) {
+                return Either::Left(ready(Ok(Admitted {
+                    sql: sql.into(),
+                    row_cap: v.row_cap,
+                    normalized: v.normalized.clone(),
+                    role: v.role.clone(),
+                    switches_database: None,
+                })));
             }
         }
         // The layers of this crate decide synchronously, so the inner future
@@ -160,9 +160,14 @@ where
         match super::poll_once(&mut fut) {
             Poll::Ready(verdict) => {
                 cache.insert(key, verdict.clone());
-                if let (Ok(admitted), Some(sk), Some((_, literals))) = (&verdict, shape_key, shaped)
-                {
-                    self.learn_shape(&req, admitted, sk, &literals);
+                // Learn an admitted statement's shape once: a shape whose
+                // template did not check out is remembered as such, so its
+                // statements do not pay for the check again.
+                if let (Ok(admitted), Some((None, shape_key, literals))) = (&verdict, shaped) {
+                    let learned = self.learn_shape(&req, admitted, &literals);
+                    if let Some(shapes) = &self.shapes {
+                        shapes.insert(shape_key, learned);
+                    }
                 }
                 Either::Left(ready(verdict))
             }
@@ -183,20 +188,11 @@ where
         &mut self,
         req: &SqlRequest,
         admitted: &Admitted,
-        key: ShapeKey,
         literals: &[super::shape::Literal],
-    ) {
-        let Some(shapes) = self.shapes.clone() else {
-            return;
-        };
-        let Ok(analysis) = req.analysis(&super::limits(&self.acl)) else {
-            return;
-        };
-        let Some(c) =
-            super::shape::candidate(req.sql(), literals, &admitted.sql, analysis, req.dialect())
-        else {
-            return;
-        };
+    ) -> Option<super::shape::ShapeVerdict> {
+        let analysis = req.analysis(&super::limits(&self.acl)).ok()?;
+        let c =
+            super::shape::candidate(req.sql(), literals, &admitted.sql, analysis, req.dialect())?;
         let probe = SqlRequest::new(
             req.identity().clone(),
             req.database(),
@@ -208,7 +204,7 @@ where
         // now (this crate's layers always are).
         let mut cx = Context::from_waker(std::task::Waker::noop());
         if !matches!(self.inner.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
-            return;
+            return None;
         }
         let mut fut = self.inner.call(probe);
         let agrees = matches!(
@@ -219,17 +215,12 @@ where
                 && p.role == admitted.role
                 && p.switches_database.is_none()
         );
-        if agrees {
-            shapes.insert(
-                key,
-                super::shape::ShapeVerdict {
-                    template: Arc::new(c.template),
-                    row_cap: admitted.row_cap,
-                    normalized: admitted.normalized.clone(),
-                    role: admitted.role.clone(),
-                },
-            );
-        }
+        agrees.then(|| super::shape::ShapeVerdict {
+            template: Arc::new(c.template),
+            row_cap: admitted.row_cap,
+            normalized: admitted.normalized.clone(),
+            role: admitted.role.clone(),
+        })
     }
 }
 

@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 
-use sqlparser::ast::Value;
+use sqlparser::ast::escape_quoted_string;
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
@@ -54,12 +54,23 @@ impl Literal {
     /// The literal as sqlparser renders it in canonical text.
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        // As the syntax tree prints them (a token prints a string's value
-        // without doubling its quotes).
-        let _ = match self {
-            Literal::Number(n) => write!(out, "{}", Value::Number(n.clone(), false)),
-            Literal::Str(s) => write!(out, "{}", Value::SingleQuotedString(s.clone())),
-        };
+        // As `Value::Number` / `Value::SingleQuotedString` print (a token
+        // prints a string's value without doubling its quotes).
+        match self {
+            Literal::Number(n) => out.push_str(n),
+            Literal::Str(s) => {
+                let _ = write!(out, "'{}'", escape_quoted_string(s, '\''));
+            }
+        }
+    }
+
+    /// The literal a token classified [`Class::Literal`] holds.
+    fn of(t: &Token) -> Option<Self> {
+        match t {
+            Token::Number(n, _) => Some(Literal::Number(n.clone())),
+            Token::SingleQuotedString(v) => Some(Literal::Str(v.clone())),
+            _ => None,
+        }
     }
 }
 
@@ -80,17 +91,17 @@ pub(crate) fn shape(sql: &str, dialect: Dialect) -> Option<(Shape, Vec<Literal>)
         match classify(&t, &mut limit_seen)? {
             Class::Skip => {}
             Class::Keep => out.push(t),
-            Class::Literal => match t {
-                Token::Number(n, _) => {
-                    literals.push(Literal::Number(n));
-                    out.push(Token::Placeholder(NUMBER.into()));
-                }
-                Token::SingleQuotedString(v) => {
-                    literals.push(Literal::Str(v));
-                    out.push(Token::Placeholder(STRING.into()));
-                }
-                _ => return None,
-            },
+            Class::Literal => {
+                let l = Literal::of(&t)?;
+                out.push(Token::Placeholder(
+                    match l {
+                        Literal::Number(_) => NUMBER,
+                        Literal::Str(_) => STRING,
+                    }
+                    .into(),
+                ));
+                literals.push(l);
+            }
         }
     }
     Some((Shape(out), literals))
@@ -210,11 +221,10 @@ pub(crate) fn candidate(
     {
         return None;
     }
-    let (_, sent_literals) = shape(sent, dialect)?;
+    let (template, sent_literals) = cut(sent, dialect)?;
     if sent_literals != literals {
         return None;
     }
-    let template = cut(sent, dialect)?;
     // Synthetic values, all distinct, so a slot filled from the wrong
     // literal shows.
     let synthetic: Vec<Literal> = literals
@@ -234,35 +244,31 @@ pub(crate) fn candidate(
     })
 }
 
-/// Cut canonical text at its literals (re-tokenised; the tokens must print
-/// back to exactly the text).
-fn cut(canonical: &str, dialect: Dialect) -> Option<Template> {
+/// Cut canonical text at its literals (re-tokenised; filled with its own
+/// literals, the template must give back exactly the text).
+fn cut(canonical: &str, dialect: Dialect) -> Option<(Template, Vec<Literal>)> {
     use std::fmt::Write as _;
     let tokens = Tokenizer::new(dialect.parser_dialect(), canonical)
         .tokenize()
         .ok()?;
     let mut parts = Vec::new();
+    let mut literals = Vec::new();
     let mut current = String::new();
-    let mut whole = String::with_capacity(canonical.len());
     let mut limit_seen = false;
     for t in &tokens {
-        match t {
-            Token::SingleQuotedString(v) => {
-                let _ = write!(whole, "{}", Value::SingleQuotedString(v.clone()));
-            }
-            _ => {
-                let _ = write!(whole, "{t}");
-            }
-        }
         match classify(t, &mut limit_seen)? {
-            Class::Literal => parts.push(std::mem::take(&mut current).into_boxed_str()),
+            Class::Literal => {
+                literals.push(Literal::of(t)?);
+                parts.push(std::mem::take(&mut current).into_boxed_str());
+            }
             Class::Skip | Class::Keep => {
                 let _ = write!(current, "{t}");
             }
         }
     }
     parts.push(current.into_boxed_str());
-    (whole == canonical).then_some(Template { parts })
+    let template = Template { parts };
+    (template.fill(&literals)? == canonical).then_some((template, literals))
 }
 
 /// The input with its literals replaced by `values`, in order.

@@ -453,10 +453,10 @@ pub(crate) async fn run_internal<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     sql: &str,
 ) -> Result<(), LoginError> {
-    let mut payload = Vec::with_capacity(1 + sql.len());
-    payload.push(super::relay::com::QUERY);
-    payload.extend_from_slice(sql.as_bytes());
-    write_packet(stream, 0, &payload).await.map_err(io_err)?;
+    let mut out = BytesMut::new();
+    frame::put_command(&mut out, super::relay::com::QUERY, sql.as_bytes());
+    stream.write_all(&out).await.map_err(io_err)?;
+    stream.flush().await.map_err(io_err)?;
     let p = read_packet(stream, buf, UPSTREAM_LOGIN_MAX)
         .await
         .map_err(io_err)?;

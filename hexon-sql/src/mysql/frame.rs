@@ -93,14 +93,48 @@ pub(crate) fn missing(buf: &[u8], max: usize) -> usize {
     }
 }
 
-/// Append a packet with `payload` (at most [`MAX_PAYLOAD`] − 1 bytes: the
-/// bastion's own packets are small).
-pub(crate) fn put(out: &mut BytesMut, seq: u8, payload: &[u8]) {
-    let len = payload.len().min(MAX_PAYLOAD - 1);
-    out.reserve(HEADER + len);
-    out.put_uint_le(len as u64, 3);
+/// Append one physical packet as it came: `payload` is at most
+/// [`MAX_PAYLOAD`] bytes (what [`take`] returns), a continued payload
+/// included, so a 16 MiB row relayed chunk by chunk stays intact.
+pub(crate) fn forward(out: &mut BytesMut, seq: u8, payload: &[u8]) {
+    debug_assert!(payload.len() <= MAX_PAYLOAD);
+    out.reserve(HEADER + payload.len());
+    out.put_uint_le(payload.len() as u64, 3);
     out.put_u8(seq);
-    out.put_slice(payload.get(..len).unwrap_or(payload));
+    out.put_slice(payload);
+}
+
+/// Append a whole message: split into [`MAX_PAYLOAD`] chunks when longer
+/// (and ended by a shorter, possibly empty, packet), never cut. Returns the
+/// sequence id after the last packet.
+pub(crate) fn put(out: &mut BytesMut, seq: u8, payload: &[u8]) -> u8 {
+    let mut seq = seq;
+    let mut rest = payload;
+    loop {
+        let (chunk, tail) = rest.split_at(rest.len().min(MAX_PAYLOAD));
+        forward(out, seq, chunk);
+        seq = seq.wrapping_add(1);
+        if chunk.len() < MAX_PAYLOAD {
+            return seq;
+        }
+        rest = tail;
+    }
+}
+
+/// Append a command (sequence id 0): the command byte, then `body`.
+pub(crate) fn put_command(out: &mut BytesMut, command: u8, body: &[u8]) {
+    if body.len() < MAX_PAYLOAD - 1 {
+        out.reserve(HEADER + 1 + body.len());
+        out.put_uint_le(1 + body.len() as u64, 3);
+        out.put_u8(0);
+        out.put_u8(command);
+        out.put_slice(body);
+    } else {
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(command);
+        payload.extend_from_slice(body);
+        put(out, 0, &payload);
+    }
 }
 
 /// Append an `ERR` packet.
@@ -248,6 +282,41 @@ mod tests {
         error(&mut e, 1, 1, "x", "m");
         assert_eq!(&e[7..13], b"#HY000");
         assert_eq!(error_fields(&[0xFF]), (0, String::new()));
+    }
+
+    #[test]
+    fn long_messages_are_split_never_cut() {
+        // A continued physical packet is forwarded as it is.
+        let big = vec![7u8; MAX_PAYLOAD];
+        let mut out = BytesMut::new();
+        forward(&mut out, 3, &big);
+        let p = take(&mut out, MAX_PAYLOAD).unwrap().unwrap();
+        assert_eq!((p.seq, p.payload.len()), (3, MAX_PAYLOAD));
+        assert!(p.continues());
+        // A message of exactly one full chunk ends with an empty packet.
+        let mut out = BytesMut::new();
+        assert_eq!(put(&mut out, 1, &big), 3);
+        let a = take(&mut out, MAX_PAYLOAD).unwrap().unwrap();
+        let b = take(&mut out, MAX_PAYLOAD).unwrap().unwrap();
+        assert_eq!(
+            (a.payload.len(), b.payload.len(), b.seq),
+            (MAX_PAYLOAD, 0, 2)
+        );
+        assert!(out.is_empty());
+        // A long command keeps every byte, in order.
+        let body = vec![b'x'; MAX_PAYLOAD + 10];
+        let mut out = BytesMut::new();
+        put_command(&mut out, 3, &body);
+        let a = take(&mut out, MAX_PAYLOAD).unwrap().unwrap();
+        let b = take(&mut out, MAX_PAYLOAD).unwrap().unwrap();
+        assert_eq!((a.seq, b.seq), (0, 1));
+        assert_eq!(a.payload[0], 3);
+        assert_eq!(a.payload.len() + b.payload.len(), 1 + body.len());
+        // A short one is one packet.
+        let mut out = BytesMut::new();
+        put_command(&mut out, 3, b"SELECT 1");
+        let p = take(&mut out, 100).unwrap().unwrap();
+        assert_eq!((p.seq, &p.payload[..]), (0, &b"\x03SELECT 1"[..]));
     }
 
     #[test]

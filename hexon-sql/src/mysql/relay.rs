@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use hexon_core::Identity;
 
@@ -288,8 +288,9 @@ impl Relay {
         self.seq = self.seq.wrapping_add(1);
     }
 
+    /// Relay one physical packet (renumbered).
     fn send(&mut self, cl: &mut BytesMut, payload: &[u8]) {
-        frame::put(cl, self.seq, payload);
+        frame::forward(cl, self.seq, payload);
         self.seq = self.seq.wrapping_add(1);
     }
 
@@ -334,7 +335,7 @@ impl Relay {
         };
         match command {
             com::QUIT => {
-                frame::put(up, 0, payload);
+                frame::forward(up, 0, payload);
                 Step::Close
             }
             com::QUERY => {
@@ -356,23 +357,6 @@ impl Relay {
                 };
                 self.prepare(sql.to_owned(), up, cl)
             }
-            com::STMT_EXECUTE | com::STMT_FETCH if self.check.is_some() => {
-                // A statement prepared earlier runs again: the identity must
-                // still be accepted.
-                match self.revoked_now() {
-                    Some(r) => {
-                        let req = SqlRequest::new(
-                            self.info.identity.clone(),
-                            self.info.db.name.clone(),
-                            "",
-                            Dialect::Mysql,
-                        );
-                        self.refuse(cl, &req, &r);
-                        Step::Answered
-                    }
-                    None => self.run_statement(payload, up, cl, command == com::STMT_FETCH),
-                }
-            }
             com::STMT_EXECUTE => self.run_statement(payload, up, cl, false),
             com::STMT_FETCH => self.run_statement(payload, up, cl, true),
             com::STMT_SEND_LONG_DATA | com::STMT_CLOSE => {
@@ -382,7 +366,7 @@ impl Relay {
                         if command == com::STMT_CLOSE {
                             self.statements.remove(&id);
                         }
-                        frame::put(up, 0, payload);
+                        frame::forward(up, 0, payload);
                         Step::ForwardOnly
                     }
                     // No answer is expected: drop it, as a server would.
@@ -450,14 +434,18 @@ impl Relay {
     }
 
     fn refuse_text(&mut self, cl: &mut BytesMut, message: &str) -> Step {
-        let r = Refusal::new(Stage::Validation, "encoding", message);
+        self.refuse_bare(cl, &Refusal::new(Stage::Validation, "encoding", message))
+    }
+
+    /// Refuse a command that carries no statement text to log.
+    fn refuse_bare(&mut self, cl: &mut BytesMut, r: &Refusal) -> Step {
         let req = SqlRequest::new(
             self.info.identity.clone(),
             self.info.db.name.clone(),
             "",
             Dialect::Mysql,
         );
-        self.refuse(cl, &req, &r);
+        self.refuse(cl, &req, r);
         Step::Answered
     }
 
@@ -472,7 +460,7 @@ impl Relay {
     }
 
     fn forward(&mut self, payload: &[u8], up: &mut BytesMut, phase: Phase) -> Step {
-        frame::put(up, 0, payload);
+        frame::forward(up, 0, payload);
         self.response = Some(Response::new(phase));
         Step::Forward
     }
@@ -499,10 +487,7 @@ impl Relay {
         if let Some(target) = a.switches_database.clone() {
             return self.switch(&a, &target, &req, up, cl);
         }
-        let mut payload = Vec::with_capacity(1 + a.sql.len());
-        payload.put_u8(com::QUERY);
-        payload.put_slice(a.sql.as_bytes());
-        frame::put(up, 0, &payload);
+        frame::put_command(up, com::QUERY, a.sql.as_bytes());
         let mut r = Response::new(Phase::First);
         r.exec = Some(self.exec_from(&a));
         self.response = Some(r);
@@ -545,10 +530,7 @@ impl Relay {
             self.refuse(cl, req, &r);
             return Step::Answered;
         };
-        let mut payload = Vec::with_capacity(1 + db.upstream_database.len());
-        payload.put_u8(com::INIT_DB);
-        payload.put_slice(db.upstream_database.as_bytes());
-        frame::put(up, 0, &payload);
+        frame::put_command(up, com::INIT_DB, db.upstream_database.as_bytes());
         let mut r = Response::new(Phase::Single);
         r.exec = Some(self.exec_from(a));
         r.switch_to = Some((db, role));
@@ -574,10 +556,7 @@ impl Relay {
                 return Step::Answered;
             }
         };
-        let mut payload = Vec::with_capacity(1 + a.sql.len());
-        payload.put_u8(com::STMT_PREPARE);
-        payload.put_slice(a.sql.as_bytes());
-        frame::put(up, 0, &payload);
+        frame::put_command(up, com::STMT_PREPARE, a.sql.as_bytes());
         let mut r = Response::new(Phase::PrepareFirst);
         r.preparing = Some(a);
         self.response = Some(r);
@@ -594,6 +573,11 @@ impl Relay {
         cl: &mut BytesMut,
         fetch: bool,
     ) -> Step {
+        // A statement prepared earlier runs again: the identity must still
+        // be accepted.
+        if let Some(r) = self.revoked_now() {
+            return self.refuse_bare(cl, &r);
+        }
         let Some(id) = u32_at(payload, 1) else {
             return self.unknown_statement(cl);
         };
@@ -609,7 +593,7 @@ impl Relay {
             s.role.clone(),
             s.cursor_rows,
         );
-        frame::put(up, 0, payload);
+        frame::forward(up, 0, payload);
         let mut r = Response::new(if fetch { Phase::Rows } else { Phase::First });
         r.exec = Some(exec);
         r.cursor_of = Some(id);
@@ -1127,6 +1111,31 @@ tables = [{ name = "far.*", ops = ["select"] }]
         let p = packets(&cl);
         assert_eq!(p.last().unwrap().1[0], 0xFF);
         assert_eq!(p.len(), 6);
+    }
+
+    #[test]
+    fn long_rows_are_relayed_intact() {
+        let mut r = relay();
+        query(&mut r, "select id from orders");
+        let mut cl = BytesMut::new();
+        for (i, p) in [&[1u8][..], b"\x03def", EOF].iter().enumerate() {
+            r.on_upstream(&pkt(i as u8 + 1, p), &mut cl);
+        }
+        // A row of 16 MiB and 3 bytes: a full chunk, then its rest.
+        let mut big = BytesMut::zeroed(frame::MAX_PAYLOAD);
+        big[0] = 0xFC;
+        let first = Packet {
+            seq: 4,
+            payload: big,
+        };
+        assert_eq!(r.on_upstream(&first, &mut cl), Upstream::More);
+        assert_eq!(r.on_upstream(&pkt(5, b"abc"), &mut cl), Upstream::More);
+        assert_eq!(r.on_upstream(&pkt(6, EOF), &mut cl), Upstream::Done);
+        let p = packets(&cl);
+        let sizes: Vec<usize> = p.iter().map(|x| x.1.len()).collect();
+        assert_eq!(sizes, vec![1, 4, 5, frame::MAX_PAYLOAD, 3, 5]);
+        let seqs: Vec<u8> = p.iter().map(|x| x.0).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
     }
 
     #[test]
