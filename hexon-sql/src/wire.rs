@@ -67,6 +67,11 @@ pub struct BastionConfig {
     /// Sessions one user may have open at once.
     #[serde(default = "default_max_per_user")]
     pub max_connections_per_user: usize,
+    /// Threads that run the sessions, each a single-threaded runtime that
+    /// serves many sessions: unset for half the CPUs (at least one, at most
+    /// 256), `0` to run them on the caller's runtime.
+    #[serde(default)]
+    pub session_threads: Option<usize>,
 }
 
 fn default_cache() -> usize {
@@ -236,6 +241,8 @@ pub(crate) struct Common {
     pub(crate) limits: ConnectionLimits,
     /// TLS to the real servers, by database.
     pub(crate) upstream_tls: std::collections::HashMap<Arc<str>, UpstreamTlsConfig>,
+    /// Dedicated session threads (0: the caller's runtime).
+    pub(crate) session_threads: usize,
 }
 
 impl Common {
@@ -250,6 +257,10 @@ impl Common {
         keys: hexon_core::KeySet,
     ) -> Result<Self, BastionError> {
         Ok(Self {
+            session_threads: config
+                .session_threads
+                .unwrap_or_else(SessionThreads::auto)
+                .min(MAX_SESSION_THREADS),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
             verifier: JwtVerifier::new(
@@ -272,31 +283,41 @@ impl Common {
 pub(crate) async fn serve<F, Fut>(
     listener: &TcpListener,
     protocol: &'static str,
-    limits: &ConnectionLimits,
+    common: &Common,
     shutdown: impl std::future::Future<Output = ()>,
     handle: F,
 ) where
-    F: Fn(TcpStream) -> Fut,
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let handle = Arc::new(handle);
+    let threads = match SessionThreads::start(common.session_threads, protocol, handle.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, protocol, "could not start the session threads; sessions run on the caller's runtime");
+            SessionThreads::default()
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
-                    let Some(slot) = limits.connection() else {
+                    let Some(slot) = common.limits.connection() else {
                         tracing::warn!(%peer, protocol, "SQL connection refused: max_connections reached");
                         drop(tcp);
                         continue;
                     };
                     tracing::debug!(%peer, protocol, "SQL client connected");
                     let _ = tcp.set_nodelay(true);
-                    let session = handle(tcp);
-                    tokio::spawn(async move {
-                        session.await;
-                        drop(slot);
-                    });
+                    if let Err((tcp, slot)) = threads.place(tcp, slot) {
+                        let handle = handle.clone();
+                        tokio::spawn(async move {
+                            handle(tcp).await;
+                            drop(slot);
+                        });
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off.
@@ -304,6 +325,126 @@ pub(crate) async fn serve<F, Fut>(
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
+        }
+    }
+}
+
+/// The threads a bastion runs its sessions on, each with its own
+/// single-threaded runtime.
+///
+/// A SQL session is long-lived and strictly request/response, so it gains
+/// nothing from work stealing, while a multi-threaded runtime's wake-ups
+/// across threads cost CPU on every statement. Sessions are placed on the
+/// thread with the fewest, and stay there; one thread serves many sessions
+/// from one `epoll` loop, as pgbouncer does (docs/BENCHMARKS.md has the
+/// measurements). Dedicated threads also keep SQL sessions and the HTTP
+/// proxy from slowing each other down.
+///
+/// The threads end once the listener stops and their last session ends.
+#[derive(Default)]
+pub(crate) struct SessionThreads {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    jobs: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, Slot)>,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SessionThreads {
+    /// The default count: half the CPUs, at least one.
+    pub(crate) fn auto() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
+    }
+
+    fn start<F, Fut>(n: usize, protocol: &'static str, handle: Arc<F>) -> std::io::Result<Self>
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (jobs, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Slot)>();
+            let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (handle, count) = (handle.clone(), live.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("hexon-{protocol}-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let mut sessions = tokio::task::JoinSet::new();
+                        loop {
+                            tokio::select! {
+                                job = rx.recv() => {
+                                    let Some((std, slot)) = job else { break };
+                                    let (handle, count) = (handle.clone(), count.clone());
+                                    sessions.spawn(async move {
+                                        match TcpStream::from_std(std) {
+                                            Ok(tcp) => handle(tcp).await,
+                                            Err(e) => tracing::warn!(error = %e, "could not register a SQL connection"),
+                                        }
+                                        drop(slot);
+                                        count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                                    });
+                                }
+                                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                            }
+                        }
+                        while sessions.join_next().await.is_some() {}
+                    });
+                })?;
+            workers.push(Worker { jobs, live, thread });
+        }
+        Ok(Self { workers })
+    }
+
+    /// Hand `tcp` to the least busy thread; gives it back when there are no
+    /// threads (or the chosen one is gone).
+    fn place(&self, tcp: TcpStream, slot: Slot) -> Result<(), (TcpStream, Slot)> {
+        use std::sync::atomic::Ordering;
+        let Some(w) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.live.load(Ordering::Acquire))
+        else {
+            return Err((tcp, slot));
+        };
+        let std = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not move a SQL connection to a session thread");
+                return Ok(());
+            }
+        };
+        w.live.fetch_add(1, Ordering::AcqRel);
+        if let Err(tokio::sync::mpsc::error::SendError((std, slot))) = w.jobs.send((std, slot)) {
+            w.live.fetch_sub(1, Ordering::AcqRel);
+            return match TcpStream::from_std(std) {
+                Ok(tcp) => Err((tcp, slot)),
+                Err(_) => Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    /// Sessions on each thread.
+    #[cfg(test)]
+    fn live(&self) -> Vec<usize> {
+        let n = |w: &Worker| w.live.load(std::sync::atomic::Ordering::Acquire);
+        self.workers.iter().map(n).collect()
+    }
+
+    /// Stop taking sessions and wait for the threads to end.
+    #[cfg(test)]
+    fn join(self) {
+        for w in self.workers {
+            drop(w.jobs);
+            let _ = w.thread.join();
         }
     }
 }
@@ -431,6 +572,10 @@ pub struct ListenerSection {
     /// Sessions one user may have open at once.
     #[serde(default = "default_max_per_user")]
     pub max_connections_per_user: usize,
+    /// Threads that run the sessions; unset for half the CPUs, `0` for the
+    /// gateway's own runtime.
+    #[serde(default)]
+    pub session_threads: Option<usize>,
 }
 
 /// The gateway's `[sql]` section: the ACL (`[sql.validation]`,
@@ -453,10 +598,24 @@ fn listener(
     errs: &mut Vec<crate::acl::AclError>,
 ) -> Option<ListenerSection> {
     let value = table.remove(key)?;
-    serde_path_to_error::deserialize(value)
+    let section: ListenerSection = serde_path_to_error::deserialize(value)
         .map_err(|e| errs.push(crate::acl::located(key, e)))
-        .ok()
+        .ok()?;
+    if section
+        .session_threads
+        .is_some_and(|n| n > MAX_SESSION_THREADS)
+    {
+        errs.push(crate::acl::err(
+            &format!("{key}.session_threads"),
+            &format!("at most {MAX_SESSION_THREADS}; one thread serves many sessions (leave it unset for half the CPUs)"),
+        ));
+        return None;
+    }
+    Some(section)
 }
+
+/// Most session threads a listener may ask for.
+const MAX_SESSION_THREADS: usize = 256;
 
 impl SqlSection {
     /// Validate the `[sql]` table of hexon.toml. Locations are relative to
@@ -543,6 +702,7 @@ impl SqlSection {
             verdict_cache: self.verdict_cache,
             max_connections: listener.max_connections,
             max_connections_per_user: listener.max_connections_per_user,
+            session_threads: listener.session_threads,
         }
     }
 }
@@ -641,10 +801,66 @@ mod tests {
         );
         let e = section("").err().unwrap_or_default();
         assert!(e.iter().any(|m| m.contains("no bastion listener")), "{e:?}");
+        let e = section("[postgres]\nlisten = \"127.0.0.1:1\"\nsession_threads = 100000")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.iter().any(|m| m.starts_with("postgres.session_threads")),
+            "{e:?}"
+        );
         let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nbogus = 1")
             .err()
             .unwrap_or_default();
         assert!(e.iter().any(|m| m.starts_with("mysql")), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn sessions_go_to_the_least_busy_thread_and_threads_end_with_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config: BastionConfig = toml::from_str(&format!(
+            "listen = \"{addr}\"\ntoken_issuer = \"i\"\ntoken_audience = \"a\"\nmax_connections = 8"
+        ))
+        .unwrap();
+        let limits = ConnectionLimits::new(&config);
+        // A session: say which thread it runs on, then echo until EOF.
+        let handle = Arc::new(|mut tcp: TcpStream| async move {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            let _ = tcp.write_all(format!("{name}\n").as_bytes()).await;
+            let mut b = [0u8; 64];
+            while matches!(tcp.read(&mut b).await, Ok(n) if n > 0) {}
+        });
+        let threads = SessionThreads::start(2, "test", handle).unwrap();
+        let mut clients = Vec::new();
+        let mut names = Vec::new();
+        for _ in 0..3 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            assert!(threads.place(tcp, limits.connection().unwrap()).is_ok());
+            let mut line = vec![0u8; 64];
+            let n = c.read(&mut line).await.unwrap();
+            names.push(String::from_utf8_lossy(&line[..n]).trim().to_owned());
+            clients.push(c);
+        }
+        names.sort();
+        assert_eq!(names, ["hexon-test-0", "hexon-test-0", "hexon-test-1"]);
+        let mut live = threads.live();
+        live.sort_unstable();
+        assert_eq!(live, [1, 2]);
+        assert_eq!(limits.open.load(std::sync::atomic::Ordering::Acquire), 3);
+        // Clients leave: the sessions end, their slots are freed, and the
+        // threads end once no more sessions can come.
+        drop(clients);
+        tokio::task::spawn_blocking(move || threads.join())
+            .await
+            .unwrap();
+        assert_eq!(limits.open.load(std::sync::atomic::Ordering::Acquire), 0);
+        // No threads: the connection is handed back to the caller.
+        let none = SessionThreads::default();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        assert!(none.place(tcp, limits.connection().unwrap()).is_err());
     }
 }
 

@@ -205,6 +205,8 @@ impl Env {
             verdict_cache: 1000,
             max_connections: 64,
             max_connections_per_user: 8,
+            // Two dedicated session threads (the default would be half the CPUs).
+            session_threads: Some(2),
         };
         let acl = Arc::new(Acl::from_toml(&fixture.acl()).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -784,6 +786,8 @@ tables = [{{ name = "no_tls.*", ops = ["select"] }}]
         verdict_cache: 100,
         max_connections: 64,
         max_connections_per_user: 8,
+        // Sessions on the test's own runtime.
+        session_threads: Some(0),
     };
     let bastion = rt
         .block_on(MyBastion::bind(

@@ -238,6 +238,9 @@ impl Env {
             verdict_cache: 1000,
             max_connections: 64,
             max_connections_per_user: 8,
+            // Plaintext fixtures run sessions on dedicated threads (the
+            // default), TLS ones on the test's runtime: both paths covered.
+            session_threads: if tls { Some(0) } else { None },
         };
         let acl = Arc::new(Acl::from_toml(&acl_toml(bench_db)).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -145,9 +145,14 @@ impl MyBastion {
     /// own task. Sessions already running go on until their clients leave.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared;
-        wire::serve(&self.listener, "mysql", &shared.limits, shutdown, |tcp| {
-            session::handle(tcp, shared.clone())
-        })
+        let for_sessions = shared.clone();
+        wire::serve(
+            &self.listener,
+            "mysql",
+            &shared.common,
+            shutdown,
+            move |tcp| session::handle(tcp, for_sessions.clone()),
+        )
         .await;
     }
 }

@@ -138,12 +138,13 @@ impl PgBastion {
     /// own task. Sessions already running go on until their clients leave.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared;
+        let for_sessions = shared.clone();
         wire::serve(
             &self.listener,
             "postgres",
-            &shared.limits,
+            &shared.common,
             shutdown,
-            |tcp| session::handle(tcp, shared.clone()),
+            move |tcp| session::handle(tcp, for_sessions.clone()),
         )
         .await;
     }

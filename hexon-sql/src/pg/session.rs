@@ -2,7 +2,9 @@
 //! login), then the relay loop.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -15,6 +17,7 @@ use pgwire::messages::{
 use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 use hexon_core::UnixTime;
 
@@ -568,96 +571,186 @@ fn reserve(buf: &mut BytesMut, max: usize) {
 }
 
 async fn relay_loop<S>(
-    client: S,
-    mut cin: BytesMut,
+    mut client: S,
+    cin: BytesMut,
     upstream: auth::Upstream,
-    mut relay: Relay,
+    relay: Relay,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream.stream);
-    let mut uin = upstream.leftover;
-    let mut to_client = BytesMut::with_capacity(64 * 1024);
-    let mut to_upstream = BytesMut::with_capacity(16 * 1024);
-    let max_client = relay.max_message;
-    // The upstream is trusted, but its messages are still bounded
-    // (PostgreSQL's own limit is 1 GiB).
-    let max_upstream = 1usize << 30;
-    let mut closing = false;
-    let mut client_eof = false;
-    // Messages the client sent before the first loop turn.
+    let mut server = upstream.stream;
+    let mut pump = Pump {
+        max_client: relay.max_message,
+        relay,
+        cin,
+        uin: upstream.leftover,
+        to_client: BytesMut::with_capacity(64 * 1024),
+        to_upstream: BytesMut::with_capacity(16 * 1024),
+        closing: false,
+        client_eof: false,
+        flush_client: false,
+        flush_upstream: false,
+    };
+    // Messages the client sent before the first turn.
     if process_client(
-        &mut relay,
-        &mut cin,
-        max_client,
-        &mut to_upstream,
-        &mut to_client,
+        &mut pump.relay,
+        &mut pump.cin,
+        pump.max_client,
+        &mut pump.to_upstream,
+        &mut pump.to_client,
     ) {
-        closing = true;
+        pump.closing = true;
     }
-    loop {
-        if closing && to_client.is_empty() && to_upstream.is_empty() {
-            break;
-        }
-        let read_client = !closing
-            && !client_eof
-            && to_upstream.len() < HIGH_WATER
-            && to_client.len() < HIGH_WATER;
-        let read_upstream = !closing && to_client.len() < HIGH_WATER;
-        if read_client {
-            reserve(&mut cin, max_client);
-        }
-        if read_upstream {
-            reserve(&mut uin, max_upstream);
-        }
-        tokio::select! {
-            r = cr.read_buf(&mut cin), if read_client => {
-                if r? == 0 {
-                    // Client gone: end the upstream session politely.
-                    client_eof = true;
-                    frame::put(&mut to_upstream, &pgwire::messages::terminate::Terminate::new());
-                    closing = true;
-                } else if process_client(&mut relay, &mut cin, max_client, &mut to_upstream, &mut to_client) {
-                    closing = true;
-                }
-            }
-            r = ur.read_buf(&mut uin), if read_upstream => {
-                if r? == 0 {
-                    closing = true;
-                    to_upstream.clear();
-                } else {
-                    loop {
-                        match frame::take_typed(&mut uin, max_upstream) {
-                            Ok(Some(f)) => relay.on_upstream(&f, &mut to_client),
-                            Ok(None) => break,
-                            Err(e) => {
-                                frame::error(&mut to_client, Severity::Fatal, "08P01", &format!("the database server sent an invalid message: {e}"), None);
-                                closing = true;
-                                to_upstream.clear();
-                                break;
-                            }
-                        }
+    std::future::poll_fn(|cx| pump.poll(cx, &mut client, &mut server)).await?;
+    let _ = server.shutdown().await;
+    if !pump.client_eof {
+        let _ = client.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The relay's two directions, driven from one poll function.
+///
+/// One function owning both streams (rather than `tokio::io::split` halves
+/// raced in `select!`) reads, decides and writes in the same turn: a
+/// statement read from the client is on its way to the server before the
+/// task yields, with no lock around either stream and no futures rebuilt
+/// per message. This is the hot path of the bastion (docs/BENCHMARKS.md).
+struct Pump {
+    relay: Relay,
+    max_client: usize,
+    cin: BytesMut,
+    uin: BytesMut,
+    to_client: BytesMut,
+    to_upstream: BytesMut,
+    closing: bool,
+    client_eof: bool,
+    flush_client: bool,
+    flush_upstream: bool,
+}
+
+/// The upstream is trusted, but its messages are still bounded (PostgreSQL's
+/// own limit is 1 GiB).
+const MAX_UPSTREAM_MESSAGE: usize = 1 << 30;
+
+impl Pump {
+    fn poll<C, U>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        server: &mut U,
+    ) -> Poll<std::io::Result<()>>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            let mut progress = false;
+            // Client → relay → server.
+            if !self.closing
+                && !self.client_eof
+                && self.to_upstream.len() < HIGH_WATER
+                && self.to_client.len() < HIGH_WATER
+            {
+                reserve(&mut self.cin, self.max_client);
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, &mut self.cin) {
+                    progress = true;
+                    if r? == 0 {
+                        // Client gone: end the upstream session politely.
+                        self.client_eof = true;
+                        self.closing = true;
+                        frame::put(
+                            &mut self.to_upstream,
+                            &pgwire::messages::terminate::Terminate::new(),
+                        );
+                    } else if process_client(
+                        &mut self.relay,
+                        &mut self.cin,
+                        self.max_client,
+                        &mut self.to_upstream,
+                        &mut self.to_client,
+                    ) {
+                        self.closing = true;
                     }
                 }
             }
-            r = cw.write(&to_client), if !to_client.is_empty() => {
-                to_client.advance(r?);
-                if to_client.is_empty() {
-                    cw.flush().await?;
+            // Server → relay → client.
+            if !self.closing && self.to_client.len() < HIGH_WATER {
+                reserve(&mut self.uin, MAX_UPSTREAM_MESSAGE);
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *server), cx, &mut self.uin) {
+                    progress = true;
+                    if r? == 0 {
+                        self.closing = true;
+                        self.to_upstream.clear();
+                    } else {
+                        self.process_upstream();
+                    }
                 }
             }
-            r = uw.write(&to_upstream), if !to_upstream.is_empty() => {
-                to_upstream.advance(r?);
+            if !self.to_upstream.is_empty() {
+                if let Poll::Ready(r) = Pin::new(&mut *server).poll_write(cx, &self.to_upstream) {
+                    progress = true;
+                    self.to_upstream.advance(written(r)?);
+                    self.flush_upstream = self.to_upstream.is_empty();
+                }
+            }
+            if !self.to_client.is_empty() {
+                if let Poll::Ready(r) = Pin::new(&mut *client).poll_write(cx, &self.to_client) {
+                    progress = true;
+                    self.to_client.advance(written(r)?);
+                    self.flush_client = self.to_client.is_empty();
+                }
+            }
+            // Flushing plain TCP is free; a TLS stream may hold a record.
+            if self.flush_upstream && Pin::new(&mut *server).poll_flush(cx)?.is_ready() {
+                self.flush_upstream = false;
+            }
+            if self.flush_client && Pin::new(&mut *client).poll_flush(cx)?.is_ready() {
+                self.flush_client = false;
+            }
+            if self.closing
+                && self.to_client.is_empty()
+                && self.to_upstream.is_empty()
+                && !self.flush_client
+                && !self.flush_upstream
+            {
+                return Poll::Ready(Ok(()));
+            }
+            if !progress {
+                return Poll::Pending;
             }
         }
     }
-    let _ = uw.shutdown().await;
-    if !client_eof {
-        let _ = cw.shutdown().await;
+
+    fn process_upstream(&mut self) {
+        loop {
+            match frame::take_typed(&mut self.uin, MAX_UPSTREAM_MESSAGE) {
+                Ok(Some(f)) => self.relay.on_upstream(&f, &mut self.to_client),
+                Ok(None) => return,
+                Err(e) => {
+                    frame::error(
+                        &mut self.to_client,
+                        Severity::Fatal,
+                        "08P01",
+                        &format!("the database server sent an invalid message: {e}"),
+                        None,
+                    );
+                    self.closing = true;
+                    self.to_upstream.clear();
+                    return;
+                }
+            }
+        }
     }
-    Ok(())
+}
+
+/// Bytes a `poll_write` took; zero means the peer cannot take more.
+fn written(r: std::io::Result<usize>) -> std::io::Result<usize> {
+    match r? {
+        0 => Err(std::io::ErrorKind::WriteZero.into()),
+        n => Ok(n),
+    }
 }
 
 /// Handle every complete client message in `cin`; true when the session
