@@ -441,6 +441,12 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<String>,
     /// Largest request body forwarded, in bytes (413 above).
     pub max_body_bytes: u64,
+    /// Path of the forward-auth endpoint (nginx `auth_request`, Traefik,
+    /// Caddy), on every listener and host, e.g. `/authz`. Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_auth_path: Option<String>,
+    /// Header API clients may send their key in (besides `Authorization`).
+    pub api_key_header: String,
 }
 
 impl Default for GatewayConfig {
@@ -453,6 +459,8 @@ impl Default for GatewayConfig {
             audit: "stdout".into(),
             trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024 * 1024,
+            forward_auth_path: None,
+            api_key_header: "X-API-Key".into(),
         }
     }
 }
@@ -1001,6 +1009,24 @@ impl Config {
                     "must be an http(s) URL or an absolute path",
                 );
             }
+        }
+        if let Some(p) = &self.gateway.forward_auth_path {
+            let plain = p.starts_with('/')
+                && p.len() <= 256
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"?#%".contains(&b));
+            if !plain {
+                errs.push(
+                    "gateway.forward_auth_path",
+                    format!("{p:?} must be a plain absolute path such as \"/authz\" (no query, no percent-encoding)"),
+                );
+            }
+        }
+        if http_token(&self.gateway.api_key_header).is_none() {
+            errs.push(
+                "gateway.api_key_header",
+                format!("{:?} is not a header name", self.gateway.api_key_header),
+            );
         }
         if let Some(a) = &self.gateway.admin_bind {
             if a.parse::<SocketAddr>().is_err() {
@@ -1622,4 +1648,13 @@ fn check_key_id(errs: &mut Errors, at: &str, kid: &str) {
             format!("invalid key id {kid:?}: use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"),
         );
     }
+}
+
+/// `s` if it is an HTTP token (a valid header name), lower-cased.
+fn http_token(s: &str) -> Option<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then(|| s.to_ascii_lowercase())
 }

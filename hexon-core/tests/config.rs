@@ -373,6 +373,8 @@ users = ["alice", "bob"]
 login_url = "ftp://x"
 admin_bind = "nope"
 trusted_proxies = ["10.0.0.0/33"]
+forward_auth_path = "authz?x"
+api_key_header = "X API Key"
 [jwt]
 issuer = ""
 [[trusted_issuer]]
@@ -395,6 +397,8 @@ users = ["carol"]
     let expected = [
         "gateway.login_url: must be an http(s) URL or an absolute path",
         "gateway.admin_bind: \"nope\" is not an address:port",
+        "gateway.forward_auth_path: \"authz?x\" must be a plain absolute path",
+        "gateway.api_key_header: \"X API Key\" is not a header name",
         "gateway.trusted_proxies[0]: \"10.0.0.0/33\" is not a CIDR",
         "jwt.issuer: must not be empty",
         "trusted_issuer[0].jwks_url: \"http://idp.example.com/jwks.json\": keys must be fetched over https",

@@ -22,7 +22,9 @@
 pub mod authn;
 pub mod authz;
 pub mod body;
+pub mod clients;
 pub mod ext;
+pub mod forward_auth;
 pub mod gateway;
 pub mod listener;
 pub mod proxy;

@@ -66,6 +66,12 @@ pub enum Reason {
     LoginRequired,
     /// An allow rule matches except for the authentication method or its age. Need step-up.
     StepUpRequired,
+    /// An API client with a permission for the route and method. Allow.
+    ClientPermission,
+    /// An API client without a permission for the route. Deny.
+    NoPermission,
+    /// An API client whose permission for the route does not cover the method. Deny.
+    MethodNotPermitted,
 }
 
 impl Reason {
@@ -82,6 +88,9 @@ impl Reason {
             Reason::AllowedByRule => "allowed_by_rule",
             Reason::LoginRequired => "login_required",
             Reason::StepUpRequired => "step_up_required",
+            Reason::ClientPermission => "client_permission",
+            Reason::NoPermission => "no_permission",
+            Reason::MethodNotPermitted => "method_not_permitted",
         }
     }
 }

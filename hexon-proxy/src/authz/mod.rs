@@ -56,6 +56,7 @@ use tower_service::Service;
 
 use crate::authn::ClientCertSans;
 use crate::body::BoxBody;
+use crate::clients::{Grants, Permit};
 use crate::ext::{ConnectionInfo, MatchedRoute, RequestId};
 use crate::respond;
 
@@ -186,6 +187,7 @@ pub struct AuthorizeLayer {
     policy: PolicyHandle,
     login: Option<Login>,
     clock: Clock,
+    grants: Option<Arc<dyn Grants>>,
 }
 
 impl fmt::Debug for AuthorizeLayer {
@@ -203,7 +205,18 @@ impl AuthorizeLayer {
             policy,
             login: None,
             clock: Arc::new(UnixTime::now),
+            grants: None,
         }
+    }
+
+    /// Decide API clients by their permissions (see [`crate::clients`]):
+    /// after the route's deny rules, a client passes only with a grant for
+    /// the route and method (`client_permission`), else `403`
+    /// (`no_permission`, `method_not_permitted`).
+    #[must_use]
+    pub fn with_grants(mut self, grants: Arc<dyn Grants>) -> Self {
+        self.grants = Some(grants);
+        self
     }
 
     /// Send browsers that need a login or step-up to `url`, with the original
@@ -294,8 +307,13 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Decide `req` with `engine` at `now`.
-fn decide<B>(engine: &PolicyEngine, req: &Request<B>, now: UnixTime) -> AuthzOutcome {
+/// Decide `req` with `engine` at `now`; API clients by their `grants`.
+fn decide<B>(
+    engine: &PolicyEngine,
+    grants: Option<&dyn Grants>,
+    req: &Request<B>,
+    now: UnixTime,
+) -> AuthzOutcome {
     let ext = req.extensions();
     let identity = ext.get::<Identity>();
     let conn = ext.get::<ConnectionInfo>();
@@ -314,7 +332,29 @@ fn decide<B>(engine: &PolicyEngine, req: &Request<B>, now: UnixTime) -> AuthzOut
     if let Some(c) = conn {
         subject = subject.with_source_ip(canonical(c.peer.ip()));
     }
-    AuthzOutcome::from_decision(&engine.decide_http(req, &subject))
+    let mut outcome = AuthzOutcome::from_decision(&engine.decide_http(req, &subject));
+    // API clients pass by their grants: the route's deny rules (and public
+    // routes) apply as to anyone, its allow rules (written for people and
+    // groups) do not.
+    if let (Some(grants), Some(identity), Some(route)) = (grants, identity, &outcome.route) {
+        let settled = matches!(
+            outcome.reason,
+            Reason::DeniedByRule | Reason::Public | Reason::PublicMethod
+        );
+        if !settled {
+            if let Some(permit) = grants.permit(identity, route, req.method().as_str()) {
+                let (verdict, reason) = match permit {
+                    Permit::Allowed => (AuthzVerdict::Allow, Reason::ClientPermission),
+                    Permit::NoPermission => (AuthzVerdict::Deny, Reason::NoPermission),
+                    Permit::MethodNotPermitted => (AuthzVerdict::Deny, Reason::MethodNotPermitted),
+                };
+                outcome.verdict = verdict;
+                outcome.reason = reason;
+                outcome.rule = None;
+            }
+        }
+    }
+    outcome
 }
 
 impl AuthorizeLayer {
@@ -435,7 +475,7 @@ where
             .get::<Arc<PolicyEngine>>()
             .cloned()
             .unwrap_or_else(|| self.layer.policy.load());
-        let outcome = decide(&engine, &req, now);
+        let outcome = decide(&engine, self.layer.grants.as_deref(), &req, now);
         drop(engine);
 
         let request_id = req

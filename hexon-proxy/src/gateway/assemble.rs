@@ -67,6 +67,8 @@ use crate::authn::{
 };
 use crate::authz::{AuthorizeLayer, PolicyHandle};
 use crate::body::{BoxBody, full};
+use crate::clients::{ApiKeyAuth, ClientRegistry, HmacAuth, HmacBodyLayer};
+use crate::forward_auth::{ForwardAuthLayer, ForwardAuthResponder};
 use crate::listener::{Listener, ListenerSettings, ServerHandle};
 use crate::proxy::{
     GroupConfig, ReverseProxy, RoutingTable, RoutingTableHandle, Timeouts, TrustedProxies,
@@ -189,6 +191,7 @@ pub struct Gateway {
     ready: Arc<Readiness>,
     state: GatewayState,
     enabled: EnabledUsers,
+    clients: ClientRegistry,
 }
 
 /// The subjects of the users the current configuration has enabled. Session
@@ -383,13 +386,18 @@ impl Gateway {
             sign: SignHandle::new(sign_table(&config, &key)),
             generation: Arc::new(RwLock::new(())),
         };
+        let state = state::open(&config).await?;
+        let clients = ClientRegistry::open(state.durable.clone())
+            .await
+            .map_err(|e| GatewayError::Other(format!("loading API clients: {e}")))?;
         Ok(Gateway {
             key,
             handles,
             keys: jwks,
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(Readiness::default()),
-            state: state::open(&config).await?,
+            state,
+            clients,
             enabled: {
                 let e = EnabledUsers::default();
                 e.set(EnabledUsers::of(&config));
@@ -397,6 +405,12 @@ impl Gateway {
             },
             config,
         })
+    }
+
+    /// The API clients (reload it after changing clients, credentials or
+    /// permissions in the store).
+    pub fn clients(&self) -> &ClientRegistry {
+        &self.clients
     }
 
     /// The signing key.
@@ -492,7 +506,12 @@ impl Gateway {
         Ok(restart)
     }
 
-    fn authenticate_layer(&self) -> Result<AuthenticateLayer, GatewayError> {
+    fn api_key_header(&self) -> Result<http::HeaderName, GatewayError> {
+        http::HeaderName::from_bytes(self.config.gateway.api_key_header.as_bytes())
+            .map_err(|_| GatewayError::Other("gateway.api_key_header: not a header name".into()))
+    }
+
+    async fn authenticate_layer(&self) -> Result<AuthenticateLayer, GatewayError> {
         let own = JwtVerifier::new(
             self.keys.clone(),
             self.config.jwt.issuer.as_str(),
@@ -513,7 +532,20 @@ impl Gateway {
                 ));
             }
         }
+        let key_header = self.api_key_header()?;
+        let nonces = self
+            .state
+            .kv
+            .bucket("nonces", Duration::from_secs(3600))
+            .await
+            .map_err(|e| GatewayError::Other(format!("opening the nonce store: {e}")))?;
+        // HMAC first: a request that carries a failing HMAC signature is a
+        // 401 whatever else it carries. API keys before bearer JWTs:
+        // `Bearer hxk_…` is a key, the JWT authenticator would call it a
+        // malformed token.
         Ok(AuthenticateLayer::new()
+            .with(HmacAuth::new(self.clients.clone(), nonces))
+            .with(ApiKeyAuth::new(self.clients.clone()).with_header(Some(key_header)))
             .with(bearer)
             .with(
                 SessionCookie::new(Arc::new(self.state.sessions.clone()))
@@ -539,23 +571,32 @@ impl Gateway {
         );
         let trusted = trusted_cidrs(&self.config);
         let trusted_for_proxy = trusted.clone();
-        let mut authorize = AuthorizeLayer::new(self.handles.policy.clone());
+        let mut authorize = AuthorizeLayer::new(self.handles.policy.clone())
+            .with_grants(Arc::new(self.clients.clone()));
         if let Some(url) = &self.config.gateway.login_url {
             authorize = authorize
                 .with_login_url(url)
                 .map_err(|e| GatewayError::Other(format!("gateway.login_url: {e}")))?;
         }
-        let proxy = ReverseProxy::new(self.handles.routes.clone()).with_trusted_proxies(
-            TrustedProxies::from_fn(move |ip| {
-                trusted_for_proxy
-                    .iter()
-                    .any(|n| n.contains(&ip.to_canonical()))
-            }),
-        );
+        let trusted_proxies = TrustedProxies::from_fn(move |ip| {
+            trusted_for_proxy
+                .iter()
+                .any(|n| n.contains(&ip.to_canonical()))
+        });
+        let proxy = ReverseProxy::new(self.handles.routes.clone())
+            .with_trusted_proxies(trusted_proxies.clone());
+        let forward_auth = self
+            .config
+            .gateway
+            .forward_auth_path
+            .as_deref()
+            .map_or_else(ForwardAuthLayer::off, ForwardAuthLayer::new)
+            .with_trusted_proxies(trusted_proxies.clone());
         let stack = ServiceBuilder::new()
             .layer(AuditLayer::new(sink))
             .layer(StripIdentityLayer::new())
             .layer(RequestIdLayer::new().trust_cidrs(trusted))
+            .layer(forward_auth)
             .layer(SingleAuthorityLayer)
             .layer(WellKnownLayer {
                 // Serialised once: the key set only changes with a restart.
@@ -564,13 +605,17 @@ impl Gateway {
                         .unwrap_or_else(|_| "{\"keys\":[]}".into()),
                 ),
             })
-            .layer(self.authenticate_layer()?)
+            .layer(HmacBodyLayer)
+            .layer(self.authenticate_layer().await?)
             .layer(CaptureLayer)
             .layer(PinGenerationLayer {
                 handles: self.handles.clone(),
             })
             .layer(authorize)
-            .layer(DropCredentialsLayer::new(DEFAULT_SESSION_COOKIE))
+            .layer(
+                DropCredentialsLayer::new(DEFAULT_SESSION_COOKIE)
+                    .with_api_key_header(self.api_key_header()?),
+            )
             .layer(
                 SignIdentityLayer::new(http_signer, self.handles.sign.clone()).with_max_body_bytes(
                     // Bodies of `bind_body` routes are held in memory to be
@@ -579,7 +624,7 @@ impl Gateway {
                         .unwrap_or(1024 * 1024),
                 ),
             )
-            .service(proxy);
+            .service(ForwardAuthResponder::new(proxy));
 
         let mut servers = Vec::new();
         let mut addrs = Vec::new();

@@ -4,15 +4,17 @@
 //! to the gateway; forwarded, it would let any backend (or whoever reads its
 //! logs) replay it at the gateway for every other route. After
 //! authorization, this layer removes `Authorization: Bearer …` from
-//! authenticated requests (an invalid one never gets this far: it is a 401)
-//! and the gateway's session cookie from `Cookie`, keeping other cookies.
+//! authenticated requests (an invalid one never gets this far: it is a 401),
+//! likewise the API-client schemes `ApiKey …` and `HMAC …`, the API-key
+//! header (always), and the gateway's session cookie from `Cookie`, keeping
+//! other cookies.
 //! Routes that need a token get one made for them (`identity = "jwt"`).
 
 use std::task::{Context, Poll};
 
 use hexon_core::Identity;
 use http::header::{AUTHORIZATION, COOKIE};
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -22,12 +24,23 @@ use crate::authn::cookie_pairs;
 #[derive(Clone, Debug)]
 pub struct DropCredentialsLayer {
     cookie: &'static str,
+    key_header: Option<HeaderName>,
 }
 
 impl DropCredentialsLayer {
     /// Drop bearer tokens and the session cookie named `cookie`.
     pub fn new(cookie: &'static str) -> Self {
-        DropCredentialsLayer { cookie }
+        DropCredentialsLayer {
+            cookie,
+            key_header: None,
+        }
+    }
+
+    /// Also drop the header API clients send their key in.
+    #[must_use]
+    pub fn with_api_key_header(mut self, header: HeaderName) -> Self {
+        self.key_header = Some(header);
+        self
     }
 }
 
@@ -37,6 +50,7 @@ impl<S> Layer<S> for DropCredentialsLayer {
         DropCredentials {
             inner,
             cookie: self.cookie,
+            key_header: self.key_header.clone(),
         }
     }
 }
@@ -46,6 +60,7 @@ impl<S> Layer<S> for DropCredentialsLayer {
 pub struct DropCredentials<S> {
     inner: S,
     cookie: &'static str,
+    key_header: Option<HeaderName>,
 }
 
 impl<S, B> Service<Request<B>> for DropCredentials<S>
@@ -61,6 +76,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
+        if let Some(h) = &self.key_header {
+            req.headers_mut().remove(h);
+        }
         drop_credentials(&mut req, self.cookie);
         self.inner.call(req)
     }
@@ -70,12 +88,17 @@ fn drop_credentials<B>(req: &mut Request<B>, cookie: &str) {
     let authenticated = req.extensions().get::<Identity>().is_some();
     let headers = req.headers_mut();
     if authenticated {
-        let bearer = headers.get_all(AUTHORIZATION).iter().any(|v| {
-            v.as_bytes()
-                .get(..7)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
+        let ours = headers.get_all(AUTHORIZATION).iter().any(|v| {
+            let scheme = v
+                .as_bytes()
+                .split(|b| *b == b' ')
+                .next()
+                .unwrap_or_default();
+            [&b"bearer"[..], b"apikey", b"hmac"]
+                .iter()
+                .any(|s| scheme.eq_ignore_ascii_case(s))
         });
-        if bearer {
+        if ours {
             headers.remove(AUTHORIZATION);
         }
     }
@@ -122,6 +145,16 @@ mod tests {
             .insert(Identity::builder("s", "u").build().unwrap());
         drop_credentials(&mut req, "__Host-hexon-session");
         assert!(req.headers().get("authorization").is_none());
+        for scheme in ["ApiKey hxk_x", "HMAC client_id=\"a\"", "bearer x"] {
+            let mut r = Request::get("/")
+                .header("authorization", scheme)
+                .body(())
+                .unwrap();
+            r.extensions_mut()
+                .insert(Identity::builder("s", "u").build().unwrap());
+            drop_credentials(&mut r, "c");
+            assert!(r.headers().get("authorization").is_none(), "{scheme}");
+        }
         assert_eq!(
             req.headers().get_all("cookie").iter().collect::<Vec<_>>(),
             ["a=1; b=2"]

@@ -1,0 +1,274 @@
+//! The API key and HMAC authenticators, and the layer that holds an
+//! HMAC-signed request's body for the signature check.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hexon_core::UnixTime;
+use hexon_core::store::KvStore;
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use http::{HeaderName, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt as _, Either, Full, Limited};
+use sha2::{Digest as _, Sha256};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::hmac;
+use super::{API_KEY_METHOD, ClientEntry, ClientRegistry, HMAC_METHOD, Rejection};
+use crate::authn::{Authenticator, AuthnFuture, AuthnResult};
+use crate::body::{BoxBody, BoxError};
+use crate::ext::RequestId;
+use crate::respond;
+
+/// Largest body of an HMAC-signed request (it is held in memory to be
+/// signed over).
+pub const HMAC_BODY_MAX: usize = 1024 * 1024;
+
+fn identity(entry: &ClientEntry, method: &str, now: UnixTime) -> AuthnResult {
+    match entry
+        .identity()
+        .to_builder()
+        .auth(method, now)
+        .and_then(|b| b.build())
+    {
+        Ok(i) => AuthnResult::Authenticated(i),
+        Err(e) => AuthnResult::invalid(format!("API client identity: {e}")),
+    }
+}
+
+fn rejected(r: Rejection) -> AuthnResult {
+    AuthnResult::invalid(r.as_str())
+}
+
+/// `Authorization: Bearer hxk_…`, `Authorization: ApiKey hxk_…`, or the key
+/// alone in a configured header (`X-API-Key` by default). Bearer values
+/// that are not API keys are left to the JWT authenticator.
+#[derive(Clone, Debug)]
+pub struct ApiKeyAuth {
+    registry: ClientRegistry,
+    header: Option<HeaderName>,
+}
+
+impl ApiKeyAuth {
+    /// Check keys against `registry`; also read them from `X-API-Key`.
+    pub fn new(registry: ClientRegistry) -> Self {
+        ApiKeyAuth {
+            registry,
+            header: Some(HeaderName::from_static("x-api-key")),
+        }
+    }
+
+    /// Read keys from `header` instead of `X-API-Key` (`None`: only from
+    /// `Authorization`).
+    #[must_use]
+    pub fn with_header(mut self, header: Option<HeaderName>) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// The key on the request: `Some(Err)` when there is more than one place
+    /// holding one, or a malformed `ApiKey` value.
+    fn key<'a>(&self, parts: &'a Parts) -> Option<Result<&'a str, &'static str>> {
+        let mut found = None;
+        for v in parts.headers.get_all(AUTHORIZATION) {
+            let Ok(v) = v.to_str() else { continue };
+            let key = if let Some(k) = v.strip_prefix("ApiKey ") {
+                Some(k.trim())
+            } else {
+                v.strip_prefix("Bearer ")
+                    .map(str::trim)
+                    .filter(|k| k.starts_with(super::KEY_TAG))
+            };
+            if let Some(k) = key {
+                if found.replace(k).is_some() {
+                    return Some(Err("more than one API key on the request"));
+                }
+            }
+        }
+        if let Some(h) = &self.header {
+            for v in parts.headers.get_all(h) {
+                let k = v.to_str().map_err(|_| "API key header is not ASCII");
+                match (k, found.is_some()) {
+                    (Ok(k), false) => found = Some(k.trim()),
+                    (Ok(_), true) => return Some(Err("more than one API key on the request")),
+                    (Err(e), _) => return Some(Err(e)),
+                }
+            }
+        }
+        found.map(Ok)
+    }
+}
+
+impl Authenticator for ApiKeyAuth {
+    fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
+        let result = match self.key(parts) {
+            None => AuthnResult::NoCredential,
+            Some(Err(why)) => AuthnResult::invalid(why),
+            Some(Ok(key)) => match self.registry.load().check_api_key(key, now) {
+                Ok(entry) => identity(entry, API_KEY_METHOD, now),
+                Err(r) => rejected(r),
+            },
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn name(&self) -> &str {
+        "api_key"
+    }
+}
+
+/// The body an HMAC-signed request carried, held by [`HmacBodyLayer`] for
+/// [`HmacAuth`] (a request extension).
+#[derive(Clone, Debug, Default)]
+pub struct HmacBody(pub Bytes);
+
+/// `Authorization: HMAC …` (see [`super::hmac`]). Needs [`HmacBodyLayer`]
+/// outside the authenticate layer: without the body it refuses the request.
+#[derive(Clone, Debug)]
+pub struct HmacAuth {
+    registry: ClientRegistry,
+    nonces: Arc<dyn KvStore>,
+}
+
+impl HmacAuth {
+    /// Verify against `registry`; remember nonces in `nonces` (a KV bucket
+    /// whose entries live at least [`hmac::WINDOW_SECS`] × 2).
+    pub fn new(registry: ClientRegistry, nonces: Arc<dyn KvStore>) -> Self {
+        HmacAuth { registry, nonces }
+    }
+}
+
+fn is_hmac(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(b"HMAC "))
+}
+
+impl Authenticator for HmacAuth {
+    fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
+        Box::pin(async move {
+            let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+            let Some(value) = values.next().filter(|v| v.as_bytes().starts_with(b"HMAC ")) else {
+                return AuthnResult::NoCredential;
+            };
+            if values.next().is_some() {
+                return AuthnResult::invalid("more than one Authorization header");
+            }
+            let Ok(value) = value.to_str() else {
+                return AuthnResult::invalid("HMAC authorization is not ASCII");
+            };
+            let params = match hmac::parse(value) {
+                Ok(p) => p,
+                Err(e) => return AuthnResult::invalid(e.to_string()),
+            };
+            if let Err(e) = params.check_time(now.as_secs()) {
+                return AuthnResult::invalid(e.to_string());
+            }
+            let Some(body) = parts.extensions.get::<HmacBody>() else {
+                return AuthnResult::invalid("HMAC-signed request without its body");
+            };
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let message = params.message(parts.method.as_str(), target, &body.0);
+            let table = self.registry.load();
+            let entry = match table.check_hmac(params.client_id, &message, &params.signature, now) {
+                Ok(e) => e.clone(),
+                Err(r) => return rejected(r),
+            };
+            drop(table);
+            // Only now, with a valid signature, is the nonce spent.
+            let key = hexon_core::hex::encode(&Sha256::digest(
+                format!("{}\0{}", params.client_id, params.nonce).as_bytes(),
+            ));
+            let ttl = Duration::from_secs(2 * hmac::WINDOW_SECS.unsigned_abs());
+            match self.nonces.put_if_absent(&key, b"1", ttl).await {
+                Ok(Some(_)) => identity(&entry, HMAC_METHOD, now),
+                Ok(None) => AuthnResult::invalid("replayed HMAC nonce"),
+                Err(e) => AuthnResult::Unavailable(format!("nonce store: {e}").into()),
+            }
+        })
+    }
+
+    fn name(&self) -> &str {
+        "hmac"
+    }
+}
+
+/// Holds the body of requests with `Authorization: HMAC …` (at most
+/// [`HMAC_BODY_MAX`] bytes; larger is a 413) as an [`HmacBody`] extension,
+/// and passes the same bytes on. Other requests stream through untouched.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HmacBodyLayer;
+
+impl<S> Layer<S> for HmacBodyLayer {
+    type Service = HmacBodyService<S>;
+    fn layer(&self, inner: S) -> HmacBodyService<S> {
+        HmacBodyService { inner }
+    }
+}
+
+/// See [`HmacBodyLayer`].
+#[derive(Clone, Debug)]
+pub struct HmacBodyService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for HmacBodyService<S>
+where
+    S: Service<Request<Either<B, Full<Bytes>>>, Response = Response<BoxBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        if !is_hmac(&parts) {
+            let fut = self
+                .inner
+                .call(Request::from_parts(parts, Either::Left(body)));
+            return Box::pin(fut);
+        }
+        // The service that was made ready serves this request; a clone takes
+        // its place for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            match Limited::new(body, HMAC_BODY_MAX).collect().await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    parts.extensions.insert(HmacBody(bytes.clone()));
+                    let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+                    inner.call(req).await
+                }
+                Err(e) => {
+                    let too_large = e.is::<http_body_util::LengthLimitError>();
+                    let id = parts.extensions.get::<RequestId>();
+                    let flavor = respond::Flavor::of(&parts.headers);
+                    let status = if too_large {
+                        StatusCode::PAYLOAD_TOO_LARGE
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                    Ok(respond::error(status, id, flavor))
+                }
+            }
+        })
+    }
+}
