@@ -333,6 +333,28 @@ where
     }
 }
 
+/// For the fuzz targets only (not a stable API): `data` as header lines
+/// (`name: value`), asked as a forward-auth question from a trusted peer.
+#[doc(hidden)]
+pub fn fuzz_question(data: &[u8]) {
+    let mut b = Request::get("/authz");
+    for line in data.split(|c| *c == b'\n') {
+        let Some(at) = line.iter().position(|c| *c == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(at);
+        let value = value.get(1..).unwrap_or_default();
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            b = b.header(n, v);
+        }
+    }
+    let Ok(mut req) = b.body(()) else { return };
+    let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+    req.extensions_mut()
+        .insert(ConnectionInfo::plain(peer, peer));
+    let _ = rewrite(req, &TrustedProxies::from_fn(|_| true));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

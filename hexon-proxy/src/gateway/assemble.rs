@@ -2,8 +2,9 @@
 //! stack is ordered.
 //!
 //! ```text
-//! audit → strip → request id → single authority → well-known (JWKS) → authenticate → capture
-//!       → authorize → drop credentials → sign → reverse proxy
+//! audit → strip → request id → forward-auth question → single authority → well-known (JWKS)
+//!       → HMAC body → authenticate → capture → pin generation → authorize
+//!       → drop credentials → sign → forward-auth answer | reverse proxy
 //! ```
 //!
 //! Why this order:
@@ -12,19 +13,28 @@
 //! - **strip** runs before anything reads headers, so no later layer (nor
 //!   the upstream) can ever see a client-forged identity;
 //! - **request id** comes next so every response, even a 401, carries one;
+//! - **forward-auth question** turns a request for `gateway.forward_auth_path`
+//!   into the request it asks about (after strip, so a client-forged
+//!   identity the proxy passed along is gone; before everything that reads
+//!   the method, host and path), answered at the end instead of proxied;
 //! - **single authority** refuses requests whose absolute URI and `Host`
 //!   disagree (or with no or several `Host`s), so the policy, the proxy, the
 //!   signature and the audit log all see the same host;
 //! - **well-known** serves the public JWKS before authentication: backends
 //!   fetch it without credentials;
+//! - **HMAC body** holds the body of HMAC-signed requests, which the
+//!   signature covers, for the authenticator (which sees only the head);
 //! - **authenticate** turns a credential into an `Identity` (an invalid
 //!   credential is a 401 here, never anonymous); **capture** records it for
 //!   the audit line;
-//! - **authorize** asks the policy; only allowed requests go further;
+//! - **authorize** asks the policy (API clients: their grants, after the
+//!   deny rules); only allowed requests go further;
 //! - **drop credentials** removes the gateway's own bearer token and session
 //!   cookie, so no backend can replay them at the gateway;
 //! - **sign** puts the identity on the request for the route's upstream;
-//! - the **reverse proxy** forwards it.
+//! - the **forward-auth answer** returns that signed identity to the asking
+//!   proxy (`200`) for forward-auth questions; the **reverse proxy**
+//!   forwards every other request.
 //!
 //! Hot reload swaps what the handles hold (policy, routing table, signing
 //! table) together; each request pins one generation of all three before
