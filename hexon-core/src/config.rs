@@ -447,6 +447,8 @@ pub struct GatewayConfig {
     pub forward_auth_path: Option<String>,
     /// Header API clients may send their key in (besides `Authorization`).
     pub api_key_header: String,
+    /// Group whose (enabled) members may use the admin API.
+    pub admin_group: String,
 }
 
 impl Default for GatewayConfig {
@@ -461,6 +463,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 64 * 1024 * 1024,
             forward_auth_path: None,
             api_key_header: "X-API-Key".into(),
+            admin_group: "admins".into(),
         }
     }
 }

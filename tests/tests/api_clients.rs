@@ -33,15 +33,21 @@ data_dir = "${{DATA}}"
 audit = "off"
 forward_auth_path = "/authz"
 trusted_proxies = ["127.0.0.1"]
+admin_bind = "127.0.0.1:0"
 
 [[listener]]
 bind = "127.0.0.1:0"
 
 [[user]]
 name = "alice"
+[[user]]
+name = "bob"
 
 [[group]]
 name = "staff"
+users = ["alice"]
+[[group]]
+name = "admins"
 users = ["alice"]
 
 [[route]]
@@ -795,5 +801,245 @@ http {{
     );
     let _ = nginx.kill().await;
     std::fs::remove_dir_all(&dir).ok();
+    gw.stop().await;
+}
+
+async fn admin_call(
+    gw: &Gw,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let admin = gw.running.as_ref().unwrap().admin.unwrap();
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin.internal");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let req = b
+        .body(body.map_or_else(empty, |j| full(j.to_string())))
+        .unwrap();
+    let res = send(admin, req).await;
+    let status = res.status();
+    (status, json_body(res).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_manages_clients_and_audits_every_change() {
+    let up = start_upstream(header_echo()).await;
+    let gw = Gw::start(&config(up)).await;
+    let alice = gw.token("alice").await;
+    let bob = gw.token("bob").await;
+    let a = Some(alice.as_str());
+
+    // Authentication and authorization of the admin API itself.
+    let (s, _) = admin_call(&gw, None, "GET", "/api/v1/clients", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = admin_call(&gw, Some("nope"), "GET", "/api/v1/clients", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, j) = admin_call(&gw, Some(&bob), "GET", "/api/v1/clients", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{j}");
+    let (s, j) = admin_call(&gw, None, "GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j["openapi"], "3.0.3");
+    assert!(j["paths"]["/clients/{id}/credentials"]["post"].is_object());
+
+    // Create, issue a key and an HMAC secret, grant, use.
+    let (s, j) = admin_call(
+        &gw,
+        a,
+        "POST",
+        "/api/v1/clients",
+        Some(json!({"id": "ci", "name": "ci-runner", "groups": ["staff"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    assert_eq!(j["status"], "active");
+    let (s, _) = admin_call(
+        &gw,
+        a,
+        "POST",
+        "/api/v1/clients",
+        Some(json!({"id": "ci", "name": "other"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    for bad in [
+        json!({"name": "has space"}),
+        json!({"name": "x", "bogus": 1}),
+        json!("["),
+    ] {
+        let (s, _) = admin_call(&gw, a, "POST", "/api/v1/clients", Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (s, j) = admin_call(
+        &gw,
+        a,
+        "POST",
+        "/api/v1/clients/ci/credentials",
+        Some(json!({"kind": "api_key", "label": "pipeline"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let key = j["secret"].as_str().unwrap().to_owned();
+    let key_id = j["credential"]["id"].as_str().unwrap().to_owned();
+    let (s, j) = admin_call(
+        &gw,
+        a,
+        "POST",
+        "/api/v1/clients/ci/credentials",
+        Some(json!({"kind": "hmac"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let secret = j["secret"].as_str().unwrap().to_owned();
+    let h = [("x-api-key", key.as_str())];
+    // No permission yet.
+    assert_eq!(
+        send(gw.addr, req("GET", "/orders/1", &h, ""))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let (s, j) = admin_call(
+        &gw,
+        a,
+        "PUT",
+        "/api/v1/clients/ci/permissions",
+        Some(json!([{"route": "orders", "methods": ["get"]}])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["permissions"][0]["methods"], json!(["GET"]));
+    assert_eq!(
+        send(gw.addr, req("GET", "/orders/1", &h, ""))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let now = UnixTime::now().as_secs();
+    let sig = hmac_header("ci", &secret, "GET", "/orders/2", now, "admin-1", "");
+    assert_eq!(
+        send(
+            gw.addr,
+            req("GET", "/orders/2", &[("authorization", &sig)], "")
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    // The client as an admin sees it: metadata, never secrets.
+    let (s, j) = admin_call(&gw, a, "GET", "/api/v1/clients/ci", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j["credentials"].as_array().unwrap().len(), 2);
+    assert!(
+        !j.to_string().contains(&key[10..]),
+        "no key material in {j}"
+    );
+    assert!(!j.to_string().contains(&secret), "no HMAC secret in {j}");
+
+    // Suspend, reactivate, rotate, revoke.
+    let (s, _) = admin_call(
+        &gw,
+        a,
+        "PATCH",
+        "/api/v1/clients/ci",
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        send(gw.addr, req("GET", "/orders/1", &h, ""))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = admin_call(
+        &gw,
+        a,
+        "PATCH",
+        "/api/v1/clients/ci",
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        send(gw.addr, req("GET", "/orders/1", &h, ""))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (s, _) = admin_call(
+        &gw,
+        a,
+        "DELETE",
+        &format!("/api/v1/clients/ci/credentials/{key_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        send(gw.addr, req("GET", "/orders/1", &h, ""))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = admin_call(
+        &gw,
+        a,
+        "PATCH",
+        "/api/v1/clients/ci",
+        Some(json!({"status": "revoked"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = admin_call(
+        &gw,
+        a,
+        "PATCH",
+        "/api/v1/clients/ci",
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "revoked is final");
+    let (s, _) = admin_call(&gw, a, "DELETE", "/api/v1/clients/nobody", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Every change is in the audit trail with who did it and the result.
+    let trail = gw
+        .gateway
+        .state()
+        .durable
+        .audit_after(0, 100)
+        .await
+        .unwrap();
+    let kinds: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|r| (r.event.kind.as_str(), r.event.outcome.as_str()))
+        .collect();
+    for want in [
+        ("client.created", "success"),
+        ("client.created", "failure"),
+        ("credential.issued", "success"),
+        ("permissions.set", "success"),
+        ("client.updated", "success"),
+        ("credential.deleted", "success"),
+        ("client.updated", "failure"),
+        ("client.deleted", "failure"),
+    ] {
+        assert!(kinds.contains(&want), "{want:?} missing from {kinds:?}");
+    }
+    assert!(
+        trail
+            .iter()
+            .all(|r| r.event.actor.as_deref() == Some("alice"))
+    );
+    assert!(
+        !serde_json::to_string(&trail).unwrap().contains(&secret),
+        "no secret in the audit trail"
+    );
     gw.stop().await;
 }

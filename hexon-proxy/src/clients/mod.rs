@@ -73,6 +73,11 @@ fn random_hex(bytes: usize) -> String {
     hexon_core::hex::encode(&b)
 }
 
+/// A random id suffix (16 hex characters).
+pub fn random_id() -> String {
+    random_hex(8)
+}
+
 fn random_token(bytes: usize) -> String {
     use base64::Engine as _;
     let mut b = vec![0u8; bytes];

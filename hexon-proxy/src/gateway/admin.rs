@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process
-//! answers), `/readyz` (configuration loaded and listeners accepting).
-//! Bind it to loopback or an internal network only.
+//! answers), `/readyz` (configuration loaded and listeners accepting), and
+//! the admin REST API under `/api/v1/` ([`super::admin_api`]). Bind it to
+//! loopback or an internal network only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,10 +55,28 @@ impl Readiness {
 }
 
 /// Serve the admin endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Readiness>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    api: Option<super::admin_api::AdminApi>,
+) {
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let res = answer(&req, &metrics, &ready);
-        async move { Ok::<_, Infallible>(res) }
+        let api = api
+            .clone()
+            .filter(|_| req.uri().path().starts_with("/api/v1/"));
+        let res = if api.is_some() {
+            None
+        } else {
+            Some(answer(&req, &metrics, &ready))
+        };
+        async move {
+            Ok::<_, Infallible>(match (res, api) {
+                (Some(res), _) => res,
+                (None, Some(api)) => api.handle(req).await,
+                (None, None) => Response::new(Full::new(Bytes::new())),
+            })
+        }
     });
     super::serve_plain(listener, svc).await;
 }

@@ -65,6 +65,7 @@ use tower_service::Service;
 
 use super::GatewayError;
 use super::admin::{self, Readiness};
+use super::admin_api::AdminApi;
 use super::audit::{AuditLayer, AuditSink, CaptureLayer};
 use super::authority::SingleAuthorityLayer;
 use super::credentials::DropCredentialsLayer;
@@ -701,10 +702,21 @@ impl Gateway {
                 GatewayError::Other(format!("gateway.admin_bind: cannot bind {a}: {e}"))
             })?;
             admin_addr = tcp.local_addr().ok();
+            let api = AdminApi::new(
+                self.clients.clone(),
+                JwtVerifier::new(
+                    self.keys.clone(),
+                    self.config.jwt.issuer.as_str(),
+                    self.config.jwt.audience.as_str(),
+                ),
+                self.enabled.check(),
+                &self.config.gateway.admin_group,
+            );
             tasks.push(tokio::spawn(admin::serve(
                 tcp,
                 self.metrics.clone(),
                 self.ready.clone(),
+                Some(api),
             )));
         }
         tasks.push(tokio::spawn(watch_state(

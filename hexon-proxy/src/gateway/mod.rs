@@ -3,6 +3,7 @@
 //! here, testable as a library.
 
 pub mod admin;
+pub mod admin_api;
 pub mod assemble;
 pub mod audit;
 pub mod authority;

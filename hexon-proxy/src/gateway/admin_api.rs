@@ -1,0 +1,636 @@
+//! The admin REST API on the admin listener (`/api/v1/…`): API clients,
+//! their credentials and permissions. JSON in and out; the OpenAPI document
+//! is at `/api/v1/openapi.json`.
+//!
+//! Callers authenticate with a gateway bearer token (`hexon token -u NAME`)
+//! of an enabled user in `gateway.admin_group`. Every change is an audit
+//! event in the durable store (who, what, when, result), failures included,
+//! and reloads the gateway's client table at once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hexon_core::jwt::JwtVerifier;
+use hexon_core::store::{
+    ApiClientRecord, ClientStatus, CredentialKind, CredentialRecord, NewAuditEvent,
+    PermissionRecord, StoreError,
+};
+use hexon_core::{Identity, UnixTime};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt as _, Full, Limited};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::clients::{self, ClientRegistry};
+
+/// Largest request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The OpenAPI document.
+const OPENAPI: &str = include_str!("admin_openapi.json");
+
+type Check = Arc<dyn Fn(&Identity) -> Result<(), &'static str> + Send + Sync>;
+
+/// The admin API. See the [module docs](self).
+#[derive(Clone)]
+pub struct AdminApi {
+    clients: ClientRegistry,
+    verifier: Arc<JwtVerifier>,
+    enabled: Check,
+    group: Arc<str>,
+}
+
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP answer of this API.
+type Answer = Response<Full<Bytes>>;
+
+/// A JSON answer.
+fn reply(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        &json!({ "error": message.into(), "status": status.as_u16() }),
+    )
+}
+
+fn store_error(e: &StoreError) -> Response<Full<Bytes>> {
+    match e {
+        StoreError::NotFound { .. } => problem(StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::AlreadyExists { .. } => problem(StatusCode::CONFLICT, e.to_string()),
+        StoreError::Conflict { .. } => problem(
+            StatusCode::CONFLICT,
+            format!("{e}; read the client again and retry"),
+        ),
+        StoreError::Invalid { .. } => problem(StatusCode::BAD_REQUEST, e.to_string()),
+        StoreError::Unavailable { .. } => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store does not answer; retry",
+        ),
+        _ => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store error (see the gateway log)",
+        ),
+    }
+}
+
+fn client_json(c: &ApiClientRecord) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "status": c.status.as_str(),
+        "groups": c.groups,
+        "description": c.description,
+        "rate_limit_per_minute": c.rate_limit_per_minute,
+        "created_at": c.created_at.as_secs(),
+        "updated_at": c.updated_at.as_secs(),
+        "version": c.version,
+    })
+}
+
+fn credential_json(c: &CredentialRecord) -> Value {
+    json!({
+        "id": c.id,
+        "kind": match c.kind { CredentialKind::HmacSecret => "hmac", k => k.as_str() },
+        "label": c.label,
+        "prefix": c.lookup,
+        "created_at": c.created_at.as_secs(),
+        "last_used_at": c.last_used_at.map(UnixTime::as_secs),
+        "expires_at": c.expires_at.map(UnixTime::as_secs),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewClient {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    rate_limit_per_minute: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientPatch {
+    #[serde(default)]
+    status: Option<ClientStatus>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    rate_limit_per_minute: Option<Option<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCredential {
+    kind: String,
+    #[serde(default)]
+    label: String,
+    /// Seconds until it expires.
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Grant {
+    route: String,
+    methods: Vec<String>,
+}
+
+/// An id or name: 1-64 of `A-Z a-z 0-9 . _ -`.
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_method(m: &str) -> bool {
+    m == "*" || ((1..=16).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphabetic()))
+}
+
+/// What one request did, for the audit trail.
+struct Change {
+    kind: &'static str,
+    subject: Option<String>,
+    detail: Value,
+}
+
+impl AdminApi {
+    /// Manage `clients`; admit bearer tokens `verifier` accepts whose
+    /// identity passes `enabled` and is in `group`.
+    pub fn new(
+        clients: ClientRegistry,
+        verifier: JwtVerifier,
+        enabled: impl Fn(&Identity) -> Result<(), &'static str> + Send + Sync + 'static,
+        group: &str,
+    ) -> Self {
+        AdminApi {
+            clients,
+            verifier: Arc::new(verifier),
+            enabled: Arc::new(enabled),
+            group: Arc::from(group),
+        }
+    }
+
+    fn admin<B>(&self, req: &Request<B>, now: UnixTime) -> Result<Identity, Box<Answer>> {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(token) = token else {
+            let mut res = problem(
+                StatusCode::UNAUTHORIZED,
+                "send a gateway token of an admin: Authorization: Bearer $(hexon token -u NAME)",
+            );
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(r#"Bearer realm="hexon-admin""#),
+            );
+            return Err(Box::new(res));
+        };
+        let identity = match self.verifier.verify(token.trim(), now) {
+            Ok(v) => v.identity,
+            Err(e) => {
+                return Err(Box::new(problem(
+                    StatusCode::UNAUTHORIZED,
+                    format!("invalid token: {e}"),
+                )));
+            }
+        };
+        if let Err(why) = (self.enabled)(&identity) {
+            return Err(Box::new(problem(StatusCode::UNAUTHORIZED, why)));
+        }
+        if !identity.in_group(&self.group) {
+            return Err(Box::new(problem(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{:?} is not in the admin group {:?}",
+                    identity.username(),
+                    &*self.group
+                ),
+            )));
+        }
+        Ok(identity)
+    }
+
+    /// Answer one request under `/api/v1/`.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        let now = UnixTime::now();
+        if req.method() == Method::GET && req.uri().path() == "/api/v1/openapi.json" {
+            let mut res = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return res;
+        }
+        let admin = match self.admin(&req, now) {
+            Ok(a) => a,
+            Err(res) => return *res,
+        };
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request bodies are at most {MAX_BODY} bytes"),
+                );
+            }
+        };
+        let path = parts.uri.path().trim_end_matches('/');
+        let segments: Vec<&str> = path
+            .strip_prefix("/api/v1/")
+            .unwrap_or_default()
+            .split('/')
+            .collect();
+        let mutating = parts.method != Method::GET;
+        let (res, change) = self.route(&parts.method, &segments, &body, now).await;
+        if mutating {
+            if let Some(change) = change {
+                self.audit(&admin, change, res.status(), now).await;
+            }
+            if res.status().is_success() {
+                if let Err(e) = self.clients.reload().await {
+                    tracing::error!(error = %e, "reloading API clients after an admin change failed; the gateway keeps the previous table");
+                }
+            }
+        }
+        res
+    }
+
+    async fn audit(&self, admin: &Identity, change: Change, status: StatusCode, now: UnixTime) {
+        let outcome = if status.is_success() {
+            "success"
+        } else {
+            "failure"
+        };
+        let mut detail = change.detail;
+        if let Value::Object(m) = &mut detail {
+            m.insert("status".into(), json!(status.as_u16()));
+        }
+        let event = NewAuditEvent {
+            at: now,
+            kind: change.kind.to_owned(),
+            actor: Some(admin.username().to_owned()),
+            subject: change.subject,
+            outcome: outcome.into(),
+            detail,
+        };
+        tracing::info!(
+            kind = change.kind,
+            actor = admin.username(),
+            outcome,
+            "admin change"
+        );
+        if let Err(e) = self.clients.store().append_audit(&event).await {
+            tracing::error!(error = %e, kind = change.kind, "could not write an admin audit event");
+        }
+    }
+
+    async fn route(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        body: &[u8],
+        now: UnixTime,
+    ) -> (Response<Full<Bytes>>, Option<Change>) {
+        let change = |kind, subject: &str, detail| {
+            Some(Change {
+                kind,
+                subject: Some(subject.to_owned()),
+                detail,
+            })
+        };
+        match (method, segments) {
+            (&Method::GET, ["clients"]) => (self.list().await, None),
+            (&Method::POST, ["clients"]) => {
+                let (res, id) = self.create(body, now).await;
+                let c = change("client.created", id.as_deref().unwrap_or("-"), json!({}));
+                (res, c)
+            }
+            (&Method::GET, ["clients", id]) => (self.show(id).await, None),
+            (&Method::PATCH, ["clients", id]) => {
+                let detail = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+                (
+                    self.update(id, body, now).await,
+                    change("client.updated", id, json!({ "changes": detail })),
+                )
+            }
+            (&Method::DELETE, ["clients", id]) => {
+                let res = match self.clients.store().delete_api_client(id).await {
+                    Ok(true) => reply(StatusCode::OK, &json!({ "deleted": id })),
+                    Ok(false) => problem(StatusCode::NOT_FOUND, format!("no client {id:?}")),
+                    Err(e) => store_error(&e),
+                };
+                (res, change("client.deleted", id, json!({})))
+            }
+            (&Method::POST, ["clients", id, "credentials"]) => {
+                let (res, kind) = self.issue(id, body, now).await;
+                (
+                    res,
+                    change("credential.issued", id, json!({ "kind": kind })),
+                )
+            }
+            (&Method::DELETE, ["clients", id, "credentials", cred]) => {
+                let res = self.revoke_credential(id, cred).await;
+                (
+                    res,
+                    change("credential.deleted", id, json!({ "credential": cred })),
+                )
+            }
+            (&Method::PUT, ["clients", id, "permissions"]) => {
+                let detail = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+                (
+                    self.grant(id, body).await,
+                    change("permissions.set", id, json!({ "permissions": detail })),
+                )
+            }
+            _ => (
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "no such endpoint (see /api/v1/openapi.json)",
+                ),
+                None,
+            ),
+        }
+    }
+
+    async fn list(&self) -> Response<Full<Bytes>> {
+        match self.clients.store().api_clients().await {
+            Ok(all) => reply(
+                StatusCode::OK,
+                &json!({ "clients": all.iter().map(client_json).collect::<Vec<_>>() }),
+            ),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    async fn show(&self, id: &str) -> Response<Full<Bytes>> {
+        let store = self.clients.store();
+        let client = match store.api_client(id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return problem(StatusCode::NOT_FOUND, format!("no client {id:?}")),
+            Err(e) => return store_error(&e),
+        };
+        let (perms, creds) = match (store.permissions(id).await, store.credentials_of(id).await) {
+            (Ok(p), Ok(c)) => (p, c),
+            (Err(e), _) | (_, Err(e)) => return store_error(&e),
+        };
+        let mut j = client_json(&client);
+        if let Value::Object(m) = &mut j {
+            m.insert("permissions".into(), json!(perms));
+            let creds: Vec<Value> = creds.iter().map(credential_json).collect();
+            m.insert("credentials".into(), Value::Array(creds));
+        }
+        reply(StatusCode::OK, &j)
+    }
+
+    async fn create(&self, body: &[u8], now: UnixTime) -> (Response<Full<Bytes>>, Option<String>) {
+        let new: NewClient = match serde_json::from_slice(body) {
+            Ok(n) => n,
+            Err(e) => {
+                return (
+                    problem(StatusCode::BAD_REQUEST, format!("invalid client: {e}")),
+                    None,
+                );
+            }
+        };
+        let id = new
+            .id
+            .unwrap_or_else(|| format!("cl_{}", clients::random_id()));
+        for (what, v) in [("id", &id), ("name", &new.name)] {
+            if !valid_name(v) {
+                let res = problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("{what} {v:?}: use 1-64 of A-Z a-z 0-9 . _ -"),
+                );
+                return (res, None);
+            }
+        }
+        let mut groups = new.groups;
+        groups.sort();
+        groups.dedup();
+        let record = ApiClientRecord {
+            id: id.clone(),
+            name: new.name,
+            status: ClientStatus::Active,
+            groups,
+            description: new.description,
+            rate_limit_per_minute: new.rate_limit_per_minute,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        };
+        let store = self.clients.store();
+        let res = match store.insert_api_client(&record).await {
+            Ok(()) => match store.api_client(&id).await {
+                Ok(Some(c)) => reply(StatusCode::CREATED, &client_json(&c)),
+                Ok(None) => problem(StatusCode::INTERNAL_SERVER_ERROR, "client vanished"),
+                Err(e) => store_error(&e),
+            },
+            Err(e) => store_error(&e),
+        };
+        (res, Some(id))
+    }
+
+    async fn update(&self, id: &str, body: &[u8], now: UnixTime) -> Response<Full<Bytes>> {
+        let patch: ClientPatch = match serde_json::from_slice(body) {
+            Ok(p) => p,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid change: {e}")),
+        };
+        let store = self.clients.store();
+        let mut c = match store.api_client(id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return problem(StatusCode::NOT_FOUND, format!("no client {id:?}")),
+            Err(e) => return store_error(&e),
+        };
+        if let Some(s) = patch.status {
+            if c.status == ClientStatus::Revoked && s != ClientStatus::Revoked {
+                return problem(
+                    StatusCode::CONFLICT,
+                    "a revoked client stays revoked; create a new one",
+                );
+            }
+            c.status = s;
+        }
+        if let Some(n) = patch.name {
+            if !valid_name(&n) {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("name {n:?}: use 1-64 of A-Z a-z 0-9 . _ -"),
+                );
+            }
+            c.name = n;
+        }
+        if let Some(mut g) = patch.groups {
+            g.sort();
+            g.dedup();
+            c.groups = g;
+        }
+        if let Some(d) = patch.description {
+            c.description = d;
+        }
+        if let Some(r) = patch.rate_limit_per_minute {
+            c.rate_limit_per_minute = r;
+        }
+        c.updated_at = now;
+        match store.update_api_client(&c).await {
+            Ok(version) => {
+                c.version = version;
+                reply(StatusCode::OK, &client_json(&c))
+            }
+            Err(e) => store_error(&e),
+        }
+    }
+
+    async fn issue(&self, id: &str, body: &[u8], now: UnixTime) -> (Response<Full<Bytes>>, String) {
+        let new: NewCredential = match serde_json::from_slice(body) {
+            Ok(n) => n,
+            Err(e) => {
+                return (
+                    problem(StatusCode::BAD_REQUEST, format!("invalid credential: {e}")),
+                    String::new(),
+                );
+            }
+        };
+        let store = self.clients.store();
+        match store.api_client(id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return (
+                    problem(StatusCode::NOT_FOUND, format!("no client {id:?}")),
+                    new.kind,
+                );
+            }
+            Err(e) => return (store_error(&e), new.kind),
+        }
+        let expires = new
+            .expires_in
+            .map(|s| now.saturating_add(std::time::Duration::from_secs(s)));
+        let (record, secret) = match new.kind.as_str() {
+            "api_key" => {
+                let k = clients::new_api_key(id, &new.label, now, expires);
+                (k.record, k.key)
+            }
+            "hmac" => clients::new_hmac_secret(id, &new.label, now, expires),
+            other => {
+                return (
+                    problem(
+                        StatusCode::BAD_REQUEST,
+                        format!("kind {other:?}: use \"api_key\" or \"hmac\""),
+                    ),
+                    new.kind,
+                );
+            }
+        };
+        let res = match store.insert_credential(&record).await {
+            Ok(()) => reply(
+                StatusCode::CREATED,
+                &json!({
+                    "credential": credential_json(&record),
+                    "secret": secret.as_str(),
+                    "note": "shown once: store it now",
+                }),
+            ),
+            Err(e) => store_error(&e),
+        };
+        (res, new.kind)
+    }
+
+    async fn revoke_credential(&self, client: &str, cred: &str) -> Response<Full<Bytes>> {
+        let store = self.clients.store();
+        match store.credential(cred).await {
+            Ok(Some(c)) if c.owner == client => {}
+            Ok(_) => {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    format!("client {client:?} has no credential {cred:?}"),
+                );
+            }
+            Err(e) => return store_error(&e),
+        }
+        match store.delete_credential(cred).await {
+            Ok(_) => reply(StatusCode::OK, &json!({ "deleted": cred })),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    async fn grant(&self, id: &str, body: &[u8]) -> Response<Full<Bytes>> {
+        let grants: Vec<Grant> = match serde_json::from_slice(body) {
+            Ok(g) => g,
+            Err(e) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid permissions (a list of {{\"route\", \"methods\"}}): {e}"),
+                );
+            }
+        };
+        let mut perms = Vec::with_capacity(grants.len());
+        for g in grants {
+            if g.route.is_empty() || g.route.len() > 128 {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "route: 1-128 characters (a route name)",
+                );
+            }
+            if g.methods.is_empty() || !g.methods.iter().all(|m| valid_method(m)) {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "route {:?}: methods are HTTP method names or \"*\"",
+                        g.route
+                    ),
+                );
+            }
+            let mut methods: Vec<String> =
+                g.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+            methods.sort();
+            methods.dedup();
+            perms.push(PermissionRecord {
+                route: g.route,
+                methods,
+            });
+        }
+        match self.clients.store().set_permissions(id, &perms).await {
+            Ok(()) => reply(StatusCode::OK, &json!({ "permissions": perms })),
+            Err(e) => store_error(&e),
+        }
+    }
+}
