@@ -1,0 +1,501 @@
+//! `hexonctl`: the admin API from the command line. API clients, their
+//! credentials and permissions; human tables by default, `--json` for
+//! scripts. Every call goes through the gateway's admin API (docs/API-CLIENTS.md),
+//! so it is authorized and audited there.
+// A command-line tool: its output is what it prints.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "hexonctl",
+    version,
+    about = "Manage Hexon API clients through the admin API"
+)]
+struct Cli {
+    /// The gateway's admin listener (`gateway.admin_bind`).
+    #[arg(long, env = "HEXON_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+    url: String,
+    /// A gateway token of an admin (`hexon token -u NAME`).
+    #[arg(long, env = "HEXON_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API clients.
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// Credentials of a client (API keys, HMAC secrets).
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Grant a client methods on a route (adds to its permissions).
+    Grant {
+        /// Client id.
+        client: String,
+        /// Route name from hexon.toml.
+        route: String,
+        /// HTTP methods, or `*`.
+        #[arg(required = true)]
+        methods: Vec<String>,
+    },
+    /// Take a route away from a client.
+    Revoke {
+        /// Client id.
+        client: String,
+        /// Route name.
+        route: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    /// List clients.
+    List,
+    /// Show one client with its permissions and credentials.
+    Show {
+        /// Client id.
+        id: String,
+    },
+    /// Create a client.
+    Create {
+        /// Display name (1-64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// Id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// Groups (repeat).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Suspend a client (its credentials stop working until reactivated).
+    Suspend {
+        /// Client id.
+        id: String,
+    },
+    /// Reactivate a suspended client.
+    Activate {
+        /// Client id.
+        id: String,
+    },
+    /// Revoke a client for good.
+    Disable {
+        /// Client id.
+        id: String,
+    },
+    /// Set (or, without a value, remove) the client's rate limit.
+    RateLimit {
+        /// Client id.
+        id: String,
+        /// Requests per minute.
+        per_minute: Option<u32>,
+    },
+    /// Delete a client with its credentials and permissions.
+    Delete {
+        /// Client id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialCmd {
+    /// Issue an API key or HMAC secret (printed once).
+    Issue {
+        /// Client id.
+        client: String,
+        /// `api-key` or `hmac`.
+        #[arg(long, default_value = "api-key")]
+        kind: String,
+        /// Label.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// Issue a new credential of the same kind, then delete the old one.
+    Rotate {
+        /// Client id.
+        client: String,
+        /// The credential to replace.
+        credential: String,
+    },
+    /// Delete a credential.
+    Delete {
+        /// Client id.
+        client: String,
+        /// Credential id.
+        credential: String,
+    },
+}
+
+struct Api {
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let uri: http::Uri = format!("{}/api/v1{path}", self.url.trim_end_matches('/'))
+            .parse()
+            .map_err(|e| format!("--url {:?}: {e}", self.url))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "--url {:?}: the admin listener speaks plain http (keep it on loopback or an internal network)",
+                self.url
+            ));
+        }
+        let host = uri.host().unwrap_or("127.0.0.1").to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot reach the admin API at {}: {e}", self.url))?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("admin API: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(uri.path())
+            .header("host", format!("{host}:{port}"))
+            .header("authorization", format!("Bearer {}", self.token.trim()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .map_err(|e| e.to_string())?;
+        let res = tx
+            .send_request(req)
+            .await
+            .map_err(|e| format!("admin API: {e}"))?;
+        let status = res.status();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("admin API: {e}"))?
+            .to_bytes();
+        let j: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(j)
+        } else {
+            let msg = at(&j, "/error").as_str().unwrap_or("(no message)");
+            let hint = match status {
+                StatusCode::UNAUTHORIZED => " (is HEXON_TOKEN a fresh `hexon token` of an admin?)",
+                _ => "",
+            };
+            Err(format!("{} {msg}{hint}", status.as_u16()))
+        }
+    }
+}
+
+/// The value at a JSON pointer, or null.
+fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
+    v.pointer(pointer).unwrap_or(&Value::Null)
+}
+
+fn set(v: &mut Value, key: &str, value: Value) {
+    if let Value::Object(m) = v {
+        m.insert(key.to_owned(), value);
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = String>| {
+        cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(&mut headers.iter().map(|h| h.to_uppercase()));
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(&mut r.iter().cloned()));
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn client_rows(clients: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|c| {
+            ["id", "name", "status", "groups", "rate_limit_per_minute"]
+                .iter()
+                .map(|k| text(c.get(*k).unwrap_or(&Value::Null)))
+                .collect()
+        })
+        .collect();
+    table(&["id", "name", "status", "groups", "rate/min"], &rows)
+}
+
+fn show_client(c: &Value) -> String {
+    let mut out = client_rows(std::slice::from_ref(c));
+    let perms: Vec<Vec<String>> = at(c, "/permissions")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| vec![text(at(p, "/route")), text(at(p, "/methods"))])
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str("\n\n");
+    out.push_str(&table(&["route", "methods"], &perms));
+    let creds: Vec<Vec<String>> = at(c, "/credentials")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    ["id", "kind", "label", "prefix", "expires_at"]
+                        .iter()
+                        .map(|k| text(p.get(*k).unwrap_or(&Value::Null)))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str("\n\n");
+    out.push_str(&table(
+        &["credential", "kind", "label", "prefix", "expires"],
+        &creds,
+    ));
+    out
+}
+
+fn issued(j: &Value) -> String {
+    format!(
+        "issued {} {} for {}\nsecret (shown once, store it now):\n{}",
+        text(at(j, "/credential/kind")),
+        text(at(j, "/credential/id")),
+        text(at(j, "/client")),
+        text(at(j, "/secret")),
+    )
+}
+
+async fn run(cli: Cli) -> Result<String, String> {
+    let api = Api {
+        url: cli.url,
+        token: cli.token,
+    };
+    let patch = |id: &str, body: Value| (format!("/clients/{id}"), body);
+    let (j, human): (Value, String) = match cli.command {
+        Command::Client(ClientCmd::List) => {
+            let j = api.call(Method::GET, "/clients", None).await?;
+            let h = client_rows(at(&j, "/clients").as_array().map_or(&[][..], Vec::as_slice));
+            (j, h)
+        }
+        Command::Client(ClientCmd::Show { id }) => {
+            let j = api
+                .call(Method::GET, &format!("/clients/{id}"), None)
+                .await?;
+            let h = show_client(&j);
+            (j, h)
+        }
+        Command::Client(ClientCmd::Create {
+            name,
+            id,
+            groups,
+            description,
+        }) => {
+            let mut body = json!({ "name": name, "groups": groups, "description": description });
+            if let (Some(id), Value::Object(m)) = (id, &mut body) {
+                m.insert("id".into(), Value::String(id));
+            }
+            let j = api.call(Method::POST, "/clients", Some(body)).await?;
+            let h = format!("created client {}", text(at(&j, "/id")));
+            (j, h)
+        }
+        Command::Client(
+            ClientCmd::Suspend { ref id }
+            | ClientCmd::Activate { ref id }
+            | ClientCmd::Disable { ref id },
+        ) => {
+            let status = match cli.command {
+                Command::Client(ClientCmd::Suspend { .. }) => "suspended",
+                Command::Client(ClientCmd::Activate { .. }) => "active",
+                _ => "revoked",
+            };
+            let (path, body) = patch(id, json!({ "status": status }));
+            let j = api.call(Method::PATCH, &path, Some(body)).await?;
+            let h = format!("client {id} is {status}");
+            (j, h)
+        }
+        Command::Client(ClientCmd::RateLimit { id, per_minute }) => {
+            let (path, body) = patch(&id, json!({ "rate_limit_per_minute": per_minute }));
+            let j = api.call(Method::PATCH, &path, Some(body)).await?;
+            let h = match per_minute {
+                Some(n) => format!("client {id}: {n} requests per minute"),
+                None => format!("client {id}: no rate limit"),
+            };
+            (j, h)
+        }
+        Command::Client(ClientCmd::Delete { id }) => {
+            let j = api
+                .call(Method::DELETE, &format!("/clients/{id}"), None)
+                .await?;
+            (j, format!("deleted client {id}"))
+        }
+        Command::Credential(CredentialCmd::Issue {
+            client,
+            kind,
+            label,
+            expires_in,
+        }) => {
+            let kind = kind.replace('-', "_");
+            let body = json!({ "kind": kind, "label": label, "expires_in": expires_in });
+            let mut j = api
+                .call(
+                    Method::POST,
+                    &format!("/clients/{client}/credentials"),
+                    Some(body),
+                )
+                .await?;
+            set(&mut j, "client", Value::String(client));
+            let h = issued(&j);
+            (j, h)
+        }
+        Command::Credential(CredentialCmd::Rotate { client, credential }) => {
+            let shown = api
+                .call(Method::GET, &format!("/clients/{client}"), None)
+                .await?;
+            let old = at(&shown, "/credentials")
+                .as_array()
+                .and_then(|a| a.iter().find(|c| at(c, "/id") == credential.as_str()))
+                .ok_or_else(|| format!("client {client} has no credential {credential}"))?;
+            let body = json!({ "kind": at(old, "/kind"), "label": at(old, "/label") });
+            let mut j = api
+                .call(
+                    Method::POST,
+                    &format!("/clients/{client}/credentials"),
+                    Some(body),
+                )
+                .await?;
+            api.call(
+                Method::DELETE,
+                &format!("/clients/{client}/credentials/{credential}"),
+                None,
+            )
+            .await?;
+            set(&mut j, "client", Value::String(client));
+            set(&mut j, "replaced", Value::String(credential.clone()));
+            let h = format!("{}\n(deleted {credential})", issued(&j));
+            (j, h)
+        }
+        Command::Credential(CredentialCmd::Delete { client, credential }) => {
+            let j = api
+                .call(
+                    Method::DELETE,
+                    &format!("/clients/{client}/credentials/{credential}"),
+                    None,
+                )
+                .await?;
+            (j, format!("deleted credential {credential}"))
+        }
+        Command::Grant {
+            client,
+            route,
+            methods,
+        } => {
+            let shown = api
+                .call(Method::GET, &format!("/clients/{client}"), None)
+                .await?;
+            let mut perms: Vec<Value> = at(&shown, "/permissions")
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| at(p, "/route") != route.as_str())
+                .collect();
+            perms.push(json!({ "route": route, "methods": methods }));
+            let j = api
+                .call(
+                    Method::PUT,
+                    &format!("/clients/{client}/permissions"),
+                    Some(Value::Array(perms)),
+                )
+                .await?;
+            (
+                j,
+                format!("client {client} may {} on {route}", methods.join(",")),
+            )
+        }
+        Command::Revoke { client, route } => {
+            let shown = api
+                .call(Method::GET, &format!("/clients/{client}"), None)
+                .await?;
+            let perms: Vec<Value> = at(&shown, "/permissions")
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| at(p, "/route") != route.as_str())
+                .collect();
+            let j = api
+                .call(
+                    Method::PUT,
+                    &format!("/clients/{client}/permissions"),
+                    Some(Value::Array(perms)),
+                )
+                .await?;
+            (j, format!("client {client} no longer has {route}"))
+        }
+    };
+    Ok(if cli.json { j.to_string() } else { human })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hexonctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hexonctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `hexonctl` against a real gateway (built from `hexon.toml` in this
+//! process, admin listener on loopback): every command, tables and JSON,
+//! and the errors users see.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::process::Output;
+use std::sync::Arc;
+
+use hexon_core::config::Config;
+use hexon_proxy::gateway::{Gateway, Running, mint_token};
+use serde_json::Value;
+
+struct Admin {
+    url: String,
+    token: String,
+    gateway: Arc<Gateway>,
+    _running: Running,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+async fn start() -> Admin {
+    let dir = std::env::temp_dir().join(format!("hexonctl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = format!(
+        r#"
+[gateway]
+data_dir = "{}"
+audit = "off"
+admin_bind = "127.0.0.1:0"
+[[listener]]
+bind = "127.0.0.1:0"
+[[user]]
+name = "alice"
+[[user]]
+name = "bob"
+[[group]]
+name = "admins"
+users = ["alice"]
+[[route]]
+name = "orders"
+path = "/orders/*"
+upstream = ["http://127.0.0.1:9"]
+[[route.allow]]
+authenticated = true
+"#,
+        dir.display()
+    );
+    let config = Config::parse(&toml, &|_| None).unwrap();
+    let gateway = Arc::new(Gateway::build(config).await.unwrap());
+    let running = gateway.start().await.unwrap();
+    let url = format!("http://{}", running.admin.unwrap());
+    let token = mint_token(gateway.config(), gateway.key().clone(), "alice")
+        .await
+        .unwrap();
+    Admin {
+        url,
+        token,
+        gateway,
+        _running: running,
+        _dir: TempDir(dir),
+    }
+}
+
+async fn ctl(admin: &Admin, token: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_hexonctl"))
+        .env("HEXON_ADMIN_URL", &admin.url)
+        .env("HEXON_TOKEN", token)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "hexonctl failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manages_clients_end_to_end() {
+    let a = start().await;
+    let t = a.token.clone();
+    let out = stdout(
+        &ctl(
+            &a,
+            &t,
+            &[
+                "client", "create", "billing", "--id", "billing", "--group", "staff",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(out.trim(), "created client billing");
+    let out = stdout(&ctl(&a, &t, &["client", "list"]).await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{out}");
+    assert!(
+        lines[1].starts_with("billing")
+            && lines[1].contains("active")
+            && lines[1].contains("staff"),
+        "{out}"
+    );
+
+    let out = stdout(
+        &ctl(
+            &a,
+            &t,
+            &[
+                "--json",
+                "credential",
+                "issue",
+                "billing",
+                "--kind",
+                "api-key",
+                "--label",
+                "ci",
+            ],
+        )
+        .await,
+    );
+    let j: Value = serde_json::from_str(&out).unwrap();
+    let key = j["secret"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("hxk_"));
+    let cred = j["credential"]["id"].as_str().unwrap().to_owned();
+    let out = stdout(
+        &ctl(
+            &a,
+            &t,
+            &["credential", "issue", "billing", "--kind", "hmac"],
+        )
+        .await,
+    );
+    assert!(out.contains("shown once"), "{out}");
+
+    stdout(&ctl(&a, &t, &["grant", "billing", "orders", "GET", "POST"]).await);
+    let out = stdout(&ctl(&a, &t, &["client", "show", "billing"]).await);
+    assert!(out.contains("orders") && out.contains("GET,POST"), "{out}");
+    assert!(out.contains(&cred), "{out}");
+    assert!(!out.contains(&key[21..]), "no key material in show: {out}");
+
+    // The gateway's table follows the admin API at once.
+    let table = a.gateway.clients().load();
+    assert!(
+        table
+            .check_api_key(&key, hexon_core::UnixTime::now())
+            .is_ok()
+    );
+
+    // Rotate: a new key works, the old one does not.
+    let out = stdout(
+        &ctl(
+            &a,
+            &t,
+            &["--json", "credential", "rotate", "billing", &cred],
+        )
+        .await,
+    );
+    let j: Value = serde_json::from_str(&out).unwrap();
+    let new_key = j["secret"].as_str().unwrap().to_owned();
+    let table = a.gateway.clients().load();
+    let now = hexon_core::UnixTime::now();
+    assert!(table.check_api_key(&new_key, now).is_ok());
+    assert!(table.check_api_key(&key, now).is_err());
+
+    stdout(&ctl(&a, &t, &["client", "rate-limit", "billing", "600"]).await);
+    stdout(&ctl(&a, &t, &["client", "suspend", "billing"]).await);
+    let out = stdout(&ctl(&a, &t, &["--json", "client", "show", "billing"]).await);
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["status"], "suspended");
+    assert_eq!(j["rate_limit_per_minute"], 600);
+    assert!(
+        a.gateway
+            .clients()
+            .load()
+            .check_api_key(&new_key, now)
+            .is_err()
+    );
+    stdout(&ctl(&a, &t, &["client", "activate", "billing"]).await);
+    stdout(&ctl(&a, &t, &["revoke", "billing", "orders"]).await);
+    let out = stdout(&ctl(&a, &t, &["--json", "client", "show", "billing"]).await);
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["permissions"], serde_json::json!([]));
+    stdout(&ctl(&a, &t, &["client", "delete", "billing"]).await);
+
+    // Errors say what is wrong.
+    let o = ctl(&a, &t, &["client", "show", "billing"]).await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("404"));
+    let o = ctl(&a, "not-a-token", &["client", "list"]).await;
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"), "{o:?}");
+    let bob = mint_token(a.gateway.config(), a.gateway.key().clone(), "bob")
+        .await
+        .unwrap();
+    let o = ctl(&a, &bob, &["client", "list"]).await;
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not in the admin group"),
+        "{o:?}"
+    );
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_hexonctl"))
+        .env("HEXON_ADMIN_URL", "http://127.0.0.1:1")
+        .env("HEXON_TOKEN", &t)
+        .args(["client", "list"])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach the admin API"));
+}
