@@ -1043,3 +1043,46 @@ async fn admin_api_manages_clients_and_audits_every_change() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_per_client_and_answer_429() {
+    let (gw, k) = start().await;
+    let store = gw.gateway.state().durable.clone();
+    let mut c = store.api_client("billing").await.unwrap().unwrap();
+    c.rate_limit_per_minute = Some(3);
+    store.update_api_client(&c).await.unwrap();
+    gw.gateway.clients().reload().await.unwrap();
+    let h = [("x-api-key", k.billing.as_str())];
+    for i in 0..3 {
+        let res = send(gw.addr, req("GET", "/orders/1", &h, "")).await;
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+    }
+    let res = send(gw.addr, req("GET", "/orders/1", &h, "")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry), "Retry-After {retry}");
+    // The forward-auth endpoint counts against the same budget.
+    let q = [
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/orders/1"),
+        ("x-original-host", "api.example.com"),
+        ("x-api-key", k.billing.as_str()),
+    ];
+    let res = send(gw.addr, authz(&q)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["x-auth-reason"], "rate_limited");
+    // Users and unlimited clients are not affected.
+    let alice = gw.token("alice").await;
+    let bearer = format!("Bearer {alice}");
+    let res = send(
+        gw.addr,
+        req("GET", "/orders/1", &[("authorization", &bearer)], ""),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    gw.stop().await;
+}

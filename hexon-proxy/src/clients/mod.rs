@@ -39,8 +39,10 @@ use sha2::{Digest, Sha256};
 
 mod authn;
 pub mod hmac;
+pub mod ratelimit;
 
 pub use authn::{ApiKeyAuth, HMAC_BODY_MAX, HmacAuth, HmacBody, HmacBodyLayer};
+pub use ratelimit::ClientRateLimitLayer;
 
 /// The `auth` method name an API key login records.
 pub const API_KEY_METHOD: &str = "api_key";

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! audit → strip → request id → forward-auth question → single authority → well-known (JWKS)
-//!       → HMAC body → authenticate → capture → pin generation → authorize
+//!       → HMAC body → authenticate → capture → client rate limit → pin generation → authorize
 //!       → drop credentials → sign → forward-auth answer | reverse proxy
 //! ```
 //!
@@ -26,7 +26,8 @@
 //!   signature covers, for the authenticator (which sees only the head);
 //! - **authenticate** turns a credential into an `Identity` (an invalid
 //!   credential is a 401 here, never anonymous); **capture** records it for
-//!   the audit line;
+//!   the audit line; **client rate limit** counts API clients' requests
+//!   (who is calling must be known; permission or not, a request costs);
 //! - **authorize** asks the policy (API clients: their grants, after the
 //!   deny rules); only allowed requests go further;
 //! - **drop credentials** removes the gateway's own bearer token and session
@@ -78,7 +79,7 @@ use crate::authn::{
 };
 use crate::authz::{AuthorizeLayer, PolicyHandle};
 use crate::body::{BoxBody, full};
-use crate::clients::{ApiKeyAuth, ClientRegistry, HmacAuth, HmacBodyLayer};
+use crate::clients::{ApiKeyAuth, ClientRateLimitLayer, ClientRegistry, HmacAuth, HmacBodyLayer};
 use crate::forward_auth::{ForwardAuthLayer, ForwardAuthResponder};
 use crate::listener::{Listener, ListenerSettings, ServerHandle};
 use crate::proxy::{
@@ -582,6 +583,12 @@ impl Gateway {
         );
         let trusted = trusted_cidrs(&self.config);
         let trusted_for_proxy = trusted.clone();
+        let rate_limits = self
+            .state
+            .kv
+            .bucket("ratelimits", Duration::from_secs(600))
+            .await
+            .map_err(|e| GatewayError::Other(format!("opening the rate-limit store: {e}")))?;
         let mut authorize = AuthorizeLayer::new(self.handles.policy.clone())
             .with_grants(Arc::new(self.clients.clone()));
         if let Some(url) = &self.config.gateway.login_url {
@@ -619,6 +626,7 @@ impl Gateway {
             .layer(HmacBodyLayer)
             .layer(self.authenticate_layer().await?)
             .layer(CaptureLayer)
+            .layer(ClientRateLimitLayer::new(self.clients.clone(), rate_limits))
             .layer(PinGenerationLayer {
                 handles: self.handles.clone(),
             })
