@@ -842,6 +842,9 @@ async fn admin_api_manages_clients_and_audits_every_change() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, j) = admin_call(&gw, Some(&bob), "GET", "/api/v1/clients", None).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{j}");
+    let (s, j) = admin_call(&gw, None, "GET", "/health", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j, json!({"status": "ok", "store": "ok", "kv": "ok"}));
     let (s, j) = admin_call(&gw, None, "GET", "/api/v1/openapi.json", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(j["openapi"], "3.0.3");

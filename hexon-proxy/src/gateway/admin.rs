@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process
-//! answers), `/readyz` (configuration loaded and listeners accepting), and
+//! answers), `/readyz` (configuration loaded and listeners accepting),
+//! `/health` (the durable and shared stores answer), and
 //! the admin REST API under `/api/v1/` ([`super::admin_api`]). Bind it to
 //! loopback or an internal network only.
 
@@ -62,9 +63,10 @@ pub async fn serve(
     api: Option<super::admin_api::AdminApi>,
 ) {
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let path = req.uri().path();
         let api = api
             .clone()
-            .filter(|_| req.uri().path().starts_with("/api/v1/"));
+            .filter(|_| path.starts_with("/api/v1/") || path == "/health");
         let res = if api.is_some() {
             None
         } else {
@@ -73,6 +75,7 @@ pub async fn serve(
         async move {
             Ok::<_, Infallible>(match (res, api) {
                 (Some(res), _) => res,
+                (None, Some(api)) if req.uri().path() == "/health" => api.health().await,
                 (None, Some(api)) => api.handle(req).await,
                 (None, None) => Response::new(Full::new(Bytes::new())),
             })

@@ -36,6 +36,7 @@ type Check = Arc<dyn Fn(&Identity) -> Result<(), &'static str> + Send + Sync>;
 #[derive(Clone)]
 pub struct AdminApi {
     clients: ClientRegistry,
+    kv: Option<Arc<dyn hexon_core::store::KvStore>>,
     verifier: Arc<JwtVerifier>,
     enabled: Check,
     group: Arc<str>,
@@ -197,10 +198,51 @@ impl AdminApi {
     ) -> Self {
         AdminApi {
             clients,
+            kv: None,
             verifier: Arc::new(verifier),
             enabled: Arc::new(enabled),
             group: Arc::from(group),
         }
+    }
+
+    /// Also check `kv` (a bucket of the shared store) in `/health`.
+    #[must_use]
+    pub fn with_health_kv(mut self, kv: Arc<dyn hexon_core::store::KvStore>) -> Self {
+        self.kv = Some(kv);
+        self
+    }
+
+    /// `/health`: whether the durable store and the shared store answer
+    /// (`200`, or `503` naming what does not). No credential needed; no
+    /// detail beyond up or down.
+    pub async fn health(&self) -> Response<Full<Bytes>> {
+        let store = match self.clients.store().schema_version().await {
+            Ok(_) => "ok",
+            Err(e) => {
+                tracing::warn!(error = %e, "health: durable store");
+                "down"
+            }
+        };
+        let kv = match &self.kv {
+            None => "not checked",
+            Some(kv) => match kv.get("health.probe").await {
+                Ok(_) => "ok",
+                Err(e) => {
+                    tracing::warn!(error = %e, "health: shared store");
+                    "down"
+                }
+            },
+        };
+        let up = store == "ok" && kv != "down";
+        let status = if up {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        reply(
+            status,
+            &json!({ "status": if up { "ok" } else { "degraded" }, "store": store, "kv": kv }),
+        )
     }
 
     fn admin<B>(&self, req: &Request<B>, now: UnixTime) -> Result<Identity, Box<Answer>> {

@@ -719,6 +719,13 @@ impl Gateway {
                 ),
                 self.enabled.check(),
                 &self.config.gateway.admin_group,
+            )
+            .with_health_kv(
+                self.state
+                    .kv
+                    .bucket("health", Duration::from_secs(60))
+                    .await
+                    .map_err(|e| GatewayError::Other(format!("opening the shared store: {e}")))?,
             );
             tasks.push(tokio::spawn(admin::serve(
                 tcp,
