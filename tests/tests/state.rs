@@ -993,3 +993,122 @@ async fn sessions_fail_closed_while_nats_is_down_and_recover() {
     // The server is ours: its storage goes with its directory.
     drop(server);
 }
+
+/// API clients live in the shared durable store: an admin change on one
+/// node (through its admin API) reaches the other node's request path at
+/// once, through the event bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_client_changes_reach_every_node() {
+    let schema = Schema::new().await;
+    let prefix = Prefix::new(NATS_URL).await;
+    let key = secret_key();
+    let upstream = test_util::start_upstream(header_echo()).await.unwrap();
+    let state = |node: &str| {
+        format!(
+            "durable = \"postgres\"\npostgres_url = \"{POSTGRES_URL}\"\npostgres_schema = \"{}\"\npostgres_max_connections = 4\nshared = \"nats\"\nnats_url = \"{NATS_URL}\"\nnats_prefix = \"{}\"\nnats_allow_unauthenticated = true\nnode = \"{node}\"\nencryption_keys = [\"{key}\"]\n",
+            schema.0, prefix.name
+        )
+    };
+    let admins = "[[group]]\nname = \"admins\"\nusers = [\"alice\"]\n";
+    let with_admin = |text: String| {
+        text.replace(
+            "audit = \"off\"\n",
+            "audit = \"off\"\nadmin_bind = \"127.0.0.1:0\"\n",
+        )
+    };
+    let (dir_a, dir_b) = (Dir::new("clients-a"), Dir::new("clients-b"));
+    let a = Node::start(&with_admin(config_text(
+        &dir_a,
+        upstream,
+        &format!("{USERS}{admins}"),
+        &state("node-a"),
+    )))
+    .await;
+    let b = Node::start(&config_text(
+        &dir_b,
+        upstream,
+        &format!("{USERS}{admins}"),
+        &state("node-b"),
+    ))
+    .await;
+    let admin = a.running.as_ref().unwrap().admin.unwrap();
+    let token =
+        hexon_proxy::gateway::mint_token(a.gateway.config(), a.gateway.key().clone(), "alice")
+            .await
+            .unwrap();
+    let call = |method: &'static str, path: String, body: Value| {
+        let token = token.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "admin")
+                .header("authorization", format!("Bearer {token}"))
+                .body(full(body.to_string()))
+                .unwrap();
+            let res = send(admin, req).await;
+            let status = res.status();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, _) = call(
+        "POST",
+        "/api/v1/clients".into(),
+        json!({"id": "etl", "name": "etl"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, j) = call(
+        "POST",
+        "/api/v1/clients/etl/credentials".into(),
+        json!({"kind": "api_key"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let api_key = j["secret"].as_str().unwrap().to_owned();
+    let (s, _) = call(
+        "PUT",
+        "/api/v1/clients/etl/permissions".into(),
+        json!([{"route": "app", "methods": ["GET"]}]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let get = |node: SocketAddr| {
+        let api_key = api_key.clone();
+        async move {
+            let req = Request::get("/x")
+                .header("host", HOST)
+                .header("x-api-key", api_key)
+                .body(empty())
+                .unwrap();
+            send(node, req).await.status()
+        }
+    };
+    // B learns of the new client from the event bus, not from a restart.
+    poll(
+        "node B accepts the new key",
+        Duration::from_secs(10),
+        || async { (get(b.addr).await == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    assert_eq!(get(a.addr).await, StatusCode::OK);
+    let (s, _) = call(
+        "PATCH",
+        "/api/v1/clients/etl".into(),
+        json!({"status": "suspended"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    poll(
+        "node B refuses the suspended client",
+        Duration::from_secs(10),
+        || async { (get(b.addr).await == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -45,6 +45,12 @@ pub enum Event {
         /// SHA-256 of the new configuration, hex.
         sha256: String,
     },
+    /// An API client, its credentials or its permissions changed in the
+    /// durable store: read them again.
+    ApiClientChanged {
+        /// The client's id.
+        client: String,
+    },
     /// An event type this version does not know (published by a newer node).
     /// Subscribers that cannot act on it should treat it as "something
     /// changed" and refresh what they cache.

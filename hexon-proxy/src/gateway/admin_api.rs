@@ -36,6 +36,7 @@ type Check = Arc<dyn Fn(&Identity) -> Result<(), &'static str> + Send + Sync>;
 #[derive(Clone)]
 pub struct AdminApi {
     clients: ClientRegistry,
+    events: Option<Arc<dyn hexon_core::store::EventBus>>,
     kv: Option<Arc<dyn hexon_core::store::KvStore>>,
     verifier: Arc<JwtVerifier>,
     enabled: Check,
@@ -198,11 +199,20 @@ impl AdminApi {
     ) -> Self {
         AdminApi {
             clients,
+            events: None,
             kv: None,
             verifier: Arc::new(verifier),
             enabled: Arc::new(enabled),
             group: Arc::from(group),
         }
+    }
+
+    /// Tell the other nodes (through `events`) after every change, so they
+    /// read the clients again.
+    #[must_use]
+    pub fn with_events(mut self, events: Arc<dyn hexon_core::store::EventBus>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Also check `kv` (a bucket of the shared store) in `/health`.
@@ -325,12 +335,21 @@ impl AdminApi {
         let mutating = parts.method != Method::GET;
         let (res, change) = self.route(&parts.method, &segments, &body, now).await;
         if mutating {
+            let client = change.as_ref().and_then(|c| c.subject.clone());
             if let Some(change) = change {
                 self.audit(&admin, change, res.status(), now).await;
             }
             if res.status().is_success() {
                 if let Err(e) = self.clients.reload().await {
                     tracing::error!(error = %e, "reloading API clients after an admin change failed; the gateway keeps the previous table");
+                }
+                if let Some(events) = &self.events {
+                    let event = hexon_core::store::Event::ApiClientChanged {
+                        client: client.unwrap_or_default(),
+                    };
+                    if let Err(e) = events.publish(&event).await {
+                        tracing::error!(error = %e, "could not tell the other nodes about an API client change; they see it at their next restart or change");
+                    }
                 }
             }
         }

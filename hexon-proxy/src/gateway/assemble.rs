@@ -720,6 +720,7 @@ impl Gateway {
                 self.enabled.check(),
                 &self.config.gateway.admin_group,
             )
+            .with_events(self.state.events.clone())
             .with_health_kv(
                 self.state
                     .kv
@@ -734,6 +735,10 @@ impl Gateway {
                 Some(api),
             )));
         }
+        tasks.push(tokio::spawn(follow_client_changes(
+            self.state.events.clone(),
+            self.clients.clone(),
+        )));
         tasks.push(tokio::spawn(watch_state(
             self.state.kv.clone(),
             self.ready.clone(),
@@ -747,6 +752,41 @@ impl Gateway {
             tasks,
             ready: self.ready.clone(),
         })
+    }
+}
+
+/// Read the API clients again whenever a node says they changed (or when
+/// events may have been missed). Resubscribes after a failure.
+async fn follow_client_changes(
+    events: Arc<dyn hexon_core::store::EventBus>,
+    clients: ClientRegistry,
+) {
+    use futures_util::StreamExt as _;
+    use hexon_core::store::StartAt;
+    loop {
+        let mut stream = match events.subscribe(StartAt::New).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow API client changes; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        // Changes made while not subscribed.
+        let _ = clients.reload().await;
+        while let Some(item) = stream.next().await {
+            let reload = match item {
+                Ok(r) => matches!(r.event, Event::ApiClientChanged { .. } | Event::Unknown),
+                // Events may have been missed: assume the worst.
+                Err(_) => true,
+            };
+            if reload {
+                if let Err(e) = clients.reload().await {
+                    tracing::warn!(error = %e, "reloading API clients failed; keeping the current table");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
