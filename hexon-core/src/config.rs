@@ -1018,6 +1018,12 @@ impl Config {
                 && p.len() <= 256
                 && p.bytes()
                     .all(|b| b.is_ascii_graphic() && !b"?#%".contains(&b));
+            if self.gateway.trusted_proxies.is_empty() {
+                errs.push(
+                    "gateway.forward_auth_path",
+                    "needs gateway.trusted_proxies: only the proxies (nginx, Traefik, Caddy) may ask, list their addresses",
+                );
+            }
             if !plain {
                 errs.push(
                     "gateway.forward_auth_path",

@@ -50,12 +50,43 @@ use crate::respond;
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardAuth;
 
+/// Set by [`ForwardAuthResponder`] on its answers and removed by
+/// [`ForwardAuthService`]: only a `200` carrying it is an authorization.
+/// (A header rather than an extension: it must survive every layer between
+/// the two; the proxy is never called for a question, so no upstream can
+/// send it.)
+const ANSWERED: HeaderName = HeaderName::from_static("x-hexon-forward-auth-answer");
+
 /// The header carrying the reason of a refusal.
 pub const X_AUTH_REASON: HeaderName = HeaderName::from_static("x-auth-reason");
 
-const ORIGINAL_METHOD: [&str; 2] = ["x-original-method", "x-forwarded-method"];
-const ORIGINAL_URI: [&str; 2] = ["x-original-uri", "x-forwarded-uri"];
-const ORIGINAL_HOST: [&str; 2] = ["x-original-host", "x-forwarded-host"];
+/// nginx `auth_request`: the configuration sets these (`proxy_set_header`
+/// replaces whatever the client sent under the same name).
+const NGINX: Family = Family {
+    method: "x-original-method",
+    uri: "x-original-uri",
+    host: "x-original-host",
+};
+/// Traefik `forwardAuth`, Caddy `forward_auth`: the proxy sets these.
+const FORWARDED: Family = Family {
+    method: "x-forwarded-method",
+    uri: "x-forwarded-uri",
+    host: "x-forwarded-host",
+};
+
+/// The header names one kind of proxy asks with.
+#[derive(Clone, Copy)]
+struct Family {
+    method: &'static str,
+    uri: &'static str,
+    host: &'static str,
+}
+
+impl Family {
+    fn present(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key(self.method) || headers.contains_key(self.uri)
+    }
+}
 
 /// Answers forward-auth requests on `path`. See the [module docs](self).
 #[derive(Clone, Debug)]
@@ -119,10 +150,15 @@ fn first<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     })
 }
 
-/// The client address a trusted proxy reports.
-fn client_ip(headers: &HeaderMap) -> Option<IpAddr> {
-    if let Some(ip) = first(headers, &["x-original-client-ip"]) {
-        return ip.parse().ok();
+/// The client address a trusted proxy reports: nginx sets
+/// `X-Original-Client-IP` (the documented configuration sets it from
+/// `$remote_addr`, replacing anything the client sent); Traefik and Caddy
+/// append the address they saw to `X-Forwarded-For`, so only its last
+/// entry is theirs. Never the other family's header: a client could have
+/// sent it.
+fn client_ip(headers: &HeaderMap, nginx: bool) -> Option<IpAddr> {
+    if nginx {
+        return first(headers, &["x-original-client-ip"])?.parse().ok();
     }
     let xff = headers.get_all("x-forwarded-for").iter().next_back()?;
     xff.to_str()
@@ -151,7 +187,25 @@ fn rewrite<B>(
 ) -> Result<Request<Either<B, Full<Bytes>>>, Refused> {
     let (mut parts, _) = req.into_parts();
     let id = parts.extensions.get::<RequestId>();
-    let Some(method) = first(&parts.headers, &ORIGINAL_METHOD) else {
+    // Which proxy asks decides which headers are its: with both kinds on
+    // the request, one was sent by the client through the proxy (nginx and
+    // Traefik pass client headers on), and the question is ambiguous.
+    let family = match (
+        NGINX.present(&parts.headers),
+        FORWARDED.present(&parts.headers),
+    ) {
+        (true, true) => {
+            return Err(bad_request(
+                id,
+                &parts.headers,
+                "both X-Original-* and X-Forwarded-Method/-Uri: ambiguous question",
+            ));
+        }
+        (false, true) => FORWARDED,
+        _ => NGINX,
+    };
+    let nginx = family.method == NGINX.method;
+    let Some(method) = first(&parts.headers, &[family.method]) else {
         return Err(bad_request(
             id,
             &parts.headers,
@@ -161,7 +215,7 @@ fn rewrite<B>(
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Err(bad_request(id, &parts.headers, "malformed original method"));
     };
-    let Some(uri) = first(&parts.headers, &ORIGINAL_URI) else {
+    let Some(uri) = first(&parts.headers, &[family.uri]) else {
         return Err(bad_request(
             id,
             &parts.headers,
@@ -173,7 +227,7 @@ fn rewrite<B>(
         Ok(u) if u.scheme().is_none() && u.authority().is_none() && uri.starts_with('/') => u,
         _ => return Err(bad_request(id, &parts.headers, "malformed original URI")),
     };
-    let host = first(&parts.headers, &ORIGINAL_HOST)
+    let host = first(&parts.headers, &[family.host])
         .map(str::to_owned)
         .or_else(|| {
             parts
@@ -187,15 +241,15 @@ fn rewrite<B>(
     };
     if let Some(conn) = parts.extensions.get::<ConnectionInfo>().cloned() {
         if trusted.is_trusted(conn.peer.ip()) {
-            if let Some(ip) = client_ip(&parts.headers) {
+            if let Some(ip) = client_ip(&parts.headers, nginx) {
                 let mut conn = conn;
                 conn.peer = SocketAddr::new(ip, 0);
                 parts.extensions.insert(conn);
             }
         }
     }
-    for names in [ORIGINAL_METHOD, ORIGINAL_URI, ORIGINAL_HOST] {
-        for n in names {
+    for f in [NGINX, FORWARDED] {
+        for n in [f.method, f.uri, f.host] {
             parts.headers.remove(n);
         }
     }
@@ -232,6 +286,27 @@ where
         if self.layer.path.as_deref() != Some(req.uri().path()) {
             return Box::pin(self.inner.call(req.map(Either::Left)));
         }
+        // Only the proxies may ask: the answer carries signed identity
+        // headers (and, on JWT routes, the token minted for the backend).
+        let peer = req
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|c| c.tcp_peer.ip());
+        if !peer.is_some_and(|ip| self.layer.trusted.is_trusted(ip)) {
+            let id = req.extensions().get::<RequestId>();
+            let mut res = respond::error(
+                StatusCode::FORBIDDEN,
+                id,
+                respond::Flavor::of(req.headers()),
+            );
+            res.headers_mut()
+                .insert(X_AUTH_REASON, HeaderValue::from_static("untrusted_peer"));
+            tracing::warn!(
+                ?peer,
+                "forward-auth question from a peer not in gateway.trusted_proxies refused"
+            );
+            return Box::pin(std::future::ready(Ok(res)));
+        }
         let req = match rewrite(req, &self.layer.trusted) {
             Ok(r) => r,
             Err(res) => return Box::pin(std::future::ready(Ok(*res))),
@@ -239,6 +314,18 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
+            // Allowed means answered by the responder after the whole
+            // stack; a 200 from anything before it (the JWKS document, say)
+            // is not an authorization.
+            let answered = res.headers_mut().remove(&ANSWERED).is_some();
+            if res.status() == StatusCode::OK && !answered {
+                let mut refused =
+                    respond::error(StatusCode::FORBIDDEN, None, respond::Flavor::Json);
+                refused
+                    .headers_mut()
+                    .insert(X_AUTH_REASON, HeaderValue::from_static("no_route"));
+                res = refused;
+            }
             // Refusals made by the stack: add the reason code.
             if res.status() != StatusCode::OK && !res.headers().contains_key(&X_AUTH_REASON) {
                 let reason = res
@@ -329,6 +416,7 @@ where
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );
+        h.insert(ANSWERED, HeaderValue::from_static("1"));
         Box::pin(std::future::ready(Ok(res)))
     }
 }
@@ -417,6 +505,13 @@ mod tests {
                 ("x-original-method", "POST"),
                 ("x-original-uri", "/x"),
             ],
+            // A client's X-Original-URI through Traefik, or its
+            // X-Forwarded-Uri through nginx: ambiguous, refused.
+            vec![
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/admin"),
+                ("x-original-uri", "/public"),
+            ],
         ] {
             let res = rewrite(req(&h), &TrustedProxies::none()).err().unwrap();
             assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{h:?}");
@@ -425,34 +520,75 @@ mod tests {
     }
 
     #[test]
-    fn client_address_only_from_trusted_proxies() {
+    fn client_address_only_from_trusted_proxies_and_their_own_header() {
         let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let local: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let mk = || {
-            let mut r = req(&[
-                ("x-original-method", "GET"),
-                ("x-original-uri", "/x"),
-                ("x-forwarded-for", "198.51.100.1, 203.0.113.9"),
-            ]);
+        let mk = |h: &[(&str, &str)]| {
+            let mut r = req(h);
             r.extensions_mut()
                 .insert(ConnectionInfo::plain(peer, local));
             r
         };
-        let untrusted = rewrite(mk(), &TrustedProxies::none()).unwrap();
-        assert_eq!(
-            untrusted
-                .extensions()
-                .get::<ConnectionInfo>()
-                .unwrap()
-                .peer
-                .ip(),
-            peer.ip()
-        );
+        let ip = |r: &Request<Either<(), Full<Bytes>>>| {
+            r.extensions().get::<ConnectionInfo>().unwrap().peer.ip()
+        };
+        let traefik = [
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/x"),
+            ("x-forwarded-for", "198.51.100.1, 203.0.113.9"),
+            // Sent by the client through Traefik: not Traefik's header.
+            ("x-original-client-ip", "192.0.2.66"),
+        ];
+        let nginx = [
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/x"),
+            ("x-original-client-ip", "203.0.113.7"),
+            // Passed on from the client by nginx: not nginx's statement.
+            ("x-forwarded-for", "192.0.2.66"),
+        ];
+        let untrusted = rewrite(mk(&traefik), &TrustedProxies::none()).unwrap();
+        assert_eq!(ip(&untrusted), peer.ip());
         let trusted = TrustedProxies::from_fn(|ip| ip == IpAddr::from([10, 0, 0, 5]));
-        let r = rewrite(mk(), &trusted).unwrap();
+        let r = rewrite(mk(&traefik), &trusted).unwrap();
+        assert_eq!(ip(&r), IpAddr::from([203, 0, 113, 9]));
+        let r = rewrite(mk(&nginx), &trusted).unwrap();
+        assert_eq!(ip(&r), IpAddr::from([203, 0, 113, 7]));
+        let r = rewrite(mk(&nginx[..2]), &trusted).unwrap();
         assert_eq!(
-            r.extensions().get::<ConnectionInfo>().unwrap().peer.ip(),
-            IpAddr::from([203, 0, 113, 9])
+            ip(&r),
+            peer.ip(),
+            "nginx without X-Original-Client-IP: the peer"
         );
+    }
+
+    #[tokio::test]
+    async fn only_trusted_peers_may_ask_and_only_the_responder_allows() {
+        use tower::ServiceExt as _;
+        let inner = tower::service_fn(|_req: Request<Either<(), Full<Bytes>>>| async {
+            // A 200 that is not the responder's (like the JWKS document).
+            Ok::<_, std::convert::Infallible>(Response::new(full(Bytes::new())))
+        });
+        let trusted = TrustedProxies::from_fn(|ip| ip == IpAddr::from([10, 0, 0, 5]));
+        let svc = ForwardAuthLayer::new("/authz")
+            .with_trusted_proxies(trusted)
+            .layer(inner);
+        let ask = |peer: &str| {
+            let mut r = req(&[("x-original-method", "GET"), ("x-original-uri", "/x")]);
+            r.extensions_mut().insert(ConnectionInfo::plain(
+                peer.parse().unwrap(),
+                "10.0.0.1:80".parse().unwrap(),
+            ));
+            r
+        };
+        let res = svc.clone().oneshot(ask("192.0.2.1:5")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert_eq!(res.headers()[X_AUTH_REASON], "untrusted_peer");
+        let res = svc.clone().oneshot(ask("10.0.0.5:5")).await.unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::FORBIDDEN,
+            "an unmarked 200 is not an allow"
+        );
+        assert_eq!(res.headers()[X_AUTH_REASON], "no_route");
     }
 }

@@ -346,6 +346,15 @@ pub(crate) struct SessionThreads {
     workers: Vec<Worker>,
 }
 
+/// Decrements a session thread's count when its session ends.
+struct LiveGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 struct Worker {
     jobs: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, Slot)>,
     live: Arc<std::sync::atomic::AtomicUsize>,
@@ -366,9 +375,6 @@ impl SessionThreads {
     {
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let (jobs, mut rx) =
                 tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Slot)>();
             let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -376,20 +382,36 @@ impl SessionThreads {
             let thread = std::thread::Builder::new()
                 .name(format!("hexon-{protocol}-{i}"))
                 .spawn(move || {
+                    // Built on its own thread: a runtime must not be dropped
+                    // inside another one's context if anything fails. If it
+                    // cannot be built, the receiver goes away and
+                    // connections stay on the caller's runtime.
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, protocol, "session thread without a runtime");
+                            return;
+                        }
+                    };
                     rt.block_on(async move {
                         let mut sessions = tokio::task::JoinSet::new();
                         loop {
                             tokio::select! {
                                 job = rx.recv() => {
                                     let Some((std, slot)) = job else { break };
-                                    let (handle, count) = (handle.clone(), count.clone());
+                                    let handle = handle.clone();
+                                    // Counts down however the session ends, panics included.
+                                    let live = LiveGuard(count.clone());
                                     sessions.spawn(async move {
                                         match TcpStream::from_std(std) {
                                             Ok(tcp) => handle(tcp).await,
                                             Err(e) => tracing::warn!(error = %e, "could not register a SQL connection"),
                                         }
                                         drop(slot);
-                                        count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                                        drop(live);
                                     });
                                 }
                                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}

@@ -713,6 +713,7 @@ http {{
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Original-Host $host;
+      proxy_set_header X-Original-Client-IP $remote_addr;
     }}
     location / {{
       auth_request /_hexon;

@@ -403,15 +403,25 @@ async fn run(cli: Cli) -> Result<String, String> {
                     Some(body),
                 )
                 .await?;
-            api.call(
-                Method::DELETE,
-                &format!("/clients/{client}/credentials/{credential}"),
-                None,
-            )
-            .await?;
+            // The new secret is printed whatever happens to the old one.
+            let deleted = api
+                .call(
+                    Method::DELETE,
+                    &format!("/clients/{client}/credentials/{credential}"),
+                    None,
+                )
+                .await;
             set(&mut j, "client", Value::String(client));
             set(&mut j, "replaced", Value::String(credential.clone()));
-            let h = format!("{}\n(deleted {credential})", issued(&j));
+            set(&mut j, "old_deleted", Value::Bool(deleted.is_ok()));
+            let h = match &deleted {
+                Ok(_) => format!("{}\n(deleted {credential})", issued(&j)),
+                Err(e) => format!(
+                    "{}\nWARNING: the old credential {credential} was NOT deleted ({e}); delete it with `hexonctl credential delete {client_id} {credential}`",
+                    issued(&j),
+                    client_id = at(&j, "/client").as_str().unwrap_or("?"),
+                ),
+            };
             (j, h)
         }
         Command::Credential(CredentialCmd::Delete { client, credential }) => {

@@ -193,6 +193,16 @@ async fn manages_clients_end_to_end() {
             .is_err()
     );
     stdout(&ctl(&a, &t, &["client", "activate", "billing"]).await);
+    // No value removes the limit; zero is refused with a reason.
+    stdout(&ctl(&a, &t, &["client", "rate-limit", "billing"]).await);
+    let out = stdout(&ctl(&a, &t, &["--json", "client", "show", "billing"]).await);
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["rate_limit_per_minute"], Value::Null);
+    let o = ctl(&a, &t, &["client", "rate-limit", "billing", "0"]).await;
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("at least 1"),
+        "{o:?}"
+    );
     stdout(&ctl(&a, &t, &["revoke", "billing", "orders"]).await);
     let out = stdout(&ctl(&a, &t, &["--json", "client", "show", "billing"]).await);
     let j: Value = serde_json::from_str(&out).unwrap();

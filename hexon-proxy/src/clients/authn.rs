@@ -76,12 +76,14 @@ impl ApiKeyAuth {
         let mut found = None;
         for v in parts.headers.get_all(AUTHORIZATION) {
             let Ok(v) = v.to_str() else { continue };
-            let key = if let Some(k) = v.strip_prefix("ApiKey ") {
-                Some(k.trim())
+            // Schemes are case-insensitive (RFC 9110 §11.1).
+            let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+            let key = if scheme.eq_ignore_ascii_case("apikey") {
+                Some(rest.trim())
+            } else if scheme.eq_ignore_ascii_case("bearer") {
+                Some(rest.trim()).filter(|k| k.starts_with(super::KEY_TAG))
             } else {
-                v.strip_prefix("Bearer ")
-                    .map(str::trim)
-                    .filter(|k| k.starts_with(super::KEY_TAG))
+                None
             };
             if let Some(k) = key {
                 if found.replace(k).is_some() {

@@ -426,6 +426,9 @@ fn entry(
 pub struct ClientRegistry {
     store: Arc<dyn DurableStore>,
     table: Arc<RwLock<Arc<ClientTable>>>,
+    /// One reload at a time: two racing reloads could otherwise finish in
+    /// the wrong order and leave the older read in place.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for ClientRegistry {
@@ -446,6 +449,7 @@ impl ClientRegistry {
         Ok(ClientRegistry {
             store,
             table: Arc::new(RwLock::new(Arc::new(table))),
+            reloading: Arc::default(),
         })
     }
 
@@ -463,6 +467,7 @@ impl ClientRegistry {
     /// # Errors
     /// The store's.
     pub async fn reload(&self) -> Result<(), StoreError> {
+        let _one = self.reloading.lock().await;
         let table = Arc::new(ClientTable::load(self.store.as_ref()).await?);
         match self.table.write() {
             Ok(mut t) => *t = table,

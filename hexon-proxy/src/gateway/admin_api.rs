@@ -148,9 +148,17 @@ struct ClientPatch {
     groups: Option<Vec<String>>,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
+    /// Absent: unchanged; `null`: no limit; a number: the limit.
+    #[serde(default, deserialize_with = "present")]
     rate_limit_per_minute: Option<Option<u32>>,
 }
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+const ZERO_RATE: &str = "rate_limit_per_minute must be at least 1 (null: no limit)";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -505,6 +513,9 @@ impl AdminApi {
                 return (res, None);
             }
         }
+        if new.rate_limit_per_minute == Some(0) {
+            return (problem(StatusCode::BAD_REQUEST, ZERO_RATE), None);
+        }
         let mut groups = new.groups;
         groups.sort();
         groups.dedup();
@@ -569,6 +580,9 @@ impl AdminApi {
             c.description = d;
         }
         if let Some(r) = patch.rate_limit_per_minute {
+            if r == Some(0) {
+                return problem(StatusCode::BAD_REQUEST, ZERO_RATE);
+            }
             c.rate_limit_per_minute = r;
         }
         c.updated_at = now;

@@ -755,8 +755,12 @@ impl Gateway {
     }
 }
 
+/// How often every node reads the API clients again regardless of events.
+const CLIENT_RESYNC: Duration = Duration::from_secs(60);
+
 /// Read the API clients again whenever a node says they changed (or when
-/// events may have been missed). Resubscribes after a failure.
+/// events may have been missed, and every [`CLIENT_RESYNC`]). Resubscribes
+/// after a failure.
 async fn follow_client_changes(
     events: Arc<dyn hexon_core::store::EventBus>,
     clients: ClientRegistry,
@@ -774,11 +778,19 @@ async fn follow_client_changes(
         };
         // Changes made while not subscribed.
         let _ = clients.reload().await;
-        while let Some(item) = stream.next().await {
-            let reload = match item {
-                Ok(r) => matches!(r.event, Event::ApiClientChanged { .. } | Event::Unknown),
-                // Events may have been missed: assume the worst.
-                Err(_) => true,
+        // Also read again now and then: a node whose publish failed told
+        // nobody.
+        let mut resync = tokio::time::interval(CLIENT_RESYNC);
+        resync.tick().await;
+        loop {
+            let reload = tokio::select! {
+                item = stream.next() => match item {
+                    None => break,
+                    Some(Ok(r)) => matches!(r.event, Event::ApiClientChanged { .. } | Event::Unknown),
+                    // Events may have been missed: assume the worst.
+                    Some(Err(_)) => true,
+                },
+                _ = resync.tick() => true,
             };
             if reload {
                 if let Err(e) = clients.reload().await {

@@ -87,20 +87,21 @@ where
 fn drop_credentials<B>(req: &mut Request<B>, cookie: &str) {
     let authenticated = req.extensions().get::<Identity>().is_some();
     let headers = req.headers_mut();
-    if authenticated {
-        let ours = headers.get_all(AUTHORIZATION).iter().any(|v| {
-            let scheme = v
-                .as_bytes()
-                .split(|b| *b == b' ')
-                .next()
-                .unwrap_or_default();
-            [&b"bearer"[..], b"apikey", b"hmac"]
-                .iter()
-                .any(|s| scheme.eq_ignore_ascii_case(s))
-        });
-        if ours {
-            headers.remove(AUTHORIZATION);
-        }
+    // `ApiKey` and `HMAC` are the gateway's own schemes: never forwarded,
+    // authenticated or not. `Bearer` only when the gateway authenticated
+    // the request (an anonymous public route may pass another bearer on).
+    let ours = headers.get_all(AUTHORIZATION).iter().any(|v| {
+        let scheme = v
+            .as_bytes()
+            .split(|b| *b == b' ')
+            .next()
+            .unwrap_or_default();
+        scheme.eq_ignore_ascii_case(b"apikey")
+            || scheme.eq_ignore_ascii_case(b"hmac")
+            || (authenticated && scheme.eq_ignore_ascii_case(b"bearer"))
+    });
+    if ours {
+        headers.remove(AUTHORIZATION);
     }
     if !headers.contains_key(COOKIE) {
         return;
@@ -167,6 +168,13 @@ mod tests {
             .unwrap();
         drop_credentials(&mut req, "__Host-hexon-session");
         assert!(req.headers().get("authorization").is_some());
+        // ...but never the gateway's own schemes.
+        let mut req = Request::get("/")
+            .header("authorization", "apikey hxk_x")
+            .body(())
+            .unwrap();
+        drop_credentials(&mut req, "c");
+        assert!(req.headers().get("authorization").is_none());
         let mut req = Request::get("/")
             .header("cookie", "__Host-hexon-session=x")
             .body(())
