@@ -1090,3 +1090,96 @@ async fn rate_limits_are_per_client_and_answer_429() {
     assert_eq!(res.status(), StatusCode::OK);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_forward_auth_in_front_of_hexon() {
+    let (gw, k) = start().await;
+    let backend = start_upstream(header_echo()).await;
+    let dir = std::env::temp_dir().join(format!("hexon-caddy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Caddy asks with X-Forwarded-Method / -Uri / -Host and copies the
+    // answer's headers onto the request it forwards. Caddy 2.6 copies a
+    // header missing from the answer as an empty one, which a verifier
+    // rightly refuses (an identity header the signature does not cover):
+    // copy the headers these identities carry.
+    let caddyfile = format!(
+        r#"{{
+    admin off
+    auto_https off
+    storage file_system {dir}
+}}
+http://:{port} {{
+    bind 127.0.0.1
+    forward_auth {hexon} {{
+        uri /authz
+        copy_headers Hexon-User Hexon-Subject Hexon-Kind Hexon-Groups Hexon-Auth Hexon-Route Signature Signature-Input X-Auth-Client-ID
+    }}
+    reverse_proxy {backend}
+}}
+"#,
+        dir = dir.display(),
+        hexon = gw.addr,
+    );
+    let path = dir.join("Caddyfile");
+    std::fs::write(&path, caddyfile).unwrap();
+    let mut caddy = tokio::process::Command::new("caddy")
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .arg("--adapter")
+        .arg("caddyfile")
+        .env("HOME", &dir)
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("caddy (apt-get install caddy; scripts/install-test-deps does)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let get = |path: &str, key: Option<&str>| {
+        let mut b = Request::get(path).header("host", "api.example.com");
+        if let Some(key) = key {
+            b = b.header("x-api-key", key);
+        }
+        b.body(empty()).unwrap()
+    };
+    let res = send(addr, get("/orders/9?x=1", Some(&k.billing))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let j = json_body(res).await;
+    let hd = &j["headers"];
+    assert_eq!(hd["hexon-subject"], json!(["billing"]));
+    assert_eq!(hd["x-auth-client-id"], json!(["billing"]));
+    assert_eq!(
+        verify_signed("/orders/9?x=1", echoed(hd), gw.keys()),
+        "billing"
+    );
+    assert_eq!(
+        send(addr, get("/orders/9", None)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(addr, get("/reports/9", Some(&k.billing)))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // A client trying to steer the question with nginx's headers is refused.
+    let mut r = get("/orders/9", Some(&k.billing));
+    r.headers_mut()
+        .insert("x-original-uri", "/status".parse().unwrap());
+    assert_eq!(send(addr, r).await.status(), StatusCode::BAD_REQUEST);
+    let _ = caddy.kill().await;
+    std::fs::remove_dir_all(&dir).ok();
+    gw.stop().await;
+}
