@@ -45,6 +45,25 @@ pub struct BoxResponseFuture<E> {
     >,
 }
 
+impl<E> BoxResponseFuture<E> {
+    /// Box `fut`.
+    pub(crate) fn new(
+        fut: impl std::future::Future<Output = Result<http::Response<BoxBody>, E>> + Send + 'static,
+    ) -> Self {
+        BoxResponseFuture {
+            inner: Box::pin(fut),
+        }
+    }
+}
+
+/// The service that was polled ready, to call from an `async` block; a
+/// clone takes its place for the next request (tower's rule for services
+/// used across `poll_ready` and `call`).
+pub(crate) fn take_ready<S: Clone>(service: &mut S) -> S {
+    let clone = service.clone();
+    std::mem::replace(service, clone)
+}
+
 impl<E> std::fmt::Debug for BoxResponseFuture<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BoxResponseFuture").finish_non_exhaustive()

@@ -39,7 +39,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::authz::AuthzOutcome;
-use crate::body::{BoxBody, BoxError, full};
+use crate::body::{BoxBody, BoxError, BoxResponseFuture, full};
 use crate::clients::HmacBody;
 use crate::ext::{ConnectionInfo, MatchedRoute, RequestId};
 use crate::proxy::TrustedProxies;
@@ -50,12 +50,10 @@ use crate::respond;
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardAuth;
 
-/// Set by [`ForwardAuthResponder`] on its answers and removed by
-/// [`ForwardAuthService`]: only a `200` carrying it is an authorization.
-/// (A header rather than an extension: it must survive every layer between
-/// the two; the proxy is never called for a question, so no upstream can
-/// send it.)
-const ANSWERED: HeaderName = HeaderName::from_static("x-hexon-forward-auth-answer");
+/// Response extension: the answer came from [`ForwardAuthResponder`]; only
+/// a `200` carrying it is an authorization.
+#[derive(Clone, Copy, Debug)]
+struct Answered;
 
 /// The header carrying the reason of a refusal.
 pub const X_AUTH_REASON: HeaderName = HeaderName::from_static("x-auth-reason");
@@ -138,16 +136,15 @@ pub struct ForwardAuthService<S> {
     layer: ForwardAuthLayer,
 }
 
-fn first<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
-    names.iter().find_map(|n| {
-        let mut all = headers.get_all(*n).iter();
-        let v = all.next()?;
-        // Two values for the same question: ambiguous, treat as missing.
-        if all.next().is_some() {
-            return None;
-        }
-        v.to_str().ok().map(str::trim).filter(|v| !v.is_empty())
-    })
+/// The one value of `name`, trimmed; none (also when it appears twice:
+/// two answers to one question are ambiguous).
+fn first<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut all = headers.get_all(name).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    v.to_str().ok().map(str::trim).filter(|v| !v.is_empty())
 }
 
 /// The client address a trusted proxy reports: nginx sets
@@ -158,7 +155,7 @@ fn first<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
 /// sent it.
 fn client_ip(headers: &HeaderMap, nginx: bool) -> Option<IpAddr> {
     if nginx {
-        return first(headers, &["x-original-client-ip"])?.parse().ok();
+        return first(headers, "x-original-client-ip")?.parse().ok();
     }
     let xff = headers.get_all("x-forwarded-for").iter().next_back()?;
     xff.to_str()
@@ -205,7 +202,7 @@ fn rewrite<B>(
         _ => NGINX,
     };
     let nginx = family.method == NGINX.method;
-    let Some(method) = first(&parts.headers, &[family.method]) else {
+    let Some(method) = first(&parts.headers, family.method) else {
         return Err(bad_request(
             id,
             &parts.headers,
@@ -215,7 +212,7 @@ fn rewrite<B>(
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Err(bad_request(id, &parts.headers, "malformed original method"));
     };
-    let Some(uri) = first(&parts.headers, &[family.uri]) else {
+    let Some(uri) = first(&parts.headers, family.uri) else {
         return Err(bad_request(
             id,
             &parts.headers,
@@ -227,7 +224,7 @@ fn rewrite<B>(
         Ok(u) if u.scheme().is_none() && u.authority().is_none() && uri.starts_with('/') => u,
         _ => return Err(bad_request(id, &parts.headers, "malformed original URI")),
     };
-    let host = first(&parts.headers, &[family.host])
+    let host = first(&parts.headers, family.host)
         .map(str::to_owned)
         .or_else(|| {
             parts
@@ -274,9 +271,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
-    >;
+    type Future = BoxResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -284,7 +279,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if self.layer.path.as_deref() != Some(req.uri().path()) {
-            return Box::pin(self.inner.call(req.map(Either::Left)));
+            return BoxResponseFuture::new(self.inner.call(req.map(Either::Left)));
         }
         // Only the proxies may ask: the answer carries signed identity
         // headers (and, on JWT routes, the token minted for the backend).
@@ -305,19 +300,19 @@ where
                 ?peer,
                 "forward-auth question from a peer not in gateway.trusted_proxies refused"
             );
-            return Box::pin(std::future::ready(Ok(res)));
+            return BoxResponseFuture::new(std::future::ready(Ok(res)));
         }
         let req = match rewrite(req, &self.layer.trusted) {
             Ok(r) => r,
-            Err(res) => return Box::pin(std::future::ready(Ok(*res))),
+            Err(res) => return BoxResponseFuture::new(std::future::ready(Ok(*res))),
         };
         let fut = self.inner.call(req);
-        Box::pin(async move {
+        BoxResponseFuture::new(async move {
             let mut res = fut.await?;
             // Allowed means answered by the responder after the whole
             // stack; a 200 from anything before it (the JWKS document, say)
             // is not an authorization.
-            let answered = res.headers_mut().remove(&ANSWERED).is_some();
+            let answered = res.extensions().get::<Answered>().is_some();
             if res.status() == StatusCode::OK && !answered {
                 let mut refused =
                     respond::error(StatusCode::FORBIDDEN, None, respond::Flavor::Json);
@@ -380,9 +375,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
-    >;
+    type Future = BoxResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -390,7 +383,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if req.extensions().get::<ForwardAuth>().is_none() {
-            return Box::pin(self.inner.call(req));
+            return BoxResponseFuture::new(self.inner.call(req));
         }
         let mut res = Response::new(full(Bytes::new()));
         let h = res.headers_mut();
@@ -416,8 +409,8 @@ where
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );
-        h.insert(ANSWERED, HeaderValue::from_static("1"));
-        Box::pin(std::future::ready(Ok(res)))
+        res.extensions_mut().insert(Answered);
+        BoxResponseFuture::new(std::future::ready(Ok(res)))
     }
 }
 

@@ -679,16 +679,69 @@ async fn forward_auth_answers_like_an_auth_request_service() {
     gw.stop().await;
 }
 
+/// A free port on loopback for a proxy under test.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Wait until something listens on `addr`.
+async fn listening(addr: SocketAddr) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// A request to a proxy in front of Hexon, with an API key or none.
+fn through_proxy(path: &str, key: Option<&str>) -> Request<BoxBody> {
+    let mut b = Request::get(path).header("host", "api.example.com");
+    if let Some(key) = key {
+        b = b.header("x-api-key", key);
+    }
+    b.body(empty()).unwrap()
+}
+
+/// What every forward-auth proxy in front of Hexon must do: forward an
+/// allowed request with an identity the backend verifies, refuse a request
+/// without a key (401) and one without a permission (403).
+async fn proxy_asks_hexon(proxy: SocketAddr, gw: &Gw, k: &Keys) {
+    let res = send(proxy, through_proxy("/orders/9?x=1", Some(&k.billing))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let j = json_body(res).await;
+    let hd = &j["headers"];
+    assert_eq!(hd["hexon-subject"], json!(["billing"]));
+    assert_eq!(hd["x-auth-client-id"], json!(["billing"]));
+    // What the proxy passed on verifies like a signature the gateway forwards.
+    assert_eq!(
+        verify_signed("/orders/9?x=1", echoed(hd), gw.keys()),
+        "billing"
+    );
+    let status = |path: &'static str, key: Option<&str>| {
+        let r = through_proxy(path, key);
+        async move { send(proxy, r).await.status() }
+    };
+    assert_eq!(status("/orders/9", None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status("/reports/9", Some(&k.billing)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status("/orders/9", Some(&k.revoked)).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_in_front_of_hexon() {
     let (gw, k) = start().await;
     let backend = start_upstream(header_echo()).await;
     let dir = std::env::temp_dir().join(format!("hexon-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let conf = format!(
         r#"
 daemon off;
@@ -760,46 +813,8 @@ http {{
         .spawn()
         .expect("nginx (apt-get install nginx; scripts/install-test-deps does)");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let get = |path: &str, key: Option<&str>| {
-        let mut b = Request::get(path).header("host", "api.example.com");
-        if let Some(key) = key {
-            b = b.header("x-api-key", key);
-        }
-        b.body(empty()).unwrap()
-    };
-    let res = send(addr, get("/orders/9?x=1", Some(&k.billing))).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let j = json_body(res).await;
-    let hd = &j["headers"];
-    assert_eq!(hd["hexon-subject"], json!(["billing"]));
-    assert_eq!(hd["x-auth-client-id"], json!(["billing"]));
-    // What nginx passed on verifies like a signature the gateway forwards.
-    assert_eq!(
-        verify_signed("/orders/9?x=1", echoed(hd), gw.keys()),
-        "billing"
-    );
-    assert_eq!(
-        send(addr, get("/orders/9", None)).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        send(addr, get("/reports/9", Some(&k.billing)))
-            .await
-            .status(),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        send(addr, get("/orders/9", Some(&k.revoked)))
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    listening(addr).await;
+    proxy_asks_hexon(addr, &gw, &k).await;
     let _ = nginx.kill().await;
     std::fs::remove_dir_all(&dir).ok();
     gw.stop().await;
@@ -1097,10 +1112,7 @@ async fn caddy_forward_auth_in_front_of_hexon() {
     let backend = start_upstream(header_echo()).await;
     let dir = std::env::temp_dir().join(format!("hexon-caddy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     // Caddy asks with X-Forwarded-Method / -Uri / -Host and copies the
     // answer's headers onto the request it forwards. Caddy 2.6 copies a
     // header missing from the answer as an empty one, which a verifier
@@ -1141,41 +1153,10 @@ http://:{port} {{
         .spawn()
         .expect("caddy (apt-get install caddy; scripts/install-test-deps does)");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let get = |path: &str, key: Option<&str>| {
-        let mut b = Request::get(path).header("host", "api.example.com");
-        if let Some(key) = key {
-            b = b.header("x-api-key", key);
-        }
-        b.body(empty()).unwrap()
-    };
-    let res = send(addr, get("/orders/9?x=1", Some(&k.billing))).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let j = json_body(res).await;
-    let hd = &j["headers"];
-    assert_eq!(hd["hexon-subject"], json!(["billing"]));
-    assert_eq!(hd["x-auth-client-id"], json!(["billing"]));
-    assert_eq!(
-        verify_signed("/orders/9?x=1", echoed(hd), gw.keys()),
-        "billing"
-    );
-    assert_eq!(
-        send(addr, get("/orders/9", None)).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        send(addr, get("/reports/9", Some(&k.billing)))
-            .await
-            .status(),
-        StatusCode::FORBIDDEN
-    );
+    listening(addr).await;
+    proxy_asks_hexon(addr, &gw, &k).await;
     // A client trying to steer the question with nginx's headers is refused.
-    let mut r = get("/orders/9", Some(&k.billing));
+    let mut r = through_proxy("/orders/9", Some(&k.billing));
     r.headers_mut()
         .insert("x-original-uri", "/status".parse().unwrap());
     assert_eq!(send(addr, r).await.status(), StatusCode::BAD_REQUEST);

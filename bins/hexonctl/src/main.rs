@@ -216,6 +216,32 @@ fn set(v: &mut Value, key: &str, value: Value) {
     }
 }
 
+impl Api {
+    /// The client's permissions without the one for `route` (grants are
+    /// replaced as a whole: read, edit, write).
+    async fn permissions_except(&self, client: &str, route: &str) -> Result<Vec<Value>, String> {
+        let shown = self
+            .call(Method::GET, &format!("/clients/{client}"), None)
+            .await?;
+        Ok(at(&shown, "/permissions")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| at(p, "/route") != route)
+            .collect())
+    }
+
+    async fn set_permissions(&self, client: &str, perms: Vec<Value>) -> Result<Value, String> {
+        self.call(
+            Method::PUT,
+            &format!("/clients/{client}/permissions"),
+            Some(Value::Array(perms)),
+        )
+        .await
+    }
+}
+
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -439,47 +465,15 @@ async fn run(cli: Cli) -> Result<String, String> {
             route,
             methods,
         } => {
-            let shown = api
-                .call(Method::GET, &format!("/clients/{client}"), None)
-                .await?;
-            let mut perms: Vec<Value> = at(&shown, "/permissions")
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| at(p, "/route") != route.as_str())
-                .collect();
+            let mut perms = api.permissions_except(&client, &route).await?;
             perms.push(json!({ "route": route, "methods": methods }));
-            let j = api
-                .call(
-                    Method::PUT,
-                    &format!("/clients/{client}/permissions"),
-                    Some(Value::Array(perms)),
-                )
-                .await?;
-            (
-                j,
-                format!("client {client} may {} on {route}", methods.join(",")),
-            )
+            let j = api.set_permissions(&client, perms).await?;
+            let h = format!("client {client} may {} on {route}", methods.join(","));
+            (j, h)
         }
         Command::Revoke { client, route } => {
-            let shown = api
-                .call(Method::GET, &format!("/clients/{client}"), None)
-                .await?;
-            let perms: Vec<Value> = at(&shown, "/permissions")
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| at(p, "/route") != route.as_str())
-                .collect();
-            let j = api
-                .call(
-                    Method::PUT,
-                    &format!("/clients/{client}/permissions"),
-                    Some(Value::Array(perms)),
-                )
-                .await?;
+            let perms = api.permissions_except(&client, &route).await?;
+            let j = api.set_permissions(&client, perms).await?;
             (j, format!("client {client} no longer has {route}"))
         }
     };

@@ -248,8 +248,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // The service that was polled ready is the one to call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::body::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         let now = (shared.clock)();
         let (mut parts, body) = req.into_parts();

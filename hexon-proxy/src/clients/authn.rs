@@ -20,7 +20,7 @@ use tower_service::Service;
 use super::hmac;
 use super::{API_KEY_METHOD, ClientEntry, ClientRegistry, HMAC_METHOD, Rejection};
 use crate::authn::{Authenticator, AuthnFuture, AuthnResult};
-use crate::body::{BoxBody, BoxError};
+use crate::body::{BoxBody, BoxError, BoxResponseFuture};
 use crate::ext::RequestId;
 use crate::respond;
 
@@ -231,9 +231,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
-    >;
+    type Future = BoxResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -245,13 +243,12 @@ where
             let fut = self
                 .inner
                 .call(Request::from_parts(parts, Either::Left(body)));
-            return Box::pin(fut);
+            return BoxResponseFuture::new(fut);
         }
         // The service that was made ready serves this request; a clone takes
         // its place for the next one.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        let mut inner = crate::body::take_ready(&mut self.inner);
+        BoxResponseFuture::new(async move {
             match Limited::new(body, HMAC_BODY_MAX).collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();

@@ -22,7 +22,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{API_KEY_METHOD, ClientRegistry, HMAC_METHOD};
-use crate::body::BoxBody;
+use crate::body::{BoxBody, BoxResponseFuture};
 use crate::ext::RequestId;
 use crate::forward_auth::X_AUTH_REASON;
 use crate::respond;
@@ -148,9 +148,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
-    >;
+    type Future = BoxResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -162,12 +160,11 @@ where
             .get::<Identity>()
             .and_then(|i| limited_client(i, &self.layer.registry));
         let Some((client, per_minute)) = limit else {
-            return Box::pin(self.inner.call(req));
+            return BoxResponseFuture::new(self.inner.call(req));
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::body::take_ready(&mut self.inner);
         let kv = self.layer.kv.clone();
-        Box::pin(async move {
+        BoxResponseFuture::new(async move {
             let now_ms = u64::try_from(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

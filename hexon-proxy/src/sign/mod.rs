@@ -515,8 +515,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::body::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         let now = (shared.clock)();
         ResponseFuture {
