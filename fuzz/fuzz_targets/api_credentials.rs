@@ -1,6 +1,7 @@
 //! What API clients and forward-auth proxies send: `Authorization: HMAC …`
-//! values, API keys, and forward-auth question headers must be parsed or
-//! refused, never panic.
+//! values, API keys, RFC 9421 client signatures, and forward-auth question
+//! headers must be parsed or refused, never panic, and nothing random may
+//! verify.
 #![no_main]
 
 use hexon_core::UnixTime;
@@ -8,6 +9,7 @@ use hexon_proxy::clients::{ClientTable, hmac};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     hexon_proxy::forward_auth::fuzz_question(data);
+    hexon_proxy::clients::signature::fuzz_client_signature(data);
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(p) = hmac::parse(text) {
         assert_eq!(p.signature.len(), 32);

@@ -69,6 +69,7 @@ fn routes(rng: &mut Lcg) -> Vec<RouteSpec> {
             public_methods: vec![],
             allow,
             deny,
+            credentials: vec![],
         });
     };
     for i in 0..200 {

@@ -447,6 +447,12 @@ pub struct GatewayConfig {
     pub forward_auth_path: Option<String>,
     /// Header API clients may send their key in (besides `Authorization`).
     pub api_key_header: String,
+    /// Query parameter API clients may send their key in (e.g. `api_key`),
+    /// accepted only on routes that list `api_key_query` in `credentials`.
+    /// Unset: keys in URLs are never read (the parameter reaches upstreams
+    /// untouched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_query_param: Option<String>,
     /// Group whose (enabled) members may use the admin API.
     pub admin_group: String,
 }
@@ -463,6 +469,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 64 * 1024 * 1024,
             forward_auth_path: None,
             api_key_header: "X-API-Key".into(),
+            api_key_query_param: None,
             admin_group: "admins".into(),
         }
     }
@@ -1036,6 +1043,22 @@ impl Config {
                 "gateway.api_key_header",
                 format!("{:?} is not a header name", self.gateway.api_key_header),
             );
+        }
+        match &self.gateway.api_key_query_param {
+            Some(p) if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => errs.push(
+                "gateway.api_key_query_param",
+                format!("{p:?} must be a plain parameter name such as \"api_key\" (letters, digits, - _ .)"),
+            ),
+            Some(_) => {}
+            None => {
+                let wants = |r: &RouteConfig| r.spec.credentials.contains(&crate::policy::Credential::ApiKeyQuery);
+                if let Some(i) = self.routes.iter().position(wants) {
+                    errs.push(
+                        format!("route[{i}].credentials"),
+                        "lists \"api_key_query\" but gateway.api_key_query_param is not set: name the query parameter (e.g. \"api_key\")",
+                    );
+                }
+            }
         }
         if let Some(a) = &self.gateway.admin_bind {
             if a.parse::<SocketAddr>().is_err() {

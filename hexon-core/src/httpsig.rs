@@ -496,6 +496,7 @@ impl HttpSigner {
             expires: Some(expires),
             key_id: Some(signer.key_id().to_owned()),
             alg: Some(signer.algorithm()),
+            alg_name: None,
             nonce,
             tag: Some(TAG.to_owned()),
             order: Vec::new(),
@@ -644,8 +645,13 @@ pub struct SignatureParams {
     pub expires: Option<UnixTime>,
     /// `keyid`.
     pub key_id: Option<String>,
-    /// `alg`.
+    /// `alg`, when it is one the gateway signs with (`ed25519`,
+    /// `ecdsa-p256-sha256`).
     pub alg: Option<Algorithm>,
+    /// `alg` as written, whatever it names (e.g. `hmac-sha256`, which API
+    /// clients may sign with); takes precedence over [`Self::alg`] when
+    /// serialized, so a parsed `@signature-params` line reproduces exactly.
+    pub alg_name: Option<String>,
     /// `nonce`.
     pub nonce: Option<String>,
     /// `tag`.
@@ -704,9 +710,13 @@ impl SignatureParams {
                     }
                 }
                 Param::Alg => {
-                    if let Some(a) = self.alg {
+                    let name = self
+                        .alg_name
+                        .as_deref()
+                        .or(self.alg.map(Algorithm::http_sig_name));
+                    if let Some(a) = name {
                         s.push_str(";alg=");
-                        sf_string(&mut s, a.http_sig_name());
+                        sf_string(&mut s, a);
                     }
                 }
                 Param::Nonce => {
@@ -877,8 +887,9 @@ pub enum BaseError {
     Component,
 }
 
-/// The `sha-256` member of the request's `Content-Digest`, if any.
-fn content_digest_sha256(headers: &HeaderMap) -> Option<[u8; 32]> {
+/// The `sha-256` member of the request's `Content-Digest`, if any (`None`
+/// also when the field is malformed or oversized).
+pub fn content_digest_sha256(headers: &HeaderMap) -> Option<[u8; 32]> {
     let mut joined = String::new();
     for v in headers.get_all(CONTENT_DIGEST) {
         if !joined.is_empty() {
@@ -1131,6 +1142,9 @@ impl Verifier {
         now: UnixTime,
     ) -> Result<VerifiedIdentity, VerifyError> {
         let (params, signature) = parse_signature_fields(&parts.headers, LABEL)?;
+        if params.alg.is_none() && params.alg_name.is_some() {
+            return Err(VerifyError::Malformed("unsupported alg"));
+        }
         if params.tag.as_deref() != Some(TAG) {
             return Err(VerifyError::Malformed("tag is not \"hexon\""));
         }
@@ -1267,6 +1281,18 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, Veri
     Ok(out)
 }
 
+/// The labels of the signatures in `Signature-Input`, in order.
+///
+/// # Errors
+/// A missing, oversized, non-ASCII or malformed field.
+pub fn signature_labels(headers: &HeaderMap) -> Result<Vec<String>, VerifyError> {
+    let input = joined(headers, &SIGNATURE_INPUT)?.ok_or(VerifyError::Missing)?;
+    let input: sfv::Dictionary = sfv::Parser::new(&input)
+        .parse()
+        .map_err(|_| VerifyError::Malformed("Signature-Input is not a structured dictionary"))?;
+    Ok(input.keys().map(|k| k.as_str().to_owned()).collect())
+}
+
 /// Parse `Signature-Input` and `Signature` and return the parameters and
 /// bytes of the signature labelled `label`. Strict: only the RFC 9421
 /// parameters (`created`, `expires`, `keyid`, `alg`, `nonce`, `tag`), string
@@ -1375,10 +1401,9 @@ pub fn parse_signature_fields(
                 Param::KeyId
             }
             "alg" => {
-                params.alg = Some(
-                    Algorithm::from_http_sig_name(&string()?)
-                        .ok_or(VerifyError::Malformed("unsupported alg"))?,
-                );
+                let name = string()?;
+                params.alg = Algorithm::from_http_sig_name(&name);
+                params.alg_name = Some(name);
                 Param::Alg
             }
             "nonce" => {

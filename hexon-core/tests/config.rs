@@ -230,7 +230,7 @@ alow = []
     );
     let expected = [
         "gatewy: unknown section; expected one of gateway, state, signing, jwt, trusted_issuer, listener, user, group, route",
-        "route[1].alow: unknown field `alow`, expected one of `name`, `host`, `path`, `methods`, `public`, `public_methods`, `allow`, `deny`, upstream, identity, bind_request, bind_body",
+        "route[1].alow: unknown field `alow`, expected one of `name`, `host`, `path`, `methods`, `public`, `public_methods`, `allow`, `deny`, `credentials`, upstream, identity, bind_request, bind_body",
         r#"signing.key_id: invalid key id "has space": use 1-64 of A-Z, a-z, 0-9, '.', '_', '-'"#,
         "signing.lifetime: must be between 1s and 1h",
         r#"listener[0].bind: "localhost" is not an address:port (e.g. "0.0.0.0:8443", "[::]:443")"#,
@@ -413,6 +413,50 @@ users = ["carol"]
         );
     }
     assert_eq!(e.len(), expected.len(), "{}", e.join("\n"));
+}
+
+#[test]
+fn api_keys_in_urls_need_a_parameter_name_and_a_route_that_lists_them() {
+    let route = r#"
+[[route]]
+name = "feed"
+path = "/feed/*"
+credentials = ["api_key_query"]
+upstream = ["http://127.0.0.1:9"]
+[[route.allow]]
+authenticated = true
+"#;
+    let e = errors(route);
+    assert_eq!(
+        e,
+        [
+            r#"route[0].credentials: lists "api_key_query" but gateway.api_key_query_param is not set: name the query parameter (e.g. "api_key")"#
+        ],
+    );
+    let e = errors(&format!(
+        "[gateway]\napi_key_query_param = \"api key\"\n{route}"
+    ));
+    assert_eq!(
+        e,
+        [
+            r#"gateway.api_key_query_param: "api key" must be a plain parameter name such as "api_key" (letters, digits, - _ .)"#
+        ],
+    );
+    let c = Config::parse(
+        &format!("[gateway]\napi_key_query_param = \"api_key\"\n{route}"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.gateway.api_key_query_param.as_deref(), Some("api_key"));
+    let e = errors(
+        "[[route]]\nname = \"r\"\ncredentials = [\"api-key\"]\nupstream = [\"http://127.0.0.1:9\"]\n",
+    );
+    assert!(
+        e.iter().any(|m| m.starts_with("route[0].credentials")
+            && m.contains("api-key")
+            && m.contains("api_key_query")),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -6,8 +6,12 @@
 //! | [`RequestId`] | [`crate::request_id`] | every response, the proxy (`X-Request-Id` upstream), audit |
 //! | [`hexon_core::Identity`] | [`crate::authn`] when a credential verified | authz, sign, audit |
 //! | [`MatchedRoute`] | [`crate::authz`] when the policy allowed | sign, proxy (upstream choice), audit |
+//! | [`ClientSignature`] | [`crate::strip`] when the client sent `Signature-Input` | the API clients' RFC 9421 authenticator |
+//! | [`hexon_core::policy::Credential`] | [`crate::authn`] with the identity | authz (routes' `credentials`) |
 
 use std::net::SocketAddr;
+
+use http::HeaderMap;
 use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
@@ -84,3 +88,9 @@ impl MatchedRoute {
         &self.0
     }
 }
+
+/// A client's own RFC 9421 `Signature-Input` and `Signature` fields, taken
+/// off the request by [`crate::strip`] (no `Signature*` header survives it)
+/// for the authenticator that checks them.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSignature(pub HeaderMap);

@@ -40,7 +40,7 @@ use tower_service::Service;
 
 use crate::authz::AuthzOutcome;
 use crate::body::{BoxBody, BoxError, BoxResponseFuture, full};
-use crate::clients::HmacBody;
+use crate::clients::SignedBody;
 use crate::ext::{ConnectionInfo, MatchedRoute, RequestId};
 use crate::proxy::TrustedProxies;
 use crate::respond;
@@ -256,7 +256,7 @@ fn rewrite<B>(
     parts.uri = uri;
     parts.extensions.insert(ForwardAuth);
     // The proxy does not send the body: an HMAC signature is over none.
-    parts.extensions.insert(HmacBody(Bytes::new()));
+    parts.extensions.insert(SignedBody(Bytes::new()));
     Ok(Request::from_parts(
         parts,
         Either::Right(Full::new(Bytes::new())),

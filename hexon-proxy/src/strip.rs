@@ -3,7 +3,10 @@
 //! [`StripIdentityLayer`] deletes
 //!
 //! - every `Hexon-*`, `Signature` and `Signature-Input` header (and their `_`
-//!   spellings), through [`hexon_core::httpsig::remove_identity_headers`];
+//!   spellings), through [`hexon_core::httpsig::remove_identity_headers`]; a
+//!   client's own `Signature-Input`/`Signature` pair (API clients may sign
+//!   requests, RFC 9421) is moved to the [`ClientSignature`] extension for
+//!   authentication;
 //! - the identity headers other proxies and backends commonly trust
 //!   ([`DEFAULT_EXTRA_HEADERS`]: `Remote-User`, `X-Forwarded-User`,
 //!   `X-Auth-Request-*`, ...), extendable with [`StripIdentityLayer::with_header`]
@@ -21,6 +24,10 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, HeaderName, Request};
 use tower_layer::Layer;
 use tower_service::Service;
+
+use hexon_core::httpsig::{SIGNATURE, SIGNATURE_INPUT};
+
+use crate::ext::ClientSignature;
 
 /// Identity headers, beyond `Hexon-*` and `Signature*`, that are removed by
 /// default. An entry ending in `*` is a prefix.
@@ -235,6 +242,18 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
+        // A client's own RFC 9421 signature (API clients sign requests) is
+        // kept aside for authentication, never as a header.
+        parts.extensions.remove::<ClientSignature>();
+        if parts.headers.contains_key(SIGNATURE_INPUT) {
+            let mut fields = HeaderMap::new();
+            for name in [SIGNATURE_INPUT, SIGNATURE] {
+                for v in parts.headers.get_all(&name) {
+                    fields.append(name.clone(), v.clone());
+                }
+            }
+            parts.extensions.insert(ClientSignature(fields));
+        }
         strip(&self.patterns, &mut parts.headers);
         strip_trailer_declaration(&self.patterns, &mut parts.headers);
         let body = StrippedBody {

@@ -35,6 +35,7 @@ fn route(
         public_methods: vec![],
         allow,
         deny,
+        credentials: vec![],
     }
 }
 

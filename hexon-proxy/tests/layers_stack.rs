@@ -45,6 +45,7 @@ fn policy() -> PolicyEngine {
             }]
         },
         deny: vec![],
+        credentials: vec![],
     };
     PolicyEngine::compile(
         &[

@@ -464,7 +464,7 @@ async fn hmac_signatures_cover_method_path_body_and_are_single_use() {
     .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     // Bodies larger than the HMAC limit are refused, not truncated.
-    let huge = "x".repeat(clients::HMAC_BODY_MAX + 1);
+    let huge = "x".repeat(clients::SIGNED_BODY_MAX + 1);
     let h = sign("POST", "/orders/7", now, "n-12", &huge);
     let res = send(
         gw.addr,

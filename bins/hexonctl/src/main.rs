@@ -115,13 +115,18 @@ enum ClientCmd {
 
 #[derive(Subcommand)]
 enum CredentialCmd {
-    /// Issue an API key or HMAC secret (printed once).
+    /// Issue an API key or HMAC secret (printed once), or register the
+    /// client's Ed25519 public key (RFC 9421 signatures).
     Issue {
         /// Client id.
         client: String,
-        /// `api-key` or `hmac`.
+        /// `api-key`, `hmac` or `ed25519`.
         #[arg(long, default_value = "api-key")]
         kind: String,
+        /// For `--kind ed25519`: file with the client's public key (PEM, or
+        /// base64 of the 32 raw bytes); `-` reads standard input.
+        #[arg(long)]
+        public_key: Option<String>,
         /// Label.
         #[arg(long, default_value = "")]
         label: String,
@@ -322,6 +327,15 @@ fn show_client(c: &Value) -> String {
 }
 
 fn issued(j: &Value) -> String {
+    if at(j, "/secret").is_null() {
+        return format!(
+            "registered {} {} for {}\n{}",
+            text(at(j, "/credential/kind")),
+            text(at(j, "/credential/id")),
+            text(at(j, "/client")),
+            text(at(j, "/note")),
+        );
+    }
     format!(
         "issued {} {} for {}\nsecret (shown once, store it now):\n{}",
         text(at(j, "/credential/kind")),
@@ -399,9 +413,19 @@ async fn run(cli: Cli) -> Result<String, String> {
             kind,
             label,
             expires_in,
+            public_key,
         }) => {
             let kind = kind.replace('-', "_");
-            let body = json!({ "kind": kind, "label": label, "expires_in": expires_in });
+            let mut body = json!({ "kind": kind, "label": label, "expires_in": expires_in });
+            if let Some(path) = public_key {
+                let text = if path == "-" {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(&path)
+                }
+                .map_err(|e| format!("reading the public key from {path}: {e}"))?;
+                set(&mut body, "public_key", Value::String(text));
+            }
             let mut j = api
                 .call(
                     Method::POST,
@@ -421,6 +445,11 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .as_array()
                 .and_then(|a| a.iter().find(|c| at(c, "/id") == credential.as_str()))
                 .ok_or_else(|| format!("client {client} has no credential {credential}"))?;
+            if at(old, "/kind") == "ed25519" {
+                return Err(format!(
+                    "{credential} is a public key the client holds the private half of: register the new one with `hexonctl credential issue {client} --kind ed25519 --public-key FILE`, then delete {credential}"
+                ));
+            }
             let body = json!({ "kind": at(old, "/kind"), "label": at(old, "/label") });
             let mut j = api
                 .call(

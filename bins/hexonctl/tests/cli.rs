@@ -149,6 +149,88 @@ async fn manages_clients_end_to_end() {
     );
     assert!(out.contains("shown once"), "{out}");
 
+    // Ed25519: the client keeps the private key, the gateway its public half.
+    {
+        use ed25519_dalek::Signer as _;
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let pem = signing
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap();
+        let file = std::env::temp_dir().join(format!("hexonctl-{}.pub", std::process::id()));
+        std::fs::write(&file, pem).unwrap();
+        let path = file.display().to_string();
+        let args = [
+            "--json",
+            "credential",
+            "issue",
+            "billing",
+            "--kind",
+            "ed25519",
+            "--public-key",
+            &path,
+        ];
+        let j: Value = serde_json::from_str(&stdout(&ctl(&a, &t, &args).await)).unwrap();
+        assert_eq!(j["credential"]["kind"], "ed25519", "{j}");
+        assert!(j.get("secret").is_none(), "{j}");
+        let ed = j["credential"]["id"].as_str().unwrap().to_owned();
+        let sig = signing.sign(b"base").to_bytes();
+        let table = a.gateway.clients().load();
+        let now = hexon_core::UnixTime::now();
+        assert!(
+            table
+                .check_signature(&ed, Some("ed25519"), b"base", &sig, now)
+                .is_ok()
+        );
+        // Rotation cannot make a key the client holds: it says what to do.
+        let o = ctl(&a, &t, &["credential", "rotate", "billing", &ed]).await;
+        assert!(
+            !o.status.success()
+                && String::from_utf8_lossy(&o.stderr).contains("--kind ed25519 --public-key"),
+            "{o:?}"
+        );
+        std::fs::write(&file, "not a key").unwrap();
+        let o = ctl(
+            &a,
+            &t,
+            &[
+                "credential",
+                "issue",
+                "billing",
+                "--kind",
+                "ed25519",
+                "--public-key",
+                &path,
+            ],
+        )
+        .await;
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("public_key"),
+            "{o:?}"
+        );
+        let o = ctl(
+            &a,
+            &t,
+            &[
+                "credential",
+                "issue",
+                "billing",
+                "--kind",
+                "hmac",
+                "--public-key",
+                &path,
+            ],
+        )
+        .await;
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("only then"),
+            "{o:?}"
+        );
+        std::fs::remove_file(&file).ok();
+        stdout(&ctl(&a, &t, &["credential", "delete", "billing", &ed]).await);
+    }
+
     stdout(&ctl(&a, &t, &["grant", "billing", "orders", "GET", "POST"]).await);
     let out = stdout(&ctl(&a, &t, &["client", "show", "billing"]).await);
     assert!(out.contains("orders") && out.contains("GET,POST"), "{out}");

@@ -72,6 +72,9 @@ pub enum Reason {
     NoPermission,
     /// An API client whose permission for the route does not cover the method. Deny.
     MethodNotPermitted,
+    /// The caller authenticated with a kind of credential the route does not
+    /// accept (see `credentials` on the route). Deny.
+    CredentialNotAccepted,
 }
 
 impl Reason {
@@ -91,6 +94,7 @@ impl Reason {
             Reason::ClientPermission => "client_permission",
             Reason::NoPermission => "no_permission",
             Reason::MethodNotPermitted => "method_not_permitted",
+            Reason::CredentialNotAccepted => "credential_not_accepted",
         }
     }
 }

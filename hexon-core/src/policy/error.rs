@@ -39,6 +39,9 @@ pub enum CompileErrorKind {
     /// A method is listed twice.
     #[error("method {0:?} is listed twice")]
     DuplicateMethod(String),
+    /// A credential kind is listed twice.
+    #[error("credential {0:?} is listed twice")]
+    DuplicateCredential(&'static str),
     /// A `public_methods` entry is not covered by the route's `methods`.
     #[error("method {0:?} is not among the route's methods, so it can never be public")]
     PublicMethodNotCovered(String),

@@ -36,6 +36,7 @@
 //!         public_methods: vec![],
 //!         allow: vec![],
 //!         deny: vec![],
+//!         credentials: vec![],
 //!     },
 //!     RouteSpec {
 //!         name: "admin".into(),
@@ -50,6 +51,7 @@
 //!             ..RuleSpec::default()
 //!         }],
 //!         deny: vec![],
+//!         credentials: vec![],
 //!     },
 //! ];
 //! let engine = PolicyEngine::compile(&routes, &CompileOptions::default())?;
@@ -101,6 +103,7 @@ use error::{Errors, trunc};
 use host::{HostPattern, MAX_HOST, normalize_host};
 use matcher::RouteIndex;
 use path::{PathPattern, normalize_path};
+pub use spec::Credential;
 use spec::RouteSpec;
 
 /// Options for [`PolicyEngine::compile`].
@@ -218,7 +221,18 @@ pub struct Route {
     methods: Methods,
     public: bool,
     public_methods: Methods,
+    /// Accepted [`Credential`]s, one bit each.
+    credentials: u16,
     rules: RuleSet,
+}
+
+/// What a route accepts without a `credentials` list: everything but keys
+/// in URLs.
+fn default_credentials() -> u16 {
+    Credential::ALL
+        .iter()
+        .filter(|c| **c != Credential::ApiKeyQuery)
+        .fold(0, |m, c| m | c.bit())
 }
 
 impl Route {
@@ -250,9 +264,29 @@ impl Route {
     pub fn is_public(&self) -> bool {
         self.public
     }
+    /// Whether a caller authenticated with `credential` may use this route.
+    pub fn accepts(&self, credential: Credential) -> bool {
+        self.credentials & credential.bit() != 0
+    }
+    /// The accepted credentials.
+    pub fn credentials(&self) -> impl Iterator<Item = Credential> + '_ {
+        Credential::ALL.into_iter().filter(|c| self.accepts(*c))
+    }
     /// The route's rules.
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+    /// Whether the subject's credential is one this route accepts
+    /// (anonymous callers have none to check).
+    fn credential_ok(&self, subject: &Subject<'_>) -> bool {
+        subject.identity.is_none() || self.accepts(subject.credential.unwrap_or(Credential::Other))
+    }
+    /// The route's verdict for `subject` (route already matched).
+    fn eval(&self, subject: &Subject<'_>, method: &str) -> Decision<'_> {
+        if !self.credential_ok(subject) {
+            return Decision::deny(Reason::CredentialNotAccepted);
+        }
+        self.rules.eval(subject, self.public_reason(method))
     }
     fn public_reason(&self, method: &str) -> Option<Reason> {
         if self.public {
@@ -356,6 +390,19 @@ impl PolicyEngine {
                     }
                 }
             }
+            let mut credentials = 0u16;
+            for (j, c) in spec.credentials.iter().enumerate() {
+                if credentials & c.bit() != 0 {
+                    errs.push(
+                        format_args!("{at}.credentials[{j}]"),
+                        CompileErrorKind::DuplicateCredential(c.as_str()),
+                    );
+                }
+                credentials |= c.bit();
+            }
+            if credentials == 0 {
+                credentials = default_credentials();
+            }
             let rules =
                 RuleSet::compile_into(&spec.allow, &spec.deny, &at, opts.group_exists, &mut errs);
             if let (Some(host), Some(path), Some(rules)) = (host, path, rules) {
@@ -367,6 +414,7 @@ impl PolicyEngine {
                     methods,
                     public: spec.public,
                     public_methods,
+                    credentials,
                     rules,
                 });
             }
@@ -424,7 +472,7 @@ impl PolicyEngine {
         let Some(route) = self.lookup(host, &path, req.method) else {
             return Decision::deny(Reason::NoRoute);
         };
-        let mut d = route.rules.eval(subject, route.public_reason(req.method));
+        let mut d = route.eval(subject, req.method);
         d.route = Some(&route.name);
         d
     }
@@ -452,6 +500,7 @@ impl PolicyEngine {
             request_error: None,
             candidates: Vec::new(),
             rules: None,
+            credential_accepted: None,
             decision,
         };
         let mut buf = [0u8; MAX_HOST + 3];
@@ -500,6 +549,7 @@ impl PolicyEngine {
         ex.candidates = candidates;
         if let Some(route) = found.and_then(|id| self.routes.get(id)) {
             ex.rules = Some(route.rules.trace(subject, route.public_reason(req.method)));
+            ex.credential_accepted = subject.identity.map(|_| route.credential_ok(subject));
         }
         ex
     }
@@ -567,6 +617,10 @@ pub struct Explanation<'e> {
     /// The selected route's rules, evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules: Option<RulesTrace<'e>>,
+    /// Whether the selected route accepts the caller's credential kind
+    /// (`None`: anonymous caller or no route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_accepted: Option<bool>,
     /// The decision (identical to [`PolicyEngine::decide`]'s).
     pub decision: Decision<'e>,
 }
@@ -616,6 +670,12 @@ impl fmt::Display for Explanation<'_> {
                 c.route,
                 c.host,
                 c.path
+            )?;
+        }
+        if self.credential_accepted == Some(false) {
+            writeln!(
+                f,
+                "  the route does not accept the caller's credential kind"
             )?;
         }
         if let Some(r) = &self.rules {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::decision::{Decision, Reason, RuleList, RuleRef, Verdict};
 use super::error::{CompileErrorKind, CompileErrors, Errors, trunc};
-use super::spec::RuleSpec;
+use super::spec::{Credential, RuleSpec};
 use super::timewin::TimeWindow;
 use crate::duration::HumanDuration;
 use crate::identity::{AuthMethod, Identity, IdentityKind};
@@ -53,6 +53,9 @@ pub struct Subject<'a> {
     pub now: UnixTime,
     /// SANs of the client certificate, if the TLS layer verified one.
     pub client_cert_sans: &'a [CertSan<'a>],
+    /// The kind of credential the caller authenticated with (`None` for an
+    /// authenticated caller counts as [`Credential::Other`]).
+    pub credential: Option<Credential>,
 }
 
 impl<'a> Subject<'a> {
@@ -63,6 +66,7 @@ impl<'a> Subject<'a> {
             source_ip: None,
             now,
             client_cert_sans: &[],
+            credential: None,
         }
     }
 
@@ -74,6 +78,12 @@ impl<'a> Subject<'a> {
     /// Set the source address.
     pub fn with_source_ip(mut self, ip: IpAddr) -> Self {
         self.source_ip = Some(ip);
+        self
+    }
+
+    /// Set the kind of credential the caller authenticated with.
+    pub fn with_credential(mut self, credential: Credential) -> Self {
+        self.credential = Some(credential);
         self
     }
 

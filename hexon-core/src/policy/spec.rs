@@ -38,6 +38,79 @@ pub struct RouteSpec {
     /// Deny rules: any one that matches denies. Deny wins over allow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<RuleSpec>,
+    /// The credentials an authenticated caller may have used on this route
+    /// (e.g. `["hmac", "http_signature"]`). Empty means every kind except
+    /// [`Credential::ApiKeyQuery`], which a route must list to accept.
+    /// Applies to public routes too: a caller that authenticated with
+    /// another kind is refused, not treated as anonymous.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<Credential>,
+}
+
+/// How a caller proved who it is: the kind of credential the deciding
+/// authenticator accepted. Routes restrict it with
+/// [`RouteSpec::credentials`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Credential {
+    /// The gateway's session cookie.
+    Session,
+    /// A bearer JWT (the gateway's own or a trusted issuer's).
+    Jwt,
+    /// A verified TLS client certificate.
+    Mtls,
+    /// An API key in a header (`Authorization` or the configured key header).
+    ApiKey,
+    /// An API key in a query parameter: only where a route lists it, since
+    /// URLs end up in browser histories and access logs.
+    ApiKeyQuery,
+    /// An `Authorization: HMAC …` signed request (API Gatekeeper format).
+    Hmac,
+    /// An RFC 9421 HTTP message signature by an API client (HMAC-SHA256 or
+    /// Ed25519).
+    HttpSignature,
+    /// An authenticator outside this list (embedders' own). Accepted only
+    /// by routes without a `credentials` list.
+    Other,
+}
+
+impl Credential {
+    /// Every kind, in declaration order.
+    pub const ALL: [Credential; 8] = [
+        Credential::Session,
+        Credential::Jwt,
+        Credential::Mtls,
+        Credential::ApiKey,
+        Credential::ApiKeyQuery,
+        Credential::Hmac,
+        Credential::HttpSignature,
+        Credential::Other,
+    ];
+
+    /// The configuration name, e.g. `api_key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::Session => "session",
+            Credential::Jwt => "jwt",
+            Credential::Mtls => "mtls",
+            Credential::ApiKey => "api_key",
+            Credential::ApiKeyQuery => "api_key_query",
+            Credential::Hmac => "hmac",
+            Credential::HttpSignature => "http_signature",
+            Credential::Other => "other",
+        }
+    }
+
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One rule. *Selectors* (`users`, `groups`, `email_domains`,

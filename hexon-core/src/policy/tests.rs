@@ -24,6 +24,7 @@ fn route(name: &str, host: &str, path: &str) -> RouteSpec {
         public_methods: vec![],
         allow: vec![authenticated()],
         deny: vec![],
+        credentials: vec![],
     }
 }
 
@@ -322,6 +323,106 @@ fn step_up_only_when_the_rest_of_the_rule_holds() {
 }
 
 // ---------------------------------------------------------------- rule kinds
+
+#[test]
+fn credential_kinds_per_route() {
+    let mut signed = route("signed", "*", "/pay/*");
+    signed.credentials = vec![Credential::Hmac, Credential::HttpSignature];
+    let mut feed = route("feed", "*", "/feed/*");
+    feed.credentials = vec![Credential::ApiKeyQuery, Credential::ApiKey];
+    let mut open = route("open", "*", "/open/*");
+    open.public = true;
+    open.credentials = vec![Credential::Session];
+    let e = engine(&[signed, feed, route("any", "*", "/*"), open]);
+    let alice = user("alice", &[]);
+    let with = |c: Credential| at(Some(&alice)).with_credential(c);
+    let decide = |path: &str, s: &Subject<'_>| e.decide(&req("h", path), s).reason;
+
+    // A route that asks for signatures refuses a key, a session, an
+    // authenticator outside the list, and accepts either signature kind.
+    for c in [Credential::ApiKey, Credential::Session, Credential::Jwt] {
+        assert_eq!(
+            decide("/pay/x", &with(c)),
+            Reason::CredentialNotAccepted,
+            "{c}"
+        );
+    }
+    assert_eq!(
+        decide("/pay/x", &at(Some(&alice))),
+        Reason::CredentialNotAccepted
+    );
+    assert_eq!(
+        decide("/pay/x", &with(Credential::Hmac)),
+        Reason::AllowedByRule
+    );
+    assert_eq!(
+        decide("/pay/x", &with(Credential::HttpSignature)),
+        Reason::AllowedByRule
+    );
+    // Anonymous callers are asked to log in as before.
+    assert_eq!(decide("/pay/x", &at(None)), Reason::LoginRequired);
+
+    // Keys in URLs only where a route lists them.
+    assert_eq!(
+        decide("/feed/x", &with(Credential::ApiKeyQuery)),
+        Reason::AllowedByRule
+    );
+    assert_eq!(
+        decide("/x", &with(Credential::ApiKeyQuery)),
+        Reason::CredentialNotAccepted
+    );
+    // Without a list every other kind passes, embedders' own included.
+    for c in Credential::ALL
+        .into_iter()
+        .filter(|c| *c != Credential::ApiKeyQuery)
+    {
+        assert_eq!(decide("/x", &with(c)), Reason::AllowedByRule, "{c}");
+    }
+    assert_eq!(decide("/x", &at(Some(&alice))), Reason::AllowedByRule);
+
+    // A public route with a list refuses callers who came with another kind.
+    assert_eq!(decide("/open/x", &at(None)), Reason::Public);
+    assert_eq!(
+        decide("/open/x", &with(Credential::Session)),
+        Reason::Public
+    );
+    assert_eq!(
+        decide("/open/x", &with(Credential::ApiKey)),
+        Reason::CredentialNotAccepted
+    );
+
+    let ex = e.explain(&req("h", "/pay/x"), &with(Credential::ApiKey));
+    assert_eq!(ex.credential_accepted, Some(false));
+    assert!(
+        ex.to_string()
+            .contains("does not accept the caller's credential kind"),
+        "{ex}"
+    );
+    let route = e.route("signed").unwrap();
+    assert_eq!(
+        route.credentials().collect::<Vec<_>>(),
+        [Credential::Hmac, Credential::HttpSignature]
+    );
+}
+
+#[test]
+fn credential_lists_are_validated() {
+    let mut r = route("r", "*", "/*");
+    r.credentials = vec![Credential::Hmac, Credential::Hmac];
+    let err = PolicyEngine::compile(&[r], &CompileOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("route[0].credentials[1]: credential \"hmac\" is listed twice"),
+        "{err}"
+    );
+    let bad: Result<RouteSpec, _> =
+        serde_json::from_str(r#"{"name": "r", "credentials": ["api-key"]}"#);
+    let msg = bad.unwrap_err().to_string();
+    assert!(
+        msg.contains("unknown variant `api-key`") && msg.contains("`api_key_query`"),
+        "{msg}"
+    );
+}
 
 #[test]
 fn users_and_email_domains() {

@@ -68,17 +68,21 @@ pub enum CredentialKind {
     ApiKey,
     /// An HMAC shared secret (sealed).
     HmacSecret,
+    /// An Ed25519 public key an API client signs requests with (RFC 9421);
+    /// the private key never leaves the client.
+    Ed25519Key,
 }
 
 impl CredentialKind {
     /// Every kind.
-    pub const ALL: [CredentialKind; 6] = [
+    pub const ALL: [CredentialKind; 7] = [
         CredentialKind::Password,
         CredentialKind::Totp,
         CredentialKind::RecoveryCode,
         CredentialKind::WebAuthn,
         CredentialKind::ApiKey,
         CredentialKind::HmacSecret,
+        CredentialKind::Ed25519Key,
     ];
 
     /// The stored name.
@@ -90,6 +94,7 @@ impl CredentialKind {
             CredentialKind::WebAuthn => "webauthn",
             CredentialKind::ApiKey => "api_key",
             CredentialKind::HmacSecret => "hmac_secret",
+            CredentialKind::Ed25519Key => "ed25519_key",
         }
     }
 

@@ -234,6 +234,10 @@ impl Authenticator for BearerJwt {
         "bearer_jwt"
     }
 
+    fn credential(&self, _: &Parts) -> hexon_core::policy::Credential {
+        hexon_core::policy::Credential::Jwt
+    }
+
     fn challenge(&self, response: &mut Response<BoxBody>) {
         response.headers_mut().insert(
             WWW_AUTHENTICATE,

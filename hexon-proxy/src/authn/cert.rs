@@ -232,4 +232,8 @@ impl Authenticator for ClientCertificate {
     fn name(&self) -> &str {
         "client_certificate"
     }
+
+    fn credential(&self, _: &Parts) -> hexon_core::policy::Credential {
+        hexon_core::policy::Credential::Mtls
+    }
 }

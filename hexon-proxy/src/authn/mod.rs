@@ -8,7 +8,8 @@
 //! - an **invalid credential is a `401`** — never a fall-back to anonymous,
 //!   never a try with the next credential (fail closed: a stolen-but-expired
 //!   token next to a valid cookie is an attack signal, not a convenience);
-//! - on success the [`Identity`] goes into the request extensions;
+//! - on success the [`Identity`] goes into the request extensions, with the
+//!   [`Credential`] kind the authenticator accepted (routes may restrict it);
 //! - without any credential the request passes on **anonymous**: the policy
 //!   ([`crate::authz`]) decides whether the route needs a login.
 //!
@@ -36,6 +37,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use hexon_core::policy::Credential;
 use hexon_core::verify::Clock;
 use hexon_core::{Identity, UnixTime};
 use http::request::Parts;
@@ -98,6 +100,15 @@ pub trait Authenticator: Send + Sync + 'static {
     /// A short name for logs (`bearer_jwt`, `session_cookie`, ...).
     fn name(&self) -> &str {
         "custom"
+    }
+
+    /// The kind of credential this authenticator accepted on `parts` (asked
+    /// only after it authenticated them), for routes that restrict it
+    /// (`credentials = [...]`). Recorded on the request as a [`Credential`]
+    /// extension.
+    fn credential(&self, parts: &Parts) -> Credential {
+        let _ = parts;
+        Credential::Other
     }
 
     /// Adjust the `401` sent when this authenticator found an invalid
@@ -252,8 +263,9 @@ where
         let shared = self.shared.clone();
         let now = (shared.clock)();
         let (mut parts, body) = req.into_parts();
-        // Only this layer establishes who is calling.
+        // Only this layer establishes who is calling, and how.
         parts.extensions.remove::<Identity>();
+        parts.extensions.remove::<Credential>();
         if parts.extensions.get::<ClientCertSans>().is_none() {
             let sans = parts
                 .extensions
@@ -276,7 +288,9 @@ where
                                 subject = identity.subject(),
                                 "authenticated"
                             );
+                            let credential = a.credential(&parts);
                             parts.extensions.insert(identity);
+                            parts.extensions.insert(credential);
                             break;
                         }
                         AuthnResult::Invalid(reason) => {

@@ -608,6 +608,10 @@ impl Authenticator for SessionCookie {
         "session_cookie"
     }
 
+    fn credential(&self, _: &Parts) -> hexon_core::policy::Credential {
+        hexon_core::policy::Credential::Session
+    }
+
     fn challenge(&self, response: &mut Response<BoxBody>) {
         let clear = format!(
             "{}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax",

@@ -45,7 +45,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hexon_core::policy::{Decision, PolicyEngine, Reason, Subject, Verdict};
+use hexon_core::policy::{Credential, Decision, PolicyEngine, Reason, Subject, Verdict};
 use hexon_core::verify::Clock;
 use hexon_core::{AuthMethod, Identity, UnixTime};
 use http::header::{HOST, WWW_AUTHENTICATE};
@@ -332,14 +332,20 @@ fn decide<B>(
     if let Some(c) = conn {
         subject = subject.with_source_ip(canonical(c.peer.ip()));
     }
+    if let Some(c) = ext.get::<Credential>() {
+        subject = subject.with_credential(*c);
+    }
     let mut outcome = AuthzOutcome::from_decision(&engine.decide_http(req, &subject));
-    // API clients pass by their grants: the route's deny rules (and public
-    // routes) apply as to anyone, its allow rules (written for people and
+    // API clients pass by their grants: the route's deny rules, accepted
+    // credentials (and public routes) apply as to anyone, its allow rules (written for people and
     // groups) do not.
     if let (Some(grants), Some(identity), Some(route)) = (grants, identity, &outcome.route) {
         let settled = matches!(
             outcome.reason,
-            Reason::DeniedByRule | Reason::Public | Reason::PublicMethod
+            Reason::DeniedByRule
+                | Reason::Public
+                | Reason::PublicMethod
+                | Reason::CredentialNotAccepted
         );
         if !settled {
             if let Some(permit) = grants.permit(identity, route, req.method().as_str()) {

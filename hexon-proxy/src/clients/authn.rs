@@ -1,5 +1,5 @@
 //! The API key and HMAC authenticators, and the layer that holds an
-//! HMAC-signed request's body for the signature check.
+//! body of a signed request (HMAC or RFC 9421) for the signature check.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hexon_core::UnixTime;
+use hexon_core::policy::Credential;
 use hexon_core::store::KvStore;
 use http::header::AUTHORIZATION;
 use http::request::Parts;
@@ -21,14 +22,14 @@ use super::hmac;
 use super::{API_KEY_METHOD, ClientEntry, ClientRegistry, HMAC_METHOD, Rejection};
 use crate::authn::{Authenticator, AuthnFuture, AuthnResult};
 use crate::body::{BoxBody, BoxError, BoxResponseFuture};
-use crate::ext::RequestId;
+use crate::ext::{ClientSignature, RequestId};
 use crate::respond;
 
-/// Largest body of an HMAC-signed request (it is held in memory to be
+/// Largest body of a signed request (it is held in memory to be
 /// signed over).
-pub const HMAC_BODY_MAX: usize = 1024 * 1024;
+pub const SIGNED_BODY_MAX: usize = 1024 * 1024;
 
-fn identity(entry: &ClientEntry, method: &str, now: UnixTime) -> AuthnResult {
+pub(crate) fn identity(entry: &ClientEntry, method: &str, now: UnixTime) -> AuthnResult {
     match entry
         .identity()
         .to_builder()
@@ -44,13 +45,26 @@ fn rejected(r: Rejection) -> AuthnResult {
     AuthnResult::invalid(r.as_str())
 }
 
-/// `Authorization: Bearer hxk_…`, `Authorization: ApiKey hxk_…`, or the key
-/// alone in a configured header (`X-API-Key` by default). Bearer values
-/// that are not API keys are left to the JWT authenticator.
+/// `Authorization: Bearer hxk_…`, `Authorization: ApiKey hxk_…`, the key
+/// alone in a configured header (`X-API-Key` by default), and — when a
+/// parameter name is set — the query parameter (`?api_key=hxk_…`). Bearer
+/// values that are not API keys are left to the JWT authenticator.
+///
+/// A key in the query records [`Credential::ApiKeyQuery`], which routes
+/// accept only when they list it: URLs end up in browser histories, proxy
+/// logs and `Referer` headers. The gateway removes the parameter before
+/// forwarding ([`crate::gateway`]'s credential scrubbing).
 #[derive(Clone, Debug)]
 pub struct ApiKeyAuth {
     registry: ClientRegistry,
     header: Option<HeaderName>,
+    query: Option<Box<str>>,
+}
+
+/// Where a key was found.
+enum Found<'a> {
+    Header(&'a str),
+    Query(std::borrow::Cow<'a, str>),
 }
 
 impl ApiKeyAuth {
@@ -59,6 +73,7 @@ impl ApiKeyAuth {
         ApiKeyAuth {
             registry,
             header: Some(HeaderName::from_static("x-api-key")),
+            query: None,
         }
     }
 
@@ -70,9 +85,17 @@ impl ApiKeyAuth {
         self
     }
 
-    /// The key on the request: `Some(Err)` when there is more than one place
-    /// holding one, or a malformed `ApiKey` value.
-    fn key<'a>(&self, parts: &'a Parts) -> Option<Result<&'a str, &'static str>> {
+    /// Also read keys from the query parameter `name` (`None`: never).
+    #[must_use]
+    pub fn with_query_param(mut self, name: Option<&str>) -> Self {
+        self.query = name.map(Box::from);
+        self
+    }
+
+    /// The key on the request: `Some(Err)` when more than one place holds
+    /// one, or a value is malformed.
+    fn key<'a>(&self, parts: &'a Parts) -> Option<Result<Found<'a>, &'static str>> {
+        const TWO: &str = "more than one API key on the request";
         let mut found = None;
         for v in parts.headers.get_all(AUTHORIZATION) {
             let Ok(v) = v.to_str() else { continue };
@@ -87,7 +110,7 @@ impl ApiKeyAuth {
             };
             if let Some(k) = key {
                 if found.replace(k).is_some() {
-                    return Some(Err("more than one API key on the request"));
+                    return Some(Err(TWO));
                 }
             }
         }
@@ -96,13 +119,38 @@ impl ApiKeyAuth {
                 let k = v.to_str().map_err(|_| "API key header is not ASCII");
                 match (k, found.is_some()) {
                     (Ok(k), false) => found = Some(k.trim()),
-                    (Ok(_), true) => return Some(Err("more than one API key on the request")),
+                    (Ok(_), true) => return Some(Err(TWO)),
                     (Err(e), _) => return Some(Err(e)),
                 }
             }
         }
+        let mut found = found.map(Found::Header);
+        if let (Some(name), Some(query)) = (&self.query, parts.uri.query()) {
+            for value in query_values(query, name) {
+                if found.is_some() {
+                    return Some(Err(TWO));
+                }
+                found = Some(Found::Query(value));
+            }
+        }
         found.map(Ok)
     }
+}
+
+/// The percent-decoded values of the query parameter `name` (names are
+/// compared as written: `api_key`, not `api%5Fkey`).
+fn query_values<'q, 'n>(
+    query: &'q str,
+    name: &'n str,
+) -> impl Iterator<Item = std::borrow::Cow<'q, str>> + use<'q, 'n> {
+    query.split('&').filter_map(move |pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (n == name).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .unwrap_or(std::borrow::Cow::Borrowed("\u{fffd}"))
+        })
+    })
 }
 
 impl Authenticator for ApiKeyAuth {
@@ -110,10 +158,16 @@ impl Authenticator for ApiKeyAuth {
         let result = match self.key(parts) {
             None => AuthnResult::NoCredential,
             Some(Err(why)) => AuthnResult::invalid(why),
-            Some(Ok(key)) => match self.registry.load().check_api_key(key, now) {
-                Ok(entry) => identity(entry, API_KEY_METHOD, now),
-                Err(r) => rejected(r),
-            },
+            Some(Ok(found)) => {
+                let key = match &found {
+                    Found::Header(k) => k,
+                    Found::Query(k) => &**k,
+                };
+                match self.registry.load().check_api_key(key, now) {
+                    Ok(entry) => identity(entry, API_KEY_METHOD, now),
+                    Err(r) => rejected(r),
+                }
+            }
         };
         Box::pin(std::future::ready(result))
     }
@@ -121,14 +175,21 @@ impl Authenticator for ApiKeyAuth {
     fn name(&self) -> &str {
         "api_key"
     }
+
+    fn credential(&self, parts: &Parts) -> Credential {
+        match self.key(parts) {
+            Some(Ok(Found::Query(_))) => Credential::ApiKeyQuery,
+            _ => Credential::ApiKey,
+        }
+    }
 }
 
-/// The body an HMAC-signed request carried, held by [`HmacBodyLayer`] for
+/// The body a signed request carried, held by [`SignedBodyLayer`] for
 /// [`HmacAuth`] (a request extension).
 #[derive(Clone, Debug, Default)]
-pub struct HmacBody(pub Bytes);
+pub struct SignedBody(pub Bytes);
 
-/// `Authorization: HMAC …` (see [`super::hmac`]). Needs [`HmacBodyLayer`]
+/// `Authorization: HMAC …` (see [`super::hmac`]). Needs [`SignedBodyLayer`]
 /// outside the authenticate layer: without the body it refuses the request.
 #[derive(Clone, Debug)]
 pub struct HmacAuth {
@@ -144,11 +205,14 @@ impl HmacAuth {
     }
 }
 
-fn is_hmac(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes().starts_with(b"HMAC "))
+/// Whether the request is signed over its body: `Authorization: HMAC …`,
+/// or an RFC 9421 signature (moved aside by the strip layer).
+fn is_signed(parts: &Parts) -> bool {
+    parts.extensions.get::<ClientSignature>().is_some()
+        || parts
+            .headers
+            .get(AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes().starts_with(b"HMAC "))
 }
 
 impl Authenticator for HmacAuth {
@@ -171,7 +235,7 @@ impl Authenticator for HmacAuth {
             if let Err(e) = params.check_time(now.as_secs()) {
                 return AuthnResult::invalid(e.to_string());
             }
-            let Some(body) = parts.extensions.get::<HmacBody>() else {
+            let Some(body) = parts.extensions.get::<SignedBody>() else {
                 return AuthnResult::invalid("HMAC-signed request without its body");
             };
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -198,28 +262,33 @@ impl Authenticator for HmacAuth {
     fn name(&self) -> &str {
         "hmac"
     }
-}
 
-/// Holds the body of requests with `Authorization: HMAC …` (at most
-/// [`HMAC_BODY_MAX`] bytes; larger is a 413) as an [`HmacBody`] extension,
-/// and passes the same bytes on. Other requests stream through untouched.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HmacBodyLayer;
-
-impl<S> Layer<S> for HmacBodyLayer {
-    type Service = HmacBodyService<S>;
-    fn layer(&self, inner: S) -> HmacBodyService<S> {
-        HmacBodyService { inner }
+    fn credential(&self, _: &Parts) -> Credential {
+        Credential::Hmac
     }
 }
 
-/// See [`HmacBodyLayer`].
+/// Holds the body of signed requests (`Authorization: HMAC …`, or an RFC
+/// 9421 [`ClientSignature`]; at most
+/// [`SIGNED_BODY_MAX`] bytes; larger is a 413) as an [`SignedBody`] extension,
+/// and passes the same bytes on. Other requests stream through untouched.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignedBodyLayer;
+
+impl<S> Layer<S> for SignedBodyLayer {
+    type Service = SignedBodyService<S>;
+    fn layer(&self, inner: S) -> SignedBodyService<S> {
+        SignedBodyService { inner }
+    }
+}
+
+/// See [`SignedBodyLayer`].
 #[derive(Clone, Debug)]
-pub struct HmacBodyService<S> {
+pub struct SignedBodyService<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for HmacBodyService<S>
+impl<S, B> Service<Request<B>> for SignedBodyService<S>
 where
     S: Service<Request<Either<B, Full<Bytes>>>, Response = Response<BoxBody>>
         + Clone
@@ -239,7 +308,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        if !is_hmac(&parts) {
+        if !is_signed(&parts) {
             let fut = self
                 .inner
                 .call(Request::from_parts(parts, Either::Left(body)));
@@ -249,10 +318,10 @@ where
         // its place for the next one.
         let mut inner = crate::body::take_ready(&mut self.inner);
         BoxResponseFuture::new(async move {
-            match Limited::new(body, HMAC_BODY_MAX).collect().await {
+            match Limited::new(body, SIGNED_BODY_MAX).collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
-                    parts.extensions.insert(HmacBody(bytes.clone()));
+                    parts.extensions.insert(SignedBody(bytes.clone()));
                     let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
                     inner.call(req).await
                 }

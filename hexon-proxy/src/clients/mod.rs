@@ -40,14 +40,18 @@ use sha2::{Digest, Sha256};
 mod authn;
 pub mod hmac;
 pub mod ratelimit;
+pub mod signature;
 
-pub use authn::{ApiKeyAuth, HMAC_BODY_MAX, HmacAuth, HmacBody, HmacBodyLayer};
+pub use authn::{ApiKeyAuth, HmacAuth, SIGNED_BODY_MAX, SignedBody, SignedBodyLayer};
 pub use ratelimit::ClientRateLimitLayer;
+pub use signature::HttpSignatureAuth;
 
 /// The `auth` method name an API key login records.
 pub const API_KEY_METHOD: &str = "api_key";
 /// The `auth` method name an HMAC-signed request records.
 pub const HMAC_METHOD: &str = "hmac";
+/// The `auth` method name an RFC 9421-signed request records.
+pub const SIGNATURE_METHOD: &str = "http_signature";
 
 const KEY_TAG: &str = "hxk_";
 const PREFIX_LEN: usize = 16;
@@ -191,6 +195,22 @@ struct HmacEntry {
     expires_at: Option<UnixTime>,
 }
 
+/// A key an API client signs RFC 9421 requests with, by credential id.
+#[derive(Clone)]
+struct SigKeyEntry {
+    client: Arc<str>,
+    key: SigKey,
+    expires_at: Option<UnixTime>,
+}
+
+#[derive(Clone)]
+enum SigKey {
+    /// The client's HMAC secret (also usable in the API Gatekeeper format).
+    Hmac(SecretBytes),
+    /// The client's Ed25519 public key.
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
 /// A client with its permissions.
 #[derive(Clone, Debug)]
 pub struct ClientEntry {
@@ -241,6 +261,7 @@ pub enum Permit {
 pub struct ClientTable {
     keys: HashMap<Box<str>, KeyEntry>,
     hmac: HashMap<Arc<str>, Vec<HmacEntry>>,
+    sig_keys: HashMap<Box<str>, SigKeyEntry>,
     clients: HashMap<Arc<str>, Arc<ClientEntry>>,
 }
 
@@ -311,6 +332,14 @@ impl ClientTable {
                 );
             }
             (CredentialKind::HmacSecret, _, Material::Secret(secret)) => {
+                self.sig_keys.insert(
+                    c.id.into(),
+                    SigKeyEntry {
+                        client: client.clone(),
+                        key: SigKey::Hmac(secret.clone()),
+                        expires_at: c.expires_at,
+                    },
+                );
                 self.hmac
                     .entry(client.clone())
                     .or_default()
@@ -318,6 +347,28 @@ impl ClientTable {
                         secret,
                         expires_at: c.expires_at,
                     });
+            }
+            (CredentialKind::Ed25519Key, _, Material::Public(bytes)) => {
+                let key = <[u8; 32]>::try_from(bytes.as_slice())
+                    .ok()
+                    .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok());
+                match key {
+                    Some(key) => {
+                        self.sig_keys.insert(
+                            c.id.into(),
+                            SigKeyEntry {
+                                client: client.clone(),
+                                key: SigKey::Ed25519(key),
+                                expires_at: c.expires_at,
+                            },
+                        );
+                    }
+                    None => tracing::warn!(
+                        credential = c.id,
+                        client = &**client,
+                        "stored Ed25519 key is not a valid public key; ignored"
+                    ),
+                }
             }
             _ => {}
         }
@@ -391,6 +442,141 @@ impl ClientTable {
         }
         self.active(client_id)
     }
+}
+
+impl ClientTable {
+    /// The active client whose credential `key_id` (an HMAC secret or an
+    /// Ed25519 key) made `signature` over `base` (an RFC 9421 signature
+    /// base). `alg`, when the client named one, must fit the key:
+    /// `hmac-sha256` or `ed25519`.
+    ///
+    /// # Errors
+    /// Why the signature is not accepted.
+    pub fn check_signature(
+        &self,
+        key_id: &str,
+        alg: Option<&str>,
+        base: &[u8],
+        signature: &[u8],
+        now: UnixTime,
+    ) -> Result<&Arc<ClientEntry>, Rejection> {
+        let entry = self.sig_keys.get(key_id).ok_or(Rejection::Unknown)?;
+        let ok = match (&entry.key, alg) {
+            (SigKey::Hmac(secret), None | Some("hmac-sha256")) => {
+                hmac::verify(secret.expose(), base, signature)
+            }
+            (SigKey::Ed25519(key), None | Some("ed25519")) => {
+                ed25519_dalek::Signature::from_slice(signature)
+                    .is_ok_and(|sig| key.verify_strict(base, &sig).is_ok())
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(Rejection::Unknown);
+        }
+        if entry.expires_at.is_some_and(|e| e <= now) {
+            return Err(Rejection::Expired);
+        }
+        self.active(&entry.client)
+    }
+}
+
+impl ClientTable {
+    /// For the fuzz targets only: one active client `fuzz` with an Ed25519
+    /// key `cred_ed` and an HMAC secret `cred_hmac`.
+    #[doc(hidden)]
+    pub fn fuzz_table() -> ClientTable {
+        let now = UnixTime::from_secs(0);
+        let mut t = ClientTable::default();
+        let id: Arc<str> = Arc::from("fuzz");
+        let public = ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_bytes();
+        let mut ed = new_ed25519_key("fuzz", "", &public, now, None).unwrap_or_else(|_| {
+            credential(
+                "fuzz",
+                CredentialKind::Ed25519Key,
+                "",
+                None,
+                Material::Public(Vec::new()),
+                now,
+                None,
+            )
+        });
+        ed.id = "cred_ed".into();
+        let (mut hm, _) = new_hmac_secret("fuzz", "", now, None);
+        hm.id = "cred_hmac".into();
+        t.add_credential(&id, ed);
+        t.add_credential(&id, hm);
+        let record = ApiClientRecord {
+            id: "fuzz".into(),
+            name: "fuzz".into(),
+            status: ClientStatus::Active,
+            groups: Vec::new(),
+            description: String::new(),
+            rate_limit_per_minute: None,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        };
+        if let Ok(e) = entry(record, &[]) {
+            t.clients.insert(id, Arc::new(e));
+        }
+        t
+    }
+}
+
+/// An Ed25519 public key as operators paste it: PEM (`-----BEGIN PUBLIC
+/// KEY-----`, SubjectPublicKeyInfo) or base64 (standard or URL-safe, padded
+/// or not) of the 32 raw bytes.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse_ed25519_public_key(text: &str) -> Result<Vec<u8>, &'static str> {
+    use base64::Engine as _;
+    use ed25519_dalek::pkcs8::DecodePublicKey as _;
+    let text = text.trim();
+    if text.starts_with("-----BEGIN") {
+        return ed25519_dalek::VerifyingKey::from_public_key_pem(text)
+            .map(|k| k.to_bytes().to_vec())
+            .map_err(|_| "not an Ed25519 public key in PEM (SubjectPublicKeyInfo)");
+    }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let unpadded = compact.trim_end_matches('=');
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(unpadded)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(unpadded))
+        .map_err(|_| "public_key: PEM or base64 of the 32 raw key bytes")
+}
+
+/// A new Ed25519 signing-key credential for `client` from the client's
+/// public key (32 bytes; the private key stays with the client).
+///
+/// # Errors
+/// The bytes are not a valid Ed25519 public key.
+pub fn new_ed25519_key(
+    client: &str,
+    label: &str,
+    public_key: &[u8],
+    now: UnixTime,
+    expires_at: Option<UnixTime>,
+) -> Result<CredentialRecord, &'static str> {
+    let bytes =
+        <[u8; 32]>::try_from(public_key).map_err(|_| "an Ed25519 public key is 32 bytes")?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "not a valid Ed25519 public key")?;
+    if key.is_weak() {
+        return Err("a weak (small-order) Ed25519 public key");
+    }
+    Ok(credential(
+        client,
+        CredentialKind::Ed25519Key,
+        label,
+        None,
+        Material::Public(bytes.to_vec()),
+        now,
+        expires_at,
+    ))
 }
 
 fn entry(
@@ -510,6 +696,93 @@ impl Grants for ClientRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signature_keys_verify_by_kind_and_lifetime() {
+        use ed25519_dalek::Signer as _;
+        let t = ClientTable::fuzz_table();
+        let now = UnixTime::from_secs(100);
+        let base = b"\"@method\": GET";
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let sig = ed.sign(base).to_bytes();
+        assert!(
+            t.check_signature("cred_ed", Some("ed25519"), base, &sig, now)
+                .is_ok()
+        );
+        assert!(t.check_signature("cred_ed", None, base, &sig, now).is_ok());
+        // The key decides the algorithm: no HMAC over an Ed25519 key id.
+        assert!(
+            t.check_signature("cred_ed", Some("hmac-sha256"), base, &sig, now)
+                .is_err()
+        );
+        assert!(
+            t.check_signature("cred_ed", Some("ed25519"), b"other", &sig, now)
+                .is_err()
+        );
+        assert!(
+            t.check_signature("cred_ed", Some("ed25519"), base, &sig[..63], now)
+                .is_err()
+        );
+        assert!(
+            t.check_signature("cred_nope", None, base, &sig, now)
+                .is_err()
+        );
+        let hm = t.sig_keys.get("cred_hmac").unwrap();
+        let SigKey::Hmac(secret) = &hm.key else {
+            panic!("not an HMAC key")
+        };
+        let mac = hmac::sign(secret.expose(), base);
+        assert!(
+            t.check_signature("cred_hmac", Some("hmac-sha256"), base, &mac, now)
+                .is_ok()
+        );
+        assert!(
+            t.check_signature("cred_hmac", Some("ed25519"), base, &mac, now)
+                .is_err()
+        );
+        assert!(
+            t.check_signature("cred_hmac", None, b"x", &mac, now)
+                .is_err()
+        );
+
+        // Expired keys and suspended clients are refused after the check.
+        let mut t2 = ClientTable::default();
+        let id: Arc<str> = Arc::from("c");
+        let public = ed.verifying_key().to_bytes();
+        let mut rec = new_ed25519_key("c", "", &public, now, Some(now)).unwrap();
+        rec.id = "old".into();
+        t2.add_credential(&id, rec);
+        assert_eq!(
+            t2.check_signature("old", None, base, &sig, now).err(),
+            Some(Rejection::Expired)
+        );
+    }
+
+    #[test]
+    fn ed25519_public_keys_are_read_from_pem_or_base64() {
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let raw = key.to_bytes().to_vec();
+        let pem = key.to_public_key_pem(Default::default()).unwrap();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+        for text in [pem.as_str(), &b64, &url, &format!("  {b64}\n")] {
+            assert_eq!(parse_ed25519_public_key(text).unwrap(), raw, "{text}");
+        }
+        assert!(
+            parse_ed25519_public_key("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .is_err()
+        );
+        assert!(parse_ed25519_public_key("not base64!").is_err());
+        let now = UnixTime::from_secs(1);
+        assert!(new_ed25519_key("c", "", &raw[..31], now, None).is_err());
+        // The identity point is a weak key: anything would verify under it.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(new_ed25519_key("c", "", &identity, now, None).is_err());
+        assert!(new_ed25519_key("c", "", &raw, now, None).is_ok());
+    }
 
     #[test]
     fn api_keys_have_a_checkable_shape() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hexon_core::jwt::JwtVerifier;
 use hexon_core::store::{
-    ApiClientRecord, ClientStatus, CredentialKind, CredentialRecord, NewAuditEvent,
+    ApiClientRecord, ClientStatus, CredentialKind, CredentialRecord, Material, NewAuditEvent,
     PermissionRecord, StoreError,
 };
 use hexon_core::{Identity, UnixTime};
@@ -112,9 +112,21 @@ fn client_json(c: &ApiClientRecord) -> Value {
 }
 
 fn credential_json(c: &CredentialRecord) -> Value {
+    use base64::Engine as _;
+    let public_key = match (&c.kind, &c.material) {
+        (CredentialKind::Ed25519Key, Material::Public(p)) => {
+            Some(base64::engine::general_purpose::STANDARD.encode(p))
+        }
+        _ => None,
+    };
     json!({
         "id": c.id,
-        "kind": match c.kind { CredentialKind::HmacSecret => "hmac", k => k.as_str() },
+        "kind": match c.kind {
+            CredentialKind::HmacSecret => "hmac",
+            CredentialKind::Ed25519Key => "ed25519",
+            k => k.as_str(),
+        },
+        "public_key": public_key,
         "label": c.label,
         "prefix": c.lookup,
         "created_at": c.created_at.as_secs(),
@@ -164,6 +176,9 @@ const ZERO_RATE: &str = "rate_limit_per_minute must be at least 1 (null: no limi
 #[serde(deny_unknown_fields)]
 struct NewCredential {
     kind: String,
+    /// For `ed25519`: the client's public key (PEM or base64 of 32 bytes).
+    #[serde(default)]
+    public_key: Option<String>,
     #[serde(default)]
     label: String,
     /// Seconds until it expires.
@@ -619,17 +634,41 @@ impl AdminApi {
         let expires = new
             .expires_in
             .map(|s| now.saturating_add(std::time::Duration::from_secs(s)));
+        if new.public_key.is_some() != (new.kind == "ed25519") {
+            let msg = "public_key is given with kind \"ed25519\" (and only then): the gateway makes API keys and HMAC secrets itself";
+            return (problem(StatusCode::BAD_REQUEST, msg), new.kind);
+        }
         let (record, secret) = match new.kind.as_str() {
             "api_key" => {
                 let k = clients::new_api_key(id, &new.label, now, expires);
-                (k.record, k.key)
+                (k.record, Some(k.key))
             }
-            "hmac" => clients::new_hmac_secret(id, &new.label, now, expires),
+            "hmac" => {
+                let (r, s) = clients::new_hmac_secret(id, &new.label, now, expires);
+                (r, Some(s))
+            }
+            "ed25519" => {
+                let key = new
+                    .public_key
+                    .as_deref()
+                    .map(clients::parse_ed25519_public_key)
+                    .unwrap_or(Err("public_key is required"))
+                    .and_then(|k| clients::new_ed25519_key(id, &new.label, &k, now, expires));
+                match key {
+                    Ok(r) => (r, None),
+                    Err(why) => {
+                        return (
+                            problem(StatusCode::BAD_REQUEST, format!("public_key: {why}")),
+                            new.kind,
+                        );
+                    }
+                }
+            }
             other => {
                 return (
                     problem(
                         StatusCode::BAD_REQUEST,
-                        format!("kind {other:?}: use \"api_key\" or \"hmac\""),
+                        format!("kind {other:?}: use \"api_key\", \"hmac\" or \"ed25519\""),
                     ),
                     new.kind,
                 );
@@ -638,11 +677,17 @@ impl AdminApi {
         let res = match store.insert_credential(&record).await {
             Ok(()) => reply(
                 StatusCode::CREATED,
-                &json!({
-                    "credential": credential_json(&record),
-                    "secret": secret.as_str(),
-                    "note": "shown once: store it now",
-                }),
+                &match &secret {
+                    Some(secret) => json!({
+                        "credential": credential_json(&record),
+                        "secret": secret.as_str(),
+                        "note": "shown once: store it now",
+                    }),
+                    None => json!({
+                        "credential": credential_json(&record),
+                        "note": format!("sign requests (RFC 9421) with keyid=\"{}\"", record.id),
+                    }),
+                },
             ),
             Err(e) => store_error(&e),
         };

@@ -79,7 +79,9 @@ use crate::authn::{
 };
 use crate::authz::{AuthorizeLayer, PolicyHandle};
 use crate::body::{BoxBody, full};
-use crate::clients::{ApiKeyAuth, ClientRateLimitLayer, ClientRegistry, HmacAuth, HmacBodyLayer};
+use crate::clients::{
+    ApiKeyAuth, ClientRateLimitLayer, ClientRegistry, HmacAuth, HttpSignatureAuth, SignedBodyLayer,
+};
 use crate::forward_auth::{ForwardAuthLayer, ForwardAuthResponder};
 use crate::listener::{Listener, ListenerSettings, ServerHandle};
 use crate::proxy::{
@@ -551,13 +553,18 @@ impl Gateway {
             .bucket("nonces", Duration::from_secs(3600))
             .await
             .map_err(|e| GatewayError::Other(format!("opening the nonce store: {e}")))?;
-        // HMAC first: a request that carries a failing HMAC signature is a
-        // 401 whatever else it carries. API keys before bearer JWTs:
-        // `Bearer hxk_…` is a key, the JWT authenticator would call it a
-        // malformed token.
+        // Signatures first: a request that carries a failing HMAC or RFC
+        // 9421 signature is a 401 whatever else it carries. API keys before
+        // bearer JWTs: `Bearer hxk_…` is a key, the JWT authenticator would
+        // call it a malformed token.
         Ok(AuthenticateLayer::new()
-            .with(HmacAuth::new(self.clients.clone(), nonces))
-            .with(ApiKeyAuth::new(self.clients.clone()).with_header(Some(key_header)))
+            .with(HmacAuth::new(self.clients.clone(), nonces.clone()))
+            .with(HttpSignatureAuth::new(self.clients.clone(), nonces))
+            .with(
+                ApiKeyAuth::new(self.clients.clone())
+                    .with_header(Some(key_header))
+                    .with_query_param(self.config.gateway.api_key_query_param.as_deref()),
+            )
             .with(bearer)
             .with(
                 SessionCookie::new(Arc::new(self.state.sessions.clone()))
@@ -623,7 +630,7 @@ impl Gateway {
                         .unwrap_or_else(|_| "{\"keys\":[]}".into()),
                 ),
             })
-            .layer(HmacBodyLayer)
+            .layer(SignedBodyLayer)
             .layer(self.authenticate_layer().await?)
             .layer(CaptureLayer)
             .layer(ClientRateLimitLayer::new(self.clients.clone(), rate_limits))
@@ -631,10 +638,14 @@ impl Gateway {
                 handles: self.handles.clone(),
             })
             .layer(authorize)
-            .layer(
-                DropCredentialsLayer::new(DEFAULT_SESSION_COOKIE)
-                    .with_api_key_header(self.api_key_header()?),
-            )
+            .layer({
+                let drop = DropCredentialsLayer::new(DEFAULT_SESSION_COOKIE)
+                    .with_api_key_header(self.api_key_header()?);
+                match &self.config.gateway.api_key_query_param {
+                    Some(p) => drop.with_api_key_param(p),
+                    None => drop,
+                }
+            })
             .layer(
                 SignIdentityLayer::new(http_signer, self.handles.sign.clone()).with_max_body_bytes(
                     // Bodies of `bind_body` routes are held in memory to be

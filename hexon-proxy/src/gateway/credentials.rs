@@ -6,10 +6,11 @@
 //! authorization, this layer removes `Authorization: Bearer …` from
 //! authenticated requests (an invalid one never gets this far: it is a 401),
 //! likewise the API-client schemes `ApiKey …` and `HMAC …`, the API-key
-//! header (always), and the gateway's session cookie from `Cookie`, keeping
-//! other cookies.
+//! header and query parameter (always), and the gateway's session cookie
+//! from `Cookie`, keeping other cookies and query parameters.
 //! Routes that need a token get one made for them (`identity = "jwt"`).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hexon_core::Identity;
@@ -25,6 +26,7 @@ use crate::authn::cookie_pairs;
 pub struct DropCredentialsLayer {
     cookie: &'static str,
     key_header: Option<HeaderName>,
+    key_param: Option<Arc<str>>,
 }
 
 impl DropCredentialsLayer {
@@ -33,6 +35,7 @@ impl DropCredentialsLayer {
         DropCredentialsLayer {
             cookie,
             key_header: None,
+            key_param: None,
         }
     }
 
@@ -40,6 +43,13 @@ impl DropCredentialsLayer {
     #[must_use]
     pub fn with_api_key_header(mut self, header: HeaderName) -> Self {
         self.key_header = Some(header);
+        self
+    }
+
+    /// Also drop the query parameter API clients may send their key in.
+    #[must_use]
+    pub fn with_api_key_param(mut self, name: &str) -> Self {
+        self.key_param = Some(Arc::from(name));
         self
     }
 }
@@ -51,6 +61,7 @@ impl<S> Layer<S> for DropCredentialsLayer {
             inner,
             cookie: self.cookie,
             key_header: self.key_header.clone(),
+            key_param: self.key_param.clone(),
         }
     }
 }
@@ -61,6 +72,7 @@ pub struct DropCredentials<S> {
     inner: S,
     cookie: &'static str,
     key_header: Option<HeaderName>,
+    key_param: Option<Arc<str>>,
 }
 
 impl<S, B> Service<Request<B>> for DropCredentials<S>
@@ -79,8 +91,37 @@ where
         if let Some(h) = &self.key_header {
             req.headers_mut().remove(h);
         }
+        if let Some(p) = &self.key_param {
+            drop_query_param(&mut req, p);
+        }
         drop_credentials(&mut req, self.cookie);
         self.inner.call(req)
+    }
+}
+
+/// Remove every `name=…` pair from the request's query, keeping the other
+/// pairs byte for byte and in order.
+fn drop_query_param<B>(req: &mut Request<B>, name: &str) {
+    let Some(query) = req.uri().query() else {
+        return;
+    };
+    let is_key = |pair: &&str| pair.split_once('=').map_or(*pair, |(n, _)| n) == name;
+    if !query.split('&').any(|p| is_key(&p)) {
+        return;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_key(p)).collect();
+    let mut pq = req.uri().path().to_owned();
+    if !kept.is_empty() {
+        pq.push('?');
+        pq.push_str(&kept.join("&"));
+    }
+    let mut parts = req.uri().clone().into_parts();
+    // The path and the remaining pairs were a valid URI a moment ago.
+    parts.path_and_query = pq.parse().ok();
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        // Cannot happen; never forward the key if it did.
+        Err(_) => *req.uri_mut() = http::Uri::from_static("/"),
     }
 }
 
@@ -181,5 +222,28 @@ mod tests {
             .unwrap();
         drop_credentials(&mut req, "__Host-hexon-session");
         assert!(req.headers().get("cookie").is_none());
+    }
+
+    #[test]
+    fn api_key_query_parameter_is_dropped_other_pairs_kept() {
+        let cases = [
+            ("/a?api_key=hxk_1&x=%2F&api_key=2&y", "/a?x=%2F&y"),
+            ("/a?api_key=hxk_1", "/a"),
+            ("/a?api_key", "/a"),
+            (
+                "/a?x=1&api_keyx=2&xapi_key=3",
+                "/a?x=1&api_keyx=2&xapi_key=3",
+            ),
+            ("/a", "/a"),
+            (
+                "http://h.example:8080/a?q=1&api_key=k",
+                "http://h.example:8080/a?q=1",
+            ),
+        ];
+        for (from, to) in cases {
+            let mut req = Request::get(from).body(()).unwrap();
+            drop_query_param(&mut req, "api_key");
+            assert_eq!(req.uri().to_string(), to, "{from}");
+        }
     }
 }
