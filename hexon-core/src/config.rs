@@ -455,6 +455,11 @@ pub struct GatewayConfig {
     pub api_key_query_param: Option<String>,
     /// Group whose (enabled) members may use the admin API.
     pub admin_group: String,
+    /// Threads serving HTTP connections, each with its own single-threaded
+    /// runtime (a connection stays on one thread: no cross-thread
+    /// wake-ups). Unset: one per CPU. `0`: serve on the main runtime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_threads: Option<usize>,
 }
 
 impl Default for GatewayConfig {
@@ -470,6 +475,7 @@ impl Default for GatewayConfig {
             forward_auth_path: None,
             api_key_header: "X-API-Key".into(),
             api_key_query_param: None,
+            connection_threads: None,
             admin_group: "admins".into(),
         }
     }
@@ -1042,6 +1048,12 @@ impl Config {
             errs.push(
                 "gateway.api_key_header",
                 format!("{:?} is not a header name", self.gateway.api_key_header),
+            );
+        }
+        if self.gateway.connection_threads.is_some_and(|n| n > 256) {
+            errs.push(
+                "gateway.connection_threads",
+                "at most 256; one thread serves many connections (leave it unset for one per CPU)",
             );
         }
         match &self.gateway.api_key_query_param {

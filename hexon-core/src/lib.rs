@@ -41,6 +41,9 @@ pub mod config;
 #[cfg(feature = "tower")]
 pub mod verify;
 
+#[cfg(feature = "rt")]
+pub mod rt;
+
 #[cfg(feature = "store")]
 pub mod store;
 

@@ -33,14 +33,50 @@ fn main() -> Result<(), Box<dyn Error>> {
         .authority()
         .ok_or("upstream URL needs a host")?
         .clone();
+    if std::env::var("PER_CORE").is_ok_and(|v| v == "1") {
+        // One current-thread runtime per worker, each with its own
+        // SO_REUSEPORT listener and upstream pool: no cross-thread wake-ups.
+        let workers: usize = std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        let threads: Vec<_> = (0..workers)
+            .map(|_| {
+                let authority = authority.clone();
+                std::thread::spawn(move || -> Result<(), String> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async move {
+                        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+                        socket.set_reuseport(true).map_err(|e| e.to_string())?;
+                        socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+                        socket.bind(listen).map_err(|e| e.to_string())?;
+                        let listener = socket.listen(1024).map_err(|e| e.to_string())?;
+                        serve(listener, authority).await.map_err(|e| e.to_string())
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().map_err(|_| "worker panicked")??;
+        }
+        return Ok(());
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(listen, authority))
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            serve(listener, authority).await
+        })
 }
 
-async fn serve(listen: SocketAddr, upstream: http::uri::Authority) -> Result<(), Box<dyn Error>> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+async fn serve(
+    listener: tokio::net::TcpListener,
+    upstream: http::uri::Authority,
+) -> Result<(), Box<dyn Error>> {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
     loop {

@@ -381,3 +381,43 @@ async fn oversized_headers_are_refused() {
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn connection_threads_serve_connections_and_shut_down_gracefully() {
+    use hexon_core::rt::ConnectionThreads;
+    let threads = std::sync::Arc::new(ConnectionThreads::start(2, "listener-test").unwrap());
+    let server = Listener::bind(ListenerSettings::new("threads", localhost()), None)
+        .await
+        .unwrap()
+        .with_threads(threads.clone())
+        .serve(service());
+    let addr = server.local_addr();
+    // Three keep-alive connections, each served once: least busy first.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        open.push(s);
+    }
+    let mut live = threads.live();
+    live.sort_unstable();
+    assert_eq!(live, [1, 2]);
+    // A slow request on a thread finishes during a graceful shutdown.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let slow = tokio::spawn(get_h1(tcp, "/slow"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = server.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.aborted, 0, "{report:?}");
+    assert_eq!(slow.await.unwrap().unwrap().0, 200);
+    drop(open);
+    assert_eq!(threads.live(), [0, 0]);
+}

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use hexon_core::jwt::JwtVerifier;
+use hexon_core::rt::ConnectionThreads;
 use hexon_core::{Identity, UnixTime};
 
 use crate::acl::err;
@@ -259,7 +260,7 @@ impl Common {
         Ok(Self {
             session_threads: config
                 .session_threads
-                .unwrap_or_else(SessionThreads::auto)
+                .unwrap_or_else(default_session_threads)
                 .min(MAX_SESSION_THREADS),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
@@ -291,11 +292,14 @@ pub(crate) async fn serve<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
-    let threads = match SessionThreads::start(common.session_threads, protocol, handle.clone()) {
+    let threads = match ConnectionThreads::start(
+        common.session_threads,
+        &format!("hexon-{protocol}"),
+    ) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, protocol, "could not start the session threads; sessions run on the caller's runtime");
-            SessionThreads::default()
+            ConnectionThreads::default()
         }
     };
     tokio::pin!(shutdown);
@@ -311,13 +315,7 @@ pub(crate) async fn serve<F, Fut>(
                     };
                     tracing::debug!(%peer, protocol, "SQL client connected");
                     let _ = tcp.set_nodelay(true);
-                    if let Err((tcp, slot)) = threads.place(tcp, slot) {
-                        let handle = handle.clone();
-                        tokio::spawn(async move {
-                            handle(tcp).await;
-                            drop(slot);
-                        });
-                    }
+                    place(&threads, &handle, tcp, slot);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off.
@@ -329,145 +327,45 @@ pub(crate) async fn serve<F, Fut>(
     }
 }
 
-/// The threads a bastion runs its sessions on, each with its own
-/// single-threaded runtime.
-///
-/// A SQL session is long-lived and strictly request/response, so it gains
-/// nothing from work stealing, while a multi-threaded runtime's wake-ups
-/// across threads cost CPU on every statement. Sessions are placed on the
-/// thread with the fewest, and stay there; one thread serves many sessions
-/// from one `epoll` loop, as pgbouncer does (docs/BENCHMARKS.md has the
-/// measurements). Dedicated threads also keep SQL sessions and the HTTP
-/// proxy from slowing each other down.
-///
-/// The threads end once the listener stops and their last session ends.
-#[derive(Default)]
-pub(crate) struct SessionThreads {
-    workers: Vec<Worker>,
+/// Sessions run on connection threads ([`ConnectionThreads`]: each its own
+/// single-threaded runtime). A SQL session is long-lived and strictly
+/// request/response, so it gains nothing from work stealing, while a
+/// multi-threaded runtime's wake-ups across threads cost CPU on every
+/// statement; one thread serves many sessions from one `epoll` loop, as
+/// pgbouncer does (docs/BENCHMARKS.md has the measurements). Dedicated
+/// threads also keep SQL sessions and the HTTP proxy from slowing each
+/// other down. The default count is half the CPUs.
+fn default_session_threads() -> usize {
+    ConnectionThreads::per_cpu().div_ceil(2)
 }
 
-/// Decrements a session thread's count when its session ends.
-struct LiveGuard(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-struct Worker {
-    jobs: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, Slot)>,
-    live: Arc<std::sync::atomic::AtomicUsize>,
-    #[cfg_attr(not(test), allow(dead_code))]
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl SessionThreads {
-    /// The default count: half the CPUs, at least one.
-    pub(crate) fn auto() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
-    }
-
-    fn start<F, Fut>(n: usize, protocol: &'static str, handle: Arc<F>) -> std::io::Result<Self>
-    where
-        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let mut workers = Vec::with_capacity(n);
-        for i in 0..n {
-            let (jobs, mut rx) =
-                tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Slot)>();
-            let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let (handle, count) = (handle.clone(), live.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("hexon-{protocol}-{i}"))
-                .spawn(move || {
-                    // Built on its own thread: a runtime must not be dropped
-                    // inside another one's context if anything fails. If it
-                    // cannot be built, the receiver goes away and
-                    // connections stay on the caller's runtime.
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, protocol, "session thread without a runtime");
-                            return;
-                        }
-                    };
-                    rt.block_on(async move {
-                        let mut sessions = tokio::task::JoinSet::new();
-                        loop {
-                            tokio::select! {
-                                job = rx.recv() => {
-                                    let Some((std, slot)) = job else { break };
-                                    let handle = handle.clone();
-                                    // Counts down however the session ends, panics included.
-                                    let live = LiveGuard(count.clone());
-                                    sessions.spawn(async move {
-                                        match TcpStream::from_std(std) {
-                                            Ok(tcp) => handle(tcp).await,
-                                            Err(e) => tracing::warn!(error = %e, "could not register a SQL connection"),
-                                        }
-                                        drop(slot);
-                                        drop(live);
-                                    });
-                                }
-                                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                            }
-                        }
-                        while sessions.join_next().await.is_some() {}
-                    });
-                })?;
-            workers.push(Worker { jobs, live, thread });
+/// Run `handle` on `tcp` on the least busy session thread (on the caller's
+/// runtime when there are none), holding `slot` until it ends.
+fn place<F, Fut>(threads: &ConnectionThreads, handle: &Arc<F>, tcp: TcpStream, slot: Slot)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = handle.clone();
+    let Some(p) = threads.place() else {
+        tokio::spawn(async move {
+            handle(tcp).await;
+            drop(slot);
+        });
+        return;
+    };
+    // The socket moves to the thread's own reactor.
+    match tcp.into_std() {
+        Ok(std) => {
+            p.spawn(async move {
+                match TcpStream::from_std(std) {
+                    Ok(tcp) => handle(tcp).await,
+                    Err(e) => tracing::warn!(error = %e, "could not register a SQL connection"),
+                }
+                drop(slot);
+            });
         }
-        Ok(Self { workers })
-    }
-
-    /// Hand `tcp` to the least busy thread; gives it back when there are no
-    /// threads (or the chosen one is gone).
-    fn place(&self, tcp: TcpStream, slot: Slot) -> Result<(), (TcpStream, Slot)> {
-        use std::sync::atomic::Ordering;
-        let Some(w) = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.live.load(Ordering::Acquire))
-        else {
-            return Err((tcp, slot));
-        };
-        let std = match tcp.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not move a SQL connection to a session thread");
-                return Ok(());
-            }
-        };
-        w.live.fetch_add(1, Ordering::AcqRel);
-        if let Err(tokio::sync::mpsc::error::SendError((std, slot))) = w.jobs.send((std, slot)) {
-            w.live.fetch_sub(1, Ordering::AcqRel);
-            return match TcpStream::from_std(std) {
-                Ok(tcp) => Err((tcp, slot)),
-                Err(_) => Ok(()),
-            };
-        }
-        Ok(())
-    }
-
-    /// Sessions on each thread.
-    #[cfg(test)]
-    fn live(&self) -> Vec<usize> {
-        let n = |w: &Worker| w.live.load(std::sync::atomic::Ordering::Acquire);
-        self.workers.iter().map(n).collect()
-    }
-
-    /// Stop taking sessions and wait for the threads to end.
-    #[cfg(test)]
-    fn join(self) {
-        for w in self.workers {
-            drop(w.jobs);
-            let _ = w.thread.join();
-        }
+        Err(e) => tracing::warn!(error = %e, "could not move a SQL connection to a session thread"),
     }
 }
 
@@ -637,7 +535,7 @@ fn listener(
 }
 
 /// Most session threads a listener may ask for.
-const MAX_SESSION_THREADS: usize = 256;
+const MAX_SESSION_THREADS: usize = hexon_core::rt::MAX_THREADS;
 
 impl SqlSection {
     /// Validate the `[sql]` table of hexon.toml. Locations are relative to
@@ -853,13 +751,13 @@ mod tests {
             let mut b = [0u8; 64];
             while matches!(tcp.read(&mut b).await, Ok(n) if n > 0) {}
         });
-        let threads = SessionThreads::start(2, "test", handle).unwrap();
+        let threads = ConnectionThreads::start(2, "hexon-test").unwrap();
         let mut clients = Vec::new();
         let mut names = Vec::new();
         for _ in 0..3 {
             let mut c = TcpStream::connect(addr).await.unwrap();
             let (tcp, _) = listener.accept().await.unwrap();
-            assert!(threads.place(tcp, limits.connection().unwrap()).is_ok());
+            place(&threads, &handle, tcp, limits.connection().unwrap());
             let mut line = vec![0u8; 64];
             let n = c.read(&mut line).await.unwrap();
             names.push(String::from_utf8_lossy(&line[..n]).trim().to_owned());
@@ -871,18 +769,20 @@ mod tests {
         live.sort_unstable();
         assert_eq!(live, [1, 2]);
         assert_eq!(limits.open.load(std::sync::atomic::Ordering::Acquire), 3);
-        // Clients leave: the sessions end, their slots are freed, and the
-        // threads end once no more sessions can come.
+        // Clients leave: the sessions end and their slots are freed.
+        drop(threads);
         drop(clients);
-        tokio::task::spawn_blocking(move || threads.join())
-            .await
-            .unwrap();
-        assert_eq!(limits.open.load(std::sync::atomic::Ordering::Acquire), 0);
-        // No threads: the connection is handed back to the caller.
-        let none = SessionThreads::default();
-        let _c = TcpStream::connect(addr).await.unwrap();
+        while limits.open.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // No threads: the session runs on the caller's runtime.
+        let none = ConnectionThreads::default();
+        let mut c = TcpStream::connect(addr).await.unwrap();
         let (tcp, _) = listener.accept().await.unwrap();
-        assert!(none.place(tcp, limits.connection().unwrap()).is_err());
+        place(&none, &handle, tcp, limits.connection().unwrap());
+        let mut line = vec![0u8; 64];
+        let n = c.read(&mut line).await.unwrap();
+        assert!(!String::from_utf8_lossy(&line[..n]).starts_with("hexon-test"));
     }
 }
 

@@ -95,6 +95,7 @@ use crate::strip::StripIdentityLayer;
 use crate::tls::{
     CertificateFiles, ClientAuth, DevCertificate, MinTlsVersion, ServerTls, TlsSettings,
 };
+use hexon_core::rt::ConnectionThreads;
 
 /// Largest body of a `bind_body` route (it is buffered to be digested).
 pub const BIND_BODY_MAX: u64 = 1024 * 1024;
@@ -281,6 +282,8 @@ pub struct Running {
     tls: Vec<ServerTls>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ready: Arc<Readiness>,
+    /// The connection threads; they wind down once dropped and idle.
+    _threads: Arc<ConnectionThreads>,
 }
 
 impl Running {
@@ -656,6 +659,16 @@ impl Gateway {
             )
             .service(ForwardAuthResponder::new(proxy));
 
+        let threads = self
+            .config
+            .gateway
+            .connection_threads
+            .unwrap_or_else(ConnectionThreads::per_cpu);
+        let threads = Arc::new(
+            ConnectionThreads::start(threads, "hexon-http").map_err(|e| {
+                GatewayError::Other(format!("starting {threads} connection threads: {e}"))
+            })?,
+        );
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
         let mut tls_handles = Vec::new();
@@ -711,7 +724,7 @@ impl Gateway {
                 .await
                 .map_err(|e| GatewayError::Other(e.to_string()))?;
             addrs.push(listener.local_addr());
-            servers.push(listener.serve(stack.clone()));
+            servers.push(listener.with_threads(threads.clone()).serve(stack.clone()));
         }
 
         let mut tasks = Vec::new();
@@ -762,6 +775,7 @@ impl Gateway {
             tls: tls_handles,
             tasks,
             ready: self.ready.clone(),
+            _threads: threads,
         })
     }
 }

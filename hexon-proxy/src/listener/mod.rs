@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hexon_core::rt::ConnectionThreads;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -125,6 +126,7 @@ pub struct Listener {
     local: SocketAddr,
     settings: ListenerSettings,
     tls: Option<ServerTls>,
+    threads: Option<Arc<ConnectionThreads>>,
 }
 
 impl Listener {
@@ -153,7 +155,18 @@ impl Listener {
             local,
             settings,
             tls,
+            threads: None,
         })
+    }
+
+    /// Serve each connection on the least busy of `threads` (each a
+    /// single-threaded runtime; see [`hexon_core::rt`]) instead of the
+    /// runtime [`serve`](Self::serve) is called on. An empty set changes
+    /// nothing.
+    #[must_use]
+    pub fn with_threads(mut self, threads: Arc<ConnectionThreads>) -> Self {
+        self.threads = Some(threads).filter(|t| !t.is_empty());
+        self
     }
 
     /// The bound address.
@@ -264,6 +277,7 @@ where
         local,
         settings,
         tls,
+        threads,
     } = listener;
     let (conn_stop_tx, conn_stop_rx) = watch::channel(false);
     let (auto, http1, http2) = builders(&settings);
@@ -313,10 +327,38 @@ where
         let shared = Arc::clone(&shared);
         let stop = conn_stop_rx.clone();
         let service = service.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            connection(shared, service, stream, peer, local, stop).await;
-        });
+        match threads.as_ref().and_then(|t| t.place()) {
+            None => {
+                conns.spawn(async move {
+                    let _permit = permit;
+                    connection(shared, service, stream, peer, local, stop).await;
+                });
+            }
+            // The socket moves to the thread's own reactor: every wake-up of
+            // this connection then stays on that thread.
+            Some(place) => match stream.into_std() {
+                Ok(std) => {
+                    let live = place.live;
+                    conns.spawn_on(
+                        async move {
+                            let (_permit, _live) = (permit, live);
+                            match TcpStream::from_std(std) {
+                                Ok(stream) => {
+                                    connection(shared, service, stream, peer, local, stop).await;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(listener = %shared.name, error = %e, "could not register a connection");
+                                }
+                            }
+                        },
+                        &place.handle,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %shared.name, error = %e, "could not move a connection to its thread");
+                }
+            },
+        }
     }
     drop(tcp);
     (conns, conn_stop_tx)

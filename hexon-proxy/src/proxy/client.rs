@@ -7,6 +7,11 @@
 //! and the `Host` header while connecting to the upstream's address: the
 //! pool key is `(scheme, public authority)` inside a pool that only ever holds
 //! connections to one upstream.
+//!
+//! The pool is kept per connection thread ([`hexon_core::rt`]): a pooled
+//! connection's task runs on the thread that opened it, so a request served
+//! on one thread never waits on another thread's connection (which would
+//! cost cross-thread wake-ups on every request).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -197,7 +202,26 @@ pub(crate) enum Protocols {
     H2Only,
 }
 
-/// Build a pooled client that always dials `dst` (`http://host:port` or
+/// One upstream's pooled clients: one per connection thread, made on first
+/// use there (slot 0 serves every other thread).
+pub(crate) struct ThreadClients {
+    builder: hyper_util::client::legacy::Builder,
+    connector: Connector,
+    /// Index 0 and any index out of range.
+    shared: std::sync::OnceLock<Box<UpstreamClient>>,
+    slots: Box<[std::sync::OnceLock<Box<UpstreamClient>>]>,
+}
+
+impl ThreadClients {
+    /// The calling thread's client.
+    pub(crate) fn get(&self) -> &UpstreamClient {
+        let i = hexon_core::rt::worker_index();
+        let slot = self.slots.get(i).unwrap_or(&self.shared);
+        slot.get_or_init(|| Box::new(self.builder.build(self.connector.clone())))
+    }
+}
+
+/// Build the pooled clients that always dial `dst` (`http://host:port` or
 /// `https://host:port`).
 pub(crate) fn build_client(
     dst: Uri,
@@ -205,7 +229,7 @@ pub(crate) fn build_client(
     tls: &UpstreamTls,
     pool: &PoolConfig,
     connect_timeout: Duration,
-) -> Result<UpstreamClient, UpstreamError> {
+) -> Result<ThreadClients, UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -233,7 +257,14 @@ pub(crate) fn build_client(
     if protocols == Protocols::H2Only {
         b.http2_only(true);
     }
-    Ok(b.build(connector))
+    Ok(ThreadClients {
+        builder: b,
+        connector,
+        shared: std::sync::OnceLock::new(),
+        slots: (0..=hexon_core::rt::MAX_THREADS)
+            .map(|_| std::sync::OnceLock::new())
+            .collect(),
+    })
 }
 
 /// A connector that ignores the request URI and always dials one

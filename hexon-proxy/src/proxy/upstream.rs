@@ -8,7 +8,7 @@ use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
 
 use super::balance::{Balance, RoundRobin};
-use super::client::{self, PoolConfig, Protocols, UpstreamClient, UpstreamTls};
+use super::client::{self, PoolConfig, Protocols, ThreadClients, UpstreamClient, UpstreamTls};
 use super::error::UpstreamError;
 
 /// How the proxy talks to an upstream, from its base URL's scheme.
@@ -152,9 +152,9 @@ struct UpstreamInner {
     base_path: String,
     /// `host:port` the connector dials (also the pool key for HTTP/1.1).
     dst_authority: Authority,
-    client: UpstreamClient,
+    client: ThreadClients,
     /// HTTP/1.1-only client for upgrades over `https://` (ALPN could pick h2).
-    upgrade_client: Option<UpstreamClient>,
+    upgrade_client: Option<ThreadClients>,
 }
 
 impl fmt::Debug for Upstream {
@@ -259,15 +259,15 @@ impl Upstream {
 
     /// The client for ordinary requests.
     pub(crate) fn client(&self) -> &UpstreamClient {
-        &self.inner.client
+        self.inner.client.get()
     }
 
     /// The client for HTTP/1.1 upgrades, `None` for `h2c://` upstreams
     /// (which cannot carry them).
     pub(crate) fn upgrade_client(&self) -> Option<&UpstreamClient> {
         match self.inner.scheme {
-            UpstreamScheme::Http => Some(&self.inner.client),
-            UpstreamScheme::Https => self.inner.upgrade_client.as_ref(),
+            UpstreamScheme::Http => Some(self.inner.client.get()),
+            UpstreamScheme::Https => self.inner.upgrade_client.as_ref().map(ThreadClients::get),
             UpstreamScheme::H2c => None,
         }
     }
