@@ -191,42 +191,22 @@ async fn manages_clients_end_to_end() {
             "{o:?}"
         );
         std::fs::write(&file, "not a key").unwrap();
-        let o = ctl(
-            &a,
-            &t,
-            &[
+        for (kind, says) in [("ed25519", "public_key"), ("hmac", "only then")] {
+            let args = [
                 "credential",
                 "issue",
                 "billing",
                 "--kind",
-                "ed25519",
+                kind,
                 "--public-key",
                 &path,
-            ],
-        )
-        .await;
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains("public_key"),
-            "{o:?}"
-        );
-        let o = ctl(
-            &a,
-            &t,
-            &[
-                "credential",
-                "issue",
-                "billing",
-                "--kind",
-                "hmac",
-                "--public-key",
-                &path,
-            ],
-        )
-        .await;
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains("only then"),
-            "{o:?}"
-        );
+            ];
+            let o = ctl(&a, &t, &args).await;
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains(says),
+                "{kind}: {o:?}"
+            );
+        }
         std::fs::remove_file(&file).ok();
         stdout(&ctl(&a, &t, &["credential", "delete", "billing", &ed]).await);
     }

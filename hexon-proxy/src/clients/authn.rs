@@ -41,6 +41,26 @@ pub(crate) fn identity(entry: &ClientEntry, method: &str, now: UnixTime) -> Auth
     }
 }
 
+/// Spend a signed request's nonce (put-if-absent for twice the time
+/// window; `scope` names the signer and the nonce) and answer with the
+/// client's identity, or a replay. Only called once the signature verified,
+/// so nobody can burn a client's nonces with forged requests.
+pub(crate) async fn spend_nonce(
+    nonces: &dyn KvStore,
+    scope: &str,
+    entry: &ClientEntry,
+    method: &str,
+    now: UnixTime,
+) -> AuthnResult {
+    let key = hexon_core::hex::encode(&Sha256::digest(scope.as_bytes()));
+    let ttl = Duration::from_secs(2 * hmac::WINDOW_SECS.unsigned_abs());
+    match nonces.put_if_absent(&key, b"1", ttl).await {
+        Ok(Some(_)) => identity(entry, method, now),
+        Ok(None) => AuthnResult::invalid("replayed signature nonce"),
+        Err(e) => AuthnResult::Unavailable(format!("nonce store: {e}").into()),
+    }
+}
+
 fn rejected(r: Rejection) -> AuthnResult {
     AuthnResult::invalid(r.as_str())
 }
@@ -247,15 +267,8 @@ impl Authenticator for HmacAuth {
             };
             drop(table);
             // Only now, with a valid signature, is the nonce spent.
-            let key = hexon_core::hex::encode(&Sha256::digest(
-                format!("{}\0{}", params.client_id, params.nonce).as_bytes(),
-            ));
-            let ttl = Duration::from_secs(2 * hmac::WINDOW_SECS.unsigned_abs());
-            match self.nonces.put_if_absent(&key, b"1", ttl).await {
-                Ok(Some(_)) => identity(&entry, HMAC_METHOD, now),
-                Ok(None) => AuthnResult::invalid("replayed HMAC nonce"),
-                Err(e) => AuthnResult::Unavailable(format!("nonce store: {e}").into()),
-            }
+            let scope = format!("{}\0{}", params.client_id, params.nonce);
+            spend_nonce(&*self.nonces, &scope, &entry, HMAC_METHOD, now).await
         })
     }
 

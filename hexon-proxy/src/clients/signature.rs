@@ -31,7 +31,6 @@
 //! cover cannot be known.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use hexon_core::UnixTime;
 use hexon_core::httpsig::{
@@ -178,15 +177,8 @@ impl Authenticator for HttpSignatureAuth {
             };
             drop(table);
             // Only now, with a valid signature, is the nonce spent.
-            let key = hexon_core::hex::encode(&Sha256::digest(
-                format!("rfc9421\0{}\0{}", c.key_id, c.nonce).as_bytes(),
-            ));
-            let ttl = Duration::from_secs(2 * hmac::WINDOW_SECS.unsigned_abs());
-            match self.nonces.put_if_absent(&key, b"1", ttl).await {
-                Ok(Some(_)) => super::authn::identity(&entry, SIGNATURE_METHOD, now),
-                Ok(None) => AuthnResult::invalid("replayed signature nonce"),
-                Err(e) => AuthnResult::Unavailable(format!("nonce store: {e}").into()),
-            }
+            let scope = format!("rfc9421\0{}\0{}", c.key_id, c.nonce);
+            super::authn::spend_nonce(&*self.nonces, &scope, &entry, SIGNATURE_METHOD, now).await
         })
     }
 
