@@ -630,6 +630,13 @@ pub struct ListenerConfig {
     /// kernel's backlog (default unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Serve this listener's connections on the connection threads
+    /// (`gateway.connection_threads`; default true). `false`: on the main
+    /// multi-threaded runtime, which balances better when a few keep-alive
+    /// connections carry most requests (a listener only nginx
+    /// `auth_request` talks to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_threads: Option<bool>,
 }
 
 fn default_listener_name() -> String {

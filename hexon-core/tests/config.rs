@@ -460,6 +460,23 @@ authenticated = true
 }
 
 #[test]
+fn connection_threads_are_bounded_and_per_listener() {
+    assert_eq!(
+        errors("[gateway]\nconnection_threads = 300\n"),
+        [
+            "gateway.connection_threads: at most 256; one thread serves many connections (leave it unset for one per CPU)"
+        ],
+    );
+    let c = Config::parse(
+        "[gateway]\nconnection_threads = 0\n[[listener]]\nbind = \"127.0.0.1:0\"\nconnection_threads = false\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.gateway.connection_threads, Some(0));
+    assert_eq!(c.listeners[0].connection_threads, Some(false));
+}
+
+#[test]
 fn state_defaults_to_embedded_sqlite_and_memory() {
     use hexon_core::config::{DurableBackend, SharedBackend};
     let c = Config::parse("", &env).unwrap();

@@ -58,8 +58,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
     f.open(token_file)?.write_all(token.as_bytes())?;
 
+    // `SESSION_THREADS=N` sets `session_threads` (benchmarks compare counts).
+    let threads = std::env::var("SESSION_THREADS")
+        .map(|n| format!("session_threads = {n}\n"))
+        .unwrap_or_default();
     let config: BastionConfig = toml::from_str(&format!(
-        "listen = {listen:?}\ndangerous_allow_plaintext = true\ntoken_issuer = {ISSUER:?}\ntoken_audience = {AUDIENCE:?}\n"
+        "listen = {listen:?}\ndangerous_allow_plaintext = true\ntoken_issuer = {ISSUER:?}\ntoken_audience = {AUDIENCE:?}\n{threads}"
     ))?;
     let bastion = PgBastion::bind(&config, Arc::new(acl), keys).await?;
     println!(

@@ -724,7 +724,12 @@ impl Gateway {
                 .await
                 .map_err(|e| GatewayError::Other(e.to_string()))?;
             addrs.push(listener.local_addr());
-            servers.push(listener.with_threads(threads.clone()).serve(stack.clone()));
+            let listener = if l.connection_threads == Some(false) {
+                listener
+            } else {
+                listener.with_threads(threads.clone())
+            };
+            servers.push(listener.serve(stack.clone()));
         }
 
         let mut tasks = Vec::new();
