@@ -669,6 +669,16 @@ impl Gateway {
                 GatewayError::Other(format!("starting {threads} connection threads: {e}"))
             })?,
         );
+        tracing::info!(
+            connection_threads = threads.len(),
+            "HTTP connections are served on {} connection thread(s){}",
+            threads.len(),
+            if threads.is_empty() {
+                " (none: on the main runtime)"
+            } else {
+                ""
+            }
+        );
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
         let mut tls_handles = Vec::new();
