@@ -890,6 +890,25 @@ pub enum BaseError {
 /// The `sha-256` member of the request's `Content-Digest`, if any (`None`
 /// also when the field is malformed or oversized).
 pub fn content_digest_sha256(headers: &HeaderMap) -> Option<[u8; 32]> {
+    content_digests(headers)?.sha256
+}
+
+/// The digests a `Content-Digest` field (RFC 9530) carries, of the
+/// algorithms this crate checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ContentDigests {
+    /// `sha-256`.
+    pub sha256: Option<[u8; 32]>,
+    /// `sha-512`.
+    pub sha512: Option<[u8; 64]>,
+}
+
+/// The `sha-256` and `sha-512` members of the request's `Content-Digest`
+/// (other algorithms are ignored). `None` when the field is absent,
+/// malformed or oversized, or a known member is not a byte sequence of its
+/// algorithm's length.
+pub fn content_digests(headers: &HeaderMap) -> Option<ContentDigests> {
     let mut joined = String::new();
     for v in headers.get_all(CONTENT_DIGEST) {
         if !joined.is_empty() {
@@ -901,13 +920,20 @@ pub fn content_digest_sha256(headers: &HeaderMap) -> Option<[u8; 32]> {
         return None;
     }
     let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
-    match dict.get("sha-256")? {
-        sfv::ListEntry::Item(item) => {
-            let bytes = item.bare_item.as_byte_sequence()?;
-            bytes.try_into().ok()
+    fn member<const N: usize>(dict: &sfv::Dictionary, name: &str) -> Option<Option<[u8; N]>> {
+        match dict.get(name) {
+            None => Some(None),
+            Some(sfv::ListEntry::Item(item)) => {
+                let bytes = item.bare_item.as_byte_sequence()?;
+                <[u8; N]>::try_from(bytes).ok().map(Some)
+            }
+            Some(sfv::ListEntry::InnerList(_)) => None,
         }
-        sfv::ListEntry::InnerList(_) => None,
     }
+    Some(ContentDigests {
+        sha256: member(&dict, "sha-256")?,
+        sha512: member(&dict, "sha-512")?,
+    })
 }
 
 /// A request whose Hexon signature verified: who called, through which route.

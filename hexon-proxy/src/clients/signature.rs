@@ -18,7 +18,8 @@
 //!   request has a query — unlike the API Gatekeeper format, the query is
 //!   its own component, so it cannot be moved into the path or dropped;
 //! - `content-digest` covered whenever the request has a body (or carries
-//!   the field), with a `sha-256` member that matches the body;
+//!   the field), with a `sha-256` or `sha-512` member (RFC 9530), every
+//!   one given matching the body;
 //! - `created` within ±300 s of the gateway's clock, `expires` (if given)
 //!   not passed;
 //! - a `nonce`, remembered (put-if-absent in the shared KV store for twice
@@ -34,7 +35,7 @@ use std::sync::Arc;
 
 use hexon_core::UnixTime;
 use hexon_core::httpsig::{
-    SignatureParams, authority, content_digest_sha256, parse_signature_fields, signature_base,
+    SignatureParams, authority, content_digests, parse_signature_fields, signature_base,
     signature_labels,
 };
 use hexon_core::policy::Credential;
@@ -141,14 +142,23 @@ fn check_digest(params: &SignatureParams, parts: &Parts) -> Result<(), &'static 
     if !covered {
         return Ok(());
     }
-    let digest =
-        content_digest_sha256(&parts.headers).ok_or("Content-Digest has no sha-256 member")?;
+    let digests = content_digests(&parts.headers)
+        .filter(|d| d.sha256.is_some() || d.sha512.is_some())
+        .ok_or("Content-Digest has no valid sha-256 or sha-512 member")?;
     if forward_auth {
         // The proxy asking does not send the body; the upstream checks it.
         return Ok(());
     }
     let body = body.ok_or("signed request without its body")?;
-    if Sha256::digest(&body.0)[..] != digest {
+    // Every member given must match: a right sha-256 cannot vouch for a
+    // wrong sha-512 the upstream might check instead.
+    let sha256_ok = digests
+        .sha256
+        .is_none_or(|d| Sha256::digest(&body.0)[..] == d);
+    let sha512_ok = digests
+        .sha512
+        .is_none_or(|d| sha2::Sha512::digest(&body.0)[..] == d);
+    if !(sha256_ok && sha512_ok) {
         return Err("Content-Digest does not match the body");
     }
     Ok(())
@@ -403,7 +413,7 @@ mod tests {
         assert!(
             check(&no_digest_field, &f(covered), NOW)
                 .unwrap_err()
-                .contains("no sha-256 member")
+                .contains("no valid sha-256 or sha-512")
         );
         assert!(
             check(&no_digest_field, &f(bare), NOW)
@@ -417,10 +427,33 @@ mod tests {
                 .unwrap_err()
                 .contains("must cover content-digest")
         );
-        let sha512_only = parts("/a", b"{}", &[("content-digest", "sha-512=:AAAA:")]);
+        // sha-512 (RFC 9530) works too; every member given must match.
+        let sha512 = "sha-512=:J8dGcK23UHX60FjVzq97IMTneGyDuuijL2Jvl4KvNMmjPCBG72D9Knh403jin+yFGAa72aZ4ePOp8c2kgwdj/Q==:";
+        let sha512_only = parts("/a", b"{}", &[("content-digest", sha512)]);
+        assert!(check(&sha512_only, &f(covered), NOW).is_ok());
+        let both = parts(
+            "/a",
+            b"{}",
+            &[("content-digest", digest), ("content-digest", sha512)],
+        );
+        assert!(check(&both, &f(covered), NOW).is_ok());
+        let one_wrong = format!("{digest}, sha-512=:{}:", "A".repeat(86) + "==");
+        let one_wrong = parts("/a", b"{}", &[("content-digest", &one_wrong)]);
         assert_eq!(
-            check(&sha512_only, &f(covered), NOW).unwrap_err(),
-            "Content-Digest has no sha-256 member"
+            check(&one_wrong, &f(covered), NOW).unwrap_err(),
+            "Content-Digest does not match the body"
+        );
+        let short = parts("/a", b"{}", &[("content-digest", "sha-512=:AAAA:")]);
+        assert!(
+            check(&short, &f(covered), NOW)
+                .unwrap_err()
+                .contains("no valid sha-256 or sha-512")
+        );
+        let other_alg = parts("/a", b"{}", &[("content-digest", "md5=:AAAA:")]);
+        assert!(
+            check(&other_alg, &f(covered), NOW)
+                .unwrap_err()
+                .contains("no valid sha-256 or sha-512")
         );
         // Without the held body the check cannot be made: refused.
         let (mut lost, ()) = http::Request::post("/a")
