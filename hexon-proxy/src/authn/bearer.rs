@@ -186,12 +186,12 @@ fn peek(part: Option<&str>, member: &str) -> Option<String> {
 
 impl Authenticator for BearerJwt {
     fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
-        Box::pin(async move {
-            let token = match self.token(parts) {
-                Ok(None) => return AuthnResult::NoCredential,
-                Ok(Some(t)) => t,
-                Err(why) => return AuthnResult::invalid(why),
-            };
+        let token = match self.token(parts) {
+            Ok(None) => return AuthnFuture::ready(AuthnResult::NoCredential),
+            Ok(Some(t)) => t,
+            Err(why) => return AuthnFuture::ready(AuthnResult::invalid(why)),
+        };
+        AuthnFuture::new(async move {
             let mut segments = token.split('.');
             let header = segments.next();
             let payload = segments.next();

@@ -226,7 +226,7 @@ impl Authenticator for ClientCertificate {
                 },
             }
         })();
-        Box::pin(std::future::ready(result))
+        AuthnFuture::ready(result)
     }
 
     fn name(&self) -> &str {

@@ -85,8 +85,53 @@ impl AuthnResult {
     }
 }
 
-/// The future an [`Authenticator`] returns.
-pub type AuthnFuture<'a> = Pin<Box<dyn Future<Output = AuthnResult> + Send + 'a>>;
+/// The future an [`Authenticator`] returns: an answer known at once
+/// ([`AuthnFuture::ready`], no allocation — most requests carry no
+/// credential for most authenticators) or work to await
+/// ([`AuthnFuture::new`]).
+pub struct AuthnFuture<'a>(AuthnState<'a>);
+
+enum AuthnState<'a> {
+    Ready(Option<AuthnResult>),
+    Boxed(Pin<Box<dyn Future<Output = AuthnResult> + Send + 'a>>),
+}
+
+impl<'a> AuthnFuture<'a> {
+    /// An answer known now.
+    pub fn ready(result: AuthnResult) -> Self {
+        AuthnFuture(AuthnState::Ready(Some(result)))
+    }
+
+    /// An answer `fut` will give.
+    pub fn new(fut: impl Future<Output = AuthnResult> + Send + 'a) -> Self {
+        AuthnFuture(AuthnState::Boxed(Box::pin(fut)))
+    }
+}
+
+impl<'a> From<Pin<Box<dyn Future<Output = AuthnResult> + Send + 'a>>> for AuthnFuture<'a> {
+    fn from(fut: Pin<Box<dyn Future<Output = AuthnResult> + Send + 'a>>) -> Self {
+        AuthnFuture(AuthnState::Boxed(fut))
+    }
+}
+
+impl fmt::Debug for AuthnFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthnFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for AuthnFuture<'_> {
+    type Output = AuthnResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<AuthnResult> {
+        match &mut self.get_mut().0 {
+            // A ready future polled again after completion stays pending
+            // (never a panic in a server).
+            AuthnState::Ready(r) => r.take().map_or(Poll::Pending, Poll::Ready),
+            AuthnState::Boxed(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
 
 /// One way to authenticate a request.
 ///
@@ -124,7 +169,7 @@ where
     Fut: Future<Output = AuthnResult> + Send + 'static,
 {
     fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
-        Box::pin(self(parts, now))
+        AuthnFuture::new(self(parts, now))
     }
 }
 

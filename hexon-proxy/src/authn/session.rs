@@ -586,12 +586,12 @@ impl SessionCookie {
 
 impl Authenticator for SessionCookie {
     fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
-        Box::pin(async move {
-            let id = match self.cookie(parts) {
-                Ok(None) => return AuthnResult::NoCredential,
-                Ok(Some(id)) => id,
-                Err(why) => return AuthnResult::invalid(why),
-            };
+        let id = match self.cookie(parts) {
+            Ok(None) => return AuthnFuture::ready(AuthnResult::NoCredential),
+            Ok(Some(id)) => id,
+            Err(why) => return AuthnFuture::ready(AuthnResult::invalid(why)),
+        };
+        AuthnFuture::new(async move {
             match self.store.get(id).await {
                 Err(e) => AuthnResult::Unavailable(format!("session store: {e}").into()),
                 Ok(None) => AuthnResult::invalid("unknown or revoked session"),

@@ -189,7 +189,7 @@ impl Authenticator for ApiKeyAuth {
                 }
             }
         };
-        Box::pin(std::future::ready(result))
+        AuthnFuture::ready(result)
     }
 
     fn name(&self) -> &str {
@@ -237,11 +237,11 @@ fn is_signed(parts: &Parts) -> bool {
 
 impl Authenticator for HmacAuth {
     fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
-        Box::pin(async move {
-            let mut values = parts.headers.get_all(AUTHORIZATION).iter();
-            let Some(value) = values.next().filter(|v| v.as_bytes().starts_with(b"HMAC ")) else {
-                return AuthnResult::NoCredential;
-            };
+        let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+        let Some(value) = values.next().filter(|v| v.as_bytes().starts_with(b"HMAC ")) else {
+            return AuthnFuture::ready(AuthnResult::NoCredential);
+        };
+        AuthnFuture::new(async move {
             if values.next().is_some() {
                 return AuthnResult::invalid("more than one Authorization header");
             }

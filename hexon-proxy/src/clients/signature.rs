@@ -166,10 +166,10 @@ fn check_digest(params: &SignatureParams, parts: &Parts) -> Result<(), &'static 
 
 impl Authenticator for HttpSignatureAuth {
     fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
-        Box::pin(async move {
-            let Some(ClientSignature(fields)) = parts.extensions.get::<ClientSignature>() else {
-                return AuthnResult::NoCredential;
-            };
+        let Some(ClientSignature(fields)) = parts.extensions.get::<ClientSignature>() else {
+            return AuthnFuture::ready(AuthnResult::NoCredential);
+        };
+        AuthnFuture::new(async move {
             let c = match check(parts, fields, now) {
                 Ok(c) => c,
                 Err(why) => return AuthnResult::invalid(why),
