@@ -1060,6 +1060,26 @@ async fn admin_api_manages_clients_and_audits_every_change() {
         !serde_json::to_string(&trail).unwrap().contains(&secret),
         "no secret in the audit trail"
     );
+
+    // Taken out of the admin group by a reload: the same, unexpired token is
+    // refused at once (membership comes from the directory, not the token).
+    let data = gw.dir.display().to_string();
+    let demoted = config(up).replace(
+        "[[group]]\nname = \"admins\"\nusers = [\"alice\"]",
+        "[[group]]\nname = \"admins\"\nusers = [\"bob\"]",
+    );
+    let demoted =
+        hexon_core::config::Config::parse(&demoted, &|n| (n == "DATA").then(|| data.clone()))
+            .unwrap();
+    gw.gateway.reload(&demoted).unwrap();
+    let (s, j) = admin_call(&gw, a, "GET", "/api/v1/clients", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{j}");
+    let (s, j) = admin_call(&gw, Some(&bob), "GET", "/api/v1/clients", None).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "bob's token names no admin group, the directory does: {j}"
+    );
     gw.stop().await;
 }
 

@@ -31,6 +31,8 @@ const MAX_BODY: usize = 64 * 1024;
 const OPENAPI: &str = include_str!("admin_openapi.json");
 
 type Check = Arc<dyn Fn(&Identity) -> Result<(), &'static str> + Send + Sync>;
+/// Whether an identity is in a group now.
+type Membership = Arc<dyn Fn(&Identity, &str) -> bool + Send + Sync>;
 
 /// The admin API. See the [module docs](self).
 #[derive(Clone)]
@@ -41,6 +43,7 @@ pub struct AdminApi {
     verifier: Arc<JwtVerifier>,
     enabled: Check,
     group: Arc<str>,
+    member: Option<Membership>,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -227,7 +230,21 @@ impl AdminApi {
             verifier: Arc::new(verifier),
             enabled: Arc::new(enabled),
             group: Arc::from(group),
+            member: None,
         }
+    }
+
+    /// Decide admin-group membership with `member(identity, group)` (the
+    /// gateway asks its current directory) instead of the groups the token
+    /// carries, so a user removed from the group loses the admin API at
+    /// once, not when their token expires.
+    #[must_use]
+    pub fn with_membership(
+        mut self,
+        member: impl Fn(&Identity, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.member = Some(Arc::new(member));
+        self
     }
 
     /// Tell the other nodes (through `events`) after every change, so they
@@ -307,7 +324,11 @@ impl AdminApi {
         if let Err(why) = (self.enabled)(&identity) {
             return Err(Box::new(problem(StatusCode::UNAUTHORIZED, why)));
         }
-        if !identity.in_group(&self.group) {
+        let member = match &self.member {
+            Some(m) => m(&identity, &self.group),
+            None => identity.in_group(&self.group),
+        };
+        if !member {
             return Err(Box::new(problem(
                 StatusCode::FORBIDDEN,
                 format!(

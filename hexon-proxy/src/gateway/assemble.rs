@@ -209,14 +209,18 @@ pub struct Gateway {
     clients: ClientRegistry,
 }
 
-/// The subjects of the users the current configuration has enabled. Session
-/// lookups check it, so a user disabled by a reload (or while this node was
-/// down) is refused at once even if revoking their sessions failed.
+/// The users the current configuration has enabled, by subject, with their
+/// resolved groups. Session lookups check it, so a user disabled by a reload
+/// (or while this node was down) is refused at once even if revoking their
+/// sessions failed; the admin API asks it for group membership.
 #[derive(Clone, Default)]
-struct EnabledUsers(Arc<RwLock<Arc<std::collections::HashSet<String>>>>);
+struct EnabledUsers(Arc<RwLock<Arc<Users>>>);
+
+/// Enabled users: subject → resolved groups (nested ones included).
+type Users = std::collections::HashMap<String, Arc<[Arc<str>]>>;
 
 impl EnabledUsers {
-    fn of(config: &Config) -> std::collections::HashSet<String> {
+    fn of(config: &Config) -> Users {
         // An invalid directory cannot happen for a validated config; if it
         // did, nobody's session is accepted (fail closed).
         config
@@ -225,18 +229,38 @@ impl EnabledUsers {
                 d.users()
                     .iter()
                     .filter(|u| !u.is_disabled())
-                    .map(|u| u.subject().to_string())
+                    .map(|u| {
+                        let groups = d
+                            .identity(u.subject())
+                            .map(|i| Arc::from(i.groups()))
+                            .unwrap_or_else(|_| Arc::from(Vec::new()));
+                        (u.subject().to_string(), groups)
+                    })
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    fn set(&self, users: std::collections::HashSet<String>) {
+    fn set(&self, users: Users) {
         let mut g = match self.0.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         *g = Arc::new(users);
+    }
+
+    fn current(&self) -> Arc<Users> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Whether the enabled user `subject` is in `group` now.
+    fn in_group(&self, subject: &str, group: &str) -> bool {
+        self.current()
+            .get(subject)
+            .is_some_and(|gs| gs.iter().any(|g| &**g == group))
     }
 
     /// The check the session and bearer authenticators run on every
@@ -255,11 +279,7 @@ impl EnabledUsers {
     }
 
     fn contains(&self, subject: &str) -> bool {
-        let g = match self.0.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        g.contains(subject)
+        self.current().contains_key(subject)
     }
 }
 
@@ -759,6 +779,10 @@ impl Gateway {
                 self.enabled.check(),
                 &self.config.gateway.admin_group,
             )
+            .with_membership({
+                let users = self.enabled.clone();
+                move |identity, group| users.in_group(identity.subject(), group)
+            })
             .with_events(self.state.events.clone())
             .with_health_kv(
                 self.state
@@ -916,7 +940,7 @@ pub async fn watch_config(
                             // A user enabled again is no longer to be revoked
                             // (that would end the sessions they start now).
                             let enabled_now = EnabledUsers::of(&new);
-                            pending.retain(|u| !enabled_now.contains(u));
+                            pending.retain(|u| !enabled_now.contains_key(u));
                             pending.extend(newly_disabled(&applied, &new));
                             changed = Some(hexon_core::hex::encode(&hash));
                             applied = new;
@@ -1017,8 +1041,8 @@ fn newly_disabled(old: &Config, new: &Config) -> Vec<String> {
     // only as members of a `[[group]]`.
     let now = EnabledUsers::of(new);
     let mut gone: Vec<String> = EnabledUsers::of(old)
-        .into_iter()
-        .filter(|u| !now.contains(u))
+        .into_keys()
+        .filter(|u| !now.contains_key(u))
         .collect();
     gone.sort();
     gone
@@ -1105,7 +1129,7 @@ mod reload_tests {
         assert_eq!(newly_disabled(&old, &new), ["alice", "bob"]);
         assert!(newly_disabled(&new, &new).is_empty());
         let enabled = EnabledUsers::of(&new);
-        assert!(enabled.contains("carol") && !enabled.contains("alice"));
+        assert!(enabled.contains_key("carol") && !enabled.contains_key("alice"));
         // Without [[user]] sections, members of [[group]] are the users.
         let old = config("[[group]]\nname = \"ops\"\nusers = [\"dave\", \"erin\"]\n");
         let new = config("[[group]]\nname = \"ops\"\nusers = [\"erin\"]\n");

@@ -203,11 +203,13 @@ pub(crate) enum Protocols {
 }
 
 /// One upstream's pooled clients: one per connection thread, made on first
-/// use there (slot 0 serves every other thread).
+/// use there (slot 0 serves threads outside any set). Two sets of
+/// connection threads in one process share slots by index: still correct,
+/// only without the benefit.
 pub(crate) struct ThreadClients {
     builder: hyper_util::client::legacy::Builder,
     connector: Connector,
-    /// Index 0 and any index out of range.
+    /// Any index out of range (cannot happen with `hexon_core::rt`).
     shared: std::sync::OnceLock<Box<UpstreamClient>>,
     slots: Box<[std::sync::OnceLock<Box<UpstreamClient>>]>,
 }
