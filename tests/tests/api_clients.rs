@@ -865,6 +865,24 @@ async fn admin_api_manages_clients_and_audits_every_change() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(j["openapi"], "3.0.3");
     assert!(j["paths"]["/clients/{id}/credentials"]["post"].is_object());
+    let (s, j) = admin_call(&gw, a, "GET", "/api/v1/routes", None).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    let orders = j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "orders")
+        .unwrap();
+    assert_eq!(orders["host"], "api.example.com");
+    assert_eq!(orders["path"], "/orders/*");
+    assert!(
+        orders["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c != "api_key_query"),
+        "{orders}"
+    );
 
     // Create, issue a key and an HMAC secret, grant, use.
     let (s, j) = admin_call(

@@ -59,6 +59,8 @@ enum Command {
         /// Route name.
         route: String,
     },
+    /// The gateway's routes (the names permissions refer to).
+    Routes,
 }
 
 #[derive(Subcommand)]
@@ -504,6 +506,27 @@ async fn run(cli: Cli) -> Result<String, String> {
             let perms = api.permissions_except(&client, &route).await?;
             let j = api.set_permissions(&client, perms).await?;
             (j, format!("client {client} no longer has {route}"))
+        }
+        Command::Routes => {
+            let j = api.call(Method::GET, "/routes", None).await?;
+            let keys = ["name", "host", "path", "methods", "public", "credentials"];
+            let rows: Vec<Vec<String>> = at(&j, "/routes")
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            keys.iter()
+                                .map(|k| text(r.get(*k).unwrap_or(&Value::Null)))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let h = table(
+                &["route", "host", "path", "methods", "public", "credentials"],
+                &rows,
+            );
+            (j, h)
         }
     };
     Ok(if cli.json { j.to_string() } else { human })

@@ -211,6 +211,8 @@ async fn manages_clients_end_to_end() {
         stdout(&ctl(&a, &t, &["credential", "delete", "billing", &ed]).await);
     }
 
+    let out = stdout(&ctl(&a, &t, &["routes"]).await);
+    assert!(out.lines().any(|l| l.starts_with("orders")), "{out}");
     stdout(&ctl(&a, &t, &["grant", "billing", "orders", "GET", "POST"]).await);
     let out = stdout(&ctl(&a, &t, &["client", "show", "billing"]).await);
     assert!(out.contains("orders") && out.contains("GET,POST"), "{out}");

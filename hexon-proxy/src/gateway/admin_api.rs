@@ -44,6 +44,7 @@ pub struct AdminApi {
     enabled: Check,
     group: Arc<str>,
     member: Option<Membership>,
+    policy: Option<crate::authz::PolicyHandle>,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -231,7 +232,38 @@ impl AdminApi {
             enabled: Arc::new(enabled),
             group: Arc::from(group),
             member: None,
+            policy: None,
         }
+    }
+
+    /// List the routes of `policy` at `GET /api/v1/routes` (the names
+    /// permissions refer to).
+    #[must_use]
+    pub fn with_routes(mut self, policy: crate::authz::PolicyHandle) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    fn routes(&self) -> Response<Full<Bytes>> {
+        let Some(policy) = &self.policy else {
+            return problem(StatusCode::NOT_FOUND, "routes are not published here");
+        };
+        let engine = policy.load();
+        let routes: Vec<Value> = engine
+            .routes()
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name(),
+                    "host": r.host(),
+                    "path": r.path(),
+                    "methods": r.methods().collect::<Vec<_>>(),
+                    "public": r.is_public(),
+                    "credentials": r.credentials().map(|c| c.as_str()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        reply(StatusCode::OK, &json!({ "routes": routes }))
     }
 
     /// Decide admin-group membership with `member(identity, group)` (the
@@ -445,6 +477,7 @@ impl AdminApi {
         };
         match (method, segments) {
             (&Method::GET, ["clients"]) => (self.list().await, None),
+            (&Method::GET, ["routes"]) => (self.routes(), None),
             (&Method::POST, ["clients"]) => {
                 let (res, id) = self.create(body, now).await;
                 let c = change("client.created", id.as_deref().unwrap_or("-"), json!({}));

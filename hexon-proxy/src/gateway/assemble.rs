@@ -783,6 +783,7 @@ impl Gateway {
                 let users = self.enabled.clone();
                 move |identity, group| users.in_group(identity.subject(), group)
             })
+            .with_routes(self.handles.policy.clone())
             .with_events(self.state.events.clone())
             .with_health_kv(
                 self.state
