@@ -123,7 +123,11 @@ impl ConnectionThreads {
     /// A thread or its runtime could not be created (those already started
     /// wind down).
     pub fn start(n: usize, name: &str) -> std::io::Result<Self> {
-        let mut workers = Vec::with_capacity(n.min(MAX_THREADS));
+        // Built up in place: on an error its `Drop` winds down the threads
+        // already started.
+        let mut set = ConnectionThreads {
+            workers: Vec::with_capacity(n.min(MAX_THREADS)),
+        };
         for i in 0..n.min(MAX_THREADS) {
             let shared = Arc::new(Shared {
                 live: AtomicUsize::new(0),
@@ -154,9 +158,9 @@ impl ConnectionThreads {
             let handle = rx.recv().map_err(|_| {
                 std::io::Error::other("a connection thread ended before it started")
             })??;
-            workers.push(Worker { handle, shared });
+            set.workers.push(Worker { handle, shared });
         }
-        Ok(ConnectionThreads { workers })
+        Ok(set)
     }
 
     /// The least busy thread, its count already raised; `None` when the set

@@ -243,9 +243,17 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         // A client's own RFC 9421 signature (API clients sign requests) is
-        // kept aside for authentication, never as a header.
+        // kept aside for authentication, never as a header. Only one made
+        // with a Hexon credential (`keyid="cred_…"`) is the gateway's
+        // business; others (crawlers, fediverse servers, a partner signing
+        // for the backend) are removed as before.
         parts.extensions.remove::<ClientSignature>();
-        if parts.headers.contains_key(SIGNATURE_INPUT) {
+        if parts
+            .headers
+            .get_all(SIGNATURE_INPUT)
+            .iter()
+            .any(|v| names_hexon_credential(v.as_bytes()))
+        {
             let mut fields = HeaderMap::new();
             for name in [SIGNATURE_INPUT, SIGNATURE] {
                 for v in parts.headers.get_all(&name) {
@@ -262,6 +270,12 @@ where
         };
         self.inner.call(Request::from_parts(parts, body))
     }
+}
+
+/// Whether a `Signature-Input` value names a Hexon credential as `keyid`.
+fn names_hexon_credential(value: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"keyid=\"cred_";
+    value.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }
 
 /// Drop identity header names from the `Trailer` declaration: HTTP/1.1

@@ -379,6 +379,57 @@ async fn routes_accept_only_their_credential_kinds() {
     let res = send(gw.addr, get("/feed/1", &[("x-api-key", key)])).await;
     assert_eq!(res.status(), StatusCode::OK);
 
+    // Somebody else's RFC 9421 signature (a crawler's, a partner's) is not
+    // the gateway's business: removed and ignored. One naming a Hexon
+    // credential must verify.
+    let foreign = [
+        ("x-api-key", key),
+        (
+            "signature-input",
+            r#"sig=("@method");created=1;keyid="bot-1""#,
+        ),
+        ("signature", "sig=:AAAA:"),
+    ];
+    let res = send(gw.addr, get("/feed/1", &foreign)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = json_body(res).await;
+    let inputs = seen["headers"]["signature-input"].as_array().unwrap();
+    assert!(
+        inputs
+            .iter()
+            .all(|v| v.as_str().unwrap().starts_with("hexon=")),
+        "{seen}"
+    );
+    let ours = [
+        ("x-api-key", key),
+        (
+            "signature-input",
+            r#"sig=("@method");created=1;keyid="cred_nope""#,
+        ),
+        ("signature", "sig=:AAAA:"),
+    ];
+    let res = send(gw.addr, get("/feed/1", &ours)).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // Routes that take keys in URLs cannot be reloaded onto another
+    // parameter name: the layers reading it were built at start.
+    let data = gw.dir.display().to_string();
+    let renamed = config(up).replace(
+        "api_key_query_param = \"api_key\"",
+        "api_key_query_param = \"k\"",
+    );
+    let renamed =
+        hexon_core::config::Config::parse(&renamed, &|n| (n == "DATA").then(|| data.clone()))
+            .unwrap();
+    let err = gw.gateway.reload(&renamed).unwrap_err().to_string();
+    assert!(err.contains("restart"), "{err}");
+    let res = send(gw.addr, get(&format!("/feed/1?api_key={key}"), &[])).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the running configuration stays"
+    );
+
     // /authz gives the reason.
     let ask = |uri: &str, auth: &str| {
         Request::get("/authz")

@@ -70,8 +70,8 @@ pub enum Credential {
     /// An RFC 9421 HTTP message signature by an API client (HMAC-SHA256 or
     /// Ed25519).
     HttpSignature,
-    /// An authenticator outside this list (embedders' own). Accepted only
-    /// by routes without a `credentials` list.
+    /// An authenticator outside this list (embedders' own). Accepted by
+    /// routes without a `credentials` list, and by routes that list it.
     Other,
 }
 

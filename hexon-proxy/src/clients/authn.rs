@@ -41,6 +41,9 @@ pub(crate) fn identity(entry: &ClientEntry, method: &str, now: UnixTime) -> Auth
     }
 }
 
+/// Extra seconds a spent nonce is kept beyond twice the time window.
+const NONCE_MARGIN_SECS: u64 = 60;
+
 /// Spend a signed request's nonce (put-if-absent for twice the time
 /// window; `scope` names the signer and the nonce) and answer with the
 /// client's identity, or a replay. Only called once the signature verified,
@@ -53,7 +56,10 @@ pub(crate) async fn spend_nonce(
     now: UnixTime,
 ) -> AuthnResult {
     let key = hexon_core::hex::encode(&Sha256::digest(scope.as_bytes()));
-    let ttl = Duration::from_secs(2 * hmac::WINDOW_SECS.unsigned_abs());
+    // Kept past the last instant the same `created` can still be accepted
+    // (first use at the window's start + the whole window), with a margin
+    // for clock differences between nodes.
+    let ttl = Duration::from_secs(2 * hmac::WINDOW_SECS.unsigned_abs() + NONCE_MARGIN_SECS);
     match nonces.put_if_absent(&key, b"1", ttl).await {
         Ok(Some(_)) => identity(entry, method, now),
         Ok(None) => AuthnResult::invalid("replayed signature nonce"),

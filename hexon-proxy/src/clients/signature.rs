@@ -135,6 +135,11 @@ fn check_digest(params: &SignatureParams, parts: &Parts) -> Result<(), &'static 
     let covered = params.components.iter().any(|c| c == "content-digest");
     let forward_auth = parts.extensions.get::<ForwardAuth>().is_some();
     let body = parts.extensions.get::<SignedBody>();
+    if body.is_none() && !forward_auth {
+        // Without the held body nothing says whether there was one to
+        // cover: fail closed (the body layer is missing from the stack).
+        return Err("signed request without its body");
+    }
     let has_body = body.is_some_and(|b| !b.0.is_empty());
     if (has_body || parts.headers.contains_key("content-digest")) && !covered {
         return Err("the request has a body: the signature must cover content-digest");
@@ -464,6 +469,11 @@ mod tests {
             .into_parts();
         assert_eq!(
             check(&lost, &f(covered), NOW).unwrap_err(),
+            "signed request without its body"
+        );
+        // Nor without a digest: whether there was a body is unknown.
+        assert_eq!(
+            check(&lost, &f(bare), NOW).unwrap_err(),
             "signed request without its body"
         );
         // At /authz the proxy sends no body: the digest is signed, the

@@ -509,6 +509,20 @@ impl Gateway {
     /// Listener, signing-key and authentication changes need a restart; they
     /// are reported, not applied.
     pub fn reload(&self, new: &Config) -> Result<Vec<String>, GatewayError> {
+        // The key parameter is read and removed by layers built at start:
+        // routes that accept it must not run with another name (or none).
+        let lists_query_keys = new.routes.iter().any(|r| {
+            r.spec
+                .credentials
+                .contains(&hexon_core::policy::Credential::ApiKeyQuery)
+        });
+        if lists_query_keys
+            && new.gateway.api_key_query_param != self.config.gateway.api_key_query_param
+        {
+            return Err(GatewayError::Other(
+                "gateway.api_key_query_param changed and routes list api_key_query: restart to apply it (the running gateway reads the old parameter)".into(),
+            ));
+        }
         let policy = new.policy()?;
         let routes = routing_table(new)?;
         let sign = sign_table(new, &self.key);

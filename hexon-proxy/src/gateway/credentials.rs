@@ -91,7 +91,15 @@ where
         if let Some(h) = &self.key_header {
             req.headers_mut().remove(h);
         }
-        if let Some(p) = &self.key_param {
+        // At the forward-auth endpoint the URI is the proxy's question: the
+        // proxy forwards the original URL itself, so the signed `@query`
+        // must stay what the upstream will see (the proxy has to remove the
+        // key; docs/API-CLIENTS.md).
+        let question = req
+            .extensions()
+            .get::<crate::forward_auth::ForwardAuth>()
+            .is_some();
+        if let (Some(p), false) = (&self.key_param, question) {
             drop_query_param(&mut req, p);
         }
         drop_credentials(&mut req, self.cookie);
