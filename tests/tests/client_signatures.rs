@@ -100,14 +100,18 @@ async fn provision(store: &dyn DurableStore) -> Creds {
             version: 0,
         };
         store.insert_api_client(&record).await.unwrap();
-        let grant = |route: &str| PermissionRecord {
+        let grant = |route: &str, method: &str| PermissionRecord {
             route: route.into(),
-            methods: vec!["*".into()],
+            methods: vec![method.into()],
         };
-        store
-            .set_permissions(id, &[grant("orders"), grant("payments"), grant("feed")])
-            .await
-            .unwrap();
+        // Payments: reads only. The route's allow rule (group staff) would
+        // admit the client; only its grant may decide.
+        let grants = [
+            grant("orders", "*"),
+            grant("payments", "GET"),
+            grant("feed", "*"),
+        ];
+        store.set_permissions(id, &grants).await.unwrap();
     }
     let public = ed25519_dalek::SigningKey::from_bytes(&SEED)
         .verifying_key()
@@ -217,6 +221,7 @@ ED.sign(twice, key_id=ed_id, covered_component_ids=FULL, nonce=secrets.token_hex
 out["two_signatures"] = send(twice)
 out["suspended_client"] = send(sign(prepared("GET", "/orders/1?x=1"), ED, paused_id))
 out["payments_signed"] = send(sign(prepared("GET", "/payments/1"), ED, ed_id, ("@method", "@authority", "@path")))
+out["payments_post_not_granted"] = send(sign(prepared("POST", "/payments/1", body), ED, ed_id, FULL, body=body))
 print(json.dumps(out))
 "#;
 
@@ -309,6 +314,8 @@ async fn python_rfc9421_clients_sign_method_path_query_and_body() {
     }
     // A route that asks for signatures takes them.
     assert_eq!(status(&j["payments_signed"]), 200, "{j:#}");
+    // Signed clients pass by their grants like any API client.
+    assert_eq!(status(&j["payments_post_not_granted"]), 403, "{j:#}");
     gw.stop().await;
 }
 

@@ -239,6 +239,15 @@ impl Api {
             .collect())
     }
 
+    /// Issue (or register) a credential for `client`; the answer names
+    /// the client.
+    async fn issue(&self, client: String, body: Value) -> Result<Value, String> {
+        let path = format!("/clients/{client}/credentials");
+        let mut j = self.call(Method::POST, &path, Some(body)).await?;
+        set(&mut j, "client", Value::String(client));
+        Ok(j)
+    }
+
     async fn set_permissions(&self, client: &str, perms: Vec<Value>) -> Result<Value, String> {
         self.call(
             Method::PUT,
@@ -428,14 +437,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| format!("reading the public key from {path}: {e}"))?;
                 set(&mut body, "public_key", Value::String(text));
             }
-            let mut j = api
-                .call(
-                    Method::POST,
-                    &format!("/clients/{client}/credentials"),
-                    Some(body),
-                )
-                .await?;
-            set(&mut j, "client", Value::String(client));
+            let j = api.issue(client, body).await?;
             let h = issued(&j);
             (j, h)
         }
@@ -453,13 +455,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 ));
             }
             let body = json!({ "kind": at(old, "/kind"), "label": at(old, "/label") });
-            let mut j = api
-                .call(
-                    Method::POST,
-                    &format!("/clients/{client}/credentials"),
-                    Some(body),
-                )
-                .await?;
+            let mut j = api.issue(client.clone(), body).await?;
             // The new secret is printed whatever happens to the old one.
             let deleted = api
                 .call(
@@ -468,15 +464,13 @@ async fn run(cli: Cli) -> Result<String, String> {
                     None,
                 )
                 .await;
-            set(&mut j, "client", Value::String(client));
             set(&mut j, "replaced", Value::String(credential.clone()));
             set(&mut j, "old_deleted", Value::Bool(deleted.is_ok()));
             let h = match &deleted {
                 Ok(_) => format!("{}\n(deleted {credential})", issued(&j)),
                 Err(e) => format!(
-                    "{}\nWARNING: the old credential {credential} was NOT deleted ({e}); delete it with `hexonctl credential delete {client_id} {credential}`",
+                    "{}\nWARNING: the old credential {credential} was NOT deleted ({e}); delete it with `hexonctl credential delete {client} {credential}`",
                     issued(&j),
-                    client_id = at(&j, "/client").as_str().unwrap_or("?"),
                 ),
             };
             (j, h)

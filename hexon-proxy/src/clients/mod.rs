@@ -53,6 +53,16 @@ pub const HMAC_METHOD: &str = "hmac";
 /// The `auth` method name an RFC 9421-signed request records.
 pub const SIGNATURE_METHOD: &str = "http_signature";
 
+/// Whether `identity` logged in as an API client (kind `service`, with one
+/// of the API-client methods). Grants and rate limits apply to exactly
+/// these identities, so every API-client authenticator must be listed here.
+pub fn is_api_client_login(identity: &hexon_core::Identity) -> bool {
+    identity.kind() == hexon_core::IdentityKind::Service
+        && [API_KEY_METHOD, HMAC_METHOD, SIGNATURE_METHOD]
+            .iter()
+            .any(|m| identity.last_auth(m).is_some())
+}
+
 const KEY_TAG: &str = "hxk_";
 const PREFIX_LEN: usize = 16;
 
@@ -678,9 +688,7 @@ pub trait Grants: Send + Sync + 'static {
 
 impl Grants for ClientRegistry {
     fn permit(&self, identity: &hexon_core::Identity, route: &str, method: &str) -> Option<Permit> {
-        let by_key = identity.last_auth(API_KEY_METHOD).is_some();
-        let by_hmac = identity.last_auth(HMAC_METHOD).is_some();
-        if identity.kind() != hexon_core::IdentityKind::Service || !(by_key || by_hmac) {
+        if !is_api_client_login(identity) {
             return None;
         }
         // An identity that claims an API-client login but is unknown here

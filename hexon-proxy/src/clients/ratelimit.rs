@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hexon_core::Identity;
 use hexon_core::store::{KvStore, Revision};
-use hexon_core::{Identity, IdentityKind};
 use http::{HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{API_KEY_METHOD, ClientRegistry, HMAC_METHOD};
+use super::ClientRegistry;
 use crate::body::{BoxBody, BoxResponseFuture};
 use crate::ext::RequestId;
 use crate::forward_auth::X_AUTH_REASON;
@@ -126,10 +126,7 @@ pub struct ClientRateLimit<S> {
 }
 
 fn limited_client(identity: &Identity, registry: &ClientRegistry) -> Option<(String, u32)> {
-    let client = identity.kind() == IdentityKind::Service
-        && (identity.last_auth(API_KEY_METHOD).is_some()
-            || identity.last_auth(HMAC_METHOD).is_some());
-    if !client {
+    if !super::is_api_client_login(identity) {
         return None;
     }
     let table = registry.load();
