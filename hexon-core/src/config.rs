@@ -95,6 +95,10 @@ pub struct Config {
     /// passwords).
     #[serde(skip)]
     pub sql: Option<toml::Table>,
+    /// `[login]`: the login host (hexon-idp). Unset: no login pages; browsers
+    /// without a session go to `gateway.login_url` or get a 401.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginConfig>,
 }
 
 /// Where durable objects live (`state.durable`).
@@ -533,6 +537,136 @@ pub struct UserConfig {
     /// Disabled users cannot authenticate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// Initial password as an argon2id PHC string (`hexon hash-password`).
+    /// A password the user sets on the login host replaces it. Never
+    /// printed by `hexon check`.
+    #[serde(default, skip_serializing)]
+    pub password_hash: Option<String>,
+}
+
+/// `[login]`: the central login host (see docs/LOGIN.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LoginConfig {
+    /// Public base URL of the login host, e.g. `https://auth.example.com`
+    /// (with the port when not the default). Requests to its host are
+    /// answered by the login service; every protected host returns through
+    /// `/.hexon/callback` on the same scheme and port.
+    pub url: String,
+    /// Hosts browsers may be returned to besides the hosts of `[[route]]`s
+    /// (exact names, or `*.example.com`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub return_hosts: Vec<String>,
+    /// A session ends this long after its last use.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// A session ends this long after login, however active.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: HumanDuration,
+    /// Password hashing (argon2id).
+    #[serde(default)]
+    pub password: PasswordHashConfig,
+    /// Growing delays against guessing.
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    /// Name, logo and colours of the login pages.
+    #[serde(default)]
+    pub brand: BrandConfig,
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(3600))
+}
+
+fn default_session_lifetime() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(12 * 3600))
+}
+
+/// `[login.password]`: argon2id cost and the hashing pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct PasswordHashConfig {
+    /// Memory per hash in KiB (OWASP: at least 19456).
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+    /// Threads that hash (a login flood queues here, not on the proxy).
+    pub threads: usize,
+    /// Hashes that may wait for a thread; beyond that a login gets "busy,
+    /// try again" (503) at once.
+    pub queue: usize,
+    /// Shortest password accepted when a user sets one.
+    pub min_length: usize,
+}
+
+impl Default for PasswordHashConfig {
+    fn default() -> Self {
+        PasswordHashConfig {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+            threads: 1,
+            queue: 64,
+            min_length: 12,
+        }
+    }
+}
+
+/// `[login.throttle]`: failed logins per user and per client address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ThrottleConfig {
+    /// Failures allowed before delays start.
+    pub free_failures: u32,
+    /// First delay; each further failure doubles it.
+    pub base_delay: HumanDuration,
+    /// Longest delay.
+    pub max_delay: HumanDuration,
+    /// Failures are forgotten this long after the last one.
+    pub window: HumanDuration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            free_failures: 3,
+            base_delay: HumanDuration(std::time::Duration::from_secs(2)),
+            max_delay: HumanDuration(std::time::Duration::from_secs(15 * 60)),
+            window: HumanDuration(std::time::Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// `[login.brand]`: how the login pages look.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct BrandConfig {
+    /// Product name in titles and headings.
+    pub name: String,
+    /// Logo image URL (`https://…` or a path on the login host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logo_url: Option<String>,
+    /// Accent colour (`#rrggbb`): buttons, links, focus rings.
+    pub accent_color: String,
+    /// Page background (`#rrggbb`).
+    pub background_color: String,
+}
+
+impl Default for BrandConfig {
+    fn default() -> Self {
+        BrandConfig {
+            name: "Hexon".into(),
+            logo_url: None,
+            accent_color: "#1f5fbf".into(),
+            background_color: "#f4f6fa".into(),
+        }
+    }
 }
 
 /// `[signing]`.
@@ -824,7 +958,7 @@ const ROUTE_FORWARD_KEYS: [&str; 12] = [
     "upstream_client_cert",
     "upstream_client_key",
 ];
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "gateway",
     "state",
     "signing",
@@ -835,6 +969,7 @@ const SECTIONS: [&str; 10] = [
     "group",
     "route",
     "sql",
+    "login",
 ];
 
 /// One configuration problem and where it is (`route[3].allow[0].groups[1]`).
@@ -975,6 +1110,11 @@ impl Config {
                 "listener" => config.listeners = array(value, "listener", &mut errs, section),
                 "group" => config.groups = array(value, "group", &mut errs, section),
                 "route" => config.routes = array(value, "route", &mut errs, route),
+                "login" => {
+                    if let Some(v) = section(value, &key, &mut errs) {
+                        config.login = Some(v);
+                    }
+                }
                 "sql" => match value {
                     toml::Value::Table(t) => config.sql = Some(t),
                     _ => errs.push("sql", "must be a table ([sql])".to_owned()),
@@ -994,6 +1134,7 @@ impl Config {
     }
 
     fn validate(&self, errs: &mut Errors) {
+        self.validate_login(errs);
         check_key_id(errs, "signing.key_id", &self.signing.key_id);
         let mut seen = std::collections::HashSet::from([self.signing.key_id.as_str()]);
         for (i, p) in self.signing.publish.iter().enumerate() {
@@ -1447,6 +1588,145 @@ fn is_secret_key(k: &str) -> bool {
         .any(|s| k.contains(s))
 }
 
+impl Config {
+    fn validate_login(&self, errs: &mut Errors) {
+        for (i, u) in self.users.iter().enumerate() {
+            if let Some(h) = &u.password_hash {
+                if !h.starts_with("$argon2id$") {
+                    errs.push(
+                        format!("user[{i}].password_hash"),
+                        "must be an argon2id PHC string ($argon2id$…); make one with `hexon hash-password`".to_owned(),
+                    );
+                }
+            }
+        }
+        let Some(l) = &self.login else {
+            return;
+        };
+        if self.gateway.login_url.is_some() {
+            errs.push(
+                "gateway.login_url",
+                "set either gateway.login_url (an external login service) or [login] (Hexon's own), not both".to_owned(),
+            );
+        }
+        match login_url_host(&l.url) {
+            Err(e) => errs.push("login.url", e),
+            Ok((scheme, host)) => {
+                let local = host == "localhost"
+                    || host.ends_with(".localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if scheme == "http" && !(self.gateway.dev || local) {
+                    errs.push("login.url", "must be https:// (http:// only with gateway.dev or a loopback / *.localhost host): session cookies are Secure".to_owned());
+                }
+            }
+        }
+        for (i, h) in l.return_hosts.iter().enumerate() {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let ok = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                errs.push(
+                    format!("login.return_hosts[{i}]"),
+                    format!("{h:?} is not a host name or *.domain pattern"),
+                );
+            }
+        }
+        if l.idle_timeout.get().is_zero() || l.session_lifetime.get().is_zero() {
+            errs.push(
+                "login",
+                "idle_timeout and session_lifetime must be above zero".to_owned(),
+            );
+        }
+        if l.session_lifetime.get() > std::time::Duration::from_secs(30 * 86_400) {
+            errs.push("login.session_lifetime", "at most 30 days".to_owned());
+        }
+        let p = &l.password;
+        if p.iterations == 0 || p.parallelism == 0 || p.memory_kib < 8 * p.parallelism {
+            errs.push("login.password", "iterations and parallelism must be at least 1, memory_kib at least 8 × parallelism".to_owned());
+        }
+        if p.memory_kib > 4 * 1024 * 1024 {
+            errs.push(
+                "login.password.memory_kib",
+                "at most 4194304 (4 GiB)".to_owned(),
+            );
+        }
+        if p.threads == 0 || p.threads > 64 || p.queue == 0 {
+            errs.push(
+                "login.password",
+                "threads must be 1 to 64 and queue at least 1".to_owned(),
+            );
+        }
+        if p.min_length < 8 {
+            errs.push("login.password.min_length", "at least 8".to_owned());
+        }
+        let t = &l.throttle;
+        if t.base_delay.get() > t.max_delay.get() {
+            errs.push(
+                "login.throttle",
+                "base_delay must not exceed max_delay".to_owned(),
+            );
+        }
+        for (field, c) in [
+            ("accent_color", &l.brand.accent_color),
+            ("background_color", &l.brand.background_color),
+        ] {
+            let ok = c.len() == 7
+                && c.starts_with('#')
+                && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                errs.push(
+                    format!("login.brand.{field}"),
+                    format!("{c:?} is not a #rrggbb colour"),
+                );
+            }
+        }
+        if let Some(logo) = &l.brand.logo_url {
+            let ok = (logo.starts_with("https://") || logo.starts_with('/'))
+                && !logo.starts_with("//")
+                && !logo
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b'"' || b == b'<' || b == b'>');
+            if !ok {
+                errs.push(
+                    "login.brand.logo_url",
+                    "must be an https:// URL or a path starting with /".to_owned(),
+                );
+            }
+        }
+    }
+}
+
+/// The scheme and lower-case host of the login URL, or what is wrong with it.
+pub fn login_url_host(url: &str) -> Result<(&'static str, String), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => "https",
+        Some("http") => "http",
+        _ => return Err(format!("{url:?}: must start with https://")),
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{url:?}: no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("{url:?}: no user information allowed"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{url:?}: the login host is served at its root; remove the path"
+        ));
+    }
+    Ok((scheme, authority.host().to_ascii_lowercase()))
+}
+
 fn check_jwks_url(u: &str) -> Result<(), String> {
     let uri: http::Uri = u.parse().map_err(|_| format!("{u:?} is not a URL"))?;
     match uri.scheme_str() {
@@ -1598,6 +1878,9 @@ fn substitute_value(
     errs: &mut Errors,
 ) {
     match v {
+        // A PHC hash is full of `$`: taken as written (`${VAR}` still works
+        // for the whole value).
+        toml::Value::String(s) if path.ends_with(".password_hash") && s.starts_with("$argon2") => {}
         toml::Value::String(s) => match substitute(s, env) {
             Ok(new) => *s = new,
             Err(msg) => errs.push(path, msg),

@@ -60,6 +60,15 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Read a password on stdin and print its argon2id hash for a
+    /// `[[user]]`'s `password_hash`
+    /// (`printf '%s' "$PW" | hexon hash-password -c hexon.toml`).
+    HashPassword {
+        /// Configuration file whose `[login.password]` cost to use
+        /// (default: the built-in cost).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// The SQL bastions of `[sql]`.
     Sql {
         #[command(subcommand)]
@@ -154,6 +163,7 @@ fn main() -> ExitCode {
         Command::Sql {
             command: SqlCommand::SealPassword { config },
         } => gateway::seal_sql_password(&config),
+        Command::HashPassword { config } => gateway::hash_password(config.as_deref()),
         Command::Migrate { config, dry_run } => gateway::run(gateway::migrate(config, dry_run)),
         Command::Serve { config } => gateway::run(gateway::serve(config)),
         Command::Quickstart { port } => gateway::run(gateway::quickstart(port)),

@@ -19,6 +19,7 @@ pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod seal;
+pub mod session;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 

@@ -59,7 +59,7 @@ pub use cert::{CertError, CertMapper, ClientCertSans, ClientCertificate, ClientS
 pub use jwks::{FetchError, FetchFuture, HttpsJwksFetcher, JwksFetcher, JwksIssuer};
 pub use session::{
     DEFAULT_SESSION_COOKIE, KvSessionStore, MemorySessionStore, Session, SessionCheck,
-    SessionCookie, SessionFuture, SessionStore, cookie_pairs,
+    SessionCookie, SessionFuture, SessionStore, cookie_pairs, request_host,
 };
 
 /// What one authenticator made of a request.
@@ -160,6 +160,13 @@ pub trait Authenticator: Send + Sync + 'static {
     /// credential (e.g. a `WWW-Authenticate` challenge, clearing a cookie).
     fn challenge(&self, response: &mut Response<BoxBody>) {
         let _ = response;
+    }
+
+    /// Like [`challenge`](Self::challenge), knowing the request. The
+    /// default calls `challenge`.
+    fn challenge_request(&self, parts: &Parts, response: &mut Response<BoxBody>) {
+        let _ = parts;
+        self.challenge(response);
     }
 }
 
@@ -352,7 +359,7 @@ where
                                 parts.extensions.get::<RequestId>(),
                                 respond::Flavor::of(&parts.headers),
                             );
-                            a.challenge(&mut res);
+                            a.challenge_request(&parts, &mut res);
                             return Ok(res);
                         }
                         AuthnResult::Unavailable(reason) => {

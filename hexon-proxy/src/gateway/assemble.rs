@@ -71,6 +71,7 @@ use super::audit::{AuditLayer, AuditSink, CaptureLayer};
 use super::authority::SingleAuthorityLayer;
 use super::credentials::DropCredentialsLayer;
 use super::keys;
+use super::login::LoginLayer;
 use super::metrics::Metrics;
 use super::state::{self, GatewayState};
 use crate::authn::{
@@ -207,6 +208,7 @@ pub struct Gateway {
     state: GatewayState,
     enabled: EnabledUsers,
     clients: ClientRegistry,
+    login: Option<super::login::Login>,
 }
 
 /// The users the current configuration has enabled, by subject, with their
@@ -427,7 +429,9 @@ impl Gateway {
         let clients = ClientRegistry::open(state.durable.clone())
             .await
             .map_err(|e| GatewayError::Other(format!("loading API clients: {e}")))?;
+        let login = super::login::Login::start(&config, &state).await?;
         Ok(Gateway {
+            login,
             key,
             handles,
             keys: jwks,
@@ -528,7 +532,13 @@ impl Gateway {
         let sign = sign_table(new, &self.key);
         self.handles.store(policy, routes, sign);
         self.enabled.set(EnabledUsers::of(new));
+        if let Some(login) = &self.login {
+            login.reload(new);
+        }
         let mut restart = Vec::new();
+        if new.login != self.config.login {
+            restart.push("login".to_owned());
+        }
         if new.state != self.config.state {
             restart.push("state".to_owned());
         }
@@ -640,6 +650,11 @@ impl Gateway {
                 .with_login_url(url)
                 .map_err(|e| GatewayError::Other(format!("gateway.login_url: {e}")))?;
         }
+        if let Some(login) = &self.login {
+            authorize = authorize
+                .with_login_url(&login.login_url())
+                .map_err(|e| GatewayError::Other(format!("login.url: {e}")))?;
+        }
         let trusted_proxies = TrustedProxies::from_fn(move |ip| {
             trusted_for_proxy
                 .iter()
@@ -660,6 +675,7 @@ impl Gateway {
             .layer(RequestIdLayer::new().trust_cidrs(trusted))
             .layer(forward_auth)
             .layer(SingleAuthorityLayer)
+            .layer(LoginLayer(self.login.clone()))
             .layer(WellKnownLayer {
                 // Serialised once: the key set only changes with a restart.
                 jwks: Bytes::from(

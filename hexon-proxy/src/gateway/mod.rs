@@ -10,6 +10,7 @@ pub mod authority;
 pub mod credentials;
 pub mod echo;
 pub mod keys;
+pub mod login;
 pub mod metrics;
 pub mod sql;
 pub mod state;
@@ -187,6 +188,36 @@ pub fn seal_sql_password(path: &Path) -> Result<(), GatewayError> {
         ));
     }
     out(&sql::seal_password(&config, trimmed)?);
+    Ok(())
+}
+
+/// `hexon hash-password`: read a password on stdin and print its argon2id
+/// hash (PHC string) for `[[user]] password_hash`, with the cost of
+/// `[login.password]` when `path` is given (else the defaults).
+#[cfg(feature = "idp")]
+pub fn hash_password(path: Option<&Path>) -> Result<(), GatewayError> {
+    use std::io::Read as _;
+    let cost = match path {
+        Some(p) => Config::load(p)?
+            .login
+            .map(|l| l.password)
+            .unwrap_or_default(),
+        None => hexon_core::config::PasswordHashConfig::default(),
+    };
+    let mut password = String::new();
+    std::io::stdin()
+        .take(4 * 1024)
+        .read_to_string(&mut password)
+        .map_err(|e| GatewayError::Other(format!("cannot read the password on stdin: {e}")))?;
+    let password = zeroize::Zeroizing::new(password);
+    let trimmed = password.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(GatewayError::Other(
+            "no password on stdin: printf '%s' \"$PASSWORD\" | hexon hash-password".into(),
+        ));
+    }
+    let argon2 = hexon_idp::password::argon2(&cost).map_err(GatewayError::Other)?;
+    out(&hexon_idp::password::hash_now(&argon2, trimmed).map_err(GatewayError::Other)?);
     Ok(())
 }
 

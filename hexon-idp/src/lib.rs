@@ -1,0 +1,29 @@
+//! Hexon's login host (identity provider, part 1).
+//!
+//! The gateway and the login service are one process: a user signs in once
+//! on the login host and every protected host recognises them, through a
+//! one-time code that becomes a session cookie scoped to that host.
+//!
+//! - [`LoginService`]: the pages (sign in, two-step verification, account,
+//!   sign out) and the `/.hexon/callback` every protected host answers.
+//! - [`password`]: argon2id on a bounded pool of dedicated threads.
+//! - [`totp`]: RFC 6238 codes, enrolment URI and QR code; a code is good once.
+//! - [`redirect`]: return URLs only to configured hosts.
+//! - [`throttle`]: growing delays per account name and per address.
+//!
+//! Methods still to come (see docs/LOGIN.md): WebAuthn passkeys, magic
+//! links and email codes.
+
+pub mod pages;
+pub mod password;
+pub mod redirect;
+pub mod service;
+pub mod throttle;
+pub mod totp;
+pub mod users;
+
+pub use service::{
+    APP_COOKIE, APP_LOGOUT_PATH, CALLBACK_PATH, FLOW_COOKIE, LoginParts, LoginService, SSO_COOKIE,
+    StartError, csrf_token,
+};
+pub use users::{ConfigUsers, LocalUser, Users};

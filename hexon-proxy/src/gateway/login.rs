@@ -1,0 +1,156 @@
+//! The login host (`[login]`, feature `idp`): the gateway answers the login
+//! pages and every host's `/.hexon/callback` with `hexon_idp::LoginService`,
+//! before authentication (a browser arriving there has no session yet).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hexon_core::config::Config;
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::GatewayError;
+use super::state::GatewayState;
+use crate::body::BoxBody;
+#[cfg(feature = "idp")]
+use crate::ext::ConnectionInfo;
+
+/// The running login service and the users it reads (swapped on reload).
+#[derive(Clone, Debug)]
+pub struct Login {
+    #[cfg(feature = "idp")]
+    service: hexon_idp::LoginService,
+    #[cfg(feature = "idp")]
+    users: hexon_idp::ConfigUsers,
+}
+
+fn route_hosts(config: &Config) -> Vec<String> {
+    config.routes.iter().map(|r| r.spec.host.clone()).collect()
+}
+
+impl Login {
+    /// Start the login service if `[login]` is configured.
+    pub async fn start(
+        config: &Config,
+        state: &GatewayState,
+    ) -> Result<Option<Login>, GatewayError> {
+        let Some(login) = &config.login else {
+            return Ok(None);
+        };
+        #[cfg(feature = "idp")]
+        {
+            let users = hexon_idp::ConfigUsers::new(config);
+            let service = hexon_idp::LoginService::start(hexon_idp::LoginParts {
+                config: login.clone(),
+                route_hosts: route_hosts(config),
+                users: std::sync::Arc::new(users.clone()),
+                store: state.durable.clone(),
+                kv: state.kv.clone(),
+                sessions: state.sessions.clone(),
+                keys: state.keys.clone(),
+            })
+            .await
+            .map_err(|e| GatewayError::Other(format!("[login]: {e}")))?;
+            tracing::info!(login_url = %service.login_url(), "login host enabled");
+            Ok(Some(Login { service, users }))
+        }
+        #[cfg(not(feature = "idp"))]
+        {
+            let _ = (login, state, route_hosts);
+            Err(GatewayError::Other(
+                "[login] needs the login service: build hexon-proxy with the `idp` feature (the hexon binary has it)".into(),
+            ))
+        }
+    }
+
+    /// Where browsers without a session are sent.
+    pub fn login_url(&self) -> String {
+        #[cfg(feature = "idp")]
+        {
+            self.service.login_url()
+        }
+        #[cfg(not(feature = "idp"))]
+        {
+            String::new()
+        }
+    }
+
+    /// Apply a reloaded configuration's users and route hosts.
+    pub fn reload(&self, config: &Config) {
+        #[cfg(feature = "idp")]
+        {
+            self.users.set(config);
+            let hosts = route_hosts(config);
+            self.service
+                .set_route_hosts(hosts.iter().map(String::as_str));
+        }
+        #[cfg(not(feature = "idp"))]
+        let _ = (config, route_hosts);
+    }
+}
+
+/// Answers login requests; passes everything else on.
+#[derive(Clone, Debug)]
+pub struct LoginLayer(pub Option<Login>);
+
+impl<S> Layer<S> for LoginLayer {
+    type Service = LoginRoute<S>;
+    fn layer(&self, inner: S) -> LoginRoute<S> {
+        LoginRoute {
+            inner,
+            login: self.0.clone(),
+        }
+    }
+}
+
+/// The service of [`LoginLayer`].
+#[derive(Clone, Debug)]
+pub struct LoginRoute<S> {
+    inner: S,
+    login: Option<Login>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> Service<Request<B>> for LoginRoute<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Response<BoxBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        #[cfg(feature = "idp")]
+        if let Some(login) = &self.login {
+            let (parts, body) = req.into_parts();
+            if login.service.handles(&parts) {
+                let ip = parts
+                    .extensions
+                    .get::<ConnectionInfo>()
+                    .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| {
+                        c.peer.ip()
+                    });
+                let service = login.service.clone();
+                let req = Request::from_parts(parts, body);
+                return Box::pin(async move {
+                    let res = service.call(req, ip).await;
+                    Ok(res.map(crate::body::boxed))
+                });
+            }
+            return Box::pin(self.inner.call(Request::from_parts(parts, body)));
+        }
+        Box::pin(self.inner.call(req))
+    }
+}

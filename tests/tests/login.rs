@@ -1,0 +1,890 @@
+//! The login host end to end: the gateway from `hexon.toml` with `[login]`,
+//! a cookie-keeping HTTP client playing the browser, a real upstream that
+//! shows what reached it. Single sign-on across hosts, one-time codes,
+//! CSRF, fixation, throttling, TOTP (enrolment, replay, recovery codes),
+//! step-up, password change and signing out everywhere.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use common::*;
+use hexon_proxy::body::full;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(port: u16, upstream: SocketAddr, alice_hash: &str) -> String {
+    format!(
+        r#"
+[gateway]
+data_dir = "${{DATA}}"
+audit = "off"
+connection_threads = 0
+
+[state]
+durable = "memory"
+
+[[listener]]
+bind = "127.0.0.1:{port}"
+
+[login]
+url = "http://auth.localhost:{port}"
+[login.password]
+memory_kib = 64
+iterations = 1
+min_length = 12
+[login.brand]
+name = "Example Corp"
+
+[[user]]
+name = "alice"
+email = "alice@example.com"
+display_name = "Alice Example"
+password_hash = "{alice_hash}"
+[[user]]
+name = "bob"
+password_hash = "{alice_hash}"
+
+[[group]]
+name = "staff"
+users = ["alice", "bob"]
+
+[[route]]
+name = "app"
+host = "app.localhost"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+groups = ["staff"]
+
+[[route]]
+name = "app2"
+host = "app2.localhost"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+groups = ["staff"]
+
+[[route]]
+name = "admin"
+host = "admin.localhost"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+groups = ["staff"]
+auth_methods = ["totp"]
+max_auth_age = "10m"
+
+[[route]]
+name = "recent"
+host = "recent.localhost"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+groups = ["staff"]
+auth_methods = ["password"]
+max_auth_age = "2s"
+"#
+    )
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+fn hash(password: &str) -> String {
+    let mut c = hexon_core::config::PasswordHashConfig::default();
+    c.memory_kib = 64;
+    c.iterations = 1;
+    hexon_idp::password::hash_now(&hexon_idp::password::argon2(&c).unwrap(), password).unwrap()
+}
+
+/// A browser: cookies per host, no JavaScript.
+struct Browser {
+    addr: SocketAddr,
+    cookies: HashMap<String, Vec<(String, String)>>,
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    set_cookies: Vec<String>,
+    body: String,
+}
+
+impl Page {
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF field");
+        let rest = &self.body[at + 19..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let slash = rest.find('/').unwrap_or(rest.len());
+    let authority = rest[..slash].to_owned();
+    let path = if slash == rest.len() {
+        "/".to_owned()
+    } else {
+        rest[slash..].to_owned()
+    };
+    (authority, path)
+}
+
+fn host_of(authority: &str) -> String {
+    authority.split(':').next().unwrap().to_owned()
+}
+
+impl Browser {
+    fn new(addr: SocketAddr) -> Browser {
+        Browser {
+            addr,
+            cookies: HashMap::new(),
+        }
+    }
+
+    fn cookie(&self, host: &str, name: &str) -> Option<String> {
+        self.cookies
+            .get(host)?
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn set(&mut self, host: &str, name: &str, value: &str) {
+        let jar = self.cookies.entry(host.to_owned()).or_default();
+        jar.retain(|(n, _)| n != name);
+        jar.push((name.to_owned(), value.to_owned()));
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        form: Option<&[(&str, &str)]>,
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let (authority, path) = split_url(url);
+        let host = host_of(&authority);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("host", &authority);
+        if !headers.iter().any(|(k, _)| *k == "accept") {
+            b = b.header("accept", "text/html");
+        }
+        let jar = self.cookies.get(&host).cloned().unwrap_or_default();
+        if !jar.is_empty() {
+            let line = jar
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            b = b.header("cookie", line);
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let body = match form {
+            Some(f) => {
+                b = b.header("content-type", "application/x-www-form-urlencoded");
+                let mut s = form_urlencoded_serialize(f);
+                s.shrink_to_fit();
+                full(s)
+            }
+            None => full(""),
+        };
+        let res = send(self.addr, b.body(body).unwrap()).await;
+        let status = res.status();
+        let location = res
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let set_cookies: Vec<String> = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for c in &set_cookies {
+            let first = c.split(';').next().unwrap();
+            let (n, v) = first.split_once('=').unwrap();
+            let jar = self.cookies.entry(host.clone()).or_default();
+            jar.retain(|(name, _)| name != n);
+            if !c.contains("Max-Age=0") {
+                jar.push((n.to_owned(), v.to_owned()));
+            }
+        }
+        let body = within(res.into_body().collect()).await.unwrap().to_bytes();
+        Page {
+            status,
+            location,
+            set_cookies,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, url: &str) -> Page {
+        self.request("GET", url, None, &[]).await
+    }
+
+    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> Page {
+        self.request("POST", url, Some(form), &[]).await
+    }
+
+    /// Follow redirects from `url`, returning the last page.
+    async fn visit(&mut self, url: &str) -> Page {
+        let mut page = self.get(url).await;
+        for _ in 0..10 {
+            match &page.location {
+                Some(l) if page.status.is_redirection() => {
+                    let next = if l.starts_with('/') {
+                        let (authority, _) = split_url(url);
+                        format!("http://{authority}{l}")
+                    } else {
+                        l.clone()
+                    };
+                    page = self.get(&next).await;
+                }
+                _ => break,
+            }
+        }
+        page
+    }
+}
+
+fn form_urlencoded_serialize(f: &[(&str, &str)]) -> String {
+    f.iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                percent_encoding::utf8_percent_encode(k, percent_encoding::NON_ALPHANUMERIC),
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+struct Env {
+    gw: Gw,
+    port: u16,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let upstream = start_upstream(header_echo()).await;
+        let port = free_port();
+        let gw = Gw::start(&config(port, upstream, &hash(PASSWORD))).await;
+        Env { gw, port }
+    }
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.port)
+    }
+    fn browser(&self) -> Browser {
+        Browser::new(self.gw.addr)
+    }
+
+    /// Sign in on the login page `page` (already fetched) as `user`.
+    async fn sign_in(&self, b: &mut Browser, page: &Page, user: &str, password: &str) -> Page {
+        b.post(
+            &self.url("auth.localhost", "/login"),
+            &[
+                ("csrf", &page.csrf()),
+                ("username", user),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+}
+
+fn upstream_json(page: &Page) -> Value {
+    serde_json::from_str(&page.body)
+        .unwrap_or_else(|_| panic!("not the upstream: {} {}", page.status, page.body))
+}
+
+fn header(v: &Value, name: &str) -> Option<String> {
+    v["headers"][name][0].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_across_hosts_with_host_scoped_sessions() {
+    let env = Env::start().await;
+    let mut b = env.browser();
+
+    // A protected host sends the browser to the login host with its URL.
+    let first = b.get(&env.url("app.localhost", "/private?x=1")).await;
+    assert_eq!(first.status, StatusCode::FOUND);
+    let login = first.location.clone().unwrap();
+    assert!(
+        login.starts_with(&env.url("auth.localhost", "/login?rd=")),
+        "{login}"
+    );
+
+    let page = b.get(&login).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Example Corp") && page.body.contains("<label for=\"password\">"));
+    let flow_cookie = b.cookie("auth.localhost", "__Host-hexon-login").unwrap();
+    assert!(page.set_cookies[0].contains("HttpOnly") && page.set_cookies[0].contains("Secure"));
+
+    let done = env.sign_in(&mut b, &page, "alice", PASSWORD).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    let callback = done.location.clone().unwrap();
+    assert!(
+        callback.starts_with(&env.url("app.localhost", "/.hexon/callback?code=")),
+        "{callback}"
+    );
+    let sso = b.cookie("auth.localhost", "__Host-hexon-sso").unwrap();
+    assert_ne!(sso, flow_cookie, "the session id is new at login");
+    assert!(
+        b.cookie("auth.localhost", "__Host-hexon-login").is_none(),
+        "flow cookie cleared"
+    );
+
+    // The code becomes a session on the app host, and the browser returns
+    // to exactly where it was.
+    let back = b.get(&callback).await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        back.location.as_deref(),
+        Some(env.url("app.localhost", "/private?x=1").as_str())
+    );
+    let app_cookie = b.cookie("app.localhost", "__Host-hexon-session").unwrap();
+    let shown = upstream_json(&b.get(&env.url("app.localhost", "/private?x=1")).await);
+    assert_eq!(header(&shown, "hexon-user").as_deref(), Some("alice"));
+    assert!(
+        header(&shown, "hexon-auth")
+            .unwrap()
+            .starts_with("password=")
+    );
+    let cookies_seen = header(&shown, "cookie").unwrap_or_default();
+    assert!(
+        !cookies_seen.contains("hexon-session"),
+        "the session cookie reached the upstream: {cookies_seen}"
+    );
+
+    // The code is single use.
+    let again = b.get(&callback).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert!(again.body.contains("expired"));
+
+    // The app host's cookie is useless on another host.
+    let mut thief = env.browser();
+    thief.set("app2.localhost", "__Host-hexon-session", &app_cookie);
+    let stolen = thief.get(&env.url("app2.localhost", "/")).await;
+    // A browser is sent round again without the cookie (to the login page).
+    assert_eq!(stolen.status, StatusCode::SEE_OTHER, "{}", stolen.body);
+    assert_eq!(stolen.location.as_deref(), Some("/"));
+    assert!(
+        thief
+            .cookie("app2.localhost", "__Host-hexon-session")
+            .is_none()
+    );
+    let api = thief
+        .request(
+            "GET",
+            &env.url("app2.localhost", "/"),
+            None,
+            &[
+                ("cookie", &format!("__Host-hexon-session={app_cookie}")),
+                ("accept", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{}", api.body);
+
+    // A second host signs in without a form: the login host's session
+    // answers at once.
+    let second = b.visit(&env.url("app2.localhost", "/two")).await;
+    let shown = upstream_json(&second);
+    assert_eq!(header(&shown, "hexon-user").as_deref(), Some("alice"));
+    assert_eq!(shown["uri"], "/two");
+
+    // A code made for app2 is refused at app (and is spent by trying).
+    let to_app2 = b
+        .get(&format!(
+            "{}?rd={}",
+            env.url("auth.localhost", "/login"),
+            enc(&env.url("app2.localhost", "/x"))
+        ))
+        .await;
+    let code_url = to_app2.location.unwrap();
+    let code = code_url.split("code=").nth(1).unwrap();
+    let mut other = env.browser();
+    let wrong_host = other
+        .get(&env.url("app.localhost", &format!("/.hexon/callback?code={code}")))
+        .await;
+    assert_eq!(wrong_host.status, StatusCode::BAD_REQUEST);
+    assert_eq!(b.get(&code_url).await.status, StatusCode::BAD_REQUEST);
+
+    // Signing out everywhere ends the sessions on every host.
+    let account = b.get(&env.url("auth.localhost", "/account")).await;
+    assert_eq!(account.status, StatusCode::OK);
+    assert!(account.body.contains("Alice Example"));
+    let out = b
+        .post(
+            &env.url("auth.localhost", "/logout"),
+            &[("csrf", &account.csrf()), ("everywhere", "1")],
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(b.cookie("auth.localhost", "__Host-hexon-sso").is_none());
+    let mut old = env.browser();
+    old.set("app.localhost", "__Host-hexon-session", &app_cookie);
+    assert_eq!(
+        old.get(&env.url("app.localhost", "/")).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert!(
+        old.visit(&env.url("app.localhost", "/"))
+            .await
+            .body
+            .contains("Sign in")
+    );
+    old.set("auth.localhost", "__Host-hexon-sso", &sso);
+    assert_eq!(
+        old.get(&env.url("auth.localhost", "/account"))
+            .await
+            .location
+            .as_deref(),
+        Some("/login")
+    );
+    env.gw.stop().await;
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_refuse_csrf_fixation_and_open_redirects() {
+    let env = Env::start().await;
+    let mut b = env.browser();
+    let page = b.get(&env.url("auth.localhost", "/login")).await;
+
+    // No token, a wrong token, a token of another browser, another origin.
+    for form in [
+        vec![("username", "alice"), ("password", PASSWORD)],
+        vec![("csrf", "x"), ("username", "alice"), ("password", PASSWORD)],
+    ] {
+        let r = b.post(&env.url("auth.localhost", "/login"), &form).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{form:?}");
+    }
+    let mut other = env.browser();
+    let their_page = other.get(&env.url("auth.localhost", "/login")).await;
+    let r = b
+        .post(
+            &env.url("auth.localhost", "/login"),
+            &[
+                ("csrf", &their_page.csrf()),
+                ("username", "alice"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let csrf = page.csrf();
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("username", "alice"),
+        ("password", PASSWORD),
+    ];
+    for headers in [
+        vec![("origin", "http://evil.localhost:1")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+    ] {
+        let r = b
+            .request(
+                "POST",
+                &env.url("auth.localhost", "/login"),
+                Some(&form),
+                &headers,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}");
+    }
+
+    // Fixation: a session id planted before login is never the one after.
+    b.set("auth.localhost", "__Host-hexon-sso", "planted-by-attacker");
+    let done = b
+        .request(
+            "POST",
+            &env.url("auth.localhost", "/login"),
+            Some(&form),
+            &[("origin", &env.url("auth.localhost", ""))],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    let sso = b.cookie("auth.localhost", "__Host-hexon-sso").unwrap();
+    assert_ne!(sso, "planted-by-attacker");
+    let mut attacker = env.browser();
+    attacker.set("auth.localhost", "__Host-hexon-sso", "planted-by-attacker");
+    assert_eq!(
+        attacker
+            .get(&env.url("auth.localhost", "/account"))
+            .await
+            .location
+            .as_deref(),
+        Some("/login")
+    );
+    // The form is spent.
+    let replay = b.post(&env.url("auth.localhost", "/login"), &form).await;
+    assert_ne!(replay.status, StatusCode::SEE_OTHER);
+
+    // Return URLs only to configured hosts, on this scheme and port.
+    let p = env.port;
+    for rd in [
+        "http://evil.localhost/".to_owned(),
+        format!("http://evil.localhost:{p}/"),
+        format!("//evil.localhost:{p}/"),
+        format!("http://app.localhost:{p}@evil.localhost:{p}/"),
+        format!("http://app.localhost:{p}\\@evil.localhost/"),
+        format!("http://app.localhost:{p}//evil.localhost/"),
+        format!("http://app.localhost:{p}/%2F%2Fevil.localhost"),
+        format!("http://app.localhost:{p}/a/../../evil"),
+        format!("http://app.localhost:{p}/%2e%2e/evil"),
+        format!("https://app.localhost:{p}/"),
+        format!("http://app.localhost:{}/", p.wrapping_add(1)),
+        "javascript:alert(1)".to_owned(),
+    ] {
+        for encoded in [enc(&rd), enc(&enc(&rd))] {
+            let r = b
+                .get(&format!(
+                    "{}?rd={encoded}",
+                    env.url("auth.localhost", "/login")
+                ))
+                .await;
+            assert!(
+                r.status == StatusCode::BAD_REQUEST || r.location.is_none(),
+                "{rd:?} → {} {:?}",
+                r.status,
+                r.location
+            );
+            if let Some(l) = &r.location {
+                panic!("{rd:?} redirected to {l}");
+            }
+        }
+    }
+    env.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_look_alike_and_are_throttled() {
+    let env = Env::start().await;
+    let mut b = env.browser();
+    let mut bodies = Vec::new();
+    for (user, password) in [
+        ("alice", "wrong password"),
+        ("nobody", "wrong password"),
+        ("ALICE", PASSWORD),
+    ] {
+        let page = b.get(&env.url("auth.localhost", "/login")).await;
+        let r = env.sign_in(&mut b, &page, user, password).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{user}");
+        assert!(r.body.contains("Wrong username or password."));
+        bodies.push(r.body.replace(user, "USER"));
+    }
+    // Apart from the echoed name and the CSRF token, the pages are equal.
+    let strip = |s: &str| {
+        let at = s.find("name=\"csrf\"").unwrap();
+        format!("{}{}", &s[..at], &s[at + 80..])
+    };
+    assert_eq!(strip(&bodies[0]), strip(&bodies[1]));
+
+    // alice has failed once, from this address three times; one more
+    // failure starts the delays, and then even the right password waits.
+    let page = b.get(&env.url("auth.localhost", "/login")).await;
+    let r = env.sign_in(&mut b, &page, "alice", "wrong again").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let page = b.get(&env.url("auth.localhost", "/login")).await;
+    let r = env.sign_in(&mut b, &page, "alice", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.body.contains("Too many attempts. Wait"));
+
+    // Failures are in the audit log with their reason.
+    let events = env
+        .gw
+        .gateway
+        .state()
+        .durable
+        .audit_after(0, 100)
+        .await
+        .unwrap();
+    let reasons: Vec<String> = events
+        .iter()
+        .filter(|e| e.event.kind == "login.failure")
+        .map(|e| e.event.detail["reason"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        reasons.contains(&"wrong_password".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"unknown_or_disabled_user".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(events.iter().any(|e| e.event.kind == "login.throttled"));
+    env.gw.stop().await;
+}
+
+fn code_now(secret_b32: &str, offset_steps: i64) -> String {
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(secret_b32.as_bytes())
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let step = hexon_idp::totp::step_of(now)
+        .checked_add_signed(offset_steps)
+        .unwrap();
+    format!("{:06}", hexon_idp::totp::code_at(&secret, step))
+}
+
+/// Sign in with the password only, on a fresh browser; the `__Host-hexon-sso` page.
+async fn password_session(env: &Env) -> Browser {
+    let mut b = env.browser();
+    let page = b.get(&env.url("auth.localhost", "/login")).await;
+    let r = env.sign_in(&mut b, &page, "alice", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_enrolment_login_replay_recovery_and_step_up() {
+    let env = Env::start().await;
+    let mut b = password_session(&env).await;
+
+    // A route that wants TOTP: password alone is not enough (the app
+    // session is made, then the route asks for a step-up), and the
+    // account has no TOTP yet.
+    let refused = b.visit(&env.url("admin.localhost", "/ops")).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(refused.body.contains("not set up"));
+
+    // Enrol: the page shows the key (and its QR code); a wrong code is
+    // refused; the right one turns TOTP on and shows recovery codes once.
+    let enrol = b.get(&env.url("auth.localhost", "/account/totp")).await;
+    assert!(enrol.body.contains("<svg"));
+    let at = enrol.body.find("<code id=\"secret\">").unwrap() + 18;
+    let secret = enrol.body[at..at + enrol.body[at..].find('<').unwrap()].to_owned();
+    let wrong = b
+        .post(
+            &env.url("auth.localhost", "/account/totp"),
+            &[("csrf", &enrol.csrf()), ("code", "000000")],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let sso_before = b.cookie("auth.localhost", "__Host-hexon-sso").unwrap();
+    let on = b
+        .post(
+            &env.url("auth.localhost", "/account/totp"),
+            &[("csrf", &enrol.csrf()), ("code", &code_now(&secret, 0))],
+        )
+        .await;
+    assert_eq!(on.status, StatusCode::OK, "{}", on.body);
+    assert_ne!(
+        b.cookie("auth.localhost", "__Host-hexon-sso").unwrap(),
+        sso_before,
+        "session rotated at privilege change"
+    );
+    let list = &on.body[on.body.find("id=\"recovery-codes\">").unwrap()..];
+    let recovery: Vec<String> = list
+        .split("<li>")
+        .skip(1)
+        .map(|s| s[..s.find('<').unwrap()].to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+
+    // The step-up now passes (TOTP was just used) and returns to the route.
+    let ops = b.visit(&env.url("admin.localhost", "/ops")).await;
+    assert_eq!(upstream_json(&ops)["uri"], "/ops");
+
+    // A new browser: password, then TOTP (the next step's code: the
+    // enrolment spent this step's).
+    let mut c = env.browser();
+    let page = c.get(&env.url("auth.localhost", "/login")).await;
+    let second = env.sign_in(&mut c, &page, "alice", PASSWORD).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert!(second.body.contains("Two-step verification"));
+    let next = code_now(&secret, 1);
+    let ok = c
+        .post(
+            &env.url("auth.localhost", "/login/totp"),
+            &[("csrf", &second.csrf()), ("code", &next)],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+
+    // Replaying that code in a third browser is refused.
+    let mut d = env.browser();
+    let page = d.get(&env.url("auth.localhost", "/login")).await;
+    let second = env.sign_in(&mut d, &page, "alice", PASSWORD).await;
+    let replay = d
+        .post(
+            &env.url("auth.localhost", "/login/totp"),
+            &[("csrf", &second.csrf()), ("code", &next)],
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
+    assert!(replay.body.contains("already used"));
+
+    // A recovery code works once.
+    let rc = d
+        .post(
+            &env.url("auth.localhost", "/login/totp"),
+            &[("csrf", &second.csrf()), ("code", &recovery[0])],
+        )
+        .await;
+    assert_eq!(rc.status, StatusCode::SEE_OTHER, "{}", rc.body);
+    let mut e = env.browser();
+    let page = e.get(&env.url("auth.localhost", "/login")).await;
+    let second = env.sign_in(&mut e, &page, "alice", PASSWORD).await;
+    let again = e
+        .post(
+            &env.url("auth.localhost", "/login/totp"),
+            &[("csrf", &second.csrf()), ("code", &recovery[0])],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    env.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_password_ends_other_sessions() {
+    let env = Env::start().await;
+    let mut b = password_session(&env).await;
+    let mut other = password_session(&env).await;
+    let account = b.get(&env.url("auth.localhost", "/account")).await;
+    let short = b
+        .post(
+            &env.url("auth.localhost", "/account/password"),
+            &[
+                ("csrf", &account.csrf()),
+                ("current", PASSWORD),
+                ("new", "short"),
+                ("confirm", "short"),
+            ],
+        )
+        .await;
+    assert!(short.body.contains("at least 12 characters"));
+    let wrong = b
+        .post(
+            &env.url("auth.localhost", "/account/password"),
+            &[
+                ("csrf", &account.csrf()),
+                ("current", "nope"),
+                ("new", "a much better passphrase"),
+                ("confirm", "a much better passphrase"),
+            ],
+        )
+        .await;
+    assert!(wrong.body.contains("current password is not right"));
+    let changed = b
+        .post(
+            &env.url("auth.localhost", "/account/password"),
+            &[
+                ("csrf", &account.csrf()),
+                ("current", PASSWORD),
+                ("new", "a much better passphrase"),
+                ("confirm", "a much better passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert!(changed.body.contains("Password changed"));
+    // This browser stays signed in; the other one is out.
+    assert_eq!(
+        b.get(&env.url("auth.localhost", "/account")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        other
+            .get(&env.url("auth.localhost", "/account"))
+            .await
+            .location
+            .as_deref(),
+        Some("/login")
+    );
+    // The old password no longer works; the new one does (bob's, set in
+    // the config with the same hash, is untouched).
+    let mut c = env.browser();
+    let page = c.get(&env.url("auth.localhost", "/login")).await;
+    assert_eq!(
+        env.sign_in(&mut c, &page, "alice", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let page = c.get(&env.url("auth.localhost", "/login")).await;
+    assert_eq!(
+        env.sign_in(&mut c, &page, "alice", "a much better passphrase")
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    // (Signed in, the login page goes straight to the account page.)
+    assert_eq!(
+        c.get(&env.url("auth.localhost", "/login"))
+            .await
+            .location
+            .as_deref(),
+        Some("/account")
+    );
+    let mut d = env.browser();
+    let page = d.get(&env.url("auth.localhost", "/login")).await;
+    assert_eq!(
+        env.sign_in(&mut d, &page, "bob", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+    env.gw.stop().await;
+}
+
+/// The pages in a real browser: headless Chromium driven by playwright-core
+/// (tests/browser/login.mjs), keyboard and labels as a user would use them.
+/// `HEXON_SCREENSHOTS=dir` keeps screenshots (docs/screenshots/ came from it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_pages_in_headless_chromium() {
+    let env = Env::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let browser_dir = root.join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed in tests/browser: run scripts/install-test-deps"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: run scripts/install-test-deps (Debian package chromium) or set CHROMIUM"
+    );
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(browser_dir.join("login.mjs"))
+        .current_dir(&browser_dir)
+        .env("HEXON_PORT", env.port.to_string())
+        .env("HEXON_PASSWORD", PASSWORD)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(180), cmd.output())
+        .await
+        .expect("the browser test took over 3 minutes")
+        .expect("node runs (install Node.js)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("browser login flow: ok"), "{stdout}");
+    env.gw.stop().await;
+}
