@@ -24,6 +24,6 @@ pub mod users;
 
 pub use service::{
     APP_COOKIE, APP_LOGOUT_PATH, CALLBACK_PATH, FLOW_COOKIE, LoginParts, LoginService, SSO_COOKIE,
-    StartError, csrf_token,
+    StartError, csrf_token, fuzz_login_inputs,
 };
 pub use users::{ConfigUsers, LocalUser, Users};

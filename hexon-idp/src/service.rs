@@ -1720,3 +1720,33 @@ impl LoginService {
         Ok(Reply::redirect("/login?signed_out=1").cookie(clear_cookie(SSO_COOKIE)))
     }
 }
+
+/// What a browser sends the login service — forms, queries, cookies, host
+/// names, return URLs, codes — parsed or refused, never a panic. For the
+/// fuzz target `login_inputs`.
+#[doc(hidden)]
+pub fn fuzz_login_inputs(data: &[u8]) {
+    let form = Form::parse(data);
+    for (k, _) in &form.0 {
+        let _ = form.get(k);
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let hosts = ReturnHosts::new("https", None, ["app.example.com", "*.example.org"]);
+    if let Ok(r) = hosts.check(text) {
+        assert!(hosts.allows(&r.host));
+        assert!(r.url.starts_with("https://"));
+    }
+    let _ = totp::matching_step(b"12345678901234567890", text, 1_700_000_000, 0);
+    if let Ok(v) = HeaderValue::from_str(text) {
+        let mut req = Request::new(());
+        req.headers_mut().insert(COOKIE, v.clone());
+        req.headers_mut().insert(http::header::HOST, v);
+        let (parts, ()) = req.into_parts();
+        if let Some(c) = cookie(&parts, SSO_COOKIE) {
+            assert!(!c.is_empty() && c.len() <= 256);
+        }
+        let _ = request_host(&parts);
+    }
+}

@@ -226,12 +226,34 @@ async fn session_cookie_valid_expired_revoked() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(seen(&res).identity().unwrap().username(), "alice");
 
-    // Expired: 401, the cookie is cleared so the next request is anonymous.
+    // Expired: a browser is sent to the same URL with the cookie cleared,
+    // so its next request is anonymous (and gets the login redirect).
     let res = run(&f, with_cookie("s3cr3t-old")).await;
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/x");
     let clear = res.headers()["set-cookie"].to_str().unwrap();
     assert!(clear.starts_with("__Host-hexon-session=;") && clear.contains("Max-Age=0"));
     assert!(body_string(res).await.contains("<html"));
+    // An API call gets the 401 (and the cleared cookie).
+    let with_cookie = |c: &str| {
+        get()
+            .header("cookie", format!("__Host-hexon-session={c}"))
+            .header("accept", "application/json")
+            .body(Empty::new())
+            .unwrap()
+    };
+    f.store.insert(
+        "s3cr3t-old",
+        Session::new(alice(), NOW.saturating_sub(Duration::from_secs(1))),
+    );
+    let res = run(&f, with_cookie("s3cr3t-old")).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
 
     // Unknown.
     assert_eq!(
