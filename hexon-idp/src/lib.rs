@@ -21,6 +21,7 @@ pub mod service;
 pub mod throttle;
 pub mod totp;
 pub mod users;
+pub mod webauthn;
 
 pub use service::{
     APP_COOKIE, APP_LOGOUT_PATH, CALLBACK_PATH, FLOW_COOKIE, LoginParts, LoginService, SSO_COOKIE,

@@ -135,25 +135,54 @@ pub fn login(
 <label for="password">Password</label>
 <input type="password" id="password" name="password" autocomplete="current-password" required{autofocus_pw}{described}>
 <button type="submit">Sign in</button>
-</form>"#,
+</form>
+{passkey}"#,
         alert = alert(error, notice),
         csrf = hidden("csrf", csrf),
         username = esc(username),
+        passkey = passkey_button(csrf, "Sign in with a passkey"),
     );
     layout(brand, "Sign in", &body)
 }
 
-/// The second step: a code from the authenticator app (or a recovery code).
-pub fn totp(brand: &BrandConfig, csrf: &str, username: &str, error: Option<&str>) -> String {
+/// The passkey button (shown by the script where the browser can do
+/// WebAuthn), with the script and where its errors go.
+fn passkey_button(csrf: &str, label: &str) -> String {
+    format!(
+        r#"<p class="error" role="alert" id="passkey-error" hidden></p>
+<button type="button" id="passkey-login" class="secondary" data-csrf="{}" hidden>{}</button>
+<script src="/static/webauthn.js" defer></script>"#,
+        esc(csrf),
+        esc(label)
+    )
+}
+
+/// Which second steps the user can take.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SecondFactors {
+    /// A code from an authenticator app (or a recovery code).
+    pub totp: bool,
+    /// A passkey or security key.
+    pub passkey: bool,
+}
+
+/// The second step: a code from the authenticator app (or a recovery
+/// code), or a passkey.
+pub fn totp(
+    brand: &BrandConfig,
+    csrf: &str,
+    username: &str,
+    factors: SecondFactors,
+    error: Option<&str>,
+) -> String {
     let described = if error.is_some() {
         " aria-describedby=\"error\""
     } else {
         ""
     };
-    let body = format!(
-        r#"<h1>Two-step verification</h1>
-{alert}
-<p>Enter the 6-digit code from your authenticator app for <strong>{username}</strong>.</p>
+    let code_form = if factors.totp {
+        format!(
+            r#"<p>Enter the 6-digit code from your authenticator app for <strong>{username}</strong>.</p>
 <form method="post" action="/login/totp">
 {csrf}
 <label for="code">Code</label>
@@ -161,9 +190,23 @@ pub fn totp(brand: &BrandConfig, csrf: &str, username: &str, error: Option<&str>
 <p class="hint">Lost your phone? Enter one of your recovery codes instead.</p>
 <button type="submit">Verify</button>
 </form>"#,
+            csrf = hidden("csrf", csrf),
+            username = esc(username),
+        )
+    } else {
+        format!(
+            "<p>Confirm it is you, <strong>{}</strong>, with your passkey.</p>",
+            esc(username)
+        )
+    };
+    let passkey = if factors.passkey {
+        passkey_button(csrf, "Use a passkey")
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "<h1>Two-step verification</h1>\n{alert}\n{code_form}\n{passkey}",
         alert = alert(error, None),
-        csrf = hidden("csrf", csrf),
-        username = esc(username),
     );
     layout(brand, "Two-step verification", &body)
 }
@@ -181,6 +224,8 @@ pub struct Account<'a> {
     pub totp: bool,
     /// Unused recovery codes left.
     pub recovery_left: usize,
+    /// Passkeys: credential id, label, when added (text).
+    pub passkeys: Vec<(String, String, String)>,
 }
 
 /// The signed-in user's page: who, how, and what they can change.
@@ -195,6 +240,25 @@ pub fn account(
     for (m, ago) in &a.methods {
         let _ = write!(methods, "<tr><td>{}</td><td>{}</td></tr>", esc(m), esc(ago));
     }
+    let passkeys = if a.passkeys.is_empty() {
+        "<p>No passkeys yet.</p>".to_owned()
+    } else {
+        let mut t = String::from(
+            "<table aria-label=\"Your passkeys\"><tr><th>Name</th><th>Added</th><th></th></tr>",
+        );
+        for (id, label, added) in &a.passkeys {
+            let _ = write!(
+                t,
+                r#"<tr><td>{label}</td><td>{added}</td><td><form method="post" action="/account/passkeys/remove">{csrf}{id}<button type="submit" class="secondary" aria-label="Remove passkey {label}">Remove</button></form></td></tr>"#,
+                label = esc(label),
+                added = esc(added),
+                csrf = hidden("csrf", csrf),
+                id = hidden("id", id),
+            );
+        }
+        t.push_str("</table>");
+        t
+    };
     let totp = if a.totp {
         format!(
             r#"<p>Two-step verification is <strong>on</strong> ({left} recovery codes left).</p>
@@ -215,6 +279,13 @@ pub fn account(
 <table aria-label="How you signed in"><tr><th>Method</th><th>When</th></tr>{methods}</table>
 <h2>Two-step verification</h2>
 {totp}
+<h2>Passkeys</h2>
+{passkeys}
+<p class="error" role="alert" id="passkey-error" hidden></p>
+<label for="passkey-label">Name for a new passkey</label>
+<input type="text" id="passkey-label" name="label" maxlength="64" placeholder="e.g. Laptop">
+<button type="button" id="passkey-register" class="secondary" data-csrf="{csrf_value}" hidden>Add a passkey</button>
+<script src="/static/webauthn.js" defer></script>
 <h2>Password</h2>
 <form method="post" action="/account/password">{csrf}
 <label for="current">Current password</label>
@@ -233,6 +304,7 @@ pub fn account(
         who = esc(a.display_name.unwrap_or(a.username)),
         alert = alert(error, notice),
         csrf = hidden("csrf", csrf),
+        csrf_value = esc(csrf),
     );
     layout(brand, "Your account", &body)
 }
@@ -315,7 +387,16 @@ mod tests {
         let b = BrandConfig::default();
         for page in [
             login(&b, "t", "", None, None),
-            totp(&b, "t", "alice", None),
+            totp(
+                &b,
+                "t",
+                "alice",
+                SecondFactors {
+                    totp: true,
+                    passkey: true,
+                },
+                None,
+            ),
             account(&b, "t", &Account::default(), None, None),
             enrol_totp(&b, "t", "<svg></svg>", "ABC", None),
         ] {
@@ -326,3 +407,7 @@ mod tests {
         }
     }
 }
+
+/// The passkey script: registration on the account page, sign-in on the
+/// login and second-step pages. The only script of the login host.
+pub const WEBAUTHN_JS: &str = include_str!("webauthn.js");

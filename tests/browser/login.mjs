@@ -72,7 +72,7 @@ try {
   // A wrong password: a readable error, announced.
   await page.getByLabel('Username').fill('alice');
   await page.getByLabel('Password').fill('not the password');
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   check((await page.getByRole('alert').textContent()).includes('Wrong username or password'), 'error shown');
   await shot(page, 'login-error');
 
@@ -105,13 +105,29 @@ try {
   check(codes.length === 10, 'ten recovery codes');
   await shot(page, 'recovery-codes');
 
+  // 3b. A passkey, on Chromium's virtual authenticator (resident keys,
+  // user verification).
+  const cdp = await one.newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2', transport: 'internal', hasResidentKey: true,
+      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  await page.goto(url('auth', '/account'));
+  await page.getByLabel('Name for a new passkey').fill('Laptop');
+  await page.getByRole('button', { name: 'Add a passkey' }).click();
+  await page.getByRole('button', { name: 'Remove passkey Laptop' }).waitFor();
+  await shot(page, 'account-passkey');
+
   // 4. A second browser: password, then TOTP.
   const two = await browser.newContext({ viewport: { width: 520, height: 820 } });
   const page2 = await two.newPage();
   await page2.goto(url('admin', '/ops'));
   await page2.getByLabel('Username').fill('alice');
   await page2.getByLabel('Password').fill(password);
-  await page2.getByRole('button', { name: 'Sign in' }).click();
+  await page2.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page2.getByLabel('Code').waitFor();
   await shot(page2, 'totp-login');
   await page2.getByLabel('Code').fill(totp(secret, 1));
@@ -127,10 +143,25 @@ try {
   await page2.getByText('Please confirm your password').waitFor();
   await shot(page2, 'step-up');
   await page2.getByLabel('Password').fill(password);
-  await page2.getByRole('button', { name: 'Sign in' }).click();
+  await page2.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page2.waitForURL(url('recent', '/fresh'));
   saw = await upstreamSaw(page2);
   check(saw.headers['hexon-user'][0] === 'alice', 'step-up returned to the route');
+
+  // 5b. Sign out of the login host in the first browser, then sign in
+  // with the passkey alone (no username) on a host it has no session for.
+  await page.goto(url('auth', '/account'));
+  await page.getByRole('button', { name: 'Sign out', exact: true }).click();
+  await page.getByText('You are signed out.').waitFor();
+  await page.goto(url('app3', '/p'));
+  check(page.url().startsWith(url('auth', '/login')), `login page for app3, at ${page.url()}`);
+  await page.getByRole('button', { name: 'Sign in with a passkey' }).click();
+  await page.waitForURL(url('app3', '/p'));
+  saw = await upstreamSaw(page);
+  check(/^webauthn=\d+$/.test(saw.headers['hexon-auth'][0]), `passkey in Hexon-Auth: ${saw.headers['hexon-auth'][0]}`);
+  const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+  check(credentials.length === 1 && credentials[0].isResidentCredential, 'one discoverable credential');
+  check(credentials[0].signCount >= 1, `the sign count moved: ${credentials[0].signCount}`);
 
   // 6. Sign out everywhere (from the first browser) ends the second's
   // sessions too.

@@ -75,6 +75,13 @@ upstream = ["http://{upstream}"]
 groups = ["staff"]
 
 [[route]]
+name = "app3"
+host = "app3.localhost"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+groups = ["staff"]
+
+[[route]]
 name = "admin"
 host = "admin.localhost"
 upstream = ["http://{upstream}"]
@@ -597,8 +604,13 @@ async fn failures_look_alike_and_are_throttled() {
     }
     // Apart from the echoed name and the CSRF token, the pages are equal.
     let strip = |s: &str| {
-        let at = s.find("name=\"csrf\"").unwrap();
-        format!("{}{}", &s[..at], &s[at + 80..])
+        let page = Page {
+            status: StatusCode::OK,
+            location: None,
+            set_cookies: vec![],
+            body: s.to_owned(),
+        };
+        s.replace(&page.csrf(), "TOKEN")
     };
     assert_eq!(strip(&bodies[0]), strip(&bodies[1]));
 
