@@ -24,7 +24,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config(port: u16, upstream: SocketAddr, alice_hash: &str) -> String {
+fn config(port: u16, upstream: SocketAddr, alice_hash: &str, login_host: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -39,7 +39,7 @@ durable = "memory"
 bind = "127.0.0.1:{port}"
 
 [login]
-url = "http://auth.localhost:{port}"
+url = "http://{login_host}:{port}"
 [login.password]
 memory_kib = 64
 iterations = 1
@@ -80,6 +80,14 @@ host = "app3.localhost"
 upstream = ["http://{upstream}"]
 [[route.allow]]
 groups = ["staff"]
+
+[[route]]
+name = "keys"
+host = "keys.localhost"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+groups = ["staff"]
+auth_methods = ["webauthn"]
 
 [[route]]
 name = "admin"
@@ -125,6 +133,13 @@ struct Page {
 }
 
 impl Page {
+    /// The CSRF token the passkey button carries.
+    fn data_csrf(&self) -> String {
+        let at = self.body.find("data-csrf=\"").expect("a passkey button") + 11;
+        let rest = &self.body[at..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+
     fn csrf(&self) -> String {
         let at = self
             .body
@@ -240,6 +255,45 @@ impl Browser {
         }
     }
 
+    /// What the passkey script does: JSON with the CSRF token in a header.
+    async fn json(&mut self, url: &str, csrf: &str, body: &str) -> (StatusCode, Value, Page) {
+        let (authority, path) = split_url(url);
+        let host = host_of(&authority);
+        let jar = self.cookies.get(&host).cloned().unwrap_or_default();
+        let line = jar
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let req = Request::post(&path)
+            .header("host", &authority)
+            .header("content-type", "application/json")
+            .header("x-csrf-token", csrf)
+            .header("cookie", line)
+            .body(full(body.to_owned()))
+            .unwrap();
+        let res = send(self.addr, req).await;
+        let status = res.status();
+        for c in res.headers().get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (n, v) = c.split(';').next().unwrap().split_once('=').unwrap();
+            let jar = self.cookies.entry(host.clone()).or_default();
+            jar.retain(|(name, _)| name != n);
+            if !c.contains("Max-Age=0") {
+                jar.push((n.to_owned(), v.to_owned()));
+            }
+        }
+        let bytes = within(res.into_body().collect()).await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let page = Page {
+            status,
+            location: None,
+            set_cookies: vec![],
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        (status, v, page)
+    }
+
     async fn get(&mut self, url: &str) -> Page {
         self.request("GET", url, None, &[]).await
     }
@@ -285,14 +339,19 @@ fn form_urlencoded_serialize(f: &[(&str, &str)]) -> String {
 struct Env {
     gw: Gw,
     port: u16,
+    login: &'static str,
 }
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with_login_host("auth.localhost").await
+    }
+
+    async fn start_with_login_host(login: &'static str) -> Env {
         let upstream = start_upstream(header_echo()).await;
         let port = free_port();
-        let gw = Gw::start(&config(port, upstream, &hash(PASSWORD))).await;
-        Env { gw, port }
+        let gw = Gw::start(&config(port, upstream, &hash(PASSWORD), login)).await;
+        Env { gw, port, login }
     }
     fn url(&self, host: &str, path: &str) -> String {
         format!("http://{host}:{}{path}", self.port)
@@ -304,7 +363,7 @@ impl Env {
     /// Sign in on the login page `page` (already fetched) as `user`.
     async fn sign_in(&self, b: &mut Browser, page: &Page, user: &str, password: &str) -> Page {
         b.post(
-            &self.url("auth.localhost", "/login"),
+            &self.url(self.login, "/login"),
             &[
                 ("csrf", &page.csrf()),
                 ("username", user),
@@ -667,7 +726,7 @@ fn code_now(secret_b32: &str, offset_steps: i64) -> String {
 /// Sign in with the password only, on a fresh browser; the `__Host-hexon-sso` page.
 async fn password_session(env: &Env) -> Browser {
     let mut b = env.browser();
-    let page = b.get(&env.url("auth.localhost", "/login")).await;
+    let page = b.get(&env.url(env.login, "/login")).await;
     let r = env.sign_in(&mut b, &page, "alice", PASSWORD).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     b
@@ -898,5 +957,172 @@ async fn the_login_pages_in_headless_chromium() {
         "browser test failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("browser login flow: ok"), "{stdout}");
+    env.gw.stop().await;
+}
+
+/// Passkeys with a software authenticator: registration, step-up to a route
+/// that wants WebAuthn, a replayed assertion, a sign count that goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkeys_register_step_up_and_refuse_replay_and_rollback() {
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    use webauthn_authenticator_rs::prelude::{
+        CreationChallengeResponse, RequestChallengeResponse, Url,
+    };
+    use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+
+    let env = Env::start_with_login_host("localhost").await;
+    let origin = Url::parse(&env.url("localhost", "")).unwrap();
+    let mut authenticator = WebauthnAuthenticator::new(SoftPasskey::new(true));
+    let mut b = password_session(&env).await;
+
+    // Register from the account page.
+    let account = b.get(&env.url("localhost", "/account")).await;
+    let csrf = account.data_csrf();
+    let (status, ccr, _) = b
+        .json(
+            &env.url("localhost", "/webauthn/register/begin"),
+            &csrf,
+            r#"{"label":"soft key"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ccr}");
+    let ccr: CreationChallengeResponse = serde_json::from_value(ccr).unwrap();
+    let reg = authenticator.do_registration(origin.clone(), ccr).unwrap();
+    let reg = serde_json::to_string(&reg).unwrap();
+    // A wrong CSRF token is refused before anything is read.
+    let (status, _, _) = b
+        .json(
+            &env.url("localhost", "/webauthn/register/finish"),
+            "wrong",
+            &reg,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, done, _) = b
+        .json(
+            &env.url("localhost", "/webauthn/register/finish"),
+            &csrf,
+            &reg,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["redirect"], "/account");
+    // The ceremony is spent: the same answer again is refused.
+    let account = b.get(&env.url("localhost", "/account")).await;
+    assert!(account.body.contains("soft key"));
+    let (status, _, _) = b
+        .json(
+            &env.url("localhost", "/webauthn/register/finish"),
+            &account.data_csrf(),
+            &reg,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A route that wants WebAuthn: step-up offers the passkey.
+    let step_up = b.visit(&env.url("keys.localhost", "/k")).await;
+    assert_eq!(step_up.status, StatusCode::OK, "{}", step_up.body);
+    assert!(step_up.body.contains("Use a passkey"));
+    let csrf = step_up.data_csrf();
+    let (status, rcr, _) = b
+        .json(&env.url("localhost", "/webauthn/login/begin"), &csrf, "{}")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rcr}");
+    let rcr: RequestChallengeResponse = serde_json::from_value(rcr).unwrap();
+    let first = serde_json::to_string(
+        &authenticator
+            .do_authentication(origin.clone(), rcr)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, done, _) = b
+        .json(
+            &env.url("localhost", "/webauthn/login/finish"),
+            &csrf,
+            &first,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    let there = b.visit(done["redirect"].as_str().unwrap()).await;
+    let seen = upstream_json(&there);
+    assert_eq!(seen["uri"], "/k");
+    let auth = header(&seen, "hexon-auth").unwrap();
+    assert!(
+        auth.contains("password=") && auth.contains("webauthn="),
+        "{auth}"
+    );
+
+    // Another browser: password, then the passkey as second step. The
+    // first assertion replayed against a new challenge is refused.
+    let mut c = env.browser();
+    let page = c.get(&env.url("localhost", "/login")).await;
+    let second = env.sign_in(&mut c, &page, "alice", PASSWORD).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert!(second.body.contains("Use a passkey"));
+    let csrf = second.data_csrf();
+    let (status, _, _) = c
+        .json(&env.url("localhost", "/webauthn/login/begin"), &csrf, "{}")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v, _) = c
+        .json(
+            &env.url("localhost", "/webauthn/login/finish"),
+            &csrf,
+            &first,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    // Without a ceremony at all (it was spent by the refusal): refused too.
+    let (status, _, _) = c
+        .json(
+            &env.url("localhost", "/webauthn/login/finish"),
+            &csrf,
+            &first,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // The authenticator's count goes back (as a clone's would): refused.
+    let durable = env.gw.gateway.state().durable.clone();
+    let cred = durable
+        .credentials_of("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.kind == hexon_core::store::CredentialKind::WebAuthn)
+        .unwrap();
+    assert!(
+        cred.counter >= 1,
+        "the sign count was recorded: {}",
+        cred.counter
+    );
+    assert!(
+        durable
+            .advance_counter(&cred.id, cred.counter, 1000, hexon_core::UnixTime::now())
+            .await
+            .unwrap()
+    );
+    let (status, rcr, _) = c
+        .json(&env.url("localhost", "/webauthn/login/begin"), &csrf, "{}")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let rcr: RequestChallengeResponse = serde_json::from_value(rcr).unwrap();
+    let low = serde_json::to_string(
+        &authenticator
+            .do_authentication(origin.clone(), rcr)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, v, _) = c
+        .json(&env.url("localhost", "/webauthn/login/finish"), &csrf, &low)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    let events = durable.audit_after(0, 200).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.kind == "webauthn.counter_refused")
+    );
+    assert!(events.iter().any(|e| e.event.kind == "webauthn.registered"));
     env.gw.stop().await;
 }
