@@ -573,6 +573,31 @@ pub struct LoginConfig {
     /// Name, logo and colours of the login pages.
     #[serde(default)]
     pub brand: BrandConfig,
+    /// Sign-in codes and links by email. Unset: not offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailLoginConfig>,
+}
+
+/// `[login.email]`: one-time codes and magic links sent over SMTP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EmailLoginConfig {
+    /// SMTP server: `smtps://user:pass@mail.example.com:465` (implicit
+    /// TLS), `smtp://mail.example.com:587?tls=required` (STARTTLS), or
+    /// `smtp://127.0.0.1:25` (plain: loopback only, or `gateway.dev`).
+    /// Not printed by `hexon check` (it may hold a password).
+    #[serde(skip_serializing)]
+    pub smtp_url: String,
+    /// Sender, e.g. `Example Corp <login@example.com>`.
+    pub from: String,
+    /// How long a code or link works.
+    #[serde(default = "default_email_ttl")]
+    pub ttl: HumanDuration,
+}
+
+fn default_email_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(600))
 }
 
 fn default_idle_timeout() -> HumanDuration {
@@ -1686,6 +1711,46 @@ impl Config {
                 errs.push(
                     format!("login.brand.{field}"),
                     format!("{c:?} is not a #rrggbb colour"),
+                );
+            }
+        }
+        if let Some(e) = &l.email {
+            match e.smtp_url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("smtp" | "smtps")) && u.host().is_some() => {
+                    let host = u.host().unwrap_or_default();
+                    let loopback = host == "localhost"
+                        || host
+                            .trim_matches(['[', ']'])
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback());
+                    let tls = u.scheme_str() == Some("smtps")
+                        || u.query().is_some_and(|q| {
+                            q.contains("tls=required") || q.contains("tls=opportunistic")
+                        });
+                    if !tls && !loopback && !self.gateway.dev {
+                        errs.push("login.email.smtp_url", "plain smtp:// is only for a loopback server (or gateway.dev): use smtps:// or smtp://…?tls=required, so sign-in codes are not sent in the clear".to_owned());
+                    }
+                }
+                _ => errs.push(
+                    "login.email.smtp_url",
+                    "must be smtps://host[:port], smtp://host[:port][?tls=required]".to_owned(),
+                ),
+            }
+            if !e.from.contains('@') || e.from.len() > 256 || e.from.contains(['\r', '\n']) {
+                errs.push(
+                    "login.email.from",
+                    format!(
+                        "{:?} is not a sender address (e.g. \"Example <login@example.com>\")",
+                        e.from
+                    ),
+                );
+            }
+            let ttl = e.ttl.get();
+            if ttl < std::time::Duration::from_secs(60) || ttl > std::time::Duration::from_secs(900)
+            {
+                errs.push(
+                    "login.email.ttl",
+                    "between 1 and 15 minutes (a sign-in page lasts 15)".to_owned(),
                 );
             }
         }

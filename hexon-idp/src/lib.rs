@@ -14,6 +14,7 @@
 //! Methods still to come (see docs/LOGIN.md): WebAuthn passkeys, magic
 //! links and email codes.
 
+pub mod email;
 pub mod pages;
 pub mod password;
 pub mod redirect;

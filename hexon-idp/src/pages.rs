@@ -109,6 +109,7 @@ pub fn login(
     username: &str,
     error: Option<&str>,
     notice: Option<&str>,
+    email: bool,
 ) -> String {
     let described = if error.is_some() {
         " aria-describedby=\"error\""
@@ -136,13 +137,46 @@ pub fn login(
 <input type="password" id="password" name="password" autocomplete="current-password" required{autofocus_pw}{described}>
 <button type="submit">Sign in</button>
 </form>
-{passkey}"#,
+{passkey}
+{email}"#,
         alert = alert(error, notice),
         csrf = hidden("csrf", csrf),
         username = esc(username),
         passkey = passkey_button(csrf, "Sign in with a passkey"),
+        email = if email {
+            format!(
+                r#"<form method="post" action="/login/email">
+{}
+<label for="who">Or get a sign-in code by email: username or email address</label>
+<input type="text" id="who" name="who" autocomplete="username" autocapitalize="none" spellcheck="false" required>
+<button type="submit" class="secondary">Email me a code</button>
+</form>"#,
+                hidden("csrf", csrf)
+            )
+        } else {
+            String::new()
+        },
     );
     layout(brand, "Sign in", &body)
+}
+
+/// After asking for an email: enter the code (or open the link).
+pub fn email_sent(brand: &BrandConfig, csrf: &str, minutes: u64, error: Option<&str>) -> String {
+    let body = format!(
+        r#"<h1>Check your email</h1>
+{alert}
+<p>If the account exists and has an email address, a message with a 6-digit code and a sign-in link is on its way. Both work for {minutes} minutes, once; the link only in this browser.</p>
+<form method="post" action="/login/email/code">
+{csrf}
+<label for="email-code">Code from the email</label>
+<input type="text" id="email-code" name="code" inputmode="numeric" autocomplete="one-time-code" maxlength="6" required autofocus>
+<button type="submit">Sign in</button>
+</form>
+<p><a href="/login">Start again</a></p>"#,
+        alert = alert(error, None),
+        csrf = hidden("csrf", csrf),
+    );
+    layout(brand, "Check your email", &body)
 }
 
 /// The passkey button (shown by the script where the browser can do
@@ -374,6 +408,7 @@ mod tests {
             "<img src=x onerror=alert(1)>",
             Some("<b>"),
             None,
+            true,
         );
         assert!(!page.contains("<script>"));
         assert!(!page.contains("<img src=x"));
@@ -386,7 +421,8 @@ mod tests {
     fn fields_are_labelled() {
         let b = BrandConfig::default();
         for page in [
-            login(&b, "t", "", None, None),
+            login(&b, "t", "", None, None, true),
+            email_sent(&b, "t", 10, None),
             totp(
                 &b,
                 "t",

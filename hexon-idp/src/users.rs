@@ -16,6 +16,8 @@ pub struct LocalUser {
     pub username: String,
     /// Display name.
     pub display_name: Option<String>,
+    /// Email address (where sign-in codes go).
+    pub email: Option<String>,
     /// The initial password hash from configuration (a password set on the
     /// login host, in the durable store, takes precedence).
     pub configured_hash: Option<String>,
@@ -27,6 +29,12 @@ pub trait Users: Send + Sync + 'static {
     fn by_name(&self, username: &str) -> Option<LocalUser>;
     /// The enabled user with this subject.
     fn by_subject(&self, subject: &str) -> Option<LocalUser>;
+    /// The enabled user with this email address (ASCII case-insensitive),
+    /// if exactly one has it.
+    fn by_email(&self, email: &str) -> Option<LocalUser> {
+        let _ = email;
+        None
+    }
     /// A fresh identity builder for the enabled user `subject` (groups
     /// resolved now), without authentication events.
     fn identity(&self, subject: &str) -> Option<IdentityBuilder>;
@@ -93,8 +101,31 @@ impl Users for ConfigUsers {
             subject: user.subject().to_string(),
             username: user.username().value.to_string(),
             display_name: user.display_name().map(|d| d.value.to_string()),
+            email: user.email().map(|e| e.value.to_string()),
             configured_hash: s.hashes.get(subject).cloned(),
         })
+    }
+
+    fn by_email(&self, email: &str) -> Option<LocalUser> {
+        let s = self.current();
+        let email = email.trim();
+        let mut found = s
+            .directory
+            .as_ref()?
+            .users()
+            .iter()
+            .filter(|u| !u.is_disabled())
+            .filter(|u| {
+                u.email()
+                    .is_some_and(|e| e.value.eq_ignore_ascii_case(email))
+            });
+        let user = found.next()?;
+        if found.next().is_some() {
+            return None; // ambiguous: nobody
+        }
+        let subject = user.subject().to_string();
+        drop(s);
+        self.by_subject(&subject)
     }
 
     fn identity(&self, subject: &str) -> Option<IdentityBuilder> {

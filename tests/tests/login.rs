@@ -348,9 +348,18 @@ impl Env {
     }
 
     async fn start_with_login_host(login: &'static str) -> Env {
+        Env::start_with(login, "").await
+    }
+
+    /// With `extra` appended to the configuration.
+    async fn start_with(login: &'static str, extra: &str) -> Env {
         let upstream = start_upstream(header_echo()).await;
         let port = free_port();
-        let gw = Gw::start(&config(port, upstream, &hash(PASSWORD), login)).await;
+        let toml = format!(
+            "{}\n{extra}",
+            config(port, upstream, &hash(PASSWORD), login)
+        );
+        let gw = Gw::start(&toml).await;
         Env { gw, port, login }
     }
     fn url(&self, host: &str, path: &str) -> String {
@@ -1125,4 +1134,202 @@ async fn passkeys_register_step_up_and_refuse_replay_and_rollback() {
     );
     assert!(events.iter().any(|e| e.event.kind == "webauthn.registered"));
     env.gw.stop().await;
+}
+
+/// The messages in a maildir, oldest first, bodies decoded enough to read
+/// a code and a link (quoted-printable soft breaks joined).
+fn mails(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("new"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    files
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .replace("=\r\n", "")
+                .replace("=\n", "")
+                .replace("=3D", "=")
+        })
+        .collect()
+}
+
+async fn wait_for_mails(dir: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let m = mails(dir);
+        if m.len() >= n {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "expected {n} mails in {}, found {}",
+        dir.display(),
+        mails(dir).len()
+    );
+}
+
+fn after<'a>(text: &'a str, prefix: &str, len: usize) -> &'a str {
+    let at = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} not in {text}"))
+        + prefix.len();
+    &text[at..at + len]
+}
+
+/// Email codes and magic links through a real SMTP server (aiosmtpd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_codes_and_links_through_a_real_smtp_server() {
+    let smtp_port = free_port();
+    let maildir =
+        std::env::temp_dir().join(format!("hexon-mail-{}-{smtp_port}", std::process::id()));
+    let _sink = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        .arg(&maildir)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", smtp_port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        up,
+        "the SMTP sink did not start: install aiosmtpd (scripts/install-test-deps)"
+    );
+    let env = Env::start_with(
+        "auth.localhost",
+        &format!("[login.email]\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\nfrom = \"Example Corp <login@example.com>\"\n"),
+    )
+    .await;
+
+    // By email address, from a protected page: the code signs in and
+    // returns to the page.
+    let mut b = env.browser();
+    let page = b.visit(&env.url("app.localhost", "/mail?x=1")).await;
+    assert!(page.body.contains("Email me a code"));
+    let sent = b
+        .post(
+            &env.url("auth.localhost", "/login/email"),
+            &[("csrf", &page.csrf()), ("who", "Alice@Example.com")],
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::OK);
+    assert!(sent.body.contains("Check your email"));
+    let mail = wait_for_mails(&maildir, 1).await.remove(0);
+    assert!(mail.contains("To: alice@example.com"), "{mail}");
+    assert!(mail.contains("Subject: Your Example Corp sign-in code"));
+    let code = after(&mail, "sign-in code for Example Corp: ", 6).to_owned();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let r = b
+        .post(
+            &env.url("auth.localhost", "/login/email/code"),
+            &[("csrf", &sent.csrf()), ("code", wrong)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("That code is not right."));
+    let r = b
+        .post(
+            &env.url("auth.localhost", "/login/email/code"),
+            &[("csrf", &sent.csrf()), ("code", &code)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let seen = upstream_json(&b.visit(r.location.as_deref().unwrap()).await);
+    assert_eq!(seen["uri"], "/mail?x=1");
+    assert!(header(&seen, "hexon-auth").unwrap().starts_with("email="));
+
+    // An unknown name: the same page, and no mail.
+    let mut c = env.browser();
+    let page = c.get(&env.url("auth.localhost", "/login")).await;
+    let sent = c
+        .post(
+            &env.url("auth.localhost", "/login/email"),
+            &[("csrf", &page.csrf()), ("who", "nobody")],
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::OK);
+    assert!(sent.body.contains("Check your email"));
+
+    // By username; the link works only in the browser that asked, once.
+    let mut d = env.browser();
+    let page = d.get(&env.url("auth.localhost", "/login")).await;
+    let sent = d
+        .post(
+            &env.url("auth.localhost", "/login/email"),
+            &[("csrf", &page.csrf()), ("who", "alice")],
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::OK);
+    let all = wait_for_mails(&maildir, 2).await;
+    assert_eq!(all.len(), 2, "a mail went to an unknown name");
+    let prefix = env.url("auth.localhost", "/login/email/link?t=");
+    let link = format!("{prefix}{}", after(&all[1], &prefix, 43));
+    let mut stranger = env.browser();
+    let r = stranger.get(&link).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("only in the browser where you asked"));
+    let r = d.get(&link).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location.as_deref(), Some("/account"));
+    let mut again = env.browser();
+    again.cookies = d.cookies.clone();
+    again
+        .cookies
+        .get_mut("auth.localhost")
+        .unwrap()
+        .retain(|(n, _)| n != "__Host-hexon-sso");
+    assert_eq!(again.get(&link).await.status, StatusCode::BAD_REQUEST);
+    // Sending is audited once the server has taken the message.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = env
+            .gw
+            .gateway
+            .state()
+            .durable
+            .audit_after(0, 200)
+            .await
+            .unwrap();
+        if events
+            .iter()
+            .filter(|e| e.event.kind == "login.email_sent")
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.kind == "login.email_sent" && e.event.outcome == "success")
+            .count(),
+        2
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.kind == "login.email_requested" && e.event.outcome == "ignored")
+    );
+    env.gw.stop().await;
+    std::fs::remove_dir_all(&maildir).ok();
 }
