@@ -260,6 +260,25 @@ pub struct Account<'a> {
     pub recovery_left: usize,
     /// Passkeys: credential id, label, when added (text).
     pub passkeys: Vec<(String, String, String)>,
+    /// Signed-in browsers, newest first.
+    pub sessions: Vec<SessionRow>,
+}
+
+/// One sign-in (a browser) and the hosts it has sessions on.
+#[derive(Clone, Debug, Default)]
+pub struct SessionRow {
+    /// Its handle (what ending it names).
+    pub family: String,
+    /// Hosts, comma-separated.
+    pub hosts: String,
+    /// When it signed in.
+    pub since: String,
+    /// From which address.
+    pub from: String,
+    /// Its user agent.
+    pub agent: String,
+    /// Whether it is the browser showing the page.
+    pub current: bool,
 }
 
 /// The signed-in user's page: who, how, and what they can change.
@@ -274,6 +293,30 @@ pub fn account(
     for (m, ago) in &a.methods {
         let _ = write!(methods, "<tr><td>{}</td><td>{}</td></tr>", esc(m), esc(ago));
     }
+    let mut sessions = String::from(
+        "<table aria-label=\"Where you are signed in\"><tr><th>Since</th><th>Where</th><th></th></tr>",
+    );
+    for r in &a.sessions {
+        let action = if r.current {
+            "this browser".to_owned()
+        } else {
+            format!(
+                r#"<form method="post" action="/account/sessions/end">{}{}<button type="submit" class="secondary" aria-label="End the session since {}">End</button></form>"#,
+                hidden("csrf", csrf),
+                hidden("family", &r.family),
+                esc(&r.since)
+            )
+        };
+        let _ = write!(
+            sessions,
+            "<tr><td>{}<br><span class=\"hint\">{} · {}</span></td><td>{}</td><td>{action}</td></tr>",
+            esc(&r.since),
+            esc(&r.from),
+            esc(&r.agent),
+            esc(&r.hosts),
+        );
+    }
+    sessions.push_str("</table>");
     let passkeys = if a.passkeys.is_empty() {
         "<p>No passkeys yet.</p>".to_owned()
     } else {
@@ -313,6 +356,8 @@ pub fn account(
 <table aria-label="How you signed in"><tr><th>Method</th><th>When</th></tr>{methods}</table>
 <h2>Two-step verification</h2>
 {totp}
+<h2>Where you are signed in</h2>
+{sessions}
 <h2>Passkeys</h2>
 {passkeys}
 <p class="error" role="alert" id="passkey-error" hidden></p>

@@ -1333,3 +1333,104 @@ async fn email_codes_and_links_through_a_real_smtp_server() {
     env.gw.stop().await;
     std::fs::remove_dir_all(&maildir).ok();
 }
+
+/// The account page lists where the user is signed in; ending another
+/// browser's sign-in ends its sessions on every host; signing out ends
+/// this browser's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_see_and_end_their_sessions() {
+    let env = Env::start().await;
+    let mut one = env.browser();
+    let mut two = env.browser();
+    for (b, agent) in [(&mut one, "Browser One"), (&mut two, "Browser Two")] {
+        let first = b
+            .request(
+                "GET",
+                &env.url("app.localhost", "/"),
+                None,
+                &[("user-agent", agent)],
+            )
+            .await;
+        let login = b
+            .request(
+                "GET",
+                first.location.as_deref().unwrap(),
+                None,
+                &[("user-agent", agent)],
+            )
+            .await;
+        let done = b
+            .request(
+                "POST",
+                &env.url("auth.localhost", "/login"),
+                Some(&[
+                    ("csrf", &login.csrf()),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ]),
+                &[("user-agent", agent)],
+            )
+            .await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER);
+        let back = b.visit(done.location.as_deref().unwrap()).await;
+        assert_eq!(upstream_json(&back)["headers"]["hexon-user"][0], "alice");
+    }
+    let _ = one.visit(&env.url("app2.localhost", "/")).await;
+
+    let account = one.get(&env.url("auth.localhost", "/account")).await;
+    let body = &account.body;
+    assert!(body.contains("Where you are signed in"));
+    assert!(
+        body.contains("Browser One") && body.contains("Browser Two"),
+        "{body}"
+    );
+    assert!(
+        body.contains("app.localhost, app2.localhost, auth.localhost"),
+        "{body}"
+    );
+    assert!(body.contains("this browser"));
+    // End browser two's sign-in from browser one.
+    let at = body.find("name=\"family\" value=\"").unwrap() + 21;
+    let family = &body[at..at + body[at..].find('"').unwrap()];
+    let ended = one
+        .post(
+            &env.url("auth.localhost", "/account/sessions/end"),
+            &[("csrf", &account.csrf()), ("family", family)],
+        )
+        .await;
+    assert_eq!(ended.status, StatusCode::OK, "{}", ended.body);
+    assert!(ended.body.contains("Session ended."));
+    assert!(!ended.body.contains("Browser Two"));
+    let gone = two.get(&env.url("app.localhost", "/")).await;
+    assert_eq!(
+        gone.status,
+        StatusCode::SEE_OTHER,
+        "browser two's app session ended"
+    );
+    assert_eq!(
+        two.get(&env.url("auth.localhost", "/account"))
+            .await
+            .location
+            .as_deref(),
+        Some("/login")
+    );
+    assert_eq!(
+        one.get(&env.url("app.localhost", "/")).await.status,
+        StatusCode::OK
+    );
+
+    // Signing out (this browser) ends its sessions on the other hosts too.
+    let account = one.get(&env.url("auth.localhost", "/account")).await;
+    let out = one
+        .post(
+            &env.url("auth.localhost", "/logout"),
+            &[("csrf", &account.csrf())],
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        one.get(&env.url("app2.localhost", "/")).await.status,
+        StatusCode::SEE_OTHER
+    );
+    env.gw.stop().await;
+}

@@ -446,9 +446,19 @@ impl KvSessionStore {
 
     /// Remove the session with cookie value `id` (logout). Whether it existed.
     pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        let key = kv_key(id);
-        self.opened.remove(&key);
-        self.sessions.delete(&key).await
+        self.remove_digest(&kv_key(id)).await
+    }
+
+    /// The digest a session is stored under (SHA-256 of the cookie value,
+    /// hex): a handle to end it later without keeping the cookie.
+    pub fn digest(id: &str) -> String {
+        kv_key(id)
+    }
+
+    /// Remove the session stored under `digest` (see [`digest`](Self::digest)).
+    pub async fn remove_digest(&self, digest: &str) -> Result<bool, StoreError> {
+        self.opened.remove(digest);
+        self.sessions.delete(digest).await
     }
 
     /// End every session of `subject`, on every node sharing the store.
