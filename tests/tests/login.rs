@@ -31,6 +31,7 @@ fn config(port: u16, upstream: SocketAddr, alice_hash: &str, login_host: &str) -
 data_dir = "${{DATA}}"
 audit = "off"
 connection_threads = 0
+admin_bind = "127.0.0.1:0"
 
 [state]
 durable = "memory"
@@ -59,6 +60,9 @@ password_hash = "{alice_hash}"
 [[group]]
 name = "staff"
 users = ["alice", "bob"]
+[[group]]
+name = "admins"
+users = ["alice"]
 
 [[route]]
 name = "app"
@@ -1432,5 +1436,61 @@ async fn users_see_and_end_their_sessions() {
         one.get(&env.url("app2.localhost", "/")).await.status,
         StatusCode::SEE_OTHER
     );
+    env.gw.stop().await;
+}
+
+/// An administrator ends a user's sessions through the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_end_a_users_sessions() {
+    let env = Env::start().await;
+    let mut alice = password_session(&env).await;
+    let mut bob = env.browser();
+    let page = bob.get(&env.url("auth.localhost", "/login")).await;
+    assert_eq!(
+        env.sign_in(&mut bob, &page, "bob", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let admin = env.gw.running.as_ref().unwrap().admin.unwrap();
+    let token = env.gw.token("alice").await;
+    let call = |who: &str, auth: Option<&str>| {
+        let mut r =
+            Request::delete(format!("/api/v1/users/{who}/sessions")).header("host", "admin");
+        if let Some(t) = auth {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.body(full("")).unwrap()
+    };
+    assert_eq!(
+        send(admin, call("bob", None)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = send(admin, call("bob", Some(&token))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_body(res).await["ended"], "bob");
+    assert_eq!(
+        bob.get(&env.url("auth.localhost", "/account"))
+            .await
+            .location
+            .as_deref(),
+        Some("/login")
+    );
+    assert_eq!(
+        alice
+            .get(&env.url("auth.localhost", "/account"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let events = env
+        .gw
+        .gateway
+        .state()
+        .durable
+        .audit_after(0, 100)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| e.event.kind == "sessions.ended"
+        && e.event.subject.as_deref() == Some("bob")
+        && e.event.actor.as_deref() == Some("alice")));
     env.gw.stop().await;
 }

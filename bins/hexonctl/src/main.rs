@@ -61,6 +61,11 @@ enum Command {
     },
     /// The gateway's routes (the names permissions refer to).
     Routes,
+    /// End every session of a user (on every host and node).
+    EndSessions {
+        /// The user's subject (a local user's name).
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -500,6 +505,21 @@ async fn run(cli: Cli) -> Result<String, String> {
             let perms = api.permissions_except(&client, &route).await?;
             let j = api.set_permissions(&client, perms).await?;
             (j, format!("client {client} no longer has {route}"))
+        }
+        Command::EndSessions { user } => {
+            // Path segments are taken as written by the admin API.
+            if user.is_empty()
+                || !user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+            {
+                return Err(format!(
+                    "{user:?}: a subject of letters, digits and . _ @ + - (end other users' sessions with the admin API directly)"
+                ));
+            }
+            let path = format!("/users/{user}/sessions");
+            let j = api.call(Method::DELETE, &path, None).await?;
+            (j, format!("ended every session of {user}"))
         }
         Command::Routes => {
             let j = api.call(Method::GET, "/routes", None).await?;

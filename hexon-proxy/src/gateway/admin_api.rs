@@ -45,6 +45,7 @@ pub struct AdminApi {
     group: Arc<str>,
     member: Option<Membership>,
     policy: Option<crate::authz::PolicyHandle>,
+    sessions: Option<hexon_core::store::session::KvSessionStore>,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -233,6 +234,7 @@ impl AdminApi {
             group: Arc::from(group),
             member: None,
             policy: None,
+            sessions: None,
         }
     }
 
@@ -264,6 +266,26 @@ impl AdminApi {
             })
             .collect();
         reply(StatusCode::OK, &json!({ "routes": routes }))
+    }
+
+    /// End users' sessions at `DELETE /api/v1/users/{subject}/sessions`.
+    #[must_use]
+    pub fn with_sessions(mut self, sessions: hexon_core::store::session::KvSessionStore) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    async fn end_sessions(&self, subject: &str) -> Response<Full<Bytes>> {
+        let Some(sessions) = &self.sessions else {
+            return problem(StatusCode::NOT_FOUND, "sessions are not managed here");
+        };
+        if subject.is_empty() || subject.len() > 256 {
+            return problem(StatusCode::BAD_REQUEST, "a user's subject, 1 to 256 bytes");
+        }
+        match sessions.revoke_subject(subject).await {
+            Ok(()) => reply(StatusCode::OK, &json!({ "ended": subject })),
+            Err(e) => store_error(&e),
+        }
     }
 
     /// Decide admin-group membership with `member(identity, group)` (the
@@ -478,6 +500,10 @@ impl AdminApi {
         match (method, segments) {
             (&Method::GET, ["clients"]) => (self.list().await, None),
             (&Method::GET, ["routes"]) => (self.routes(), None),
+            (&Method::DELETE, ["users", subject, "sessions"]) => (
+                self.end_sessions(subject).await,
+                change("sessions.ended", subject, json!({})),
+            ),
             (&Method::POST, ["clients"]) => {
                 let (res, id) = self.create(body, now).await;
                 let c = change("client.created", id.as_deref().unwrap_or("-"), json!({}));

@@ -814,6 +814,7 @@ impl Gateway {
                 move |identity, group| users.in_group(identity.subject(), group)
             })
             .with_routes(self.handles.policy.clone())
+            .with_sessions(self.state.sessions.clone())
             .with_events(self.state.events.clone())
             .with_health_kv(
                 self.state
