@@ -1642,8 +1642,16 @@ impl Config {
                     || host
                         .parse::<std::net::IpAddr>()
                         .is_ok_and(|ip| ip.is_loopback());
-                if scheme == "http" && !(self.gateway.dev || local) {
-                    errs.push("login.url", "must be https:// (http:// only with gateway.dev or a loopback / *.localhost host): session cookies are Secure".to_owned());
+                if scheme == "http" && !local {
+                    errs.push("login.url", "must be https:// (http:// only for localhost or *.localhost, where browsers keep Secure cookies over http)".to_owned());
+                }
+                for (i, r) in self.routes.iter().enumerate() {
+                    if r.spec.host.eq_ignore_ascii_case(&host) {
+                        errs.push(
+                            format!("route[{i}].host"),
+                            format!("{host:?} is the login host (login.url): the login service answers every request there; put the route on another host"),
+                        );
+                    }
                 }
             }
         }
@@ -1943,9 +1951,14 @@ fn substitute_value(
     errs: &mut Errors,
 ) {
     match v {
-        // A PHC hash is full of `$`: taken as written (`${VAR}` still works
-        // for the whole value).
-        toml::Value::String(s) if path.ends_with(".password_hash") && s.starts_with("$argon2") => {}
+        // A PHC hash (`$argon2id$…`, or another scheme's, refused by
+        // validation with a clear message) is full of `$`: taken as
+        // written; `${VAR}` still works for the whole value.
+        toml::Value::String(s)
+            if path.ends_with(".password_hash")
+                && s.starts_with('$')
+                && !s.starts_with("${")
+                && !s.starts_with("$$") => {}
         toml::Value::String(s) => match substitute(s, env) {
             Ok(new) => *s = new,
             Err(msg) => errs.push(path, msg),

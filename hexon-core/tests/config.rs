@@ -677,3 +677,100 @@ fn a_route_cannot_share_the_gateways_own_audience() {
         "{e:?}"
     );
 }
+
+#[test]
+fn the_login_host_is_validated() {
+    let good = r#"
+[login]
+url = "https://auth.example.com"
+return_hosts = ["*.apps.example.com"]
+[login.email]
+smtp_url = "smtps://login:secret@mail.example.com:465"
+from = "Example <login@example.com>"
+[[user]]
+name = "alice"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$WwuEd60whWN1zMoJPS05xA$YPcnGN5MM8DgUnvXxzB1H5y/WxJVUwC1P19GIObeG6M"
+"#;
+    let c = Config::parse(good, &env).unwrap();
+    let login = c.login.as_ref().unwrap();
+    assert_eq!(login.idle_timeout.get().as_secs(), 3600);
+    assert_eq!(login.password.memory_kib, 19_456);
+    // The hash is taken as written (its `$` are not variables).
+    assert!(
+        c.users[0]
+            .password_hash
+            .as_deref()
+            .unwrap()
+            .starts_with("$argon2id$v=19$")
+    );
+    // Neither the hash nor the SMTP URL (it may hold a password) is printed.
+    let dump = c.effective_toml();
+    assert!(
+        !dump.contains("argon2id") && !dump.contains("secret@"),
+        "{dump}"
+    );
+
+    let e = errors(
+        r#"
+[gateway]
+login_url = "https://sso.example.com/login"
+[login]
+url = "http://auth.example.com/path"
+[login.password]
+memory_kib = 4
+threads = 0
+min_length = 4
+[login.brand]
+accent_color = "blue"
+logo_url = "javascript:alert(1)"
+[login.email]
+smtp_url = "smtp://mail.example.com:25"
+from = "nobody"
+ttl = "1h"
+[[user]]
+name = "alice"
+password_hash = "$2b$12$abcdefghijklmnopqrstuv"
+[[route]]
+name = "on-login-host"
+host = "auth.example.com"
+upstream = ["http://127.0.0.1:9"]
+"#,
+    );
+    let joined = e.join("\n");
+    for expected in [
+        "user[0].password_hash: must be an argon2id PHC string",
+        "gateway.login_url: set either gateway.login_url",
+        "login.url: \"http://auth.example.com/path\": the login host is served at its root",
+        "login.password: iterations and parallelism must be at least 1, memory_kib at least 8",
+        "login.password: threads must be 1 to 64",
+        "login.password.min_length: at least 8",
+        "login.brand.accent_color: \"blue\" is not a #rrggbb colour",
+        "login.brand.logo_url: must be an https:// URL or a path",
+        "login.email.smtp_url: plain smtp:// is only for a loopback server",
+        "login.email.from: \"nobody\" is not a sender address",
+        "login.email.ttl: between 1 and 15 minutes",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "missing {expected:?} in:\n{joined}"
+        );
+    }
+    let e = errors(
+        r#"
+[login]
+url = "http://auth.example.com"
+[[route]]
+name = "on-login-host"
+host = "AUTH.example.com"
+upstream = ["http://127.0.0.1:9"]
+"#,
+    )
+    .join("\n");
+    assert!(e.contains("login.url: must be https://"), "{e}");
+    assert!(
+        e.contains("route[0].host: \"auth.example.com\" is the login host"),
+        "{e}"
+    );
+    // http:// is fine for localhost names (browsers keep Secure cookies).
+    assert!(Config::parse("[login]\nurl = \"http://auth.localhost:8080\"\n", &env).is_ok());
+}

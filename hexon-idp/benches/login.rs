@@ -237,9 +237,9 @@ async fn password_throughput(n: usize) {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (pool, hash) = (pool.clone(), hash.clone());
-        tasks.push(tokio::spawn(
-            async move { pool.verify(Some(&hash), PASSWORD).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            pool.verify(Some(&hash), PASSWORD).await
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), Ok(true));

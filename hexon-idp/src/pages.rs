@@ -368,7 +368,8 @@ pub fn account(
 <h2>Password</h2>
 <form method="post" action="/account/password">{csrf}
 <label for="current">Current password</label>
-<input type="password" id="current" name="current" autocomplete="current-password" required>
+<input type="password" id="current" name="current" autocomplete="current-password" aria-describedby="current-hint">
+<p class="hint" id="current-hint">Forgot it? Sign in with an email code, a passkey or your authenticator app, then leave this empty (within 10 minutes).</p>
 <label for="new">New password</label>
 <input type="password" id="new" name="new" autocomplete="new-password" required>
 <label for="confirm">New password again</label>

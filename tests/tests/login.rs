@@ -1293,6 +1293,47 @@ async fn email_codes_and_links_through_a_real_smtp_server() {
     let r = d.get(&link).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location.as_deref(), Some("/account"));
+    // Signed in by email, a user who forgot the password sets a new one
+    // without it (a reset); a password session could not.
+    let account = d.get(&env.url("auth.localhost", "/account")).await;
+    let reset = d
+        .post(
+            &env.url("auth.localhost", "/account/password"),
+            &[
+                ("csrf", &account.csrf()),
+                ("current", ""),
+                ("new", "a brand new passphrase"),
+                ("confirm", "a brand new passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.body);
+    assert!(reset.body.contains("Password changed"));
+    let mut e = env.browser();
+    let page = e.get(&env.url("auth.localhost", "/login")).await;
+    assert_eq!(
+        env.sign_in(&mut e, &page, "alice", "a brand new passphrase")
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    let account = e.get(&env.url("auth.localhost", "/account")).await;
+    let no_reset = e
+        .post(
+            &env.url("auth.localhost", "/account/password"),
+            &[
+                ("csrf", &account.csrf()),
+                ("current", ""),
+                ("new", "yet another passphrase"),
+                ("confirm", "yet another passphrase"),
+            ],
+        )
+        .await;
+    assert!(
+        no_reset.body.contains("current password is not right"),
+        "{}",
+        no_reset.body
+    );
     let mut again = env.browser();
     again.cookies = d.cookies.clone();
     again

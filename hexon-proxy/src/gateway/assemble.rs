@@ -675,7 +675,7 @@ impl Gateway {
             .layer(RequestIdLayer::new().trust_cidrs(trusted))
             .layer(forward_auth)
             .layer(SingleAuthorityLayer)
-            .layer(LoginLayer(self.login.clone()))
+            .layer(LoginLayer::new(self.login.clone(), trusted_proxies.clone()))
             .layer(WellKnownLayer {
                 // Serialised once: the key set only changes with a restart.
                 jwks: Bytes::from(

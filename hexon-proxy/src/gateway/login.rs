@@ -94,14 +94,27 @@ impl Login {
 
 /// Answers login requests; passes everything else on.
 #[derive(Clone, Debug)]
-pub struct LoginLayer(pub Option<Login>);
+pub struct LoginLayer {
+    login: Option<Login>,
+    trusted: crate::proxy::TrustedProxies,
+}
+
+impl LoginLayer {
+    /// Answer with `login` (none: pass everything on). Behind a proxy in
+    /// `trusted`, the client's address (for throttling and the session
+    /// list) is the last `X-Forwarded-For` entry, the one the proxy added.
+    pub fn new(login: Option<Login>, trusted: crate::proxy::TrustedProxies) -> Self {
+        LoginLayer { login, trusted }
+    }
+}
 
 impl<S> Layer<S> for LoginLayer {
     type Service = LoginRoute<S>;
     fn layer(&self, inner: S) -> LoginRoute<S> {
         LoginRoute {
             inner,
-            login: self.0.clone(),
+            login: self.login.clone(),
+            trusted: self.trusted.clone(),
         }
     }
 }
@@ -111,6 +124,34 @@ impl<S> Layer<S> for LoginLayer {
 pub struct LoginRoute<S> {
     inner: S,
     login: Option<Login>,
+    trusted: crate::proxy::TrustedProxies,
+}
+
+/// The client's address: the peer, or what a trusted proxy appended to
+/// `X-Forwarded-For`.
+#[cfg(feature = "idp")]
+fn client_ip(
+    parts: &http::request::Parts,
+    trusted: &crate::proxy::TrustedProxies,
+) -> std::net::IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectionInfo>()
+        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| {
+            c.peer.ip().to_canonical()
+        });
+    if !trusted.is_trusted(peer) {
+        return peer;
+    }
+    parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map_or(peer, |ip| ip.to_canonical())
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -136,12 +177,7 @@ where
         if let Some(login) = &self.login {
             let (parts, body) = req.into_parts();
             if login.service.handles(&parts) {
-                let ip = parts
-                    .extensions
-                    .get::<ConnectionInfo>()
-                    .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| {
-                        c.peer.ip()
-                    });
+                let ip = client_ip(&parts, &self.trusted);
                 let service = login.service.clone();
                 let req = Request::from_parts(parts, body);
                 return Box::pin(async move {

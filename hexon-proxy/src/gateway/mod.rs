@@ -173,22 +173,31 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
 /// `hexon sql seal-password`: read a database password on stdin, print it
 /// sealed for a role's `upstream_password`.
 pub fn seal_sql_password(path: &Path) -> Result<(), GatewayError> {
-    use std::io::Read as _;
     let config = Config::load(path)?;
-    let mut password = String::new();
+    let password = password_on_stdin(
+        64 * 1024,
+        "printf '%s' \"$PASSWORD\" | hexon sql seal-password -c hexon.toml",
+    )?;
+    out(&sql::seal_password(&config, &password)?);
+    Ok(())
+}
+
+/// A password read on stdin (at most `limit` bytes, one trailing line end
+/// dropped); `usage` says how to pass one when there is none.
+fn password_on_stdin(limit: u64, usage: &str) -> Result<zeroize::Zeroizing<String>, GatewayError> {
+    use std::io::Read as _;
+    let mut password = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
-        .take(64 * 1024)
+        .take(limit)
         .read_to_string(&mut password)
         .map_err(|e| GatewayError::Other(format!("cannot read the password on stdin: {e}")))?;
-    let password = zeroize::Zeroizing::new(password);
-    let trimmed = password.trim_end_matches(['\r', '\n']);
+    let trimmed = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_owned());
     if trimmed.is_empty() {
-        return Err(GatewayError::Other(
-            "no password on stdin: printf '%s' \"$PASSWORD\" | hexon sql seal-password -c hexon.toml".into(),
-        ));
+        return Err(GatewayError::Other(format!(
+            "no password on stdin: {usage}"
+        )));
     }
-    out(&sql::seal_password(&config, trimmed)?);
-    Ok(())
+    Ok(trimmed)
 }
 
 /// `hexon hash-password`: read a password on stdin and print its argon2id
@@ -196,7 +205,6 @@ pub fn seal_sql_password(path: &Path) -> Result<(), GatewayError> {
 /// `[login.password]` when `path` is given (else the defaults).
 #[cfg(feature = "idp")]
 pub fn hash_password(path: Option<&Path>) -> Result<(), GatewayError> {
-    use std::io::Read as _;
     let cost = match path {
         Some(p) => Config::load(p)?
             .login
@@ -204,20 +212,9 @@ pub fn hash_password(path: Option<&Path>) -> Result<(), GatewayError> {
             .unwrap_or_default(),
         None => hexon_core::config::PasswordHashConfig::default(),
     };
-    let mut password = String::new();
-    std::io::stdin()
-        .take(4 * 1024)
-        .read_to_string(&mut password)
-        .map_err(|e| GatewayError::Other(format!("cannot read the password on stdin: {e}")))?;
-    let password = zeroize::Zeroizing::new(password);
-    let trimmed = password.trim_end_matches(['\r', '\n']);
-    if trimmed.is_empty() {
-        return Err(GatewayError::Other(
-            "no password on stdin: printf '%s' \"$PASSWORD\" | hexon hash-password".into(),
-        ));
-    }
+    let password = password_on_stdin(4 * 1024, "printf '%s' \"$PASSWORD\" | hexon hash-password")?;
     let argon2 = hexon_idp::password::argon2(&cost).map_err(GatewayError::Other)?;
-    out(&hexon_idp::password::hash_now(&argon2, trimmed).map_err(GatewayError::Other)?);
+    out(&hexon_idp::password::hash_now(&argon2, &password).map_err(GatewayError::Other)?);
     Ok(())
 }
 
@@ -569,8 +566,14 @@ Route "whoami" (/*) allows engineering; route "public-hello" (/public/*) is publ
   curl -s -i -H "Authorization: Bearer $BOB" http://{g}/whoami       # 403: bob is not in engineering
   curl -s -i -H "Authorization: Bearer $ALICE" -H "Hexon-User: root" http://{g}/whoami   # spoofed header: stripped
 
+In a browser (single sign-on through the login host; the account page has TOTP and passkeys):
+
+  http://app.localhost:{port}/        sign in as alice / alice-quickstart (bob / bob-quickstart gets a 403)
+  http://auth.localhost:{port}/account
+
 Ctrl-C stops it.
 "#,
+        port = g.port(),
         backend = qs.backend,
         data = data_dir.display(),
         alice = qs.alice,
