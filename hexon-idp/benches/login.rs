@@ -159,13 +159,13 @@ async fn logins(n: usize) {
         kv,
         sessions,
         keys,
+        clock: Some({
+            let clock = clock.clone();
+            Arc::new(move || UnixTime::from_secs(clock.load(Ordering::Relaxed)))
+        }),
     })
     .await
     .unwrap();
-    let login = {
-        let clock = clock.clone();
-        login.with_clock(move || UnixTime::from_secs(clock.load(Ordering::Relaxed)))
-    };
 
     let mut totp_step = Vec::with_capacity(n);
     let mut round_trip = Vec::with_capacity(n);

@@ -60,8 +60,8 @@ a {{ color: var(--accent); }}
 .qr svg {{ width: 100%; max-width: 220px; height: auto; display: block; margin: 0 auto; }}
 code, .codes {{ font-family: ui-monospace, monospace; overflow-wrap: anywhere; }}
 .codes {{ columns: 2; padding-left: 1.2rem; }}
-table {{ width: 100%; border-collapse: collapse; font-size: .9rem; }}
-td, th {{ text-align: left; padding: .3rem .2rem; border-bottom: 1px solid #e3e6ea; }}
+table {{ width: 100%; border-collapse: collapse; font-size: .9rem; table-layout: fixed; }}
+td, th {{ text-align: left; padding: .3rem .2rem; border-bottom: 1px solid #e3e6ea; overflow-wrap: anywhere; vertical-align: top; }}
 </style>
 </head>
 <body>
@@ -441,6 +441,10 @@ pub fn message(brand: &BrandConfig, title: &str, text: &str, link: Option<(&str,
     layout(brand, title, &body)
 }
 
+/// The passkey script: registration on the account page, sign-in on the
+/// login and second-step pages. The only script of the login host.
+pub const WEBAUTHN_JS: &str = include_str!("webauthn.js");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,7 +493,3 @@ mod tests {
         }
     }
 }
-
-/// The passkey script: registration on the account page, sign-in on the
-/// login and second-step pages. The only script of the login host.
-pub const WEBAUTHN_JS: &str = include_str!("webauthn.js");

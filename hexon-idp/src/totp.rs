@@ -35,13 +35,16 @@ pub fn code_at(secret: &[u8], step: u64) -> u32 {
     };
     mac.update(&step.to_be_bytes());
     let h = mac.finalize().into_bytes();
-    let offset = usize::from(h[19] & 0x0f);
-    let bin = u32::from_be_bytes([
-        h[offset] & 0x7f,
-        h[offset + 1],
-        h[offset + 2],
-        h[offset + 3],
-    ]);
+    // Dynamic truncation (RFC 4226 §5.3): four bytes at the offset the last
+    // nibble names (at most 15 + 4 of 20 bytes: always in range).
+    let offset = usize::from(h.get(19).copied().unwrap_or(0) & 0x0f);
+    let Some([b0, b1, b2, b3]) = h
+        .get(offset..offset + 4)
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+    else {
+        return u32::MAX;
+    };
+    let bin = u32::from_be_bytes([b0 & 0x7f, b1, b2, b3]);
     bin % 10u32.pow(DIGITS)
 }
 

@@ -62,7 +62,9 @@ pub fn user_handle(subject: &str) -> Uuid {
     h.update(subject.as_bytes());
     let d = h.finalize();
     let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
+    for (to, from) in b.iter_mut().zip(d.iter()) {
+        *to = *from;
+    }
     Uuid::from_bytes(b)
 }
 
@@ -74,15 +76,15 @@ pub fn credential_lookup(id: &[u8]) -> String {
 /// Ask for a discoverable credential (a passkey that can sign in without a
 /// username), where the authenticator can keep one.
 pub fn prefer_discoverable(ccr: &mut CreationChallengeResponse) {
-    let selection = ccr
-        .public_key
-        .authenticator_selection
-        .get_or_insert_with(|| AuthenticatorSelectionCriteria {
-            authenticator_attachment: None,
-            resident_key: None,
-            require_resident_key: false,
-            user_verification: UserVerificationPolicy::Required,
-        });
+    let selection =
+        ccr.public_key
+            .authenticator_selection
+            .get_or_insert(AuthenticatorSelectionCriteria {
+                authenticator_attachment: None,
+                resident_key: None,
+                require_resident_key: false,
+                user_verification: UserVerificationPolicy::Required,
+            });
     selection.resident_key = Some(ResidentKeyRequirement::Preferred);
 }
 

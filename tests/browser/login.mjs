@@ -38,7 +38,7 @@ function totp(secret, offsetSteps = 0) {
 async function shot(page, name) {
   if (!shots) return;
   fs.mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: path.join(shots, `${name}.png`) });
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
 }
 
 async function upstreamSaw(page) {

@@ -3,26 +3,21 @@
 //! shows what reached it. Single sign-on across hosts, one-time codes,
 //! CSRF, fixation, throttling, TOTP (enrolment, replay, recovery codes),
 //! step-up, password change and signing out everywhere.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use common::*;
 use hexon_proxy::body::full;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt as _;
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(port: u16, upstream: SocketAddr, alice_hash: &str, login_host: &str) -> String {
     format!(
@@ -116,230 +111,6 @@ max_auth_age = "2s"
 
 const PASSWORD: &str = "correct horse battery";
 
-fn hash(password: &str) -> String {
-    let mut c = hexon_core::config::PasswordHashConfig::default();
-    c.memory_kib = 64;
-    c.iterations = 1;
-    hexon_idp::password::hash_now(&hexon_idp::password::argon2(&c).unwrap(), password).unwrap()
-}
-
-/// A browser: cookies per host, no JavaScript.
-struct Browser {
-    addr: SocketAddr,
-    cookies: HashMap<String, Vec<(String, String)>>,
-}
-
-struct Page {
-    status: StatusCode,
-    location: Option<String>,
-    set_cookies: Vec<String>,
-    body: String,
-}
-
-impl Page {
-    /// The CSRF token the passkey button carries.
-    fn data_csrf(&self) -> String {
-        let at = self.body.find("data-csrf=\"").expect("a passkey button") + 11;
-        let rest = &self.body[at..];
-        rest[..rest.find('"').unwrap()].to_owned()
-    }
-
-    fn csrf(&self) -> String {
-        let at = self
-            .body
-            .find("name=\"csrf\" value=\"")
-            .expect("a form with a CSRF field");
-        let rest = &self.body[at + 19..];
-        rest[..rest.find('"').unwrap()].to_owned()
-    }
-}
-
-fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let slash = rest.find('/').unwrap_or(rest.len());
-    let authority = rest[..slash].to_owned();
-    let path = if slash == rest.len() {
-        "/".to_owned()
-    } else {
-        rest[slash..].to_owned()
-    };
-    (authority, path)
-}
-
-fn host_of(authority: &str) -> String {
-    authority.split(':').next().unwrap().to_owned()
-}
-
-impl Browser {
-    fn new(addr: SocketAddr) -> Browser {
-        Browser {
-            addr,
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn cookie(&self, host: &str, name: &str) -> Option<String> {
-        self.cookies
-            .get(host)?
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn set(&mut self, host: &str, name: &str, value: &str) {
-        let jar = self.cookies.entry(host.to_owned()).or_default();
-        jar.retain(|(n, _)| n != name);
-        jar.push((name.to_owned(), value.to_owned()));
-    }
-
-    async fn request(
-        &mut self,
-        method: &str,
-        url: &str,
-        form: Option<&[(&str, &str)]>,
-        headers: &[(&str, &str)],
-    ) -> Page {
-        let (authority, path) = split_url(url);
-        let host = host_of(&authority);
-        let mut b = Request::builder()
-            .method(method)
-            .uri(&path)
-            .header("host", &authority);
-        if !headers.iter().any(|(k, _)| *k == "accept") {
-            b = b.header("accept", "text/html");
-        }
-        let jar = self.cookies.get(&host).cloned().unwrap_or_default();
-        if !jar.is_empty() {
-            let line = jar
-                .iter()
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            b = b.header("cookie", line);
-        }
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let body = match form {
-            Some(f) => {
-                b = b.header("content-type", "application/x-www-form-urlencoded");
-                let mut s = form_urlencoded_serialize(f);
-                s.shrink_to_fit();
-                full(s)
-            }
-            None => full(""),
-        };
-        let res = send(self.addr, b.body(body).unwrap()).await;
-        let status = res.status();
-        let location = res
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let set_cookies: Vec<String> = res
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect();
-        for c in &set_cookies {
-            let first = c.split(';').next().unwrap();
-            let (n, v) = first.split_once('=').unwrap();
-            let jar = self.cookies.entry(host.clone()).or_default();
-            jar.retain(|(name, _)| name != n);
-            if !c.contains("Max-Age=0") {
-                jar.push((n.to_owned(), v.to_owned()));
-            }
-        }
-        let body = within(res.into_body().collect()).await.unwrap().to_bytes();
-        Page {
-            status,
-            location,
-            set_cookies,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    /// What the passkey script does: JSON with the CSRF token in a header.
-    async fn json(&mut self, url: &str, csrf: &str, body: &str) -> (StatusCode, Value, Page) {
-        let (authority, path) = split_url(url);
-        let host = host_of(&authority);
-        let jar = self.cookies.get(&host).cloned().unwrap_or_default();
-        let line = jar
-            .iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let req = Request::post(&path)
-            .header("host", &authority)
-            .header("content-type", "application/json")
-            .header("x-csrf-token", csrf)
-            .header("cookie", line)
-            .body(full(body.to_owned()))
-            .unwrap();
-        let res = send(self.addr, req).await;
-        let status = res.status();
-        for c in res.headers().get_all("set-cookie") {
-            let c = c.to_str().unwrap();
-            let (n, v) = c.split(';').next().unwrap().split_once('=').unwrap();
-            let jar = self.cookies.entry(host.clone()).or_default();
-            jar.retain(|(name, _)| name != n);
-            if !c.contains("Max-Age=0") {
-                jar.push((n.to_owned(), v.to_owned()));
-            }
-        }
-        let bytes = within(res.into_body().collect()).await.unwrap().to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let page = Page {
-            status,
-            location: None,
-            set_cookies: vec![],
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        };
-        (status, v, page)
-    }
-
-    async fn get(&mut self, url: &str) -> Page {
-        self.request("GET", url, None, &[]).await
-    }
-
-    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> Page {
-        self.request("POST", url, Some(form), &[]).await
-    }
-
-    /// Follow redirects from `url`, returning the last page.
-    async fn visit(&mut self, url: &str) -> Page {
-        let mut page = self.get(url).await;
-        for _ in 0..10 {
-            match &page.location {
-                Some(l) if page.status.is_redirection() => {
-                    let next = if l.starts_with('/') {
-                        let (authority, _) = split_url(url);
-                        format!("http://{authority}{l}")
-                    } else {
-                        l.clone()
-                    };
-                    page = self.get(&next).await;
-                }
-                _ => break,
-            }
-        }
-        page
-    }
-}
-
-fn form_urlencoded_serialize(f: &[(&str, &str)]) -> String {
-    f.iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                percent_encoding::utf8_percent_encode(k, percent_encoding::NON_ALPHANUMERIC),
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 struct Env {
     gw: Gw,
     port: u16,
@@ -361,7 +132,7 @@ impl Env {
         let port = free_port();
         let toml = format!(
             "{}\n{extra}",
-            config(port, upstream, &hash(PASSWORD), login)
+            config(port, upstream, &cheap_hash(PASSWORD), login)
         );
         let gw = Gw::start(&toml).await;
         Env { gw, port, login }

@@ -46,6 +46,8 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpStream;
 
+mod common;
+
 const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const START_POSTGRES: &str =
     "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
@@ -1111,4 +1113,166 @@ async fn api_client_changes_reach_every_node() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+/// A sign-in moves between nodes: its flow, the one-time code for the app
+/// and passkey ceremonies live in the shared KV, so each step may land on
+/// another node (as behind a load balancer) and still complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_moves_between_nodes() {
+    use common::{Browser, cheap_hash};
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    use webauthn_authenticator_rs::prelude::{
+        CreationChallengeResponse, RequestChallengeResponse, Url,
+    };
+    use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+
+    let schema = Schema::new().await;
+    let prefix = Prefix::new(NATS_URL).await;
+    let key = secret_key();
+    let upstream = test_util::start_upstream(header_echo()).await.unwrap();
+    // The port browsers see (a load balancer's); the nodes listen elsewhere
+    // and are reached directly, with this port in `Host`.
+    let public = 8443;
+    let hash = cheap_hash("correct horse battery");
+    let config = |dir: &Dir, node: &str| {
+        format!(
+            r#"
+[gateway]
+data_dir = "{data}"
+audit = "off"
+connection_threads = 0
+
+[state]
+durable = "postgres"
+postgres_url = "{POSTGRES_URL}"
+postgres_schema = "{schema}"
+postgres_max_connections = 4
+shared = "nats"
+nats_url = "{NATS_URL}"
+nats_prefix = "{prefix}"
+nats_allow_unauthenticated = true
+node = "{node}"
+encryption_keys = ["{key}"]
+
+[[listener]]
+bind = "127.0.0.1:0"
+
+[login]
+url = "http://localhost:{public}"
+[login.password]
+memory_kib = 64
+iterations = 1
+
+[[user]]
+name = "alice"
+password_hash = "{hash}"
+
+[[route]]
+name = "app"
+host = "app.localhost"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+users = ["alice"]
+"#,
+            data = dir.0.display(),
+            schema = schema.0,
+            prefix = prefix.name,
+        )
+    };
+    let (dir_a, dir_b) = (Dir::new("login-a"), Dir::new("login-b"));
+    let a = Node::start(&config(&dir_a, "node-a")).await;
+    let b = Node::start(&config(&dir_b, "node-b")).await;
+    let url = |host: &str, path: &str| format!("http://{host}:{public}{path}");
+
+    // Page on A, password on B, code made by B consumed on A, session used on B.
+    let mut browser = Browser::new(a.addr);
+    let first = browser.get(&url("app.localhost", "/x")).await;
+    assert_eq!(first.status, StatusCode::FOUND);
+    let page = browser.get(first.location.as_deref().unwrap()).await;
+    browser.addr = b.addr;
+    let done = browser
+        .post(
+            &url("localhost", "/login"),
+            &[
+                ("csrf", &page.csrf()),
+                ("username", "alice"),
+                ("password", "correct horse battery"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    browser.addr = a.addr;
+    let back = browser.get(done.location.as_deref().unwrap()).await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    browser.addr = b.addr;
+    let seen = browser.get(&url("app.localhost", "/x")).await;
+    assert_eq!(seen.status, StatusCode::OK, "{}", seen.body);
+    let seen: Value = serde_json::from_str(&seen.body).unwrap();
+    assert_eq!(seen["headers"]["hexon-user"][0], "alice");
+
+    // A passkey registered: begun on A, finished on B.
+    let origin = Url::parse(&url("localhost", "")).unwrap();
+    let mut authenticator = WebauthnAuthenticator::new(SoftPasskey::new(true));
+    browser.addr = a.addr;
+    let account = browser.get(&url("localhost", "/account")).await;
+    let (status, ccr, _) = browser
+        .json(
+            &url("localhost", "/webauthn/register/begin"),
+            &account.data_csrf(),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ccr}");
+    let ccr: CreationChallengeResponse = serde_json::from_value(ccr).unwrap();
+    let reg = serde_json::to_string(&authenticator.do_registration(origin.clone(), ccr).unwrap())
+        .unwrap();
+    browser.addr = b.addr;
+    let (status, v, _) = browser
+        .json(
+            &url("localhost", "/webauthn/register/finish"),
+            &account.data_csrf(),
+            &reg,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Another browser: password on A, passkey ceremony begun on B and
+    // finished on A (the credential is in the shared durable store).
+    let mut other = Browser::new(a.addr);
+    let page = other.get(&url("localhost", "/login")).await;
+    let second = other
+        .post(
+            &url("localhost", "/login"),
+            &[
+                ("csrf", &page.csrf()),
+                ("username", "alice"),
+                ("password", "correct horse battery"),
+            ],
+        )
+        .await;
+    assert!(second.body.contains("Use a passkey"), "{}", second.body);
+    other.addr = b.addr;
+    let (status, rcr, _) = other
+        .json(
+            &url("localhost", "/webauthn/login/begin"),
+            &second.data_csrf(),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rcr}");
+    let rcr: RequestChallengeResponse = serde_json::from_value(rcr).unwrap();
+    let assertion =
+        serde_json::to_string(&authenticator.do_authentication(origin, rcr).unwrap()).unwrap();
+    other.addr = a.addr;
+    let (status, v, _) = other
+        .json(
+            &url("localhost", "/webauthn/login/finish"),
+            &second.data_csrf(),
+            &assertion,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["redirect"], "/account");
+    drop((a, b));
 }

@@ -124,6 +124,8 @@ pub struct LoginParts {
     pub sessions: KvSessionStore,
     /// Sealing keys of the state.
     pub keys: Arc<SecretKeys>,
+    /// The clock (`None`: the system's; tests and benchmarks move time).
+    pub clock: Option<Arc<dyn Fn() -> UnixTime + Send + Sync>>,
 }
 
 /// Why the login service could not start.
@@ -434,21 +436,11 @@ impl LoginService {
                 hashes,
                 webauthn,
                 mailer,
-                clock: Arc::new(UnixTime::now),
+                clock: p.clock.unwrap_or_else(|| Arc::new(UnixTime::now)),
             }),
         };
         service.set_route_hosts(p.route_hosts.iter().map(String::as_str));
         Ok(service)
-    }
-
-    /// Use another clock (tests).
-    pub fn with_clock(self, clock: impl Fn() -> UnixTime + Send + Sync + 'static) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner)
-            .unwrap_or_else(|_| panic!("with_clock must be called before the service is shared"));
-        inner.clock = Arc::new(clock);
-        LoginService {
-            inner: Arc::new(inner),
-        }
     }
 
     /// Replace the hosts browsers may return to (after a reload): the
@@ -757,8 +749,7 @@ impl LoginService {
         let creds = self.inner.store.credentials_of(&user.subject).await?;
         let stored = creds
             .into_iter()
-            .filter(|c| c.kind == CredentialKind::Password)
-            .next_back();
+            .rfind(|c| c.kind == CredentialKind::Password);
         Ok(match stored {
             Some(CredentialRecord {
                 id,

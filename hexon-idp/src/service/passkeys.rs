@@ -88,7 +88,11 @@ impl LoginService {
         };
         let label: String = serde_json::from_slice::<serde_json::Value>(&c.body)
             .ok()
-            .and_then(|v| v["label"].as_str().map(str::to_owned))
+            .and_then(|v| {
+                v.get("label")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_default()
             .trim()
             .chars()

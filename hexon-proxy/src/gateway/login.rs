@@ -51,6 +51,7 @@ impl Login {
                 kv: state.kv.clone(),
                 sessions: state.sessions.clone(),
                 keys: state.keys.clone(),
+                clock: None,
             })
             .await
             .map_err(|e| GatewayError::Other(format!("[login]: {e}")))?;
