@@ -1731,10 +1731,10 @@ impl Config {
                             .trim_matches(['[', ']'])
                             .parse::<std::net::IpAddr>()
                             .is_ok_and(|ip| ip.is_loopback());
+                    // Opportunistic STARTTLS can be stripped by an active
+                    // attacker: it does not count as encrypted.
                     let tls = u.scheme_str() == Some("smtps")
-                        || u.query().is_some_and(|q| {
-                            q.contains("tls=required") || q.contains("tls=opportunistic")
-                        });
+                        || u.query().is_some_and(|q| q.split('&').any(|kv| kv == "tls=required"));
                     if !tls && !loopback && !self.gateway.dev {
                         errs.push("login.email.smtp_url", "plain smtp:// is only for a loopback server (or gateway.dev): use smtps:// or smtp://…?tls=required, so sign-in codes are not sent in the clear".to_owned());
                     }

@@ -3,7 +3,8 @@
 //!
 //! - the TOTP step (`POST /login/totp`: flow, CSRF, code, compare-and-set
 //!   of the step, session, one-time code for the app) and a whole SSO
-//!   round trip (login page → password → TOTP → app callback) with the
+//!   round trip (start on the app host → login page → password → TOTP →
+//!   app callback) with the
 //!   password hash made negligible (argon2id m=8 KiB, t=1), so the figure
 //!   is everything but the hash;
 //! - password verifications per second at the default cost (argon2id
@@ -183,11 +184,15 @@ async fn logins(n: usize) {
             .send(
                 &login,
                 "GET",
-                "auth.example.com",
-                "/login?rd=https%3A%2F%2Fapp.example.com%2Fx",
+                "app.example.com",
+                "/.hexon/login?rd=https%3A%2F%2Fapp.example.com%2Fx",
                 "",
             )
             .await;
+        assert_eq!(res.status(), 303, "start on the app host");
+        let to_login = res.headers()["location"].to_str().unwrap().to_owned();
+        let path = to_login.trim_start_matches("https://auth.example.com");
+        let (res, _) = b.send(&login, "GET", "auth.example.com", path, "").await;
         assert_eq!(res.status(), 200);
         let csrf = csrf_token(&b.cookie("__Host-hexon-login"));
         let form = format!("csrf={csrf}&username=alice&password=correct+horse+battery");

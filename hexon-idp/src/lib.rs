@@ -26,6 +26,6 @@ pub mod webauthn;
 
 pub use service::{
     APP_COOKIE, APP_LOGOUT_PATH, CALLBACK_PATH, FLOW_COOKIE, LoginParts, LoginService, SSO_COOKIE,
-    StartError, csrf_token, fuzz_login_inputs,
+    START_PATH, STATE_COOKIE, StartError, csrf_token, fuzz_login_inputs,
 };
 pub use users::{ConfigUsers, LocalUser, Users};

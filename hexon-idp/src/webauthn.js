@@ -99,6 +99,8 @@
       try {
         const label = document.getElementById('passkey-label')?.value ?? '';
         const options = await call('/webauthn/register/begin', register.dataset.csrf, { label });
+        // Not signed in recently enough: confirm it is you first.
+        if (options.redirect) return window.location.assign(options.redirect);
         const credential = await navigator.credentials.create(creationOptions(options));
         const done = await call('/webauthn/register/finish', register.dataset.csrf, registration(credential));
         window.location.assign(done.redirect);

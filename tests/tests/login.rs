@@ -173,11 +173,18 @@ async fn single_sign_on_across_hosts_with_host_scoped_sessions() {
     let mut b = env.browser();
 
     // A protected host sends the browser to the login host with its URL.
+    // It starts the sign-in on its own host first: a state cookie marks
+    // this browser, so only it can use the code that comes back.
     let first = b.get(&env.url("app.localhost", "/private?x=1")).await;
     assert_eq!(first.status, StatusCode::FOUND);
-    let login = first.location.clone().unwrap();
+    let start = first.location.clone().unwrap();
+    assert!(start.starts_with("/.hexon/login?rd="), "{start}");
+    let started = b.get(&env.url("app.localhost", &start)).await;
+    assert_eq!(started.status, StatusCode::SEE_OTHER);
+    assert!(b.cookie("app.localhost", "__Host-hexon-state").is_some());
+    let login = started.location.clone().unwrap();
     assert!(
-        login.starts_with(&env.url("auth.localhost", "/login?rd=")),
+        login.starts_with(&env.url("auth.localhost", "/login?rd=")) && login.contains("&state="),
         "{login}"
     );
 
@@ -261,6 +268,8 @@ async fn single_sign_on_across_hosts_with_host_scoped_sessions() {
     assert_eq!(shown["uri"], "/two");
 
     // A code made for app2 is refused at app (and is spent by trying).
+    // (Asked for on the login host, the browser is first sent to start on
+    // app2, which marks it, then straight back for the code.)
     let to_app2 = b
         .get(&format!(
             "{}?rd={}",
@@ -268,7 +277,11 @@ async fn single_sign_on_across_hosts_with_host_scoped_sessions() {
             enc(&env.url("app2.localhost", "/x"))
         ))
         .await;
-    let code_url = to_app2.location.unwrap();
+    let start = to_app2.location.unwrap();
+    assert!(start.starts_with(&env.url("app2.localhost", "/.hexon/login?rd=")), "{start}");
+    let login = b.get(&start).await.location.unwrap();
+    let code_url = b.get(&login).await.location.unwrap();
+    assert!(code_url.contains("/.hexon/callback?code="), "{code_url}");
     let code = code_url.split("code=").nth(1).unwrap();
     let mut other = env.browser();
     let wrong_host = other
@@ -391,6 +404,22 @@ async fn forms_refuse_csrf_fixation_and_open_redirects() {
     // The form is spent.
     let replay = b.post(&env.url("auth.localhost", "/login"), &form).await;
     assert_ne!(replay.status, StatusCode::SEE_OTHER);
+
+    // Login CSRF: a code someone got for their own sign-in does not work
+    // in another browser (it holds no matching state on the app host).
+    let mut attacker = password_session(&env).await;
+    let start = format!("/.hexon/login?rd={}", enc(&env.url("app.localhost", "/")));
+    let login = attacker
+        .get(&env.url("app.localhost", &start))
+        .await
+        .location
+        .unwrap();
+    let code_url = attacker.get(&login).await.location.unwrap();
+    assert!(code_url.contains("/.hexon/callback?code="), "{code_url}");
+    let mut victim = env.browser();
+    let forced = victim.get(&code_url).await;
+    assert_eq!(forced.status, StatusCode::BAD_REQUEST);
+    assert!(victim.cookie("app.localhost", "__Host-hexon-session").is_none());
 
     // Return URLs only to configured hosts, on this scheme and port.
     let p = env.port;
@@ -545,7 +574,9 @@ async fn totp_enrolment_login_replay_recovery_and_step_up() {
     let on = b
         .post(
             &env.url("auth.localhost", "/account/totp"),
-            &[("csrf", &enrol.csrf()), ("code", &code_now(&secret, 0))],
+            // (The previous step's code: this step's and the next are left
+            // for the step-up and the next sign-in.)
+            &[("csrf", &enrol.csrf()), ("code", &code_now(&secret, -1))],
         )
         .await;
     assert_eq!(on.status, StatusCode::OK, "{}", on.body);
@@ -562,9 +593,23 @@ async fn totp_enrolment_login_replay_recovery_and_step_up() {
         .collect();
     assert_eq!(recovery.len(), 10);
 
-    // The step-up now passes (TOTP was just used) and returns to the route.
-    let ops = b.visit(&env.url("admin.localhost", "/ops")).await;
+    // Setting TOTP up is not signing in with it: the route still asks for
+    // a TOTP step-up, then returns to the page.
+    let stepped = b.visit(&env.url("admin.localhost", "/ops")).await;
+    assert_eq!(stepped.status, StatusCode::OK);
+    assert!(stepped.body.contains("Two-step verification"), "{}", stepped.body);
+    let ok = b
+        .post(
+            &env.url("auth.localhost", "/login/totp"),
+            &[("csrf", &stepped.csrf()), ("code", &code_now(&secret, 0))],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+    let ops = b.visit(ok.location.as_deref().unwrap()).await;
     assert_eq!(upstream_json(&ops)["uri"], "/ops");
+    // With TOTP on, enrolling again is refused (turning it off asks for a code).
+    let again = b.get(&env.url("auth.localhost", "/account/totp")).await;
+    assert!(again.body.contains("already on"), "{}", again.body);
 
     // A new browser: password, then TOTP (the next step's code: the
     // enrolment spent this step's).
@@ -1167,10 +1212,18 @@ async fn users_see_and_end_their_sessions() {
                 &[("user-agent", agent)],
             )
             .await;
+        let started = b
+            .request(
+                "GET",
+                &env.url("app.localhost", first.location.as_deref().unwrap()),
+                None,
+                &[("user-agent", agent)],
+            )
+            .await;
         let login = b
             .request(
                 "GET",
-                first.location.as_deref().unwrap(),
+                started.location.as_deref().unwrap(),
                 None,
                 &[("user-agent", agent)],
             )

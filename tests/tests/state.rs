@@ -1189,7 +1189,10 @@ users = ["alice"]
     let mut browser = Browser::new(a.addr);
     let first = browser.get(&url("app.localhost", "/x")).await;
     assert_eq!(first.status, StatusCode::FOUND);
-    let page = browser.get(first.location.as_deref().unwrap()).await;
+    let started = browser
+        .get(&url("app.localhost", first.location.as_deref().unwrap()))
+        .await;
+    let page = browser.get(started.location.as_deref().unwrap()).await;
     browser.addr = b.addr;
     let done = browser
         .post(

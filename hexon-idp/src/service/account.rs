@@ -2,7 +2,31 @@
 
 use super::*;
 
+const TOTP_ALREADY_ON: &str = "Two-step verification is already on. To use another authenticator, turn it off first (that asks for a current code), then set it up again.";
+
 impl LoginService {
+    /// Whether the session proved who it is recently (any method within
+    /// ten minutes): adding a way in (TOTP, a passkey) needs that, so a
+    /// stolen or forgotten session cannot make itself permanent.
+    pub(super) fn fresh(&self, session: &Session, now: UnixTime) -> bool {
+        session
+            .identity
+            .auth()
+            .iter()
+            .any(|e| now.since(e.at) <= RESET_WINDOW)
+    }
+
+    /// Where to confirm it is you (any method, within ten minutes) before
+    /// returning to `path` on the login host.
+    pub(super) fn confirm_url(&self, path: &str) -> String {
+        let rd = format!("{}{path}", self.inner.origin);
+        format!(
+            "/login?step_up=1&max_age={}&rd={}",
+            RESET_WINDOW.as_secs(),
+            percent_encoding::utf8_percent_encode(&rd, percent_encoding::NON_ALPHANUMERIC)
+        )
+    }
+
     // ------------------------------------------------------------ account
 
     pub(super) async fn account(
@@ -146,7 +170,7 @@ impl LoginService {
             return self.account(c, Some(&p), None).await;
         }
         let ukey = user_key(&user.username);
-        if let Some(wait) = self.inner.throttle.wait(&[&ukey], c.now).await? {
+        if let Some(wait) = self.inner.throttle.begin(&[&ukey], c.now).await? {
             return self
                 .account(
                     c,
@@ -175,9 +199,8 @@ impl LoginService {
             self.inner.hashes.verify(hash.as_deref(), current).await
         };
         match verified {
-            Ok(true) => {}
+            Ok(true) => self.inner.throttle.reset(&ukey).await?,
             Ok(false) => {
-                self.inner.throttle.failed(&[&ukey], c.now).await?;
                 self.audit(
                     c.now,
                     "password.change",
@@ -276,6 +299,12 @@ impl LoginService {
         let Some((id, session)) = self.sso(c).await? else {
             return Ok(Reply::redirect("/login"));
         };
+        if !self.fresh(&session, c.now) {
+            return Ok(Reply::redirect(&self.confirm_url("/account/totp")));
+        }
+        if self.second_factors(session.identity.subject()).await?.totp {
+            return self.account(c, Some(TOTP_ALREADY_ON), None).await;
+        }
         let key = digest_hex("enrol", &id);
         let context = format!("hexon totp enrolment\0{key}");
         let secret = match self.inner.flows.get(&key).await? {
@@ -318,7 +347,13 @@ impl LoginService {
             Ok(s) => s,
             Err(r) => return Ok(r),
         };
+        if !self.fresh(&session, c.now) {
+            return Ok(Reply::redirect(&self.confirm_url("/account/totp")));
+        }
         let subject = session.identity.subject().to_owned();
+        if self.second_factors(&subject).await?.totp {
+            return self.account(c, Some(TOTP_ALREADY_ON), None).await;
+        }
         let key = digest_hex("enrol", &id);
         let context = format!("hexon totp enrolment\0{key}");
         let Some(entry) = self.inner.flows.get(&key).await? else {
@@ -388,17 +423,11 @@ impl LoginService {
                 .await?;
             codes.push(shown);
         }
-        // Privilege change: a new session id, with TOTP as used now.
-        let identity = session
-            .identity
-            .to_builder()
-            .auth("totp", c.now)
-            .and_then(|b| b.build())
-            .map_err(|e| StoreError::Invalid {
-                what: "identity",
-                reason: e.to_string(),
-            })?;
-        let new_id = self.rotate(c, &id, identity, session.expires).await?;
+        // Privilege change: a new session id. Setting up TOTP is not
+        // signing in with it: the session's methods stay as they were.
+        let new_id = self
+            .rotate(c, &id, session.identity.clone(), session.expires)
+            .await?;
         self.audit(
             c.now,
             "totp.enrolled",
@@ -419,6 +448,11 @@ impl LoginService {
             Err(r) => return Ok(r),
         };
         let subject = session.identity.subject().to_owned();
+        let ukey = user_key(session.identity.username());
+        if let Some(wait) = self.inner.throttle.begin(&[&ukey], c.now).await? {
+            let wait = format!("Too many attempts. Wait {} seconds.", wait.as_secs().max(1));
+            return self.account(c, Some(&wait), None).await;
+        }
         if self
             .second_factor(&subject, c.form.get("code").unwrap_or(""), c.now)
             .await?
@@ -426,6 +460,7 @@ impl LoginService {
         {
             return self.account(c, Some("That code is not valid."), None).await;
         }
+        self.inner.throttle.reset(&ukey).await?;
         let (totp, recovery) = self.totp_credentials(&subject).await?;
         for cred in totp.iter().chain(&recovery) {
             self.inner.store.delete_credential(&cred.id).await?;

@@ -62,7 +62,9 @@ impl LoginService {
         }
         let ukey = user_key(&who);
         let ikey = ip_key(c.ip);
-        if let Some(wait) = self.inner.throttle.wait(&[&ukey, &ikey], c.now).await? {
+        // Every request counts (`begin`), sent or not: mailing is not free,
+        // and asking repeatedly must slow down like guessing does.
+        if let Some(wait) = self.inner.throttle.begin(&[&ukey, &ikey], c.now).await? {
             return Ok(self.email_page(
                 &id,
                 StatusCode::TOO_MANY_REQUESTS,
@@ -72,9 +74,6 @@ impl LoginService {
                 )),
             ));
         }
-        // Every request counts, sent or not: mailing is not free, and
-        // asking repeatedly must slow down like guessing does.
-        self.inner.throttle.failed(&[&ukey, &ikey], c.now).await?;
         let user = self
             .inner
             .users
@@ -219,15 +218,10 @@ impl LoginService {
                 .restart(c, "That code has expired. Ask for a new one.")
                 .await;
         }
-        self.complete(
-            c,
-            &id,
-            flow_revision,
-            &flow,
-            &attempt.subject,
-            &[("email", c.now)],
-        )
-        .await
+        // Email is a first factor: a user with TOTP or a passkey is asked
+        // for it next.
+        self.after_first_factor(c, &id, flow_revision, &flow, &attempt.subject, "email")
+            .await
     }
 
     pub(super) async fn email_link(&self, c: &Ctx) -> Result<Reply, StoreError> {
@@ -256,14 +250,9 @@ impl LoginService {
         {
             return Ok(elsewhere());
         }
-        self.complete(
-            c,
-            &id,
-            flow_revision,
-            &flow,
-            &attempt.subject,
-            &[("email", c.now)],
-        )
-        .await
+        // Email is a first factor: a user with TOTP or a passkey is asked
+        // for it next.
+        self.after_first_factor(c, &id, flow_revision, &flow, &attempt.subject, "email")
+            .await
     }
 }

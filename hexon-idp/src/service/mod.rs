@@ -59,6 +59,14 @@ pub const APP_COOKIE: &str = "__Host-hexon-session";
 pub const CALLBACK_PATH: &str = "/.hexon/callback";
 /// Where protected hosts sign out of their own session.
 pub const APP_LOGOUT_PATH: &str = "/.hexon/logout";
+/// Where protected hosts start a sign-in: the gateway sends browsers
+/// without a session here (`?rd=<URL>`); it marks the browser with a state
+/// cookie and goes on to the login host. A code is accepted only by the
+/// browser holding the state it was made for, so nobody can sign a victim
+/// in as themselves by sending them a code.
+pub const START_PATH: &str = "/.hexon/login";
+/// The state cookie of a sign-in started on a protected host.
+pub const STATE_COOKIE: &str = "__Host-hexon-state";
 
 /// How long a sign-in page may sit before it is submitted.
 const FLOW_TTL: Duration = Duration::from_secs(15 * 60);
@@ -146,18 +154,28 @@ impl std::error::Error for StartError {}
 enum Stage {
     /// Username and password (for step-up: `subject` is fixed).
     Password { subject: Option<String> },
-    /// The password verified; a second factor is due.
+    /// A first factor verified (`first`: its method and time; `None` for a
+    /// step-up of a live login-host session); a second factor is due.
     SecondFactor {
         subject: String,
-        password_at: Option<i64>,
+        first: Option<(String, i64)>,
+        /// Wrong codes so far (five end the flow).
+        #[serde(default)]
+        failures: u32,
     },
 }
+
+/// Wrong second-factor codes that end a sign-in flow.
+const MAX_SECOND_FACTOR_FAILURES: u32 = 5;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Flow {
     /// Checked return URL.
     rd: Option<String>,
     stage: Stage,
+    /// Digest of the state cookie the return host set (see [`START_PATH`]).
+    #[serde(default)]
+    state: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,6 +184,8 @@ struct Code {
     host: String,
     url: String,
     expires: UnixTime,
+    /// Digest of the browser's state cookie on `host`.
+    state: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -462,10 +482,10 @@ impl LoginService {
             .clone()
     }
 
-    /// The login page URL (`https://auth.example.com/login`): where the
-    /// gateway sends browsers without a session.
+    /// Where the gateway sends browsers without a session: [`START_PATH`]
+    /// on the host they asked for.
     pub fn login_url(&self) -> String {
-        format!("{}/login", self.inner.origin)
+        START_PATH.to_owned()
     }
 
     /// The login host (lower case, no port).
@@ -479,6 +499,7 @@ impl LoginService {
         let path = parts.uri.path();
         path == CALLBACK_PATH
             || path == APP_LOGOUT_PATH
+            || path == START_PATH
             || request_host(parts).is_some_and(|h| h == self.inner.host)
     }
 
@@ -546,6 +567,7 @@ impl LoginService {
         if !on_login_host {
             return match (m.as_str(), path) {
                 ("GET", CALLBACK_PATH) => self.callback(c).await,
+                ("GET", START_PATH) => Ok(self.start(c)),
                 ("GET" | "POST", APP_LOGOUT_PATH) => self.app_logout(c).await,
                 _ => Ok(self.not_found()),
             };
@@ -578,6 +600,10 @@ impl LoginService {
             ("GET", "/logout") => self.logout_page(c).await,
             ("POST", "/logout") => self.logout(c).await,
             ("GET", CALLBACK_PATH) => self.callback(c).await,
+            ("GET", START_PATH) => {
+                let q = c.parts.uri.query().map_or(String::new(), |q| format!("?{q}"));
+                Ok(Reply::redirect(&format!("/login{q}")))
+            }
             _ => Ok(self.not_found()),
         }
     }
@@ -809,6 +835,11 @@ impl LoginService {
             Ok(rd) => rd,
             Err(reply) => return Ok(reply),
         };
+        let state = c
+            .query
+            .get("state")
+            .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
         let step_up = c.query.get("step_up") == Some("1");
         let acr: Vec<&str> = c
             .query
@@ -839,7 +870,13 @@ impl LoginService {
                 };
             if satisfied {
                 return self
-                    .finish_to(c, &session.identity, rd.as_ref(), session.expires)
+                    .finish_to(
+                        c,
+                        &session.identity,
+                        rd.as_ref(),
+                        session.expires,
+                        state.as_deref(),
+                    )
                     .await;
             }
             // Step-up: ask again for a method the route accepts.
@@ -852,7 +889,8 @@ impl LoginService {
             let stage = if factors.totp || factors.passkey {
                 Stage::SecondFactor {
                     subject: subject.clone(),
-                    password_at: None,
+                    first: None,
+                    failures: 0,
                 }
             } else if acr.is_empty() || acr.contains(&"password") {
                 Stage::Password {
@@ -871,6 +909,7 @@ impl LoginService {
             let flow = Flow {
                 rd: rd.map(|r| r.url),
                 stage: stage.clone(),
+                state,
             };
             let id = self.new_flow(&flow).await?;
             let username = self
@@ -897,6 +936,7 @@ impl LoginService {
         let flow = Flow {
             rd: rd.map(|r| r.url),
             stage: Stage::Password { subject: None },
+            state,
         };
         let id = self.new_flow(&flow).await?;
         let notice = (c.query.get("signed_out") == Some("1")).then_some("You are signed out.");
@@ -919,6 +959,7 @@ impl LoginService {
         let flow = Flow {
             rd: None,
             stage: Stage::Password { subject: None },
+            state: None,
         };
         let id = self.new_flow(&flow).await?;
         let _ = c;
@@ -982,7 +1023,7 @@ impl LoginService {
         }
         let ukey = user_key(&username);
         let ikey = ip_key(c.ip);
-        if let Some(wait) = self.inner.throttle.wait(&[&ukey, &ikey], c.now).await? {
+        if let Some(wait) = self.inner.throttle.begin(&[&ukey, &ikey], c.now).await? {
             self.audit(
                 c.now,
                 "login.throttled",
@@ -1013,7 +1054,7 @@ impl LoginService {
         let user = match (verified, user) {
             (true, Some(u)) => u,
             (_, u) => {
-                self.inner.throttle.failed(&[&ukey, &ikey], c.now).await?;
+                // (Counted as a failure by `begin` already.)
                 let reason = match (&u, &hash) {
                     (None, _) => "unknown_or_disabled_user",
                     (Some(_), None) => "no_password_set",
@@ -1034,41 +1075,60 @@ impl LoginService {
                 ));
             }
         };
-        self.inner.throttle.reset(&ukey).await?;
-        let factors = self.second_factors(&user.subject).await?;
-        if !(factors.totp || factors.passkey) || fixed.is_some() {
+        // The account's failures are forgotten only when the whole sign-in
+        // completes: a known password must not buy fresh guesses at the
+        // second factor.
+        if fixed.is_some() {
+            // A step-up by password: the login-host session it steps up
+            // still has its other methods.
             return self
-                .complete(
-                    c,
-                    &id,
-                    revision,
-                    &flow,
-                    &user.subject,
-                    &[("password", c.now)],
-                )
+                .complete(c, &id, revision, &flow, &user.subject, &[("password", c.now)])
+                .await;
+        }
+        self.after_first_factor(c, &id, revision, &flow, &user.subject, "password")
+            .await
+    }
+
+    /// A first factor (`method`) verified for `subject`: ask for the second
+    /// step the user has set up, or complete if there is none.
+    async fn after_first_factor(
+        &self,
+        c: &Ctx,
+        id: &str,
+        revision: hexon_core::store::Revision,
+        flow: &Flow,
+        subject: &str,
+        method: &str,
+    ) -> Result<Reply, StoreError> {
+        let factors = self.second_factors(subject).await?;
+        if !(factors.totp || factors.passkey) {
+            return self
+                .complete(c, id, revision, flow, subject, &[(method, c.now)])
                 .await;
         }
         let next = Flow {
             rd: flow.rd.clone(),
+            state: flow.state.clone(),
             stage: Stage::SecondFactor {
-                subject: user.subject.clone(),
-                password_at: Some(c.now.as_secs()),
+                subject: subject.to_owned(),
+                first: Some((method.to_owned(), c.now.as_secs())),
+                failures: 0,
             },
         };
-        if !self.update_flow(&id, &next, revision).await? {
+        if !self.update_flow(id, &next, revision).await? {
             return self
                 .restart(c, "Your sign-in page expired. Please sign in again.")
                 .await;
         }
+        let username = self
+            .inner
+            .users
+            .by_subject(subject)
+            .map(|u| u.username)
+            .unwrap_or_default();
         Ok(Reply::page(
             StatusCode::OK,
-            pages::totp(
-                self.brand(),
-                &csrf_token(&id),
-                &user.username,
-                factors,
-                None,
-            ),
+            pages::totp(self.brand(), &csrf_token(id), &username, factors, None),
         ))
     }
 
@@ -1118,28 +1178,27 @@ impl LoginService {
     }
 
     async fn login_totp(&self, c: &Ctx) -> Result<Reply, StoreError> {
+        let expired = "Your sign-in page expired. Please sign in again.";
         let Some((id, flow, revision)) = self.flow(c).await? else {
-            return self
-                .restart(c, "Your sign-in page expired. Please sign in again.")
-                .await;
+            return self.restart(c, expired).await;
         };
         if !self.csrf_ok(c, &id) {
             return Ok(self.forbidden_csrf());
         }
         let Stage::SecondFactor {
             subject,
-            password_at,
+            first,
+            failures,
         } = &flow.stage
         else {
-            return self
-                .restart(c, "Your sign-in page expired. Please sign in again.")
-                .await;
+            return self.restart(c, expired).await;
         };
         let Some(user) = self.inner.users.by_subject(subject) else {
-            return self
-                .restart(c, "Your sign-in page expired. Please sign in again.")
-                .await;
+            return self.restart(c, expired).await;
         };
+        if !self.second_step_allowed(c, &flow).await? {
+            return self.restart(c, expired).await;
+        }
         let factors = self.second_factors(subject).await?;
         let again = |error: &str, status| {
             Reply::page(
@@ -1155,7 +1214,7 @@ impl LoginService {
         };
         let ukey = user_key(&user.username);
         let ikey = ip_key(c.ip);
-        if let Some(wait) = self.inner.throttle.wait(&[&ukey, &ikey], c.now).await? {
+        if let Some(wait) = self.inner.throttle.begin(&[&ukey, &ikey], c.now).await? {
             return Ok(again(
                 &format!(
                     "Too many attempts. Wait {} seconds, then try again.",
@@ -1165,11 +1224,12 @@ impl LoginService {
             ));
         }
         let code = c.form.get("code").unwrap_or("");
-        if code.len() > 64 {
-            return Ok(again("That code is not valid.", StatusCode::UNAUTHORIZED));
-        }
-        let Some(method) = self.second_factor(subject, code, c.now).await? else {
-            self.inner.throttle.failed(&[&ukey, &ikey], c.now).await?;
+        let method = if code.len() > 64 {
+            None
+        } else {
+            self.second_factor(subject, code, c.now).await?
+        };
+        let Some(method) = method else {
             self.audit(
                 c.now,
                 "login.failure",
@@ -1178,22 +1238,61 @@ impl LoginService {
                 serde_json::json!({"method": "totp", "reason": "wrong_or_reused_code", "ip": c.ip.to_string()}),
             )
             .await;
+            // The flow counts its wrong codes (compare-and-set); too many
+            // end it, and the password must be given again.
+            let failures = failures + 1;
+            let next = Flow {
+                rd: flow.rd.clone(),
+                state: flow.state.clone(),
+                stage: Stage::SecondFactor {
+                    subject: subject.clone(),
+                    first: first.clone(),
+                    failures,
+                },
+            };
+            if failures >= MAX_SECOND_FACTOR_FAILURES
+                || !self.update_flow(&id, &next, revision).await?
+            {
+                self.inner
+                    .flows
+                    .delete_if(&digest_hex("flow", &id), revision)
+                    .await?;
+                return self
+                    .restart(c, "Too many wrong codes. Please sign in again.")
+                    .await;
+            }
             return Ok(again(
                 "That code is not valid, or was already used. Wait for the next code.",
                 StatusCode::UNAUTHORIZED,
             ));
         };
-        self.inner.throttle.reset(&ukey).await?;
-        let mut events = vec![("totp", c.now)];
-        if method == "recovery_code" {
-            events = vec![("recovery_code", c.now)];
-        }
-        if let Some(at) = password_at {
-            events.insert(0, ("password", UnixTime::from_secs(*at)));
+        let mut events = vec![(method, c.now)];
+        if let Some((m, at)) = first {
+            events.insert(0, (m.as_str(), UnixTime::from_secs(*at)));
         }
         let subject = subject.clone();
         self.complete(c, &id, revision, &flow, &subject, &events)
             .await
+    }
+
+    /// A second step may complete: after a first factor, or — for a step-up
+    /// — while the login-host session it steps up is still there and is
+    /// the same user's.
+    async fn second_step_allowed(&self, c: &Ctx, flow: &Flow) -> Result<bool, StoreError> {
+        match &flow.stage {
+            Stage::SecondFactor {
+                first: Some(_), ..
+            } => Ok(true),
+            Stage::SecondFactor {
+                subject,
+                first: None,
+                ..
+            } => Ok(self
+                .sso(c)
+                .await?
+                .is_some_and(|(_, s)| s.identity.subject() == subject)),
+            Stage::Password { .. } => Ok(false),
+        }
     }
 
     /// The flow succeeded: end it (once), rotate the login-host session,
@@ -1230,8 +1329,12 @@ impl LoginService {
             .now
             .saturating_add(self.inner.config.session_lifetime.get());
         let mut created = c.now;
+        let mut family = None;
         if let Some((old_id, old)) = &previous {
+            let old_family = old.identity.session().unwrap_or_default().to_owned();
             if old.identity.subject() == subject {
+                // A step-up: the same sign-in, stronger. Its sessions on
+                // other hosts stay one family (signing out ends them all).
                 for e in old.identity.auth() {
                     if !events.iter().any(|(m, _)| *m == e.method.as_str()) {
                         builder = builder.auth_event(e.clone());
@@ -1239,6 +1342,12 @@ impl LoginService {
                 }
                 expires = old.expires;
                 created = old.created;
+                family = Some(old_family);
+            } else {
+                // Another user signs in on this browser: the previous
+                // user's sessions here end, on every host.
+                self.end_family(c, old.identity.subject(), &old_family)
+                    .await?;
             }
             // Rotate: the old id is dead whoever it belonged to.
             self.inner.sessions.remove(old_id).await?;
@@ -1249,9 +1358,11 @@ impl LoginService {
                 reason: e.to_string(),
             })?;
         }
-        let handle = random_token();
+        let handle = family
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| random_token().chars().take(22).collect());
         let identity = builder
-            .session(&handle[..22])
+            .session(handle)
             .audience(self.inner.host.as_str())
             .build()
             .map_err(|e| StoreError::Invalid {
@@ -1279,6 +1390,12 @@ impl LoginService {
             &dropped,
         )
         .await?;
+        if let Some(user) = self.inner.users.by_subject(subject) {
+            self.inner
+                .throttle
+                .succeeded(&user_key(&user.username), &ip_key(c.ip))
+                .await?;
+        }
         let methods: Vec<&str> = events.iter().map(|(m, _)| *m).collect();
         self.audit(
             c.now,
@@ -1296,7 +1413,9 @@ impl LoginService {
             .rd
             .as_deref()
             .and_then(|u| self.return_hosts().check(u).ok());
-        let reply = self.finish_to(c, &identity, rd.as_ref(), expires).await?;
+        let reply = self
+            .finish_to(c, &identity, rd.as_ref(), expires, flow.state.as_deref())
+            .await?;
         Ok(reply
             .cookie(set_cookie(SSO_COOKIE, &sso_id))
             .cookie(clear_cookie(FLOW_COOKIE)))
@@ -1310,6 +1429,7 @@ impl LoginService {
         identity: &Identity,
         rd: Option<&ReturnTo>,
         expires: UnixTime,
+        state: Option<&str>,
     ) -> Result<Reply, StoreError> {
         let Some(rd) = rd else {
             return Ok(Reply::redirect("/account"));
@@ -1317,6 +1437,20 @@ impl LoginService {
         if rd.host == self.inner.host {
             return Ok(Reply::redirect(&rd.url));
         }
+        let port = self
+            .inner
+            .port
+            .map_or_else(String::new, |p| format!(":{p}"));
+        let Some(state) = state else {
+            // Not started on that host (no state there yet): start there,
+            // which marks the browser and comes straight back.
+            return Ok(Reply::redirect(&format!(
+                "{}://{}{port}{START_PATH}?rd={}",
+                self.inner.scheme,
+                rd.host,
+                percent_encoding::utf8_percent_encode(&rd.url, percent_encoding::NON_ALPHANUMERIC)
+            )));
+        };
         let app_identity = identity
             .to_builder()
             .audience(rd.host.as_str())
@@ -1332,6 +1466,7 @@ impl LoginService {
             host: rd.host.clone(),
             url: rd.url.clone(),
             expires,
+            state: state.to_owned(),
         };
         let sealed = self.seal(&format!("hexon login code\0{key}"), &record)?;
         if self
@@ -1347,10 +1482,6 @@ impl LoginService {
             });
         }
         let _ = c;
-        let port = self
-            .inner
-            .port
-            .map_or_else(String::new, |p| format!(":{p}"));
         Ok(Reply::redirect(&format!(
             "{}://{}{port}{CALLBACK_PATH}?code={code}",
             self.inner.scheme, rd.host
@@ -1398,6 +1529,25 @@ impl LoginService {
             .await;
             return Ok(bad("code for another host"));
         }
+        // Only the browser that started this sign-in here may use the code.
+        let started_here = cookie(&c.parts, STATE_COOKIE).is_some_and(|s| {
+            bool::from(
+                digest_hex("state", s)
+                    .as_bytes()
+                    .ct_eq(record.state.as_bytes()),
+            )
+        });
+        if !started_here {
+            self.audit(
+                c.now,
+                "login.code_refused",
+                Some(record.identity.subject()),
+                "denied",
+                serde_json::json!({"reason": "code for another browser", "ip": c.ip.to_string()}),
+            )
+            .await;
+            return Ok(bad("code for another browser"));
+        }
         if self
             .inner
             .users
@@ -1422,7 +1572,46 @@ impl LoginService {
         let entry = self.tracked(c, &id, &record.identity, &record.host, expires);
         self.track(c, record.identity.subject(), Some(entry), &[])
             .await?;
-        Ok(Reply::redirect(&record.url).cookie(set_cookie(APP_COOKIE, &id)))
+        Ok(Reply::redirect(&record.url)
+            .cookie(set_cookie(APP_COOKIE, &id))
+            .cookie(clear_cookie(STATE_COOKIE)))
+    }
+
+    /// A protected host starts a sign-in: mark this browser with a state
+    /// cookie (host-only) and go to the login host with its digest.
+    fn start(&self, c: &Ctx) -> Reply {
+        let rd = match self.check_rd(c.query.get("rd")) {
+            Ok(Some(rd)) => rd,
+            Ok(None) => return self.not_found(),
+            Err(reply) => return reply,
+        };
+        if request_host(&c.parts).as_deref() != Some(rd.host.as_str()) {
+            return Reply::page(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    self.brand(),
+                    "This sign-in link is not valid",
+                    "A sign-in started here must return here. Go back to the application and try again.",
+                    None,
+                ),
+            );
+        }
+        let state = random_token();
+        let enc = |v: &str| {
+            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut url = format!(
+            "{}/login?rd={}&state={}",
+            self.inner.origin,
+            enc(&rd.url),
+            digest_hex("state", &state)
+        );
+        for p in ["step_up", "acr_values", "max_age"] {
+            if let Some(v) = c.query.get(p) {
+                url.push_str(&format!("&{p}={}", enc(v)));
+            }
+        }
+        Reply::redirect(&url).cookie(set_cookie(STATE_COOKIE, &state))
     }
 
     async fn app_logout(&self, c: &Ctx) -> Result<Reply, StoreError> {

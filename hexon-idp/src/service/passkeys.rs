@@ -86,6 +86,13 @@ impl LoginService {
                 ));
             }
         };
+        if !self.fresh(&session, c.now) {
+            // The script follows `redirect`: confirm it is you, then back.
+            return Ok(Reply::json(
+                StatusCode::OK,
+                &serde_json::json!({ "redirect": self.confirm_url("/account") }),
+            ));
+        }
         let label: String = serde_json::from_slice::<serde_json::Value>(&c.body)
             .ok()
             .and_then(|v| {
@@ -160,6 +167,13 @@ impl LoginService {
                 ));
             }
         };
+        if !self.fresh(&session, c.now) {
+            // The script follows `redirect`: confirm it is you, then back.
+            return Ok(Reply::json(
+                StatusCode::OK,
+                &serde_json::json!({ "redirect": self.confirm_url("/account") }),
+            ));
+        }
         let Some(Ceremony::Register {
             subject,
             label,
@@ -249,6 +263,9 @@ impl LoginService {
             Ok(s) => s,
             Err(r) => return Ok(r),
         };
+        if !self.fresh(&session, c.now) {
+            return Ok(Reply::redirect(&self.confirm_url("/account")));
+        }
         let subject = session.identity.subject().to_owned();
         let wanted = c.form.get("id").unwrap_or("");
         let Some(cred) = self
@@ -357,7 +374,20 @@ impl LoginService {
             ));
         }
         let ikey = ip_key(c.ip);
-        if let Some(wait) = self.inner.throttle.wait(&[&ikey], c.now).await? {
+        // The account is known when the flow names it (second step,
+        // step-up): count there too.
+        let flow_subject = match &flow.stage {
+            Stage::Password { subject } => subject.clone(),
+            Stage::SecondFactor { subject, .. } => Some(subject.clone()),
+        };
+        let ukey = flow_subject
+            .as_deref()
+            .and_then(|s| self.inner.users.by_subject(s))
+            .map(|u| user_key(&u.username));
+        let keys: Vec<&str> = std::iter::once(ikey.as_str())
+            .chain(ukey.as_deref())
+            .collect();
+        if let Some(wait) = self.inner.throttle.begin(&keys, c.now).await? {
             return Ok(Self::json_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 &format!(
@@ -370,8 +400,26 @@ impl LoginService {
         let Some(ceremony) = self.take_ceremony("webauthn-login", &id).await? else {
             return Ok(expired());
         };
+        // A step-up (no first factor in this flow) needs its login-host
+        // session still there.
+        let step_up_alive = match &flow.stage {
+            Stage::Password { subject: Some(s) }
+            | Stage::SecondFactor {
+                subject: s,
+                first: None,
+                ..
+            } => self
+                .sso(c)
+                .await?
+                .is_some_and(|(_, session)| session.identity.subject() == s),
+            _ => true,
+        };
+        if !step_up_alive {
+            return Ok(expired());
+        }
+        // (Attempts were counted by `begin`; a completed login takes its
+        // count back.)
         let refused = |why: &'static str| async move {
-            self.inner.throttle.failed(&[&ikey], c.now).await?;
             self.audit(
                 c.now,
                 "login.failure",
@@ -403,6 +451,16 @@ impl LoginService {
         };
         if self.inner.users.by_subject(&record.owner).is_none() {
             return refused("unknown_or_disabled_user").await;
+        }
+        // The ceremony must be the flow's: a sign-in without a username
+        // only where no user is named yet, else the named user's.
+        let matches_flow = match (&ceremony, &flow_subject) {
+            (Ceremony::Discover { .. }, None) => true,
+            (Ceremony::Known { subject, .. }, Some(named)) => subject == named,
+            _ => false,
+        };
+        if !matches_flow {
+            return refused("ceremony_not_of_this_flow").await;
         }
         let wa = self.inner.webauthn.webauthn();
         let result = match ceremony {
@@ -457,11 +515,11 @@ impl LoginService {
         }
         let mut events = vec![("webauthn", c.now)];
         if let Stage::SecondFactor {
-            password_at: Some(at),
+            first: Some((m, at)),
             ..
         } = &flow.stage
         {
-            events.insert(0, ("password", UnixTime::from_secs(*at)));
+            events.insert(0, (m.as_str(), UnixTime::from_secs(*at)));
         }
         let reply = self
             .complete(c, &id, revision, &flow, &record.owner, &events)
