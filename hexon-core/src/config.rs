@@ -1734,7 +1734,8 @@ impl Config {
                     // Opportunistic STARTTLS can be stripped by an active
                     // attacker: it does not count as encrypted.
                     let tls = u.scheme_str() == Some("smtps")
-                        || u.query().is_some_and(|q| q.split('&').any(|kv| kv == "tls=required"));
+                        || u.query()
+                            .is_some_and(|q| q.split('&').any(|kv| kv == "tls=required"));
                     if !tls && !loopback && !self.gateway.dev {
                         errs.push("login.email.smtp_url", "plain smtp:// is only for a loopback server (or gateway.dev): use smtps:// or smtp://…?tls=required, so sign-in codes are not sent in the clear".to_owned());
                     }

@@ -109,7 +109,11 @@ impl Throttle {
     /// Count an attempt in every bucket of `keys` — unless one of them
     /// says to wait, which is returned (and nothing is counted). The count
     /// stays a failure until [`succeeded`](Self::succeeded) takes it back.
-    pub async fn begin(&self, keys: &[&str], now: UnixTime) -> Result<Option<Duration>, StoreError> {
+    pub async fn begin(
+        &self,
+        keys: &[&str],
+        now: UnixTime,
+    ) -> Result<Option<Duration>, StoreError> {
         if let Some(wait) = self.wait(keys, now).await? {
             return Ok(Some(wait));
         }
@@ -140,7 +144,11 @@ impl Throttle {
             let value = encode(&b)?;
             let wrote = match current {
                 None => self.kv.put_if_absent(key, &value, ttl).await?,
-                Some(e) => self.kv.compare_and_set(key, e.revision, &value, ttl).await?,
+                Some(e) => {
+                    self.kv
+                        .compare_and_set(key, e.revision, &value, ttl)
+                        .await?
+                }
             };
             if wrote.is_some() {
                 return Ok(None);
@@ -249,7 +257,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..32 {
             let (t, key) = (t.clone(), key.clone());
-            tasks.push(tokio::spawn(async move { t.begin(&[&key], now).await.unwrap() }));
+            tasks.push(tokio::spawn(
+                async move { t.begin(&[&key], now).await.unwrap() },
+            ));
         }
         let mut let_in = 0;
         for task in tasks {

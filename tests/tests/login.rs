@@ -278,7 +278,10 @@ async fn single_sign_on_across_hosts_with_host_scoped_sessions() {
         ))
         .await;
     let start = to_app2.location.unwrap();
-    assert!(start.starts_with(&env.url("app2.localhost", "/.hexon/login?rd=")), "{start}");
+    assert!(
+        start.starts_with(&env.url("app2.localhost", "/.hexon/login?rd=")),
+        "{start}"
+    );
     let login = b.get(&start).await.location.unwrap();
     let code_url = b.get(&login).await.location.unwrap();
     assert!(code_url.contains("/.hexon/callback?code="), "{code_url}");
@@ -419,7 +422,11 @@ async fn forms_refuse_csrf_fixation_and_open_redirects() {
     let mut victim = env.browser();
     let forced = victim.get(&code_url).await;
     assert_eq!(forced.status, StatusCode::BAD_REQUEST);
-    assert!(victim.cookie("app.localhost", "__Host-hexon-session").is_none());
+    assert!(
+        victim
+            .cookie("app.localhost", "__Host-hexon-session")
+            .is_none()
+    );
 
     // Return URLs only to configured hosts, on this scheme and port.
     let p = env.port;
@@ -597,7 +604,11 @@ async fn totp_enrolment_login_replay_recovery_and_step_up() {
     // a TOTP step-up, then returns to the page.
     let stepped = b.visit(&env.url("admin.localhost", "/ops")).await;
     assert_eq!(stepped.status, StatusCode::OK);
-    assert!(stepped.body.contains("Two-step verification"), "{}", stepped.body);
+    assert!(
+        stepped.body.contains("Two-step verification"),
+        "{}",
+        stepped.body
+    );
     let ok = b
         .post(
             &env.url("auth.localhost", "/login/totp"),

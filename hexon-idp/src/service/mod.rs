@@ -567,7 +567,7 @@ impl LoginService {
         if !on_login_host {
             return match (m.as_str(), path) {
                 ("GET", CALLBACK_PATH) => self.callback(c).await,
-                ("GET", START_PATH) => Ok(self.start(c)),
+                ("GET", START_PATH) => Ok(self.start_here(c)),
                 ("GET" | "POST", APP_LOGOUT_PATH) => self.app_logout(c).await,
                 _ => Ok(self.not_found()),
             };
@@ -601,7 +601,11 @@ impl LoginService {
             ("POST", "/logout") => self.logout(c).await,
             ("GET", CALLBACK_PATH) => self.callback(c).await,
             ("GET", START_PATH) => {
-                let q = c.parts.uri.query().map_or(String::new(), |q| format!("?{q}"));
+                let q = c
+                    .parts
+                    .uri
+                    .query()
+                    .map_or(String::new(), |q| format!("?{q}"));
                 Ok(Reply::redirect(&format!("/login{q}")))
             }
             _ => Ok(self.not_found()),
@@ -1082,7 +1086,14 @@ impl LoginService {
             // A step-up by password: the login-host session it steps up
             // still has its other methods.
             return self
-                .complete(c, &id, revision, &flow, &user.subject, &[("password", c.now)])
+                .complete(
+                    c,
+                    &id,
+                    revision,
+                    &flow,
+                    &user.subject,
+                    &[("password", c.now)],
+                )
                 .await;
         }
         self.after_first_factor(c, &id, revision, &flow, &user.subject, "password")
@@ -1213,8 +1224,9 @@ impl LoginService {
             )
         };
         let ukey = user_key(&user.username);
-        let ikey = ip_key(c.ip);
-        if let Some(wait) = self.inner.throttle.begin(&[&ukey, &ikey], c.now).await? {
+        // Second-step attempts count against the account (the address paid
+        // for the first step; the flow allows five wrong codes).
+        if let Some(wait) = self.inner.throttle.begin(&[&ukey], c.now).await? {
             return Ok(again(
                 &format!(
                     "Too many attempts. Wait {} seconds, then try again.",
@@ -1280,9 +1292,7 @@ impl LoginService {
     /// the same user's.
     async fn second_step_allowed(&self, c: &Ctx, flow: &Flow) -> Result<bool, StoreError> {
         match &flow.stage {
-            Stage::SecondFactor {
-                first: Some(_), ..
-            } => Ok(true),
+            Stage::SecondFactor { first: Some(_), .. } => Ok(true),
             Stage::SecondFactor {
                 subject,
                 first: None,
@@ -1579,7 +1589,7 @@ impl LoginService {
 
     /// A protected host starts a sign-in: mark this browser with a state
     /// cookie (host-only) and go to the login host with its digest.
-    fn start(&self, c: &Ctx) -> Reply {
+    fn start_here(&self, c: &Ctx) -> Reply {
         let rd = match self.check_rd(c.query.get("rd")) {
             Ok(Some(rd)) => rd,
             Ok(None) => return self.not_found(),

@@ -384,9 +384,12 @@ impl LoginService {
             .as_deref()
             .and_then(|s| self.inner.users.by_subject(s))
             .map(|u| user_key(&u.username));
-        let keys: Vec<&str> = std::iter::once(ikey.as_str())
-            .chain(ukey.as_deref())
-            .collect();
+        // A sign-in without a username is a first step: the address
+        // counts. A second step or step-up counts against the account.
+        let keys: Vec<&str> = match ukey.as_deref() {
+            Some(u) => vec![u],
+            None => vec![ikey.as_str()],
+        };
         if let Some(wait) = self.inner.throttle.begin(&keys, c.now).await? {
             return Ok(Self::json_error(
                 StatusCode::TOO_MANY_REQUESTS,
