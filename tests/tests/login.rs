@@ -293,6 +293,19 @@ async fn single_sign_on_across_hosts_with_host_scoped_sessions() {
     assert_eq!(wrong_host.status, StatusCode::BAD_REQUEST);
     assert_eq!(b.get(&code_url).await.status, StatusCode::BAD_REQUEST);
 
+    // A code made before "sign out everywhere" dies with the sessions.
+    let start = format!(
+        "/.hexon/login?rd={}",
+        enc(&env.url("app2.localhost", "/late"))
+    );
+    let login = b
+        .get(&env.url("app2.localhost", &start))
+        .await
+        .location
+        .unwrap();
+    let late_code = b.get(&login).await.location.unwrap();
+    assert!(late_code.contains("/.hexon/callback?code="), "{late_code}");
+
     // Signing out everywhere ends the sessions on every host.
     let account = b.get(&env.url("auth.localhost", "/account")).await;
     assert_eq!(account.status, StatusCode::OK);
@@ -305,6 +318,7 @@ async fn single_sign_on_across_hosts_with_host_scoped_sessions() {
         .await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert!(b.cookie("auth.localhost", "__Host-hexon-sso").is_none());
+    assert_eq!(b.get(&late_code).await.status, StatusCode::BAD_REQUEST);
     let mut old = env.browser();
     old.set("app.localhost", "__Host-hexon-session", &app_cookie);
     assert_eq!(

@@ -322,6 +322,17 @@ impl KvSessionStore {
         self
     }
 
+    /// The user's revocation generation now (`None`: no session of theirs
+    /// was ever stored, or its marker expired). Anything made for a session
+    /// — a one-time login code — can record it and be refused once it
+    /// moved ([`revoke_subject`](Self::revoke_subject)).
+    pub async fn generation(&self, subject: &str) -> Result<Option<u64>, StoreError> {
+        match self.revocations.get(subject).await? {
+            Some(marker) => parse_generation(&marker.value).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The user's current generation, its marker's TTL refreshed to
     /// `max_lifetime` (created at 0 if missing).
     async fn touch_generation(&self, subject: &str) -> Result<u64, StoreError> {

@@ -186,6 +186,9 @@ struct Code {
     expires: UnixTime,
     /// Digest of the browser's state cookie on `host`.
     state: String,
+    /// The user's revocation generation when the code was made: a code
+    /// outlives no "sign out everywhere", password change or admin end.
+    generation: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1477,6 +1480,7 @@ impl LoginService {
             url: rd.url.clone(),
             expires,
             state: state.to_owned(),
+            generation: self.inner.sessions.generation(identity.subject()).await?,
         };
         let sealed = self.seal(&format!("hexon login code\0{key}"), &record)?;
         if self
@@ -1538,6 +1542,17 @@ impl LoginService {
             )
             .await;
             return Ok(bad("code for another host"));
+        }
+        // Revoked since the code was made (sign out everywhere, password
+        // change, an admin): the code dies with the sessions.
+        if self
+            .inner
+            .sessions
+            .generation(record.identity.subject())
+            .await?
+            != record.generation
+        {
+            return Ok(bad("sessions revoked since the code was made"));
         }
         // Only the browser that started this sign-in here may use the code.
         let started_here = cookie(&c.parts, STATE_COOKIE).is_some_and(|s| {
