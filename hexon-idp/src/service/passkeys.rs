@@ -76,23 +76,30 @@ impl LoginService {
         Reply::json(status, &serde_json::json!({ "error": error }))
     }
 
-    pub(super) async fn passkey_register_begin(&self, c: &Ctx) -> Result<Reply, StoreError> {
-        let (id, session) = match self.account_post(c).await? {
-            Ok(s) => s,
-            Err(_) => {
-                return Ok(Self::json_error(
-                    StatusCode::FORBIDDEN,
-                    "Sign in again, then add the passkey.",
-                ));
-            }
+    /// The session adding a passkey: signed in, a good CSRF token, and a
+    /// sign-in within ten minutes (else the script is sent to confirm it
+    /// is you: it follows `redirect`).
+    async fn registering(&self, c: &Ctx) -> Result<Result<(String, Session), Reply>, StoreError> {
+        let Ok((id, session)) = self.account_post(c).await? else {
+            return Ok(Err(Self::json_error(
+                StatusCode::FORBIDDEN,
+                "Sign in again, then add the passkey.",
+            )));
         };
         if !self.fresh(&session, c.now) {
-            // The script follows `redirect`: confirm it is you, then back.
-            return Ok(Reply::json(
+            return Ok(Err(Reply::json(
                 StatusCode::OK,
                 &serde_json::json!({ "redirect": self.confirm_url("/account") }),
-            ));
+            )));
         }
+        Ok(Ok((id, session)))
+    }
+
+    pub(super) async fn passkey_register_begin(&self, c: &Ctx) -> Result<Reply, StoreError> {
+        let (id, session) = match self.registering(c).await? {
+            Ok(s) => s,
+            Err(reply) => return Ok(reply),
+        };
         let label: String = serde_json::from_slice::<serde_json::Value>(&c.body)
             .ok()
             .and_then(|v| {
@@ -158,22 +165,10 @@ impl LoginService {
     }
 
     pub(super) async fn passkey_register_finish(&self, c: &Ctx) -> Result<Reply, StoreError> {
-        let (id, session) = match self.account_post(c).await? {
+        let (id, session) = match self.registering(c).await? {
             Ok(s) => s,
-            Err(_) => {
-                return Ok(Self::json_error(
-                    StatusCode::FORBIDDEN,
-                    "Sign in again, then add the passkey.",
-                ));
-            }
+            Err(reply) => return Ok(reply),
         };
-        if !self.fresh(&session, c.now) {
-            // The script follows `redirect`: confirm it is you, then back.
-            return Ok(Reply::json(
-                StatusCode::OK,
-                &serde_json::json!({ "redirect": self.confirm_url("/account") }),
-            ));
-        }
         let Some(Ceremony::Register {
             subject,
             label,
