@@ -29,3 +29,15 @@ pub use service::{
     START_PATH, STATE_COOKIE, StartError, csrf_token, fuzz_login_inputs,
 };
 pub use users::{ConfigUsers, LocalUser, Users};
+
+/// SHA-256 of `label`, a zero byte and `value`, in hex: how the service
+/// names what it stores for a secret (a cookie, a code) or a person (a
+/// throttle bucket) without storing the secret or the name.
+pub(crate) fn digest_hex(label: &str, value: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(label.as_bytes());
+    h.update([0]);
+    h.update(value.as_bytes());
+    hexon_core::hex::encode(&h.finalize())
+}

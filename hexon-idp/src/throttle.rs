@@ -18,7 +18,6 @@ use std::time::Duration;
 use hexon_core::UnixTime;
 use hexon_core::config::ThrottleConfig;
 use hexon_core::store::{KvStore, StoreError};
-use sha2::{Digest as _, Sha256};
 
 /// How often a compare-and-set loop retries.
 const ATTEMPTS: usize = 16;
@@ -38,7 +37,7 @@ pub struct Throttle {
 
 /// The bucket key of a login name (case-insensitive).
 pub fn user_key(username: &str) -> String {
-    digest_key("user", &username.trim().to_lowercase())
+    crate::digest_hex("user", &username.trim().to_lowercase())
 }
 
 /// The bucket key of a client address.
@@ -53,7 +52,7 @@ pub fn ip_key(ip: std::net::IpAddr) -> String {
         },
         v4 => v4,
     };
-    digest_key("ip", &ip.to_string())
+    crate::digest_hex("ip", &ip.to_string())
 }
 
 fn encode(b: &Bucket) -> Result<Vec<u8>, StoreError> {
@@ -61,14 +60,6 @@ fn encode(b: &Bucket) -> Result<Vec<u8>, StoreError> {
         what: "throttle bucket",
         reason: e.to_string(),
     })
-}
-
-fn digest_key(kind: &str, value: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(kind.as_bytes());
-    h.update([0]);
-    h.update(value.as_bytes());
-    hexon_core::hex::encode(&h.finalize())
 }
 
 impl Throttle {

@@ -153,7 +153,7 @@ fn first<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// append the address they saw to `X-Forwarded-For`, so only its last
 /// entry is theirs. Never the other family's header: a client could have
 /// sent it.
-fn client_ip(headers: &HeaderMap, nginx: bool) -> Option<IpAddr> {
+pub(crate) fn client_ip(headers: &HeaderMap, nginx: bool) -> Option<IpAddr> {
     if nginx {
         return first(headers, "x-original-client-ip")?.parse().ok();
     }

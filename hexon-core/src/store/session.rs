@@ -584,3 +584,30 @@ impl SessionStore for KvSessionStore {
         Box::pin(self.lookup(id))
     }
 }
+
+/// The `name=value` pairs of one `Cookie` field line, names and values
+/// trimmed; pieces without `=` are skipped. The one cookie parser: the
+/// session authenticator, the gateway (which drops the session cookie
+/// before forwarding) and the login service must read cookies alike.
+pub fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    line.split(|b| *b == b';').filter_map(|pair| {
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        let (n, v) = pair.split_at(eq);
+        Some((n.trim_ascii(), v.get(1..).unwrap_or_default().trim_ascii()))
+    })
+}
+
+/// The request's host name, without port: the URI's authority (HTTP/2,
+/// absolute form) or the `Host` field. What a session's audience is
+/// compared with (ASCII case-insensitively).
+pub fn request_host(parts: &http::request::Parts) -> Option<&str> {
+    let authority = match parts.uri.authority() {
+        Some(a) => a.as_str(),
+        None => parts.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if authority.starts_with('[') {
+        return authority.find(']').map(|end| &authority[..=end]);
+    }
+    Some(authority.split(':').next().unwrap_or(authority))
+}

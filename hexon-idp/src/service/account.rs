@@ -56,7 +56,9 @@ impl LoginService {
         notice: Option<&str>,
     ) -> Result<String, StoreError> {
         let subject = session.identity.subject();
-        let (totp, recovery) = self.totp_credentials(subject).await?;
+        // One read of the user's credentials for everything the page shows.
+        let creds = self.inner.store.credentials_of(subject).await?;
+        let of = |kind| creds.iter().filter(move |c| c.kind == kind);
         let now = (self.inner.clock)();
         let methods = session
             .identity
@@ -83,18 +85,15 @@ impl LoginService {
                 username: session.identity.username(),
                 display_name: user.as_ref().and_then(|u| u.display_name.as_deref()),
                 methods,
-                totp: !totp.is_empty(),
-                recovery_left: recovery.len(),
+                totp: of(CredentialKind::Totp).next().is_some(),
+                recovery_left: of(CredentialKind::RecoveryCode).count(),
                 sessions,
-                passkeys: self
-                    .passkeys(subject)
-                    .await?
-                    .into_iter()
+                passkeys: of(CredentialKind::WebAuthn)
                     .map(|p| {
                         let added = jiff::Timestamp::from_second(p.created_at.as_secs())
                             .map(|t| t.strftime("%Y-%m-%d").to_string())
                             .unwrap_or_default();
-                        (p.id, p.label, added)
+                        (p.id.clone(), p.label.clone(), added)
                     })
                     .collect(),
             },

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use hexon_core::config::LoginConfig;
-use hexon_core::store::session::{KvSessionStore, Session, SessionStore as _};
+use hexon_core::store::session::{KvSessionStore, Session, SessionStore as _, cookie_pairs};
 use hexon_core::store::{
     CredentialKind, CredentialRecord, DurableStore, KvBackend, KvStore, Material, NewAuditEvent,
     SecretBytes, SecretKeys, StoreError,
@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
+use crate::digest_hex;
 use crate::pages;
 use crate::password::HashPool;
 use crate::redirect::{ReturnHosts, ReturnTo};
@@ -202,14 +203,6 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-fn digest_hex(label: &str, value: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(label.as_bytes());
-    h.update([0]);
-    h.update(value.as_bytes());
-    hexon_core::hex::encode(&h.finalize())
-}
-
 /// The CSRF token of a form on a page whose browser holds `cookie`: bound
 /// to that browser's secret cookie, so another site cannot know it; derived,
 /// so any node can check it.
@@ -237,25 +230,22 @@ impl Form {
     }
 }
 
+/// The cookie `name` (one of the service's own: visible ASCII, at most
+/// 256 bytes); sent twice, neither is trusted.
 fn cookie<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
     let mut found = None;
     for line in parts.headers.get_all(COOKIE) {
-        let Ok(line) = line.to_str() else { continue };
-        for pair in line.split(';') {
-            if let Some((n, v)) = pair.split_once('=') {
-                if n.trim() == name {
-                    if found.is_some() {
-                        return None; // twice: trust neither
-                    }
-                    let v = v.trim();
-                    if !v.is_empty() && v.len() <= 256 {
-                        found = Some(v);
-                    }
+        for (n, v) in cookie_pairs(line.as_bytes()) {
+            if n == name.as_bytes() {
+                if found.is_some() {
+                    return None;
                 }
+                found = Some(v);
             }
         }
     }
-    found
+    let v = std::str::from_utf8(found?).ok()?;
+    (!v.is_empty() && v.len() <= 256).then_some(v)
 }
 
 fn set_cookie(name: &str, value: &str) -> HeaderValue {
@@ -272,19 +262,10 @@ fn clear_cookie(name: &str) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
 }
 
-/// The request's host, lower case, without port.
+/// The request's host, lower case, without port (as sessions' audiences
+/// are compared).
 fn request_host(parts: &http::request::Parts) -> Option<String> {
-    let authority = match parts.uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => parts
-            .headers
-            .get(http::header::HOST)?
-            .to_str()
-            .ok()?
-            .to_owned(),
-    };
-    let a: http::uri::Authority = authority.parse().ok()?;
-    Some(a.host().to_ascii_lowercase())
+    hexon_core::store::session::request_host(parts).map(str::to_ascii_lowercase)
 }
 
 /// A response under construction.
@@ -503,7 +484,8 @@ impl LoginService {
         path == CALLBACK_PATH
             || path == APP_LOGOUT_PATH
             || path == START_PATH
-            || request_host(parts).is_some_and(|h| h == self.inner.host)
+            || hexon_core::store::session::request_host(parts)
+                .is_some_and(|h| h.eq_ignore_ascii_case(&self.inner.host))
     }
 
     /// Answer a request [`handles`](Self::handles) accepted. `ip` is the

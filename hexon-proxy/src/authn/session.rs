@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use hexon_core::store::session::MAX_COOKIE_VALUE;
 pub use hexon_core::store::session::{
-    KvSessionStore, MemorySessionStore, Session, SessionFuture, SessionStore,
+    KvSessionStore, MemorySessionStore, Session, SessionFuture, SessionStore, cookie_pairs,
+    request_host,
 };
 use hexon_core::{Identity, UnixTime};
 use http::header::{COOKIE, SET_COOKIE};
@@ -177,18 +178,6 @@ impl Authenticator for SessionCookie {
     }
 }
 
-/// The `name=value` pairs of one `Cookie` field line, names and values
-/// trimmed; pieces without `=` are skipped. The one cookie parser: the
-/// session authenticator and the gateway (which drops the session cookie
-/// before forwarding) must read cookies alike.
-pub fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    line.split(|b| *b == b';').filter_map(|pair| {
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        let (n, v) = pair.split_at(eq);
-        Some((n.trim_ascii(), v.get(1..).unwrap_or_default().trim_ascii()))
-    })
-}
-
 /// Whether a session scoped to `audience` (a host name) may be used on this
 /// request: sessions without an audience are valid on every host; scoped
 /// ones only on their host (compared without port, ASCII case-insensitive).
@@ -198,18 +187,4 @@ fn audience_matches(audience: Option<&str>, parts: &Parts) -> bool {
         return true;
     };
     request_host(parts).is_some_and(|h| h.eq_ignore_ascii_case(audience))
-}
-
-/// The request's host name, without port: the URI's authority (HTTP/2,
-/// absolute form) or the `Host` field.
-pub fn request_host(parts: &Parts) -> Option<&str> {
-    let authority = match parts.uri.authority() {
-        Some(a) => a.as_str(),
-        None => parts.headers.get(http::header::HOST)?.to_str().ok()?,
-    };
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if authority.starts_with('[') {
-        return authority.find(']').map(|end| &authority[..=end]);
-    }
-    Some(authority.split(':').next().unwrap_or(authority))
 }

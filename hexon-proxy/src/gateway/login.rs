@@ -144,15 +144,8 @@ fn client_ip(
     if !trusted.is_trusted(peer) {
         return peer;
     }
-    parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-        .map_or(peer, |ip| ip.to_canonical())
+    // What Traefik and Caddy append (the same reading forward-auth uses).
+    crate::forward_auth::client_ip(&parts.headers, false).map_or(peer, |ip| ip.to_canonical())
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
