@@ -1,0 +1,13 @@
+//! hexon-ca
+mod authority;
+mod bridge;
+mod ca;
+mod csr;
+mod error;
+mod profile;
+pub mod setup;
+pub use authority::*;
+pub use ca::*;
+pub use csr::*;
+pub use error::CaError;
+pub use profile::*;
