@@ -208,6 +208,7 @@ pub struct CertificateAuthority {
     crl_lifetime: Duration,
     crls: Mutex<HashMap<String, Crl>>,
     crl_number: AtomicI64,
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -283,6 +284,7 @@ impl CaBuilder {
             crl_lifetime: self.crl_lifetime,
             crls: Mutex::new(HashMap::new()),
             crl_number: AtomicI64::new(0),
+            revocations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -534,6 +536,7 @@ impl CertificateAuthority {
             }
             Err(e) => return Err(e.into()),
         };
+        self.revocations.fetch_add(1, Ordering::AcqRel);
         self.crls.lock().await.remove(issuer);
         tracing::info!(
             serial,
@@ -614,6 +617,18 @@ impl CertificateAuthority {
             this_update: now,
             next_update,
         })
+    }
+
+    /// Counts revocations made through this value: a cache of statuses
+    /// (OCSP responses) made at an older count is stale.
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// Record a certificate this CA made outside [`issue`](Self::issue)
+    /// (OCSP responder certificates).
+    pub(crate) async fn record(&self, record: &CertificateRecord) -> Result<(), CaError> {
+        Ok(self.store.insert_certificate(record).await?)
     }
 
     /// The trust bundle (the root), PEM.

@@ -109,3 +109,30 @@ pub fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) -> String {
     std::fs::write(&p, data).unwrap();
     p.to_str().unwrap().to_owned()
 }
+
+/// Serve the CA's endpoints under `/ca` on 127.0.0.1; returns the base URL.
+pub async fn serve(ca: Arc<CertificateAuthority>, settings: hexon_ca::OcspSettings) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ocsp = Arc::new(hexon_ca::OcspResponder::new(ca.clone(), settings));
+    let svc = hexon_ca::CaHttp::new(ca, ocsp, "/ca");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let service = hyper::service::service_fn(move |req| {
+                    let svc = svc.clone();
+                    async move { Ok::<_, std::convert::Infallible>(svc.call(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/ca")
+}
