@@ -302,7 +302,7 @@ impl OcspResponder {
             .map_err(|e| CaError::build("an OCSP response", e))?;
         let data = ResponseData {
             version: Version::V1,
-            responder_id: ResponderId::ByKey(key_hash.into()),
+            responder_id: ResponderId::ByKey(key_hash),
             produced_at: gt(now)?,
             responses,
             response_extensions: nonce.map(|n| vec![n]),

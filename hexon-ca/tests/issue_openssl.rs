@@ -104,7 +104,8 @@ async fn every_key_kind_and_profile_verifies() {
     let t = test_ca(&config(None)).await;
     let d = t.dir.path();
     let root = t.path("root.crt");
-    let cases: &[(&str, &[&str], Profile, &str, &str, &str)] = &[
+    type Case<'a> = (&'a str, &'a [&'a str], Profile, &'a str, &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
         (
             "rsa",
             &["rsa:2048"],
