@@ -1,4 +1,5 @@
 //! hexon-ca
+pub mod acme;
 mod authority;
 mod bridge;
 mod ca;

@@ -26,9 +26,9 @@ use hexon_core::UnixTime;
 use hexon_core::directory::{SourceId, SourceSnapshot, UserRecord};
 use hexon_core::store::sql::{PostgresOptions, PostgresStore};
 use hexon_core::store::{
-    ApiClientStore, AuditStore, CredentialKind, CredentialRecord, CredentialStore, DirectoryStore,
-    DurableStore, KvBackend, Material, NewAuditEvent, SecretBytes, SecretKeys, StoreError,
-    conformance,
+    AcmeAccountRecord, AcmeAccountStatus, AcmeAccountStore, ApiClientStore, AuditStore,
+    CredentialKind, CredentialRecord, CredentialStore, DirectoryStore, DurableStore, KvBackend,
+    Material, NewAuditEvent, SecretBytes, SecretKeys, StoreError, conformance,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -149,6 +149,19 @@ fn audit_event(i: i64) -> NewAuditEvent {
     }
 }
 
+fn acme_account() -> AcmeAccountRecord {
+    AcmeAccountRecord {
+        id: "acct-1".into(),
+        key_thumbprint: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into(),
+        jwk: r#"{"e":"AQAB","kty":"RSA","n":"0vx7"}"#.into(),
+        contacts: vec!["mailto:admin@example.com".into()],
+        status: AcmeAccountStatus::Valid,
+        eab_key_id: None,
+        created_at: UnixTime::from_secs(1_700_000_000),
+        version: 0,
+    }
+}
+
 // -------------------------------------------------------------- conformance
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +177,7 @@ async fn kv_conformance() {
 async fn durable_conformance() {
     let schema = Schema::new().await;
     let store = schema.open(keys(1)).await;
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     assert_eq!(store.schema(), Some(schema.name.as_str()));
     conformance::durable_suite(&store).await;
     store.close().await;
@@ -228,14 +241,14 @@ async fn migrations_on_an_empty_schema() {
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 0);
     let pending = store.pending_migrations().await.unwrap();
-    assert_eq!(pending.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(pending.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3]);
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (0, 2));
+    assert_eq!((report.from, report.to), (0, 3));
     assert_eq!(report.applied, pending);
     let again = store.migrate().await.unwrap();
     assert_eq!(
         (again.from, again.to, again.applied.len()),
-        (2, 2, 0),
+        (3, 3, 0),
         "second migrate is a no-op"
     );
     assert!(store.pending_migrations().await.unwrap().is_empty());
@@ -281,8 +294,14 @@ async fn migrations_from_the_previous_version_keep_rows() {
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (1, 2));
-    assert_eq!(report.applied, [(2, "kv and append only audit".to_owned())]);
+    assert_eq!((report.from, report.to), (1, 3));
+    assert_eq!(
+        report.applied,
+        [
+            (2, "kv and append only audit".to_owned()),
+            (3, "acme accounts".to_owned())
+        ]
+    );
     assert_eq!(
         store.credential("c-old").await.unwrap().unwrap().material,
         Material::Hash("$argon2id$old".into())
@@ -295,6 +314,7 @@ async fn migrations_from_the_previous_version_keep_rows() {
     assert_eq!(store.audit_after(0, 10).await.unwrap().len(), 1);
     let kv = store.bucket("codes", HOUR).await.unwrap();
     kv.put("k", b"v", HOUR).await.unwrap();
+    store.insert_acme_account(&acme_account()).await.unwrap();
     store.close().await;
 }
 
@@ -305,7 +325,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
     let pool = raw(Some(&schema.name)).await;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (3, 'from the future', TRUE, '\\x00', 0)",
+         VALUES (4, 'from the future', TRUE, '\\x00', 0)",
     )
     .execute(&pool)
     .await
@@ -318,7 +338,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
         panic!("expected a migration error, got {err:?}");
     };
     assert!(
-        message.contains("version 3") && message.contains("upgrade Hexon"),
+        message.contains("version 4") && message.contains("upgrade Hexon"),
         "{message}"
     ); // A dry run says so too, instead of "nothing to do".
     let store = PostgresStore::connect(&schema.options(), keys(1))
@@ -340,7 +360,7 @@ async fn nodes_starting_together_migrate_once() {
             .await;
     for store in opens {
         let store = store.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
         store.close().await;
     }
 }
@@ -406,9 +426,9 @@ async fn a_migration_given_up_part_way_does_not_keep_its_lock() {
     .await
     .expect("the migration lock is still held by the given-up migration's connection")
     .unwrap();
-    assert_eq!(other.schema_version().await.unwrap(), 2);
+    assert_eq!(other.schema_version().await.unwrap(), 3);
     // And the first store still works, on a fresh connection.
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     other.close().await;
     store.close().await;
     pool.close().await;

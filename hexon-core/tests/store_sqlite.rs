@@ -20,9 +20,10 @@ use hexon_core::UnixTime;
 use hexon_core::directory::{SourceId, SourceSnapshot, UserRecord};
 use hexon_core::store::sql::SqliteStore;
 use hexon_core::store::{
-    ApiClientRecord, ApiClientStore, AuditStore, ClientStatus, CredentialKind, CredentialRecord,
-    CredentialStore, DirectoryStore, DurableStore, KvBackend, Material, NewAuditEvent, SecretBytes,
-    SecretKeys, StoreError, conformance,
+    AcmeAccountRecord, AcmeAccountStatus, AcmeAccountStore, ApiClientRecord, ApiClientStore,
+    AuditStore, ClientStatus, CredentialKind, CredentialRecord, CredentialStore, DirectoryStore,
+    DurableStore, KvBackend, Material, NewAuditEvent, SecretBytes, SecretKeys, StoreError,
+    conformance,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
@@ -88,6 +89,19 @@ fn audit_event(i: i64) -> NewAuditEvent {
     }
 }
 
+fn acme_account() -> AcmeAccountRecord {
+    AcmeAccountRecord {
+        id: "acct-1".into(),
+        key_thumbprint: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into(),
+        jwk: r#"{"e":"AQAB","kty":"RSA","n":"0vx7"}"#.into(),
+        contacts: vec!["mailto:admin@example.com".into()],
+        status: AcmeAccountStatus::Valid,
+        eab_key_id: None,
+        created_at: UnixTime::from_secs(1_700_000_000),
+        version: 0,
+    }
+}
+
 // -------------------------------------------------------------- conformance
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +117,7 @@ async fn durable_conformance() {
     let (_dir, path) = state_file();
     let store = SqliteStore::open(&path, keys(1)).await.unwrap();
     assert_eq!(DurableStore::backend(&store), "sqlite");
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     conformance::durable_suite(&store).await;
     store.close().await;
 }
@@ -179,20 +193,20 @@ async fn migrations_on_an_empty_database() {
     let pending = store.pending_migrations().await.unwrap();
     assert_eq!(
         pending.iter().map(|m| m.0).collect::<Vec<_>>(),
-        [1, 2],
+        [1, 2, 3],
         "{pending:?}"
     );
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (0, 2));
+    assert_eq!((report.from, report.to), (0, 3));
     assert_eq!(report.applied, pending);
     let again = store.migrate().await.unwrap();
     assert_eq!(
         (again.from, again.to, again.applied.len()),
-        (2, 2, 0),
+        (3, 3, 0),
         "second migrate is a no-op"
     );
     assert!(store.pending_migrations().await.unwrap().is_empty());
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     store.close().await;
 }
 
@@ -229,11 +243,14 @@ async fn migrations_from_the_previous_version_keep_rows() {
     let store = SqliteStore::connect(&path, keys(1)).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (1, 2));
+    assert_eq!((report.from, report.to), (1, 3));
     assert_eq!(
         report.applied,
-        [(2, "kv and append only audit".to_owned())],
-        "only the missing migration is applied"
+        [
+            (2, "kv and append only audit".to_owned()),
+            (3, "acme accounts".to_owned())
+        ],
+        "only the missing migrations are applied"
     );
     assert_eq!(
         store.credential("c-old").await.unwrap().unwrap().material,
@@ -248,6 +265,8 @@ async fn migrations_from_the_previous_version_keep_rows() {
     // What version 2 added works.
     let kv = store.bucket("codes", HOUR).await.unwrap();
     kv.put("k", b"v", HOUR).await.unwrap();
+    // And what version 3 added.
+    store.insert_acme_account(&acme_account()).await.unwrap();
     store.close().await;
 }
 
@@ -262,7 +281,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
     let pool = raw(&path).await;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (3, 'from the future', TRUE, X'00', 0)",
+         VALUES (4, 'from the future', TRUE, X'00', 0)",
     )
     .execute(&pool)
     .await
@@ -273,7 +292,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
         panic!("expected a migration error, got {err:?}");
     };
     assert!(
-        message.contains("version 3") && message.contains("upgrade Hexon"),
+        message.contains("version 4") && message.contains("upgrade Hexon"),
         "{message}"
     ); // A dry run says so too, instead of "nothing to do".
     let store = SqliteStore::connect(&path, keys(1)).await.unwrap();

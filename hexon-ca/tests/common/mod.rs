@@ -136,3 +136,188 @@ pub async fn serve(ca: Arc<CertificateAuthority>, settings: hexon_ca::OcspSettin
     });
     format!("http://{addr}/ca")
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A local DNS server (pebble-challtestsrv) that answers 127.0.0.1 for
+/// every name and serves TXT records set through its management API.
+pub struct TestDns {
+    pub dns: std::net::SocketAddr,
+    pub management: u16,
+    child: std::process::Child,
+}
+
+impl Drop for TestDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestDns {
+    pub fn start() -> TestDns {
+        let (dns_port, mgmt) = (free_port(), free_port());
+        let child = Command::new("pebble-challtestsrv")
+            .args([
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-management",
+                &format!("127.0.0.1:{mgmt}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv runs (apt-get install pebble)");
+        // Wait for the management port.
+        let mut up = false;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", mgmt)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(up, "pebble-challtestsrv did not start");
+        TestDns {
+            dns: format!("127.0.0.1:{dns_port}").parse().unwrap(),
+            management: mgmt,
+            child,
+        }
+    }
+}
+
+/// The CA's endpoints (`/ca`) and the ACME server (`/acme`) over HTTPS on
+/// 127.0.0.1, with a certificate the CA issued itself.
+pub struct AcmeHarness {
+    pub t: TestCa,
+    pub dns: TestDns,
+    pub acme: Arc<hexon_ca::acme::AcmeServer>,
+    pub directory: String,
+    pub root_pem: String,
+    pub http01_port: u16,
+    pub tls_alpn01_port: u16,
+}
+
+pub async fn acme_harness(tune: impl FnOnce(&mut hexon_ca::acme::AcmeConfig)) -> AcmeHarness {
+    use hexon_core::store::{KvBackend as _, MemoryKvBackend};
+    let port = free_port();
+    let base = format!("https://127.0.0.1:{port}");
+    let t = test_ca(&config(Some(&format!("{base}/ca")))).await;
+    let dns = TestDns::start();
+    let (http01_port, tls_alpn01_port) = (free_port(), free_port());
+    let mut cfg = hexon_ca::acme::AcmeConfig::new(&format!("{base}/acme"));
+    cfg.http01_port = http01_port;
+    cfg.tls_alpn01_port = tls_alpn01_port;
+    cfg.dns_server = Some(dns.dns);
+    tune(&mut cfg);
+    let kv = MemoryKvBackend::new();
+    let store = Arc::new(MemoryStore::new(Arc::new(SecretKeys::new([3; 32]))));
+    let acme = Arc::new(
+        hexon_ca::acme::AcmeServer::new(
+            cfg,
+            t.ca.clone(),
+            store,
+            kv.bucket("acme", hexon_ca::acme::KV_MAX_TTL).await.unwrap(),
+            kv.bucket("acme-nonces", hexon_ca::acme::NONCE_TTL)
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    // The server's own certificate.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let mut req = hexon_ca::IssueRequest::from_csr(
+        Profile::TlsServer,
+        hexon_ca::check_csr(csr.der()).unwrap(),
+    );
+    req.names
+        .push(hexon_ca::SubjectName::Ip("127.0.0.1".parse().unwrap()));
+    let issued = t.ca.issue(&req).await.unwrap();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        certs,
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let ocsp = Arc::new(hexon_ca::OcspResponder::new(
+        t.ca.clone(),
+        hexon_ca::OcspSettings::default(),
+    ));
+    let ca_http = hexon_ca::CaHttp::new(t.ca.clone(), ocsp, "/ca");
+    let server = acme.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, ca_http, server) = (acceptor.clone(), ca_http.clone(), server.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (ca_http, server) = (ca_http.clone(), server.clone());
+                        async move {
+                            let resp = if server.handles(req.uri().path()) {
+                                server.call(req, Some(peer.ip())).await
+                            } else {
+                                ca_http.call(req).await
+                            };
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    let root_pem = t.path("root.crt").to_str().unwrap().to_owned();
+    AcmeHarness {
+        t,
+        dns,
+        acme,
+        directory: format!("{base}/acme/directory"),
+        root_pem,
+        http01_port,
+        tls_alpn01_port,
+    }
+}

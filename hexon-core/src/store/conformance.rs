@@ -21,8 +21,9 @@ use rand_core::{OsRng, RngCore};
 
 use super::bus::{Event, EventBus, StartAt};
 use super::durable::{
-    ApiClientRecord, CertificateRecord, ClientStatus, CredentialKind, CredentialRecord,
-    DurableStore, Material, NewAuditEvent, OidcClientRecord, PermissionRecord, Revocation,
+    AcmeAccountRecord, AcmeAccountStatus, ApiClientRecord, CertificateRecord, ClientStatus,
+    CredentialKind, CredentialRecord, DurableStore, Material, NewAuditEvent, OidcClientRecord,
+    PermissionRecord, Revocation,
 };
 use super::kv::{KvBackend, KvStore, MAX_KEY_LEN, MAX_VALUE_LEN};
 use super::{SecretBytes, StoreError};
@@ -524,6 +525,7 @@ pub async fn durable_suite(store: &dyn DurableStore) {
     durable_credentials(store).await;
     durable_api_clients(store).await;
     durable_oidc_clients(store).await;
+    durable_acme_accounts(store).await;
     durable_certificates(store).await;
     durable_audit(store).await;
 }
@@ -1012,6 +1014,212 @@ pub async fn durable_oidc_clients(store: &dyn DurableStore) {
     );
     assert!(store.delete_oidc_client("grafana").await.unwrap());
     assert_eq!(store.oidc_client("grafana").await.unwrap(), None);
+}
+
+fn acme_account(id: &str, thumbprint: &str) -> AcmeAccountRecord {
+    AcmeAccountRecord {
+        id: id.into(),
+        key_thumbprint: thumbprint.into(),
+        jwk: format!(r#"{{"crv":"P-256","kty":"EC","x":"{thumbprint}-x","y":"{thumbprint}-y"}}"#),
+        contacts: vec![
+            "mailto:admin@example.com".into(),
+            "mailto:ops@example.com".into(),
+        ],
+        status: AcmeAccountStatus::Valid,
+        eab_key_id: Some("eab-kid-1".into()),
+        created_at: UnixTime::from_secs(1_700_000_000),
+        version: 0,
+    }
+}
+
+/// ACME accounts: one account per key (thumbprint), lookups by id and by
+/// thumbprint, optimistic updates, key rollover.
+pub async fn durable_acme_accounts(store: &dyn DurableStore) {
+    let name = store.backend();
+    let a = acme_account("acct-a", "thumb-a");
+    store.insert_acme_account(&a).await.unwrap();
+    let read = store.acme_account("acct-a").await.unwrap().unwrap();
+    assert_eq!(
+        read.version, 1,
+        "{name}: an inserted ACME account is at version 1"
+    );
+    assert_eq!(
+        AcmeAccountRecord {
+            version: 0,
+            ..read.clone()
+        },
+        a,
+        "{name}: ACME account round trip"
+    );
+    assert_eq!(store.acme_account("ghost").await.unwrap(), None);
+
+    // The id is taken; the key is taken by another id.
+    assert!(
+        matches!(
+            store
+                .insert_acme_account(&acme_account("acct-a", "thumb-other"))
+                .await,
+            Err(StoreError::AlreadyExists { .. })
+        ),
+        "{name}: same ACME account id"
+    );
+    assert!(
+        matches!(
+            store
+                .insert_acme_account(&acme_account("acct-dup", "thumb-a"))
+                .await,
+            Err(StoreError::AlreadyExists { .. })
+        ),
+        "{name}: same ACME account key"
+    );
+    assert_eq!(
+        store.acme_account("acct-dup").await.unwrap(),
+        None,
+        "{name}: a refused ACME account was stored"
+    );
+
+    // A second account, without contacts or EAB.
+    let b = AcmeAccountRecord {
+        contacts: Vec::new(),
+        eab_key_id: None,
+        ..acme_account("acct-b", "thumb-b")
+    };
+    store.insert_acme_account(&b).await.unwrap();
+    let read_b = store.acme_account_by_thumbprint("thumb-b").await.unwrap();
+    assert_eq!(
+        read_b.map(|r| AcmeAccountRecord { version: 0, ..r }),
+        Some(b.clone()),
+        "{name}: ACME account by thumbprint"
+    );
+    assert_eq!(
+        store
+            .acme_account_by_thumbprint("thumb-a")
+            .await
+            .unwrap()
+            .map(|r| r.id),
+        Some("acct-a".to_owned())
+    );
+    assert_eq!(
+        store
+            .acme_account_by_thumbprint("thumb-none")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Contacts change: the version moves; the read version is now stale.
+    let mut edit = read.clone();
+    edit.contacts = vec!["mailto:new@example.com".into()];
+    assert_eq!(
+        store.update_acme_account(&edit).await.unwrap(),
+        read.version + 1,
+        "{name}: ACME update bumps the version"
+    );
+    let mut stale = read.clone();
+    stale.status = AcmeAccountStatus::Revoked;
+    assert!(
+        store
+            .update_acme_account(&stale)
+            .await
+            .unwrap_err()
+            .is_conflict(),
+        "{name}: stale ACME account update"
+    );
+    let now = store.acme_account("acct-a").await.unwrap().unwrap();
+    assert_eq!(
+        (now.contacts.as_slice(), now.status, now.version),
+        (
+            &["mailto:new@example.com".to_owned()][..],
+            AcmeAccountStatus::Valid,
+            2
+        ),
+        "{name}: the stale update changed nothing"
+    );
+    assert!(
+        matches!(
+            store
+                .update_acme_account(&acme_account("ghost", "thumb-ghost"))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{name}: update of an unknown ACME account"
+    );
+
+    // Key rollover onto a key another account holds: refused, neither changes.
+    let before_b = store.acme_account("acct-b").await.unwrap().unwrap();
+    let mut steal = now.clone();
+    steal.key_thumbprint = "thumb-b".into();
+    steal.jwk = b.jwk.clone();
+    assert!(
+        matches!(
+            store.update_acme_account(&steal).await,
+            Err(StoreError::AlreadyExists { .. })
+        ),
+        "{name}: key rollover onto another account's key"
+    );
+    assert_eq!(
+        store.acme_account("acct-a").await.unwrap().unwrap(),
+        now,
+        "{name}: a refused key rollover changed the account"
+    );
+    assert_eq!(
+        store.acme_account("acct-b").await.unwrap().unwrap(),
+        before_b,
+        "{name}: a refused key rollover changed the other account"
+    );
+
+    // Key rollover onto a fresh key: found by the new thumbprint only, and
+    // the old key is free again.
+    let mut roll = now.clone();
+    roll.key_thumbprint = "thumb-a2".into();
+    roll.jwk = acme_account("acct-a", "thumb-a2").jwk;
+    // What records the creation is kept, whatever the update says.
+    roll.eab_key_id = None;
+    roll.created_at = UnixTime::from_secs(1);
+    assert_eq!(store.update_acme_account(&roll).await.unwrap(), 3);
+    let rolled = store
+        .acme_account_by_thumbprint("thumb-a2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rolled.id.as_str(), rolled.jwk.as_str(), rolled.version),
+        ("acct-a", roll.jwk.as_str(), 3),
+        "{name}: key rollover"
+    );
+    assert_eq!(
+        (rolled.eab_key_id.as_deref(), rolled.created_at),
+        (Some("eab-kid-1"), a.created_at),
+        "{name}: an update rewrote eab_key_id or created_at"
+    );
+    assert_eq!(
+        store.acme_account_by_thumbprint("thumb-a").await.unwrap(),
+        None,
+        "{name}: the old key still finds the account"
+    );
+    store
+        .insert_acme_account(&acme_account("acct-c", "thumb-a"))
+        .await
+        .unwrap();
+
+    // Deactivation persists.
+    let mut deactivate = rolled.clone();
+    deactivate.status = AcmeAccountStatus::Deactivated;
+    store.update_acme_account(&deactivate).await.unwrap();
+    let gone = store.acme_account("acct-a").await.unwrap().unwrap();
+    assert_eq!(
+        (gone.status, gone.version),
+        (AcmeAccountStatus::Deactivated, 4),
+        "{name}: ACME account deactivation"
+    );
+    assert_eq!(
+        store
+            .acme_account_by_thumbprint("thumb-a2")
+            .await
+            .unwrap()
+            .map(|r| r.status),
+        Some(AcmeAccountStatus::Deactivated)
+    );
 }
 
 /// Issued certificates and revocation.

@@ -1,5 +1,6 @@
 //! Durable objects: the directory, credentials, API clients and their
-//! permissions, OIDC clients, issued certificates and the audit trail.
+//! permissions, OIDC clients, ACME accounts, issued certificates and the
+//! audit trail.
 //!
 //! One trait per kind of object, and [`DurableStore`] for a backend that
 //! keeps them all (embedded SQLite by default, PostgreSQL at scale).
@@ -387,6 +388,94 @@ pub trait OidcClientStore: Send + Sync {
     async fn delete_oidc_client(&self, client_id: &str) -> Result<bool, StoreError>;
 }
 
+// ------------------------------------------------------------ ACME accounts
+
+/// Status of an ACME account (RFC 8555, section 7.1.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AcmeAccountStatus {
+    /// In use: may place orders.
+    Valid,
+    /// Deactivated by its holder (final in RFC 8555).
+    Deactivated,
+    /// Revoked by the server (final in RFC 8555).
+    Revoked,
+}
+
+impl AcmeAccountStatus {
+    /// Every status.
+    pub const ALL: [AcmeAccountStatus; 3] = [
+        AcmeAccountStatus::Valid,
+        AcmeAccountStatus::Deactivated,
+        AcmeAccountStatus::Revoked,
+    ];
+
+    /// The stored name (also the RFC 8555 name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeAccountStatus::Valid => "valid",
+            AcmeAccountStatus::Deactivated => "deactivated",
+            AcmeAccountStatus::Revoked => "revoked",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        AcmeAccountStatus::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// An ACME account (RFC 8555): a public key that places orders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeAccountRecord {
+    /// Unique id, URL-safe and random, chosen by the caller (the last
+    /// segment of the account URL).
+    pub id: String,
+    /// RFC 7638 SHA-256 thumbprint of the account key, base64url without
+    /// padding; unique across accounts.
+    pub key_thumbprint: String,
+    /// The account's public key, a JWK as JSON text.
+    pub jwk: String,
+    /// Contact URLs (`mailto:`).
+    pub contacts: Vec<String>,
+    /// Lifecycle state.
+    pub status: AcmeAccountStatus,
+    /// The External Account Binding key id used at creation, if any.
+    pub eab_key_id: Option<String>,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// Optimistic-concurrency version (see [`ApiClientRecord::version`]).
+    pub version: u64,
+}
+
+/// ACME accounts of the certificate authority.
+#[async_trait]
+pub trait AcmeAccountStore: Send + Sync {
+    /// Store a new account (its `version` is ignored and set to 1).
+    /// [`StoreError::AlreadyExists`] if the id or the key thumbprint is
+    /// taken.
+    async fn insert_acme_account(&self, account: &AcmeAccountRecord) -> Result<(), StoreError>;
+
+    /// One account by id.
+    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>, StoreError>;
+
+    /// The account whose key has this thumbprint.
+    async fn acme_account_by_thumbprint(
+        &self,
+        thumbprint: &str,
+    ) -> Result<Option<AcmeAccountRecord>, StoreError>;
+
+    /// Update an account read at `account.version` (contacts, status, and
+    /// the key — `jwk` and `key_thumbprint` — for a key rollover); returns
+    /// the new version. `created_at` and `eab_key_id` record the creation
+    /// and are kept as stored, whatever `account` says.
+    /// [`StoreError::Conflict`] if it changed since, [`StoreError::NotFound`]
+    /// if it is unknown, [`StoreError::AlreadyExists`] if the new thumbprint
+    /// belongs to another account (nothing is changed then).
+    async fn update_acme_account(&self, account: &AcmeAccountRecord) -> Result<u64, StoreError>;
+}
+
 // ------------------------------------------------------------- certificates
 
 /// Why and when a certificate was revoked.
@@ -499,6 +588,7 @@ pub trait DurableStore:
     + CredentialStore
     + ApiClientStore
     + OidcClientStore
+    + AcmeAccountStore
     + CertificateStore
     + AuditStore
     + fmt::Debug

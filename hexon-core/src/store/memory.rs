@@ -13,10 +13,10 @@ use tokio::sync::broadcast;
 
 use super::bus::{Event, EventBus, EventRecord, EventStream, StartAt};
 use super::durable::{
-    ApiClientRecord, ApiClientStore, AuditRecord, AuditStore, CertificateRecord, CertificateStore,
-    CredentialKind, CredentialRecord, CredentialStore, DirectoryStore, DurableStore, Material,
-    NewAuditEvent, OidcClientRecord, OidcClientStore, PermissionRecord, Revocation, open_material,
-    seal_material,
+    AcmeAccountRecord, AcmeAccountStore, ApiClientRecord, ApiClientStore, AuditRecord, AuditStore,
+    CertificateRecord, CertificateStore, CredentialKind, CredentialRecord, CredentialStore,
+    DirectoryStore, DurableStore, Material, NewAuditEvent, OidcClientRecord, OidcClientStore,
+    PermissionRecord, Revocation, open_material, seal_material,
 };
 use super::kv::{
     KvBackend, KvEntry, KvStore, Revision, check_bucket, check_key, check_ttl, check_value,
@@ -349,6 +349,7 @@ struct Durable {
     clients: BTreeMap<String, ApiClientRecord>,
     permissions: BTreeMap<String, Vec<PermissionRecord>>,
     oidc: BTreeMap<String, OidcClientRecord>,
+    acme_accounts: BTreeMap<String, AcmeAccountRecord>,
     certificates: BTreeMap<(String, String), CertificateRecord>,
     audit: Vec<AuditRecord>,
 }
@@ -673,6 +674,75 @@ impl OidcClientStore for MemoryStore {
 
     async fn delete_oidc_client(&self, client_id: &str) -> Result<bool, StoreError> {
         Ok(lock(&self.state).oidc.remove(client_id).is_some())
+    }
+}
+
+#[async_trait]
+impl AcmeAccountStore for MemoryStore {
+    async fn insert_acme_account(&self, account: &AcmeAccountRecord) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        if state.acme_accounts.contains_key(&account.id) {
+            return Err(exists("ACME account", &account.id));
+        }
+        if state
+            .acme_accounts
+            .values()
+            .any(|a| a.key_thumbprint == account.key_thumbprint)
+        {
+            return Err(exists("ACME account key", &account.key_thumbprint));
+        }
+        let mut stored = account.clone();
+        stored.version = 1;
+        state.acme_accounts.insert(account.id.clone(), stored);
+        Ok(())
+    }
+
+    async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccountRecord>, StoreError> {
+        Ok(lock(&self.state).acme_accounts.get(id).cloned())
+    }
+
+    async fn acme_account_by_thumbprint(
+        &self,
+        thumbprint: &str,
+    ) -> Result<Option<AcmeAccountRecord>, StoreError> {
+        Ok(lock(&self.state)
+            .acme_accounts
+            .values()
+            .find(|a| a.key_thumbprint == thumbprint)
+            .cloned())
+    }
+
+    async fn update_acme_account(&self, account: &AcmeAccountRecord) -> Result<u64, StoreError> {
+        let mut state = lock(&self.state);
+        // The order of the SQL backends' checks: unknown, stale, then the
+        // thumbprint's uniqueness.
+        let stored = state
+            .acme_accounts
+            .get(&account.id)
+            .ok_or_else(|| not_found("ACME account", &account.id))?;
+        if stored.version != account.version {
+            return Err(StoreError::Conflict {
+                what: "ACME account",
+                key: account.id.clone(),
+            });
+        }
+        if state
+            .acme_accounts
+            .values()
+            .any(|a| a.key_thumbprint == account.key_thumbprint && a.id != account.id)
+        {
+            return Err(exists("ACME account key", &account.key_thumbprint));
+        }
+        let stored = state
+            .acme_accounts
+            .get_mut(&account.id)
+            .ok_or_else(|| not_found("ACME account", &account.id))?;
+        stored.key_thumbprint = account.key_thumbprint.clone();
+        stored.jwk = account.jwk.clone();
+        stored.contacts = account.contacts.clone();
+        stored.status = account.status;
+        stored.version = account.version + 1;
+        Ok(stored.version)
     }
 }
 

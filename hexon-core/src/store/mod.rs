@@ -25,9 +25,10 @@ pub mod sql;
 
 pub use bus::{Event, EventBus, EventRecord, EventStream, StartAt};
 pub use durable::{
-    ApiClientRecord, ApiClientStore, AuditRecord, AuditStore, CertificateRecord, CertificateStore,
-    ClientStatus, CredentialKind, CredentialRecord, CredentialStore, DirectoryStore, DurableStore,
-    Material, NewAuditEvent, OidcClientRecord, OidcClientStore, PermissionRecord, Revocation,
+    AcmeAccountRecord, AcmeAccountStatus, AcmeAccountStore, ApiClientRecord, ApiClientStore,
+    AuditRecord, AuditStore, CertificateRecord, CertificateStore, ClientStatus, CredentialKind,
+    CredentialRecord, CredentialStore, DirectoryStore, DurableStore, Material, NewAuditEvent,
+    OidcClientRecord, OidcClientStore, PermissionRecord, Revocation,
 };
 pub use error::StoreError;
 pub use kv::{KvBackend, KvEntry, KvStore, Revision};

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use crate::UnixTime;
 use crate::directory::{GroupRecord, SourceId, SourceSnapshot, UserRecord};
 use crate::store::durable::{
-    ApiClientRecord, AuditRecord, CertificateRecord, ClientStatus, CredentialKind,
-    CredentialRecord, Material, NewAuditEvent, OidcClientRecord, PermissionRecord, Revocation,
-    material_context, open_material, seal_material,
+    AcmeAccountRecord, AcmeAccountStatus, ApiClientRecord, AuditRecord, CertificateRecord,
+    ClientStatus, CredentialKind, CredentialRecord, Material, NewAuditEvent, OidcClientRecord,
+    PermissionRecord, Revocation, material_context, open_material, seal_material,
 };
 use crate::store::{SecretKeys, StoreError};
 
@@ -36,6 +36,15 @@ macro_rules! oidc_columns {
     () => {
         "SELECT client_id, name, redirect_uris, secret_hash, grant_types, scopes, created_at, \
          version FROM oidc_clients"
+    };
+}
+
+const ACME_ACCOUNT_EXISTS: &str = "SELECT 1 FROM acme_accounts WHERE id = $1";
+
+macro_rules! acme_account_columns {
+    () => {
+        "SELECT id, key_thumbprint, jwk, contacts, status, eab_key_id, created_at, version \
+         FROM acme_accounts"
     };
 }
 
@@ -849,6 +858,131 @@ impl Core {
         Ok(n > 0)
     }
 
+    // -------------------------------------------------------- ACME accounts
+
+    pub(super) async fn insert_acme_account(
+        &self,
+        a: &AcmeAccountRecord,
+    ) -> Result<(), StoreError> {
+        let contacts = to_json(&a.contacts);
+        let result = self
+            .pools
+            .execute(
+                "INSERT INTO acme_accounts (id, key_thumbprint, jwk, contacts, status, eab_key_id, \
+                 created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
+                &[
+                    Arg::Text(&a.id),
+                    Arg::Text(&a.key_thumbprint),
+                    Arg::Text(&a.jwk),
+                    Arg::Text(&contacts),
+                    Arg::Text(a.status.as_str()),
+                    Arg::OptText(a.eab_key_id.as_deref()),
+                    Arg::Int(a.created_at.as_secs()),
+                ],
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(self.engine, e) {
+                StoreError::AlreadyExists { .. } => {
+                    // Which key collided: the id, or the key thumbprint.
+                    if self
+                        .exists(ACME_ACCOUNT_EXISTS, &[Arg::Text(&a.id)])
+                        .await?
+                    {
+                        Err(StoreError::AlreadyExists {
+                            what: "ACME account",
+                            key: a.id.clone(),
+                        })
+                    } else {
+                        Err(StoreError::AlreadyExists {
+                            what: "ACME account key",
+                            key: a.key_thumbprint.clone(),
+                        })
+                    }
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    pub(super) async fn acme_account(
+        &self,
+        id: &str,
+    ) -> Result<Option<AcmeAccountRecord>, StoreError> {
+        let row = self
+            .pools
+            .fetch_optional(
+                concat!(acme_account_columns!(), " WHERE id = $1"),
+                &[Arg::Text(id)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| acme_account_from_row(&r)).transpose()
+    }
+
+    pub(super) async fn acme_account_by_thumbprint(
+        &self,
+        thumbprint: &str,
+    ) -> Result<Option<AcmeAccountRecord>, StoreError> {
+        let row = self
+            .pools
+            .fetch_optional(
+                concat!(acme_account_columns!(), " WHERE key_thumbprint = $1"),
+                &[Arg::Text(thumbprint)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| acme_account_from_row(&r)).transpose()
+    }
+
+    pub(super) async fn update_acme_account(
+        &self,
+        a: &AcmeAccountRecord,
+    ) -> Result<u64, StoreError> {
+        let contacts = to_json(&a.contacts);
+        let Ok(version) = i64::try_from(a.version) else {
+            // No stored version is that large: it cannot match.
+            return if self
+                .exists(ACME_ACCOUNT_EXISTS, &[Arg::Text(&a.id)])
+                .await?
+            {
+                Err(conflict("ACME account", &a.id))
+            } else {
+                Err(not_found("ACME account", &a.id))
+            };
+        };
+        // `id`, `eab_key_id` and `created_at` record the creation: never
+        // rewritten. The only unique key this can break is the thumbprint.
+        let row = self
+            .pools
+            .write_fetch_optional(
+                "UPDATE acme_accounts SET key_thumbprint = $3, jwk = $4, contacts = $5, \
+                 status = $6, version = version + 1 \
+                 WHERE id = $1 AND version = $2 RETURNING version",
+                &[
+                    Arg::Text(&a.id),
+                    Arg::Int(version),
+                    Arg::Text(&a.key_thumbprint),
+                    Arg::Text(&a.jwk),
+                    Arg::Text(&contacts),
+                    Arg::Text(a.status.as_str()),
+                ],
+            )
+            .await
+            .map_err(|e| unique_or(self.engine, e, "ACME account key", &a.key_thumbprint))?;
+        match row {
+            Some(row) => to_u64("ACME account version", row.int(0)?),
+            None if self
+                .exists(ACME_ACCOUNT_EXISTS, &[Arg::Text(&a.id)])
+                .await? =>
+            {
+                Err(conflict("ACME account", &a.id))
+            }
+            None => Err(not_found("ACME account", &a.id)),
+        }
+    }
+
     // --------------------------------------------------------- certificates
 
     pub(super) async fn insert_certificate(&self, c: &CertificateRecord) -> Result<(), StoreError> {
@@ -1091,6 +1225,24 @@ fn oidc_from_row(r: &Row) -> Result<OidcClientRecord, StoreError> {
         scopes: from_json("OIDC scopes", &r.text(5)?)?,
         created_at: UnixTime::from_secs(r.int(6)?),
         version: to_u64("OIDC client version", r.int(7)?)?,
+    })
+}
+
+fn acme_account_from_row(r: &Row) -> Result<AcmeAccountRecord, StoreError> {
+    let id = r.text(0)?;
+    let status_name = r.text(4)?;
+    let status = AcmeAccountStatus::parse(&status_name).ok_or_else(|| {
+        StoreError::Corrupt(format!("ACME account {id}: unknown status `{status_name}`"))
+    })?;
+    Ok(AcmeAccountRecord {
+        key_thumbprint: r.text(1)?,
+        jwk: r.text(2)?,
+        contacts: from_json("ACME account contacts", &r.text(3)?)?,
+        status,
+        eab_key_id: r.opt_text(5)?,
+        created_at: UnixTime::from_secs(r.int(6)?),
+        version: to_u64("ACME account version", r.int(7)?)?,
+        id,
     })
 }
 

@@ -49,6 +49,11 @@ const SQLITE: &[Embedded] = &[
         "kv and append only audit",
         include_str!("../../../migrations/sqlite/0002_kv_and_append_only_audit.sql"),
     ),
+    (
+        3,
+        "acme accounts",
+        include_str!("../../../migrations/sqlite/0003_acme_accounts.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -62,6 +67,11 @@ const POSTGRES: &[Embedded] = &[
         2,
         "kv and append only audit",
         include_str!("../../../migrations/postgres/0002_kv_and_append_only_audit.sql"),
+    ),
+    (
+        3,
+        "acme accounts",
+        include_str!("../../../migrations/postgres/0003_acme_accounts.sql"),
     ),
 ];
 

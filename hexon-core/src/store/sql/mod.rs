@@ -32,9 +32,10 @@ use async_trait::async_trait;
 use crate::UnixTime;
 use crate::directory::{SourceId, SourceSnapshot, UserRecord};
 use crate::store::durable::{
-    ApiClientRecord, ApiClientStore, AuditRecord, AuditStore, CertificateRecord, CertificateStore,
-    CredentialKind, CredentialRecord, CredentialStore, DirectoryStore, DurableStore, Material,
-    NewAuditEvent, OidcClientRecord, OidcClientStore, PermissionRecord, Revocation,
+    AcmeAccountRecord, AcmeAccountStore, ApiClientRecord, ApiClientStore, AuditRecord, AuditStore,
+    CertificateRecord, CertificateStore, CredentialKind, CredentialRecord, CredentialStore,
+    DirectoryStore, DurableStore, Material, NewAuditEvent, OidcClientRecord, OidcClientStore,
+    PermissionRecord, Revocation,
 };
 use crate::store::kv::{KvBackend, KvStore};
 use crate::store::{SecretKeys, StoreError};
@@ -202,7 +203,7 @@ impl Core {
     }
 }
 
-/// Implement the six durable traits, [`DurableStore`] and [`KvBackend`] for
+/// Implement the seven durable traits, [`DurableStore`] and [`KvBackend`] for
 /// a store type with fields `core: Arc<Core>` and `buckets: Arc<kv::Buckets>`.
 macro_rules! sql_store {
     ($store:ty) => {
@@ -331,6 +332,34 @@ macro_rules! sql_store {
             }
             async fn delete_oidc_client(&self, client_id: &str) -> Result<bool, StoreError> {
                 self.core.delete_oidc_client(client_id).await
+            }
+        }
+
+        #[async_trait]
+        impl AcmeAccountStore for $store {
+            async fn insert_acme_account(
+                &self,
+                account: &AcmeAccountRecord,
+            ) -> Result<(), StoreError> {
+                self.core.insert_acme_account(account).await
+            }
+            async fn acme_account(
+                &self,
+                id: &str,
+            ) -> Result<Option<AcmeAccountRecord>, StoreError> {
+                self.core.acme_account(id).await
+            }
+            async fn acme_account_by_thumbprint(
+                &self,
+                thumbprint: &str,
+            ) -> Result<Option<AcmeAccountRecord>, StoreError> {
+                self.core.acme_account_by_thumbprint(thumbprint).await
+            }
+            async fn update_acme_account(
+                &self,
+                account: &AcmeAccountRecord,
+            ) -> Result<u64, StoreError> {
+                self.core.update_acme_account(account).await
             }
         }
 
