@@ -98,6 +98,48 @@ struct Cached {
     epoch: u64,
 }
 
+/// A checked OCSP request: the certificates asked about and the nonce.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    /// One entry per certificate (1 to [`MAX_CERTS_PER_REQUEST`]).
+    pub requests: Vec<x509_ocsp::Request>,
+    /// The nonce extension, echoed in the response.
+    pub nonce: Option<Extension>,
+}
+
+/// Parse and check a DER `OCSPRequest`: size, structure, 1 to
+/// [`MAX_CERTS_PER_REQUEST`] certificates, a nonce of 1 to 32 octets (RFC
+/// 8954), no critical extension we do not know. Errors are the response
+/// status to send (`malformedRequest`).
+pub fn parse_request(der: &[u8]) -> Result<ParsedRequest, OcspResponseStatus> {
+    let malformed = OcspResponseStatus::MalformedRequest;
+    if der.len() > MAX_REQUEST_LEN {
+        return Err(malformed);
+    }
+    let request = OcspRequest::from_der(der).map_err(|_| malformed)?;
+    let tbs = request.tbs_request;
+    if tbs.request_list.is_empty() || tbs.request_list.len() > MAX_CERTS_PER_REQUEST {
+        return Err(malformed);
+    }
+    let mut nonce = None;
+    for ext in tbs.request_extensions.into_iter().flatten() {
+        if ext.extn_id == const_oid::db::rfc6960::ID_PKIX_OCSP_NONCE {
+            // At most 32 octets, plus the OCTET STRING header.
+            let len = ext.extn_value.as_bytes().len();
+            if len == 0 || len > 34 {
+                return Err(malformed);
+            }
+            nonce = Some(ext);
+        } else if ext.critical {
+            return Err(malformed);
+        }
+    }
+    Ok(ParsedRequest {
+        requests: tbs.request_list,
+        nonce,
+    })
+}
+
 /// The OCSP responder for every authority of a [`CertificateAuthority`].
 pub struct OcspResponder {
     ca: Arc<CertificateAuthority>,
@@ -158,29 +200,11 @@ impl OcspResponder {
 
     /// [`respond`](Self::respond) as of `now`.
     pub async fn respond_at(&self, request_der: &[u8], now: UnixTime) -> OcspAnswer {
-        if request_der.len() > MAX_REQUEST_LEN {
-            return status_only(OcspResponseStatus::MalformedRequest);
-        }
-        let Ok(request) = OcspRequest::from_der(request_der) else {
-            return status_only(OcspResponseStatus::MalformedRequest);
+        let parsed = match parse_request(request_der) {
+            Ok(p) => p,
+            Err(status) => return status_only(status),
         };
-        let list = &request.tbs_request.request_list;
-        if list.is_empty() || list.len() > MAX_CERTS_PER_REQUEST {
-            return status_only(OcspResponseStatus::MalformedRequest);
-        }
-        let mut nonce = None;
-        for ext in request.tbs_request.request_extensions.iter().flatten() {
-            if ext.extn_id == const_oid::db::rfc6960::ID_PKIX_OCSP_NONCE {
-                // RFC 8954: at most 32 octets (plus the OCTET STRING header).
-                if ext.extn_value.as_bytes().is_empty() || ext.extn_value.as_bytes().len() > 34 {
-                    return status_only(OcspResponseStatus::MalformedRequest);
-                }
-                nonce = Some(ext.clone());
-            } else if ext.critical {
-                return status_only(OcspResponseStatus::MalformedRequest);
-            }
-        }
-
+        let (list, nonce) = (&parsed.requests, parsed.nonce);
         // One authority must answer for every certificate asked about.
         let mut authority: Option<&Arc<Authority>> = None;
         for r in list {

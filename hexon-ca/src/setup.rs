@@ -70,6 +70,26 @@ pub struct CaConfig {
     /// `localhost`, and no SPIFFE.
     #[serde(default)]
     pub profiles: BTreeMap<Profile, ProfileConfig>,
+    /// Who signs OCSP responses: `delegated` (default: a short-lived
+    /// responder certificate per CA) or `authority` (the CA's own key).
+    #[serde(default)]
+    pub ocsp_signing: crate::ocsp::ResponderSigning,
+    /// `nextUpdate - thisUpdate` of OCSP responses (default 4h).
+    #[serde(default = "default_ocsp_validity")]
+    pub ocsp_validity: HumanDuration,
+    /// `[ca.acme]`: the ACME server (absent: none).
+    pub acme: Option<crate::acme::AcmeConfig>,
+}
+
+impl CaConfig {
+    /// The OCSP responder settings.
+    pub fn ocsp_settings(&self) -> crate::ocsp::OcspSettings {
+        crate::ocsp::OcspSettings {
+            signing: self.ocsp_signing,
+            validity: self.ocsp_validity.get(),
+            ..crate::ocsp::OcspSettings::default()
+        }
+    }
 }
 
 /// `[ca.profiles.<profile>]`.
@@ -104,6 +124,9 @@ fn default_root_lifetime() -> HumanDuration {
 fn default_intermediate_lifetime() -> HumanDuration {
     HumanDuration(Duration::from_secs(365 * 86_400))
 }
+fn default_ocsp_validity() -> HumanDuration {
+    HumanDuration(Duration::from_secs(4 * 3600))
+}
 fn default_crl_lifetime() -> HumanDuration {
     HumanDuration(Duration::from_secs(86_400))
 }
@@ -119,6 +142,9 @@ impl Default for CaConfig {
             intermediate_lifetime: default_intermediate_lifetime(),
             crl_lifetime: default_crl_lifetime(),
             profiles: BTreeMap::new(),
+            ocsp_signing: crate::ocsp::ResponderSigning::default(),
+            ocsp_validity: default_ocsp_validity(),
+            acme: None,
         }
     }
 }
@@ -191,6 +217,18 @@ impl CaConfig {
                     "profiles.{profile}: default_lifetime must be at least 60s"
                 ));
             }
+        }
+        if let Some(acme) = &mut self.acme {
+            acme.validate()?;
+            if !self.profiles.contains_key(&acme.profile) {
+                return bad(format!(
+                    "acme.profile {} is not among the enabled profiles",
+                    acme.profile
+                ));
+            }
+        }
+        if self.ocsp_validity.get() < Duration::from_secs(300) {
+            return bad("ocsp_validity must be at least 5m".into());
         }
         for (profile, pc) in &self.profiles {
             if let Some(other) = pc.intermediate {

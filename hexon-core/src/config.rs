@@ -95,6 +95,11 @@ pub struct Config {
     /// passwords).
     #[serde(skip)]
     pub sql: Option<toml::Table>,
+    /// `[ca]`: the certificate authority (and `[ca.acme]`, its ACME
+    /// server), kept as TOML: `hexon-ca` validates it and the gateway runs
+    /// it. Not part of the effective-values dump (it may hold EAB keys).
+    #[serde(skip)]
+    pub ca: Option<toml::Table>,
     /// `[login]`: the login host (hexon-idp). Unset: no login pages; browsers
     /// without a session go to `gateway.login_url` or get a 401.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -983,7 +988,7 @@ const ROUTE_FORWARD_KEYS: [&str; 12] = [
     "upstream_client_cert",
     "upstream_client_key",
 ];
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "gateway",
     "state",
     "signing",
@@ -995,6 +1000,7 @@ const SECTIONS: [&str; 11] = [
     "route",
     "sql",
     "login",
+    "ca",
 ];
 
 /// One configuration problem and where it is (`route[3].allow[0].groups[1]`).
@@ -1143,6 +1149,10 @@ impl Config {
                 "sql" => match value {
                     toml::Value::Table(t) => config.sql = Some(t),
                     _ => errs.push("sql", "must be a table ([sql])".to_owned()),
+                },
+                "ca" => match value {
+                    toml::Value::Table(t) => config.ca = Some(t),
+                    _ => errs.push("ca", "must be a table ([ca])".to_owned()),
                 },
                 other => errs.push(
                     other,

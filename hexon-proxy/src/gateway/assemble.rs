@@ -209,6 +209,7 @@ pub struct Gateway {
     enabled: EnabledUsers,
     clients: ClientRegistry,
     login: Option<super::login::Login>,
+    ca: Option<super::ca::CaRoutes>,
 }
 
 /// The users the current configuration has enabled, by subject, with their
@@ -430,8 +431,10 @@ impl Gateway {
             .await
             .map_err(|e| GatewayError::Other(format!("loading API clients: {e}")))?;
         let login = super::login::Login::start(&config, &state).await?;
+        let ca = super::ca::CaRoutes::start(&config, &state).await?;
         Ok(Gateway {
             login,
+            ca,
             key,
             handles,
             keys: jwks,
@@ -538,6 +541,9 @@ impl Gateway {
         let mut restart = Vec::new();
         if new.login != self.config.login {
             restart.push("login".to_owned());
+        }
+        if new.ca != self.config.ca {
+            restart.push("ca".to_owned());
         }
         if new.state != self.config.state {
             restart.push("state".to_owned());
@@ -676,6 +682,7 @@ impl Gateway {
             .layer(forward_auth)
             .layer(SingleAuthorityLayer)
             .layer(LoginLayer::new(self.login.clone(), trusted_proxies.clone()))
+            .layer(super::ca::CaLayer::new(self.ca.clone()))
             .layer(WellKnownLayer {
                 // Serialised once: the key set only changes with a restart.
                 jwks: Bytes::from(

@@ -124,7 +124,9 @@ impl<S> Layer<S> for LoginLayer {
 #[derive(Clone, Debug)]
 pub struct LoginRoute<S> {
     inner: S,
+    #[cfg_attr(not(feature = "idp"), allow(dead_code))]
     login: Option<Login>,
+    #[cfg_attr(not(feature = "idp"), allow(dead_code))]
     trusted: crate::proxy::TrustedProxies,
 }
 

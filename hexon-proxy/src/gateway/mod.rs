@@ -7,6 +7,7 @@ pub mod admin_api;
 pub mod assemble;
 pub mod audit;
 pub mod authority;
+pub mod ca;
 pub mod credentials;
 pub mod echo;
 pub mod keys;
@@ -141,6 +142,7 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
     let sql = sql::section(&config)?;
     #[cfg(not(feature = "sql"))]
     sql::check_absent(&config)?;
+    let ca = ca::section(&config)?;
     out(&format!(
         "{}: OK ({} listener(s), {} route(s), {} user(s), {} group(s))",
         path.display(),
@@ -159,6 +161,9 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
                 path.display()
             ));
         }
+    }
+    if let Some(ca) = &ca {
+        out(&ca.summary());
     }
     let values = config.non_default_values();
     if !values.is_empty() {
