@@ -53,9 +53,11 @@ fn dns() -> Dns {
         .stderr(Stdio::null())
         .spawn()
         .expect("pebble-challtestsrv (apt-get install pebble)");
+    // Dropping it kills it, whatever happens next.
+    let server = Dns(child, port);
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", mgmt)).is_ok() {
-            return Dns(child, port);
+            return server;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -187,6 +187,12 @@ impl TestDns {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("pebble-challtestsrv runs (apt-get install pebble)");
+        // Dropping it kills it, whatever happens next.
+        let server = TestDns {
+            dns: format!("127.0.0.1:{dns_port}").parse().unwrap(),
+            management: mgmt,
+            child,
+        };
         // Wait for the management port.
         let mut up = false;
         for _ in 0..100 {
@@ -197,11 +203,7 @@ impl TestDns {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(up, "pebble-challtestsrv did not start");
-        TestDns {
-            dns: format!("127.0.0.1:{dns_port}").parse().unwrap(),
-            management: mgmt,
-            child,
-        }
+        server
     }
 }
 
