@@ -13,30 +13,10 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use hexon_ca::{
-    IssueRequest, OcspSettings, Profile, ResponderSigning, RevocationReason, check_csr,
-};
+use hexon_ca::{OcspSettings, ResponderSigning, RevocationReason};
 
 async fn issue(t: &TestCa, stem: &str) -> (String, String) {
-    let d = t.dir.path();
-    let (_, csr) = openssl_csr(
-        d,
-        stem,
-        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        &format!("/CN={stem}.example.test"),
-        "",
-    );
-    let issued =
-        t.ca.issue(&IssueRequest::from_csr(
-            Profile::TlsServer,
-            check_csr(&csr).unwrap(),
-        ))
-        .await
-        .unwrap();
-    (
-        write(d, &format!("{stem}.pem"), &issued.chain_pem),
-        issued.serial,
-    )
+    issue_server(t, stem).await
 }
 
 fn ocsp_query(t: &TestCa, url: &str, cert: &str, extra: &[&str]) -> (bool, String) {

@@ -323,3 +323,29 @@ pub async fn acme_harness(tune: impl FnOnce(&mut hexon_ca::acme::AcmeConfig)) ->
         tls_alpn01_port,
     }
 }
+
+/// openssl's arguments for a new P-256 key.
+pub const P256: [&str; 3] = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+
+/// Check `csr` and issue it under `profile`.
+pub async fn issue_csr(
+    t: &TestCa,
+    profile: Profile,
+    csr: &[u8],
+) -> Result<hexon_ca::Issued, hexon_ca::CaError> {
+    let checked = hexon_ca::check_csr(csr)?;
+    t.ca.issue(&hexon_ca::IssueRequest::from_csr(profile, checked))
+        .await
+}
+
+/// A P-256 certificate for `<stem>.example.test` written to `<stem>.pem`:
+/// (path, serial).
+pub async fn issue_server(t: &TestCa, stem: &str) -> (String, String) {
+    let d = t.dir.path();
+    let (_, csr) = openssl_csr(d, stem, &P256, &format!("/CN={stem}.example.test"), "");
+    let issued = issue_csr(t, Profile::TlsServer, &csr).await.unwrap();
+    (
+        write(d, &format!("{stem}.pem"), &issued.chain_pem),
+        issued.serial,
+    )
+}
