@@ -1,4 +1,6 @@
-//! hexon-ca
+//! Hexon's certificate authority: an X.509 hierarchy signing through the
+//! async [`hexon_core::Signer`], issuance profiles, CSR checks, CRLs, an OCSP
+//! responder and an ACME server. See docs/CA.md.
 pub mod acme;
 mod authority;
 mod bridge;

@@ -5,7 +5,7 @@
 //!   nonces and rate counters live in the shared KV, so any node of a
 //!   cluster answers any request.
 //! - Every POST is a flattened JWS checked in one place
-//!   ([`AcmeServer::verify_post`]): content type, size, `url` equal to the
+//!   (`AcmeServer::verify_post`): content type, size, `url` equal to the
 //!   request's URL, a fresh single-use nonce, a key or an account in good
 //!   standing, an algorithm that matches the key, the signature.
 //! - Every response carries a fresh `Replay-Nonce` (errors and `badNonce`
