@@ -360,6 +360,11 @@ pub async fn open_with_root(
                     ocsp_url: urls.as_ref().map(|u| u.ocsp()),
                 };
                 let der = spec.signed_by(&signer, &root, now).await?;
+                // Recorded like every certificate the hierarchy issues, so
+                // the root's CRL and OCSP know it.
+                store
+                    .insert_certificate(&intermediate_record(&der, &spec.common_name)?)
+                    .await?;
                 write_file(&path, pem("CERTIFICATE", &der).as_bytes(), false)?;
                 tracing::info!(path = %path.display(), "created intermediate CA {name}");
                 der
@@ -398,6 +403,28 @@ pub async fn open_with_root(
         builder = builder.intermediate(authority, rules);
     }
     builder.build()
+}
+
+/// The store's record of an intermediate the root just signed.
+fn intermediate_record(
+    der: &[u8],
+    subject: &str,
+) -> Result<hexon_core::store::CertificateRecord, CaError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CaError::build("an intermediate record", e))?;
+    Ok(hexon_core::store::CertificateRecord {
+        serial: crate::authority::serial_hex(cert.raw_serial()),
+        issuer: "root".into(),
+        subject: subject.to_owned(),
+        sans: Vec::new(),
+        profile: "intermediate".into(),
+        not_before: UnixTime::from_secs(cert.validity().not_before.timestamp()),
+        not_after: UnixTime::from_secs(cert.validity().not_after.timestamp()),
+        requester: None,
+        der: der.to_vec(),
+        revoked: None,
+    })
 }
 
 fn create_dir(dir: &Path) -> Result<(), CaError> {

@@ -387,6 +387,19 @@ async fn hierarchy_is_reopened_from_its_directory() {
         t.ca.root().certificate_der()
     );
     assert_eq!(std::fs::read(t.path("root.crt")).unwrap(), root_before);
+    // The intermediates the root signed are in the store (its CRL and OCSP
+    // answer for them).
+    let int = std::fs::read_to_string(t.path("tls-server.crt")).unwrap();
+    let der = rustls_pemfile::certs(&mut int.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let serial = hexon_ca::serial_hex(x.raw_serial());
+    assert_eq!(
+        t.ca.status("root", &serial).await.unwrap(),
+        hexon_ca::Status::Good
+    );
     // A certificate without its key is refused with what to do.
     std::fs::remove_file(t.path("spiffe.key")).unwrap();
     let err = hexon_ca::setup::open(&cfg, t.dir.path(), store)
