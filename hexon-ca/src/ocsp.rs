@@ -87,6 +87,8 @@ pub struct OcspAnswer {
 
 struct Delegate {
     signer: Arc<dyn Signer>,
+    /// SHA-1 of its public key: the response's `ResponderID`.
+    key_hash: [u8; 20],
     cert: x509_cert::Certificate,
     renew_after: UnixTime,
 }
@@ -314,15 +316,18 @@ impl OcspResponder {
                 single_extensions: None,
             });
         }
-        let (signer, certs) = match self.settings.signing {
-            ResponderSigning::Authority => (authority.signer().clone(), None),
+        // The ResponderID is the SHA-1 of the signer's key bits, known in
+        // advance for both kinds of signer.
+        let (signer, key_hash, certs) = match self.settings.signing {
+            ResponderSigning::Authority => {
+                (authority.signer().clone(), authority.key_hashes.0, None)
+            }
             ResponderSigning::Delegated => {
                 let d = self.delegate(authority, now).await?;
-                (d.signer.clone(), Some(vec![d.cert.clone()]))
+                (d.signer.clone(), d.key_hash, Some(vec![d.cert.clone()]))
             }
         };
-        let (public, _) = crate::bridge::raw_public_key(signer.as_ref())?;
-        let key_hash = OctetString::new(Sha1::digest(&public).to_vec())
+        let key_hash = OctetString::new(key_hash.to_vec())
             .map_err(|e| CaError::build("an OCSP response", e))?;
         let data = ResponseData {
             version: Version::V1,
@@ -409,6 +414,8 @@ impl OcspResponder {
                 &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
                 vec![0x05, 0x00],
             ));
+        let (public, _) = crate::bridge::raw_public_key(signer.as_ref())?;
+        let key_hash: [u8; 20] = Sha1::digest(&public).into();
         let key = CaptureKey::for_signer(signer.as_ref())?;
         let der = authority
             .sign("an OCSP responder certificate", |issuer| {
@@ -439,6 +446,7 @@ impl OcspResponder {
         );
         Ok(Delegate {
             signer,
+            key_hash,
             cert,
             renew_after: now.saturating_add(half),
         })

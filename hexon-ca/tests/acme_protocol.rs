@@ -236,7 +236,8 @@ async fn hostile_requests_get_acme_errors_and_change_nothing() {
     jws["header"] = json!({"kid": "x"});
     problem(&c.send(&url, &jws).await, "malformed");
     // alg none, HMAC with a key, and a mismatch between alg and key.
-    for alg in ["none", "RS256", "HS256"] {
+    // A multi-byte algorithm name is quoted safely.
+    for alg in ["none", "RS256", "HS256", &"é".repeat(150)] {
         let jws = k.sign(
             &json!({"alg": alg, "nonce": c.nonce().await, "url": url, "jwk": k.jwk()}),
             &payload,

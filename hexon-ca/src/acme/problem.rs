@@ -83,16 +83,16 @@ problems! {
 impl Problem {
     /// `badSignatureAlgorithm`, listing what is accepted.
     pub fn bad_signature_algorithm(alg: &str) -> Self {
-        let mut p = Problem {
+        // The algorithm is the client's text: quote at most 40 characters.
+        let alg: String = alg.chars().take(40).collect();
+        Problem {
             kind: "urn:ietf:params:acme:error:badSignatureAlgorithm".into(),
             detail: format!(
                 "JWS algorithm {alg:?} is not accepted with this key; use ES256, ES384, EdDSA or RS256"
             ),
             status: StatusCode::BAD_REQUEST,
             subproblems: Vec::new(),
-        };
-        p.detail.truncate(200);
-        p
+        }
     }
 
     /// A not-found resource (still a problem document, type `malformed`).

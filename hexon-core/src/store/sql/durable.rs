@@ -910,27 +910,30 @@ impl Core {
         &self,
         id: &str,
     ) -> Result<Option<AcmeAccountRecord>, StoreError> {
-        let row = self
-            .pools
-            .fetch_optional(
-                concat!(acme_account_columns!(), " WHERE id = $1"),
-                &[Arg::Text(id)],
-            )
+        self.acme_account_where(concat!(acme_account_columns!(), " WHERE id = $1"), id)
             .await
-            .map_err(|e| self.err(e))?;
-        row.map(|r| acme_account_from_row(&r)).transpose()
     }
 
     pub(super) async fn acme_account_by_thumbprint(
         &self,
         thumbprint: &str,
     ) -> Result<Option<AcmeAccountRecord>, StoreError> {
+        self.acme_account_where(
+            concat!(acme_account_columns!(), " WHERE key_thumbprint = $1"),
+            thumbprint,
+        )
+        .await
+    }
+
+    /// The one account `sql` (with `key` as `$1`) selects.
+    async fn acme_account_where(
+        &self,
+        sql: &'static str,
+        key: &str,
+    ) -> Result<Option<AcmeAccountRecord>, StoreError> {
         let row = self
             .pools
-            .fetch_optional(
-                concat!(acme_account_columns!(), " WHERE key_thumbprint = $1"),
-                &[Arg::Text(thumbprint)],
-            )
+            .fetch_optional(sql, &[Arg::Text(key)])
             .await
             .map_err(|e| self.err(e))?;
         row.map(|r| acme_account_from_row(&r)).transpose()
