@@ -5,8 +5,9 @@ use hexon_core::store::StoreError;
 
 /// Why a CA operation failed.
 ///
-/// [`CaError::Refused`] is the requester's fault and its message is safe to
-/// show them (ACME turns it into `rejectedIdentifier` / `badCSR`); every other
+/// [`CaError::Refused`], [`CaError::BadCsr`] and [`CaError::BadSshKey`] are
+/// the requester's fault and their messages are safe to show them (ACME
+/// turns the first two into `rejectedIdentifier` / `badCSR`); every other
 /// variant is an operator's problem and is logged, not shown.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -17,6 +18,9 @@ pub enum CaError {
     /// The certificate signing request is malformed or its signature is bad.
     #[error("bad certificate signing request: {0}")]
     BadCsr(String),
+    /// The SSH public key to certify is malformed (not one OpenSSH key line).
+    #[error("bad SSH public key: {0}")]
+    BadSshKey(String),
     /// The signing key is unavailable or failed.
     #[error(transparent)]
     Sign(#[from] SignError),

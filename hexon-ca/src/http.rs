@@ -8,6 +8,9 @@
 //! | `GET /bundle.pem` | the root, PEM |
 //! | `GET /spiffe/bundle` | the SPIFFE trust bundle (JWKS, `use: x509-svid`) |
 //! | `POST /ocsp` (`application/ocsp-request`), `GET /ocsp/{base64}` | OCSP (RFC 6960) |
+//! | `GET /ssh/user_ca.pub` | the SSH user CA key, for sshd's `TrustedUserCAKeys` (with `[ca.ssh]`) |
+//! | `GET /ssh/host_ca.pub` | the SSH host CA key |
+//! | `GET /ssh/known_hosts` | the `@cert-authority` line for clients' `known_hosts` |
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +27,7 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use crate::ca::CertificateAuthority;
 use crate::ocsp::{MAX_REQUEST_LEN, OcspResponder};
+use crate::ssh::SshCa;
 
 /// The CA's public endpoints, as a service.
 #[derive(Clone, Debug)]
@@ -36,6 +40,7 @@ struct Inner {
     ca: Arc<CertificateAuthority>,
     ocsp: Arc<OcspResponder>,
     prefix: String,
+    ssh: Option<Arc<SshCa>>,
 }
 
 fn reply(
@@ -72,6 +77,19 @@ impl CaHttp {
                 ca,
                 ocsp,
                 prefix: prefix.trim_end_matches('/').to_owned(),
+                ssh: None,
+            }),
+        }
+    }
+
+    /// Also serve the public keys of the SSH certificate authority.
+    pub fn with_ssh(self, ssh: Arc<SshCa>) -> Self {
+        CaHttp {
+            inner: Arc::new(Inner {
+                ca: self.inner.ca.clone(),
+                ocsp: self.inner.ocsp.clone(),
+                prefix: self.inner.prefix.clone(),
+                ssh: Some(ssh),
             }),
         }
     }
@@ -153,6 +171,23 @@ impl CaHttp {
         }
         if path == "/spiffe/bundle" {
             return self.spiffe_bundle();
+        }
+        if let Some(file) = path.strip_prefix("/ssh/") {
+            let Some(ssh) = &inner.ssh else {
+                return text(StatusCode::NOT_FOUND, "the SSH CA is not enabled");
+            };
+            let line = match file {
+                "user_ca.pub" => ssh.user_ca_openssh(),
+                "host_ca.pub" => ssh.host_ca_openssh(),
+                "known_hosts" => ssh.known_hosts_line(),
+                _ => return text(StatusCode::NOT_FOUND, "not found"),
+            };
+            return reply(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                3600,
+                format!("{line}\n"),
+            );
         }
         if let Some(name) = path
             .strip_prefix("/crl/")

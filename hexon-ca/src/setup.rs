@@ -15,6 +15,11 @@
 //!
 //! [ca.profiles.spiffe]
 //! trust_domain = "example.org"
+//!
+//! [ca.ssh]                            # OpenSSH certificates (absent: none)
+//! host_domains = ["example.com"]
+//! [ca.ssh.groups]
+//! admins = ["root"]
 //! ```
 //!
 //! Each enabled profile gets its own issuing intermediate (named like the
@@ -24,6 +29,11 @@
 //! their profiles. Private keys are PKCS #8 PEM files readable by the owner
 //! only; a root key may instead come from elsewhere (an HSM or a threshold
 //! signer) through [`open_with_root`].
+//!
+//! The SSH CA ([`open_ssh`]) has two keys of its own, `ssh_user_ca.key` and
+//! `ssh_host_ca.key` in the same directory: one signs user certificates,
+//! the other host certificates, so neither can forge the other kind, and
+//! neither has anything to do with the X.509 hierarchy.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +89,132 @@ pub struct CaConfig {
     pub ocsp_validity: HumanDuration,
     /// `[ca.acme]`: the ACME server (absent: none).
     pub acme: Option<crate::acme::AcmeConfig>,
+    /// `[ca.ssh]`: the SSH certificate authority (absent: none).
+    pub ssh: Option<SshConfig>,
+}
+
+/// `[ca.ssh]`: OpenSSH user and host certificates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// Algorithm of new SSH CA keys: `ed25519` (default) or
+    /// `ecdsa-p256-sha256` (`ecdsa-sha2-nistp256`).
+    #[serde(default = "default_ssh_algorithm")]
+    pub key_algorithm: Algorithm,
+    /// User certificate lifetime when none is asked (default 8h).
+    #[serde(default = "default_user_lifetime")]
+    pub user_lifetime: HumanDuration,
+    /// Longest user certificate lifetime (default 24h; longer requests are
+    /// clamped).
+    #[serde(default = "default_user_max_lifetime")]
+    pub user_max_lifetime: HumanDuration,
+    /// Host certificate lifetime when none is asked (default 30d).
+    #[serde(default = "default_host_lifetime")]
+    pub host_lifetime: HumanDuration,
+    /// Longest host certificate lifetime (default 90d).
+    #[serde(default = "default_host_max_lifetime")]
+    pub host_max_lifetime: HumanDuration,
+    /// Extensions of user certificates (default OpenSSH's: `permit-pty`,
+    /// `permit-port-forwarding`, `permit-agent-forwarding`,
+    /// `permit-X11-forwarding`, `permit-user-rc`).
+    #[serde(default = "default_ssh_extensions")]
+    pub extensions: Vec<String>,
+    /// `force-command` critical option on every user certificate.
+    pub force_command: Option<String>,
+    /// `source-address` critical option on every user certificate.
+    #[serde(default)]
+    pub source_address: Vec<ipnet::IpNet>,
+    /// Whether the user's own name is a principal (default true).
+    #[serde(default = "default_true")]
+    pub user_principal: bool,
+    /// Group name to the principals it grants.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Domains host certificates may name (each and everything under it).
+    /// Empty: no host certificates.
+    #[serde(default)]
+    pub host_domains: Vec<String>,
+}
+
+impl SshConfig {
+    /// The issuing policy.
+    pub fn policy(&self) -> crate::ssh::SshPolicy {
+        crate::ssh::SshPolicy {
+            user_default_lifetime: self.user_lifetime.get(),
+            user_max_lifetime: self.user_max_lifetime.get(),
+            host_default_lifetime: self.host_lifetime.get(),
+            host_max_lifetime: self.host_max_lifetime.get(),
+            extensions: self.extensions.iter().cloned().collect(),
+            force_command: self.force_command.clone(),
+            source_address: self.source_address.clone(),
+            user_principal: self.user_principal,
+            group_principals: self.groups.clone(),
+            host_domains: self.host_domains.clone(),
+        }
+    }
+
+    fn validate(&mut self) -> Result<(), CaError> {
+        if !matches!(
+            self.key_algorithm,
+            Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256
+        ) {
+            return Err(CaError::Setup(
+                "[ca] ssh.key_algorithm must be ed25519 or ecdsa-p256-sha256".into(),
+            ));
+        }
+        for d in &mut self.host_domains {
+            *d = d
+                .trim_start_matches("*.")
+                .trim_start_matches('.')
+                .to_ascii_lowercase();
+        }
+        self.policy()
+            .validate()
+            .map_err(|e| CaError::Setup(format!("[ca] ssh.{e}")))
+    }
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            key_algorithm: default_ssh_algorithm(),
+            user_lifetime: default_user_lifetime(),
+            user_max_lifetime: default_user_max_lifetime(),
+            host_lifetime: default_host_lifetime(),
+            host_max_lifetime: default_host_max_lifetime(),
+            extensions: default_ssh_extensions(),
+            force_command: None,
+            source_address: Vec::new(),
+            user_principal: true,
+            groups: BTreeMap::new(),
+            host_domains: Vec::new(),
+        }
+    }
+}
+
+fn default_ssh_algorithm() -> Algorithm {
+    Algorithm::Ed25519
+}
+fn default_user_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(8 * 3600))
+}
+fn default_user_max_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_host_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 86_400))
+}
+fn default_host_max_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(90 * 86_400))
+}
+fn default_ssh_extensions() -> Vec<String> {
+    crate::ssh::DEFAULT_EXTENSIONS
+        .iter()
+        .map(|e| (*e).to_owned())
+        .collect()
+}
+fn default_true() -> bool {
+    true
 }
 
 impl CaConfig {
@@ -145,6 +281,7 @@ impl Default for CaConfig {
             ocsp_signing: crate::ocsp::ResponderSigning::default(),
             ocsp_validity: default_ocsp_validity(),
             acme: None,
+            ssh: None,
         }
     }
 }
@@ -226,6 +363,9 @@ impl CaConfig {
                     acme.profile
                 ));
             }
+        }
+        if let Some(ssh) = &mut self.ssh {
+            ssh.validate()?;
         }
         if self.ocsp_validity.get() < Duration::from_secs(300) {
             return bad("ocsp_validity must be at least 5m".into());
@@ -403,6 +543,43 @@ pub async fn open_with_root(
         builder = builder.intermediate(authority, rules);
     }
     builder.build()
+}
+
+/// Open the SSH certificate authority of `[ca.ssh]` (`None` when there is
+/// none): its user and host CA keys in `cfg.dir` (or `default_dir`),
+/// created on first start as `ssh_user_ca.key` and `ssh_host_ca.key`
+/// (PKCS #8 PEM, mode 0600).
+pub fn open_ssh(
+    cfg: &CaConfig,
+    default_dir: &Path,
+    store: Arc<dyn CertificateStore>,
+) -> Result<Option<crate::ssh::SshCa>, CaError> {
+    let Some(ssh) = &cfg.ssh else {
+        return Ok(None);
+    };
+    let dir = cfg.dir.clone().unwrap_or_else(|| default_dir.to_path_buf());
+    create_dir(&dir)?;
+    let mut keys = Vec::new();
+    for name in ["ssh_user_ca", "ssh_host_ca"] {
+        let created = !dir.join(format!("{name}.key")).exists();
+        keys.push(load_or_generate_key(&dir, name, ssh.key_algorithm)?);
+        if created {
+            tracing::warn!(key = %dir.join(format!("{name}.key")).display(), "created a new SSH CA key");
+        }
+    }
+    let host = keys.pop();
+    let user = keys.pop();
+    let (Some(user), Some(host)) = (user, host) else {
+        return Err(CaError::Setup("SSH CA keys missing".into()));
+    };
+    let ca = crate::ssh::SshCa::new(user, host, ssh.policy(), store)
+        .map_err(|e| CaError::Setup(format!("[ca] ssh: {e}")))?;
+    tracing::info!(
+        user_ca = ca.user_ca_fingerprint(),
+        host_ca = ca.host_ca_fingerprint(),
+        "SSH certificate authority enabled"
+    );
+    Ok(Some(ca))
 }
 
 /// The store's record of an intermediate the root just signed.
