@@ -1,5 +1,6 @@
 //! Network input of the CA: ACME JWS bodies (and the JWKs inside), CSRs,
-//! OCSP requests. None may panic; what parses must hold its invariants.
+//! OCSP requests, SSH public keys to certify. None may panic; what parses
+//! must hold its invariants.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,5 +25,20 @@ fuzz_target!(|data: &[u8]| {
     // An OCSP request: 1 to 16 certificates.
     if let Ok(req) = hexon_ca::parse_request(data) {
         assert!((1..=hexon_ca::MAX_CERTS_PER_REQUEST).contains(&req.requests.len()));
+    }
+    // An SSH public key, as a line and as a wire blob: accepted ones are of
+    // a certifiable kind and re-encode to a line that parses to the same key.
+    let line = String::from_utf8_lossy(data);
+    for key in [
+        hexon_ca::SshPublicKey::parse(&line),
+        hexon_ca::SshPublicKey::from_bytes(data),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(!matches!(key.algorithm().as_str(), "ssh-dss"));
+        let again = hexon_ca::SshPublicKey::parse(&key.to_openssh()).expect("re-encoded key parses");
+        assert_eq!(again.to_openssh(), key.to_openssh());
+        assert!(key.fingerprint().starts_with("SHA256:"));
     }
 });

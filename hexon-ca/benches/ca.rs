@@ -8,6 +8,9 @@
 //! - `ocsp/cached`: a repeated status request answered from the cache.
 //! - `ocsp/nonce`: a request with a nonce: status read and a response
 //!   signed every time (delegated responder, P-256).
+//! - `ssh/user_ed25519`: one OpenSSH user certificate for an Ed25519 key,
+//!   signed by the Ed25519 user CA through the async `Signer`, parsed back
+//!   and verified, and recorded in the (in-memory) store.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -155,5 +158,37 @@ fn sha1_of(bytes: &[u8]) -> Vec<u8> {
     sha1::Sha1::digest(bytes).to_vec()
 }
 
-criterion_group!(benches, issue, ocsp);
+fn ssh(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CaConfig {
+        ssh: Some(hexon_ca::setup::SshConfig::default()),
+        ..CaConfig::default()
+    };
+    let store = Arc::new(MemoryStore::new(Arc::new(SecretKeys::new([1; 32]))));
+    let ca = hexon_ca::setup::open_ssh(&cfg, dir.path(), store)
+        .unwrap()
+        .unwrap();
+    // A subject key as `ssh-keygen -t ed25519` writes it.
+    let subject = hexon_core::Ed25519Signer::generate("subject").unwrap();
+    let hexon_core::PublicKey::Ed25519(vk) = hexon_core::Signer::public_key(&subject) else {
+        unreachable!()
+    };
+    let mut blob = Vec::new();
+    for field in [&b"ssh-ed25519"[..], vk.as_bytes()] {
+        blob.extend_from_slice(&u32::try_from(field.len()).unwrap().to_be_bytes());
+        blob.extend_from_slice(field);
+    }
+    let key = hexon_ca::SshPublicKey::from_bytes(&blob).unwrap();
+    let req = hexon_ca::UserCertRequest::new(key, "alice", &[]);
+    let mut g = c.benchmark_group("ssh");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("user_ed25519", |b| {
+        b.to_async(&rt)
+            .iter(|| async { ca.issue_user(&req).await.unwrap() })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, issue, ocsp, ssh);
 criterion_main!(benches);

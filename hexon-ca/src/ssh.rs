@@ -1,6 +1,5 @@
 //! The SSH certificate authority: OpenSSH user and host certificates
-//! (`PROTOCOL.certkeys`), signed through the async
-//! [`Signer`](hexon_core::Signer).
+//! (`PROTOCOL.certkeys`), signed through the async [`Signer`].
 //!
 //! Two CA keys, one for user certificates and one for host certificates:
 //! servers trust the first (`TrustedUserCAKeys`), clients the second

@@ -88,6 +88,8 @@ name = "Example Corp"
 url = "http://127.0.0.1:{port}/ca"
 [ca.profiles.tls-server]
 dns = ["example.test"]
+[ca.ssh]
+host_domains = ["example.test"]
 [ca.acme]
 url = "http://127.0.0.1:{port}/acme"
 http01_port = {http01}
@@ -120,6 +122,24 @@ users = ["alice"]
     assert_eq!(res.status(), StatusCode::OK);
     let bundle = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(bundle.as_ref(), std::fs::read(&root).unwrap().as_slice());
+    // The SSH CA's keys were made there too, and their public halves are
+    // served as sshd and known_hosts take them.
+    for key in ["ssh_user_ca.key", "ssh_host_ca.key"] {
+        assert!(gw.dir.join("ca").join(key).exists(), "{key}");
+    }
+    let text = |res: http::Response<hyper::body::Incoming>| async move {
+        assert_eq!(res.status(), StatusCode::OK);
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let user_ca = text(send(gw.addr, get("/ca/ssh/user_ca.pub")).await).await;
+    let host_ca = text(send(gw.addr, get("/ca/ssh/host_ca.pub")).await).await;
+    assert!(user_ca.starts_with("ssh-ed25519 AAAA"), "{user_ca}");
+    assert_ne!(user_ca, host_ca, "separate user and host CA keys");
+    let known_hosts = text(send(gw.addr, get("/ca/ssh/known_hosts")).await).await;
+    assert_eq!(
+        known_hosts,
+        format!("@cert-authority *.example.test,example.test {host_ca}")
+    );
     let dir = json_body(send(gw.addr, get("/acme/directory")).await).await;
     assert_eq!(
         dir["newOrder"],

@@ -1,5 +1,6 @@
 //! The certificate authority of `[ca]` (feature `ca`): its public
-//! endpoints (CRLs, issuer certificates, bundles, OCSP) at `[ca] url`, and
+//! endpoints (CRLs, issuer certificates, bundles, OCSP, and with `[ca.ssh]`
+//! the SSH CA public keys) at `[ca] url`, and
 //! the ACME server at `[ca.acme] url`, answered before authentication
 //! (relying parties and ACME clients carry no gateway credentials; ACME
 //! requests are signed JWS the ACME server checks itself).
@@ -68,13 +69,18 @@ impl CaSection {
         {
             let profiles: Vec<&str> = self.cfg.profiles.keys().map(|p| p.as_str()).collect();
             format!(
-                "ca: served at {}; profiles {}; ACME {}",
+                "ca: served at {}; profiles {}; ACME {}; SSH {}",
                 self.url,
                 profiles.join(", "),
                 self.cfg
                     .acme
                     .as_ref()
-                    .map_or("off".to_owned(), |a| format!("at {}/directory", a.url))
+                    .map_or("off".to_owned(), |a| format!("at {}/directory", a.url)),
+                if self.cfg.ssh.is_some() {
+                    format!("CA keys at {}/ssh/", self.url)
+                } else {
+                    "off".to_owned()
+                }
             )
         }
         #[cfg(not(feature = "ca"))]
@@ -139,7 +145,13 @@ impl CaRoutes {
                 section.cfg.ocsp_settings(),
             ));
             let (ca_host, ca_path) = host_and_path(&section.url);
-            let http = hexon_ca::CaHttp::new(ca.clone(), ocsp, &ca_path);
+            let mut http = hexon_ca::CaHttp::new(ca.clone(), ocsp, &ca_path);
+            let certs: Arc<dyn hexon_core::store::CertificateStore> = state.durable.clone();
+            if let Some(ssh) = hexon_ca::setup::open_ssh(&section.cfg, &dir, certs)
+                .map_err(|e| GatewayError::Other(format!("[ca.ssh]: {e}")))?
+            {
+                http = http.with_ssh(Arc::new(ssh));
+            }
             let acme = match &section.cfg.acme {
                 None => None,
                 Some(acme_cfg) => {
