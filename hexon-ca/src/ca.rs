@@ -84,7 +84,7 @@ impl IssueRequest {
             common_name: csr.common_name,
             lifetime: None,
             requester: None,
-            must_staple: false,
+            must_staple: csr.must_staple,
         }
     }
 }

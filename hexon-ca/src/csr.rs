@@ -49,7 +49,14 @@ pub struct CheckedCsr {
     /// when it is a DNS name or IP address not among them (as ACME clients
     /// still send). Deduplicated, in order of appearance.
     pub names: Vec<SubjectName>,
+    /// The request asks for the TLS Feature extension (must-staple,
+    /// RFC 7633); the certificate then carries `status_request` and
+    /// nothing else a request might list there.
+    pub must_staple: bool,
 }
+
+/// The TLS Feature extension (RFC 7633).
+const TLS_FEATURE: &str = "1.3.6.1.5.5.7.1.24";
 
 /// Parse `der`, verify its self-signature, and check its key.
 ///
@@ -85,6 +92,7 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, CaError> {
         .transpose()
         .map_err(|_| bad("the common name is not a string".into()))?;
 
+    let mut must_staple = false;
     let mut names: Vec<SubjectName> = Vec::new();
     let mut push = |n: SubjectName| {
         if !names.contains(&n) {
@@ -98,6 +106,11 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, CaError> {
                     for gn in &san.general_names {
                         push(general_name(gn)?);
                     }
+                }
+                ParsedExtension::UnsupportedExtension { oid }
+                    if oid.to_id_string() == TLS_FEATURE =>
+                {
+                    must_staple = true;
                 }
                 ParsedExtension::UnsupportedExtension { .. } => {}
                 ParsedExtension::ParseError { error } => {
@@ -123,6 +136,7 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, CaError> {
         key,
         common_name,
         names,
+        must_staple,
     })
 }
 

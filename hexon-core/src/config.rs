@@ -831,6 +831,66 @@ pub struct TlsConfig {
     /// Lowest TLS version: `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_version: MinTlsVersion,
+    /// Staple OCSP responses for certificates that name a responder
+    /// (default true).
+    #[serde(default = "default_true")]
+    pub ocsp_stapling: bool,
+    /// `[listener.tls.acme]`: obtain and renew the certificate from an ACME
+    /// CA instead of `cert`/`key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeClientConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[listener.tls.acme]`: the listener's certificate from an ACME CA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AcmeClientConfig {
+    /// The CA's directory URL (`https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: String,
+    /// Names to obtain the certificate for (DNS names or IP addresses).
+    pub domains: Vec<String>,
+    /// Contact URIs (`mailto:ops@example.com`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contact: Vec<String>,
+    /// `"tls-alpn-01"` (default: answered on this listener) or `"http-01"`
+    /// (answered on the gateway's plain-HTTP listeners).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// PEM bundle to trust for the CA's HTTPS endpoint besides the web's
+    /// roots (a private or test CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// External Account Binding key id (with `eab_hmac_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab_kid: Option<String>,
+    /// External Account Binding MAC key, base64url as CAs hand it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab_hmac_key: Option<String>,
+    /// Ask for must-staple certificates (RFC 7633).
+    #[serde(default)]
+    pub must_staple: bool,
+    /// Renew this long before expiry when the CA gives no renewal window
+    /// (default: a third of the lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<HumanDuration>,
+}
+
+/// `listener.tls.acme.challenge`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AcmeChallenge {
+    /// RFC 8737, on the TLS listener.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 §8.3, on plain-HTTP listeners.
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// `listener.tls.client_auth`.
@@ -1374,8 +1434,57 @@ impl Config {
                     );
                 }
             }
+            if let Some(acme) = l.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                let at = format!("listener[{i}].tls.acme");
+                if !acme.directory.starts_with("https://") {
+                    errs.push(
+                        format!("{at}.directory"),
+                        "must be an https:// URL (ACME is HTTPS only)",
+                    );
+                }
+                if acme.domains.is_empty() {
+                    errs.push(format!("{at}.domains"), "name at least one domain");
+                }
+                for (j, d) in acme.domains.iter().enumerate() {
+                    let ok = d.parse::<std::net::IpAddr>().is_ok()
+                        || (!d.is_empty()
+                            && d.len() <= 253
+                            && d.split('.').all(|label| {
+                                !label.is_empty()
+                                    && label.len() <= 63
+                                    && label
+                                        .bytes()
+                                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            }));
+                    if !ok {
+                        errs.push(
+                            format!("{at}.domains[{j}]"),
+                            format!("{d:?} is not a DNS name or IP address (wildcards need dns-01, which the listener cannot answer)"),
+                        );
+                    }
+                }
+                if acme.eab_kid.is_some() != acme.eab_hmac_key.is_some() {
+                    errs.push(
+                        at.clone(),
+                        "eab_kid and eab_hmac_key go together (the CA hands out both)",
+                    );
+                }
+                if acme.challenge == AcmeChallenge::Http01
+                    && !self.listeners.iter().any(|l| l.tls.is_none())
+                {
+                    errs.push(
+                        format!("{at}.challenge"),
+                        "http-01 is answered on a plain-HTTP listener: add one (port 80 for public CAs) or use tls-alpn-01",
+                    );
+                }
+            }
             if let Some(tls) = &l.tls {
                 match (&tls.cert, &tls.key) {
+                    (None, None) if tls.acme.is_some() => {}
+                    (Some(_), _) | (_, Some(_)) if tls.acme.is_some() => errs.push(
+                        format!("listener[{i}].tls"),
+                        "cert/key and acme exclude each other: the ACME client provides the certificate",
+                    ),
                     (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {}
                     (None, None) if self.gateway.dev => {}
                     (None, None) => errs.push(

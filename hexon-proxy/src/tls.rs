@@ -21,6 +21,15 @@
 //!   self-signed certificate for `localhost`, `127.0.0.1`, `::1` and the
 //!   configured names is generated (and stored under the data dir when one
 //!   is given), with a loud warning.
+//! - OCSP stapling ([`TlsSettings::ocsp_stapling`], on by default): every
+//!   served certificate that names an OCSP responder gets its status
+//!   stapled, refreshed in the background by [`ServerTls::run_stapling`]
+//!   (see the `stapling` module).
+//! - ACME ([`TlsSettings::acme`]): the certificate of [`AcmeFiles::dir`],
+//!   which the ACME client (feature `acme`, [`acme`]) obtains and renews, with a
+//!   self-signed placeholder until the first one arrives; `acme-tls/1`
+//!   handshakes (RFC 8737 tls-alpn-01) are answered with the challenge
+//!   certificates the client publishes and nothing else.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +45,15 @@ use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::ext::TlsInfo;
+
+#[cfg(feature = "acme")]
+pub mod acme;
+mod http01;
+mod stapling;
+pub use http01::{HTTP01_PREFIX, Http01, Http01Layer, Http01Tokens};
+
+/// The ALPN protocol of ACME tls-alpn-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// One certificate chain and its private key, as PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +136,45 @@ pub struct TlsSettings {
     /// Dev mode: generate a self-signed certificate when `certificates` is
     /// empty. Ignored when certificates are configured.
     pub dev: Option<DevCertificate>,
+    /// Staple OCSP responses (default true; needs [`ServerTls::run_stapling`]
+    /// running).
+    pub ocsp_stapling: bool,
+    /// Serve the certificate an ACME client keeps in a directory (first,
+    /// as the default certificate).
+    pub acme: Option<AcmeFiles>,
+}
+
+/// Where an ACME client keeps a listener's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AcmeFiles {
+    /// Holds `cert.pem` (chain) and `key.pem`.
+    pub dir: PathBuf,
+    /// The names asked for (the placeholder certificate carries them).
+    pub domains: Vec<String>,
+    /// Answer `acme-tls/1` handshakes (tls-alpn-01).
+    pub tls_alpn_01: bool,
+}
+
+impl AcmeFiles {
+    /// The certificate for `domains`, kept in `dir`.
+    pub fn new(dir: impl Into<PathBuf>, domains: Vec<String>, tls_alpn_01: bool) -> Self {
+        AcmeFiles {
+            dir: dir.into(),
+            domains,
+            tls_alpn_01,
+        }
+    }
+
+    /// The certificate chain file.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    /// The private key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
 }
 
 impl TlsSettings {
@@ -130,6 +187,8 @@ impl TlsSettings {
             min_version: MinTlsVersion::default(),
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             dev: None,
+            ocsp_stapling: true,
+            acme: None,
         }
     }
 
@@ -197,6 +256,8 @@ pub struct CertInfo {
     pub not_after: SystemTime,
     /// Whether it is served for unknown or absent SNI.
     pub default: bool,
+    /// A self-signed stand-in served until ACME delivers the certificate.
+    pub placeholder: bool,
 }
 
 /// A listener's TLS state: the current rustls configuration, reloadable.
@@ -209,15 +270,160 @@ pub struct ServerTls {
 
 struct Inner {
     settings: TlsSettings,
-    /// In-memory dev certificate (cert PEM, key PEM), generated once.
+    /// In-memory dev or ACME placeholder certificate (cert PEM, key PEM),
+    /// generated once.
     dev_pem: Mutex<Option<(String, String)>>,
     state: RwLock<State>,
+    /// tls-alpn-01 challenge certificates by domain.
+    challenges: Arc<AlpnChallenges>,
+    /// Wakes the stapler after a reload.
+    reloaded: tokio::sync::Notify,
 }
 
 #[derive(Clone)]
 struct State {
     config: Arc<ServerConfig>,
     certificates: Arc<[CertInfo]>,
+    slots: Arc<[Arc<KeySlot>]>,
+}
+
+/// The tls-alpn-01 challenge certificates an ACME client publishes, by
+/// lowercase domain.
+#[derive(Debug, Default)]
+pub struct AlpnChallenges {
+    certs: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl AlpnChallenges {
+    /// Answer `acme-tls/1` handshakes for `domain` with `key`.
+    pub fn insert(&self, domain: &str, key: Arc<CertifiedKey>) {
+        self.certs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(domain.to_ascii_lowercase(), key);
+    }
+
+    /// Stop answering for `domain`.
+    pub fn remove(&self, domain: &str) {
+        self.certs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&domain.to_ascii_lowercase());
+    }
+
+    fn get(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        self.certs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&domain.trim_end_matches('.').to_ascii_lowercase())
+            .cloned()
+    }
+}
+
+/// One served certificate: its key with the current staple, and what to
+/// ask its OCSP responder.
+struct KeySlot {
+    key: RwLock<Arc<CertifiedKey>>,
+    file: PathBuf,
+    ocsp: Option<stapling::OcspTarget>,
+    stapled: Mutex<StapleState>,
+}
+
+#[derive(Default)]
+struct StapleState {
+    staple: Option<stapling::Staple>,
+    /// Next fetch; `None`: now.
+    next_attempt: Option<SystemTime>,
+    failures: u32,
+}
+
+impl KeySlot {
+    fn new(key: Arc<CertifiedKey>, file: PathBuf, stapling: bool) -> Self {
+        let ocsp = if stapling {
+            match stapling::target(&key.cert) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "no OCSP stapling for this certificate");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        KeySlot {
+            key: RwLock::new(key),
+            file,
+            ocsp,
+            stapled: Mutex::new(StapleState::default()),
+        }
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.key.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn set_ocsp(&self, der: Option<Vec<u8>>) {
+        let mut key = self.key.write().unwrap_or_else(PoisonError::into_inner);
+        let mut k = (**key).clone();
+        k.ocsp = der;
+        *key = Arc::new(k);
+    }
+
+    fn next_attempt(&self) -> Option<SystemTime> {
+        self.ocsp.as_ref()?;
+        let s = self.stapled.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(s.next_attempt.unwrap_or(UNIX_EPOCH))
+    }
+
+    /// Record a fetch's outcome at `now`.
+    fn update(&self, result: Result<stapling::Staple, String>, now: SystemTime) {
+        let must_staple = self.ocsp.as_ref().is_some_and(|t| t.must_staple);
+        let mut s = self.stapled.lock().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(staple) => {
+                tracing::debug!(file = %self.file.display(), next_update = ?staple.next_update, "OCSP response stapled");
+                self.set_ocsp(Some(staple.der.clone()));
+                s.next_attempt = Some(staple.refresh_at());
+                s.staple = Some(staple);
+                s.failures = 0;
+            }
+            Err(e) => {
+                s.failures = s.failures.saturating_add(1);
+                let backoff = Duration::from_secs(30)
+                    .saturating_mul(1 << s.failures.min(7))
+                    .min(Duration::from_secs(3600));
+                let mut next = now + backoff;
+                let expired = s.staple.as_ref().is_some_and(|st| st.next_update <= now);
+                if expired {
+                    self.set_ocsp(None);
+                    s.staple = None;
+                }
+                if let Some(st) = &s.staple {
+                    next = next.min(st.next_update);
+                }
+                s.next_attempt = Some(next);
+                if must_staple {
+                    tracing::error!(file = %self.file.display(), error = %e, retry_in = ?backoff, stapled = s.staple.is_some(), "OCSP status for a MUST-STAPLE certificate unavailable: clients refuse it without a staple");
+                } else {
+                    tracing::warn!(file = %self.file.display(), error = %e, retry_in = ?backoff, stapled = s.staple.is_some(), "OCSP stapling failed");
+                }
+            }
+        }
+    }
+
+    /// Take over `old`'s staple if it is for the same certificate.
+    fn inherit(&self, old: &KeySlot) {
+        if self.current().cert.first() != old.current().cert.first() {
+            return;
+        }
+        let o = old.stapled.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(st) = &o.staple {
+            self.set_ocsp(Some(st.der.clone()));
+            let mut s = self.stapled.lock().unwrap_or_else(PoisonError::into_inner);
+            s.staple = Some(st.clone());
+            s.next_attempt = o.next_attempt;
+        }
+    }
 }
 
 impl fmt::Debug for ServerTls {
@@ -232,21 +438,100 @@ impl ServerTls {
     /// Load every file and build the configuration; fails closed.
     pub fn load(settings: TlsSettings) -> Result<Self, TlsError> {
         let dev_pem = Mutex::new(None);
-        let state = build(&settings, &dev_pem, SystemTime::now())?;
+        let challenges = Arc::new(AlpnChallenges::default());
+        let state = build(&settings, &dev_pem, &challenges, SystemTime::now())?;
         Ok(ServerTls {
             inner: Arc::new(Inner {
                 settings,
                 dev_pem,
                 state: RwLock::new(state),
+                challenges,
+                reloaded: tokio::sync::Notify::new(),
             }),
         })
+    }
+
+    /// The settings it was loaded with.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.inner.settings
+    }
+
+    /// Where an ACME client publishes tls-alpn-01 challenge certificates.
+    pub fn alpn_challenges(&self) -> Arc<AlpnChallenges> {
+        Arc::clone(&self.inner.challenges)
+    }
+
+    /// Keep the OCSP staples of the served certificates fresh; runs until
+    /// dropped (spawn it next to the listener). Returns at once when
+    /// stapling is off.
+    pub async fn run_stapling(self) {
+        if !self.inner.settings.ocsp_stapling {
+            return;
+        }
+        let client = match stapling_client() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "OCSP stapling off: cannot build its HTTP client");
+                return;
+            }
+        };
+        loop {
+            let slots = self.state().slots;
+            let mut wake = SystemTime::now() + Duration::from_secs(3600);
+            for slot in slots.iter() {
+                let (Some(target), Some(due)) = (&slot.ocsp, slot.next_attempt()) else {
+                    continue;
+                };
+                if due <= SystemTime::now() {
+                    let result = fetch_ocsp(&client, target)
+                        .await
+                        .and_then(|der| stapling::verify(&der, target, SystemTime::now()));
+                    slot.update(result, SystemTime::now());
+                }
+                if let Some(next) = slot.next_attempt() {
+                    wake = wake.min(next);
+                }
+            }
+            let sleep = wake
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .max(Duration::from_millis(100));
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.inner.reloaded.notified() => {}
+            }
+        }
+    }
+
+    /// Until when each served certificate's stapled OCSP response is valid
+    /// (`None`: nothing stapled), by certificate file.
+    pub fn staples(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
+        self.state()
+            .slots
+            .iter()
+            .map(|s| {
+                let st = s.stapled.lock().unwrap_or_else(PoisonError::into_inner);
+                (s.file.clone(), st.staple.as_ref().map(|x| x.next_update))
+            })
+            .collect()
     }
 
     /// Re-read every file and swap the configuration for new connections.
     /// On error the current configuration stays in place.
     pub fn reload(&self) -> Result<(), TlsError> {
-        match build(&self.inner.settings, &self.inner.dev_pem, SystemTime::now()) {
+        match build(
+            &self.inner.settings,
+            &self.inner.dev_pem,
+            &self.inner.challenges,
+            SystemTime::now(),
+        ) {
             Ok(state) => {
+                let old = self.state();
+                for new in state.slots.iter() {
+                    for o in old.slots.iter() {
+                        new.inherit(o);
+                    }
+                }
                 let names: Vec<_> = state
                     .certificates
                     .iter()
@@ -257,6 +542,7 @@ impl ServerTls {
                     .state
                     .write()
                     .unwrap_or_else(PoisonError::into_inner) = state;
+                self.inner.reloaded.notify_one();
                 tracing::info!(certificates = ?names, "TLS configuration reloaded");
                 Ok(())
             }
@@ -316,11 +602,14 @@ struct Loaded {
 fn build(
     s: &TlsSettings,
     dev_pem: &Mutex<Option<(String, String)>>,
+    challenges: &Arc<AlpnChallenges>,
     now: SystemTime,
 ) -> Result<State, TlsError> {
     let provider = provider();
     let mut loaded = Vec::new();
-    if s.certificates.is_empty() {
+    if let Some(acme) = &s.acme {
+        loaded.push(acme_certificate(acme, dev_pem, &provider, now)?);
+    } else if s.certificates.is_empty() {
         let Some(dev) = &s.dev else {
             return Err(TlsError::NoCertificate);
         };
@@ -339,9 +628,19 @@ fn build(
         )?);
     }
 
+    let slots: Vec<Arc<KeySlot>> = loaded
+        .iter()
+        .map(|l| {
+            Arc::new(KeySlot::new(
+                Arc::clone(&l.key),
+                l.info.cert_file.clone(),
+                s.ocsp_stapling && !l.info.placeholder,
+            ))
+        })
+        .collect();
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
-    for l in &loaded {
+    for (l, slot) in loaded.iter().zip(&slots) {
         for name in &l.info.names {
             let (map, key) = match name.strip_prefix("*.") {
                 Some(parent) => (&mut wildcard, parent.to_owned()),
@@ -352,19 +651,17 @@ fn build(
                     tracing::debug!(name, file = %l.info.cert_file.display(), "name already served by an earlier certificate");
                 }
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Arc::clone(&l.key));
+                    v.insert(Arc::clone(slot));
                 }
             }
         }
     }
-    let default = loaded
-        .first()
-        .map(|l| Arc::clone(&l.key))
-        .ok_or(TlsError::NoCertificate)?;
+    let default = slots.first().cloned().ok_or(TlsError::NoCertificate)?;
     let resolver = SniResolver {
         exact,
         wildcard,
         default,
+        challenges: Arc::clone(challenges),
     };
 
     let verifier = match &s.client_ca {
@@ -402,6 +699,9 @@ fn build(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = s.alpn.clone();
+    if s.acme.as_ref().is_some_and(|a| a.tls_alpn_01) {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     // A fresh session cache per build: sessions resumed across a reload
     // would skip verification against a changed client CA.
 
@@ -412,7 +712,48 @@ fn build(
     Ok(State {
         config: Arc::new(config),
         certificates: Arc::from(infos),
+        slots: Arc::from(slots),
     })
+}
+
+/// The ACME client's certificate, or a self-signed placeholder for the
+/// domains until it has one.
+fn acme_certificate(
+    acme: &AcmeFiles,
+    generated: &Mutex<Option<(String, String)>>,
+    provider: &CryptoProvider,
+    now: SystemTime,
+) -> Result<Loaded, TlsError> {
+    let (cert_path, key_path) = (acme.cert_path(), acme.key_path());
+    if let (Ok(cert), Ok(key)) = (std::fs::read(&cert_path), std::fs::read(&key_path)) {
+        match load_pair(&cert, &cert_path, &key, &key_path, provider, now) {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "the ACME certificate is unusable; serving a placeholder until a new one is obtained")
+            }
+        }
+    }
+    let mut pem = generated.lock().unwrap_or_else(PoisonError::into_inner);
+    let (cert, key) = match &*pem {
+        Some(p) => p.clone(),
+        None => {
+            let p = generate_self_signed(&acme.domains, now)?;
+            *pem = Some(p.clone());
+            p
+        }
+    };
+    tracing::warn!(domains = ?acme.domains, dir = %acme.dir.display(), "no ACME certificate yet: serving a SELF-SIGNED placeholder until the ACME client obtains one");
+    let label = PathBuf::from("<ACME placeholder>");
+    let mut l = load_pair(
+        cert.as_bytes(),
+        &label,
+        key.as_bytes(),
+        &label,
+        provider,
+        now,
+    )?;
+    l.info.placeholder = true;
+    Ok(l)
 }
 
 fn dev_certificate(
@@ -664,39 +1005,120 @@ fn cert_info(
         not_before,
         not_after,
         default: false,
+        placeholder: false,
     })
 }
 
 /// Chooses the certificate by SNI.
-#[derive(Debug)]
 struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, Arc<KeySlot>>,
     /// Keyed by the parent domain (`*.example.com` → `example.com`).
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    wildcard: HashMap<String, Arc<KeySlot>>,
+    default: Arc<KeySlot>,
+    challenges: Arc<AlpnChallenges>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.keys())
+            .field("wildcard", &self.wildcard.keys())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SniResolver {
     fn lookup(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
         let Some(name) = sni else {
-            return Arc::clone(&self.default);
+            return self.default.current();
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(k) = self.exact.get(&name) {
-            return Arc::clone(k);
+            return k.current();
         }
         if let Some(k) = name
             .split_once('.')
             .and_then(|(_, parent)| self.wildcard.get(parent))
         {
-            return Arc::clone(k);
+            return k.current();
         }
-        Arc::clone(&self.default)
+        self.default.current()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // RFC 8737: an `acme-tls/1` handshake gets the challenge
+        // certificate for its SNI or nothing at all (the listener closes
+        // such connections right after the handshake).
+        if hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+        {
+            return self.challenges.get(hello.server_name()?);
+        }
         Some(self.lookup(hello.server_name()))
     }
+}
+
+/// The client that fetches OCSP responses (http, or https with the web's
+/// roots).
+type StaplingClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn stapling_client() -> Result<StaplingClient, rustls::Error> {
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}
+
+/// POST the target's request to its responder (10 s, bounded body).
+async fn fetch_ocsp(
+    client: &StaplingClient,
+    target: &stapling::OcspTarget,
+) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt as _;
+    let req = http::Request::post(&target.url)
+        .header(http::header::CONTENT_TYPE, "application/ocsp-request")
+        .header(http::header::ACCEPT, "application/ocsp-response")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            target.request.clone(),
+        )))
+        .map_err(|e| format!("OCSP URL {}: {e}", target.url))?;
+    let fetch = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("OCSP responder {}: {e}", target.url))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!(
+                "OCSP responder {} answered HTTP {}",
+                target.url,
+                resp.status()
+            ));
+        }
+        http_body_util::Limited::new(resp.into_body(), stapling::MAX_RESPONSE)
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .map_err(|e| format!("OCSP responder {}: {e}", target.url))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| format!("OCSP responder {} timed out", target.url))?
 }

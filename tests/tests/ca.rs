@@ -11,58 +11,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use hexon_proxy::body::full;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-
-/// pebble-challtestsrv answering 127.0.0.1 for every name.
-struct Dns(std::process::Child, u16);
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn dns() -> Dns {
-    let (port, mgmt) = (free_port(), free_port());
-    let child = Command::new("pebble-challtestsrv")
-        .args([
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-        ])
-        .args([
-            "-dns01",
-            &format!("127.0.0.1:{port}"),
-            "-management",
-            &format!("127.0.0.1:{mgmt}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pebble-challtestsrv (apt-get install pebble)");
-    // Dropping it kills it, whatever happens next.
-    let server = Dns(child, port);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", mgmt)).is_ok() {
-            return server;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("pebble-challtestsrv did not start");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_serves_its_ca_and_certbot_gets_a_certificate_through_it() {

@@ -51,7 +51,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hexon_core::UnixTime;
 use hexon_core::config::{
-    ClientAuthMode, Config, MinTlsVersion as TlsVersion, RouteConfig, TlsConfig,
+    AcmeChallenge, ClientAuthMode, Config, MinTlsVersion as TlsVersion, RouteConfig, TlsConfig,
 };
 use hexon_core::httpsig::HttpSigner;
 use hexon_core::jwt::{JwtIssuer, JwtVerifier};
@@ -94,7 +94,8 @@ use crate::request_id::RequestIdLayer;
 use crate::sign::{SignHandle, SignIdentityLayer, SignTable};
 use crate::strip::StripIdentityLayer;
 use crate::tls::{
-    CertificateFiles, ClientAuth, DevCertificate, MinTlsVersion, ServerTls, TlsSettings,
+    AcmeFiles, CertificateFiles, ClientAuth, DevCertificate, Http01Layer, Http01Tokens,
+    MinTlsVersion, ServerTls, TlsSettings,
 };
 use hexon_core::rt::ConnectionThreads;
 
@@ -675,8 +676,19 @@ impl Gateway {
             .as_deref()
             .map_or_else(ForwardAuthLayer::off, ForwardAuthLayer::new)
             .with_trusted_proxies(trusted_proxies.clone());
+        // http-01 answers for the listeners' ACME clients, when one uses it.
+        let http01 = self
+            .config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref()?.acme.as_ref())
+            .any(|a| a.challenge == AcmeChallenge::Http01)
+            .then(Http01Tokens::default);
         let stack = ServiceBuilder::new()
             .layer(AuditLayer::new(sink))
+            // Before anything that could refuse or redirect the CA's
+            // validation request.
+            .layer(Http01Layer::new(http01.clone()))
             .layer(StripIdentityLayer::new())
             .layer(RequestIdLayer::new().trust_cidrs(trusted))
             .layer(forward_auth)
@@ -739,6 +751,7 @@ impl Gateway {
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
         let mut tls_handles = Vec::new();
+        let mut tls_tasks = Vec::new();
         for (i, l) in self.config.listeners.iter().enumerate() {
             let bind: SocketAddr = l.bind.parse().map_err(|_| {
                 GatewayError::Other(format!(
@@ -779,13 +792,25 @@ impl Gateway {
             }
             let tls = match &l.tls {
                 Some(t) => Some(
-                    ServerTls::load(tls_settings(t, &self.config))
+                    ServerTls::load(tls_settings(t, &self.config, &l.name))
                         .map_err(|e| GatewayError::Other(format!("listener[{i}].tls: {e}")))?,
                 ),
                 None => None,
             };
             if let Some(t) = &tls {
                 tls_handles.push(t.clone());
+                tls_tasks.push(tokio::spawn(t.clone().run_stapling()));
+            }
+            if let (Some(server_tls), Some(acme)) =
+                (&tls, l.tls.as_ref().and_then(|t| t.acme.as_ref()))
+            {
+                tls_tasks.push(acme_client(
+                    i,
+                    &l.name,
+                    acme,
+                    server_tls.clone(),
+                    http01.clone().unwrap_or_default(),
+                )?);
             }
             let listener = Listener::bind(settings, tls)
                 .await
@@ -799,7 +824,7 @@ impl Gateway {
             servers.push(listener.serve(stack.clone()));
         }
 
-        let mut tasks = Vec::new();
+        let mut tasks = tls_tasks;
         let mut admin_addr = None;
         if let Some(a) = &self.config.gateway.admin_bind {
             let tcp = tokio::net::TcpListener::bind(a).await.map_err(|e| {
@@ -905,7 +930,7 @@ async fn follow_client_changes(
     }
 }
 
-fn tls_settings(t: &TlsConfig, config: &Config) -> TlsSettings {
+fn tls_settings(t: &TlsConfig, config: &Config, name: &str) -> TlsSettings {
     let mut certs = Vec::new();
     if let (Some(c), Some(k)) = (&t.cert, &t.key) {
         certs.push(CertificateFiles::new(c, k));
@@ -927,7 +952,86 @@ fn tls_settings(t: &TlsConfig, config: &Config) -> TlsSettings {
         TlsVersion::Tls13 => MinTlsVersion::Tls13,
         _ => MinTlsVersion::Tls12,
     };
+    settings.ocsp_stapling = t.ocsp_stapling;
+    if let Some(acme) = &t.acme {
+        settings.acme = Some(AcmeFiles::new(
+            acme_dir(config, name),
+            acme.domains.clone(),
+            acme.challenge == AcmeChallenge::TlsAlpn01,
+        ));
+    }
     settings
+}
+
+/// Where a listener's ACME account, certificate and key live.
+fn acme_dir(config: &Config, listener: &str) -> PathBuf {
+    let safe: String = listener
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Path::new(&config.gateway.data_dir).join("acme").join(safe)
+}
+
+/// Start the ACME client of listener `i`.
+#[cfg(feature = "acme")]
+fn acme_client(
+    i: usize,
+    name: &str,
+    acme: &hexon_core::config::AcmeClientConfig,
+    tls: ServerTls,
+    http01: Http01Tokens,
+) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
+    use crate::tls::acme::{AcmeClient, AcmeClientSettings, Challenge};
+    let at = format!("listener[{i}].tls.acme");
+    let mut settings = AcmeClientSettings::new(&acme.directory);
+    settings.contact = acme.contact.clone();
+    settings.challenge = match acme.challenge {
+        AcmeChallenge::Http01 => Challenge::Http01,
+        _ => Challenge::TlsAlpn01,
+    };
+    settings.must_staple = acme.must_staple;
+    settings.renew_before = acme.renew_before.map(|d| d.get());
+    if let Some(path) = &acme.ca_bundle {
+        let pem = std::fs::read(path)
+            .map_err(|e| GatewayError::Other(format!("{at}.ca_bundle: {path}: {e}")))?;
+        settings.extra_roots = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| GatewayError::Other(format!("{at}.ca_bundle: {path}: {e}")))?;
+        if settings.extra_roots.is_empty() {
+            return Err(GatewayError::Other(format!(
+                "{at}.ca_bundle: {path}: no CERTIFICATE in it"
+            )));
+        }
+    }
+    if let (Some(kid), Some(key)) = (&acme.eab_kid, &acme.eab_hmac_key) {
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(key.trim_end_matches('='))
+            .map_err(|e| GatewayError::Other(format!("{at}.eab_hmac_key: not base64url: {e}")))?;
+        settings.eab = Some((kid.clone(), key));
+    }
+    let client = AcmeClient::new(name, settings, tls, http01)
+        .map_err(|e| GatewayError::Other(format!("{at}: {e}")))?;
+    Ok(tokio::spawn(client.run()))
+}
+
+#[cfg(not(feature = "acme"))]
+fn acme_client(
+    i: usize,
+    _name: &str,
+    _acme: &hexon_core::config::AcmeClientConfig,
+    _tls: ServerTls,
+    _http01: Http01Tokens,
+) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
+    Err(GatewayError::Other(format!(
+        "listener[{i}].tls.acme: this build has no ACME client (hexon-proxy feature `acme`)"
+    )))
 }
 
 /// Watch `path` and reload on change (SHA-256 of the contents), every

@@ -474,6 +474,11 @@ async fn connection<S>(
                         Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
                         Err(_) => return Err("TLS handshake timed out".to_owned()),
                     };
+                if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                    // RFC 8737 §3: the handshake was the validation; no
+                    // application data follows.
+                    return Err("ACME tls-alpn-01 validation handshake answered".to_owned());
+                }
                 info.tls = Some(Arc::new(crate::tls::tls_info(tls_stream.get_ref().1)));
                 Ok((Io::Tls(Box::new(tls_stream)), info))
             }

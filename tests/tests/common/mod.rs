@@ -131,6 +131,54 @@ pub async fn within<F: Future>(f: F) -> F::Output {
         .expect("timed out after 30 s")
 }
 
+// ------------------------------------------------------------ DNS
+
+/// pebble-challtestsrv answering 127.0.0.1 for every name.
+pub struct Dns(pub std::process::Child, pub u16);
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn dns() -> Dns {
+    let (port, mgmt) = (free_port(), free_port());
+    let child = std::process::Command::new("pebble-challtestsrv")
+        .args([
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+        ])
+        .args([
+            "-dns01",
+            &format!("127.0.0.1:{port}"),
+            "-management",
+            &format!("127.0.0.1:{mgmt}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pebble-challtestsrv (apt-get install pebble)");
+    // Dropping it kills it, whatever happens next.
+    let server = Dns(child, port);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", mgmt)).is_ok() {
+            return server;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("pebble-challtestsrv did not start");
+}
+
 // ------------------------------------------------------------ browser
 
 /// A port free at the moment of asking (for configurations that must name
