@@ -329,9 +329,26 @@ struct KeySlot {
     stapled: Mutex<StapleState>,
 }
 
+/// OCSP stapling of one served certificate, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StapleStatus {
+    /// The certificate file.
+    pub cert_file: PathBuf,
+    /// Its OCSP responder (`None`: it names none, or stapling is off).
+    pub responder: Option<String>,
+    /// It is a must-staple certificate.
+    pub must_staple: bool,
+    /// The stapled response's `nextUpdate` (`None`: nothing stapled).
+    pub valid_until: Option<SystemTime>,
+    /// Why the last fetch failed, if it did.
+    pub last_error: Option<String>,
+}
+
 #[derive(Default)]
 struct StapleState {
     staple: Option<stapling::Staple>,
+    last_error: Option<String>,
     /// Next fetch; `None`: now.
     next_attempt: Option<SystemTime>,
     failures: u32,
@@ -386,6 +403,7 @@ impl KeySlot {
                 s.next_attempt = Some(staple.refresh_at());
                 s.staple = Some(staple);
                 s.failures = 0;
+                s.last_error = None;
             }
             Err(e) => {
                 s.failures = s.failures.saturating_add(1);
@@ -402,6 +420,7 @@ impl KeySlot {
                     next = next.min(st.next_update);
                 }
                 s.next_attempt = Some(next);
+                s.last_error = Some(e.clone());
                 if must_staple {
                     tracing::error!(file = %self.file.display(), error = %e, retry_in = ?backoff, stapled = s.staple.is_some(), "OCSP status for a MUST-STAPLE certificate unavailable: clients refuse it without a staple");
                 } else {
@@ -503,15 +522,20 @@ impl ServerTls {
         }
     }
 
-    /// Until when each served certificate's stapled OCSP response is valid
-    /// (`None`: nothing stapled), by certificate file.
-    pub fn staples(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
+    /// The OCSP stapling state of each served certificate.
+    pub fn staples(&self) -> Vec<StapleStatus> {
         self.state()
             .slots
             .iter()
             .map(|s| {
                 let st = s.stapled.lock().unwrap_or_else(PoisonError::into_inner);
-                (s.file.clone(), st.staple.as_ref().map(|x| x.next_update))
+                StapleStatus {
+                    cert_file: s.file.clone(),
+                    responder: s.ocsp.as_ref().map(|t| t.url.clone()),
+                    must_staple: s.ocsp.as_ref().is_some_and(|t| t.must_staple),
+                    valid_until: st.staple.as_ref().map(|x| x.next_update),
+                    last_error: st.last_error.clone(),
+                }
             })
             .collect()
     }
@@ -1121,4 +1145,46 @@ async fn fetch_ocsp(
     tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
         .map_err(|_| format!("OCSP responder {} timed out", target.url))?
+}
+
+/// For the fuzz targets only (not a stable API): check `data` as an OCSP
+/// response about a fixed certificate whose issuer is known. Whatever the
+/// input, no panic; a response that passes is stapled byte for byte and is
+/// not stale.
+#[doc(hidden)]
+pub fn fuzz_ocsp_response(data: &[u8]) {
+    static TARGET: std::sync::OnceLock<Option<stapling::OcspTarget>> = std::sync::OnceLock::new();
+    let target = TARGET.get_or_init(|| {
+        let ca_key = rcgen::KeyPair::generate().ok()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).ok()?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "fuzz issuer");
+        let ca_cert = ca.self_signed(&ca_key).ok()?;
+        let key = rcgen::KeyPair::generate().ok()?;
+        let mut leaf = rcgen::CertificateParams::new(vec!["fuzz.example.test".to_owned()]).ok()?;
+        // AuthorityInfoAccess: OCSP at http://o.test.
+        let url = b"http://o.test";
+        let mut aia = vec![0x30, 0x1b, 0x30, 0x19];
+        aia.extend_from_slice(&[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+        aia.extend_from_slice(&[0x86, 13]);
+        aia.extend_from_slice(url);
+        leaf.custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+                aia,
+            ));
+        let leaf = leaf.signed_by(&key, &ca_cert, &ca_key).ok()?;
+        stapling::target(&[leaf.der().clone(), ca_cert.der().clone()])
+            .ok()
+            .flatten()
+    });
+    let Some(target) = target else {
+        return;
+    };
+    let now = SystemTime::now();
+    if let Ok(staple) = stapling::verify(data, target, now) {
+        assert_eq!(staple.der, data);
+        assert!(staple.next_update > now);
+    }
 }

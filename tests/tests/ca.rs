@@ -165,3 +165,166 @@ users = ["alice"]
     );
     gw.stop().await;
 }
+
+/// `ssh-keygen -L` of a certificate line.
+fn ssh_keygen_list(dir: &std::path::Path, cert: &str) -> String {
+    let path = dir.join("id-cert.pub");
+    std::fs::write(&path, cert).unwrap();
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen runs (apt-get install openssh-client)");
+    assert!(out.status.success(), "ssh-keygen -L: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_in_users_get_ssh_certificates_with_the_principals_their_identity_allows() {
+    let port = free_port();
+    let gw = Gw::start(&format!(
+        r#"
+[gateway]
+data_dir = "${{DATA}}"
+audit = "off"
+connection_threads = 0
+
+[state]
+durable = "memory"
+
+[[listener]]
+bind = "127.0.0.1:{port}"
+
+[ca]
+url = "http://127.0.0.1:{port}/ca"
+[ca.ssh]
+user_lifetime = "1h"
+[ca.ssh.groups]
+ops = ["deploy"]
+
+[[user]]
+name = "alice"
+[[user]]
+name = "bob"
+
+[[group]]
+name = "ops"
+users = ["alice"]
+"#
+    ))
+    .await;
+    let key = gw.dir.join("id_ed25519");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen runs (apt-get install openssh-client)")
+        .success();
+    assert!(ok);
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let sign = |token: Option<String>, ctype: &str, body: String| {
+        let mut b = Request::post(format!("http://127.0.0.1:{port}/ca/ssh/sign"))
+            .header("content-type", ctype);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(full(body)).unwrap()
+    };
+    let text = |res: http::Response<hyper::body::Incoming>| async move {
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    };
+
+    // No identity, no certificate.
+    let (status, body) = text(send(gw.addr, sign(None, "text/plain", public.clone())).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // alice: her name, and what her group maps to.
+    let alice = gw.token("alice").await;
+    let (status, cert) = text(
+        send(
+            gw.addr,
+            sign(Some(alice.clone()), "text/plain", public.clone()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{cert}");
+    assert!(
+        cert.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{cert}"
+    );
+    let listing = ssh_keygen_list(&gw.dir, &cert);
+    assert!(
+        listing.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{listing}"
+    );
+    let principals: Vec<&str> = listing
+        .split("Principals:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("                "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(principals, ["alice", "deploy"], "{listing}");
+    assert!(listing.contains("permit-pty"), "{listing}");
+
+    // bob asks for a principal his identity does not allow: refused, with
+    // the reason.
+    let bob = gw.token("bob").await;
+    let ask = serde_json::json!({ "public_key": public.trim(), "principals": ["deploy"] });
+    let res = send(
+        gw.addr,
+        sign(Some(bob.clone()), "application/json", ask.to_string()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let v = json_body(res).await;
+    assert_eq!(v["error"], "refused");
+    assert!(v["detail"].as_str().unwrap().contains("deploy"), "{v}");
+    // His own name is fine, for no longer than the policy allows.
+    let ask = serde_json::json!({ "public_key": public.trim(), "valid_for": "30m" });
+    let res = send(
+        gw.addr,
+        sign(Some(bob.clone()), "application/json", ask.to_string()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let v = json_body(res).await;
+    assert_eq!(v["principals"], serde_json::json!(["bob"]));
+    let life = v["valid_before"].as_u64().unwrap() - v["valid_after"].as_u64().unwrap();
+    assert_eq!(
+        life,
+        30 * 60 + 300,
+        "30 minutes plus the 5-minute backdate: {v}"
+    );
+
+    // Malformed and hostile bodies: clear 4xx, nothing issued.
+    for (ctype, body, want) in [
+        (
+            "text/plain",
+            "ssh-ed25519 not-base64!!".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("text/plain", cert.clone(), StatusCode::BAD_REQUEST),
+        (
+            "application/json",
+            "{\"public_key\": 1}".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "text/plain",
+            "A".repeat(100_000),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let (status, body) =
+            text(send(gw.addr, sign(Some(alice.clone()), ctype, body)).await).await;
+        assert_eq!(status, want, "{body}");
+    }
+    gw.stop().await;
+}

@@ -705,6 +705,12 @@ impl Gateway {
             .layer(SignedBodyLayer)
             .layer(self.authenticate_layer().await?)
             .layer(CaptureLayer)
+            // SSH certificates for the identity just established; the SSH
+            // policy, not a route, decides.
+            .layer(super::ca::SshSignLayer::new(self.ca.clone(), {
+                let users = self.enabled.clone();
+                Arc::new(move |subject: &str, group: &str| users.in_group(subject, group))
+            }))
             .layer(ClientRateLimitLayer::new(self.clients.clone(), rate_limits))
             .layer(PinGenerationLayer {
                 handles: self.handles.clone(),

@@ -117,6 +117,9 @@ pub struct CaRoutes {
     http: hexon_ca::CaHttp,
     #[cfg(feature = "ca")]
     acme: Option<(String, std::sync::Arc<hexon_ca::acme::AcmeServer>)>,
+    /// The SSH CA and the path users ask it to sign at.
+    #[cfg(feature = "ca")]
+    ssh: Option<(String, std::sync::Arc<hexon_ca::SshCa>)>,
 }
 
 impl CaRoutes {
@@ -147,10 +150,13 @@ impl CaRoutes {
             let (ca_host, ca_path) = host_and_path(&section.url);
             let mut http = hexon_ca::CaHttp::new(ca.clone(), ocsp, &ca_path);
             let certs: Arc<dyn hexon_core::store::CertificateStore> = state.durable.clone();
+            let mut ssh_ca = None;
             if let Some(ssh) = hexon_ca::setup::open_ssh(&section.cfg, &dir, certs)
                 .map_err(|e| GatewayError::Other(format!("[ca.ssh]: {e}")))?
             {
-                http = http.with_ssh(Arc::new(ssh));
+                let ssh = Arc::new(ssh);
+                http = http.with_ssh(ssh.clone());
+                ssh_ca = Some((format!("{ca_path}{SSH_SIGN_PATH}"), ssh));
             }
             let acme = match &section.cfg.acme {
                 None => None,
@@ -184,6 +190,7 @@ impl CaRoutes {
                 ca_host,
                 http,
                 acme,
+                ssh: ssh_ca,
             }))
         }
         #[cfg(not(feature = "ca"))]
@@ -264,7 +271,11 @@ where
                     Ok(acme.call(req, client).await.map(crate::body::boxed))
                 });
             }
-            if host.as_deref() == Some(routes.ca_host.as_str()) && routes.http.handles(path) {
+            let ssh_sign = routes.ssh.as_ref().is_some_and(|(p, _)| p == path);
+            if host.as_deref() == Some(routes.ca_host.as_str())
+                && routes.http.handles(path)
+                && !ssh_sign
+            {
                 let http = routes.http.clone();
                 let req = Request::from_parts(parts, body);
                 return Box::pin(async move { Ok(http.call(req).await.map(crate::body::boxed)) });
@@ -272,5 +283,287 @@ where
             return Box::pin(self.inner.call(Request::from_parts(parts, body)));
         }
         Box::pin(self.inner.call(req))
+    }
+}
+
+/// Where, under the CA's URL, users get SSH certificates.
+pub const SSH_SIGN_PATH: &str = "/ssh/sign";
+/// Largest SSH signing request body.
+#[cfg(feature = "ca")]
+const SSH_SIGN_MAX_BODY: usize = 16 * 1024;
+
+/// Which groups an identity is in right now (the gateway's directory).
+pub type Membership = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// `POST <ca url>/ssh/sign`: an authenticated user sends an OpenSSH public
+/// key and gets a user certificate whose principals the `[ca.ssh]` policy
+/// derives from their identity (user name, groups). Sits after the
+/// authenticators and before route authorization: the identity is the
+/// gateway's, the decision the SSH policy's.
+///
+/// The body is the public key line (`ssh-ed25519 AAAA… comment`, answered
+/// with the certificate line, ready for `~/.ssh/id_ed25519-cert.pub`), or
+/// JSON `{"public_key": …, "principals": [...], "valid_for": "4h"}`
+/// (answered with JSON). Without an identity: 401; a key or request the
+/// policy refuses: 403 with the reason; malformed: 400.
+#[derive(Clone)]
+pub struct SshSignLayer {
+    #[cfg_attr(not(feature = "ca"), allow(dead_code))]
+    routes: Option<CaRoutes>,
+    #[cfg_attr(not(feature = "ca"), allow(dead_code))]
+    membership: Membership,
+}
+
+impl std::fmt::Debug for SshSignLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSignLayer").finish_non_exhaustive()
+    }
+}
+
+impl SshSignLayer {
+    /// Sign with `routes`' SSH CA (none: pass everything on); `membership`
+    /// says whether a user is in a group.
+    pub fn new(routes: Option<CaRoutes>, membership: Membership) -> Self {
+        SshSignLayer { routes, membership }
+    }
+}
+
+impl<S> Layer<S> for SshSignLayer {
+    type Service = SshSign<S>;
+    fn layer(&self, inner: S) -> SshSign<S> {
+        SshSign {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`SshSignLayer`].
+#[derive(Clone, Debug)]
+pub struct SshSign<S> {
+    inner: S,
+    #[cfg_attr(not(feature = "ca"), allow(dead_code))]
+    layer: SshSignLayer,
+}
+
+impl<S, B> Service<Request<B>> for SshSign<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Response<BoxBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        #[cfg(feature = "ca")]
+        if let Some(routes) = &self.layer.routes
+            && let Some((path, ssh)) = &routes.ssh
+            && req.uri().path() == path
+        {
+            let (parts, body) = req.into_parts();
+            let ours = hexon_core::store::session::request_host(&parts)
+                .is_some_and(|h| h.eq_ignore_ascii_case(&routes.ca_host));
+            let req = Request::from_parts(parts, body);
+            if ours {
+                let (ssh, membership) = (ssh.clone(), self.layer.membership.clone());
+                return Box::pin(async move { Ok(ssh_sign(req, &ssh, &membership).await) });
+            }
+            return Box::pin(self.inner.call(req));
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(feature = "ca")]
+async fn ssh_sign<B>(
+    req: Request<B>,
+    ssh: &hexon_ca::SshCa,
+    membership: &Membership,
+) -> Response<BoxBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http::{HeaderValue, Method, StatusCode, header};
+    use http_body_util::BodyExt as _;
+    use serde_json::json;
+
+    let reply = |status: StatusCode, json_out: bool, body: serde_json::Value| {
+        let (text, ctype) = if json_out {
+            (body.to_string(), "application/json")
+        } else {
+            (
+                format!(
+                    "{}\n",
+                    body.get("certificate")
+                        .or_else(|| body.get("detail"))
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                ),
+                "text/plain; charset=utf-8",
+            )
+        };
+        let mut res = Response::new(crate::body::full(text));
+        *res.status_mut() = status;
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    };
+    let json_in = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let json_out = json_in
+        || req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json"));
+    let refuse = |status: StatusCode, error: &str, detail: String| {
+        reply(
+            status,
+            json_out,
+            json!({ "error": error, "detail": detail }),
+        )
+    };
+    if req.method() != Method::POST {
+        let mut res = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST your OpenSSH public key here".into(),
+        );
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return res;
+    }
+    let Some(identity) = req.extensions().get::<hexon_core::Identity>().cloned() else {
+        let mut res = refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "sign in first: send a bearer token or session cookie the gateway accepts".into(),
+        );
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"hexon\""),
+        );
+        return res;
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), SSH_SIGN_MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("send at most {SSH_SIGN_MAX_BODY} bytes: one public key"),
+            );
+        }
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ask {
+        public_key: String,
+        #[serde(default)]
+        principals: Vec<String>,
+        valid_for: Option<String>,
+    }
+    let ask = if json_in {
+        match serde_json::from_slice::<Ask>(&body) {
+            Ok(a) => a,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!(
+                        "expected {{\"public_key\": \"ssh-ed25519 AAAA…\", \"principals\": [...], \"valid_for\": \"8h\"}}: {e}"
+                    ),
+                );
+            }
+        }
+    } else {
+        match std::str::from_utf8(&body) {
+            Ok(line) => Ask {
+                public_key: line.trim().to_owned(),
+                principals: Vec::new(),
+                valid_for: None,
+            },
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the body is not UTF-8: send the public key line (the content of id_ed25519.pub)".into(),
+                );
+            }
+        }
+    };
+    let key = match hexon_ca::SshPublicKey::parse(&ask.public_key) {
+        Ok(k) => k,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_public_key", e.to_string()),
+    };
+    let valid_for = match ask
+        .valid_for
+        .as_deref()
+        .map(hexon_core::duration::HumanDuration::parse)
+    {
+        None => None,
+        Some(Ok(d)) => Some(d.get()),
+        Some(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("valid_for: {e}"),
+            );
+        }
+    };
+    // The groups that matter to the policy: those the identity carries
+    // and the mapped ones the directory says it is in now.
+    let mut groups: Vec<String> = identity.groups().iter().map(|g| g.to_string()).collect();
+    for g in ssh.policy().group_principals.keys() {
+        if !groups.contains(g) && membership(identity.subject(), g) {
+            groups.push(g.clone());
+        }
+    }
+    let mut request = hexon_ca::UserCertRequest::new(key, identity.subject(), &groups);
+    request.principals = ask.principals;
+    request.valid_for = valid_for;
+    match ssh.issue_user(&request).await {
+        Ok(issued) => reply(
+            StatusCode::OK,
+            json_out,
+            json!({
+                "certificate": issued.certificate,
+                "serial": issued.serial.to_string(),
+                "key_id": issued.key_id,
+                "principals": issued.principals,
+                "valid_after": issued.valid_after.as_secs(),
+                "valid_before": issued.valid_before.as_secs(),
+                "ca_fingerprint": issued.ca_fingerprint,
+            }),
+        ),
+        Err(hexon_ca::CaError::Refused(why)) => refuse(StatusCode::FORBIDDEN, "refused", why),
+        Err(hexon_ca::CaError::BadSshKey(why)) => {
+            refuse(StatusCode::BAD_REQUEST, "bad_public_key", why)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, user = identity.subject(), "SSH certificate issuance failed");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the SSH CA could not sign now; try again".into(),
+            )
+        }
     }
 }
