@@ -916,3 +916,52 @@ async fn external_account_binding_is_required_checked_and_narrows_names() {
         no.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_under_the_limit_are_not_rate_limited() {
+    // Many clients behind one address register at once: the per-address
+    // counter is contended, and every request under the limit must still
+    // be served (a lost compare-and-set retries, it is not a refusal).
+    let h = acme_harness(|c| c.accounts_per_hour = 1000).await;
+    let c = Arc::new(Client::new(&h));
+    let mut tasks = Vec::new();
+    for _ in 0..48 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let k = Key::new();
+            c.post(
+                &c.url("/new-account"),
+                &k,
+                None,
+                Some(json!({"contact": ["mailto:a@example.test"]})),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    // And the limit itself still holds.
+    let h = acme_harness(|c| c.accounts_per_hour = 5).await;
+    let c = Arc::new(Client::new(&h));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let k = Key::new();
+            c.post(&c.url("/new-account"), &k, None, Some(json!({})))
+                .await
+                .status
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            201 => created += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(created, 5);
+}

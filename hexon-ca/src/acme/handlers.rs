@@ -1445,7 +1445,15 @@ impl AcmeServer {
         let hour = UnixTime::now().as_secs() / 3600;
         let key = format!("{key}/{hour}");
         let ttl = Duration::from_secs(3600);
-        for _ in 0..16 {
+        for attempt in 0..RATE_COUNT_ATTEMPTS {
+            if attempt > 0 {
+                // Lost a compare-and-set to a concurrent request: back off
+                // a random 0–2^n ms (n ≤ 5) so the contenders spread out.
+                let mut b = [0u8; 1];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+                let cap = 1u64 << attempt.min(5);
+                tokio::time::sleep(Duration::from_micros(u64::from(b[0]) * cap * 1000 / 256)).await;
+            }
             match self.read_json::<u32>(&key).await? {
                 None => {
                     let put = self
@@ -1465,10 +1473,17 @@ impl AcmeServer {
                 }
             }
         }
-        // Heavy contention: fail closed.
-        Ok(false)
+        // Still losing: refuse this request (fail closed) — but as the
+        // server being busy, not as the account being over its limit.
+        Err(Problem::server_internal(
+            "too many concurrent requests for this rate counter; retry shortly",
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE))
     }
 }
+
+/// Compare-and-set attempts on a rate counter before giving up.
+const RATE_COUNT_ATTEMPTS: u32 = 32;
 
 /// An IPv4 address, or the /64 of an IPv6 one.
 fn ip_bucket(ip: IpAddr) -> String {
