@@ -9,6 +9,7 @@ mod ca;
 mod csr;
 mod error;
 mod http;
+mod local_key;
 mod ocsp;
 mod profile;
 pub mod setup;

@@ -386,7 +386,7 @@ impl OcspResponder {
         authority: &Arc<Authority>,
         now: UnixTime,
     ) -> Result<Delegate, CaError> {
-        let signer: Arc<dyn Signer> = Arc::new(
+        let signer: Arc<dyn Signer> = crate::local_key::fast(
             P256Signer::generate(&format!("ocsp-{}", authority.name()))
                 .map_err(|e| CaError::Setup(e.to_string()))?,
         );

@@ -643,7 +643,7 @@ fn load_or_generate_key(
         Ok(pem_text) => {
             // Whichever algorithm the file holds, whatever new keys use.
             if let Ok(k) = P256Signer::from_pkcs8_pem(&kid, &pem_text) {
-                return Ok(Arc::new(k));
+                return Ok(crate::local_key::fast(k));
             }
             Ed25519Signer::from_pkcs8_pem(&kid, &pem_text)
                 .map(|k| Arc::new(k) as Arc<dyn Signer>)
@@ -664,7 +664,7 @@ fn load_or_generate_key(
                 _ => {
                     let k = P256Signer::generate(&kid).map_err(|e| setup(e.to_string()))?;
                     let pem_text = k.to_pkcs8_pem().map_err(|e| setup(e.to_string()))?;
-                    (Arc::new(k), pem_text)
+                    (crate::local_key::fast(k), pem_text)
                 }
             };
             write_file(&path, pem_text.as_bytes(), true)?;
