@@ -305,7 +305,7 @@ async fn pebble_issues_listener_certificates_by_tls_alpn_01_and_http_01() {
     let dir = std::env::temp_dir().join(format!("hexon-pebble-{}", std::process::id()));
     let pebble = pebble(&dir, dns.1, plain, alpn);
     let upstream = start_upstream(header_echo()).await;
-    let gw = Gw::start(&format!(
+    let config = format!(
         r#"
 [gateway]
 data_dir = "${{DATA}}"
@@ -344,8 +344,8 @@ public = true
 "#,
         directory = pebble.directory,
         pebble_root = pebble.root.display(),
-    ))
-    .await;
+    );
+    let gw = Gw::start(&config).await;
 
     // pebble's issuing root, for verifying what the gateway serves.
     let root = dir.join("pebble-root.pem");
@@ -359,6 +359,7 @@ public = true
     assert!(out.status.success(), "pebble's root: {out:?}");
     std::fs::write(&root, &out.stdout).unwrap();
 
+    let mut serials = Vec::new();
     for (port, name) in [(alpn, "alpn.example.test"), (http, "http.example.test")] {
         let out = wait_for(Duration::from_secs(60), name, || {
             let out = s_client(port, name, &root, &[]);
@@ -368,6 +369,7 @@ public = true
         let leaf = served_leaf(&out);
         assert!(leaf.contains(&format!("DNS:{name}")), "{leaf}");
         assert!(leaf.to_lowercase().contains("pebble"), "{leaf}");
+        serials.push(serial(&leaf));
     }
 
     // And it is a working gateway on that certificate: a real client
@@ -383,6 +385,50 @@ public = true
         .output()
         .unwrap();
     assert!(out.status.success(), "curl through the gateway: {out:?}");
+
+    // After a restart the stored certificate is served at once (no
+    // placeholder, no new order).
+    let gw = gw.restart(&config).await;
+    let out = s_client(alpn, "alpn.example.test", &root, &[]);
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert_eq!(serial(&served_leaf(&out)), serials[0]);
+
+    // A key that does not match the stored chain (a crash between the two
+    // writes, a botched restore): the listener falls back to the
+    // placeholder and the client obtains a new certificate at once.
+    let key = gw.dir.join("acme/alpn/key.pem");
+    let fresh = gw.dir.join("fresh.pem");
+    assert!(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out"
+            ])
+            .arg(&fresh)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::rename(&fresh, &key).unwrap();
+    let gw = gw.restart(&config).await;
+    let renewed = wait_for(
+        Duration::from_secs(60),
+        "a new certificate after a bad key",
+        || {
+            let out = s_client(alpn, "alpn.example.test", &root, &[]);
+            if !out.contains("Verify return code: 0 (ok)") {
+                return None;
+            }
+            let s = serial(&served_leaf(&out));
+            (s != serials[0]).then_some(s)
+        },
+    )
+    .await;
+    assert_ne!(renewed, serials[0]);
     gw.stop().await;
     drop(pebble);
     std::fs::remove_dir_all(&dir).ok();

@@ -266,8 +266,22 @@ impl AcmeClient {
     }
 
     /// The certificate in the state directory: validity and leaf DER.
+    /// `None` when there is none, it does not load with its key (a crash
+    /// between writing the key and the chain), or it misses a domain.
     fn current(&self) -> Option<(SystemTime, SystemTime, Vec<u8>)> {
         let pem = std::fs::read(self.files.cert_path()).ok()?;
+        let key = std::fs::read(self.files.key_path()).ok()?;
+        if let Err(e) = super::load_pair(
+            &pem,
+            &self.files.cert_path(),
+            &key,
+            &self.files.key_path(),
+            &super::provider(),
+            SystemTime::now(),
+        ) {
+            tracing::warn!(listener = %self.name, error = %e, "the stored ACME certificate is unusable: obtaining a new one");
+            return None;
+        }
         let leaf = rustls_pemfile::certs(&mut &pem[..]).next()?.ok()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
         let covers = self.files.domains.iter().all(|d| {

@@ -79,6 +79,18 @@ impl Gw {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        Gw::start_in(dir, toml).await
+    }
+
+    /// Stop and start again on the same data directory (a restart).
+    pub async fn restart(mut self, toml: &str) -> Gw {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+        Gw::start_in(self.dir.clone(), toml).await
+    }
+
+    async fn start_in(dir: PathBuf, toml: &str) -> Gw {
         let data = dir.display().to_string();
         let config = Config::parse(toml, &|n| (n == "DATA").then(|| data.clone())).unwrap();
         let gateway = Arc::new(Gateway::build(config).await.unwrap());
