@@ -820,29 +820,6 @@ http {{
     gw.stop().await;
 }
 
-async fn admin_call(
-    gw: &Gw,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (StatusCode, serde_json::Value) {
-    let admin = gw.running.as_ref().unwrap().admin.unwrap();
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin.internal");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let req = b
-        .body(body.map_or_else(empty, |j| full(j.to_string())))
-        .unwrap();
-    let res = send(admin, req).await;
-    let status = res.status();
-    (status, json_body(res).await)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_manages_clients_and_audits_every_change() {
     let up = start_upstream(header_echo()).await;

@@ -189,6 +189,7 @@ async fn signed_in_users_get_ssh_certificates_with_the_principals_their_identity
 data_dir = "${{DATA}}"
 audit = "off"
 connection_threads = 0
+admin_bind = "127.0.0.1:0"
 
 [state]
 durable = "memory"
@@ -210,6 +211,9 @@ name = "bob"
 
 [[group]]
 name = "ops"
+users = ["alice"]
+[[group]]
+name = "admins"
 users = ["alice"]
 "#
     ))
@@ -303,7 +307,54 @@ users = ["alice"]
         "30 minutes plus the 5-minute backdate: {v}"
     );
 
-    // Malformed and hostile bodies: clear 4xx, nothing issued.
+    // An API client — even one whose id is a user's name — is not a
+    // person: no certificate.
+    let (s, j) = admin_call(
+        &gw,
+        Some(&alice),
+        "POST",
+        "/api/v1/clients",
+        Some(serde_json::json!({"id": "alice", "name": "alice-bot", "groups": ["ops"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let (s, j) = admin_call(
+        &gw,
+        Some(&alice),
+        "POST",
+        "/api/v1/clients/alice/credentials",
+        Some(serde_json::json!({"kind": "api_key"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let api_key = j["secret"].as_str().unwrap().to_owned();
+    let res = send(gw.addr, sign(Some(api_key), "text/plain", public.clone())).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let (_, body) = text(res).await;
+    assert!(body.contains("people"), "{body}");
+
+    // No more than 60 an hour for one user (alice has 1 so far).
+    let mut ok = 1;
+    loop {
+        let (status, _) = text(
+            send(
+                gw.addr,
+                sign(Some(alice.clone()), "text/plain", public.clone()),
+            )
+            .await,
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        ok += 1;
+        assert!(ok <= 60, "more than 60 certificates in an hour");
+    }
+    assert_eq!(ok, 60);
+
+    // Malformed and hostile bodies: clear 4xx, nothing issued (bob still
+    // has room under the limit).
     for (ctype, body, want) in [
         (
             "text/plain",
@@ -322,8 +373,7 @@ users = ["alice"]
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
     ] {
-        let (status, body) =
-            text(send(gw.addr, sign(Some(alice.clone()), ctype, body)).await).await;
+        let (status, body) = text(send(gw.addr, sign(Some(bob.clone()), ctype, body)).await).await;
         assert_eq!(status, want, "{body}");
     }
     gw.stop().await;

@@ -709,7 +709,7 @@ impl Gateway {
             // policy, not a route, decides.
             .layer(super::ca::SshSignLayer::new(self.ca.clone(), {
                 let users = self.enabled.clone();
-                Arc::new(move |subject: &str, group: &str| users.in_group(subject, group))
+                Arc::new(move |subject: &str| users.current().get(subject).cloned())
             }))
             .layer(ClientRateLimitLayer::new(self.clients.clone(), rate_limits))
             .layer(PinGenerationLayer {

@@ -292,8 +292,14 @@ pub const SSH_SIGN_PATH: &str = "/ssh/sign";
 #[cfg(feature = "ca")]
 const SSH_SIGN_MAX_BODY: usize = 16 * 1024;
 
-/// Which groups an identity is in right now (the gateway's directory).
-pub type Membership = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+/// The current groups of an enabled user of the gateway's directory, by
+/// subject (`None`: not such a user).
+pub type Membership =
+    std::sync::Arc<dyn Fn(&str) -> Option<std::sync::Arc<[std::sync::Arc<str>]>> + Send + Sync>;
+
+/// Certificates one user may get per hour (per node).
+#[cfg(feature = "ca")]
+const SSH_SIGN_PER_HOUR: u32 = 60;
 
 /// `POST <ca url>/ssh/sign`: an authenticated user sends an OpenSSH public
 /// key and gets a user certificate whose principals the `[ca.ssh]` policy
@@ -306,12 +312,24 @@ pub type Membership = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 /// JSON `{"public_key": …, "principals": [...], "valid_for": "4h"}`
 /// (answered with JSON). Without an identity: 401; a key or request the
 /// policy refuses: 403 with the reason; malformed: 400.
+///
+/// Only people get certificates: the identity must be a user
+/// (`IdentityKind::User`) of the gateway's own directory, enabled now,
+/// signed in with the session cookie or a bearer JWT (API keys, HMAC,
+/// client certificates and workloads are refused). The principals come from
+/// the directory's current groups, not from what the token carries (a user
+/// removed from a group loses its principals at once), and the user name is
+/// the identity's user name. A session cookie must come with a JSON body
+/// (a cross-site form cannot send one without a CORS preflight). At most
+/// 60 certificates per user and hour on each node.
 #[derive(Clone)]
 pub struct SshSignLayer {
     #[cfg_attr(not(feature = "ca"), allow(dead_code))]
     routes: Option<CaRoutes>,
     #[cfg_attr(not(feature = "ca"), allow(dead_code))]
     membership: Membership,
+    #[cfg_attr(not(feature = "ca"), allow(dead_code))]
+    issued: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>>,
 }
 
 impl std::fmt::Debug for SshSignLayer {
@@ -322,9 +340,36 @@ impl std::fmt::Debug for SshSignLayer {
 
 impl SshSignLayer {
     /// Sign with `routes`' SSH CA (none: pass everything on); `membership`
-    /// says whether a user is in a group.
+    /// gives a directory user's current groups.
     pub fn new(routes: Option<CaRoutes>, membership: Membership) -> Self {
-        SshSignLayer { routes, membership }
+        SshSignLayer {
+            routes,
+            membership,
+            issued: std::sync::Arc::default(),
+        }
+    }
+
+    /// Count one certificate for `subject` in this hour; false when over
+    /// the limit.
+    #[cfg(feature = "ca")]
+    fn admit(&self, subject: &str) -> bool {
+        let hour = hexon_core::UnixTime::now().as_secs() / 3600;
+        let mut m = self
+            .issued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() > 100_000 {
+            m.retain(|_, (h, _)| *h == hour);
+        }
+        let e = m.entry(subject.to_owned()).or_insert((hour, 0));
+        if e.0 != hour {
+            *e = (hour, 0);
+        }
+        if e.1 >= SSH_SIGN_PER_HOUR {
+            return false;
+        }
+        e.1 += 1;
+        true
     }
 }
 
@@ -373,8 +418,8 @@ where
                 .is_some_and(|h| h.eq_ignore_ascii_case(&routes.ca_host));
             let req = Request::from_parts(parts, body);
             if ours {
-                let (ssh, membership) = (ssh.clone(), self.layer.membership.clone());
-                return Box::pin(async move { Ok(ssh_sign(req, &ssh, &membership).await) });
+                let (ssh, layer) = (ssh.clone(), self.layer.clone());
+                return Box::pin(async move { Ok(ssh_sign(req, &ssh, &layer).await) });
             }
             return Box::pin(self.inner.call(req));
         }
@@ -386,7 +431,7 @@ where
 async fn ssh_sign<B>(
     req: Request<B>,
     ssh: &hexon_ca::SshCa,
-    membership: &Membership,
+    layer: &SshSignLayer,
 ) -> Response<BoxBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -459,6 +504,40 @@ where
         );
         return res;
     };
+    // People only, from this gateway's directory, with a credential made
+    // for them (see the layer's documentation).
+    let credential = req
+        .extensions()
+        .get::<hexon_core::policy::Credential>()
+        .copied();
+    let by_session = credential == Some(hexon_core::policy::Credential::Session);
+    if identity.kind() != hexon_core::IdentityKind::User
+        || !matches!(
+            credential,
+            Some(hexon_core::policy::Credential::Session | hexon_core::policy::Credential::Jwt)
+        )
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "not_a_person",
+            "SSH certificates are for people signed in to the gateway (session or bearer token); API clients and workloads cannot get them".into(),
+        );
+    }
+    let Some(directory_groups) = (layer.membership)(identity.subject()) else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "unknown_user",
+            "not an enabled user of this gateway's directory".into(),
+        );
+    };
+    if by_session && !json_in {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "json_required",
+            "with a session cookie, send Content-Type: application/json ({\"public_key\": …})"
+                .into(),
+        );
+    }
     let body = match http_body_util::Limited::new(req.into_body(), SSH_SIGN_MAX_BODY)
         .collect()
         .await
@@ -528,17 +607,21 @@ where
             );
         }
     };
-    // The groups that matter to the policy: those the identity carries
-    // and the mapped ones the directory says it is in now.
-    let mut groups: Vec<String> = identity.groups().iter().map(|g| g.to_string()).collect();
-    for g in ssh.policy().group_principals.keys() {
-        if !groups.contains(g) && membership(identity.subject(), g) {
-            groups.push(g.clone());
-        }
-    }
-    let mut request = hexon_ca::UserCertRequest::new(key, identity.subject(), &groups);
+    // The directory's groups now, not the token's.
+    let groups: Vec<String> = directory_groups.iter().map(|g| g.to_string()).collect();
+    let mut request = hexon_ca::UserCertRequest::new(key, identity.username(), &groups);
     request.principals = ask.principals;
     request.valid_for = valid_for;
+    if !layer.admit(identity.subject()) {
+        let mut res = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("at most {SSH_SIGN_PER_HOUR} SSH certificates per hour; try again later"),
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+        return res;
+    }
     match ssh.issue_user(&request).await {
         Ok(issued) => reply(
             StatusCode::OK,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use hexon_core::config::Config;
 use hexon_core::keys::KeySet;
-use hexon_proxy::body::{BoxBody, full};
+use hexon_proxy::body::{BoxBody, empty, full};
 use hexon_proxy::gateway::{Gateway, Running, mint_token};
 use hexon_proxy::test_util::{self, Handler, handler};
 use http::{Request, Response, StatusCode};
@@ -141,6 +141,30 @@ pub async fn within<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
         .expect("timed out after 30 s")
+}
+
+/// A call to the admin API (`[gateway] admin_bind`) with `token`.
+pub async fn admin_call(
+    gw: &Gw,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let admin = gw.running.as_ref().unwrap().admin.unwrap();
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin.internal");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let req = b
+        .body(body.map_or_else(empty, |j| full(j.to_string())))
+        .unwrap();
+    let res = send(admin, req).await;
+    let status = res.status();
+    (status, json_body(res).await)
 }
 
 // ------------------------------------------------------------ DNS
