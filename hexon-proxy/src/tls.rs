@@ -393,26 +393,31 @@ impl KeySlot {
     }
 
     /// Record a fetch's outcome at `now`.
-    fn update(&self, result: Result<stapling::Staple, String>, now: SystemTime) {
+    fn update(&self, result: Result<stapling::Staple, stapling::NotStapled>, now: SystemTime) {
         let must_staple = self.ocsp.as_ref().is_some_and(|t| t.must_staple);
         let mut s = self.stapled.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(staple) => {
                 tracing::debug!(file = %self.file.display(), next_update = ?staple.next_update, "OCSP response stapled");
                 self.set_ocsp(Some(staple.der.clone()));
-                s.next_attempt = Some(staple.refresh_at());
+                s.next_attempt = Some(staple.refresh_at(now));
                 s.staple = Some(staple);
                 s.failures = 0;
                 s.last_error = None;
             }
-            Err(e) => {
+            Err(stapling::NotStapled {
+                revoked,
+                message: e,
+            }) => {
                 s.failures = s.failures.saturating_add(1);
                 let backoff = Duration::from_secs(30)
                     .saturating_mul(1 << s.failures.min(7))
                     .min(Duration::from_secs(3600));
                 let mut next = now + backoff;
+                // A revoked certificate loses its (older, good) staple at
+                // once; otherwise a staple is kept until it lapses.
                 let expired = s.staple.as_ref().is_some_and(|st| st.next_update <= now);
-                if expired {
+                if revoked || expired {
                     self.set_ocsp(None);
                     s.staple = None;
                 }
@@ -502,9 +507,10 @@ impl ServerTls {
                     continue;
                 };
                 if due <= SystemTime::now() {
-                    let result = fetch_ocsp(&client, target)
-                        .await
-                        .and_then(|der| stapling::verify(&der, target, SystemTime::now()));
+                    let result = match fetch_ocsp(&client, target).await {
+                        Ok(der) => stapling::verify(&der, target, SystemTime::now()),
+                        Err(e) => Err(e.into()),
+                    };
                     slot.update(result, SystemTime::now());
                 }
                 if let Some(next) = slot.next_attempt() {
@@ -1186,5 +1192,6 @@ pub fn fuzz_ocsp_response(data: &[u8]) {
     if let Ok(staple) = stapling::verify(data, target, now) {
         assert_eq!(staple.der, data);
         assert!(staple.next_update > now);
+        assert!(staple.refresh_at(now) > now);
     }
 }

@@ -29,7 +29,8 @@ enum Mode {
     Garbage,
     /// HTTP 500.
     Error,
-    /// A real response with one byte of its signature flipped.
+    /// A real response with a digit of its `producedAt` changed (still
+    /// well-formed, no longer what was signed).
     Tampered,
     /// A real response about another certificate.
     OtherCert,
@@ -53,7 +54,7 @@ struct Setup {
     dir: PathBuf,
 }
 
-async fn setup() -> Setup {
+async fn setup(signing: hexon_ca::ResponderSigning) -> Setup {
     // The responder's address goes into the certificates (AIA): bind
     // first, then make the CA.
     let dir = tempfile::tempdir().unwrap();
@@ -73,7 +74,13 @@ async fn setup() -> Setup {
     cfg.validate().unwrap();
     let store = Arc::new(MemoryStore::new(Arc::new(SecretKeys::new([5; 32]))));
     let ca = Arc::new(open(&cfg, &dir.path().join("ca"), store).await.unwrap());
-    let ocsp = Arc::new(OcspResponder::new(ca.clone(), OcspSettings::default()));
+    let ocsp = Arc::new(OcspResponder::new(
+        ca.clone(),
+        OcspSettings {
+            signing,
+            ..OcspSettings::default()
+        },
+    ));
     let responder = Arc::new(Responder {
         mode: Mutex::new(Mode::Real),
         requests: Mutex::new(Vec::new()),
@@ -142,8 +149,14 @@ async fn answer(
         }
         Mode::Tampered => {
             let mut v = real(body).await.to_vec();
-            let last = v.len() - 1;
-            v[last] ^= 0x01;
+            // producedAt: GeneralizedTime, 15 bytes "YYYYMMDDHHMMSSZ" — the
+            // first one in the response (tbsResponseData comes first).
+            let at = v
+                .windows(2)
+                .position(|w| w == [0x18, 0x0f])
+                .expect("a GeneralizedTime in the response");
+            let digit = &mut v[at + 2 + 13];
+            *digit = b'0' + (*digit - b'0' + 1) % 10;
             Bytes::from(v)
         }
         Mode::OtherCert => {
@@ -204,7 +217,7 @@ async fn staple(files: &CertificateFiles) -> StapleStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_valid_good_responses_about_the_certificate_are_stapled() {
-    let s = setup().await;
+    let s = setup(hexon_ca::ResponderSigning::Delegated).await;
     let (files, serial) = issue(&s, "www.example.test").await;
 
     // A good response from the real responder is stapled, until its
@@ -236,7 +249,7 @@ async fn only_valid_good_responses_about_the_certificate_are_stapled() {
         (Mode::Error, "HTTP 500"),
         (Mode::Tampered, "not signed by the issuer"),
         (Mode::OtherCert, "not about this certificate"),
-        (Mode::Oversized, "OCSP responder"),
+        (Mode::Oversized, "length limit exceeded"),
     ] {
         *s.responder.mode.lock().unwrap() = mode;
         let st = staple(&files).await;
@@ -267,6 +280,19 @@ async fn only_valid_good_responses_about_the_certificate_are_stapled() {
             .is_some_and(|e| e.contains("REVOKED")),
         "{st:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_signed_by_the_issuer_itself_are_checked_too() {
+    let s = setup(hexon_ca::ResponderSigning::Authority).await;
+    let (files, _) = issue(&s, "www.example.test").await;
+    let st = staple(&files).await;
+    assert!(st.valid_until.is_some(), "{st:?}");
+    *s.responder.mode.lock().unwrap() = Mode::Tampered;
+    let st = staple(&files).await;
+    assert_eq!(st.valid_until, None);
+    let err = st.last_error.unwrap_or_default();
+    assert!(err.contains("not signed by the issuer"), "{err}");
 }
 
 #[tokio::test]

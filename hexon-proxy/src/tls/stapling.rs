@@ -64,14 +64,44 @@ pub(crate) struct Staple {
 }
 
 impl Staple {
-    /// When to fetch a newer one: half way through its validity.
-    pub(crate) fn refresh_at(&self) -> SystemTime {
+    /// When to fetch a newer one, asked at `now` (just after fetching):
+    /// half way through its validity, but never sooner than a minute from
+    /// now (a responder or CDN may hand out responses already past their
+    /// middle) nor later than a day, and before `nextUpdate` when it can be.
+    pub(crate) fn refresh_at(&self, now: SystemTime) -> SystemTime {
         let half = self
             .next_update
             .duration_since(self.this_update)
             .unwrap_or_default()
             / 2;
-        self.this_update + half.clamp(MIN_REFRESH, MAX_REFRESH)
+        let wanted = (self.this_update + half)
+            .min(now + MAX_REFRESH)
+            .min(self.next_update.checked_sub(MIN_REFRESH).unwrap_or(now));
+        wanted.max(now + MIN_REFRESH)
+    }
+}
+
+/// Why a response was not stapled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NotStapled {
+    /// The responder says the certificate is revoked: any older staple
+    /// must go too.
+    pub(crate) revoked: bool,
+    pub(crate) message: String,
+}
+
+impl From<String> for NotStapled {
+    fn from(message: String) -> Self {
+        NotStapled {
+            revoked: false,
+            message,
+        }
+    }
+}
+
+impl From<&str> for NotStapled {
+    fn from(message: &str) -> Self {
+        NotStapled::from(message.to_owned())
     }
 }
 
@@ -116,6 +146,13 @@ pub(crate) fn target(chain: &[CertificateDer<'static>]) -> Result<Option<OcspTar
     };
     let (_, issuer) = X509Certificate::from_der(issuer_der.as_ref())
         .map_err(|e| format!("cannot parse the issuer certificate: {e}"))?;
+    if leaf.verify_signature(Some(issuer.public_key())).is_err() {
+        return Err(
+            "the second certificate of the chain did not issue the first: \
+             put the leaf first and its intermediate right after it"
+                .into(),
+        );
+    }
     let bad = |e: der::Error| format!("OCSP request: {e}");
     let raw_serial = leaf.tbs_certificate.raw_serial();
     let mut serial_tlv = vec![
@@ -129,7 +166,9 @@ pub(crate) fn target(chain: &[CertificateDer<'static>]) -> Result<Option<OcspTar
             parameters: Some(der::asn1::Null.into()),
         },
         issuer_name_hash: der::asn1::OctetString::new(
-            Sha1::digest(issuer.tbs_certificate.subject.as_raw()).to_vec(),
+            // RFC 6960 §4.1.1: the hash of the issuer's name as the
+            // certificate being checked carries it.
+            Sha1::digest(leaf.tbs_certificate.issuer.as_raw()).to_vec(),
         )
         .map_err(bad)?,
         issuer_key_hash: der::asn1::OctetString::new(
@@ -166,27 +205,52 @@ fn unix(t: &x509_ocsp::OcspGeneralizedTime) -> SystemTime {
     UNIX_EPOCH + t.0.to_unix_duration()
 }
 
+/// The bytes of the first element of the DER SEQUENCE `der` (a basic
+/// response's `tbsResponseData`): the signature covers them exactly as
+/// received, not as re-encoded.
+fn first_element(der: &[u8]) -> Result<&[u8], der::Error> {
+    use der::{Reader as _, SliceReader};
+    let mut r = SliceReader::new(der)?;
+    let outer = der::Header::decode(&mut r)?;
+    if outer.tag != der::Tag::Sequence {
+        return Err(der::ErrorKind::TagUnexpected {
+            expected: Some(der::Tag::Sequence),
+            actual: outer.tag,
+        }
+        .into());
+    }
+    let start = usize::try_from(r.position())?;
+    let inner = der::Header::decode(&mut r)?;
+    let len = usize::try_from((inner.encoded_len()? + inner.length)?)?;
+    der.get(start..start + len).ok_or_else(|| {
+        der::ErrorKind::Incomplete {
+            expected_len: (inner.encoded_len().unwrap_or_default() + inner.length)
+                .unwrap_or_default(),
+            actual_len: der.len().try_into().unwrap_or_default(),
+        }
+        .into()
+    })
+}
+
 /// Check `der`, an OCSP response from the target's responder, at `now`.
-pub(crate) fn verify(der: &[u8], target: &OcspTarget, now: SystemTime) -> Result<Staple, String> {
+pub(crate) fn verify(
+    der: &[u8],
+    target: &OcspTarget,
+    now: SystemTime,
+) -> Result<Staple, NotStapled> {
     if der.len() > MAX_RESPONSE {
-        return Err(format!("OCSP response larger than {MAX_RESPONSE} bytes"));
+        return Err(format!("OCSP response larger than {MAX_RESPONSE} bytes").into());
     }
     let response =
         OcspResponse::from_der(der).map_err(|e| format!("malformed OCSP response: {e}"))?;
     if response.response_status != x509_ocsp::OcspResponseStatus::Successful {
-        return Err(format!(
-            "the responder answered {:?}",
-            response.response_status
-        ));
+        return Err(format!("the responder answered {:?}", response.response_status).into());
     }
     let bytes = response
         .response_bytes
         .ok_or("successful OCSP response without a body")?;
     if bytes.response_type != OCSP_BASIC {
-        return Err(format!(
-            "unsupported OCSP response type {}",
-            bytes.response_type
-        ));
+        return Err(format!("unsupported OCSP response type {}", bytes.response_type).into());
     }
     let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
         .map_err(|e| format!("malformed basic OCSP response: {e}"))?;
@@ -202,10 +266,8 @@ pub(crate) fn verify(der: &[u8], target: &OcspTarget, now: SystemTime) -> Result
                 .map_err(|e| format!("responder certificate: {e}"))?,
         );
     }
-    let tbs = basic
-        .tbs_response_data
-        .to_der()
-        .map_err(|e| format!("OCSP response data: {e}"))?;
+    let tbs =
+        first_element(bytes.response.as_bytes()).map_err(|e| format!("OCSP response data: {e}"))?;
     let alg_der = basic
         .signature_algorithm
         .to_der()
@@ -219,7 +281,7 @@ pub(crate) fn verify(der: &[u8], target: &OcspTarget, now: SystemTime) -> Result
     let (_, sig) = x509_parser::der_parser::asn1_rs::BitString::from_der(&sig_der)
         .map_err(|e| format!("signature: {e}"))?;
     let signed_by = |spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>| {
-        x509_parser::verify::verify_signature(spki, &alg, &sig, &tbs).is_ok()
+        x509_parser::verify::verify_signature(spki, &alg, &sig, tbs).is_ok()
     };
     let mut verified = signed_by(issuer.public_key());
     for d in &delegated {
@@ -264,10 +326,13 @@ pub(crate) fn verify(der: &[u8], target: &OcspTarget, now: SystemTime) -> Result
     match &single.cert_status {
         CertStatus::Good(_) => {}
         CertStatus::Revoked(info) => {
-            return Err(format!(
-                "the certificate is REVOKED (since {} s after 1970): renew it",
-                info.revocation_time.0.to_unix_duration().as_secs()
-            ));
+            return Err(NotStapled {
+                revoked: true,
+                message: format!(
+                    "the certificate is REVOKED (since {} s after 1970): renew it",
+                    info.revocation_time.0.to_unix_duration().as_secs()
+                ),
+            });
         }
         CertStatus::Unknown(_) => return Err("the responder does not know this certificate".into()),
     }
@@ -296,4 +361,49 @@ fn same_cert(a: &CertId, b: &CertId) -> bool {
         && a.issuer_name_hash == b.issuer_name_hash
         && a.issuer_key_hash == b.issuer_key_hash
         && a.serial_number == b.serial_number
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staple(this_update: SystemTime, next_update: SystemTime) -> Staple {
+        Staple {
+            der: Vec::new(),
+            this_update,
+            next_update,
+        }
+    }
+
+    #[test]
+    fn refresh_is_half_way_but_never_immediate() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let h = Duration::from_secs(3600);
+        // Fresh, 4 h validity: in 2 h.
+        assert_eq!(staple(now, now + 4 * h).refresh_at(now), now + 2 * h);
+        // A cached response issued 2 days ago, good for 5 more: its middle
+        // is 36 h away, capped at a day.
+        let old = staple(now - 48 * h, now + 120 * h);
+        assert_eq!(old.refresh_at(now), now + 24 * h);
+        // Already past its middle: ask again in a minute (the responder may
+        // have a newer one), not at once and not in a busy loop.
+        let past_middle = staple(now - 10 * h, now + 2 * h);
+        assert_eq!(past_middle.refresh_at(now), now + MIN_REFRESH);
+        // About to lapse: still a minute, not a busy loop.
+        let lapsing = staple(now - 10 * h, now + Duration::from_secs(30));
+        assert_eq!(lapsing.refresh_at(now), now + MIN_REFRESH);
+        // Very long validity: at most a day.
+        let long = staple(now, now + 30 * 24 * h);
+        assert_eq!(long.refresh_at(now), now + MAX_REFRESH);
+    }
+
+    #[test]
+    fn the_signed_bytes_are_taken_as_received() {
+        // SEQUENCE { SEQUENCE { INTEGER 1 }, INTEGER 2 }
+        let der = [0x30, 0x08, 0x30, 0x03, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02];
+        assert_eq!(first_element(&der).unwrap(), &der[2..7]);
+        assert!(first_element(&der[..5]).is_err());
+        assert!(first_element(&[0x02, 0x01, 0x00]).is_err());
+        assert!(first_element(&[]).is_err());
+    }
 }
