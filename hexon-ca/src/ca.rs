@@ -483,6 +483,13 @@ impl CertificateAuthority {
             }
         }
         if request.must_staple {
+            if self.urls.is_none() {
+                // Nothing could ever be stapled: every client would refuse
+                // the certificate.
+                return Err(CaError::Refused(
+                    "must-staple asked, but this CA names no OCSP responder in its certificates (set [ca] url)".into(),
+                ));
+            }
             p.custom_extensions.push(must_staple_extension()?);
         }
         Ok(p)

@@ -846,7 +846,7 @@ fn default_true() -> bool {
 }
 
 /// `[listener.tls.acme]`: the listener's certificate from an ACME CA.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AcmeClientConfig {
@@ -878,6 +878,25 @@ pub struct AcmeClientConfig {
     /// (default: a third of the lifetime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before: Option<HumanDuration>,
+}
+
+impl fmt::Debug for AcmeClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeClientConfig")
+            .field("directory", &self.directory)
+            .field("domains", &self.domains)
+            .field("contact", &self.contact)
+            .field("challenge", &self.challenge)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("eab_kid", &self.eab_kid)
+            .field(
+                "eab_hmac_key",
+                &self.eab_hmac_key.as_ref().map(|_| "[redacted]"),
+            )
+            .field("must_staple", &self.must_staple)
+            .field("renew_before", &self.renew_before)
+            .finish()
+    }
 }
 
 /// `listener.tls.acme.challenge`.
@@ -1469,6 +1488,44 @@ impl Config {
                         "eab_kid and eab_hmac_key go together (the CA hands out both)",
                     );
                 }
+                if let Some(k) = &acme.eab_hmac_key {
+                    use base64::Engine as _;
+                    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(k.trim_end_matches('='));
+                    if decoded.map_or(true, |d| d.is_empty()) {
+                        errs.push(
+                            format!("{at}.eab_hmac_key"),
+                            "not base64url (paste the key exactly as the CA gave it)",
+                        );
+                    }
+                }
+                let tls = l.tls.as_ref();
+                if acme.must_staple && tls.is_some_and(|t| !t.ocsp_stapling) {
+                    errs.push(
+                        format!("{at}.must_staple"),
+                        "must-staple certificates need ocsp_stapling = true (clients refuse them unstapled)",
+                    );
+                }
+                if acme.challenge == AcmeChallenge::TlsAlpn01
+                    && tls.is_some_and(|t| {
+                        t.client_ca.is_some() && t.client_auth == ClientAuthMode::Required
+                    })
+                {
+                    errs.push(
+                        format!("{at}.challenge"),
+                        "tls-alpn-01 cannot pass on a listener that requires client certificates (the CA has none): use client_auth = \"optional\" or http-01",
+                    );
+                }
+                if !l
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    errs.push(
+                        format!("listener[{i}].name"),
+                        "a listener with [listener.tls.acme] keeps its state in <data_dir>/acme/<name>: use letters, digits, - and _",
+                    );
+                }
                 if acme.challenge == AcmeChallenge::Http01
                     && !self.listeners.iter().any(|l| l.tls.is_none())
                 {
@@ -1727,9 +1784,16 @@ fn diff_table(prefix: &str, me: &toml::Table, def: &toml::Table, out: &mut Vec<S
 
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    ["secret", "password", "token", "private", "encryption"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "secret",
+        "password",
+        "token",
+        "private",
+        "encryption",
+        "hmac_key",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 impl Config {

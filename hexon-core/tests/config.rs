@@ -774,3 +774,81 @@ upstream = ["http://127.0.0.1:9"]
     // http:// is fine for localhost names (browsers keep Secure cookies).
     assert!(Config::parse("[login]\nurl = \"http://auth.localhost:8080\"\n", &env).is_ok());
 }
+
+#[test]
+fn acme_listener_settings_are_checked() {
+    let errs = errors(
+        r#"
+[[listener]]
+name = "plain"
+bind = "127.0.0.1:80"
+
+[[listener]]
+name = "public web"
+bind = "127.0.0.1:443"
+[listener.tls]
+cert = "c.pem"
+key = "k.pem"
+ocsp_stapling = false
+client_ca = "clients.pem"
+[listener.tls.acme]
+directory = "http://acme.example/directory"
+domains = ["ok.example.com", "*.example.com", "bad_name.example.com"]
+eab_kid = "kid-1"
+eab_hmac_key = "not base64url!"
+must_staple = true
+"#,
+    );
+    let expected = [
+        "listener[1].tls.acme.directory: must be an https:// URL (ACME is HTTPS only)",
+        r#"listener[1].tls.acme.domains[1]: "*.example.com" is not a DNS name or IP address (wildcards need dns-01, which the listener cannot answer)"#,
+        r#"listener[1].tls.acme.domains[2]: "bad_name.example.com" is not a DNS name or IP address (wildcards need dns-01, which the listener cannot answer)"#,
+        "listener[1].tls.acme.eab_hmac_key: not base64url (paste the key exactly as the CA gave it)",
+        "listener[1].tls.acme.must_staple: must-staple certificates need ocsp_stapling = true (clients refuse them unstapled)",
+        r#"listener[1].tls.acme.challenge: tls-alpn-01 cannot pass on a listener that requires client certificates (the CA has none): use client_auth = "optional" or http-01"#,
+        "listener[1].name: a listener with [listener.tls.acme] keeps its state in <data_dir>/acme/<name>: use letters, digits, - and _",
+        "listener[1].tls: cert/key and acme exclude each other: the ACME client provides the certificate",
+    ];
+    for e in expected {
+        assert!(errs.contains(&e.to_owned()), "missing {e:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+
+    // http-01 needs a plain listener to answer on.
+    let errs = errors(
+        r#"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:443"
+[listener.tls.acme]
+directory = "https://acme.example/directory"
+domains = ["gw.example.com"]
+challenge = "http-01"
+"#,
+    );
+    assert_eq!(
+        errs,
+        ["listener[0].tls.acme.challenge: http-01 is answered on a plain-HTTP listener: add one (port 80 for public CAs) or use tls-alpn-01"]
+    );
+
+    // A good one parses; the EAB key is not shown by `hexon check`.
+    let config = Config::parse(
+        r#"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:443"
+[listener.tls.acme]
+directory = "https://acme.example/directory"
+domains = ["gw.example.com", "192.0.2.7"]
+eab_kid = "kid-1"
+eab_hmac_key = "c2VjcmV0LW1hYy1rZXktYnl0ZXM"
+"#,
+        &env,
+    )
+    .unwrap();
+    let shown = config.non_default_values().join("\n");
+    assert!(!shown.contains("c2VjcmV0"), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
+    let debug = format!("{:?}", config.listeners[0].tls);
+    assert!(!debug.contains("c2VjcmV0"), "{debug}");
+}

@@ -463,7 +463,7 @@ impl ServerTls {
     pub fn load(settings: TlsSettings) -> Result<Self, TlsError> {
         let dev_pem = Mutex::new(None);
         let challenges = Arc::new(AlpnChallenges::default());
-        let state = build(&settings, &dev_pem, &challenges, SystemTime::now())?;
+        let state = build(&settings, &dev_pem, &challenges, SystemTime::now(), true)?;
         Ok(ServerTls {
             inner: Arc::new(Inner {
                 settings,
@@ -554,6 +554,7 @@ impl ServerTls {
             &self.inner.dev_pem,
             &self.inner.challenges,
             SystemTime::now(),
+            false,
         ) {
             Ok(state) => {
                 let old = self.state();
@@ -634,11 +635,12 @@ fn build(
     dev_pem: &Mutex<Option<(String, String)>>,
     challenges: &Arc<AlpnChallenges>,
     now: SystemTime,
+    first_load: bool,
 ) -> Result<State, TlsError> {
     let provider = provider();
     let mut loaded = Vec::new();
     if let Some(acme) = &s.acme {
-        loaded.push(acme_certificate(acme, dev_pem, &provider, now)?);
+        loaded.push(acme_certificate(acme, dev_pem, &provider, now, first_load)?);
     } else if s.certificates.is_empty() {
         let Some(dev) = &s.dev else {
             return Err(TlsError::NoCertificate);
@@ -747,17 +749,21 @@ fn build(
 }
 
 /// The ACME client's certificate, or a self-signed placeholder for the
-/// domains until it has one.
+/// domains until it has one. On a reload (`first_load` false) files that
+/// exist but do not load are an error, so the certificate being served
+/// stays (the client may be between writing the key and the chain).
 fn acme_certificate(
     acme: &AcmeFiles,
     generated: &Mutex<Option<(String, String)>>,
     provider: &CryptoProvider,
     now: SystemTime,
+    first_load: bool,
 ) -> Result<Loaded, TlsError> {
     let (cert_path, key_path) = (acme.cert_path(), acme.key_path());
     if let (Ok(cert), Ok(key)) = (std::fs::read(&cert_path), std::fs::read(&key_path)) {
         match load_pair(&cert, &cert_path, &key, &key_path, provider, now) {
             Ok(l) => return Ok(l),
+            Err(e) if !first_load => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "the ACME certificate is unusable; serving a placeholder until a new one is obtained")
             }
@@ -1081,11 +1087,25 @@ impl ResolvesServerCert for SniResolver {
         // RFC 8737: an `acme-tls/1` handshake gets the challenge
         // certificate for its SNI or nothing at all (the listener closes
         // such connections right after the handshake).
-        if hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
-        {
-            return self.challenges.get(hello.server_name()?);
+        if let Some(protocols) = hello.alpn() {
+            let (mut acme, mut others) = (false, false);
+            for p in protocols {
+                if p == ACME_TLS_ALPN {
+                    acme = true;
+                } else {
+                    others = true;
+                }
+            }
+            if acme {
+                // Only a validation handshake offers acme-tls/1, and only
+                // it (RFC 8737 §3); anything mixing it with other
+                // protocols gets no certificate at all.
+                return if others {
+                    None
+                } else {
+                    self.challenges.get(hello.server_name()?)
+                };
+            }
         }
         Some(self.lookup(hello.server_name()))
     }

@@ -757,7 +757,7 @@ impl Gateway {
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
         let mut tls_handles = Vec::new();
-        let mut tls_tasks = Vec::new();
+        let mut acme_clients = Vec::new();
         for (i, l) in self.config.listeners.iter().enumerate() {
             let bind: SocketAddr = l.bind.parse().map_err(|_| {
                 GatewayError::Other(format!(
@@ -805,12 +805,13 @@ impl Gateway {
             };
             if let Some(t) = &tls {
                 tls_handles.push(t.clone());
-                tls_tasks.push(tokio::spawn(t.clone().run_stapling()));
             }
             if let (Some(server_tls), Some(acme)) =
                 (&tls, l.tls.as_ref().and_then(|t| t.acme.as_ref()))
             {
-                tls_tasks.push(acme_client(
+                // Made now (configuration errors stop the start), run once
+                // every listener is up.
+                acme_clients.push(acme_client(
                     i,
                     &l.name,
                     acme,
@@ -830,7 +831,13 @@ impl Gateway {
             servers.push(listener.serve(stack.clone()));
         }
 
-        let mut tasks = tls_tasks;
+        // Background work of the listeners, started only once all are bound
+        // (a failed start leaves nothing running).
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = tls_handles
+            .iter()
+            .map(|t| tokio::spawn(t.clone().run_stapling()))
+            .collect();
+        tasks.extend(acme_clients.into_iter().map(tokio::spawn));
         let mut admin_addr = None;
         if let Some(a) = &self.config.gateway.admin_bind {
             let tcp = tokio::net::TcpListener::bind(a).await.map_err(|e| {
@@ -992,7 +999,7 @@ fn acme_client(
     acme: &hexon_core::config::AcmeClientConfig,
     tls: ServerTls,
     http01: Http01Tokens,
-) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
+) -> Result<AcmeTask, GatewayError> {
     use crate::tls::acme::{AcmeClient, AcmeClientSettings, Challenge};
     let at = format!("listener[{i}].tls.acme");
     let mut settings = AcmeClientSettings::new(&acme.directory);
@@ -1024,8 +1031,11 @@ fn acme_client(
     }
     let client = AcmeClient::new(name, settings, tls, http01)
         .map_err(|e| GatewayError::Other(format!("{at}: {e}")))?;
-    Ok(tokio::spawn(client.run()))
+    Ok(Box::pin(client.run()))
 }
+
+/// A listener's ACME client, to spawn.
+type AcmeTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 #[cfg(not(feature = "acme"))]
 fn acme_client(
@@ -1034,7 +1044,7 @@ fn acme_client(
     _acme: &hexon_core::config::AcmeClientConfig,
     _tls: ServerTls,
     _http01: Http01Tokens,
-) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
+) -> Result<AcmeTask, GatewayError> {
     Err(GatewayError::Other(format!(
         "listener[{i}].tls.acme: this build has no ACME client (hexon-proxy feature `acme`)"
     )))

@@ -49,7 +49,7 @@ pub enum Challenge {
 }
 
 /// How to talk to the ACME CA.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct AcmeClientSettings {
     /// The CA's directory URL (`https://…/directory`).
@@ -70,6 +70,21 @@ pub struct AcmeClientSettings {
     pub renew_before: Option<Duration>,
     /// How long to wait for validation and issuance (default 2 min).
     pub order_timeout: Duration,
+}
+
+impl std::fmt::Debug for AcmeClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeClientSettings")
+            .field("directory", &self.directory)
+            .field("contact", &self.contact)
+            .field("challenge", &self.challenge)
+            .field("extra_roots", &self.extra_roots.len())
+            .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
+            .field("must_staple", &self.must_staple)
+            .field("renew_before", &self.renew_before)
+            .field("order_timeout", &self.order_timeout)
+            .finish()
+    }
 }
 
 impl AcmeClientSettings {
@@ -130,6 +145,8 @@ pub struct AcmeClient {
     files: AcmeFiles,
     tls: ServerTls,
     http01: Http01Tokens,
+    /// The ARI window seen last and the renewal time chosen in it.
+    ari_choice: std::sync::Mutex<Option<(SystemTime, SystemTime, SystemTime)>>,
 }
 
 impl std::fmt::Debug for AcmeClient {
@@ -180,6 +197,7 @@ impl AcmeClient {
             files,
             tls,
             http01,
+            ari_choice: std::sync::Mutex::new(None),
         })
     }
 
@@ -207,10 +225,9 @@ impl AcmeClient {
                 Ok(w) => {
                     failures = 0;
                     // Look again at least every 6 hours (a CA may move the
-                    // renewal window, e.g. before revoking), and not
-                    // within 10 s of a new certificate (a window already
-                    // open must not make a renewal loop).
-                    w.clamp(Duration::from_secs(10), Duration::from_secs(6 * 3600))
+                    // renewal window, e.g. before revoking); `due` keeps
+                    // renewals apart.
+                    w.clamp(Duration::from_secs(1), Duration::from_secs(6 * 3600))
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -243,15 +260,45 @@ impl AcmeClient {
         if not_after <= now {
             return None;
         }
+        // Not again within a tenth of the lifetime of a certificate (10 s
+        // to 1 h): a window already open, or `renew_before` too long, must
+        // not make an order loop.
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        // Counted from when it was obtained (the file's time; issuers
+        // backdate notBefore).
+        let obtained = std::fs::metadata(self.files.cert_path())
+            .and_then(|m| m.modified())
+            .unwrap_or(not_before)
+            .max(not_before);
+        let floor =
+            obtained + (lifetime / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600));
+        let floor_wait = floor.duration_since(now).unwrap_or_default();
         if let Some(id) = cert_identifier(&der) {
             match account.renewal_info(&id).await {
-                Ok((info, _retry_after)) => {
+                Ok((info, retry_after)) => {
                     let start = SystemTime::from(info.suggested_window.start);
                     let end = SystemTime::from(info.suggested_window.end).max(start);
-                    // RFC 9773 §4.2: a uniformly random point in the window.
-                    let span = end.duration_since(start).unwrap_or_default();
-                    let at = start + span.mul_f64(random_unit());
-                    return Some(at.duration_since(now).unwrap_or_default());
+                    // RFC 9773 §4.2: a uniformly random point in the
+                    // window, chosen once per window (choosing again on
+                    // every poll would drift to its start).
+                    let mut chosen = self
+                        .ari_choice
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let at = match *chosen {
+                        Some((s, e, at)) if s == start && e == end => at,
+                        _ => {
+                            let span = end.duration_since(start).unwrap_or_default();
+                            let at = start + span.mul_f64(random_unit());
+                            *chosen = Some((start, end, at));
+                            at
+                        }
+                    };
+                    let until = at.duration_since(now).unwrap_or_default();
+                    // Ask again when the CA says to (RFC 9773 §4.3), at
+                    // least a minute on, if that is sooner.
+                    let poll = retry_after.max(Duration::from_secs(60));
+                    return Some(until.min(poll).max(floor_wait));
                 }
                 Err(instant_acme::Error::Unsupported(_)) => {}
                 Err(e) => {
@@ -259,10 +306,16 @@ impl AcmeClient {
                 }
             }
         }
-        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-        let before = self.settings.renew_before.unwrap_or(lifetime / 3);
+        let before = match self.settings.renew_before {
+            Some(b) if b < lifetime => b,
+            Some(b) => {
+                tracing::warn!(listener = %self.name, renew_before = ?b, lifetime = ?lifetime, "renew_before is not shorter than the certificate's lifetime: renewing after two thirds of it instead");
+                lifetime / 3
+            }
+            None => lifetime / 3,
+        };
         let at = not_after.checked_sub(before).unwrap_or(not_before);
-        Some(at.duration_since(now).unwrap_or_default())
+        Some(at.duration_since(now).unwrap_or_default().max(floor_wait))
     }
 
     /// The certificate in the state directory: validity and leaf DER.
@@ -405,11 +458,15 @@ impl AcmeClient {
             new_order = new_order.replaces(r.clone());
         }
         let mut order = match account.new_order(&new_order).await {
-            // A CA without ARI: ask without `replaces`.
-            Err(instant_acme::Error::Unsupported(_)) => {
+            Ok(o) => o,
+            // A CA without ARI, or one that says the certificate was
+            // already replaced (an order issued but not saved: RFC 9773
+            // §5, `alreadyReplaced`): ask again without `replaces`.
+            Err(e) if replaces.is_some() => {
+                tracing::info!(listener = %self.name, error = %e, "renewal order refused with `replaces`; ordering without it");
                 account.new_order(&NewOrder::new(&identifiers)).await?
             }
-            r => r?,
+            Err(e) => return Err(e.into()),
         };
 
         let mut published = Published {
@@ -552,11 +609,17 @@ impl Published<'_> {
                 key.serialize_der().into(),
             ))
             .map_err(|e| AcmeClientError::Other(format!("tls-alpn-01 key: {e}")))?;
+        // RFC 8738 §6: for an IP address the CA sends the reverse-DNS name
+        // as SNI.
+        let sni = match domain.parse::<std::net::IpAddr>() {
+            Ok(ip) => reverse_name(ip),
+            Err(_) => domain.to_owned(),
+        };
         self.tls.alpn_challenges().insert(
-            domain,
+            &sni,
             Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
         );
-        self.alpn.push(domain.to_owned());
+        self.alpn.push(sni);
         Ok(())
     }
 }
@@ -569,6 +632,24 @@ impl Drop for Published<'_> {
         let challenges = self.tls.alpn_challenges();
         for d in &self.alpn {
             challenges.remove(d);
+        }
+    }
+}
+
+/// `d.c.b.a.in-addr.arpa` / nibbles `.ip6.arpa` (RFC 8738 §6).
+fn reverse_name(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut s = String::with_capacity(72);
+            for b in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", b & 0x0f, b >> 4));
+            }
+            s.push_str("ip6.arpa");
+            s
         }
     }
 }
