@@ -828,7 +828,9 @@ challenge = "http-01"
     );
     assert_eq!(
         errs,
-        ["listener[0].tls.acme.challenge: http-01 is answered on a plain-HTTP listener: add one (port 80 for public CAs) or use tls-alpn-01"]
+        [
+            "listener[0].tls.acme.challenge: http-01 is answered on a plain-HTTP listener: add one (port 80 for public CAs) or use tls-alpn-01"
+        ]
     );
 
     // A good one parses; the EAB key is not shown by `hexon check`.

@@ -413,3 +413,76 @@ async fn handshake_timeout_closes_silent_clients() {
     assert_eq!(n, 0);
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn acme_tls_alpn_handshakes_get_the_challenge_certificate_and_nothing_else() {
+    use hexon_proxy::tls::AcmeFiles;
+    use tokio::io::AsyncReadExt as _;
+    let dir = temp_dir("acme-alpn");
+    let mut settings = TlsSettings::new(Vec::new());
+    settings.acme = Some(AcmeFiles::new(
+        dir.join("acme"),
+        vec!["gw.example.test".into()],
+        true,
+    ));
+    let tls = ServerTls::load(settings).unwrap();
+    // No certificate obtained yet: a placeholder.
+    assert!(tls.certificates()[0].placeholder);
+    let ca = Ca::new("challenge CA");
+    let challenge = ca.leaf(&["gw.example.test"]);
+    let key = rustls::crypto::ring::sign::any_supported_type(
+        &rustls::pki_types::PrivateKeyDer::try_from(challenge.key_der.clone()).unwrap(),
+    )
+    .unwrap();
+    tls.alpn_challenges().insert(
+        "GW.example.test",
+        std::sync::Arc::new(rustls::sign::CertifiedKey::new(
+            vec![challenge.der.clone()],
+            key,
+        )),
+    );
+    let server = serve(tls.clone()).await;
+    let addr = server.local_addr();
+    const ACME: &[u8] = b"acme-tls/1";
+
+    // The validation handshake: the challenge certificate, then the
+    // connection is closed (no application data).
+    let mut s = tls_connect(addr, "gw.example.test", client_any(&[ACME]))
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0], challenge.der);
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(ACME));
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+
+    // acme-tls/1 mixed with other protocols, or for a name without a
+    // challenge: no certificate at all.
+    assert!(
+        tls_connect(addr, "gw.example.test", client_any(&[ACME, b"h2"]))
+            .await
+            .is_err()
+    );
+    assert!(
+        tls_connect(addr, "other.example.test", client_any(&[ACME]))
+            .await
+            .is_err()
+    );
+    // Everyone else sees the listener's own certificate.
+    let s = tls_connect(addr, "gw.example.test", client_any(&[b"h2"]))
+        .await
+        .unwrap();
+    assert_ne!(s.get_ref().1.peer_certificates().unwrap()[0], challenge.der);
+
+    // Withdrawn: refused.
+    tls.alpn_challenges().remove("gw.example.test");
+    assert!(
+        tls_connect(addr, "gw.example.test", client_any(&[ACME]))
+            .await
+            .is_err()
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
