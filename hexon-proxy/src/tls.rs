@@ -769,25 +769,9 @@ fn acme_certificate(
             }
         }
     }
-    let mut pem = generated.lock().unwrap_or_else(PoisonError::into_inner);
-    let (cert, key) = match &*pem {
-        Some(p) => p.clone(),
-        None => {
-            let p = generate_self_signed(&acme.domains, now)?;
-            *pem = Some(p.clone());
-            p
-        }
-    };
+    let (cert, key) = generated_once(generated, &acme.domains, now, |_| {})?;
     tracing::warn!(domains = ?acme.domains, dir = %acme.dir.display(), "no ACME certificate yet: serving a SELF-SIGNED placeholder until the ACME client obtains one");
-    let label = PathBuf::from("<ACME placeholder>");
-    let mut l = load_pair(
-        cert.as_bytes(),
-        &label,
-        key.as_bytes(),
-        &label,
-        provider,
-        now,
-    )?;
+    let mut l = in_memory_pair(&cert, &key, "<ACME placeholder>", provider, now)?;
     l.info.placeholder = true;
     Ok(l)
 }
@@ -808,26 +792,9 @@ fn dev_certificate(
             names.push(n.clone());
         }
     }
-    let label = PathBuf::from("<dev self-signed>");
     let Some(dir) = &dev.data_dir else {
-        let mut pem = dev_pem.lock().unwrap_or_else(PoisonError::into_inner);
-        let (cert, key) = match &*pem {
-            Some(p) => p.clone(),
-            None => {
-                let p = generate_self_signed(&names, now)?;
-                *pem = Some(p.clone());
-                warn_dev(&names, None);
-                p
-            }
-        };
-        return load_pair(
-            cert.as_bytes(),
-            &label,
-            key.as_bytes(),
-            &label,
-            provider,
-            now,
-        );
+        let (cert, key) = generated_once(dev_pem, &names, now, |n| warn_dev(n, None))?;
+        return in_memory_pair(&cert, &key, "<dev self-signed>", provider, now);
     };
     let dir = dir.join("dev-tls");
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -859,6 +826,43 @@ fn dev_certificate(
         &cert_path,
         key.as_bytes(),
         &key_path,
+        provider,
+        now,
+    )
+}
+
+/// The self-signed pair kept in `slot`, generated for `names` the first
+/// time (then `on_new`).
+fn generated_once(
+    slot: &Mutex<Option<(String, String)>>,
+    names: &[String],
+    now: SystemTime,
+    on_new: impl FnOnce(&[String]),
+) -> Result<(String, String), TlsError> {
+    let mut pem = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = &*pem {
+        return Ok(p.clone());
+    }
+    let p = generate_self_signed(names, now)?;
+    *pem = Some(p.clone());
+    on_new(names);
+    Ok(p)
+}
+
+/// Load a PEM pair held in memory, named `label` in errors and status.
+fn in_memory_pair(
+    cert: &str,
+    key: &str,
+    label: &str,
+    provider: &CryptoProvider,
+    now: SystemTime,
+) -> Result<Loaded, TlsError> {
+    let label = PathBuf::from(label);
+    load_pair(
+        cert.as_bytes(),
+        &label,
+        key.as_bytes(),
+        &label,
         provider,
         now,
     )
