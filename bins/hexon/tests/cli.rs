@@ -466,6 +466,89 @@ fn check_valid_config_prints_ok_and_non_default_values() {
 }
 
 #[test]
+fn check_describes_acme_listeners_and_checks_their_ca_bundle() {
+    let dir = TempDir::new("check-acme");
+    let config = |bundle: &str| {
+        format!(
+            r#"
+[gateway]
+data_dir = "{}"
+
+[[listener]]
+name = "public"
+bind = "127.0.0.1:8443"
+[listener.tls.acme]
+directory = "https://acme.example.test/directory"
+domains = ["gw.example.test"]
+must_staple = true
+ca_bundle = "{bundle}"
+eab_kid = "kid-1"
+eab_hmac_key = "c2VjcmV0LW1hYy1rZXk"
+"#,
+            dir.0.display()
+        )
+    };
+    let missing = dir.path("missing.pem");
+    let cfg = dir.write("hexon.toml", &config(&missing.display().to_string()));
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("listener[0].tls.acme.ca_bundle") && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
+
+    let not_pem = dir.write("bundle.pem", "not a certificate");
+    let cfg = dir.write("hexon.toml", &config(&not_pem.display().to_string()));
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no CERTIFICATE"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let root = self_signed_pem(&dir);
+    let cfg = dir.write("hexon.toml", &config(&root));
+    let out = hexon(&["check", "-c", p(&cfg)]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        stdout.contains("listener public: certificate by ACME from https://acme.example.test/directory for gw.example.test (tls-alpn-01, must-staple)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OCSP stapling on"), "{stdout}");
+    // The EAB key is a secret.
+    assert!(!stdout.contains("c2VjcmV0"), "{stdout}");
+}
+
+/// A self-signed certificate made with openssl, as a CA bundle.
+fn self_signed_pem(dir: &TempDir) -> String {
+    let cert = dir.path("root.pem");
+    let key = dir.path("root.key");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=test root", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs")
+        .success();
+    assert!(ok);
+    cert.display().to_string()
+}
+
+#[test]
 fn check_invalid_config_names_every_location() {
     let dir = TempDir::new("check-bad");
     let cfg = dir.write(

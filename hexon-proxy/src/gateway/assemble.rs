@@ -976,6 +976,51 @@ fn tls_settings(t: &TlsConfig, config: &Config, name: &str) -> TlsSettings {
     settings
 }
 
+/// For `hexon check`: one line per listener whose certificate comes by
+/// ACME, after checking what can be checked without the CA (the
+/// `ca_bundle` file).
+pub(crate) fn acme_summaries(config: &Config) -> Result<Vec<String>, GatewayError> {
+    let mut lines = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        let Some(acme) = &tls.acme else { continue };
+        if let Some(path) = &acme.ca_bundle {
+            let pem = std::fs::read(path).map_err(|e| {
+                GatewayError::Other(format!("listener[{i}].tls.acme.ca_bundle: {path}: {e}"))
+            })?;
+            let n = rustls_pemfile::certs(&mut &pem[..])
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    GatewayError::Other(format!("listener[{i}].tls.acme.ca_bundle: {path}: {e}"))
+                })?
+                .len();
+            if n == 0 {
+                return Err(GatewayError::Other(format!(
+                    "listener[{i}].tls.acme.ca_bundle: {path}: no CERTIFICATE in it"
+                )));
+            }
+        }
+        lines.push(format!(
+            "listener {}: certificate by ACME from {} for {} ({}{}), kept in {}; OCSP stapling {}",
+            l.name,
+            acme.directory,
+            acme.domains.join(", "),
+            match acme.challenge {
+                AcmeChallenge::Http01 => "http-01",
+                _ => "tls-alpn-01",
+            },
+            if acme.must_staple {
+                ", must-staple"
+            } else {
+                ""
+            },
+            acme_dir(config, &l.name).display(),
+            if tls.ocsp_stapling { "on" } else { "off" },
+        ));
+    }
+    Ok(lines)
+}
+
 /// Where a listener's ACME account, certificate and key live.
 fn acme_dir(config: &Config, listener: &str) -> PathBuf {
     let safe: String = listener

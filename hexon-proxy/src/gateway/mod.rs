@@ -143,6 +143,7 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
     #[cfg(not(feature = "sql"))]
     sql::check_absent(&config)?;
     let ca = ca::section(&config)?;
+    let acme = assemble::acme_summaries(&config)?;
     out(&format!(
         "{}: OK ({} listener(s), {} route(s), {} user(s), {} group(s))",
         path.display(),
@@ -164,6 +165,9 @@ pub fn check(path: &Path) -> Result<(), GatewayError> {
     }
     if let Some(ca) = &ca {
         out(&ca.summary());
+    }
+    for line in &acme {
+        out(line);
     }
     let values = config.non_default_values();
     if !values.is_empty() {
