@@ -179,7 +179,15 @@ impl CaHttp {
             let line = match file {
                 "user_ca.pub" => ssh.user_ca_openssh(),
                 "host_ca.pub" => ssh.host_ca_openssh(),
-                "known_hosts" => ssh.known_hosts_line(),
+                "known_hosts" => match ssh.known_hosts_line() {
+                    Some(l) => l,
+                    None => {
+                        return text(
+                            StatusCode::NOT_FOUND,
+                            "no host certificates are issued ([ca.ssh] host_domains is empty)",
+                        );
+                    }
+                },
                 _ => return text(StatusCode::NOT_FOUND, "not found"),
             };
             return reply(

@@ -50,6 +50,9 @@ use ssh_key::{Certificate, HashAlg};
 
 use crate::CaError;
 
+/// Most principals OpenSSH accepts in one certificate.
+pub const MAX_PRINCIPALS: usize = 256;
+
 /// How far back validity starts, for clients whose clocks are behind.
 pub const BACKDATE: Duration = Duration::from_secs(300);
 
@@ -532,18 +535,24 @@ impl SshCa {
     /// The `known_hosts` line that makes clients trust host certificates
     /// for the configured host domains:
     /// `@cert-authority *.example.com,example.com ssh-ed25519 AAAA…`.
-    pub fn known_hosts_line(&self) -> String {
-        let patterns = if self.policy.host_domains.is_empty() {
-            "*".to_owned()
-        } else {
-            self.policy
-                .host_domains
-                .iter()
-                .flat_map(|d| [format!("*.{d}"), d.clone()])
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        format!("@cert-authority {patterns} {}", self.host.openssh())
+    /// `None` without host domains: no host certificates are issued then,
+    /// and trusting the host CA for every host (`*`) would outlast a later
+    /// narrowing.
+    pub fn known_hosts_line(&self) -> Option<String> {
+        if self.policy.host_domains.is_empty() {
+            return None;
+        }
+        let patterns = self
+            .policy
+            .host_domains
+            .iter()
+            .flat_map(|d| [format!("*.{d}"), d.clone()])
+            .collect::<Vec<_>>()
+            .join(",");
+        Some(format!(
+            "@cert-authority {patterns} {}",
+            self.host.openssh()
+        ))
     }
 
     /// Fingerprint (`SHA256:…`) of the user CA key.
@@ -763,6 +772,19 @@ impl SshCa {
         requester: Option<&str>,
     ) -> Result<SshIssued, CaError> {
         check_key_id(&fields.key_id).map_err(CaError::Refused)?;
+        // An empty list means "any principal" to sshd (users) and ssh
+        // (hosts); OpenSSH refuses more than 256.
+        if fields.principals.is_empty() {
+            return Err(CaError::Refused(
+                "a certificate needs at least one principal".into(),
+            ));
+        }
+        if fields.principals.len() > MAX_PRINCIPALS {
+            return Err(CaError::Refused(format!(
+                "{} principals: OpenSSH accepts at most {MAX_PRINCIPALS} in a certificate",
+                fields.principals.len()
+            )));
+        }
         if subject.0.key_data() == ca.public.key_data() {
             return Err(CaError::Refused(
                 "that is the CA's own key; certify a user or host key".into(),
@@ -770,6 +792,11 @@ impl SshCa {
         }
         let valid_after = now.saturating_sub(BACKDATE).as_secs().max(0);
         let valid_before = now.saturating_add(lifetime).as_secs();
+        if valid_before <= 0 {
+            return Err(CaError::Refused(
+                "the clock is before 1970: no certificate".into(),
+            ));
+        }
         let serial = loop {
             let s = OsRng.next_u64();
             if s != 0 {
@@ -995,10 +1022,18 @@ pub fn check_principal(p: &str) -> Result<(), String> {
     }
 }
 
+/// sshd logs the key id (`… ID %s (serial %llu) CA …`): printable ASCII
+/// without spaces, quotes or parentheses, so one cannot forge the rest of
+/// that line for log readers.
 fn check_key_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+    let ok = !id.is_empty()
+        && id.len() <= 256
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'(' | b')' | b'\\'));
+    if !ok {
         return Err(format!(
-            "key id {:?}: 1 to 256 printable characters",
+            "key id {:?}: 1 to 256 printable ASCII characters, without spaces, quotes, parentheses or backslashes",
             id.chars().take(260).collect::<String>()
         ));
     }
@@ -1180,8 +1215,46 @@ mod tests {
         cert.verify_signature().unwrap();
         assert!(
             ca.known_hosts_line()
+                .unwrap()
                 .starts_with("@cert-authority *.example.test,example.test ecdsa-sha2-nistp256 ")
         );
+    }
+
+    #[test]
+    fn key_ids_cannot_forge_sshd_log_lines() {
+        assert!(check_key_id("alice@example.test").is_ok());
+        for bad in [
+            "",
+            "bob (serial 1) CA ED25519 SHA256:x",
+            "a\"b",
+            "tab\there",
+            "line\u{2028}sep",
+            "rtl\u{202e}x",
+        ] {
+            assert!(check_key_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_key_id(&"a".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn no_known_hosts_line_without_host_domains() {
+        let mut p = policy();
+        p.host_domains.clear();
+        let (ca, _) = ca_with(p);
+        assert_eq!(ca.known_hosts_line(), None);
+    }
+
+    #[tokio::test]
+    async fn principal_counts_openssh_refuses_are_refused() {
+        let mut p = policy();
+        p.group_principals
+            .insert("many".into(), (0..300).map(|i| format!("p{i}")).collect());
+        let (ca, _) = ca_with(p);
+        let req = UserCertRequest::new(ed_key(), "alice", &["many".to_owned()]);
+        match ca.issue_user(&req).await {
+            Err(CaError::Refused(why)) => assert!(why.contains("at most 256"), "{why}"),
+            other => panic!("not refused: {other:?}"),
+        }
     }
 
     #[tokio::test]

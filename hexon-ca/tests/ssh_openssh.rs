@@ -130,7 +130,7 @@ async fn ssh_keygen_reads_user_and_host_certificates() {
         ] {
             let mut req = UserCertRequest::new(public_key(&key), "alice", &["ops".into()]);
             req.principals = vec!["alice".into(), "deploy".into()];
-            req.key_id = Some("alice@example.test via hexon".into());
+            req.key_id = Some("alice@example.test:via-hexon".into());
             req.force_command = Some("/usr/bin/rsync --server".into());
             req.source_address = vec![
                 "10.0.0.0/8".parse().unwrap(),
@@ -153,7 +153,7 @@ async fn ssh_keygen_reads_user_and_host_certificates() {
                     "ecdsa-sha2-nistp256"
                 }
             ));
-            has("Key ID: \"alice@example.test via hexon\"");
+            has("Key ID: \"alice@example.test:via-hexon\"");
             has(&format!("Serial: {}", issued.serial));
             has(&format!(
                 "Valid: from {} to {}",

@@ -221,7 +221,8 @@ pub struct Gateway {
 struct EnabledUsers(Arc<RwLock<Arc<Users>>>);
 
 /// Enabled users: subject → resolved groups (nested ones included).
-type Users = std::collections::HashMap<String, Arc<[Arc<str>]>>;
+/// Enabled users by subject: their user name and groups now.
+type Users = std::collections::HashMap<String, (Arc<str>, Arc<[Arc<str>]>)>;
 
 impl EnabledUsers {
     fn of(config: &Config) -> Users {
@@ -238,7 +239,10 @@ impl EnabledUsers {
                             .identity(u.subject())
                             .map(|i| Arc::from(i.groups()))
                             .unwrap_or_else(|_| Arc::from(Vec::new()));
-                        (u.subject().to_string(), groups)
+                        (
+                            u.subject().to_string(),
+                            (u.username().value.clone(), groups),
+                        )
                     })
                     .collect()
             })
@@ -264,7 +268,7 @@ impl EnabledUsers {
     fn in_group(&self, subject: &str, group: &str) -> bool {
         self.current()
             .get(subject)
-            .is_some_and(|gs| gs.iter().any(|g| &**g == group))
+            .is_some_and(|(_, gs)| gs.iter().any(|g| &**g == group))
     }
 
     /// The check the session and bearer authenticators run on every
@@ -707,10 +711,14 @@ impl Gateway {
             .layer(CaptureLayer)
             // SSH certificates for the identity just established; the SSH
             // policy, not a route, decides.
-            .layer(super::ca::SshSignLayer::new(self.ca.clone(), {
-                let users = self.enabled.clone();
-                Arc::new(move |subject: &str| users.current().get(subject).cloned())
-            }))
+            .layer(super::ca::SshSignLayer::new(
+                self.ca.clone(),
+                {
+                    let users = self.enabled.clone();
+                    Arc::new(move |subject: &str| users.current().get(subject).cloned())
+                },
+                &self.config.jwt.issuer,
+            ))
             .layer(ClientRateLimitLayer::new(self.clients.clone(), rate_limits))
             .layer(PinGenerationLayer {
                 handles: self.handles.clone(),

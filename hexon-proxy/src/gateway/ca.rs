@@ -292,10 +292,13 @@ pub const SSH_SIGN_PATH: &str = "/ssh/sign";
 #[cfg(feature = "ca")]
 const SSH_SIGN_MAX_BODY: usize = 16 * 1024;
 
-/// The current groups of an enabled user of the gateway's directory, by
-/// subject (`None`: not such a user).
-pub type Membership =
-    std::sync::Arc<dyn Fn(&str) -> Option<std::sync::Arc<[std::sync::Arc<str>]>> + Send + Sync>;
+/// The user name and current groups of an enabled user of the gateway's
+/// directory, by subject (`None`: not such a user).
+pub type Membership = std::sync::Arc<
+    dyn Fn(&str) -> Option<(std::sync::Arc<str>, std::sync::Arc<[std::sync::Arc<str>]>)>
+        + Send
+        + Sync,
+>;
 
 /// Certificates one user may get per hour (per node).
 #[cfg(feature = "ca")]
@@ -315,11 +318,12 @@ const SSH_SIGN_PER_HOUR: u32 = 60;
 ///
 /// Only people get certificates: the identity must be a user
 /// (`IdentityKind::User`) of the gateway's own directory, enabled now,
-/// signed in with the session cookie or a bearer JWT (API keys, HMAC,
-/// client certificates and workloads are refused). The principals come from
-/// the directory's current groups, not from what the token carries (a user
-/// removed from a group loses its principals at once), and the user name is
-/// the identity's user name. A session cookie must come with a JSON body
+/// signed in with the session cookie or a bearer JWT the gateway itself
+/// issued (API keys, HMAC, client certificates, workloads and tokens of
+/// trusted external issuers are refused: their subjects are not this
+/// directory's). The principals come from the directory's current user
+/// name and groups, never from what the token carries (a user removed from
+/// a group, or renamed, changes at once). A session cookie must come with a JSON body
 /// (a cross-site form cannot send one without a CORS preflight). At most
 /// 60 certificates per user and hour on each node.
 #[derive(Clone)]
@@ -330,6 +334,9 @@ pub struct SshSignLayer {
     membership: Membership,
     #[cfg_attr(not(feature = "ca"), allow(dead_code))]
     issued: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>>,
+    /// The gateway's own JWT issuer (`[jwt] issuer`).
+    #[cfg_attr(not(feature = "ca"), allow(dead_code))]
+    own_issuer: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for SshSignLayer {
@@ -340,12 +347,14 @@ impl std::fmt::Debug for SshSignLayer {
 
 impl SshSignLayer {
     /// Sign with `routes`' SSH CA (none: pass everything on); `membership`
-    /// gives a directory user's current groups.
-    pub fn new(routes: Option<CaRoutes>, membership: Membership) -> Self {
+    /// gives a directory user's name and current groups; bearer tokens
+    /// count only from `own_issuer`.
+    pub fn new(routes: Option<CaRoutes>, membership: Membership, own_issuer: &str) -> Self {
         SshSignLayer {
             routes,
             membership,
             issued: std::sync::Arc::default(),
+            own_issuer: own_issuer.into(),
         }
     }
 
@@ -523,7 +532,16 @@ where
             "SSH certificates are for people signed in to the gateway (session or bearer token); API clients and workloads cannot get them".into(),
         );
     }
-    let Some(directory_groups) = (layer.membership)(identity.subject()) else {
+    if credential == Some(hexon_core::policy::Credential::Jwt)
+        && bearer_issuer(req.headers()).as_deref() != Some(&*layer.own_issuer)
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "not_a_person",
+            "SSH certificates need the gateway's own sign-in (session or a token it issued), not another issuer's token".into(),
+        );
+    }
+    let Some((username, directory_groups)) = (layer.membership)(identity.subject()) else {
         return refuse(
             StatusCode::FORBIDDEN,
             "unknown_user",
@@ -609,7 +627,7 @@ where
     };
     // The directory's groups now, not the token's.
     let groups: Vec<String> = directory_groups.iter().map(|g| g.to_string()).collect();
-    let mut request = hexon_ca::UserCertRequest::new(key, identity.username(), &groups);
+    let mut request = hexon_ca::UserCertRequest::new(key, &username, &groups);
     request.principals = ask.principals;
     request.valid_for = valid_for;
     if !layer.admit(identity.subject()) {
@@ -648,5 +666,63 @@ where
                 "the SSH CA could not sign now; try again".into(),
             )
         }
+    }
+}
+
+/// The `iss` claim of the request's bearer JWT, read without verifying
+/// (the authenticator already verified the token; this only says whose
+/// verifier it went to).
+#[cfg(feature = "ca")]
+fn bearer_issuer(headers: &http::HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let payload = token.trim().split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+#[cfg(all(test, feature = "ca"))]
+mod ssh_sign_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn bearer(claims: &str) -> http::HeaderMap {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}.{}.sig", b64("{\"alg\":\"EdDSA\"}"), b64(claims))
+                .parse()
+                .unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn the_bearer_token_issuer_is_read_and_nothing_else_passes_for_one() {
+        assert_eq!(
+            bearer_issuer(&bearer(r#"{"iss":"https://idp.example","sub":"alice"}"#)).as_deref(),
+            Some("https://idp.example")
+        );
+        assert_eq!(bearer_issuer(&bearer(r#"{"sub":"alice"}"#)), None);
+        assert_eq!(bearer_issuer(&bearer(r#"{"iss":7}"#)), None);
+        assert_eq!(bearer_issuer(&bearer("not json")), None);
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bearer_issuer(&h), None);
+        h.insert(http::header::AUTHORIZATION, "ApiKey abc".parse().unwrap());
+        assert_eq!(bearer_issuer(&h), None);
+        h.insert(
+            http::header::AUTHORIZATION,
+            "Bearer onlyonepart".parse().unwrap(),
+        );
+        assert_eq!(bearer_issuer(&h), None);
     }
 }
