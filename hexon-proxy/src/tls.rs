@@ -899,23 +899,35 @@ fn generate_self_signed(names: &[String], now: SystemTime) -> Result<(String, St
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-#[cfg(unix)]
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(data))
+    write_file_atomic(path, data, true)
         .map_err(|e| TlsError::Dev(format!("{}: {e}", path.display())))
 }
 
-#[cfg(not(unix))]
-fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
-    std::fs::write(path, data).map_err(|e| TlsError::Dev(format!("{}: {e}", path.display())))
+/// Write `data` to `path` through a temporary file and a rename, so a
+/// reader (a reload) sees the old or the new content, never half; `secret`:
+/// readable by the owner only.
+pub(crate) fn write_file_atomic(path: &Path, data: &[u8], secret: bool) -> io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    // A leftover from a crash may have other permissions: start afresh.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = options.open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -1122,14 +1134,25 @@ type StaplingClient = hyper_util::client::legacy::Client<
     http_body_util::Full<bytes::Bytes>,
 >;
 
-fn stapling_client() -> Result<StaplingClient, rustls::Error> {
-    let roots = RootCertStore {
+/// A client configuration (ring) trusting the web's roots and `extra`:
+/// for the listeners' own outgoing calls (OCSP responders, ACME CAs).
+pub(crate) fn web_client_config(
+    extra: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    for r in extra {
+        roots.add(r.clone())?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+fn stapling_client() -> Result<StaplingClient, rustls::Error> {
+    let tls = web_client_config(&[])?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

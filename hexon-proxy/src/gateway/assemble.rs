@@ -692,7 +692,7 @@ impl Gateway {
             .layer(AuditLayer::new(sink))
             // Before anything that could refuse or redirect the CA's
             // validation request.
-            .layer(Http01Layer::new(http01.clone()))
+            .option_layer(http01.clone().map(Http01Layer::new))
             .layer(StripIdentityLayer::new())
             .layer(RequestIdLayer::new().trust_cidrs(trusted))
             .layer(forward_auth)
@@ -711,8 +711,8 @@ impl Gateway {
             .layer(CaptureLayer)
             // SSH certificates for the identity just established; the SSH
             // policy, not a route, decides.
-            .layer(super::ca::SshSignLayer::new(
-                self.ca.clone(),
+            .option_layer(super::ca::SshSignLayer::new(
+                self.ca.as_ref(),
                 {
                     let users = self.enabled.clone();
                     Arc::new(move |subject: &str| users.current().get(subject).cloned())

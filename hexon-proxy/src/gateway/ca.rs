@@ -328,8 +328,9 @@ const SSH_SIGN_PER_HOUR: u32 = 60;
 /// 60 certificates per user and hour on each node.
 #[derive(Clone)]
 pub struct SshSignLayer {
-    #[cfg_attr(not(feature = "ca"), allow(dead_code))]
-    routes: Option<CaRoutes>,
+    /// The CA's host, the signing path, the SSH CA.
+    #[cfg(feature = "ca")]
+    at: (String, String, std::sync::Arc<hexon_ca::SshCa>),
     #[cfg_attr(not(feature = "ca"), allow(dead_code))]
     membership: Membership,
     #[cfg_attr(not(feature = "ca"), allow(dead_code))]
@@ -346,15 +347,29 @@ impl std::fmt::Debug for SshSignLayer {
 }
 
 impl SshSignLayer {
-    /// Sign with `routes`' SSH CA (none: pass everything on); `membership`
-    /// gives a directory user's name and current groups; bearer tokens
-    /// count only from `own_issuer`.
-    pub fn new(routes: Option<CaRoutes>, membership: Membership, own_issuer: &str) -> Self {
-        SshSignLayer {
-            routes,
-            membership,
-            issued: std::sync::Arc::default(),
-            own_issuer: own_issuer.into(),
+    /// Sign with `routes`' SSH CA; `membership` gives a directory user's
+    /// name and current groups; bearer tokens count only from
+    /// `own_issuer`. `None` without an SSH CA: nothing to add to the stack.
+    pub fn new(
+        routes: Option<&CaRoutes>,
+        membership: Membership,
+        own_issuer: &str,
+    ) -> Option<Self> {
+        #[cfg(feature = "ca")]
+        {
+            let routes = routes?;
+            let (path, ssh) = routes.ssh.as_ref()?;
+            Some(SshSignLayer {
+                at: (routes.ca_host.clone(), path.clone(), ssh.clone()),
+                membership,
+                issued: std::sync::Arc::default(),
+                own_issuer: own_issuer.into(),
+            })
+        }
+        #[cfg(not(feature = "ca"))]
+        {
+            let _ = (routes, membership, own_issuer);
+            None
         }
     }
 
@@ -418,13 +433,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         #[cfg(feature = "ca")]
-        if let Some(routes) = &self.layer.routes
-            && let Some((path, ssh)) = &routes.ssh
-            && req.uri().path() == path
-        {
+        if req.uri().path() == self.layer.at.1 {
+            let (ca_host, _, ssh) = &self.layer.at;
             let (parts, body) = req.into_parts();
             let ours = hexon_core::store::session::request_host(&parts)
-                .is_some_and(|h| h.eq_ignore_ascii_case(&routes.ca_host));
+                .is_some_and(|h| h.eq_ignore_ascii_case(ca_host));
             let req = Request::from_parts(parts, body);
             if ours {
                 let (ssh, layer) = (ssh.clone(), self.layer.clone());

@@ -410,25 +410,14 @@ impl AcmeClient {
         })
         .map_err(|e| AcmeClientError::Other(format!("account credentials: {e}")))?;
         std::fs::create_dir_all(&self.files.dir).map_err(io(&self.files.dir))?;
-        write_atomic(&path, &stored, true)?;
+        super::write_file_atomic(&path, &stored, true).map_err(io(&path))?;
         tracing::info!(listener = %self.name, account = account.id(), directory = %self.settings.directory, "ACME account registered");
         Ok(account)
     }
 
     fn http(&self) -> Result<Box<dyn instant_acme::HttpClient>, AcmeClientError> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        for r in &self.settings.extra_roots {
-            roots
-                .add(r.clone())
-                .map_err(|e| AcmeClientError::Other(format!("ACME CA root: {e}")))?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(super::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| AcmeClientError::Other(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = super::web_client_config(&self.settings.extra_roots)
+            .map_err(|e| AcmeClientError::Other(format!("ACME CA roots: {e}")))?;
         // RFC 8555 §6.1: ACME is HTTPS only.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -558,8 +547,10 @@ impl AcmeClient {
         )
         .map_err(|e| AcmeClientError::Other(format!("the CA's certificate is unusable: {e}")))?;
         std::fs::create_dir_all(&self.files.dir).map_err(io(&self.files.dir))?;
-        write_atomic(&self.files.key_path(), key_pem.as_bytes(), true)?;
-        write_atomic(&self.files.cert_path(), chain.as_bytes(), false)?;
+        super::write_file_atomic(&self.files.key_path(), key_pem.as_bytes(), true)
+            .map_err(io(&self.files.key_path()))?;
+        super::write_file_atomic(&self.files.cert_path(), chain.as_bytes(), false)
+            .map_err(io(&self.files.cert_path()))?;
         self.tls
             .reload()
             .map_err(|e| AcmeClientError::Other(format!("loading the new certificate: {e}")))?;
@@ -680,28 +671,4 @@ fn random_unit() -> f64 {
     let mut b = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Write `data` to `path` through a temporary file and a rename, so a
-/// reader sees the old or the new content, never half.
-fn write_atomic(path: &Path, data: &[u8], secret: bool) -> Result<(), AcmeClientError> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    options
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(data)?;
-            f.sync_all()
-        })
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }

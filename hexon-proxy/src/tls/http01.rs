@@ -51,15 +51,17 @@ pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Answers `GET /.well-known/acme-challenge/<token>` for open challenges;
 /// everything else goes to the inner service (unknown tokens too, so a
-/// backend's own ACME client behind the gateway keeps working).
+/// backend's own ACME client behind the gateway keeps working). Add it only
+/// where http-01 is answered (e.g. with `ServiceBuilder::option_layer`):
+/// it boxes the inner future.
 #[derive(Clone, Debug)]
 pub struct Http01Layer {
-    tokens: Option<Http01Tokens>,
+    tokens: Http01Tokens,
 }
 
 impl Http01Layer {
-    /// Answer for `tokens`; `None`: pass everything through.
-    pub fn new(tokens: Option<Http01Tokens>) -> Self {
+    /// Answer for `tokens`.
+    pub fn new(tokens: Http01Tokens) -> Self {
         Http01Layer { tokens }
     }
 }
@@ -78,7 +80,7 @@ impl<S> Layer<S> for Http01Layer {
 #[derive(Clone, Debug)]
 pub struct Http01<S> {
     inner: S,
-    tokens: Option<Http01Tokens>,
+    tokens: Http01Tokens,
 }
 
 impl<S, B> Service<Request<B>> for Http01<S>
@@ -97,22 +99,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let Some(tokens) = &self.tokens {
-            if req.method() == Method::GET || req.method() == Method::HEAD {
-                if let Some(answer) = req
-                    .uri()
-                    .path()
-                    .strip_prefix(HTTP01_PREFIX)
-                    .and_then(|token| tokens.get(token))
-                {
-                    let mut res = Response::new(full(Bytes::from(answer)));
-                    *res.status_mut() = StatusCode::OK;
-                    res.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("application/octet-stream"),
-                    );
-                    return Box::pin(std::future::ready(Ok(res)));
-                }
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            if let Some(answer) = req
+                .uri()
+                .path()
+                .strip_prefix(HTTP01_PREFIX)
+                .and_then(|token| self.tokens.get(token))
+            {
+                let mut res = Response::new(full(Bytes::from(answer)));
+                *res.status_mut() = StatusCode::OK;
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/octet-stream"),
+                );
+                return Box::pin(std::future::ready(Ok(res)));
             }
         }
         Box::pin(self.inner.call(req))
