@@ -2127,6 +2127,120 @@ fn route(value: toml::Value, location: &str, errs: &mut Errors) -> Option<RouteC
     })
 }
 
+/// Deepest nesting accepted in a route given as JSON.
+const MAX_JSON_DEPTH: usize = 16;
+
+/// JSON to TOML for the route parser: `null` has no TOML form (leave the
+/// field out), nor do integers above `i64::MAX`.
+fn json_to_toml(
+    v: serde_json::Value,
+    location: &str,
+    depth: usize,
+    errs: &mut Errors,
+) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    if depth > MAX_JSON_DEPTH {
+        errs.push(
+            location,
+            format!("nested deeper than {MAX_JSON_DEPTH} levels"),
+        );
+        return None;
+    }
+    Some(match v {
+        J::Null => {
+            errs.push(location, "null is not a value here; leave the field out");
+            return None;
+        }
+        J::Bool(b) => toml::Value::Boolean(b),
+        J::String(s) => toml::Value::String(s),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => toml::Value::Integer(i),
+            (None, Some(f)) if n.is_f64() => toml::Value::Float(f),
+            _ => {
+                errs.push(location, format!("{n} is out of range"));
+                return None;
+            }
+        },
+        J::Array(items) => toml::Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    json_to_toml(item, &format!("{location}[{i}]"), depth + 1, errs)
+                })
+                .collect(),
+        ),
+        J::Object(map) => toml::Value::Table(
+            map.into_iter()
+                .filter_map(|(k, item)| {
+                    let at = format!("{location}.{k}");
+                    json_to_toml(item, &at, depth + 1, errs).map(|v| (k, v))
+                })
+                .collect(),
+        ),
+    })
+}
+
+impl RouteConfig {
+    /// A route given as JSON in the `[[route]]` schema (the admin API's
+    /// routes, kept in the durable store), checked field by field as the
+    /// file's routes are; errors are located under `route`.
+    /// [`Config::with_routes`] then checks it against the rest of the
+    /// configuration.
+    pub fn from_json(value: serde_json::Value) -> Result<RouteConfig, ConfigErrors> {
+        let mut errs = Errors(Vec::new());
+        let route = json_to_toml(value, "route", 0, &mut errs)
+            .filter(|_| errs.0.is_empty())
+            .and_then(|v| route(v, "route", &mut errs));
+        match route {
+            Some(r) if errs.0.is_empty() => Ok(r),
+            _ => Err(ConfigErrors(errs.0)),
+        }
+    }
+
+    /// The route as JSON in the `[[route]]` schema ([`RouteConfig::from_json`]
+    /// reads it back unchanged).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+impl Config {
+    /// This configuration with `extra` routes after the file's (the routes
+    /// kept in the durable store), validated as a whole exactly as
+    /// [`Config::parse`] validates a file: names unique across both,
+    /// groups known, upstreams well formed. Problems of an extra route are
+    /// located by its name (`route "orders".path`).
+    pub fn with_routes(&self, extra: Vec<RouteConfig>) -> Result<Config, ConfigErrors> {
+        let file = self.routes.len();
+        let mut config = self.clone();
+        config.routes.extend(extra);
+        let mut errs = Errors(Vec::new());
+        config.validate(&mut errs);
+        if errs.0.is_empty() {
+            return Ok(config);
+        }
+        for e in &mut errs.0 {
+            let Some((index, rest)) = e
+                .location
+                .strip_prefix("route[")
+                .and_then(|r| r.split_once(']'))
+            else {
+                continue;
+            };
+            let name = index
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i >= file)
+                .and_then(|i| config.routes.get(i));
+            if let Some(r) = name {
+                e.location = format!("route {:?}{rest}", r.spec.name);
+            }
+        }
+        Err(ConfigErrors(errs.0))
+    }
+}
+
 /// Substitute `${VAR}` in every string of `v` (recursively).
 fn substitute_value(
     v: &mut toml::Value,

@@ -177,7 +177,7 @@ async fn kv_conformance() {
 async fn durable_conformance() {
     let schema = Schema::new().await;
     let store = schema.open(keys(1)).await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     assert_eq!(store.schema(), Some(schema.name.as_str()));
     conformance::durable_suite(&store).await;
     store.close().await;
@@ -241,14 +241,14 @@ async fn migrations_on_an_empty_schema() {
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 0);
     let pending = store.pending_migrations().await.unwrap();
-    assert_eq!(pending.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(pending.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (0, 3));
+    assert_eq!((report.from, report.to), (0, 4));
     assert_eq!(report.applied, pending);
     let again = store.migrate().await.unwrap();
     assert_eq!(
         (again.from, again.to, again.applied.len()),
-        (3, 3, 0),
+        (4, 4, 0),
         "second migrate is a no-op"
     );
     assert!(store.pending_migrations().await.unwrap().is_empty());
@@ -294,12 +294,13 @@ async fn migrations_from_the_previous_version_keep_rows() {
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (1, 3));
+    assert_eq!((report.from, report.to), (1, 4));
     assert_eq!(
         report.applied,
         [
             (2, "kv and append only audit".to_owned()),
-            (3, "acme accounts".to_owned())
+            (3, "acme accounts".to_owned()),
+            (4, "routes".to_owned())
         ]
     );
     assert_eq!(
@@ -315,6 +316,17 @@ async fn migrations_from_the_previous_version_keep_rows() {
     let kv = store.bucket("codes", HOUR).await.unwrap();
     kv.put("k", b"v", HOUR).await.unwrap();
     store.insert_acme_account(&acme_account()).await.unwrap();
+    // And what version 4 added.
+    let route = hexon_core::store::RouteRecord {
+        name: "orders".into(),
+        definition: r#"{"name":"orders"}"#.into(),
+        created_at: hexon_core::UnixTime::from_secs(1_700_000_000),
+        updated_at: hexon_core::UnixTime::from_secs(1_700_000_000),
+        version: 0,
+    };
+    hexon_core::store::RouteStore::insert_route(&store, &route)
+        .await
+        .unwrap();
     store.close().await;
 }
 
@@ -325,7 +337,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
     let pool = raw(Some(&schema.name)).await;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (4, 'from the future', TRUE, '\\x00', 0)",
+         VALUES (5, 'from the future', TRUE, '\\x00', 0)",
     )
     .execute(&pool)
     .await
@@ -338,7 +350,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
         panic!("expected a migration error, got {err:?}");
     };
     assert!(
-        message.contains("version 4") && message.contains("upgrade Hexon"),
+        message.contains("version 5") && message.contains("upgrade Hexon"),
         "{message}"
     ); // A dry run says so too, instead of "nothing to do".
     let store = PostgresStore::connect(&schema.options(), keys(1))
@@ -360,7 +372,7 @@ async fn nodes_starting_together_migrate_once() {
             .await;
     for store in opens {
         let store = store.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), 4);
         store.close().await;
     }
 }
@@ -426,9 +438,9 @@ async fn a_migration_given_up_part_way_does_not_keep_its_lock() {
     .await
     .expect("the migration lock is still held by the given-up migration's connection")
     .unwrap();
-    assert_eq!(other.schema_version().await.unwrap(), 3);
+    assert_eq!(other.schema_version().await.unwrap(), 4);
     // And the first store still works, on a fresh connection.
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     other.close().await;
     store.close().await;
     pool.close().await;

@@ -117,7 +117,7 @@ async fn durable_conformance() {
     let (_dir, path) = state_file();
     let store = SqliteStore::open(&path, keys(1)).await.unwrap();
     assert_eq!(DurableStore::backend(&store), "sqlite");
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     conformance::durable_suite(&store).await;
     store.close().await;
 }
@@ -193,20 +193,20 @@ async fn migrations_on_an_empty_database() {
     let pending = store.pending_migrations().await.unwrap();
     assert_eq!(
         pending.iter().map(|m| m.0).collect::<Vec<_>>(),
-        [1, 2, 3],
+        [1, 2, 3, 4],
         "{pending:?}"
     );
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (0, 3));
+    assert_eq!((report.from, report.to), (0, 4));
     assert_eq!(report.applied, pending);
     let again = store.migrate().await.unwrap();
     assert_eq!(
         (again.from, again.to, again.applied.len()),
-        (3, 3, 0),
+        (4, 4, 0),
         "second migrate is a no-op"
     );
     assert!(store.pending_migrations().await.unwrap().is_empty());
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     store.close().await;
 }
 
@@ -243,12 +243,13 @@ async fn migrations_from_the_previous_version_keep_rows() {
     let store = SqliteStore::connect(&path, keys(1)).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (1, 3));
+    assert_eq!((report.from, report.to), (1, 4));
     assert_eq!(
         report.applied,
         [
             (2, "kv and append only audit".to_owned()),
-            (3, "acme accounts".to_owned())
+            (3, "acme accounts".to_owned()),
+            (4, "routes".to_owned())
         ],
         "only the missing migrations are applied"
     );
@@ -267,6 +268,17 @@ async fn migrations_from_the_previous_version_keep_rows() {
     kv.put("k", b"v", HOUR).await.unwrap();
     // And what version 3 added.
     store.insert_acme_account(&acme_account()).await.unwrap();
+    // And what version 4 added.
+    let route = hexon_core::store::RouteRecord {
+        name: "orders".into(),
+        definition: r#"{"name":"orders"}"#.into(),
+        created_at: hexon_core::UnixTime::from_secs(1_700_000_000),
+        updated_at: hexon_core::UnixTime::from_secs(1_700_000_000),
+        version: 0,
+    };
+    hexon_core::store::RouteStore::insert_route(&store, &route)
+        .await
+        .unwrap();
     store.close().await;
 }
 
@@ -281,7 +293,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
     let pool = raw(&path).await;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (4, 'from the future', TRUE, X'00', 0)",
+         VALUES (5, 'from the future', TRUE, X'00', 0)",
     )
     .execute(&pool)
     .await
@@ -292,7 +304,7 @@ async fn a_database_from_a_newer_hexon_is_refused() {
         panic!("expected a migration error, got {err:?}");
     };
     assert!(
-        message.contains("version 4") && message.contains("upgrade Hexon"),
+        message.contains("version 5") && message.contains("upgrade Hexon"),
         "{message}"
     ); // A dry run says so too, instead of "nothing to do".
     let store = SqliteStore::connect(&path, keys(1)).await.unwrap();

@@ -51,6 +51,12 @@ pub enum Event {
         /// The client's id.
         client: String,
     },
+    /// A route in the durable store was created, changed or deleted: read
+    /// the store's routes again.
+    RouteChanged {
+        /// The route's name.
+        name: String,
+    },
     /// An event type this version does not know (published by a newer node).
     /// Subscribers that cannot act on it should treat it as "something
     /// changed" and refresh what they cache.

@@ -23,7 +23,7 @@ use super::bus::{Event, EventBus, StartAt};
 use super::durable::{
     AcmeAccountRecord, AcmeAccountStatus, ApiClientRecord, CertificateRecord, ClientStatus,
     CredentialKind, CredentialRecord, DurableStore, Material, NewAuditEvent, OidcClientRecord,
-    PermissionRecord, Revocation,
+    PermissionRecord, Revocation, RouteRecord,
 };
 use super::kv::{KvBackend, KvStore, MAX_KEY_LEN, MAX_VALUE_LEN};
 use super::{SecretBytes, StoreError};
@@ -525,6 +525,7 @@ pub async fn durable_suite(store: &dyn DurableStore) {
     durable_credentials(store).await;
     durable_api_clients(store).await;
     durable_oidc_clients(store).await;
+    durable_routes(store).await;
     durable_acme_accounts(store).await;
     durable_certificates(store).await;
     durable_audit(store).await;
@@ -1014,6 +1015,89 @@ pub async fn durable_oidc_clients(store: &dyn DurableStore) {
     );
     assert!(store.delete_oidc_client("grafana").await.unwrap());
     assert_eq!(store.oidc_client("grafana").await.unwrap(), None);
+}
+
+/// Routes: CRUD, sorted listing, optimistic updates, definitions kept
+/// byte for byte.
+pub async fn durable_routes(store: &dyn DurableStore) {
+    let name = store.backend();
+    // Non-ASCII, quotes, backslashes, a NUL escape and key order: the store
+    // keeps the text, it does not re-encode it.
+    let definition = r#"{"name":"orders","host":"api.example.com","path":"/orders/ü","upstream":["http://10.0.0.5:8080"],"description":"\"q\" \\ \u0000"}"#;
+    let r = RouteRecord {
+        name: "orders".into(),
+        definition: definition.into(),
+        created_at: UnixTime::from_secs(1_700_000_000),
+        updated_at: UnixTime::from_secs(1_700_000_000),
+        version: 0,
+    };
+    store.insert_route(&r).await.unwrap();
+    assert!(
+        matches!(
+            store.insert_route(&r).await,
+            Err(StoreError::AlreadyExists { .. })
+        ),
+        "{name}: duplicate route name"
+    );
+    let read = store.route("orders").await.unwrap().unwrap();
+    assert_eq!(read.version, 1, "{name}: first version");
+    assert_eq!(
+        RouteRecord {
+            version: 0,
+            ..read.clone()
+        },
+        r,
+        "{name}: route round trip"
+    );
+    store
+        .insert_route(&RouteRecord {
+            name: "billing".into(),
+            ..r.clone()
+        })
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["billing", "orders"],
+        "{name}: routes sorted by name"
+    );
+    let edit = RouteRecord {
+        definition: r#"{"name":"orders","host":"api.example.com","path":"/v2/"}"#.into(),
+        updated_at: UnixTime::from_secs(1_700_000_100),
+        ..read.clone()
+    };
+    assert_eq!(store.update_route(&edit).await.unwrap(), 2);
+    assert!(
+        store.update_route(&edit).await.unwrap_err().is_conflict(),
+        "{name}: stale route update"
+    );
+    let now = store.route("orders").await.unwrap().unwrap();
+    assert_eq!(
+        now.definition, edit.definition,
+        "{name}: updated definition"
+    );
+    assert_eq!(now.updated_at, edit.updated_at);
+    assert_eq!(now.created_at, r.created_at, "{name}: created_at kept");
+    assert!(matches!(
+        store
+            .update_route(&RouteRecord {
+                name: "nope".into(),
+                ..edit.clone()
+            })
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.delete_route("orders").await.unwrap());
+    assert!(!store.delete_route("orders").await.unwrap());
+    assert_eq!(store.route("orders").await.unwrap(), None);
+    assert!(store.delete_route("billing").await.unwrap());
 }
 
 fn acme_account(id: &str, thumbprint: &str) -> AcmeAccountRecord {

@@ -388,6 +388,42 @@ pub trait OidcClientStore: Send + Sync {
     async fn delete_oidc_client(&self, client_id: &str) -> Result<bool, StoreError>;
 }
 
+// ------------------------------------------------------------------- routes
+
+/// A route kept in the durable store (edited through the admin API), beside
+/// the `[[route]]`s of the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRecord {
+    /// The route's name (unique across the file's and the store's routes).
+    pub name: String,
+    /// The route as JSON in the `[[route]]` schema. The store keeps it as
+    /// given; the gateway validates it before storing and when loading.
+    pub definition: String,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it was last changed.
+    pub updated_at: UnixTime,
+    /// Optimistic-concurrency version (see [`ApiClientRecord::version`]).
+    pub version: u64,
+}
+
+/// Routes kept in the durable store.
+#[async_trait]
+pub trait RouteStore: Send + Sync {
+    /// Store a new route. [`StoreError::AlreadyExists`] if the name is taken.
+    async fn insert_route(&self, route: &RouteRecord) -> Result<(), StoreError>;
+    /// One route.
+    async fn route(&self, name: &str) -> Result<Option<RouteRecord>, StoreError>;
+    /// Every route, sorted by name.
+    async fn routes(&self) -> Result<Vec<RouteRecord>, StoreError>;
+    /// Replace the definition of a route read at `route.version` (and its
+    /// `updated_at`); returns the new version. [`StoreError::Conflict`] if
+    /// it changed since, [`StoreError::NotFound`] if it is gone.
+    async fn update_route(&self, route: &RouteRecord) -> Result<u64, StoreError>;
+    /// Delete a route. `Ok(false)` if it did not exist.
+    async fn delete_route(&self, name: &str) -> Result<bool, StoreError>;
+}
+
 // ------------------------------------------------------------ ACME accounts
 
 /// Status of an ACME account (RFC 8555, section 7.1.6).
@@ -588,6 +624,7 @@ pub trait DurableStore:
     + CredentialStore
     + ApiClientStore
     + OidcClientStore
+    + RouteStore
     + AcmeAccountStore
     + CertificateStore
     + AuditStore

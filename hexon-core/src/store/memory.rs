@@ -16,7 +16,7 @@ use super::durable::{
     AcmeAccountRecord, AcmeAccountStore, ApiClientRecord, ApiClientStore, AuditRecord, AuditStore,
     CertificateRecord, CertificateStore, CredentialKind, CredentialRecord, CredentialStore,
     DirectoryStore, DurableStore, Material, NewAuditEvent, OidcClientRecord, OidcClientStore,
-    PermissionRecord, Revocation, open_material, seal_material,
+    PermissionRecord, Revocation, RouteRecord, RouteStore, open_material, seal_material,
 };
 use super::kv::{
     KvBackend, KvEntry, KvStore, Revision, check_bucket, check_key, check_ttl, check_value,
@@ -349,6 +349,7 @@ struct Durable {
     clients: BTreeMap<String, ApiClientRecord>,
     permissions: BTreeMap<String, Vec<PermissionRecord>>,
     oidc: BTreeMap<String, OidcClientRecord>,
+    routes: BTreeMap<String, RouteRecord>,
     acme_accounts: BTreeMap<String, AcmeAccountRecord>,
     certificates: BTreeMap<(String, String), CertificateRecord>,
     audit: Vec<AuditRecord>,
@@ -674,6 +675,50 @@ impl OidcClientStore for MemoryStore {
 
     async fn delete_oidc_client(&self, client_id: &str) -> Result<bool, StoreError> {
         Ok(lock(&self.state).oidc.remove(client_id).is_some())
+    }
+}
+
+#[async_trait]
+impl RouteStore for MemoryStore {
+    async fn insert_route(&self, route: &RouteRecord) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        if state.routes.contains_key(&route.name) {
+            return Err(exists("route", &route.name));
+        }
+        let mut stored = route.clone();
+        stored.version = 1;
+        state.routes.insert(route.name.clone(), stored);
+        Ok(())
+    }
+
+    async fn route(&self, name: &str) -> Result<Option<RouteRecord>, StoreError> {
+        Ok(lock(&self.state).routes.get(name).cloned())
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteRecord>, StoreError> {
+        Ok(lock(&self.state).routes.values().cloned().collect())
+    }
+
+    async fn update_route(&self, route: &RouteRecord) -> Result<u64, StoreError> {
+        let mut state = lock(&self.state);
+        let stored = state
+            .routes
+            .get_mut(&route.name)
+            .ok_or_else(|| not_found("route", &route.name))?;
+        if stored.version != route.version {
+            return Err(StoreError::Conflict {
+                what: "route",
+                key: route.name.clone(),
+            });
+        }
+        stored.definition = route.definition.clone();
+        stored.updated_at = route.updated_at;
+        stored.version = route.version + 1;
+        Ok(stored.version)
+    }
+
+    async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(lock(&self.state).routes.remove(name).is_some())
     }
 }
 

@@ -28,7 +28,7 @@ pub use durable::{
     AcmeAccountRecord, AcmeAccountStatus, AcmeAccountStore, ApiClientRecord, ApiClientStore,
     AuditRecord, AuditStore, CertificateRecord, CertificateStore, ClientStatus, CredentialKind,
     CredentialRecord, CredentialStore, DirectoryStore, DurableStore, Material, NewAuditEvent,
-    OidcClientRecord, OidcClientStore, PermissionRecord, Revocation,
+    OidcClientRecord, OidcClientStore, PermissionRecord, Revocation, RouteRecord, RouteStore,
 };
 pub use error::StoreError;
 pub use kv::{KvBackend, KvEntry, KvStore, Revision};

@@ -7,7 +7,7 @@ use crate::directory::{GroupRecord, SourceId, SourceSnapshot, UserRecord};
 use crate::store::durable::{
     AcmeAccountRecord, AcmeAccountStatus, ApiClientRecord, AuditRecord, CertificateRecord,
     ClientStatus, CredentialKind, CredentialRecord, Material, NewAuditEvent, OidcClientRecord,
-    PermissionRecord, Revocation, material_context, open_material, seal_material,
+    PermissionRecord, Revocation, RouteRecord, material_context, open_material, seal_material,
 };
 use crate::store::{SecretKeys, StoreError};
 
@@ -36,6 +36,12 @@ macro_rules! oidc_columns {
     () => {
         "SELECT client_id, name, redirect_uris, secret_hash, grant_types, scopes, created_at, \
          version FROM oidc_clients"
+    };
+}
+
+macro_rules! route_columns {
+    () => {
+        "SELECT name, definition, created_at, updated_at, version FROM routes"
     };
 }
 
@@ -858,6 +864,88 @@ impl Core {
         Ok(n > 0)
     }
 
+    // --------------------------------------------------------------- routes
+
+    pub(super) async fn insert_route(&self, r: &RouteRecord) -> Result<(), StoreError> {
+        self.pools
+            .execute(
+                "INSERT INTO routes (name, definition, created_at, updated_at, version) \
+                 VALUES ($1, $2, $3, $4, 1)",
+                &[
+                    Arg::Text(&r.name),
+                    Arg::Text(&r.definition),
+                    Arg::Int(r.created_at.as_secs()),
+                    Arg::Int(r.updated_at.as_secs()),
+                ],
+            )
+            .await
+            .map_err(|e| unique_or(self.engine, e, "route", &r.name))?;
+        Ok(())
+    }
+
+    pub(super) async fn route(&self, name: &str) -> Result<Option<RouteRecord>, StoreError> {
+        let row = self
+            .pools
+            .fetch_optional(
+                concat!(route_columns!(), " WHERE name = $1"),
+                &[Arg::Text(name)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| route_from_row(&r)).transpose()
+    }
+
+    pub(super) async fn routes(&self) -> Result<Vec<RouteRecord>, StoreError> {
+        let rows = self
+            .pools
+            .fetch_all(concat!(route_columns!(), " ORDER BY name"), &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter().map(route_from_row).collect()
+    }
+
+    pub(super) async fn update_route(&self, r: &RouteRecord) -> Result<u64, StoreError> {
+        let Ok(version) = i64::try_from(r.version) else {
+            return Err(conflict("route", &r.name));
+        };
+        let row = self
+            .pools
+            .write_fetch_optional(
+                "UPDATE routes SET definition = $3, updated_at = $4, version = version + 1 \
+                 WHERE name = $1 AND version = $2 RETURNING version",
+                &[
+                    Arg::Text(&r.name),
+                    Arg::Int(version),
+                    Arg::Text(&r.definition),
+                    Arg::Int(r.updated_at.as_secs()),
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        match row {
+            Some(row) => to_u64("route version", row.int(0)?),
+            None if self
+                .exists(
+                    "SELECT 1 FROM routes WHERE name = $1",
+                    &[Arg::Text(&r.name)],
+                )
+                .await? =>
+            {
+                Err(conflict("route", &r.name))
+            }
+            None => Err(not_found("route", &r.name)),
+        }
+    }
+
+    pub(super) async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
+        let n = self
+            .pools
+            .execute("DELETE FROM routes WHERE name = $1", &[Arg::Text(name)])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
     // -------------------------------------------------------- ACME accounts
 
     pub(super) async fn insert_acme_account(
@@ -1228,6 +1316,16 @@ fn oidc_from_row(r: &Row) -> Result<OidcClientRecord, StoreError> {
         scopes: from_json("OIDC scopes", &r.text(5)?)?,
         created_at: UnixTime::from_secs(r.int(6)?),
         version: to_u64("OIDC client version", r.int(7)?)?,
+    })
+}
+
+fn route_from_row(r: &Row) -> Result<RouteRecord, StoreError> {
+    Ok(RouteRecord {
+        name: r.text(0)?,
+        definition: r.text(1)?,
+        created_at: UnixTime::from_secs(r.int(2)?),
+        updated_at: UnixTime::from_secs(r.int(3)?),
+        version: to_u64("route version", r.int(4)?)?,
     })
 }
 

@@ -54,6 +54,11 @@ const SQLITE: &[Embedded] = &[
         "acme accounts",
         include_str!("../../../migrations/sqlite/0003_acme_accounts.sql"),
     ),
+    (
+        4,
+        "routes",
+        include_str!("../../../migrations/sqlite/0004_routes.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -72,6 +77,11 @@ const POSTGRES: &[Embedded] = &[
         3,
         "acme accounts",
         include_str!("../../../migrations/postgres/0003_acme_accounts.sql"),
+    ),
+    (
+        4,
+        "routes",
+        include_str!("../../../migrations/postgres/0004_routes.sql"),
     ),
 ];
 

@@ -35,7 +35,7 @@ use crate::store::durable::{
     AcmeAccountRecord, AcmeAccountStore, ApiClientRecord, ApiClientStore, AuditRecord, AuditStore,
     CertificateRecord, CertificateStore, CredentialKind, CredentialRecord, CredentialStore,
     DirectoryStore, DurableStore, Material, NewAuditEvent, OidcClientRecord, OidcClientStore,
-    PermissionRecord, Revocation,
+    PermissionRecord, Revocation, RouteRecord, RouteStore,
 };
 use crate::store::kv::{KvBackend, KvStore};
 use crate::store::{SecretKeys, StoreError};
@@ -332,6 +332,25 @@ macro_rules! sql_store {
             }
             async fn delete_oidc_client(&self, client_id: &str) -> Result<bool, StoreError> {
                 self.core.delete_oidc_client(client_id).await
+            }
+        }
+
+        #[async_trait]
+        impl RouteStore for $store {
+            async fn insert_route(&self, route: &RouteRecord) -> Result<(), StoreError> {
+                self.core.insert_route(route).await
+            }
+            async fn route(&self, name: &str) -> Result<Option<RouteRecord>, StoreError> {
+                self.core.route(name).await
+            }
+            async fn routes(&self) -> Result<Vec<RouteRecord>, StoreError> {
+                self.core.routes().await
+            }
+            async fn update_route(&self, route: &RouteRecord) -> Result<u64, StoreError> {
+                self.core.update_route(route).await
+            }
+            async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
+                self.core.delete_route(name).await
             }
         }
 
