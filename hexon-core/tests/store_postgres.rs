@@ -241,7 +241,10 @@ async fn migrations_on_an_empty_schema() {
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 0);
     let pending = store.pending_migrations().await.unwrap();
-    assert_eq!(pending.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        pending.iter().map(|m| m.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     let report = store.migrate().await.unwrap();
     assert_eq!((report.from, report.to), (0, 4));
     assert_eq!(report.applied, pending);

@@ -1115,6 +1115,117 @@ async fn api_client_changes_reach_every_node() {
     b.stop().await;
 }
 
+/// Routes kept in the durable store: created on node A through its admin
+/// API, served by node B moments later (the event bus, no restart);
+/// changed and deleted the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_routes_reach_every_node() {
+    let schema = Schema::new().await;
+    let prefix = Prefix::new(NATS_URL).await;
+    let key = secret_key();
+    let upstream = test_util::start_upstream(header_echo()).await.unwrap();
+    let state = |node: &str| {
+        format!(
+            "durable = \"postgres\"\npostgres_url = \"{POSTGRES_URL}\"\npostgres_schema = \"{}\"\npostgres_max_connections = 4\nshared = \"nats\"\nnats_url = \"{NATS_URL}\"\nnats_prefix = \"{}\"\nnats_allow_unauthenticated = true\nnode = \"{node}\"\nencryption_keys = [\"{key}\"]\n",
+            schema.0, prefix.name
+        )
+    };
+    let admins = "[[group]]\nname = \"admins\"\nusers = [\"alice\"]\n";
+    // The file's route covers /app/ only here, so /ledger/ has no route.
+    let text = |dir: &Dir, node: &str| {
+        config_text(dir, upstream, &format!("{USERS}{admins}"), &state(node))
+            .replace("path = \"/*\"", "path = \"/app/*\"")
+            .replace(
+                "audit = \"off\"\n",
+                "audit = \"off\"\nadmin_bind = \"127.0.0.1:0\"\n",
+            )
+    };
+    let (dir_a, dir_b) = (Dir::new("routes-a"), Dir::new("routes-b"));
+    let a = Node::start(&text(&dir_a, "node-a")).await;
+    let b = Node::start(&text(&dir_b, "node-b")).await;
+    let admin = a.running.as_ref().unwrap().admin.unwrap();
+    let token =
+        hexon_proxy::gateway::mint_token(a.gateway.config(), a.gateway.key().clone(), "alice")
+            .await
+            .unwrap();
+    let call = |method: &'static str, path: &'static str, body: Value| {
+        let token = token.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "admin")
+                .header("authorization", format!("Bearer {token}"))
+                .body(full(body.to_string()))
+                .unwrap();
+            let res = send(admin, req).await;
+            let status = res.status();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    // Each node signs its own tokens.
+    let get = |node: &Node, user: &'static str| {
+        let (gateway, node) = (node.gateway.clone(), node.addr);
+        async move {
+            let token =
+                hexon_proxy::gateway::mint_token(gateway.config(), gateway.key().clone(), user)
+                    .await
+                    .unwrap();
+            let req = Request::get("/ledger/2026")
+                .header("host", HOST)
+                .header("authorization", format!("Bearer {token}"))
+                .body(empty())
+                .unwrap();
+            send(node, req).await.status()
+        }
+    };
+    // No route: refused.
+    assert_eq!(get(&b, "bob").await, StatusCode::FORBIDDEN);
+
+    let route = |users: &[&str]| {
+        json!({
+            "name": "ledger",
+            "path": "/ledger/*",
+            "upstream": [format!("http://{upstream}")],
+            "allow": [{"users": users}],
+        })
+    };
+    let (s, j) = call("POST", "/api/v1/routes", route(&["alice", "bob"])).await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    poll(
+        "node B serves the new route",
+        Duration::from_secs(10),
+        || async { (get(&b, "bob").await == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    assert_eq!(get(&a, "bob").await, StatusCode::OK);
+
+    let (s, j) = call("PUT", "/api/v1/routes/ledger", route(&["alice"])).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    poll(
+        "node B applies the changed policy",
+        Duration::from_secs(10),
+        || async { (get(&b, "bob").await == StatusCode::FORBIDDEN).then_some(()) },
+    )
+    .await;
+    assert_eq!(get(&b, "alice").await, StatusCode::OK);
+
+    let (s, j) = call("DELETE", "/api/v1/routes/ledger", Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    poll(
+        "node B drops the deleted route",
+        Duration::from_secs(10),
+        || async { (get(&b, "alice").await == StatusCode::FORBIDDEN).then_some(()) },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A sign-in moves between nodes: its flow, the one-time code for the app
 /// and passkey ceremonies live in the shared KV, so each step may land on
 /// another node (as behind a load balancer) and still complete.

@@ -69,10 +69,35 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// The routes kept in the durable store (managed with the admin API or
+    /// `hexonctl route`); here to inspect them and to repair a store whose
+    /// routes keep the gateway from starting.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// The SQL bastions of `[sql]`.
     Sql {
         #[command(subcommand)]
         command: SqlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// List the store's routes and check them against the file.
+    List {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+    },
+    /// Delete a route from the store.
+    Delete {
+        /// Configuration file.
+        #[arg(short, long, default_value = "hexon.toml")]
+        config: PathBuf,
+        /// The route's name.
+        name: String,
     },
 }
 
@@ -163,6 +188,12 @@ fn main() -> ExitCode {
         Command::Sql {
             command: SqlCommand::SealPassword { config },
         } => gateway::seal_sql_password(&config),
+        Command::Routes {
+            command: RoutesCommand::List { config },
+        } => gateway::run(gateway::list_store_routes(config)),
+        Command::Routes {
+            command: RoutesCommand::Delete { config, name },
+        } => gateway::run(gateway::delete_store_route(config, &name)),
         Command::HashPassword { config } => gateway::hash_password(config.as_deref()),
         Command::Migrate { config, dry_run } => gateway::run(gateway::migrate(config, dry_run)),
         Command::Serve { config } => gateway::run(gateway::serve(config)),

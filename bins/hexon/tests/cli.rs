@@ -1631,3 +1631,77 @@ fn serve_runs_the_sql_bastions_with_gateway_tokens() {
     assert!(TcpStream::connect(("127.0.0.1", my)).is_err());
     mariadb_root(&format!("DROP USER IF EXISTS '{account}'@'%'"));
 }
+
+/// A route stored through the admin API outlives the process; when the
+/// file no longer fits it (its group was removed while the gateway was
+/// down), `serve` refuses to start and says how to repair, and
+/// `hexon routes list` / `hexon routes delete` do so without a running
+/// gateway.
+#[test]
+fn store_routes_survive_restarts_and_are_repaired_offline() {
+    let dir = TempDir::new("store-routes");
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "{}\n[[group]]\nname = \"admins\"\nusers = [\"alice\"]\n",
+        serve_config(&dir, port, admin, 9, "eng")
+    );
+    let cfg = dir.write("hexon.toml", &toml);
+    let alice = mint(&cfg, "alice");
+    let mut proc = spawn_serve(&dir, &cfg);
+    wait_ready(&dir, &mut proc, admin);
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-X", "POST", "-H", &bearer(&alice), "-d"])
+        .arg(r#"{"name": "ledger", "path": "/ledger/*", "upstream": ["http://127.0.0.1:9"], "allow": [{"groups": ["ops"]}]}"#)
+        .arg(format!("http://127.0.0.1:{admin}/api/v1/routes"))
+        .output()
+        .unwrap();
+    assert!(
+        text_of(&out).contains("\"applied\":true"),
+        "{}",
+        text_of(&out)
+    );
+    drop(proc);
+
+    let list = hexon(&["routes", "list", "-c", p(&cfg)]);
+    let listed = text(&list.stdout);
+    assert!(
+        listed.contains("ledger\t*/ledger/*\tversion 1") && listed.contains("fit it"),
+        "{listed}{}",
+        text(&list.stderr)
+    );
+
+    // The ops group goes from the file: the stored route no longer fits.
+    let without_ops = toml.replace("[[group]]\nname = \"ops\"\nusers = [\"bob\"]\n", "");
+    assert_ne!(without_ops, toml);
+    std::fs::write(&cfg, &without_ops).unwrap();
+    let mut refused = spawn_serve(&dir, &cfg);
+    let status = poll(|| refused.0.try_wait().unwrap());
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "serve started with a store route that does not fit"
+    );
+    let log = stderr_log(&dir);
+    assert!(
+        log.contains("route \"ledger\".allow[0].groups[0]")
+            && log.contains("hexon routes delete -c hexon.toml NAME"),
+        "{log}"
+    );
+    let listed = text(&hexon(&["routes", "list", "-c", p(&cfg)]).stdout);
+    assert!(listed.contains("do not fit"), "{listed}");
+
+    let deleted = hexon(&["routes", "delete", "-c", p(&cfg), "ledger"]);
+    assert!(
+        text(&deleted.stdout).contains("deleted route \"ledger\""),
+        "{}",
+        text(&deleted.stderr)
+    );
+    let again = hexon(&["routes", "delete", "-c", p(&cfg), "ledger"]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("no route \"ledger\""));
+    let mut proc = spawn_serve(&dir, &cfg);
+    wait_ready(&dir, &mut proc, admin);
+}
+
+fn text_of(o: &Output) -> String {
+    format!("{}{}", text(&o.stdout), text(&o.stderr))
+}

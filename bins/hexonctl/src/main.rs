@@ -1,5 +1,5 @@
 //! `hexonctl`: the admin API from the command line. API clients, their
-//! credentials and permissions; human tables by default, `--json` for
+//! credentials and permissions, routes kept in the durable store; human tables by default, `--json` for
 //! scripts. Every call goes through the gateway's admin API (docs/API-CLIENTS.md),
 //! so it is authorized and audited there.
 // A command-line tool: its output is what it prints.
@@ -46,7 +46,7 @@ enum Command {
     Grant {
         /// Client id.
         client: String,
-        /// Route name from hexon.toml.
+        /// Route name (`hexonctl routes`).
         route: String,
         /// HTTP methods, or `*`.
         #[arg(required = true)]
@@ -59,12 +59,39 @@ enum Command {
         /// Route name.
         route: String,
     },
-    /// The gateway's routes (the names permissions refer to).
+    /// The gateway's routes (the names permissions refer to), from
+    /// hexon.toml and from the durable store.
     Routes,
+    /// Routes kept in the durable store: applied at once on every node.
+    #[command(subcommand)]
+    Route(RouteCmd),
     /// End every session of a user (on every host and node).
     EndSessions {
         /// The user's subject (a local user's name).
         user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCmd {
+    /// A route's whole definition.
+    Show {
+        /// Route name.
+        name: String,
+    },
+    /// Create or replace a store route from a file in the `[[route]]`
+    /// schema: TOML (a table, or one `[[route]]`) or JSON; `-` reads stdin.
+    Set {
+        /// The file.
+        file: String,
+        /// Only create: fail if the route exists.
+        #[arg(long)]
+        create: bool,
+    },
+    /// Delete a store route.
+    Delete {
+        /// Route name.
+        name: String,
     },
 }
 
@@ -361,6 +388,45 @@ fn issued(j: &Value) -> String {
     )
 }
 
+/// Largest route file read.
+const MAX_ROUTE_FILE: u64 = 64 * 1024;
+
+/// A route from `file` (`-`: stdin), TOML or JSON, as the API's JSON.
+fn read_route(file: &str) -> Result<Value, String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let read = if file == "-" {
+        std::io::stdin()
+            .take(MAX_ROUTE_FILE)
+            .read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(MAX_ROUTE_FILE).read_to_string(&mut text))
+    };
+    read.map_err(|e| format!("{file}: {e}"))?;
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str(&text).map_err(|e| format!("{file}: not JSON: {e}"));
+    }
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("{file}: not TOML or JSON: {}", e.message()))?;
+    // `[[route]]` with one entry, as in hexon.toml.
+    if let Some(toml::Value::Array(routes)) = table.remove("route") {
+        let [route] = <[toml::Value; 1]>::try_from(routes)
+            .map_err(|_| format!("{file}: one [[route]] per file"))?;
+        return serde_json::to_value(route).map_err(|e| format!("{file}: {e}"));
+    }
+    serde_json::to_value(table).map_err(|e| format!("{file}: {e}"))
+}
+
+/// A route's JSON as a `[[route]]` in TOML, for people.
+fn toml_text(route: &Value) -> String {
+    let wrapped = json!({ "route": [route] });
+    toml::Value::try_from(&wrapped)
+        .ok()
+        .and_then(|v| toml::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| route.to_string())
+}
+
 async fn run(cli: Cli) -> Result<String, String> {
     let api = Api {
         url: cli.url,
@@ -521,9 +587,64 @@ async fn run(cli: Cli) -> Result<String, String> {
             let j = api.call(Method::DELETE, &path, None).await?;
             (j, format!("ended every session of {user}"))
         }
+        Command::Route(RouteCmd::Show { name }) => {
+            let j = api
+                .call(Method::GET, &format!("/routes/{name}"), None)
+                .await?;
+            let h = format!(
+                "route {} (from {})\n{}",
+                text(at(&j, "/name")),
+                text(at(&j, "/source")),
+                toml_text(at(&j, "/route"))
+            );
+            (j, h)
+        }
+        Command::Route(RouteCmd::Set { file, create }) => {
+            let route = read_route(&file)?;
+            let Some(name) = route.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                return Err(format!("{file}: the route has no name"));
+            };
+            let put = if create {
+                None
+            } else {
+                match api
+                    .call(Method::PUT, &format!("/routes/{name}"), Some(route.clone()))
+                    .await
+                {
+                    Err(e) if e.starts_with("404 ") => None,
+                    other => Some(other?),
+                }
+            };
+            let (j, verb) = match put {
+                Some(j) => (j, "replaced"),
+                None => (
+                    api.call(Method::POST, "/routes", Some(route)).await?,
+                    "created",
+                ),
+            };
+            let h = format!(
+                "{verb} route {name} (version {}); applied on this node, the others follow",
+                text(at(&j, "/version"))
+            );
+            (j, h)
+        }
+        Command::Route(RouteCmd::Delete { name }) => {
+            let j = api
+                .call(Method::DELETE, &format!("/routes/{name}"), None)
+                .await?;
+            (j, format!("deleted route {name}"))
+        }
         Command::Routes => {
             let j = api.call(Method::GET, "/routes", None).await?;
-            let keys = ["name", "host", "path", "methods", "public", "credentials"];
+            let keys = [
+                "name",
+                "host",
+                "path",
+                "methods",
+                "public",
+                "credentials",
+                "source",
+            ];
             let rows: Vec<Vec<String>> = at(&j, "/routes")
                 .as_array()
                 .map(|a| {
@@ -537,7 +658,15 @@ async fn run(cli: Cli) -> Result<String, String> {
                 })
                 .unwrap_or_default();
             let h = table(
-                &["route", "host", "path", "methods", "public", "credentials"],
+                &[
+                    "route",
+                    "host",
+                    "path",
+                    "methods",
+                    "public",
+                    "credentials",
+                    "source",
+                ],
                 &rows,
             );
             (j, h)

@@ -32,7 +32,12 @@ impl Drop for TempDir {
 }
 
 async fn start() -> Admin {
-    let dir = std::env::temp_dir().join(format!("hexonctl-test-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "hexonctl-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let toml = format!(
         r#"
@@ -295,4 +300,99 @@ async fn manages_clients_end_to_end() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach the admin API"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manages_store_routes() {
+    let a = start().await;
+    let t = a.token.clone();
+    let dir = &a._dir.0;
+    // TOML in the [[route]] schema, as in hexon.toml.
+    let file = dir.join("billing.toml");
+    std::fs::write(
+        &file,
+        "[[route]]\nname = \"billing\"\npath = \"/billing/*\"\nupstream = [\"http://127.0.0.1:9\"]\n[[route.allow]]\ngroups = [\"admins\"]\n",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let out = stdout(&ctl(&a, &t, &["route", "set", &file]).await);
+    assert!(
+        out.starts_with("created route billing (version 1)"),
+        "{out}"
+    );
+    assert!(
+        a.gateway
+            .routes()
+            .running()
+            .1
+            .iter()
+            .any(|r| r.spec.name == "billing")
+    );
+    let out = stdout(&ctl(&a, &t, &["routes"]).await);
+    let billing = out.lines().find(|l| l.starts_with("billing")).unwrap();
+    assert!(
+        billing.contains("/billing/*") && billing.ends_with("store"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("orders") && l.trim_end().ends_with("file")),
+        "{out}"
+    );
+    let out = stdout(&ctl(&a, &t, &["route", "show", "billing"]).await);
+    assert!(out.starts_with("route billing (from store)"), "{out}");
+    assert!(
+        out.contains("[[route]]") && out.contains("path = \"/billing/*\""),
+        "{out}"
+    );
+
+    // JSON on stdin replaces it.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hexonctl"))
+        .env("HEXON_ADMIN_URL", &a.url)
+        .env("HEXON_TOKEN", &t)
+        .args(["route", "set", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(br#"{"name": "billing", "path": "/billing/v2/*", "upstream": ["http://127.0.0.1:9"]}"#)
+            .await
+            .unwrap();
+    }
+    let out = stdout(&child.wait_with_output().await.unwrap());
+    assert!(
+        out.starts_with("replaced route billing (version 2)"),
+        "{out}"
+    );
+
+    // Errors say what to fix.
+    let o = ctl(&a, &t, &["route", "set", "--create", &file]).await;
+    assert!(String::from_utf8_lossy(&o.stderr).contains("409"), "{o:?}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"ghost\"\npath = \"/g/*\"\n[[allow]]\ngroups = [\"nobody\"]\n",
+    )
+    .unwrap();
+    let o = ctl(&a, &t, &["route", "set", &bad.display().to_string()]).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("400")
+            && err.contains("route \"ghost\".allow[0].groups[0]"),
+        "{err}"
+    );
+    let o = ctl(&a, &t, &["route", "delete", "orders"]).await;
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("hexon.toml"),
+        "{o:?}"
+    );
+    let out = stdout(&ctl(&a, &t, &["route", "delete", "billing"]).await);
+    assert_eq!(out.trim(), "deleted route billing");
+    assert!(a.gateway.routes().running().1.is_empty());
 }

@@ -45,6 +45,7 @@ pub struct AdminApi {
     group: Arc<str>,
     member: Option<Membership>,
     policy: Option<crate::authz::PolicyHandle>,
+    route_set: Option<super::routes::RouteSet>,
     sessions: Option<hexon_core::store::session::KvSessionStore>,
 }
 
@@ -99,6 +100,47 @@ fn store_error(e: &StoreError) -> Response<Full<Bytes>> {
             StatusCode::INTERNAL_SERVER_ERROR,
             "store error (see the gateway log)",
         ),
+    }
+}
+
+/// A `400` listing every problem of a route (`errors`: one per problem,
+/// with its location), and all of them in `error`.
+fn invalid(e: &hexon_core::config::ConfigErrors) -> Answer {
+    let errors: Vec<Value> =
+        e.0.iter()
+            .map(|e| json!({ "location": e.location, "message": e.message }))
+            .collect();
+    reply(
+        StatusCode::BAD_REQUEST,
+        &json!({ "error": format!("invalid route:\n{e}"), "errors": errors, "status": 400 }),
+    )
+}
+
+/// A store route's name: it is a URL path segment of this API.
+fn store_route_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Apply the store's routes on this node and answer: `applied: true`, or
+/// (the change is stored but the table could not be built) a `500` saying
+/// the node keeps its previous table.
+async fn applied(set: &super::routes::RouteSet, status: StatusCode, mut body: Value) -> Answer {
+    match set.reload().await {
+        Ok(_) => {
+            if let Value::Object(m) = &mut body {
+                m.insert("applied".into(), json!(true));
+            }
+            reply(status, &body)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a route change was stored but could not be applied");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored, but not applied (this node keeps its previous table): {e}"),
+            )
+        }
     }
 }
 
@@ -234,6 +276,7 @@ impl AdminApi {
             group: Arc::from(group),
             member: None,
             policy: None,
+            route_set: None,
             sessions: None,
         }
     }
@@ -246,6 +289,15 @@ impl AdminApi {
         self
     }
 
+    /// Manage the routes kept in the durable store at `/api/v1/routes`
+    /// (create, change, delete; applied at once on this node and, through
+    /// the event bus, on every other).
+    #[must_use]
+    pub fn with_route_store(mut self, routes: super::routes::RouteSet) -> Self {
+        self.route_set = Some(routes);
+        self
+    }
+
     fn routes(&self) -> Response<Full<Bytes>> {
         let Some(policy) = &self.policy else {
             return problem(StatusCode::NOT_FOUND, "routes are not published here");
@@ -255,14 +307,23 @@ impl AdminApi {
             .routes()
             .iter()
             .map(|r| {
-                json!({
+                let mut v = json!({
                     "name": r.name(),
                     "host": r.host(),
                     "path": r.path(),
                     "methods": r.methods().collect::<Vec<_>>(),
                     "public": r.is_public(),
                     "credentials": r.credentials().map(|c| c.as_str()).collect::<Vec<_>>(),
-                })
+                });
+                if let (Some(set), Value::Object(m)) = (&self.route_set, &mut v) {
+                    let source = if set.in_file(r.name()) {
+                        "file"
+                    } else {
+                        "store"
+                    };
+                    m.insert("source".into(), json!(source));
+                }
+                v
             })
             .collect();
         reply(StatusCode::OK, &json!({ "routes": routes }))
@@ -437,7 +498,17 @@ impl AdminApi {
             if let Some(change) = change {
                 self.audit(&admin, change, res.status(), now).await;
             }
-            if res.status().is_success() {
+            if res.status().is_success() && segments.first() == Some(&"routes") {
+                // Applied on this node by the handler; now the others.
+                if let Some(events) = &self.events {
+                    let event = hexon_core::store::Event::RouteChanged {
+                        name: client.unwrap_or_default(),
+                    };
+                    if let Err(e) = events.publish(&event).await {
+                        tracing::error!(error = %e, "could not tell the other nodes about a route change; they apply it within a minute (resync)");
+                    }
+                }
+            } else if res.status().is_success() {
                 if let Err(e) = self.clients.reload().await {
                     tracing::error!(error = %e, "reloading API clients after an admin change failed; the gateway keeps the previous table");
                 }
@@ -500,6 +571,24 @@ impl AdminApi {
         match (method, segments) {
             (&Method::GET, ["clients"]) => (self.list().await, None),
             (&Method::GET, ["routes"]) => (self.routes(), None),
+            (&Method::GET, ["routes", name]) => (self.show_route(name).await, None),
+            (&Method::POST, ["routes"]) => {
+                let (res, name) = self.put_route(None, body, now).await;
+                let detail = json!({ "route": serde_json::from_slice::<Value>(body).ok() });
+                (
+                    res,
+                    change("route.created", name.as_deref().unwrap_or("-"), detail),
+                )
+            }
+            (&Method::PUT, ["routes", name]) => {
+                let (res, _) = self.put_route(Some(name), body, now).await;
+                let detail = json!({ "route": serde_json::from_slice::<Value>(body).ok() });
+                (res, change("route.updated", name, detail))
+            }
+            (&Method::DELETE, ["routes", name]) => (
+                self.delete_route(name).await,
+                change("route.deleted", name, json!({})),
+            ),
             (&Method::DELETE, ["users", subject, "sessions"]) => (
                 self.end_sessions(subject).await,
                 change("sessions.ended", subject, json!({})),
@@ -553,6 +642,267 @@ impl AdminApi {
                 ),
                 None,
             ),
+        }
+    }
+
+    fn routes_not_managed() -> Answer {
+        problem(
+            StatusCode::NOT_FOUND,
+            "routes are not managed here (they come from the configuration file)",
+        )
+    }
+
+    async fn show_route(&self, name: &str) -> Answer {
+        let Some(set) = &self.route_set else {
+            return Self::routes_not_managed();
+        };
+        let (file, _) = set.running();
+        if let Some(r) = file.iter().find(|r| r.spec.name == name) {
+            let mut route = r.to_json();
+            if let Value::Object(m) = &mut route {
+                // A file path on the gateway's disk is not the API's business.
+                for k in ["upstream_ca", "upstream_client_cert", "upstream_client_key"] {
+                    if m.remove(k).is_some() {
+                        m.insert(k.into(), json!("(set in hexon.toml)"));
+                    }
+                }
+            }
+            return reply(
+                StatusCode::OK,
+                &json!({ "name": name, "source": "file", "route": route }),
+            );
+        }
+        match set.store().route(name).await {
+            Ok(Some(record)) => match super::routes::parse_record(&record) {
+                Ok(r) => reply(
+                    StatusCode::OK,
+                    &json!({
+                        "name": name,
+                        "source": "store",
+                        "route": r.to_json(),
+                        "created_at": record.created_at.as_secs(),
+                        "updated_at": record.updated_at.as_secs(),
+                        "version": record.version,
+                    }),
+                ),
+                Err(e) => problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the stored route is invalid: {e}; replace it (PUT) or delete it"),
+                ),
+            },
+            Ok(None) => problem(StatusCode::NOT_FOUND, format!("no route {name:?}")),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    /// Create (`name` = `None`) or replace a route in the store: validated
+    /// with every other route first, then written, then applied here.
+    async fn put_route(
+        &self,
+        name: Option<&str>,
+        body: &[u8],
+        now: UnixTime,
+    ) -> (Answer, Option<String>) {
+        use super::routes;
+        let Some(set) = &self.route_set else {
+            return (Self::routes_not_managed(), None);
+        };
+        if body.len() > routes::MAX_ROUTE_BYTES {
+            return (
+                problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a route is at most {} bytes", routes::MAX_ROUTE_BYTES),
+                ),
+                None,
+            );
+        }
+        let mut value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    problem(
+                        StatusCode::BAD_REQUEST,
+                        format!("a route is a JSON object in the [[route]] schema: {e}"),
+                    ),
+                    None,
+                );
+            }
+        };
+        // PUT /routes/{name}: the path names the route; the body may too.
+        if let (Some(n), Value::Object(m)) = (name, &mut value) {
+            match m.get("name") {
+                None => {
+                    m.insert("name".into(), json!(n));
+                }
+                Some(Value::String(b)) if b == n => {}
+                Some(_) => {
+                    return (
+                        problem(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "the body names another route than {n:?} (rename: create the new one, then delete the old)"
+                            ),
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+        let route = match routes::parse_definition(value) {
+            Ok(r) => r,
+            Err(e) => return (invalid(&e), None),
+        };
+        let rname = route.spec.name.clone();
+        if !store_route_name(&rname) {
+            return (
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "route.name: 1-128 of A-Z a-z 0-9 . _ - (it is part of the API's URLs)",
+                ),
+                Some(rname),
+            );
+        }
+        if set.in_file(&rname) {
+            return (
+                problem(
+                    StatusCode::CONFLICT,
+                    format!("route {rname:?} is defined in hexon.toml: change it there"),
+                ),
+                Some(rname),
+            );
+        }
+        // Validate the store's routes as they will be, with the file's.
+        let mut candidate = match routes::load(&**set.store()).await {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    problem(
+                        StatusCode::CONFLICT,
+                        format!("the routes in the store cannot be read: {e}"),
+                    ),
+                    Some(rname),
+                );
+            }
+        };
+        let existing = candidate.iter().position(|r| r.spec.name == rname);
+        match (name, existing) {
+            (None, Some(_)) => {
+                return (
+                    problem(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "route {rname:?} exists; change it with PUT /api/v1/routes/{rname}"
+                        ),
+                    ),
+                    Some(rname),
+                );
+            }
+            (Some(_), None) => {
+                return (
+                    problem(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "no route {rname:?} in the store; create it with POST /api/v1/routes"
+                        ),
+                    ),
+                    Some(rname),
+                );
+            }
+            (_, Some(i)) => {
+                if let Some(slot) = candidate.get_mut(i) {
+                    *slot = route.clone();
+                }
+            }
+            (None, None) => {
+                if candidate.len() >= routes::MAX_STORE_ROUTES {
+                    return (
+                        problem(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "the store holds {} routes, the most it may",
+                                routes::MAX_STORE_ROUTES
+                            ),
+                        ),
+                        Some(rname),
+                    );
+                }
+                candidate.push(route.clone());
+            }
+        }
+        if let Err(e) = set.check(candidate) {
+            return (invalid(&e), Some(rname));
+        }
+        let definition = route.to_json().to_string();
+        let store = set.store();
+        let written = if name.is_none() {
+            let record = hexon_core::store::RouteRecord {
+                name: rname.clone(),
+                definition,
+                created_at: now,
+                updated_at: now,
+                version: 0,
+            };
+            store.insert_route(&record).await.map(|()| 1)
+        } else {
+            match store.route(&rname).await {
+                Ok(Some(mut record)) => {
+                    record.definition = definition;
+                    record.updated_at = now;
+                    store.update_route(&record).await
+                }
+                Ok(None) => Err(StoreError::NotFound {
+                    what: "route",
+                    key: rname.clone(),
+                }),
+                Err(e) => Err(e),
+            }
+        };
+        let version = match written {
+            Ok(v) => v,
+            Err(StoreError::Conflict { .. }) => {
+                return (
+                    problem(
+                        StatusCode::CONFLICT,
+                        format!("route {rname:?} changed meanwhile; read it again and retry"),
+                    ),
+                    Some(rname),
+                );
+            }
+            Err(e) => return (store_error(&e), Some(rname)),
+        };
+        let status = if name.is_none() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        (
+            applied(
+                set,
+                status,
+                json!({ "name": rname, "source": "store", "route": route.to_json(), "version": version }),
+            )
+            .await,
+            Some(rname),
+        )
+    }
+
+    async fn delete_route(&self, name: &str) -> Answer {
+        let Some(set) = &self.route_set else {
+            return Self::routes_not_managed();
+        };
+        if set.in_file(name) {
+            return problem(
+                StatusCode::CONFLICT,
+                format!("route {name:?} is defined in hexon.toml: remove it there"),
+            );
+        }
+        match set.store().delete_route(name).await {
+            Ok(true) => applied(set, StatusCode::OK, json!({ "deleted": name })).await,
+            Ok(false) => problem(
+                StatusCode::NOT_FOUND,
+                format!("no route {name:?} in the store"),
+            ),
+            Err(e) => store_error(&e),
         }
     }
 

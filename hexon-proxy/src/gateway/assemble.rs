@@ -211,6 +211,7 @@ pub struct Gateway {
     clients: ClientRegistry,
     login: Option<super::login::Login>,
     ca: Option<super::ca::CaRoutes>,
+    routes: super::routes::RouteSet,
 }
 
 /// The users the current configuration has enabled, by subject, with their
@@ -437,6 +438,26 @@ impl Gateway {
             .map_err(|e| GatewayError::Other(format!("loading API clients: {e}")))?;
         let login = super::login::Login::start(&config, &state).await?;
         let ca = super::ca::CaRoutes::start(&config, &state).await?;
+        let enabled = EnabledUsers::default();
+        // The file's routes and the store's make one table; applying it
+        // swaps the policy, routing and signing tables together.
+        let apply: super::routes::Apply = {
+            let (handles, key, enabled, login) =
+                (handles.clone(), key.clone(), enabled.clone(), login.clone());
+            Box::new(move |merged: &Config| {
+                let policy = merged.policy()?;
+                let routes = routing_table(merged)?;
+                let sign = sign_table(merged, &key);
+                handles.store(policy, routes, sign);
+                enabled.set(EnabledUsers::of(merged));
+                if let Some(login) = &login {
+                    login.reload(merged);
+                }
+                Ok(())
+            })
+        };
+        let (routes, config) =
+            super::routes::RouteSet::open(config, state.durable.clone(), apply).await?;
         Ok(Gateway {
             login,
             ca,
@@ -447,13 +468,17 @@ impl Gateway {
             ready: Arc::new(Readiness::default()),
             state,
             clients,
-            enabled: {
-                let e = EnabledUsers::default();
-                e.set(EnabledUsers::of(&config));
-                e
-            },
+            enabled,
+            routes,
             config,
         })
+    }
+
+    /// The route table's sources: the file's routes and the durable
+    /// store's. Programs that write routes to the store themselves call
+    /// `routes().reload()`.
+    pub fn routes(&self) -> &super::routes::RouteSet {
+        &self.routes
     }
 
     /// The API clients (reload it after changing clients, credentials or
@@ -517,13 +542,15 @@ impl Gateway {
         Ok(())
     }
 
-    /// Swap in a new configuration's policy, routes and signing table.
-    /// Listener, signing-key and authentication changes need a restart; they
+    /// Swap in a new configuration's policy, routes and signing table (its
+    /// routes with the durable store's; refused, keeping the running
+    /// configuration, when the two clash). Listener, signing-key and authentication changes need a restart; they
     /// are reported, not applied.
     pub fn reload(&self, new: &Config) -> Result<Vec<String>, GatewayError> {
         // The key parameter is read and removed by layers built at start:
         // routes that accept it must not run with another name (or none).
-        let lists_query_keys = new.routes.iter().any(|r| {
+        let (_, stored) = self.routes.running();
+        let lists_query_keys = new.routes.iter().chain(&stored).any(|r| {
             r.spec
                 .credentials
                 .contains(&hexon_core::policy::Credential::ApiKeyQuery)
@@ -535,14 +562,7 @@ impl Gateway {
                 "gateway.api_key_query_param changed and routes list api_key_query: restart to apply it (the running gateway reads the old parameter)".into(),
             ));
         }
-        let policy = new.policy()?;
-        let routes = routing_table(new)?;
-        let sign = sign_table(new, &self.key);
-        self.handles.store(policy, routes, sign);
-        self.enabled.set(EnabledUsers::of(new));
-        if let Some(login) = &self.login {
-            login.reload(new);
-        }
+        self.routes.set_file(new)?;
         let mut restart = Vec::new();
         if new.login != self.config.login {
             restart.push("login".to_owned());
@@ -867,6 +887,7 @@ impl Gateway {
                 move |identity, group| users.in_group(identity.subject(), group)
             })
             .with_routes(self.handles.policy.clone())
+            .with_route_store(self.routes.clone())
             .with_sessions(self.state.sessions.clone())
             .with_events(self.state.events.clone())
             .with_health_kv(
@@ -883,9 +904,10 @@ impl Gateway {
                 Some(api),
             )));
         }
-        tasks.push(tokio::spawn(follow_client_changes(
+        tasks.push(tokio::spawn(follow_changes(
             self.state.events.clone(),
             self.clients.clone(),
+            self.routes.clone(),
         )));
         tasks.push(tokio::spawn(watch_state(
             self.state.kv.clone(),
@@ -904,47 +926,68 @@ impl Gateway {
     }
 }
 
-/// How often every node reads the API clients again regardless of events.
+/// How often every node reads the API clients and the store's routes
+/// again regardless of events.
 const CLIENT_RESYNC: Duration = Duration::from_secs(60);
 
-/// Read the API clients again whenever a node says they changed (or when
-/// events may have been missed, and every [`CLIENT_RESYNC`]). Resubscribes
-/// after a failure.
-async fn follow_client_changes(
+/// Read the API clients (or the store's routes) again whenever a node says
+/// they changed, when events may have been missed, and every
+/// [`CLIENT_RESYNC`]. Resubscribes after a failure.
+async fn follow_changes(
     events: Arc<dyn hexon_core::store::EventBus>,
     clients: ClientRegistry,
+    routes: super::routes::RouteSet,
 ) {
     use futures_util::StreamExt as _;
     use hexon_core::store::StartAt;
+    async fn reload_clients(clients: &ClientRegistry) {
+        if let Err(e) = clients.reload().await {
+            tracing::warn!(error = %e, "reloading API clients failed; keeping the current table");
+        }
+    }
+    async fn reload_routes(routes: &super::routes::RouteSet) {
+        match routes.reload().await {
+            Ok(true) => tracing::info!("routes from the durable store applied"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "applying the durable store's routes failed"),
+        }
+    }
     loop {
         let mut stream = match events.subscribe(StartAt::New).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot follow API client changes; retrying");
+                tracing::warn!(error = %e, "cannot follow API client and route changes; retrying");
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 continue;
             }
         };
         // Changes made while not subscribed.
-        let _ = clients.reload().await;
+        reload_clients(&clients).await;
+        reload_routes(&routes).await;
         // Also read again now and then: a node whose publish failed told
-        // nobody.
+        // nobody. (A route table is only rebuilt when the routes changed.)
         let mut resync = tokio::time::interval(CLIENT_RESYNC);
         resync.tick().await;
         loop {
-            let reload = tokio::select! {
+            let (c, r) = tokio::select! {
                 item = stream.next() => match item {
                     None => break,
-                    Some(Ok(r)) => matches!(r.event, Event::ApiClientChanged { .. } | Event::Unknown),
+                    Some(Ok(r)) => match r.event {
+                        Event::ApiClientChanged { .. } => (true, false),
+                        Event::RouteChanged { .. } => (false, true),
+                        Event::Unknown => (true, true),
+                        _ => (false, false),
+                    },
                     // Events may have been missed: assume the worst.
-                    Some(Err(_)) => true,
+                    Some(Err(_)) => (true, true),
                 },
-                _ = resync.tick() => true,
+                _ = resync.tick() => (true, true),
             };
-            if reload {
-                if let Err(e) = clients.reload().await {
-                    tracing::warn!(error = %e, "reloading API clients failed; keeping the current table");
-                }
+            if c {
+                reload_clients(&clients).await;
+            }
+            if r {
+                reload_routes(&routes).await;
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -13,6 +13,7 @@ pub mod echo;
 pub mod keys;
 pub mod login;
 pub mod metrics;
+pub mod routes;
 pub mod sql;
 pub mod state;
 
@@ -370,6 +371,87 @@ pub async fn rewrap_secrets(path: PathBuf) -> Result<(), GatewayError> {
     out(&format!(
         "re-sealed {n} secret(s) with the first of state.encryption_keys; keys after it can be removed once every node runs with this list"
     ));
+    Ok(())
+}
+
+/// `hexon routes list`: the routes kept in the durable store, each with
+/// whether it fits the file (what `serve` would say at start).
+pub async fn list_store_routes(path: PathBuf) -> Result<(), GatewayError> {
+    let config = Config::load(&path)?;
+    let state = state::open(&config).await?;
+    let records = state
+        .durable
+        .routes()
+        .await
+        .map_err(|e| GatewayError::Other(format!("reading the routes in the store: {e}")))?;
+    if records.is_empty() {
+        out("no routes in the durable store");
+        return Ok(());
+    }
+    let mut parsed = Vec::new();
+    for r in &records {
+        match routes::parse_record(r) {
+            Ok(route) => {
+                out(&format!(
+                    "{}\t{}{}\tversion {}",
+                    r.name, route.spec.host, route.spec.path, r.version
+                ));
+                parsed.push(route);
+            }
+            Err(e) => out(&format!("{}\tINVALID: {e}", r.name)),
+        }
+    }
+    if parsed.len() == records.len() {
+        match config.with_routes(parsed) {
+            Ok(_) => out(&format!("{}: the store's routes fit it", path.display())),
+            Err(e) => out(&format!(
+                "{}: the store's routes do not fit it:\n{e}",
+                path.display()
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// `hexon routes delete NAME`: remove a route from the durable store (the
+/// repair when the store's routes keep the gateway from starting); running
+/// nodes drop it at once.
+pub async fn delete_store_route(path: PathBuf, name: &str) -> Result<(), GatewayError> {
+    use hexon_core::store::NewAuditEvent;
+    let config = Config::load(&path)?;
+    let state = state::open(&config).await?;
+    let deleted = state
+        .durable
+        .delete_route(name)
+        .await
+        .map_err(|e| GatewayError::Other(format!("deleting route {name:?}: {e}")))?;
+    if !deleted {
+        return Err(GatewayError::Other(format!(
+            "no route {name:?} in the durable store (`hexon routes list -c {}`)",
+            path.display()
+        )));
+    }
+    let audit = NewAuditEvent {
+        at: UnixTime::now(),
+        kind: "route.deleted".into(),
+        actor: Some("hexon routes delete".into()),
+        subject: Some(name.to_owned()),
+        outcome: "success".into(),
+        detail: serde_json::json!({}),
+    };
+    if let Err(e) = state.durable.append_audit(&audit).await {
+        tracing::warn!(error = %e, "could not write the audit event");
+    }
+    if let Err(e) = state
+        .events
+        .publish(&hexon_core::store::Event::RouteChanged {
+            name: name.to_owned(),
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "running nodes were not told; they drop the route within a minute");
+    }
+    out(&format!("deleted route {name:?} from the durable store"));
     Ok(())
 }
 

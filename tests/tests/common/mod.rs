@@ -87,7 +87,10 @@ impl Gw {
         if let Some(r) = self.running.take() {
             r.shutdown(Duration::from_secs(2)).await;
         }
-        Gw::start_in(self.dir.clone(), toml).await
+        // The state (an SQLite file belongs to one gateway) goes first.
+        let dir = self.dir.clone();
+        drop(self.gateway);
+        Gw::start_in(dir, toml).await
     }
 
     async fn start_in(dir: PathBuf, toml: &str) -> Gw {
