@@ -45,6 +45,19 @@ struct ShapeKey {
 /// usable template.
 type ShapeCache = quick_cache::sync::Cache<ShapeKey, Option<super::shape::ShapeVerdict>>;
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QuickKey {
+    database: Arc<str>,
+    role: Arc<str>,
+    dialect: Dialect,
+    origin: Origin,
+    key: super::shape::QuickKey,
+}
+
+/// By quick key (`shape::quick_shape`): the shape verdict learned for a
+/// statement with that key, only ever inserted once its shape was known.
+type QuickCache = quick_cache::sync::Cache<QuickKey, super::shape::ShapeVerdict>;
+
 /// The cache key (opaque).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyOpaque(Key);
@@ -55,6 +68,7 @@ pub struct VerdictCacheLayer {
     acl: Arc<Acl>,
     cache: Option<Arc<VerdictCache>>,
     shapes: Option<Arc<ShapeCache>>,
+    quick: Option<Arc<QuickCache>>,
 }
 
 impl VerdictCacheLayer {
@@ -64,6 +78,7 @@ impl VerdictCacheLayer {
             acl,
             cache: (capacity > 0).then(|| Arc::new(VerdictCache::new(capacity))),
             shapes: (capacity > 0).then(|| Arc::new(ShapeCache::new(capacity))),
+            quick: (capacity > 0).then(|| Arc::new(QuickCache::new(capacity))),
         }
     }
 }
@@ -75,6 +90,7 @@ impl<S> Layer<S> for VerdictCacheLayer {
             acl: self.acl.clone(),
             cache: self.cache.clone(),
             shapes: self.shapes.clone(),
+            quick: self.quick.clone(),
             inner,
         }
     }
@@ -86,6 +102,7 @@ pub struct VerdictCacheService<S> {
     acl: Arc<Acl>,
     cache: Option<Arc<VerdictCache>>,
     shapes: Option<Arc<ShapeCache>>,
+    quick: Option<Arc<QuickCache>>,
     inner: S,
 }
 
@@ -131,6 +148,23 @@ where
         if let Some(v) = cache.get(&key) {
             return Either::Left(ready(v));
         }
+        // The quick key first: one pass over the bytes, no tokenizer.
+        let quick = self.quick.as_ref().and_then(|q| {
+            let (k, literals) = super::shape::quick_shape(req.sql())?;
+            let quick_key = QuickKey {
+                database: key.0.database.clone(),
+                role: key.0.role.clone(),
+                dialect: key.0.dialect,
+                origin: key.0.origin,
+                key: k,
+            };
+            Some((q.get(&quick_key), quick_key, literals))
+        });
+        if let Some((Some(v), _, literals)) = &quick {
+            if let Some(admitted) = from_shape(v, literals) {
+                return Either::Left(ready(Ok(admitted)));
+            }
+        }
         let shaped = self.shapes.as_ref().and_then(|shapes| {
             let (shape, literals) = super::shape::shape(req.sql(), req.dialect())?;
             let shape_key = ShapeKey {
@@ -143,14 +177,9 @@ where
             Some((shapes.get(&shape_key), shape_key, literals))
         });
         if let Some((Some(Some(v)), _, literals)) = &shaped {
-            if let Some(sql) = v.template.fill(literals) {
-                return Either::Left(ready(Ok(Admitted {
-                    sql: sql.into(),
-                    row_cap: v.row_cap,
-                    normalized: v.normalized.clone(),
-                    role: v.role.clone(),
-                    switches_database: None,
-                })));
+            if let Some(admitted) = from_shape(v, literals) {
+                self.learn_quick(quick, literals, v);
+                return Either::Left(ready(Ok(admitted)));
             }
         }
         // The layers of this crate decide synchronously, so the inner future
@@ -165,6 +194,9 @@ where
                 // statements do not pay for the check again.
                 if let (Ok(admitted), Some((None, shape_key, literals))) = (&verdict, shaped) {
                     let learned = self.learn_shape(&req, admitted, &literals);
+                    if let Some(v) = &learned {
+                        self.learn_quick(quick, &literals, v);
+                    }
                     if let Some(shapes) = &self.shapes {
                         shapes.insert(shape_key, learned);
                     }
@@ -172,6 +204,42 @@ where
                 Either::Left(ready(verdict))
             }
             Poll::Pending => Either::Right(fut),
+        }
+    }
+}
+
+/// The admitted verdict of a shape for a statement with `literals`.
+fn from_shape(
+    v: &super::shape::ShapeVerdict,
+    literals: &[super::shape::Literal],
+) -> Option<Admitted> {
+    Some(Admitted {
+        sql: v.template.fill(literals)?.into(),
+        row_cap: v.row_cap,
+        normalized: v.normalized.clone(),
+        role: v.role.clone(),
+        switches_database: None,
+    })
+}
+
+impl<S> VerdictCacheService<S> {
+    /// Remember the shape verdict `v` under the statement's quick key, when
+    /// it has one and the quick lexer found exactly the literals the shape
+    /// did (`shape_literals`).
+    fn learn_quick(
+        &self,
+        quick: Option<(
+            Option<super::shape::ShapeVerdict>,
+            QuickKey,
+            Vec<super::shape::Literal>,
+        )>,
+        shape_literals: &[super::shape::Literal],
+        v: &super::shape::ShapeVerdict,
+    ) {
+        if let (Some(q), Some((_, quick_key, literals))) = (&self.quick, quick) {
+            if literals == shape_literals {
+                q.insert(quick_key, v.clone());
+            }
         }
     }
 }
@@ -315,9 +383,57 @@ tables = [{ name = "public.*", ops = ["select"] }]
         // Another shape: asked again.
         decide(&mut s, "SELECT id FROM t WHERE id = 1").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // Plain statements are learned under their quick key too (no
+        // tokenizer on the next hit); a statement the quick lexer refuses
+        // (a comment here) still takes the tokenizer's shape.
+        decide(&mut s, "SELECT name FROM t WHERE id = 5 -- five").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
         // A shapeless statement (a string with a backslash): asked every time.
         decide(&mut s, "SELECT name FROM t WHERE name = 'a\\b'").unwrap_or_else(|e| panic!("{e}"));
         decide(&mut s, "SELECT name FROM t WHERE name = 'c\\d'").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[test]
+    fn quick_keys_are_learned_only_for_plain_statements() {
+        let acl = Arc::new(Acl::from_toml(ACL).unwrap_or_else(|e| panic!("{e:?}")));
+        let limits = super::super::limits(&acl);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let inner = tower::service_fn(move |req: SqlRequest| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            ready(
+                req.analysis(&limits)
+                    .map(|a| Admitted {
+                        sql: a.canonical.as_str().into(),
+                        row_cap: None,
+                        normalized: a.normalized.as_str().into(),
+                        role: "r".into(),
+                        switches_database: None,
+                    })
+                    .map_err(|e| e.clone()),
+            )
+        });
+        let mut s = VerdictCacheLayer::new(acl, 100).layer(inner);
+        let quick_len = |s: &VerdictCacheService<_>| s.quick.as_ref().map_or(0, |q| q.len());
+        let decide = |s: &mut VerdictCacheService<_>, sql: &str| match super::super::poll_once(
+            &mut s.call(req(sql)),
+        ) {
+            Poll::Ready(v) => v.unwrap_or_else(|e| panic!("{e}")),
+            Poll::Pending => panic!("pending"),
+        };
+        // A comment: no quick key, only the tokenizer's shape.
+        decide(&mut s, "SELECT name FROM t WHERE id = 1 -- one");
+        assert_eq!(quick_len(&s), 0);
+        decide(&mut s, "SELECT name FROM t WHERE id = 2");
+        assert_eq!(quick_len(&s), 1);
+        // Answered from the quick key: the same text as the full path.
+        let a = decide(&mut s, "SELECT name FROM t WHERE id = 3");
+        assert_eq!(&*a.sql, "SELECT name FROM t WHERE id = 3");
+        let b = decide(&mut s, "SELECT name FROM t WHERE id = 'x'");
+        assert_eq!(&*b.sql, "SELECT name FROM t WHERE id = 'x'");
+        // The decision and its probe once; every other statement came from
+        // a shape.
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 }

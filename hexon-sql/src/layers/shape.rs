@@ -107,6 +107,217 @@ pub(crate) fn shape(sql: &str, dialect: Dialect) -> Option<(Shape, Vec<Literal>)
     Some((Shape(out), literals))
 }
 
+/// The quick key of a statement: its text with each literal replaced by a
+/// marker, computed in one pass over the bytes without sqlparser, for the
+/// plain statements applications repeat with new values (`… WHERE id = 42`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct QuickKey(String);
+
+/// The quick key of `sql` and its literals, or `None` when the statement
+/// is not plain enough for the quick lexer to be sure how sqlparser
+/// tokenizes it (it then takes [`shape`]).
+///
+/// Why two statements with the same quick key have the same [`shape`], and
+/// why the literals are the ones [`shape`] would take:
+/// - Outside string literals only ASCII letters, digits, `_`, whitespace
+///   and `( ) , . = < > + - * / :` are accepted, a `;` only at the end,
+///   and neither `--` nor `/*` (no comments). So there are no quoted
+///   identifiers, dollar quotes, placeholders, escape-string prefixes or
+///   anything dialect-specific: only words, single-character punctuation,
+///   operators, whitespace and literals.
+/// - A number literal is a run of ASCII digits, and a string literal is
+///   `'…'` with no quote, backslash or NUL inside. Either must stand between
+///   delimiters: before it whitespace, `( , = < > + - * /` or the start of
+///   the text; after it whitespace, `) , ; = < > + - * / :` or the end. So
+///   the digit or quote starts a new token for sqlparser (nothing before it
+///   is a word, a number, a `.`, a `$` or a prefix such as `E`), and the
+///   token ends exactly where the literal does (no `.`, exponent, `_`,
+///   letter, or doubled quote after it): sqlparser reads it as
+///   `Number(digits)` or `SingleQuotedString(content)`, whatever the value.
+///   Its decisions about later tokens look at the previous token's kind,
+///   never its value.
+/// - Everything else is kept in the key byte for byte, so the text around
+///   the literals is identical; the markers cannot occur in accepted text.
+/// - Numbers from the first `LIMIT`, `OFFSET`, `FETCH` or `TOP` word on stay
+///   in the key verbatim, as [`classify`] keeps them.
+///
+/// The cache only ever maps a quick key to a verdict learned through
+/// [`shape`] for a statement whose quick literals equalled its shape
+/// literals; tests compare the two lexers on generated statements.
+pub(crate) fn quick_shape(sql: &str) -> Option<(QuickKey, Vec<Literal>)> {
+    let b = sql.as_bytes();
+    let mut key = String::with_capacity(sql.len() + 8);
+    let mut literals = Vec::with_capacity(4);
+    let mut limit_seen = false;
+    // `sql[..copied]` is in `key` already: text between literals is copied
+    // in runs.
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match quick_class(c) {
+            Q_PUNCT => i += 1,
+            Q_WORD => {
+                let start = i;
+                i += b
+                    .get(i..)?
+                    .iter()
+                    .position(|&c| quick_class(c) & Q_WORD_PART == 0)
+                    .unwrap_or(b.len() - i);
+                if !limit_seen && (3..=6).contains(&(i - start)) {
+                    let word = b.get(start..i)?;
+                    limit_seen = [&b"LIMIT"[..], b"OFFSET", b"FETCH", b"TOP"]
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(word));
+                }
+            }
+            Q_DIGIT => {
+                let start = i;
+                i += b
+                    .get(i..)?
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .unwrap_or(b.len() - i);
+                if !before_literal(b, start) || !after_literal(b, i) {
+                    return None;
+                }
+                if !limit_seen {
+                    key.push_str(sql.get(copied..start)?);
+                    key.push_str(NUMBER);
+                    literals.push(Literal::Number(sql.get(start..i)?.to_owned()));
+                    copied = i;
+                }
+            }
+            Q_QUOTE => {
+                if !before_literal(b, i) {
+                    return None;
+                }
+                let start = i + 1;
+                let len = b.get(start..)?.iter().position(|&c| c == b'\'')?;
+                let value = sql.get(start..start + len)?;
+                let end = start + len + 1;
+                if value.contains(['\\', '\0']) || !after_literal(b, end) {
+                    return None;
+                }
+                key.push_str(sql.get(copied..i)?);
+                key.push_str(STRING);
+                literals.push(Literal::Str(value.to_owned()));
+                i = end;
+                copied = end;
+            }
+            // `-` and `/`: not a comment opener.
+            Q_SLASH_DASH => {
+                if matches!((c, b.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*'))) {
+                    return None;
+                }
+                i += 1;
+            }
+            Q_SEMICOLON => {
+                if !b
+                    .get(i + 1..)?
+                    .iter()
+                    .all(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+                {
+                    return None;
+                }
+                break;
+            }
+            _ => return None,
+        }
+    }
+    key.push_str(sql.get(copied..)?);
+    Some((QuickKey(key), literals))
+}
+
+/// Byte classes of the quick lexer (0: refused).
+const Q_PUNCT: u8 = 1;
+const Q_WORD: u8 = 2 | Q_WORD_PART;
+const Q_DIGIT: u8 = 4 | Q_WORD_PART;
+const Q_QUOTE: u8 = 8;
+const Q_SLASH_DASH: u8 = 16;
+const Q_SEMICOLON: u8 = 32;
+/// Bit of the classes that continue a word.
+const Q_WORD_PART: u8 = 64;
+
+/// The quick lexer's class of a byte, from [`QUICK`].
+#[inline(always)]
+fn quick_class(b: u8) -> u8 {
+    QUICK.get(usize::from(b)).copied().unwrap_or(0)
+}
+
+/// The class of every byte.
+static QUICK: [u8; 256] = quick_classes();
+
+// The index is below 256 by the loop's bound.
+#[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
+const fn quick_classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = class_of(i as u8);
+        i += 1;
+    }
+    t
+}
+
+const fn class_of(b: u8) -> u8 {
+    match b {
+        b'a'..=b'z' | b'A'..=b'Z' | b'_' => Q_WORD,
+        b'0'..=b'9' => Q_DIGIT,
+        b'\'' => Q_QUOTE,
+        b'-' | b'/' => Q_SLASH_DASH,
+        b';' => Q_SEMICOLON,
+        b' ' | b'\t' | b'\n' | b'\r' | b'(' | b')' | b',' | b'.' | b'=' | b'<' | b'>' | b'+'
+        | b'*' | b':' => Q_PUNCT,
+        _ => 0,
+    }
+}
+
+/// Whether the byte before position `at` lets a literal start a token there.
+fn before_literal(b: &[u8], at: usize) -> bool {
+    match at.checked_sub(1).and_then(|p| b.get(p)) {
+        None => true,
+        Some(c) => matches!(
+            c,
+            b' ' | b'\t'
+                | b'\n'
+                | b'\r'
+                | b'('
+                | b','
+                | b'='
+                | b'<'
+                | b'>'
+                | b'+'
+                | b'-'
+                | b'*'
+                | b'/'
+        ),
+    }
+}
+
+/// Whether the byte at `at` ends the literal before it as a token.
+fn after_literal(b: &[u8], at: usize) -> bool {
+    match b.get(at) {
+        None => true,
+        Some(c) => matches!(
+            c,
+            b' ' | b'\t'
+                | b'\n'
+                | b'\r'
+                | b')'
+                | b','
+                | b';'
+                | b'='
+                | b'<'
+                | b'>'
+                | b'+'
+                | b'-'
+                | b'*'
+                | b'/'
+                | b':'
+        ),
+    }
+}
+
 /// What a token is to a shape.
 enum Class {
     /// Whitespace and comments: not part of the shape.
@@ -356,6 +567,170 @@ mod tests {
             ("SELECT \"x\"", Dialect::Mysql),
         ] {
             assert!(shape(sql, d).is_none(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn quick_keys_agree_with_the_tokenizer() {
+        for d in [Dialect::Postgres, Dialect::Mysql] {
+            for sql in [
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 31337;",
+                "select name from t where id=3 and kind in ('a','b') limit 10",
+                "SELECT * FROM t WHERE a = -1 AND b <> 'x -- y' AND c >= 0",
+                "UPDATE t SET n = 'é /* ; $$' WHERE id = 7",
+                "SELECT t.a, t1.b2 FROM t, t1 WHERE t.id = t1.id OFFSET 20",
+                "SELECT '2024-01-01'::date, 1::int",
+                "INSERT INTO t (a, b) VALUES (1, ''), (2, 'x')\n",
+            ] {
+                let (_, quick) = quick_shape(sql).unwrap_or_else(|| panic!("{sql}"));
+                let (_, full) = shape(sql, d).unwrap_or_else(|| panic!("{sql}"));
+                assert_eq!(quick, full, "{sql}");
+            }
+        }
+        // LIMIT values stay in the key.
+        let (a, _) = quick_shape("SELECT * FROM t WHERE id = 1 LIMIT 5").unwrap();
+        let (b, _) = quick_shape("SELECT * FROM t WHERE id = 2 LIMIT 5").unwrap();
+        let (c, _) = quick_shape("SELECT * FROM t WHERE id = 1 LIMIT 6").unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // Whatever the quick lexer cannot be sure of goes to the tokenizer.
+        for sql in [
+            "SELECT E'a'",
+            "SELECT e'a' FROM t",
+            "SELECT X'41'",
+            "SELECT N'x'",
+            "SELECT U&'x'",
+            "SELECT B'01'",
+            "SELECT _utf8mb4'x'",
+            "SELECT 'it''s'",
+            "SELECT 'a\\b'",
+            "SELECT 'a\0'",
+            "SELECT 'open",
+            "SELECT 1.5",
+            "SELECT .5",
+            "SELECT 1e5",
+            "SELECT 0x1F",
+            "SELECT 1_000",
+            "SELECT 12abc",
+            "SELECT t.1",
+            "SELECT 1L",
+            "SELECT $1",
+            "SELECT $$x$$",
+            "SELECT \"x\"",
+            "SELECT `x`",
+            "SELECT 1 -- c",
+            "SELECT 1 /* c */",
+            "SELECT 1 # c",
+            "SELECT 1; SELECT 2",
+            "SELECT 1;DROP TABLE t",
+            "SELECT a[1]",
+            "SELECT @x",
+            "SELECT 'x'y",
+            "SELECT 1'x'",
+            "SELECT :1",
+            "SELECT 'é' || 'ü', ñ",
+        ] {
+            assert!(quick_shape(sql).is_none(), "{sql}");
+        }
+    }
+
+    /// Atoms and joiners the differential test glues together, so that
+    /// every adjacency the quick lexer must judge comes up (the empty
+    /// joiner puts two atoms side by side).
+    const ATOMS: &[&str] = &[
+        "SELECT", "select", "a", "t1", "_x", "e", "E", "x", "N", "B", "U", "L", "LIMIT", "offset",
+        "Fetch", "top", "1", "42", "007", "0", "'v'", "''", "'a b'", "'--'", "'/*'", "'é'",
+    ];
+    /// Atoms the quick lexer mostly refuses (one atom in ten).
+    const ODD: &[&str] = &[
+        "'", "\"", "$", "$1", "&", "#", "@", "[", "]", "\\", "!", "~", "|", "%", "^", "?", "`",
+        "ü", "\0", "--", "/*", "*/", "..",
+    ];
+    const JOINERS: &[&str] = &[
+        "", "", " ", "  ", "\t", "\n", "\r\n", "(", ")", ",", ".", "=", "<", ">", "+", "-", "*",
+        "/", ":", "::", ";", "<>", ">=", "->",
+    ];
+
+    /// A statement text from (atom, joiner) indices.
+    fn glue(parts: &[(usize, usize)]) -> String {
+        let mut out = String::new();
+        for &(a, j) in parts {
+            out.push_str(if a % 10 == 0 {
+                ODD[(a / 10) % ODD.len()]
+            } else {
+                ATOMS[a % ATOMS.len()]
+            });
+            out.push_str(JOINERS[j % JOINERS.len()]);
+        }
+        out
+    }
+
+    /// `key` with its markers replaced by `values`, in order.
+    fn refill(key: &QuickKey, values: &[Literal]) -> String {
+        let mut out = String::new();
+        let mut rest = &*key.0;
+        let mut values = values.iter();
+        while let Some(at) = rest.find('\u{1}') {
+            out.push_str(&rest[..at]);
+            match values.next() {
+                Some(Literal::Number(n)) => out.push_str(n),
+                Some(Literal::Str(s)) => {
+                    out.push('\'');
+                    out.push_str(s);
+                    out.push('\'');
+                }
+                None => panic!("too few values"),
+            }
+            rest = &rest[at + NUMBER.len()..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 10_000, .. Default::default() })]
+
+        /// Whenever the quick lexer accepts a text: sqlparser finds the
+        /// same literals, and any other values in the literals' places
+        /// give the same quick key and the same shape (and tokens) —
+        /// for both dialects.
+        #[test]
+        fn quick_keys_are_shapes(
+            parts in proptest::collection::vec((0usize..1000, 0usize..1000), 1..16),
+            numbers in proptest::collection::vec(0u64..10_000_000, 8),
+            strings in proptest::collection::vec("[a-zA-Z0-9 ;:.,()\\-*/#$@\"`\\[\\]éü\\n\\t]{0,8}", 8),
+        ) {
+            let sql = glue(&parts);
+            let Some((key, literals)) = quick_shape(&sql) else {
+                return Ok(());
+            };
+            let other: Vec<Literal> = literals
+                .iter()
+                .enumerate()
+                .map(|(i, l)| match l {
+                    Literal::Number(_) => Literal::Number(numbers[i % 8].to_string()),
+                    Literal::Str(_) => Literal::Str(strings[i % 8].clone()),
+                })
+                .collect();
+            let sql2 = refill(&key, &other);
+            let (key2, literals2) = quick_shape(&sql2).unwrap_or_else(|| panic!("{sql2:?}"));
+            proptest::prop_assert_eq!(&key, &key2);
+            proptest::prop_assert_eq!(&literals2, &other);
+            for d in [Dialect::Postgres, Dialect::Mysql] {
+                let one = shape(&sql, d);
+                let two = shape(&sql2, d);
+                match (&one, &two) {
+                    (Some((s1, l1)), Some((s2, l2))) => {
+                        proptest::prop_assert_eq!(s1, s2, "{:?} / {:?}", sql, sql2);
+                        proptest::prop_assert_eq!(l1, &literals, "{:?}", sql);
+                        proptest::prop_assert_eq!(l2, &other, "{:?}", sql2);
+                    }
+                    // Shapeless (the tokenizer refuses the text, say) for
+                    // every value alike: never learned under a quick key.
+                    (None, None) => {}
+                    _ => proptest::prop_assert!(false, "{:?} / {:?}: {:?} / {:?}", sql, sql2, one, two),
+                }
+            }
         }
     }
 
