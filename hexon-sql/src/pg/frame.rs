@@ -181,6 +181,121 @@ fn bind_well_formed(c: &mut Cur<'_>) -> Option<()> {
     c.skip(2 * usize::from(results))
 }
 
+/// A frontend message of the relay phase, checked (exactly the layout
+/// [`well_formed`] accepts) and borrowed from its frame: no copy, no
+/// allocation. Names and texts are raw bytes, as the server reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Front<'a> {
+    /// `Query`: the text (without its NUL).
+    Query(&'a [u8]),
+    /// `Parse`: statement name, text, and the parameter types as sent
+    /// (count and OIDs).
+    Parse {
+        name: &'a [u8],
+        query: &'a [u8],
+        types: &'a [u8],
+    },
+    /// `Bind`: portal and statement names (the rest is checked, not read).
+    Bind {
+        portal: &'a [u8],
+        statement: &'a [u8],
+    },
+    /// `Describe`: `S` (statement) or `P` (portal), and the name.
+    Describe { target: u8, name: &'a [u8] },
+    /// `Execute`: the portal name.
+    Execute { portal: &'a [u8] },
+    /// `Close`: `S` or `P`, and the name.
+    Close { target: u8, name: &'a [u8] },
+    /// `Sync`.
+    Sync,
+    /// `Flush`.
+    Flush,
+    /// `Terminate`.
+    Terminate,
+}
+
+/// The relay-phase message in `frame` (header included).
+///
+/// # Errors
+/// A frame shorter than its header, a body that does not have its type's
+/// layout exactly, or a type the protocol does not define for a frontend.
+/// `Ok(None)`: well formed, but not a message the relay takes (a password
+/// message after login, COPY messages, `FunctionCall`).
+pub(crate) fn front(frame: &[u8]) -> Result<Option<Front<'_>>, FrameError> {
+    let tag = frame.first().copied().unwrap_or(0);
+    let bad = || FrameError::Malformed(char::from(tag));
+    let body = frame.get(HEADER..).ok_or_else(bad)?;
+    let mut c = Cur(body);
+    let m = match tag {
+        b'Q' => c.cstr().map(Front::Query),
+        b'P' => (|| {
+            let name = c.cstr()?;
+            let query = c.cstr()?;
+            let types = c.0;
+            let n = c.u16()?;
+            c.skip(4 * usize::from(n))?;
+            Some(Front::Parse { name, query, types })
+        })(),
+        b'B' => (|| {
+            let mut probe = Cur(body);
+            bind_well_formed(&mut probe)?;
+            c = probe;
+            let mut names = Cur(body);
+            let portal = names.cstr()?;
+            let statement = names.cstr()?;
+            Some(Front::Bind { portal, statement })
+        })(),
+        b'D' | b'C' => (|| {
+            let target = c.u8()?;
+            if !matches!(target, b'S' | b'P') {
+                return None;
+            }
+            let name = c.cstr()?;
+            Some(if tag == b'D' {
+                Front::Describe { target, name }
+            } else {
+                Front::Close { target, name }
+            })
+        })(),
+        b'E' => (|| {
+            let portal = c.cstr()?;
+            c.i32()?;
+            Some(Front::Execute { portal })
+        })(),
+        b'S' => Some(Front::Sync),
+        b'H' => Some(Front::Flush),
+        b'X' => Some(Front::Terminate),
+        _ => {
+            return if well_formed(tag, body) {
+                Ok(None)
+            } else {
+                Err(bad())
+            };
+        }
+    };
+    match m {
+        Some(m) if c.done() => Ok(Some(m)),
+        _ => Err(bad()),
+    }
+}
+
+/// Append a message of type `tag` whose body is `parts`, one after the
+/// other. A body too long for the length field is dropped (and logged), as
+/// [`put`] drops a message that does not encode.
+pub(crate) fn put_parts(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let body: usize = parts.iter().map(|p| p.len()).sum();
+    let Some(len) = body.checked_add(4).and_then(|n| i32::try_from(n).ok()) else {
+        tracing::error!(len = body, "could not encode a message: too long");
+        return;
+    };
+    out.reserve(body + HEADER);
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(&len.to_be_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
 /// The decode context after startup (protocol 3.0, no negotiation pending).
 pub(crate) fn context() -> DecodeContext {
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
@@ -347,5 +462,99 @@ mod tests {
             decode_frontend(q),
             Ok(PgWireFrontendMessage::Query(_))
         ));
+    }
+
+    fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = BytesMut::new();
+        header(&mut f, tag, body.len());
+        f.extend_from_slice(body);
+        f.to_vec()
+    }
+
+    #[test]
+    fn front_borrows_exactly_what_well_formed_accepts() {
+        let bind = b"p1\0s1\0\0\x01\0\x01\0\x02\0\0\0\x02hi\xff\xff\xff\xff\0\x01\0\x01";
+        assert_eq!(
+            front(&framed(b'B', bind)),
+            Ok(Some(Front::Bind {
+                portal: b"p1",
+                statement: b"s1"
+            }))
+        );
+        assert_eq!(
+            front(&framed(b'P', b"s\0select $1\0\0\x01\0\0\0\x17")),
+            Ok(Some(Front::Parse {
+                name: b"s",
+                query: b"select $1",
+                types: b"\0\x01\0\0\0\x17"
+            }))
+        );
+        assert_eq!(
+            front(&framed(b'Q', b"select 1\0")),
+            Ok(Some(Front::Query(b"select 1")))
+        );
+        assert_eq!(
+            front(&framed(b'E', b"p\0\0\0\0\x05")),
+            Ok(Some(Front::Execute { portal: b"p" }))
+        );
+        assert_eq!(
+            front(&framed(b'D', b"P\0")),
+            Ok(Some(Front::Describe {
+                target: b'P',
+                name: b""
+            }))
+        );
+        assert_eq!(
+            front(&framed(b'C', b"Sx\0")),
+            Ok(Some(Front::Close {
+                target: b'S',
+                name: b"x"
+            }))
+        );
+        assert_eq!(front(&framed(b'S', b"")), Ok(Some(Front::Sync)));
+        // Well formed, but not for the relay.
+        assert_eq!(front(&framed(b'p', b"secret\0")), Ok(None));
+        // Everything else is refused, and agrees with well_formed.
+        let cases: &[(u8, &[u8])] = &[
+            (b'B', b"p1\0s1\0\0\0\0\x01\0\0\0\x09hi\0\0"), // parameter past the end
+            (b'B', b"p1\0s1\0\0\0\0\x01\xff\xff\xff\xfe\0\0"), // length -2
+            (b'B', b"p1\0s1\0\0\x02\0\x01\0\0\0\0"),       // formats past the end
+            (b'B', b"p1\0s1"),                             // names unterminated
+            (b'B', b"p1\0s1\0\0\0\0\0\0\0\0"),             // trailing bytes
+            (b'P', b"s\0select 1\0\0\x01"),                // OID count past the end
+            (b'P', b"s\0select 1"),
+            (b'Q', b"select 1"),
+            (b'Q', b"a\0b\0"),
+            (b'E', b"p\0\0\0"),
+            (b'E', b"p"),
+            (b'D', b"Xs\0"),
+            (b'D', b""),
+            (b'C', b"P"),
+            (b'S', b"\0"),
+            (b'H', b"x"),
+            (b'X', b"x"),
+            (b'~', b""),
+            (b'F', b""),
+        ];
+        for (tag, body) in cases {
+            assert!(!well_formed(*tag, body), "{} {body:?}", char::from(*tag));
+            assert_eq!(
+                front(&framed(*tag, body)),
+                Err(FrameError::Malformed(char::from(*tag))),
+                "{} {body:?}",
+                char::from(*tag)
+            );
+        }
+        // Shorter than a header.
+        assert!(front(b"Q\0\0").is_err());
+        assert!(front(b"").is_err());
+    }
+
+    #[test]
+    fn put_parts_frames_its_parts() {
+        let mut out = BytesMut::new();
+        put_parts(&mut out, b'Q', &[b"select 1", b"\0"]);
+        assert_eq!(&out[..], b"Q\0\0\0\x0dselect 1\0");
+        assert_eq!(front(&out), Ok(Some(Front::Query(b"select 1"))));
     }
 }

@@ -176,7 +176,7 @@ pub fn fuzz_session(data: &[u8]) {
     let (mut cin, mut sin) = (BytesMut::from(client), BytesMut::from(server));
     let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
     while let Ok(Some(f)) = frame::take_typed(&mut cin, 1 << 20) {
-        if relay.on_client(f, &mut up, &mut cl) == relay::Flow::Close {
+        if relay.on_client(&f, &mut up, &mut cl) == relay::Flow::Close {
             break;
         }
     }

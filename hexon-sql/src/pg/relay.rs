@@ -25,13 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::PgWireFrontendMessage;
-use pgwire::messages::extendedquery::Parse;
-use pgwire::messages::simplequery::Query;
 
 use hexon_core::Identity;
 
-use super::frame::{self, HEADER, Severity};
+use super::frame::{self, Front, HEADER, Severity};
 use crate::acl::{Acl, Role};
 use crate::dialect::Dialect;
 use crate::layers::PipelineService;
@@ -126,8 +123,8 @@ pub(crate) struct SessionInfo {
 pub(crate) struct Relay {
     info: SessionInfo,
     pipeline: PipelineService,
-    statements: HashMap<Box<str>, Arc<Stmt>>,
-    portals: HashMap<Box<str>, Portal>,
+    statements: Names<Arc<Stmt>>,
+    portals: Names<Portal>,
     pending: VecDeque<Pending>,
     /// A refusal happened in the open extended batch: drop until `Sync`.
     discarding: bool,
@@ -146,10 +143,54 @@ pub(crate) struct Relay {
     check: Option<crate::wire::IdentityCheck>,
 }
 
-const UNNAMED: &str = "";
+/// Prepared statements or portals by name, as the server knows them (raw
+/// bytes). The unnamed one, which most clients use for every statement,
+/// has a slot of its own: no hashing on the hot path.
+#[derive(Debug)]
+struct Names<T> {
+    unnamed: Option<T>,
+    named: HashMap<Box<[u8]>, T>,
+}
 
-fn name_key(name: Option<String>) -> Box<str> {
-    name.unwrap_or_default().into_boxed_str()
+impl<T> Names<T> {
+    fn new() -> Self {
+        Self {
+            unnamed: None,
+            named: HashMap::new(),
+        }
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&T> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else if self.named.is_empty() {
+            None
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    fn insert(&mut self, name: &[u8], value: T) {
+        if name.is_empty() {
+            self.unnamed = Some(value);
+        } else {
+            self.named.insert(name.into(), value);
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if name.is_empty() {
+            self.unnamed = None;
+        } else if !self.named.is_empty() {
+            self.named.remove(name);
+        }
+    }
+}
+
+/// Client text (a statement) as the pipeline reads it: UTF-8, invalid
+/// sequences replaced (the canonical text is what reaches the server).
+fn text(b: &[u8]) -> Arc<str> {
+    String::from_utf8_lossy(b).into()
 }
 
 impl Relay {
@@ -159,8 +200,8 @@ impl Relay {
         Self {
             info,
             pipeline,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: Names::new(),
+            portals: Names::new(),
             pending: VecDeque::new(),
             discarding: false,
             tx_status: b'I',
@@ -194,12 +235,12 @@ impl Relay {
     // Client → upstream.
 
     /// Handle one complete client message (`frame`, header included).
-    pub(crate) fn on_client(
-        &mut self,
-        frame: BytesMut,
-        up: &mut BytesMut,
-        cl: &mut BytesMut,
-    ) -> Flow {
+    ///
+    /// Messages are checked in place ([`frame::front`]: the layout of their
+    /// type, exactly) and never decoded into owned values; what is forwarded
+    /// unchanged (`Bind`, `Describe`, `Execute`, `Close`, `Sync`) is the
+    /// checked frame itself.
+    pub(crate) fn on_client(&mut self, frame: &[u8], up: &mut BytesMut, cl: &mut BytesMut) -> Flow {
         let tag = frame.first().copied().unwrap_or(0);
         if self.discarding && tag != b'S' && tag != b'X' {
             return Flow::Continue;
@@ -229,7 +270,7 @@ impl Relay {
                         .get(HEADER..)
                         .is_some_and(|b| frame::well_formed(tag, b))
                     {
-                        up.extend_from_slice(&frame);
+                        up.extend_from_slice(frame);
                         return Flow::Continue;
                     }
                     return self.fatal(cl, "08P01", "malformed COPY message");
@@ -240,16 +281,23 @@ impl Relay {
             }
             _ => {}
         }
-        let msg = match frame::decode_frontend(frame.clone()) {
-            Ok(m) => m,
+        let msg = match frame::front(frame) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                return self.fatal(
+                    cl,
+                    "08P01",
+                    &format!("unexpected message type {:?}", char::from(tag)),
+                );
+            }
             Err(e) => {
                 return self.fatal(cl, "08P01", &format!("protocol violation: {e}"));
             }
         };
         match msg {
-            PgWireFrontendMessage::Query(q) => self.query(q.query, up, cl),
-            PgWireFrontendMessage::Parse(p) => self.parse(p, up),
-            PgWireFrontendMessage::Bind(b) => {
+            Front::Query(sql) => self.query(text(sql), up, cl),
+            Front::Parse { name, query, types } => self.parse(name, text(query), types, up),
+            Front::Bind { portal, statement } => {
                 // A statement prepared earlier runs again: the identity
                 // must still be accepted.
                 if let Some(r) = self.revoked_now() {
@@ -259,83 +307,68 @@ impl Relay {
                     self.refuse_extended(e.freeze());
                     return Flow::Continue;
                 }
-                let stmt = self
-                    .statements
-                    .get(b.statement_name.as_deref().unwrap_or(UNNAMED));
-                match stmt {
+                match self.statements.get(statement) {
                     Some(s) => {
-                        let portal = Portal {
+                        let portal_state = Portal {
                             stmt: s.clone(),
                             rows: Arc::new(AtomicU64::new(0)),
                         };
-                        self.portals.insert(name_key(b.portal_name), portal);
+                        self.portals.insert(portal, portal_state);
                         self.open_batch();
-                        up.extend_from_slice(&frame);
+                        up.extend_from_slice(frame);
                     }
-                    None => self.refuse_unknown("prepared statement", b.statement_name),
+                    None => self.refuse_unknown("prepared statement", statement),
                 }
             }
-            PgWireFrontendMessage::Describe(d) => {
-                let known = if d.target_type == b'S' {
-                    self.statements
-                        .contains_key(d.name.as_deref().unwrap_or(UNNAMED))
+            Front::Describe { target, name } => {
+                let known = if target == b'S' {
+                    self.statements.get(name).is_some()
                 } else {
-                    self.portals
-                        .contains_key(d.name.as_deref().unwrap_or(UNNAMED))
+                    self.portals.get(name).is_some()
                 };
                 if known {
                     self.open_batch();
-                    up.extend_from_slice(&frame);
+                    up.extend_from_slice(frame);
                 } else {
-                    let what = if d.target_type == b'S' {
+                    let what = if target == b'S' {
                         "prepared statement"
                     } else {
                         "portal"
                     };
-                    self.refuse_unknown(what, d.name);
+                    self.refuse_unknown(what, name);
                 }
             }
-            PgWireFrontendMessage::Execute(x) => {
-                match self.portals.get(x.name.as_deref().unwrap_or(UNNAMED)) {
-                    Some(p) => {
-                        let exec = Exec::new(p.stmt.clone(), p.rows.clone());
-                        if let Some(execs) = self.open_batch_execs() {
-                            execs.push_back(exec);
-                        }
-                        up.extend_from_slice(&frame);
+            Front::Execute { portal } => match self.portals.get(portal) {
+                Some(p) => {
+                    let exec = Exec::new(p.stmt.clone(), p.rows.clone());
+                    if let Some(execs) = self.open_batch_execs() {
+                        execs.push_back(exec);
                     }
-                    None => self.refuse_unknown("portal", x.name),
+                    up.extend_from_slice(frame);
                 }
-            }
-            PgWireFrontendMessage::Close(c) => {
-                let key = c.name.as_deref().unwrap_or(UNNAMED);
-                if c.target_type == b'S' {
-                    self.statements.remove(key);
+                None => self.refuse_unknown("portal", portal),
+            },
+            Front::Close { target, name } => {
+                if target == b'S' {
+                    self.statements.remove(name);
                 } else {
-                    self.portals.remove(key);
+                    self.portals.remove(name);
                 }
                 self.open_batch();
-                up.extend_from_slice(&frame);
+                up.extend_from_slice(frame);
             }
-            PgWireFrontendMessage::Sync(_) => {
+            Front::Sync => {
                 self.open_batch();
                 if let Some(Pending::Extended { synced, .. }) = self.pending.back_mut() {
                     *synced = true;
                 }
                 self.discarding = false;
-                up.extend_from_slice(&frame);
+                up.extend_from_slice(frame);
             }
-            PgWireFrontendMessage::Flush(_) => up.extend_from_slice(&frame),
-            PgWireFrontendMessage::Terminate(_) => {
-                up.extend_from_slice(&frame);
+            Front::Flush => up.extend_from_slice(frame),
+            Front::Terminate => {
+                up.extend_from_slice(frame);
                 return Flow::Close;
-            }
-            _ => {
-                return self.fatal(
-                    cl,
-                    "08P01",
-                    &format!("unexpected message type {:?}", char::from(tag)),
-                );
             }
         }
         Flow::Continue
@@ -347,7 +380,7 @@ impl Relay {
     }
 
     /// Run the pipeline on `sql`.
-    fn decide(&mut self, sql: String, origin: Origin) -> (Result<Admitted, Refusal>, SqlRequest) {
+    fn decide(&mut self, sql: Arc<str>, origin: Origin) -> (Result<Admitted, Refusal>, SqlRequest) {
         let req = SqlRequest::new(
             self.info.identity.clone(),
             self.info.database.clone(),
@@ -376,14 +409,14 @@ impl Relay {
         })
     }
 
-    fn query(&mut self, sql: String, up: &mut BytesMut, cl: &mut BytesMut) {
+    fn query(&mut self, sql: Arc<str>, up: &mut BytesMut, cl: &mut BytesMut) {
         // A simple query destroys the unnamed statement and portal.
-        self.statements.remove(UNNAMED);
-        self.portals.remove(UNNAMED);
+        self.statements.remove(b"");
+        self.portals.remove(b"");
         let (verdict, req) = self.decide(sql, Origin::Simple);
         match verdict {
             Ok(a) => {
-                frame::put(up, &Query::new(a.sql.to_string()));
+                frame::put_parts(up, b'Q', &[a.sql.as_bytes(), b"\0"]);
                 let exec = Exec::new(self.stmt_from(&a), Arc::new(AtomicU64::new(0)));
                 match self.pending.back_mut() {
                     // A Query in the middle of an unsynced batch is answered
@@ -407,7 +440,7 @@ impl Relay {
                         self.refuse_simple(e.freeze(), cl);
                     }
                     _ => {
-                        frame::put(up, &Query::new(ABORT_TEXT.to_owned()));
+                        frame::put_parts(up, b'Q', &[ABORT_TEXT.as_bytes(), b"\0"]);
                         self.pending.push_back(Pending::Aborting {
                             error: e.freeze(),
                             sent: false,
@@ -428,19 +461,18 @@ impl Relay {
         }
     }
 
-    fn parse(&mut self, p: Parse, up: &mut BytesMut) {
-        let key = name_key(p.name.clone());
-        let (verdict, req) = self.decide(p.query, Origin::Prepare);
+    fn parse(&mut self, name: &[u8], sql: Arc<str>, types: &[u8], up: &mut BytesMut) {
+        let (verdict, req) = self.decide(sql, Origin::Prepare);
         match verdict {
             Ok(a) => {
                 let stmt = self.stmt_from(&a);
-                self.statements.insert(key, stmt);
-                frame::put(up, &Parse::new(p.name, a.sql.to_string(), p.type_oids));
+                self.statements.insert(name, stmt);
+                frame::put_parts(up, b'P', &[name, b"\0", a.sql.as_bytes(), b"\0", types]);
                 self.open_batch();
             }
             Err(r) => {
                 // Whatever the name meant before, it is not usable now.
-                self.statements.remove(&key);
+                self.statements.remove(name);
                 let statement = self.refused_statement(&req, &r);
                 self.log_refused(&r, &statement);
                 let mut e = BytesMut::new();
@@ -450,13 +482,13 @@ impl Relay {
         }
     }
 
-    fn refuse_unknown(&mut self, what: &str, name: Option<String>) {
+    fn refuse_unknown(&mut self, what: &str, name: &[u8]) {
         let r = Refusal::new(
             Stage::Validation,
             "not_admitted",
             format!(
                 "{what} {:?} does not exist or was not admitted by the bastion",
-                name.unwrap_or_default()
+                String::from_utf8_lossy(name)
             ),
         );
         self.log_refused(&r, "");
@@ -709,7 +741,8 @@ mod tests {
     use crate::layers::Pipeline;
     use bytes::BufMut;
     use pgwire::messages::Message;
-    use pgwire::messages::extendedquery::{Bind, Execute, Sync};
+    use pgwire::messages::extendedquery::{Bind, Execute, Parse, Sync};
+    use pgwire::messages::simplequery::Query;
 
     const ACL: &str = r#"
 [[databases]]
@@ -766,22 +799,22 @@ tables = [{ name = "public.*", ops = ["select"] }]
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         r.on_client(
-            enc(Parse::new(Some("a".into()), "SELECT 1".into(), vec![])),
+            &enc(Parse::new(Some("a".into()), "SELECT 1".into(), vec![])),
             &mut up,
             &mut cl,
         );
         r.on_client(
-            enc(Parse::new(Some("b".into()), "DELETE FROM t".into(), vec![])),
+            &enc(Parse::new(Some("b".into()), "DELETE FROM t".into(), vec![])),
             &mut up,
             &mut cl,
         );
         // Discarded until Sync.
         r.on_client(
-            enc(Bind::new(None, Some("b".into()), vec![], vec![], vec![])),
+            &enc(Bind::new(None, Some("b".into()), vec![], vec![], vec![])),
             &mut up,
             &mut cl,
         );
-        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
         assert!(cl.is_empty(), "nothing before the upstream answers");
         assert_eq!(
             tags(&up),
@@ -796,11 +829,11 @@ tables = [{ name = "public.*", ops = ["select"] }]
         // The refused name is unknown afterwards.
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         r.on_client(
-            enc(Bind::new(None, Some("b".into()), vec![], vec![], vec![])),
+            &enc(Bind::new(None, Some("b".into()), vec![], vec![], vec![])),
             &mut up,
             &mut cl,
         );
-        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
         assert_eq!(tags(&up), "S");
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
         assert_eq!(tags(&cl), "EZ");
@@ -811,16 +844,16 @@ tables = [{ name = "public.*", ops = ["select"] }]
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         r.on_client(
-            enc(Parse::new(None, "SELECT 1".into(), vec![])),
+            &enc(Parse::new(None, "SELECT 1".into(), vec![])),
             &mut up,
             &mut cl,
         );
         r.on_client(
-            enc(Parse::new(Some("b".into()), "DROP TABLE t".into(), vec![])),
+            &enc(Parse::new(Some("b".into()), "DROP TABLE t".into(), vec![])),
             &mut up,
             &mut cl,
         );
-        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
         r.on_upstream(&raw(b'E', b"SERROR\0\0"), &mut cl);
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
         assert_eq!(tags(&cl), "EZ");
@@ -830,8 +863,8 @@ tables = [{ name = "public.*", ops = ["select"] }]
     fn a_refused_simple_query_aborts_the_servers_transaction() {
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
-        r.on_client(enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
-        r.on_client(enc(Query::new("DELETE FROM t".into())), &mut up, &mut cl);
+        r.on_client(&enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
+        r.on_client(&enc(Query::new("DELETE FROM t".into())), &mut up, &mut cl);
         assert!(cl.is_empty());
         // The refused statement never goes upstream; a syntax error takes
         // its place, so an open transaction block is aborted there too.
@@ -865,7 +898,7 @@ tables = [{ name = "public.*", ops = ["select"] }]
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         // FETCH-like: the statement's cap (row_limit 2) applies on the wire.
-        r.on_client(enc(Query::new("SELECT * FROM t".into())), &mut up, &mut cl);
+        r.on_client(&enc(Query::new("SELECT * FROM t".into())), &mut up, &mut cl);
         r.on_upstream(&raw(b'T', b"\0\0"), &mut cl);
         for _ in 0..5 {
             r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
@@ -883,18 +916,18 @@ tables = [{ name = "public.*", ops = ["select"] }]
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         r.on_client(
-            enc(Parse::new(None, "SELECT * FROM t".into(), vec![])),
+            &enc(Parse::new(None, "SELECT * FROM t".into(), vec![])),
             &mut up,
             &mut cl,
         );
         r.on_client(
-            enc(Bind::new(None, None, vec![], vec![], vec![])),
+            &enc(Bind::new(None, None, vec![], vec![], vec![])),
             &mut up,
             &mut cl,
         );
-        r.on_client(enc(Execute::new(None, 2)), &mut up, &mut cl);
-        r.on_client(enc(Execute::new(None, 2)), &mut up, &mut cl);
-        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_client(&enc(Execute::new(None, 2)), &mut up, &mut cl);
+        r.on_client(&enc(Execute::new(None, 2)), &mut up, &mut cl);
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
         assert_eq!(tags(&up), "PBEES");
         r.on_upstream(&raw(b'1', b""), &mut cl);
         r.on_upstream(&raw(b'2', b""), &mut cl);
@@ -911,8 +944,8 @@ tables = [{ name = "public.*", ops = ["select"] }]
     fn bind_and_execute_need_admitted_names() {
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
-        r.on_client(enc(Execute::new(Some("nope".into()), 0)), &mut up, &mut cl);
-        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_client(&enc(Execute::new(Some("nope".into()), 0)), &mut up, &mut cl);
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
         assert_eq!(tags(&up), "S");
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
         assert_eq!(tags(&cl), "EZ");
@@ -934,11 +967,11 @@ tables = [{ name = "public.*", ops = ["select"] }]
         let mut r = relay().with_check(Some(check));
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         r.on_client(
-            enc(Parse::new(Some("s".into()), "SELECT 1".into(), vec![])),
+            &enc(Parse::new(Some("s".into()), "SELECT 1".into(), vec![])),
             &mut up,
             &mut cl,
         );
-        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
         assert_eq!(tags(&up), "PS");
         r.on_upstream(&raw(b'1', b""), &mut cl);
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
@@ -946,14 +979,14 @@ tables = [{ name = "public.*", ops = ["select"] }]
         // The statement prepared before cannot be bound any more...
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
         let bind = Bind::new(None, Some("s".into()), vec![], vec![], vec![]);
-        r.on_client(enc(bind), &mut up, &mut cl);
-        r.on_client(enc(Sync::new()), &mut up, &mut cl);
+        r.on_client(&enc(bind), &mut up, &mut cl);
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
         assert_eq!(tags(&up), "S");
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
         assert!(String::from_utf8_lossy(&cl).contains("may no longer use"));
         // ... and a new query is refused (it never reaches the server).
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
-        r.on_client(enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
+        r.on_client(&enc(Query::new("SELECT 1".into())), &mut up, &mut cl);
         assert!(String::from_utf8_lossy(&up).contains(ABORT_TEXT));
         r.on_upstream(&raw(b'E', b"SERROR\0\0"), &mut cl);
         r.on_upstream(&raw(b'Z', b"I"), &mut cl);
@@ -965,19 +998,154 @@ tables = [{ name = "public.*", ops = ["select"] }]
     fn function_call_and_garbage() {
         let mut r = relay();
         let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
-        let flow = r.on_client(
-            BytesMut::from(&raw(b'F', b"\0\0\0\x01")[..]),
-            &mut up,
-            &mut cl,
-        );
+        let flow = r.on_client(&raw(b'F', b"\0\0\0\x01"), &mut up, &mut cl);
         assert_eq!(flow, Flow::Continue);
         assert_eq!(tags(&cl), "EZ");
         let mut cl = BytesMut::new();
-        let flow = r.on_client(BytesMut::from(&raw(b'P', b"")[..]), &mut up, &mut cl);
+        let flow = r.on_client(&raw(b'P', b""), &mut up, &mut cl);
         assert_eq!(flow, Flow::Close);
         assert_eq!(tags(&cl), "E");
-        let flow = r.on_client(BytesMut::from(&raw(b'~', b"xyz")[..]), &mut up, &mut cl);
+        let flow = r.on_client(&raw(b'~', b"xyz"), &mut up, &mut cl);
         assert_eq!(flow, Flow::Close);
         assert!(up.is_empty());
+    }
+
+    fn parse_named(name: &[u8], sql: &str) -> Vec<u8> {
+        let mut body = name.to_vec();
+        body.push(0);
+        body.extend_from_slice(sql.as_bytes());
+        body.extend_from_slice(b"\0\0\0");
+        raw(b'P', &body)
+    }
+
+    fn bind_named(portal: &[u8], statement: &[u8]) -> Vec<u8> {
+        let mut body = portal.to_vec();
+        body.push(0);
+        body.extend_from_slice(statement);
+        body.extend_from_slice(b"\0\0\0\0\0\0\0");
+        raw(b'B', &body)
+    }
+
+    fn execute(portal: &[u8]) -> Vec<u8> {
+        let mut body = portal.to_vec();
+        body.extend_from_slice(b"\0\0\0\0\0");
+        raw(b'E', &body)
+    }
+
+    /// One client batch (ending with Sync) and the server's answer to what
+    /// reached it: each forwarded message gets `answer`'s reply, then Z.
+    fn batch(r: &mut Relay, msgs: &[Vec<u8>]) -> (String, String) {
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        for m in msgs {
+            assert_eq!(r.on_client(m, &mut up, &mut cl), Flow::Continue);
+        }
+        r.on_client(&enc(Sync::new()), &mut up, &mut cl);
+        let sent = tags(&up);
+        for t in sent.bytes() {
+            match t {
+                b'P' => r.on_upstream(&raw(b'1', b""), &mut cl),
+                b'B' => r.on_upstream(&raw(b'2', b""), &mut cl),
+                b'E' => r.on_upstream(&raw(b'C', b"SELECT 0\0"), &mut cl),
+                b'C' => r.on_upstream(&raw(b'3', b""), &mut cl),
+                b'S' => r.on_upstream(&raw(b'Z', b"I"), &mut cl),
+                _ => {}
+            }
+        }
+        assert!(r.idle());
+        (sent, tags(&cl))
+    }
+
+    #[test]
+    fn named_statements_and_portals_are_checked_by_their_exact_bytes() {
+        let mut r = relay();
+        // "\xff" admitted, "\xfe" refused: distinct names on the server, so
+        // distinct here too (not both U+FFFD).
+        let (sent, got) = batch(
+            &mut r,
+            &[
+                parse_named(b"\xff", "SELECT 1"),
+                parse_named(b"\xfe", "DELETE FROM t"),
+            ],
+        );
+        assert_eq!((sent.as_str(), got.as_str()), ("PS", "1EZ"));
+        let (sent, got) = batch(&mut r, &[bind_named(b"", b"\xfe")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+        let (sent, got) = batch(&mut r, &[bind_named(b"p\xff", b"\xff"), execute(b"p\xff")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("BES", "2CZ"));
+        // A portal of another name was never bound.
+        let (sent, got) = batch(&mut r, &[execute(b"p\xfe")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+        // Describe of the refused statement: refused.
+        let (sent, got) = batch(&mut r, &[raw(b'D', b"S\xfe\0")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+        // Closed: no longer bindable.
+        let (sent, got) = batch(&mut r, &[raw(b'C', b"S\xff\0"), bind_named(b"", b"\xff")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("CS", "3EZ"));
+        // A refused Parse under an admitted name takes the name away.
+        let (_, got) = batch(&mut r, &[parse_named(b"n", "SELECT 1")]);
+        assert_eq!(got, "1Z");
+        let (sent, got) = batch(
+            &mut r,
+            &[parse_named(b"n", "DROP TABLE t"), bind_named(b"", b"n")],
+        );
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+        let (sent, got) = batch(&mut r, &[bind_named(b"", b"n")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+    }
+
+    #[test]
+    fn the_unnamed_statement_and_portal() {
+        let mut r = relay();
+        let (sent, got) = batch(
+            &mut r,
+            &[
+                parse_named(b"", "SELECT 1"),
+                bind_named(b"", b""),
+                raw(b'D', b"P\0"),
+                execute(b""),
+            ],
+        );
+        assert_eq!((sent.as_str(), got.as_str()), ("PBDES", "12CZ"));
+        // A simple query destroys both.
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(&enc(Query::new("SELECT 2".into())), &mut up, &mut cl);
+        r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+        let (sent, got) = batch(&mut r, &[execute(b"")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+        let (sent, got) = batch(&mut r, &[bind_named(b"", b"")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+        // A refused unnamed Parse: the next Bind of it is refused.
+        let (sent, got) = batch(&mut r, &[parse_named(b"", "SELECT 1")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("PS", "1Z"));
+        let (sent, got) = batch(
+            &mut r,
+            &[parse_named(b"", "UPDATE t SET a = 1"), bind_named(b"", b"")],
+        );
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+        let (sent, got) = batch(&mut r, &[bind_named(b"", b"")]);
+        assert_eq!((sent.as_str(), got.as_str()), ("S", "EZ"));
+    }
+
+    #[test]
+    fn malformed_frames_close_the_session_and_reach_nobody() {
+        for (tag, body) in [
+            (b'B', &b"\0s\0\0\0\0\x01\0\0\0\x09hi\0\0"[..]),
+            (b'B', b"\0s\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),
+            (b'E', b"p\0\0\0"),
+            (b'D', b"Zs\0"),
+            (b'C', b"S"),
+            (b'P', b"s\0select 1\0\0\x09"),
+            (b'Q', b"select 1"),
+        ] {
+            let mut r = relay();
+            let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+            r.on_client(&parse_named(b"s", "SELECT 1"), &mut up, &mut cl);
+            let before = up.len();
+            let flow = r.on_client(&raw(tag, body), &mut up, &mut cl);
+            assert_eq!(flow, Flow::Close, "{}", char::from(tag));
+            assert_eq!(up.len(), before, "{}", char::from(tag));
+            assert_eq!(tags(&cl), "E");
+            assert!(String::from_utf8_lossy(&cl).contains("08P01"));
+        }
     }
 }

@@ -645,16 +645,22 @@ impl Pump {
         C: AsyncRead + AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
     {
+        // A side whose read was pending in this call has our waker: polling
+        // it again before we return only costs a readiness check.
+        let (mut client_waits, mut server_waits) = (false, false);
         loop {
             let mut progress = false;
             // Client → relay → server.
-            if !self.closing
+            if !client_waits
+                && !self.closing
                 && !self.client_eof
                 && self.to_upstream.len() < HIGH_WATER
                 && self.to_client.len() < HIGH_WATER
             {
                 reserve(&mut self.cin, self.max_client);
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, &mut self.cin) {
+                let read = poll_read_buf(Pin::new(&mut *client), cx, &mut self.cin);
+                client_waits = read.is_pending();
+                if let Poll::Ready(r) = read {
                     progress = true;
                     if r? == 0 {
                         // Client gone: end the upstream session politely.
@@ -676,9 +682,11 @@ impl Pump {
                 }
             }
             // Server → relay → client.
-            if !self.closing && self.to_client.len() < HIGH_WATER {
+            if !server_waits && !self.closing && self.to_client.len() < HIGH_WATER {
                 reserve(&mut self.uin, MAX_UPSTREAM_MESSAGE);
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *server), cx, &mut self.uin) {
+                let read = poll_read_buf(Pin::new(&mut *server), cx, &mut self.uin);
+                server_waits = read.is_pending();
+                if let Poll::Ready(r) = read {
                     progress = true;
                     if r? == 0 {
                         self.closing = true;
@@ -724,10 +732,18 @@ impl Pump {
     }
 
     fn process_upstream(&mut self) {
+        // Frames are handled where they lie, then the buffer advances once.
+        let mut at = 0;
         loop {
-            match frame::take_typed(&mut self.uin, MAX_UPSTREAM_MESSAGE) {
-                Ok(Some(f)) => self.relay.on_upstream(&f, &mut self.to_client),
-                Ok(None) => return,
+            let rest = self.uin.get(at..).unwrap_or_default();
+            match frame::typed_len(rest, MAX_UPSTREAM_MESSAGE) {
+                Ok(Some(n)) if rest.len() >= n => {
+                    if let Some(f) = rest.get(..n) {
+                        self.relay.on_upstream(f, &mut self.to_client);
+                    }
+                    at += n;
+                }
+                Ok(_) => break,
                 Err(e) => {
                     frame::error(
                         &mut self.to_client,
@@ -738,10 +754,11 @@ impl Pump {
                     );
                     self.closing = true;
                     self.to_upstream.clear();
-                    return;
+                    break;
                 }
             }
         }
+        self.uin.advance(at);
     }
 }
 
@@ -754,7 +771,8 @@ fn written(r: std::io::Result<usize>) -> std::io::Result<usize> {
 }
 
 /// Handle every complete client message in `cin`; true when the session
-/// must close.
+/// must close. Frames are handled where they lie (no copy), then the buffer
+/// advances past them.
 fn process_client(
     relay: &mut Relay,
     cin: &mut BytesMut,
@@ -762,14 +780,18 @@ fn process_client(
     to_upstream: &mut BytesMut,
     to_client: &mut BytesMut,
 ) -> bool {
-    loop {
-        match frame::take_typed(cin, max) {
-            Ok(Some(f)) => {
+    let mut at = 0;
+    let close = loop {
+        let rest = cin.get(at..).unwrap_or_default();
+        match frame::typed_len(rest, max) {
+            Ok(Some(n)) if rest.len() >= n => {
+                let f = rest.get(..n).unwrap_or_default();
+                at += n;
                 if relay.on_client(f, to_upstream, to_client) == Flow::Close {
-                    return true;
+                    break true;
                 }
             }
-            Ok(None) => return false,
+            Ok(_) => break false,
             Err(e) => {
                 frame::error(
                     to_client,
@@ -779,10 +801,12 @@ fn process_client(
                     None,
                 );
                 frame::put(to_upstream, &pgwire::messages::terminate::Terminate::new());
-                return true;
+                break true;
             }
         }
-    }
+    };
+    cin.advance(at);
+    close
 }
 
 #[cfg(test)]
@@ -813,6 +837,58 @@ mod tests {
             check_parameters(&Startup::new()).err().unwrap().sqlstate,
             "28000"
         );
+    }
+
+    fn relay() -> Relay {
+        match (crate::fuzzing::pg_session(), crate::fuzzing::pipeline()) {
+            (Some(info), Some(pipeline)) => Relay::new(info, pipeline),
+            _ => panic!("fuzzing ACL"),
+        }
+    }
+
+    fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(
+            &i32::try_from(body.len() + 4)
+                .unwrap_or(i32::MAX)
+                .to_be_bytes(),
+        );
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn client_frames_are_taken_in_place_and_lengths_checked() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        // Two whole messages and the first bytes of a third: the two are
+        // handled, the partial one stays.
+        let mut cin = BytesMut::new();
+        cin.extend_from_slice(&framed(b'Q', b"SELECT 1\0"));
+        cin.extend_from_slice(&framed(b'Q', b"SELECT 2\0"));
+        let third = framed(b'Q', b"SELECT 3\0");
+        cin.extend_from_slice(&third[..7]);
+        assert!(!process_client(&mut r, &mut cin, 1 << 20, &mut up, &mut cl));
+        assert_eq!(&cin[..], &third[..7]);
+        assert_eq!(up.iter().filter(|&&b| b == b'Q').count(), 2);
+        cin.extend_from_slice(&third[7..]);
+        assert!(!process_client(&mut r, &mut cin, 1 << 20, &mut up, &mut cl));
+        assert!(cin.is_empty());
+        assert!(cl.is_empty());
+        // Lengths below 4 or above the cap end the session before anything
+        // of the message is read or reserved; the server gets Terminate.
+        for bad in [
+            &[b'B', 0, 0, 0, 3][..],
+            &[b'E', 0xff, 0xff, 0xff, 0xff],
+            &[b'Q', 0x7f, 0xff, 0xff, 0xff],
+            &[b'B', 0, 0x10, 0, 5],
+        ] {
+            let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+            let mut cin = BytesMut::from(bad);
+            assert!(process_client(&mut r, &mut cin, 1 << 20, &mut up, &mut cl));
+            assert_eq!(&up[..], b"X\0\0\0\x04", "{bad:?}");
+            assert!(String::from_utf8_lossy(&cl).contains("08P01"), "{bad:?}");
+        }
     }
 
     #[test]
