@@ -190,7 +190,10 @@ impl<T> Names<T> {
 /// Client text (a statement) as the pipeline reads it: UTF-8, invalid
 /// sequences replaced (the canonical text is what reaches the server).
 fn text(b: &[u8]) -> Arc<str> {
-    String::from_utf8_lossy(b).into()
+    match std::str::from_utf8(b) {
+        Ok(s) => s.into(),
+        Err(_) => String::from_utf8_lossy(b).into(),
+    }
 }
 
 impl Relay {
@@ -1147,5 +1150,24 @@ tables = [{ name = "public.*", ops = ["select"] }]
             assert_eq!(tags(&cl), "E");
             assert!(String::from_utf8_lossy(&cl).contains("08P01"));
         }
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_decided_as_replaced_and_never_forwarded() {
+        let mut r = relay();
+        let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+        r.on_client(&raw(b'Q', b"SELECT 'a\xffb'\0"), &mut up, &mut cl);
+        r.on_client(
+            &raw(b'Q', b"DELETE FROM t WHERE a = '\xff'\0"),
+            &mut up,
+            &mut cl,
+        );
+        r.on_client(&parse_named(b"s\xff", "SELECT 1"), &mut up, &mut cl);
+        // The one byte 0xff upstream is the statement name's, kept as sent.
+        assert_eq!(up.iter().filter(|&&b| b == 0xff).count(), 1, "{up:?}");
+        let text = String::from_utf8_lossy(&up).into_owned();
+        assert!(text.contains("SELECT 'a\u{fffd}b'"), "{text}");
+        assert!(text.contains(ABORT_TEXT), "{text}");
+        assert!(!text.contains("DELETE"), "{text}");
     }
 }
