@@ -104,6 +104,11 @@ pub struct Config {
     /// without a session go to `gateway.login_url` or get a 401.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login: Option<LoginConfig>,
+    /// Routes from this index on came from the durable store
+    /// ([`Config::with_routes`]): a second tier, matched only where no file
+    /// route matches.
+    #[serde(skip)]
+    store_routes_from: Option<usize>,
 }
 
 /// Where durable objects live (`state.durable`).
@@ -1641,11 +1646,14 @@ impl Config {
         // defines groups; with none, groups come from directory sync at runtime.
         let specs: Vec<RouteSpec> = self.routes.iter().map(|r| r.spec.clone()).collect();
         let exists = |g: &str| groups.contains(g);
-        let opts = if self.groups.is_empty() {
+        let mut opts = if self.groups.is_empty() {
             CompileOptions::new()
         } else {
             CompileOptions::new().group_exists(&exists)
         };
+        if let Some(n) = self.store_routes_from {
+            opts = opts.second_tier_from(n);
+        }
         if let Err(e) = PolicyEngine::compile(&specs, &opts) {
             for ce in e.errors() {
                 errs.push(ce.location(), ce.kind().to_string());
@@ -1693,7 +1701,11 @@ impl Config {
     /// Compile the routes into the policy engine (already validated by `parse`).
     pub fn policy(&self) -> Result<PolicyEngine, ConfigErrors> {
         let specs: Vec<RouteSpec> = self.routes.iter().map(|r| r.spec.clone()).collect();
-        PolicyEngine::compile(&specs, &CompileOptions::new()).map_err(|e| {
+        let mut opts = CompileOptions::new();
+        if let Some(n) = self.store_routes_from {
+            opts = opts.second_tier_from(n);
+        }
+        PolicyEngine::compile(&specs, &opts).map_err(|e| {
             ConfigErrors(
                 e.errors()
                     .iter()
@@ -2210,11 +2222,14 @@ impl Config {
     /// kept in the durable store), validated as a whole exactly as
     /// [`Config::parse`] validates a file: names unique across both,
     /// groups known, upstreams well formed. Problems of an extra route are
-    /// located by its name (`route "orders".path`).
+    /// located by its name (`route "orders".path`). The extra routes are a
+    /// second tier of the policy: a request any file route matches is
+    /// decided by the file's routes, however specific an extra route is.
     pub fn with_routes(&self, extra: Vec<RouteConfig>) -> Result<Config, ConfigErrors> {
         let file = self.routes.len();
         let mut config = self.clone();
         config.routes.extend(extra);
+        config.store_routes_from = Some(file);
         let mut errs = Errors(Vec::new());
         config.validate(&mut errs);
         if errs.0.is_empty() {

@@ -157,6 +157,54 @@ async fn store_routes_are_managed_at_runtime_and_validated_with_the_file() {
         "the file's route is untouched"
     );
 
+    // The file's routes are matched first: a store route cannot take their
+    // requests, however specific. One inside a file route is refused...
+    let (s, j) = admin_call(
+        &gw,
+        a,
+        "POST",
+        "/api/v1/routes",
+        Some(json!({"name": "shadow", "path": "/app/admin/*", "public": true, "upstream": [format!("http://{billing}")]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("route \"app\" of hexon.toml"),
+        "{j}"
+    );
+    // ...and one that only overlaps (an exact host, more specific than the
+    // file's `*`) serves what the file leaves free, never the file's paths.
+    let (s, j) = admin_call(
+        &gw,
+        a,
+        "POST",
+        "/api/v1/routes",
+        Some(json!({"name": "svc-public", "host": "svc.example.com", "path": "/*", "public": true, "identity": "none", "upstream": [format!("http://{billing}")]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let anonymous = |path: &str| {
+        Request::get(path)
+            .header("host", "svc.example.com")
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(
+        text(&gw, anonymous("/free")).await,
+        (StatusCode::OK, "billing /free".into())
+    );
+    let (s, _) = text(&gw, anonymous("/app/admin/x")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the file's app route decides");
+    assert_eq!(
+        text(&gw, get("/app/admin/x", &bob)).await,
+        (StatusCode::OK, "app /app/admin/x".into())
+    );
+    let (s, _) = admin_call(&gw, a, "DELETE", "/api/v1/routes/svc-public", None).await;
+    assert_eq!(s, StatusCode::OK);
+
     // Listed with its source; shown whole.
     let (_, j) = admin_call(&gw, a, "GET", "/api/v1/routes", None).await;
     let sources: Vec<(String, String)> = j["routes"]
@@ -229,6 +277,18 @@ async fn store_routes_are_managed_at_runtime_and_validated_with_the_file() {
             json!({"name": "a/b", "path": "/t/*"}),
             StatusCode::BAD_REQUEST,
             "route.name",
+        ),
+        (
+            json!({"name": "..", "path": "/t/*"}),
+            StatusCode::BAD_REQUEST,
+            "route.name",
+        ),
+        // What only the upstream client refuses is caught before storing
+        // (the tables are built first).
+        (
+            json!({"name": "frag", "path": "/f/*", "upstream": ["http://127.0.0.1:9/#x"]}),
+            StatusCode::BAD_REQUEST,
+            "route \"frag\".upstream",
         ),
     ];
     for (body, status, needle) in cases {

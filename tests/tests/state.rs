@@ -1132,13 +1132,24 @@ async fn store_routes_reach_every_node() {
     };
     let admins = "[[group]]\nname = \"admins\"\nusers = [\"alice\"]\n";
     // The file's route covers /app/ only here, so /ledger/ has no route.
+    // Only node A's file has the finance group.
     let text = |dir: &Dir, node: &str| {
-        config_text(dir, upstream, &format!("{USERS}{admins}"), &state(node))
-            .replace("path = \"/*\"", "path = \"/app/*\"")
-            .replace(
-                "audit = \"off\"\n",
-                "audit = \"off\"\nadmin_bind = \"127.0.0.1:0\"\n",
-            )
+        let finance = if node == "node-a" {
+            "[[group]]\nname = \"finance\"\nusers = [\"bob\"]\n"
+        } else {
+            ""
+        };
+        config_text(
+            dir,
+            upstream,
+            &format!("{USERS}{admins}{finance}"),
+            &state(node),
+        )
+        .replace("path = \"/*\"", "path = \"/app/*\"")
+        .replace(
+            "audit = \"off\"\n",
+            "audit = \"off\"\nadmin_bind = \"127.0.0.1:0\"\n",
+        )
     };
     let (dir_a, dir_b) = (Dir::new("routes-a"), Dir::new("routes-b"));
     let a = Node::start(&text(&dir_a, "node-a")).await;
@@ -1204,6 +1215,16 @@ async fn store_routes_reach_every_node() {
     .await;
     assert_eq!(get(&a, "bob").await, StatusCode::OK);
 
+    // A route that fits A's file but not B's: B leaves it out (and says
+    // so in its log) and keeps applying the other routes' changes.
+    let (s, j) = call(
+        "POST",
+        "/api/v1/routes",
+        json!({"name": "fin", "path": "/fin/*", "upstream": [format!("http://{upstream}")], "allow": [{"groups": ["finance"]}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    assert_eq!(j["applied"], true);
     let (s, j) = call("PUT", "/api/v1/routes/ledger", route(&["alice"])).await;
     assert_eq!(s, StatusCode::OK, "{j}");
     poll(
@@ -1213,6 +1234,21 @@ async fn store_routes_reach_every_node() {
     )
     .await;
     assert_eq!(get(&b, "alice").await, StatusCode::OK);
+    let running = |n: &Node| -> Vec<String> {
+        n.gateway
+            .routes()
+            .running()
+            .1
+            .into_iter()
+            .map(|r| r.spec.name)
+            .collect()
+    };
+    assert_eq!(running(&a), ["fin", "ledger"]);
+    assert_eq!(
+        running(&b),
+        ["ledger"],
+        "B leaves out the route its file cannot take"
+    );
 
     let (s, j) = call("DELETE", "/api/v1/routes/ledger", Value::Null).await;
     assert_eq!(s, StatusCode::OK, "{j}");

@@ -427,6 +427,22 @@ fn toml_text(route: &Value) -> String {
         .unwrap_or_else(|| route.to_string())
 }
 
+/// A store route's name as the API takes it (a URL path segment).
+fn route_name(name: &str) -> Result<&str, String> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().any(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{name:?}: a route name is 1-128 of A-Z a-z 0-9 . _ - (a route of hexon.toml with other characters cannot be addressed here)"
+        ))
+    }
+}
+
 async fn run(cli: Cli) -> Result<String, String> {
     let api = Api {
         url: cli.url,
@@ -588,6 +604,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             (j, format!("ended every session of {user}"))
         }
         Command::Route(RouteCmd::Show { name }) => {
+            let name = route_name(&name)?;
             let j = api
                 .call(Method::GET, &format!("/routes/{name}"), None)
                 .await?;
@@ -604,6 +621,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             let Some(name) = route.get("name").and_then(Value::as_str).map(str::to_owned) else {
                 return Err(format!("{file}: the route has no name"));
             };
+            route_name(&name)?;
             let put = if create {
                 None
             } else {
@@ -629,6 +647,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             (j, h)
         }
         Command::Route(RouteCmd::Delete { name }) => {
+            route_name(&name)?;
             let j = api
                 .call(Method::DELETE, &format!("/routes/{name}"), None)
                 .await?;

@@ -113,6 +113,10 @@ pub struct CompileOptions<'a> {
     /// If set, every group named in a rule must satisfy this predicate
     /// ("does the directory know this group?"); others are refused.
     pub group_exists: Option<&'a dyn Fn(&str) -> bool>,
+    /// If set, routes from this index on are a second tier: matched only
+    /// when no route before it matches the request (the gateway's routes
+    /// from the durable store, behind the configuration file's).
+    pub second_tier_from: Option<usize>,
 }
 
 impl<'a> CompileOptions<'a> {
@@ -126,12 +130,21 @@ impl<'a> CompileOptions<'a> {
         self.group_exists = Some(f);
         self
     }
+
+    /// Routes from index `n` on are matched only when no earlier route
+    /// matches (whatever their specificity): a second tier that can never
+    /// take a request the first tier's routes match.
+    pub fn second_tier_from(mut self, n: usize) -> Self {
+        self.second_tier_from = Some(n);
+        self
+    }
 }
 
 impl fmt::Debug for CompileOptions<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompileOptions")
             .field("group_exists", &self.group_exists.map(|_| "<fn>"))
+            .field("second_tier_from", &self.second_tier_from)
             .finish()
     }
 }
@@ -323,6 +336,9 @@ impl Route {
 pub struct PolicyEngine {
     routes: Box<[Route]>,
     index: RouteIndex,
+    /// Routes consulted only when `index` has no match
+    /// ([`CompileOptions::second_tier_from`]).
+    second: RouteIndex,
     by_name: HashMap<Box<str>, usize>,
 }
 
@@ -334,6 +350,7 @@ impl PolicyEngine {
         let mut by_name: HashMap<Box<str>, usize> = HashMap::with_capacity(routes.len());
         let mut compiled = Vec::with_capacity(routes.len());
         let mut index = RouteIndex::default();
+        let mut second = RouteIndex::default();
         for (i, spec) in routes.iter().enumerate() {
             let at = format!("route[{i}]");
             let name_ok = !spec.name.is_empty()
@@ -406,7 +423,12 @@ impl PolicyEngine {
             let rules =
                 RuleSet::compile_into(&spec.allow, &spec.deny, &at, opts.group_exists, &mut errs);
             if let (Some(host), Some(path), Some(rules)) = (host, path, rules) {
-                index.insert(&host, &path, compiled.len());
+                let tier = if opts.second_tier_from.is_some_and(|n| i >= n) {
+                    &mut second
+                } else {
+                    &mut index
+                };
+                tier.insert(&host, &path, compiled.len());
                 compiled.push(Route {
                     name: spec.name.as_str().into(),
                     host: spec.host.as_str().into(),
@@ -426,6 +448,7 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             routes: compiled.into(),
             index,
+            second,
             by_name,
         })
     }
@@ -450,12 +473,14 @@ impl PolicyEngine {
     }
 
     fn lookup(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
+        let pick = |id: usize, _: HostTier, _: PathKind, path_ok: bool| match self.routes.get(id) {
+            Some(r) if path_ok && r.covers_method(method) => ControlFlow::Break(id),
+            _ => ControlFlow::Continue(()),
+        };
         let id = self
             .index
-            .find(host, path, |id, _, _, path_ok| match self.routes.get(id) {
-                Some(r) if path_ok && r.covers_method(method) => ControlFlow::Break(id),
-                _ => ControlFlow::Continue(()),
-            })?;
+            .find(host, path, pick)
+            .or_else(|| self.second.find(host, path, pick))?;
         self.routes.get(id)
     }
 
@@ -521,7 +546,7 @@ impl PolicyEngine {
         };
         ex.normalized_path = Some(trunc_long(&path));
         let mut candidates = Vec::new();
-        let found = self.index.find(host, &path, |id, tier, kind, path_ok| {
+        let mut consider = |id: usize, tier: HostTier, kind: PathKind, path_ok: bool| {
             let Some(r) = self.routes.get(id) else {
                 return ControlFlow::Continue(());
             };
@@ -545,7 +570,11 @@ impl PolicyEngine {
             } else {
                 ControlFlow::Continue(())
             }
-        });
+        };
+        let found = self
+            .index
+            .find(host, &path, &mut consider)
+            .or_else(|| self.second.find(host, &path, &mut consider));
         ex.candidates = candidates;
         if let Some(route) = found.and_then(|id| self.routes.get(id)) {
             ex.rules = Some(route.rules.trace(subject, route.public_reason(req.method)));

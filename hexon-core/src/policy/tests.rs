@@ -1299,3 +1299,57 @@ fn path_parameters_are_refused() {
     // Encoded ';' is data, not a parameter: servlet containers do not strip it.
     assert!(normalize_path("/a%3Bb").is_ok());
 }
+
+#[test]
+fn second_tier_routes_only_take_what_the_first_tier_leaves() {
+    // First tier: admins on all of app.example.com, and GET only on /docs.
+    let mut docs = route("docs", "*", "/docs");
+    docs.methods = vec!["GET".into()];
+    let mut app = route("app", "app.example.com", "/*");
+    app.allow = vec![groups(&["admins"])];
+    // Second tier: more specific everywhere, and public.
+    let mut shadow = route("shadow", "app.example.com", "/admin/*");
+    shadow.public = true;
+    let mut exact = route("exact", "other.example.com", "/docs");
+    exact.public = true;
+    let own = route("own", "svc.example.com", "/*");
+    let routes = [app, docs, shadow, exact, own];
+    let e = match PolicyEngine::compile(&routes, &CompileOptions::new().second_tier_from(2)) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    let bob = user("bob", &[]);
+    let name = |host: &str, path: &str, method: &str| {
+        let mut r = req(host, path);
+        r.method = method;
+        e.match_route(&r).unwrap().map(|r| r.name().to_owned())
+    };
+    // The file's routes win where they match, however specific the other is.
+    assert_eq!(
+        name("app.example.com", "/admin/x", "GET").as_deref(),
+        Some("app")
+    );
+    assert_eq!(
+        name("other.example.com", "/docs", "GET").as_deref(),
+        Some("docs")
+    );
+    let d = e.decide(&req("app.example.com", "/admin/x"), &at(Some(&bob)));
+    assert_eq!(d.route, Some("app"));
+    assert!(!d.is_allow(), "{d:?}");
+    // What the first tier leaves is the second's: another host, another method.
+    assert_eq!(name("svc.example.com", "/x", "GET").as_deref(), Some("own"));
+    assert_eq!(
+        name("other.example.com", "/docs", "POST").as_deref(),
+        Some("exact")
+    );
+    // Without tiers, specificity decides (the shadow would win).
+    let flat = engine(&routes);
+    let r = req("app.example.com", "/admin/x");
+    assert_eq!(
+        flat.match_route(&r).unwrap().map(Route::name),
+        Some("shadow")
+    );
+    // explain agrees with decide.
+    let ex = e.explain(&req("app.example.com", "/admin/x"), &at(Some(&bob)));
+    assert_eq!(ex.decision.route, Some("app"));
+}

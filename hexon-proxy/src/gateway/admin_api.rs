@@ -116,32 +116,41 @@ fn invalid(e: &hexon_core::config::ConfigErrors) -> Answer {
     )
 }
 
+/// What the audit trail keeps of a route change: the definition when it
+/// was accepted, the error otherwise.
+fn route_detail(res: &Answer, body: &[u8]) -> Value {
+    if res.status().is_success() {
+        json!({ "route": serde_json::from_slice::<Value>(body).ok() })
+    } else {
+        json!({})
+    }
+}
+
 /// A store route's name: it is a URL path segment of this API.
 fn store_route_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        // `.` and `..` are path segments clients rewrite.
+        && s.bytes().any(|b| b.is_ascii_alphanumeric())
 }
 
-/// Apply the store's routes on this node and answer: `applied: true`, or
-/// (the change is stored but the table could not be built) a `500` saying
-/// the node keeps its previous table.
+/// Apply the store's routes on this node and answer `applied: true`, or
+/// `applied: false` with a `warning` when the change is stored but this
+/// node could not apply all of it.
 async fn applied(set: &super::routes::RouteSet, status: StatusCode, mut body: Value) -> Answer {
-    match set.reload().await {
-        Ok(_) => {
-            if let Value::Object(m) = &mut body {
-                m.insert("applied".into(), json!(true));
-            }
-            reply(status, &body)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "a route change was stored but could not be applied");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("stored, but not applied (this node keeps its previous table): {e}"),
-            )
+    let outcome = set.reload().await;
+    if let Value::Object(m) = &mut body {
+        m.insert("applied".into(), json!(outcome.is_ok()));
+        if let Err(e) = &outcome {
+            // Stored (and announced to the other nodes); this node could not
+            // apply all of it. Checked before storing, so rare: a race with
+            // another change or a file reload.
+            tracing::error!(error = %e, "a route change was stored but not fully applied here");
+            m.insert("warning".into(), json!(e.to_string()));
         }
     }
+    reply(status, &body)
 }
 
 fn client_json(c: &ApiClientRecord) -> Value {
@@ -572,9 +581,12 @@ impl AdminApi {
             (&Method::GET, ["clients"]) => (self.list().await, None),
             (&Method::GET, ["routes"]) => (self.routes(), None),
             (&Method::GET, ["routes", name]) => (self.show_route(name).await, None),
+            // The definition goes into the audit trail only once it passed
+            // (a refused one may hold what validation refuses to keep,
+            // such as credentials in an upstream URL).
             (&Method::POST, ["routes"]) => {
                 let (res, name) = self.put_route(None, body, now).await;
-                let detail = json!({ "route": serde_json::from_slice::<Value>(body).ok() });
+                let detail = route_detail(&res, body);
                 (
                     res,
                     change("route.created", name.as_deref().unwrap_or("-"), detail),
@@ -582,7 +594,7 @@ impl AdminApi {
             }
             (&Method::PUT, ["routes", name]) => {
                 let (res, _) = self.put_route(Some(name), body, now).await;
-                let detail = json!({ "route": serde_json::from_slice::<Value>(body).ok() });
+                let detail = route_detail(&res, body);
                 (res, change("route.updated", name, detail))
             }
             (&Method::DELETE, ["routes", name]) => (
@@ -829,8 +841,35 @@ impl AdminApi {
                 candidate.push(route.clone());
             }
         }
-        if let Err(e) = set.check(candidate) {
-            return (invalid(&e), Some(rname));
+        match set.check(&candidate) {
+            Ok(merged) => {
+                // The file's routes are matched first: a store route inside
+                // one would never be reached. Say so instead of storing it.
+                let (method, host, path) = super::routes::sample_request(&route);
+                let taken = merged.policy().ok().and_then(|engine| {
+                    let req = hexon_core::policy::HttpRequest::new(&method, &host, &path);
+                    let hit = engine.match_route(&req).ok().flatten()?;
+                    set.in_file(hit.name()).then(|| hit.name().to_owned())
+                });
+                if let Some(file_route) = taken {
+                    return (
+                        problem(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "{method} {host}{path} goes to route {file_route:?} of hexon.toml: the file's routes are matched first, so this route would not be reached; give it a host or path the file leaves free"
+                            ),
+                        ),
+                        Some(rname),
+                    );
+                }
+            }
+            Err(super::GatewayError::Config(e)) => return (invalid(&e), Some(rname)),
+            Err(e) => {
+                return (
+                    problem(StatusCode::BAD_REQUEST, format!("invalid route: {e}")),
+                    Some(rname),
+                );
+            }
         }
         let definition = route.to_json().to_string();
         let store = set.store();

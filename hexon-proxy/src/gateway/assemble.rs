@@ -350,11 +350,17 @@ impl Running {
     }
 }
 
-fn routing_table(config: &Config) -> Result<RoutingTable, GatewayError> {
+pub(crate) fn routing_table(config: &Config) -> Result<RoutingTable, GatewayError> {
     let mut table = RoutingTable::new();
-    for (i, r) in config.routes.iter().enumerate() {
-        let group = UpstreamGroup::new(&r.upstream, group_config(config, r)?)
-            .map_err(|e| GatewayError::Other(format!("route[{i}].upstream: {e}")))?;
+    for r in &config.routes {
+        let group = UpstreamGroup::new(&r.upstream, group_config(config, r)?).map_err(|e| {
+            GatewayError::Config(hexon_core::config::ConfigErrors(vec![
+                hexon_core::config::ConfigError::new(
+                    format!("route {:?}.upstream", r.spec.name),
+                    e.to_string(),
+                ),
+            ]))
+        })?;
         table.insert(r.spec.name.as_str(), group);
     }
     Ok(table)
@@ -444,9 +450,12 @@ impl Gateway {
         let apply: super::routes::Apply = {
             let (handles, key, enabled, login) =
                 (handles.clone(), key.clone(), enabled.clone(), login.clone());
-            Box::new(move |merged: &Config| {
+            Box::new(move |merged: &Config, dry_run: bool| {
                 let policy = merged.policy()?;
                 let routes = routing_table(merged)?;
+                if dry_run {
+                    return Ok(());
+                }
                 let sign = sign_table(merged, &key);
                 handles.store(policy, routes, sign);
                 enabled.set(EnabledUsers::of(merged));

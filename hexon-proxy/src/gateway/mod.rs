@@ -402,8 +402,12 @@ pub async fn list_store_routes(path: PathBuf) -> Result<(), GatewayError> {
         }
     }
     if parsed.len() == records.len() {
-        match config.with_routes(parsed) {
-            Ok(_) => out(&format!("{}: the store's routes fit it", path.display())),
+        let fits = config
+            .with_routes(parsed)
+            .map_err(GatewayError::from)
+            .and_then(|merged| assemble::routing_table(&merged).map(drop));
+        match fits {
+            Ok(()) => out(&format!("{}: the store's routes fit it", path.display())),
             Err(e) => out(&format!(
                 "{}: the store's routes do not fit it:\n{e}",
                 path.display()

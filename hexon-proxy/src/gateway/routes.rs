@@ -5,12 +5,15 @@
 //!
 //! The gateway runs one route table: the file's routes, then the store's.
 //! Both are validated together exactly as a file is ([`Config::with_routes`]):
-//! names are unique across both, groups must exist, upstreams be well formed.
-//! A change that does not validate is refused before it is stored; a table
-//! that no longer validates (the file changed, or another node stored
-//! something this node's file contradicts) is not applied: the node keeps the
-//! table it has and says why. A route missing from the table matches nothing,
-//! so nothing is ever served under a route the operator did not see validated.
+//! names are unique across both, groups must exist, upstreams be well formed;
+//! and the tables are built (a dry run) before a change is stored. The
+//! store's routes are a second tier of the policy: a request that any file
+//! route matches is decided by the file's routes, however specific a store
+//! route is, so the API cannot take traffic the file claims. A change that
+//! does not validate is refused before it is stored. A store route that no
+//! longer fits a node's file (its file differs, or changed) is left out on
+//! that node with an error naming it; the others apply. At start, such a
+//! route stops the gateway with the repair command instead.
 //!
 //! Store routes may not name files on the gateway's disk
 //! (`upstream_ca`, `upstream_client_cert`, `upstream_client_key`): files are
@@ -31,12 +34,16 @@ pub const MAX_ROUTE_BYTES: usize = 32 * 1024;
 pub const MAX_STORE_ROUTES: usize = 10_000;
 
 /// Applies a merged configuration to the running gateway (policy, routing
-/// and signing tables, users).
-pub(crate) type Apply = Box<dyn Fn(&Config) -> Result<(), GatewayError> + Send + Sync>;
+/// and signing tables, users); with `true`, only builds the tables (a dry
+/// run: everything that could fail, nothing swapped).
+pub(crate) type Apply = Box<dyn Fn(&Config, bool) -> Result<(), GatewayError> + Send + Sync>;
 
 /// The file's configuration and the store's routes the gateway runs now.
 struct Current {
     file: Config,
+    /// The store's routes as last read (what the next read is compared with).
+    seen: Vec<RouteConfig>,
+    /// The store's routes running (`seen` minus any this node refused).
     store: Vec<RouteConfig>,
 }
 
@@ -51,7 +58,13 @@ struct Inner {
     store: Arc<dyn DurableStore>,
     /// Serialises applies: a file reload and a store change never interleave.
     current: Mutex<Current>,
+    /// Serialises store reads with their apply, so an older read is never
+    /// applied after a newer one.
+    reading: tokio::sync::Mutex<()>,
     apply: Apply,
+    /// `gateway.api_key_query_param` as the running layers read it (fixed
+    /// at start).
+    query_param: Option<String>,
 }
 
 impl std::fmt::Debug for RouteSet {
@@ -120,6 +133,26 @@ fn relocate(mut e: ConfigErrors, name: &str) -> ConfigErrors {
     e
 }
 
+/// The store routes an error names (`route "billing".allow[0]…`).
+fn named_in(e: &GatewayError, store: &[RouteConfig]) -> Vec<String> {
+    let GatewayError::Config(errs) = e else {
+        return Vec::new();
+    };
+    store
+        .iter()
+        .map(|r| &r.spec.name)
+        .filter(|name| {
+            let at = format!("route {name:?}");
+            errs.0.iter().any(|e| {
+                e.location
+                    .strip_prefix(&at)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 impl RouteSet {
     /// Start from the file's configuration and the routes in `store`; the
     /// merged configuration is applied with `apply` now and on every change.
@@ -131,24 +164,34 @@ impl RouteSet {
         apply: Apply,
     ) -> Result<(RouteSet, Config), GatewayError> {
         let routes = load(&*store).await?;
-        let merged = file.with_routes(routes.clone()).map_err(|e| {
-            GatewayError::Other(format!(
-                "the routes kept in the durable store do not fit hexon.toml:\n{e}\n\
-                 fix hexon.toml, or remove the route from the store: \
-                 `hexon routes delete -c hexon.toml NAME`"
-            ))
-        })?;
-        apply(&merged)?;
         let set = RouteSet {
             inner: Arc::new(Inner {
                 store,
                 current: Mutex::new(Current {
-                    file,
-                    store: routes,
+                    file: file.clone(),
+                    seen: Vec::new(),
+                    store: Vec::new(),
                 }),
+                reading: tokio::sync::Mutex::new(()),
                 apply,
+                query_param: file.gateway.api_key_query_param.clone(),
             }),
         };
+        let merged = set
+            .merge(&file, &routes)
+            .and_then(|m| (set.inner.apply)(&m, false).map(|()| m))
+            .map_err(|e| {
+                GatewayError::Other(format!(
+                    "the routes kept in the durable store do not fit hexon.toml:\n{e}\n\
+                     fix hexon.toml, or remove the route from the store: \
+                     `hexon routes delete -c hexon.toml NAME` (`hexon routes list` shows them)"
+                ))
+            })?;
+        {
+            let mut current = set.current();
+            current.seen = routes.clone();
+            current.store = routes;
+        }
         Ok((set, merged))
     }
 
@@ -159,46 +202,100 @@ impl RouteSet {
         }
     }
 
+    /// `file` with `store`, validated as one configuration.
+    fn merge(&self, file: &Config, store: &[RouteConfig]) -> Result<Config, GatewayError> {
+        // The key parameter is read by layers built at start: a store route
+        // may not rely on one the running gateway does not read.
+        let lists_query_keys = store.iter().any(|r| {
+            r.spec
+                .credentials
+                .contains(&hexon_core::policy::Credential::ApiKeyQuery)
+        });
+        if lists_query_keys && file.gateway.api_key_query_param != self.inner.query_param {
+            return Err(GatewayError::Other(
+                "a store route lists api_key_query but gateway.api_key_query_param changed \
+                 since the gateway started: restart it first"
+                    .into(),
+            ));
+        }
+        Ok(file.with_routes(store.to_vec())?)
+    }
+
     /// A new file configuration (a reload): applied with the store's routes.
     /// If the two do not validate together, nothing changes and the error
     /// says which routes clash.
     pub(crate) fn set_file(&self, file: &Config) -> Result<Config, GatewayError> {
         let mut current = self.current();
-        let merged = file.with_routes(current.store.clone()).map_err(|e| {
-            GatewayError::Other(format!(
-                "the new configuration does not fit the routes kept in the durable store \
-                 (change them with the admin API or `hexonctl route`):\n{e}"
-            ))
-        })?;
-        (self.inner.apply)(&merged)?;
+        let merged = self
+            .merge(file, &current.store)
+            .and_then(|m| (self.inner.apply)(&m, false).map(|()| m))
+            .map_err(|e| {
+                GatewayError::Other(format!(
+                    "the new configuration does not fit the routes kept in the durable store \
+                     (change them with the admin API or `hexonctl route`):\n{e}"
+                ))
+            })?;
         current.file = file.clone();
         Ok(merged)
     }
 
     /// Read the store's routes again and apply them when they changed.
-    /// Returns whether the table changed. On error the running table stays.
+    /// Returns whether the table changed. A store route that does not fit
+    /// this node's file (or cannot be built) is left out, with an error in
+    /// the log naming it; the rest apply (so deletions and changes of other
+    /// routes are never held back by it). If the table still cannot be
+    /// built, the running one stays and the error says why.
     pub async fn reload(&self) -> Result<bool, GatewayError> {
+        let _reading = self.inner.reading.lock().await;
         let routes = load(&*self.inner.store).await?;
         let mut current = self.current();
-        if current.store == routes {
+        if current.seen == routes {
             return Ok(false);
         }
-        let merged = current.file.with_routes(routes.clone()).map_err(|e| {
-            GatewayError::Other(format!(
-                "the routes in the durable store do not fit this node's hexon.toml; \
-                 keeping the current table:\n{e}"
-            ))
-        })?;
-        (self.inner.apply)(&merged)?;
-        current.store = routes;
-        Ok(true)
+        let mut running = routes.clone();
+        let mut refused = Vec::new();
+        // Each round leaves out the routes the errors name; a route can
+        // only be named once, so this ends.
+        let merged = loop {
+            let attempt = self
+                .merge(&current.file, &running)
+                .and_then(|m| (self.inner.apply)(&m, true).map(|()| m));
+            match attempt {
+                Ok(m) => break m,
+                Err(e) => {
+                    let named = named_in(&e, &running);
+                    if named.is_empty() {
+                        return Err(GatewayError::Other(format!(
+                            "the routes in the durable store do not fit this node's \
+                             configuration; keeping the current table:\n{e}"
+                        )));
+                    }
+                    tracing::error!(error = %e, routes = ?named, "store routes left out on this node: they do not fit its configuration");
+                    running.retain(|r| !named.contains(&r.spec.name));
+                    refused.extend(named);
+                }
+            }
+        };
+        (self.inner.apply)(&merged, false)?;
+        current.seen = routes;
+        current.store = running;
+        if refused.is_empty() {
+            Ok(true)
+        } else {
+            Err(GatewayError::Other(format!(
+                "applied without the store routes {refused:?}, which do not fit this node's \
+                 configuration (see the log)"
+            )))
+        }
     }
 
     /// Check that `store` (the store's routes after a change) validates with
-    /// the file, before the change is written.
-    pub fn check(&self, store: Vec<RouteConfig>) -> Result<(), ConfigErrors> {
-        let current = self.current();
-        current.file.with_routes(store).map(drop)
+    /// the file and builds, before the change is written.
+    pub fn check(&self, store: &[RouteConfig]) -> Result<Config, GatewayError> {
+        let file = self.current().file.clone();
+        let merged = self.merge(&file, store)?;
+        (self.inner.apply)(&merged, true)?;
+        Ok(merged)
     }
 
     /// Whether `name` is a route of the file (not editable through the API).
@@ -242,4 +339,21 @@ pub async fn load(store: &dyn DurableStore) -> Result<Vec<RouteConfig>, GatewayE
     } else {
         Err(GatewayError::Config(ConfigErrors(errs)))
     }
+}
+
+/// A request `route` matches (its host with `x` for wildcards, its path
+/// with `x` for globs), to see whether a file route takes it first.
+pub fn sample_request(route: &RouteConfig) -> (String, String, String) {
+    let host = match route.spec.host.as_str() {
+        "*" => "sample.invalid".to_owned(),
+        h => h.replace('*', "x"),
+    };
+    let path = route.spec.path.replace('*', "x");
+    let method = route
+        .spec
+        .methods
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "GET".to_owned());
+    (method, host, path)
 }
