@@ -508,3 +508,90 @@ async fn a_store_route_that_no_longer_fits_stops_the_start() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An upstream that counts the TCP connections it accepts.
+async fn counting_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(hexon_proxy::body::full(
+                        "counted",
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A route change rebuilds the table but keeps the upstream groups (and
+/// pooled connections) of the routes it leaves alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_change_keeps_the_other_routes_connections() {
+    use std::sync::atomic::Ordering;
+    let (app, accepted) = counting_upstream().await;
+    let other = named_upstream("other").await;
+    // One connection thread: one pool per upstream, whichever thread a
+    // client connection lands on.
+    let one_thread = |text: String| {
+        text.replace(
+            "audit = \"off\"\n",
+            "audit = \"off\"\nconnection_threads = 1\n",
+        )
+    };
+    let gw = Gw::start(&one_thread(config(app, FINANCE))).await;
+    let alice = gw.token("alice").await;
+    let a = Some(alice.as_str());
+    assert_eq!(
+        text(&gw, get("/app/1", &alice)).await,
+        (StatusCode::OK, "counted".into())
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let (s, j) = admin_call(
+        &gw,
+        a,
+        "POST",
+        "/api/v1/routes",
+        Some(route_json("reports", "/reports/*", other, "staff")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    assert_eq!(
+        text(&gw, get("/app/2", &alice)).await,
+        (StatusCode::OK, "counted".into())
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the app route's pooled connection survived the change"
+    );
+    // A change of the route itself builds its group afresh.
+    let data = gw.dir.display().to_string();
+    let changed = Config::parse(
+        &one_thread(config(app, FINANCE))
+            .replace("groups = [\"staff\"]", "groups = [\"staff\", \"admins\"]"),
+        &|n| (n == "DATA").then(|| data.clone()),
+    )
+    .unwrap();
+    gw.gateway.reload(&changed).unwrap();
+    assert_eq!(
+        text(&gw, get("/app/3", &alice)).await,
+        (StatusCode::OK, "counted".into())
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new group, a new pool"
+    );
+    gw.stop().await;
+}

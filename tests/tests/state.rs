@@ -515,6 +515,39 @@ encryption_keys = ["{key}"]
     )
 }
 
+/// `[state]` of a cluster node: PostgreSQL (schema `schema`) for durable
+/// objects, NATS (prefix `prefix`) for shared state and events.
+fn cluster_state(schema: &Schema, prefix: &Prefix, node: &str, key: &str) -> String {
+    format!(
+        "durable = \"postgres\"\npostgres_url = \"{POSTGRES_URL}\"\npostgres_schema = \"{}\"\npostgres_max_connections = 4\nshared = \"nats\"\nnats_url = \"{NATS_URL}\"\nnats_prefix = \"{}\"\nnats_allow_unauthenticated = true\nnode = \"{node}\"\nencryption_keys = [\"{key}\"]\n",
+        schema.0, prefix.name
+    )
+}
+
+/// A call to the admin API at `admin` with `token`: status and JSON body.
+async fn admin_json(
+    admin: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {token}"))
+        .body(full(body.to_string()))
+        .unwrap();
+    let res = send(admin, req).await;
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+    )
+}
+
 // ------------------------------------------------------------ tests
 
 /// The default single-node setup keeps sessions in its SQLite file: they
@@ -1005,12 +1038,7 @@ async fn api_client_changes_reach_every_node() {
     let prefix = Prefix::new(NATS_URL).await;
     let key = secret_key();
     let upstream = test_util::start_upstream(header_echo()).await.unwrap();
-    let state = |node: &str| {
-        format!(
-            "durable = \"postgres\"\npostgres_url = \"{POSTGRES_URL}\"\npostgres_schema = \"{}\"\npostgres_max_connections = 4\nshared = \"nats\"\nnats_url = \"{NATS_URL}\"\nnats_prefix = \"{}\"\nnats_allow_unauthenticated = true\nnode = \"{node}\"\nencryption_keys = [\"{key}\"]\n",
-            schema.0, prefix.name
-        )
-    };
+    let state = |node: &str| cluster_state(&schema, &prefix, node, &key);
     let admins = "[[group]]\nname = \"admins\"\nusers = [\"alice\"]\n";
     let with_admin = |text: String| {
         text.replace(
@@ -1040,22 +1068,7 @@ async fn api_client_changes_reach_every_node() {
             .unwrap();
     let call = |method: &'static str, path: String, body: Value| {
         let token = token.clone();
-        async move {
-            let req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "admin")
-                .header("authorization", format!("Bearer {token}"))
-                .body(full(body.to_string()))
-                .unwrap();
-            let res = send(admin, req).await;
-            let status = res.status();
-            let bytes = res.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-            )
-        }
+        async move { admin_json(admin, &token, method, &path, body).await }
     };
     let (s, _) = call(
         "POST",
@@ -1124,12 +1137,7 @@ async fn store_routes_reach_every_node() {
     let prefix = Prefix::new(NATS_URL).await;
     let key = secret_key();
     let upstream = test_util::start_upstream(header_echo()).await.unwrap();
-    let state = |node: &str| {
-        format!(
-            "durable = \"postgres\"\npostgres_url = \"{POSTGRES_URL}\"\npostgres_schema = \"{}\"\npostgres_max_connections = 4\nshared = \"nats\"\nnats_url = \"{NATS_URL}\"\nnats_prefix = \"{}\"\nnats_allow_unauthenticated = true\nnode = \"{node}\"\nencryption_keys = [\"{key}\"]\n",
-            schema.0, prefix.name
-        )
-    };
+    let state = |node: &str| cluster_state(&schema, &prefix, node, &key);
     let admins = "[[group]]\nname = \"admins\"\nusers = [\"alice\"]\n";
     // The file's route covers /app/ only here, so /ledger/ has no route.
     // Only node A's file has the finance group.
@@ -1161,22 +1169,7 @@ async fn store_routes_reach_every_node() {
             .unwrap();
     let call = |method: &'static str, path: &'static str, body: Value| {
         let token = token.clone();
-        async move {
-            let req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "admin")
-                .header("authorization", format!("Bearer {token}"))
-                .body(full(body.to_string()))
-                .unwrap();
-            let res = send(admin, req).await;
-            let status = res.status();
-            let bytes = res.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-            )
-        }
+        async move { admin_json(admin, &token, method, path, body).await }
     };
     // Each node signs its own tokens.
     let get = |node: &Node, user: &'static str| {

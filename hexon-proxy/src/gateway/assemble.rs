@@ -129,10 +129,10 @@ impl Handles {
         (self.policy.load(), self.routes.load(), self.sign.load())
     }
 
-    fn store(
+    fn store_shared(
         &self,
         policy: hexon_core::policy::PolicyEngine,
-        routes: RoutingTable,
+        routes: Arc<RoutingTable>,
         sign: SignTable,
     ) {
         let _g = match self.generation.write() {
@@ -140,7 +140,7 @@ impl Handles {
             Err(p) => p.into_inner(),
         };
         self.policy.store(policy);
-        self.routes.store(routes);
+        self.routes.store_shared(routes);
         self.sign.store(sign);
     }
 }
@@ -351,8 +351,38 @@ impl Running {
 }
 
 pub(crate) fn routing_table(config: &Config) -> Result<RoutingTable, GatewayError> {
+    routing_table_keeping(config, None)
+}
+
+/// The routes and settings a routing table was built from, to rebuild it
+/// keeping what did not change.
+#[derive(Default)]
+struct Built {
+    routes: std::collections::HashMap<String, RouteConfig>,
+    max_body_bytes: u64,
+    table: Arc<RoutingTable>,
+}
+
+/// [`routing_table`], sharing with `previous` the group (and so the pooled
+/// upstream connections) of every route whose definition and defaults did
+/// not change. Routes that read files (`upstream_ca`, client certificates)
+/// are always rebuilt, so a reload picks up rotated files.
+fn routing_table_keeping(
+    config: &Config,
+    previous: Option<&Built>,
+) -> Result<RoutingTable, GatewayError> {
     let mut table = RoutingTable::new();
     for r in &config.routes {
+        let o = &r.upstream_options;
+        let reads_files = o.upstream_ca.is_some() || o.upstream_client_cert.is_some();
+        let kept = previous
+            .filter(|p| !reads_files && p.max_body_bytes == config.gateway.max_body_bytes)
+            .filter(|p| p.routes.get(&r.spec.name) == Some(r))
+            .and_then(|p| p.table.get(&r.spec.name));
+        if let Some(group) = kept {
+            table.insert_shared(r.spec.name.as_str(), group.clone());
+            continue;
+        }
         let group = UpstreamGroup::new(&r.upstream, group_config(config, r)?).map_err(|e| {
             GatewayError::Config(hexon_core::config::ConfigErrors(vec![
                 hexon_core::config::ConfigError::new(
@@ -450,14 +480,32 @@ impl Gateway {
         let apply: super::routes::Apply = {
             let (handles, key, enabled, login) =
                 (handles.clone(), key.clone(), enabled.clone(), login.clone());
+            // What the running routing table was built from: a change keeps
+            // the groups (and connection pools) of the routes it leaves alone.
+            let built = Arc::new(std::sync::Mutex::new(Built::default()));
             Box::new(move |merged: &Config, dry_run: bool| {
                 let policy = merged.policy()?;
-                let routes = routing_table(merged)?;
                 if dry_run {
+                    // Builds every group afresh, touching no running pool.
+                    routing_table(merged)?;
                     return Ok(());
                 }
+                let mut built = match built.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                let routes = Arc::new(routing_table_keeping(merged, Some(&built))?);
                 let sign = sign_table(merged, &key);
-                handles.store(policy, routes, sign);
+                handles.store_shared(policy, routes.clone(), sign);
+                *built = Built {
+                    routes: merged
+                        .routes
+                        .iter()
+                        .map(|r| (r.spec.name.clone(), r.clone()))
+                        .collect(),
+                    max_body_bytes: merged.gateway.max_body_bytes,
+                    table: routes,
+                };
                 enabled.set(EnabledUsers::of(merged));
                 if let Some(login) = &login {
                     login.reload(merged);

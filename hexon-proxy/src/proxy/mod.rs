@@ -88,6 +88,18 @@ impl RoutingTable {
         self
     }
 
+    /// Add or replace the group of `route` with one shared with another
+    /// table (a rebuilt table keeps an unchanged route's group, and so its
+    /// pooled connections).
+    pub fn insert_shared(
+        &mut self,
+        route: impl Into<Arc<str>>,
+        group: Arc<UpstreamGroup>,
+    ) -> &mut Self {
+        self.routes.insert(route.into(), group);
+        self
+    }
+
     /// The group of `route`.
     pub fn get(&self, route: &str) -> Option<&Arc<UpstreamGroup>> {
         self.routes.get(route)
@@ -139,8 +151,14 @@ impl RoutingTableHandle {
 
     /// Replace the table; returns the previous one.
     pub fn store(&self, table: RoutingTable) -> Arc<RoutingTable> {
+        self.store_shared(Arc::new(table))
+    }
+
+    /// Replace the table with one the caller keeps a handle on; returns the
+    /// previous one.
+    pub fn store_shared(&self, table: Arc<RoutingTable>) -> Arc<RoutingTable> {
         let mut guard = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *guard, Arc::new(table))
+        std::mem::replace(&mut *guard, table)
     }
 }
 
