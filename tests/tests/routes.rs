@@ -595,3 +595,37 @@ async fn a_route_change_keeps_the_other_routes_connections() {
     );
     gw.stop().await;
 }
+
+/// The API-key query parameter is read by layers built at start: after a
+/// reload that sets it, a store route may not list `api_key_query` until
+/// the gateway restarts (its key would reach the upstream unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_route_cannot_rely_on_a_query_parameter_set_after_start() {
+    let app = named_upstream("app").await;
+    let text_cfg = config(app, FINANCE);
+    let gw = Gw::start(&text_cfg).await;
+    let alice = gw.token("alice").await;
+    let data = gw.dir.display().to_string();
+    let with_param = Config::parse(
+        &text_cfg.replace(
+            "audit = \"off\"\n",
+            "audit = \"off\"\napi_key_query_param = \"api_key\"\n",
+        ),
+        &|n| (n == "DATA").then(|| data.clone()),
+    )
+    .unwrap();
+    gw.gateway.reload(&with_param).unwrap();
+    let q = json!({
+        "name": "q", "path": "/q/*", "upstream": [format!("http://{app}")],
+        "credentials": ["api_key_query"], "allow": [{"authenticated": true}],
+    });
+    let (s, j) = admin_call(&gw, Some(&alice), "POST", "/api/v1/routes", Some(q)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+    assert!(
+        messages(&j)
+            .iter()
+            .any(|m| m.starts_with("route \"q\".credentials") && m.contains("restart")),
+        "{j}"
+    );
+    gw.stop().await;
+}

@@ -205,18 +205,27 @@ impl RouteSet {
     /// `file` with `store`, validated as one configuration.
     fn merge(&self, file: &Config, store: &[RouteConfig]) -> Result<Config, GatewayError> {
         // The key parameter is read by layers built at start: a store route
-        // may not rely on one the running gateway does not read.
-        let lists_query_keys = store.iter().any(|r| {
-            r.spec
-                .credentials
-                .contains(&hexon_core::policy::Credential::ApiKeyQuery)
-        });
-        if lists_query_keys && file.gateway.api_key_query_param != self.inner.query_param {
-            return Err(GatewayError::Other(
-                "a store route lists api_key_query but gateway.api_key_query_param changed \
-                 since the gateway started: restart it first"
-                    .into(),
-            ));
+        // may not rely on one the running gateway does not read. (Located
+        // at the route, so a node leaves out just that route.)
+        if file.gateway.api_key_query_param != self.inner.query_param {
+            let errs: Vec<ConfigError> = store
+                .iter()
+                .filter(|r| {
+                    r.spec
+                        .credentials
+                        .contains(&hexon_core::policy::Credential::ApiKeyQuery)
+                })
+                .map(|r| {
+                    ConfigError::new(
+                        format!("route {:?}.credentials", r.spec.name),
+                        "lists api_key_query, but gateway.api_key_query_param changed since \
+                         the gateway started: restart it first",
+                    )
+                })
+                .collect();
+            if !errs.is_empty() {
+                return Err(GatewayError::Config(ConfigErrors(errs)));
+            }
         }
         Ok(file.with_routes(store.to_vec())?)
     }
