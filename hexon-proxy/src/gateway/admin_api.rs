@@ -312,6 +312,7 @@ impl AdminApi {
             return problem(StatusCode::NOT_FOUND, "routes are not published here");
         };
         let engine = policy.load();
+        let file = self.route_set.as_ref().map(|s| s.file_route_names());
         let routes: Vec<Value> = engine
             .routes()
             .iter()
@@ -324,8 +325,8 @@ impl AdminApi {
                     "public": r.is_public(),
                     "credentials": r.credentials().map(|c| c.as_str()).collect::<Vec<_>>(),
                 });
-                if let (Some(set), Value::Object(m)) = (&self.route_set, &mut v) {
-                    let source = if set.in_file(r.name()) {
+                if let (Some(file), Value::Object(m)) = (&file, &mut v) {
+                    let source = if file.contains(r.name()) {
                         "file"
                     } else {
                         "store"
@@ -668,8 +669,7 @@ impl AdminApi {
         let Some(set) = &self.route_set else {
             return Self::routes_not_managed();
         };
-        let (file, _) = set.running();
-        if let Some(r) = file.iter().find(|r| r.spec.name == name) {
+        if let Some(r) = set.file_route(name) {
             let mut route = r.to_json();
             if let Value::Object(m) = &mut route {
                 // A file path on the gateway's disk is not the API's business.

@@ -604,21 +604,8 @@ impl Gateway {
     /// configuration, when the two clash). Listener, signing-key and authentication changes need a restart; they
     /// are reported, not applied.
     pub fn reload(&self, new: &Config) -> Result<Vec<String>, GatewayError> {
-        // The key parameter is read and removed by layers built at start:
-        // routes that accept it must not run with another name (or none).
-        let (_, stored) = self.routes.running();
-        let lists_query_keys = new.routes.iter().chain(&stored).any(|r| {
-            r.spec
-                .credentials
-                .contains(&hexon_core::policy::Credential::ApiKeyQuery)
-        });
-        if lists_query_keys
-            && new.gateway.api_key_query_param != self.config.gateway.api_key_query_param
-        {
-            return Err(GatewayError::Other(
-                "gateway.api_key_query_param changed and routes list api_key_query: restart to apply it (the running gateway reads the old parameter)".into(),
-            ));
-        }
+        // Includes the check that no route relies on a changed
+        // `api_key_query_param` (the layers built at start read the old one).
         self.routes.set_file(new)?;
         let mut restart = Vec::new();
         if new.login != self.config.login {

@@ -41,8 +41,9 @@ pub(crate) type Apply = Box<dyn Fn(&Config, bool) -> Result<(), GatewayError> + 
 /// The file's configuration and the store's routes the gateway runs now.
 struct Current {
     file: Config,
-    /// The store's routes as last read (what the next read is compared with).
-    seen: Vec<RouteConfig>,
+    /// The store's records as last read (what the next read is compared
+    /// with, before anything is parsed).
+    seen: Vec<RouteRecord>,
     /// The store's routes running (`seen` minus any this node refused).
     store: Vec<RouteConfig>,
 }
@@ -163,7 +164,8 @@ impl RouteSet {
         store: Arc<dyn DurableStore>,
         apply: Apply,
     ) -> Result<(RouteSet, Config), GatewayError> {
-        let routes = load(&*store).await?;
+        let records = read(&*store).await?;
+        let routes = parse_all(&records)?;
         let set = RouteSet {
             inner: Arc::new(Inner {
                 store,
@@ -189,7 +191,7 @@ impl RouteSet {
             })?;
         {
             let mut current = set.current();
-            current.seen = routes.clone();
+            current.seen = records;
             current.store = routes;
         }
         Ok((set, merged))
@@ -204,17 +206,26 @@ impl RouteSet {
 
     /// `file` with `store`, validated as one configuration.
     fn merge(&self, file: &Config, store: &[RouteConfig]) -> Result<Config, GatewayError> {
-        // The key parameter is read by layers built at start: a store route
-        // may not rely on one the running gateway does not read. (Located
-        // at the route, so a node leaves out just that route.)
+        // The key parameter is read and removed by layers built at start:
+        // no route may rely on another name (or none). A file that does is
+        // refused whole; a store route that does is named, so a node leaves
+        // out just that route.
         if file.gateway.api_key_query_param != self.inner.query_param {
+            let lists = |r: &&RouteConfig| {
+                r.spec
+                    .credentials
+                    .contains(&hexon_core::policy::Credential::ApiKeyQuery)
+            };
+            if file.routes.iter().any(|r| lists(&r)) {
+                return Err(GatewayError::Other(
+                    "gateway.api_key_query_param changed and routes list api_key_query: \
+                     restart to apply it (the running gateway reads the old parameter)"
+                        .into(),
+                ));
+            }
             let errs: Vec<ConfigError> = store
                 .iter()
-                .filter(|r| {
-                    r.spec
-                        .credentials
-                        .contains(&hexon_core::policy::Credential::ApiKeyQuery)
-                })
+                .filter(lists)
                 .map(|r| {
                     ConfigError::new(
                         format!("route {:?}.credentials", r.spec.name),
@@ -256,21 +267,22 @@ impl RouteSet {
     /// built, the running one stays and the error says why.
     pub async fn reload(&self) -> Result<bool, GatewayError> {
         let _reading = self.inner.reading.lock().await;
-        let routes = load(&*self.inner.store).await?;
-        let mut current = self.current();
-        if current.seen == routes {
+        let records = read(&*self.inner.store).await?;
+        if self.current().seen == records {
             return Ok(false);
         }
-        let mut running = routes.clone();
+        let mut running = parse_all(&records)?;
+        let mut current = self.current();
         let mut refused = Vec::new();
         // Each round leaves out the routes the errors name; a route can
-        // only be named once, so this ends.
-        let merged = loop {
+        // only be named once, so this ends. `apply` builds every table
+        // before it swaps anything, so a failed round changes nothing.
+        loop {
             let attempt = self
                 .merge(&current.file, &running)
-                .and_then(|m| (self.inner.apply)(&m, true).map(|()| m));
+                .and_then(|m| (self.inner.apply)(&m, false));
             match attempt {
-                Ok(m) => break m,
+                Ok(()) => break,
                 Err(e) => {
                     let named = named_in(&e, &running);
                     if named.is_empty() {
@@ -284,9 +296,8 @@ impl RouteSet {
                     refused.extend(named);
                 }
             }
-        };
-        (self.inner.apply)(&merged, false)?;
-        current.seen = routes;
+        }
+        current.seen = records;
         current.store = running;
         if refused.is_empty() {
             Ok(true)
@@ -309,11 +320,28 @@ impl RouteSet {
 
     /// Whether `name` is a route of the file (not editable through the API).
     pub fn in_file(&self, name: &str) -> bool {
+        self.file_route(name).is_some()
+    }
+
+    /// The file's route `name`.
+    pub fn file_route(&self, name: &str) -> Option<RouteConfig> {
         self.current()
             .file
             .routes
             .iter()
-            .any(|r| r.spec.name == name)
+            .find(|r| r.spec.name == name)
+            .cloned()
+    }
+
+    /// The names of the file's routes.
+    pub fn file_route_names(&self) -> std::collections::HashSet<String> {
+        let current = self.current();
+        current
+            .file
+            .routes
+            .iter()
+            .map(|r| r.spec.name.clone())
+            .collect()
     }
 
     /// The file's routes and the store's, as the gateway runs them now.
@@ -328,16 +356,23 @@ impl RouteSet {
     }
 }
 
-/// Every route in `store`, parsed; the first that cannot be is an error
-/// naming it.
+/// Every route in `store`, parsed; those that cannot be are errors naming
+/// them.
 pub async fn load(store: &dyn DurableStore) -> Result<Vec<RouteConfig>, GatewayError> {
-    let records = store
+    parse_all(&read(store).await?)
+}
+
+async fn read(store: &dyn DurableStore) -> Result<Vec<RouteRecord>, GatewayError> {
+    store
         .routes()
         .await
-        .map_err(|e| GatewayError::Other(format!("reading the routes in the store: {e}")))?;
+        .map_err(|e| GatewayError::Other(format!("reading the routes in the store: {e}")))
+}
+
+fn parse_all(records: &[RouteRecord]) -> Result<Vec<RouteConfig>, GatewayError> {
     let mut routes = Vec::with_capacity(records.len());
     let mut errs = Vec::new();
-    for r in &records {
+    for r in records {
         match parse_record(r) {
             Ok(route) => routes.push(route),
             Err(e) => errs.extend(e.0),

@@ -315,11 +315,13 @@ tables = [{ name = "public.*", ops = ["select"] }]
     /// canonical text and counts its calls.
     fn service(
         calls: Arc<AtomicUsize>,
-    ) -> impl Service<
-        SqlRequest,
-        Response = Admitted,
-        Error = Refusal,
-        Future = CachedFuture<Ready<Result<Admitted, Refusal>>>,
+    ) -> VerdictCacheService<
+        impl Service<
+            SqlRequest,
+            Response = Admitted,
+            Error = Refusal,
+            Future = Ready<Result<Admitted, Refusal>>,
+        >,
     > {
         let acl = Arc::new(Acl::from_toml(ACL).unwrap_or_else(|e| panic!("{e:?}")));
         let limits = super::super::limits(&acl);
@@ -396,25 +398,8 @@ tables = [{ name = "public.*", ops = ["select"] }]
 
     #[test]
     fn quick_keys_are_learned_only_for_plain_statements() {
-        let acl = Arc::new(Acl::from_toml(ACL).unwrap_or_else(|e| panic!("{e:?}")));
-        let limits = super::super::limits(&acl);
         let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
-        let inner = tower::service_fn(move |req: SqlRequest| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            ready(
-                req.analysis(&limits)
-                    .map(|a| Admitted {
-                        sql: a.canonical.as_str().into(),
-                        row_cap: None,
-                        normalized: a.normalized.as_str().into(),
-                        role: "r".into(),
-                        switches_database: None,
-                    })
-                    .map_err(|e| e.clone()),
-            )
-        });
-        let mut s = VerdictCacheLayer::new(acl, 100).layer(inner);
+        let mut s = service(calls.clone());
         let quick_len = |s: &VerdictCacheService<_>| s.quick.as_ref().map_or(0, |q| q.len());
         let decide = |s: &mut VerdictCacheService<_>, sql: &str| match super::super::poll_once(
             &mut s.call(req(sql)),
