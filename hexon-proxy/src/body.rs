@@ -56,6 +56,29 @@ impl<E> BoxResponseFuture<E> {
     }
 }
 
+/// The future of a layer that answers some requests itself and passes the
+/// rest on: the inner service's future as it is (no allocation on the
+/// common path, which runs for every request), or the layer's own work,
+/// boxed. Built with `pass`, `own` and `answer`.
+pub type PassOrOwn<F, E> = futures_util::future::Either<F, BoxResponseFuture<E>>;
+
+/// Pass the request on: `fut` is the inner service's future.
+pub(crate) fn pass<F, E>(fut: F) -> PassOrOwn<F, E> {
+    futures_util::future::Either::Left(fut)
+}
+
+/// Answer with `fut`.
+pub(crate) fn own<F, E>(
+    fut: impl std::future::Future<Output = Result<http::Response<BoxBody>, E>> + Send + 'static,
+) -> PassOrOwn<F, E> {
+    futures_util::future::Either::Right(BoxResponseFuture::new(fut))
+}
+
+/// Answer with `res` at once.
+pub(crate) fn answer<F, E: Send + 'static>(res: http::Response<BoxBody>) -> PassOrOwn<F, E> {
+    own(std::future::ready(Ok(res)))
+}
+
 /// The service that was polled ready, to call from an `async` block; a
 /// clone takes its place for the next request (tower's rule for services
 /// used across `poll_ready` and `call`).

@@ -39,7 +39,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::authz::AuthzOutcome;
-use crate::body::{BoxBody, BoxError, BoxResponseFuture, full};
+use crate::body::{BoxBody, BoxError, full};
 use crate::clients::SignedBody;
 use crate::ext::{ConnectionInfo, MatchedRoute, RequestId};
 use crate::proxy::TrustedProxies;
@@ -271,7 +271,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxResponseFuture<S::Error>;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -279,7 +279,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if self.layer.path.as_deref() != Some(req.uri().path()) {
-            return BoxResponseFuture::new(self.inner.call(req.map(Either::Left)));
+            return crate::body::pass(self.inner.call(req.map(Either::Left)));
         }
         // Only the proxies may ask: the answer carries signed identity
         // headers (and, on JWT routes, the token minted for the backend).
@@ -300,14 +300,14 @@ where
                 ?peer,
                 "forward-auth question from a peer not in gateway.trusted_proxies refused"
             );
-            return BoxResponseFuture::new(std::future::ready(Ok(res)));
+            return crate::body::answer(res);
         }
         let req = match rewrite(req, &self.layer.trusted) {
             Ok(r) => r,
-            Err(res) => return BoxResponseFuture::new(std::future::ready(Ok(*res))),
+            Err(res) => return crate::body::answer(*res),
         };
         let fut = self.inner.call(req);
-        BoxResponseFuture::new(async move {
+        crate::body::own(async move {
             let mut res = fut.await?;
             // Allowed means answered by the responder after the whole
             // stack; a 200 from anything before it (the JWKS document, say)
@@ -375,7 +375,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxResponseFuture<S::Error>;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -383,7 +383,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if req.extensions().get::<ForwardAuth>().is_none() {
-            return BoxResponseFuture::new(self.inner.call(req));
+            return crate::body::pass(self.inner.call(req));
         }
         let mut res = Response::new(full(Bytes::new()));
         let h = res.headers_mut();
@@ -410,7 +410,7 @@ where
             HeaderValue::from_static("no-store"),
         );
         res.extensions_mut().insert(Answered);
-        BoxResponseFuture::new(std::future::ready(Ok(res)))
+        crate::body::answer(res)
     }
 }
 

@@ -21,7 +21,7 @@ use tower_service::Service;
 use super::hmac;
 use super::{API_KEY_METHOD, ClientEntry, ClientRegistry, HMAC_METHOD, Rejection};
 use crate::authn::{Authenticator, AuthnFuture, AuthnResult};
-use crate::body::{BoxBody, BoxError, BoxResponseFuture};
+use crate::body::{BoxBody, BoxError};
 use crate::ext::{ClientSignature, RequestId};
 use crate::respond;
 
@@ -319,7 +319,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxResponseFuture<S::Error>;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -331,12 +331,12 @@ where
             let fut = self
                 .inner
                 .call(Request::from_parts(parts, Either::Left(body)));
-            return BoxResponseFuture::new(fut);
+            return crate::body::pass(fut);
         }
         // The service that was made ready serves this request; a clone takes
         // its place for the next one.
         let mut inner = crate::body::take_ready(&mut self.inner);
-        BoxResponseFuture::new(async move {
+        crate::body::own(async move {
             match Limited::new(body, SIGNED_BODY_MAX).collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();

@@ -22,7 +22,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::ClientRegistry;
-use crate::body::{BoxBody, BoxResponseFuture};
+use crate::body::BoxBody;
 use crate::ext::RequestId;
 use crate::forward_auth::X_AUTH_REASON;
 use crate::respond;
@@ -145,7 +145,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxResponseFuture<S::Error>;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -157,11 +157,11 @@ where
             .get::<Identity>()
             .and_then(|i| limited_client(i, &self.layer.registry));
         let Some((client, per_minute)) = limit else {
-            return BoxResponseFuture::new(self.inner.call(req));
+            return crate::body::pass(self.inner.call(req));
         };
         let mut inner = crate::body::take_ready(&mut self.inner);
         let kv = self.layer.kv.clone();
-        BoxResponseFuture::new(async move {
+        crate::body::own(async move {
             let now_ms = u64::try_from(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -1380,9 +1380,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, S::Error>> + Send>,
-    >;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -1402,9 +1400,9 @@ where
                 header::CACHE_CONTROL,
                 header::HeaderValue::from_static("public, max-age=300"),
             );
-            return Box::pin(std::future::ready(Ok(res)));
+            return crate::body::answer(res);
         }
-        Box::pin(self.inner.call(req))
+        crate::body::pass(self.inner.call(req))
     }
 }
 

@@ -28,13 +28,14 @@ use crate::ext::{ConnectionInfo, MatchedRoute};
 #[derive(Clone, Debug, Default)]
 pub struct AuditSlot(Arc<Mutex<AuditFields>>);
 
+/// Shared handles only (no copies of strings): most requests are never
+/// written out (`audit = "off"`), and this is filled for every one.
 #[derive(Debug, Default)]
 struct AuditFields {
-    user: Option<String>,
-    route: Option<String>,
+    user: Option<Identity>,
+    route: Option<Arc<str>>,
     decision: Option<&'static str>,
-    reason: Option<String>,
-    rule: Option<String>,
+    reason: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl AuditSlot {
@@ -49,9 +50,9 @@ impl AuditSlot {
     pub fn set_decision(&self, decision: &'static str, reason: &str, route: Option<&str>) {
         self.with(|a| {
             a.decision = Some(decision);
-            a.reason = Some(reason.to_owned());
+            a.reason = Some(reason.to_owned().into());
             if let Some(r) = route {
-                a.route = Some(r.to_owned());
+                a.route = Some(r.into());
             }
         });
     }
@@ -191,30 +192,35 @@ where
             let res = fut.await;
             let elapsed = start.elapsed();
             let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
+            let outcome = res
+                .as_ref()
+                .ok()
+                .and_then(|r| r.extensions().get::<AuthzOutcome>());
+            let mut fields = slot.with(std::mem::take);
+            if let Some(o) = outcome {
+                fields.decision = Some(o.verdict.as_str());
+                fields.reason = Some(o.reason.as_str().into());
+                if let Some(r) = &o.route {
+                    fields.route = Some(r.clone());
+                }
+            }
+            let decision = fields.decision.unwrap_or("none");
+            sink.metrics.observe(
+                fields.route.as_ref(),
+                decision,
+                status,
+                elapsed.as_secs_f64(),
+            );
+            let Some((method, host, path, client)) = logged else {
+                return res;
+            };
+            let rule = outcome.and_then(|o| o.rule.clone());
             let request_id = res
                 .as_ref()
                 .ok()
                 .and_then(|r| r.headers().get(crate::request_id::X_REQUEST_ID))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            if let Some(o) = res
-                .as_ref()
-                .ok()
-                .and_then(|r| r.extensions().get::<AuthzOutcome>())
-            {
-                slot.set_decision(o.verdict.as_str(), o.reason.as_str(), o.route.as_deref());
-                if let Some(rule) = &o.rule {
-                    slot.with(|a| a.rule = Some(rule.clone()));
-                }
-            }
-            let fields = slot.with(std::mem::take);
-            let route = fields.route.unwrap_or_default();
-            let decision = fields.decision.unwrap_or("none");
-            sink.metrics
-                .observe(&route, decision, status, elapsed.as_secs_f64());
-            let Some((method, host, path, client)) = logged else {
-                return res;
-            };
             let line = serde_json::json!({
                 "ts": jiff::Timestamp::now().to_string(),
                 "request_id": request_id,
@@ -222,11 +228,11 @@ where
                 "method": method,
                 "host": host,
                 "path": path,
-                "user": fields.user,
-                "route": if route.is_empty() { None } else { Some(route) },
+                "user": fields.user.as_ref().map(Identity::username),
+                "route": fields.route.as_deref().filter(|r| !r.is_empty()),
                 "decision": decision,
                 "reason": fields.reason,
-                "rule": fields.rule,
+                "rule": rule,
                 "status": status,
                 "latency_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             });
@@ -290,14 +296,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> S::Future {
         if let Some(slot) = req.extensions().get::<AuditSlot>() {
-            let user = req
-                .extensions()
-                .get::<Identity>()
-                .map(|i| i.username().to_owned());
-            let route = req
-                .extensions()
-                .get::<MatchedRoute>()
-                .map(|r| r.name().to_owned());
+            let user = req.extensions().get::<Identity>().cloned();
+            let route = req.extensions().get::<MatchedRoute>().map(|r| r.0.clone());
             slot.with(|a| {
                 if user.is_some() {
                     a.user = user;

@@ -9,8 +9,7 @@
 //! invalid; so does the gateway: 400, before anything reads them. Requests
 //! with several `Host` headers, or none at all, are refused the same way.
 
-use std::future::{Future, ready};
-use std::pin::Pin;
+use crate::body::PassOrOwn;
 use std::task::{Context, Poll};
 
 use hexon_core::httpsig::authority_of;
@@ -47,7 +46,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, S::Error>> + Send>>;
+    type Future = PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -57,7 +56,7 @@ where
         // The same rule the signature uses (`httpsig::authority`): one
         // consistent authority, or none.
         match authority_of(req.uri(), req.headers()) {
-            Some(_) => Box::pin(self.inner.call(req)),
+            Some(_) => crate::body::pass(self.inner.call(req)),
             None => {
                 let id = req.extensions().get::<RequestId>();
                 tracing::info!(
@@ -69,7 +68,7 @@ where
                     id,
                     respond::Flavor::of(req.headers()),
                 );
-                Box::pin(ready(Ok(res)))
+                crate::body::answer(res)
             }
         }
     }

@@ -5,8 +5,6 @@
 //! (relying parties and ACME clients carry no gateway credentials; ACME
 //! requests are signed JWS the ACME server checks itself).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -232,8 +230,6 @@ pub struct CaRoute<S> {
     routes: Option<CaRoutes>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 impl<S, B> Service<Request<B>> for CaRoute<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>>,
@@ -244,7 +240,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Response<BoxBody>, S::Error>;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -267,7 +263,7 @@ where
                     .get::<crate::ext::ConnectionInfo>()
                     .map(|c| c.peer.ip().to_canonical());
                 let req = Request::from_parts(parts, body);
-                return Box::pin(async move {
+                return crate::body::own(async move {
                     Ok(acme.call(req, client).await.map(crate::body::boxed))
                 });
             }
@@ -278,11 +274,13 @@ where
             {
                 let http = routes.http.clone();
                 let req = Request::from_parts(parts, body);
-                return Box::pin(async move { Ok(http.call(req).await.map(crate::body::boxed)) });
+                return crate::body::own(async move {
+                    Ok(http.call(req).await.map(crate::body::boxed))
+                });
             }
-            return Box::pin(self.inner.call(Request::from_parts(parts, body)));
+            return crate::body::pass(self.inner.call(Request::from_parts(parts, body)));
         }
-        Box::pin(self.inner.call(req))
+        crate::body::pass(self.inner.call(req))
     }
 }
 
@@ -425,7 +423,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Response<BoxBody>, S::Error>;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -441,11 +439,11 @@ where
             let req = Request::from_parts(parts, body);
             if ours {
                 let (ssh, layer) = (ssh.clone(), self.layer.clone());
-                return Box::pin(async move { Ok(ssh_sign(req, &ssh, &layer).await) });
+                return crate::body::own(async move { Ok(ssh_sign(req, &ssh, &layer).await) });
             }
-            return Box::pin(self.inner.call(req));
+            return crate::body::pass(self.inner.call(req));
         }
-        Box::pin(self.inner.call(req))
+        crate::body::pass(self.inner.call(req))
     }
 }
 

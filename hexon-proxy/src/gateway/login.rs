@@ -2,8 +2,6 @@
 //! pages and every host's `/.hexon/callback` with `hexon_idp::LoginService`,
 //! before authentication (a browser arriving there has no session yet).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -150,8 +148,6 @@ fn client_ip(
     crate::forward_auth::client_ip(&parts.headers, false).map_or(peer, |ip| ip.to_canonical())
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 impl<S, B> Service<Request<B>> for LoginRoute<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>>,
@@ -162,7 +158,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Response<BoxBody>, S::Error>;
+    type Future = crate::body::PassOrOwn<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -176,13 +172,13 @@ where
                 let ip = client_ip(&parts, &self.trusted);
                 let service = login.service.clone();
                 let req = Request::from_parts(parts, body);
-                return Box::pin(async move {
+                return crate::body::own(async move {
                     let res = service.call(req, ip).await;
                     Ok(res.map(crate::body::boxed))
                 });
             }
-            return Box::pin(self.inner.call(Request::from_parts(parts, body)));
+            return crate::body::pass(self.inner.call(Request::from_parts(parts, body)));
         }
-        Box::pin(self.inner.call(req))
+        crate::body::pass(self.inner.call(req))
     }
 }

@@ -2,22 +2,33 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A route name as a label value: shared, so looking a series up costs no
+/// copy of the name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct RouteName(Arc<str>);
+
+impl EncodeLabelValue for RouteName {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: RouteName,
     decision: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: RouteName,
 }
 
 /// Request counters, decision counters and latency histograms.
@@ -26,6 +37,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     upstream_errors: Family<RouteLabels, Counter>,
+    /// The route label of requests no route matched.
+    no_route: Arc<str>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,12 +83,22 @@ impl Metrics {
             requests,
             latency,
             upstream_errors,
+            no_route: Arc::from("-"),
         }
     }
 
     /// Record one finished request.
-    pub fn observe(&self, route: &str, decision: &'static str, status: u16, seconds: f64) {
-        let route = if route.is_empty() { "-" } else { route }.to_owned();
+    pub fn observe(
+        &self,
+        route: Option<&Arc<str>>,
+        decision: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let route = RouteName(match route {
+            Some(r) if !r.is_empty() => r.clone(),
+            _ => self.no_route.clone(),
+        });
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),

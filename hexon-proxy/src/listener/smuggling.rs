@@ -190,10 +190,25 @@ impl Observer {
                         None => return self.stop(),
                     }
                 }
+                // A head that arrived whole is parsed where it lies; only
+                // a partial one is kept until the rest comes.
+                State::Head if self.buf.is_empty() => match self.head(input) {
+                    Head::Partial => {
+                        if input.len() > self.max_head {
+                            return self.stop();
+                        }
+                        self.buf.extend_from_slice(input);
+                        return;
+                    }
+                    Head::Stop => return self.stop(),
+                    Head::Done(n) => input = input.get(n..).unwrap_or_default(),
+                },
                 State::Head => {
                     self.buf.extend_from_slice(input);
-                    match self.head() {
+                    let buf = std::mem::take(&mut self.buf);
+                    match self.head(&buf) {
                         Head::Partial => {
+                            self.buf = buf;
                             if self.buf.len() > self.max_head {
                                 self.stop();
                             }
@@ -201,8 +216,8 @@ impl Observer {
                         }
                         Head::Stop => return self.stop(),
                         Head::Done(n) => {
-                            carry = self.buf.split_off(n.min(self.buf.len()));
-                            self.buf.clear();
+                            carry = buf;
+                            carry.drain(..n.min(carry.len()));
                             input = &carry;
                         }
                     }
@@ -211,43 +226,42 @@ impl Observer {
         }
     }
 
-    fn head(&mut self) -> Head {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers.clamp(1, 1024)];
-        let mut req = httparse::Request::new(&mut headers);
-        let n = match req.parse(&self.buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Head::Partial,
-            Err(_) => return Head::Stop,
-        };
-        let mut te_chunked: Option<bool> = None;
-        let mut cl: Option<u64> = None;
-        let mut cl_seen = false;
-        let mut upgrade = req.method == Some("CONNECT");
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                te_chunked = Some(trim_ascii_ws(last).eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                cl_seen = true;
-                let v = trim_ows(h.value);
-                let parsed = std::str::from_utf8(v)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok());
-                match (parsed, cl) {
-                    (Some(p), None) => cl = Some(p),
-                    (Some(p), Some(c)) if p == c => {}
-                    // hyper refuses these itself and closes.
-                    _ => return Head::Stop,
-                }
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
+    fn head(&mut self, buf: &[u8]) -> Head {
+        // Room for the usual number of headers on the stack, uninitialised
+        // (this runs for every request); a head with more than that is
+        // parsed again with room for as many as the listener allows.
+        const FEW: usize = 32;
+        let max = self.max_headers.clamp(1, 1024);
+        let mut few = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; FEW];
+        let (slots, _) = few.split_at_mut(max.min(FEW));
+        let mut scanned = scan(buf, slots);
+        if matches!(scanned, Err(httparse::Error::TooManyHeaders)) && max > FEW {
+            let mut many = Vec::new();
+            many.resize_with(max, std::mem::MaybeUninit::uninit);
+            scanned = scan(buf, &mut many);
         }
+        let Ok(scan) = scanned else {
+            return Head::Stop;
+        };
+        let Some(Scan {
+            len,
+            te_chunked,
+            cl,
+            cl_seen,
+            upgrade,
+            http11,
+        }) = scan
+        else {
+            return Head::Partial;
+        };
+        let Ok(cl) = cl else {
+            // hyper refuses these itself and closes.
+            return Head::Stop;
+        };
         let verdict = (te_chunked.is_some() && cl_seen)
             .then_some("both Content-Length and Transfer-Encoding");
         self.verdicts.push(verdict);
-        if upgrade || req.version != Some(1) && te_chunked.is_some() {
+        if upgrade || !http11 && te_chunked.is_some() {
             // The connection may switch protocols, or hyper refuses it.
             return Head::Stop;
         }
@@ -257,8 +271,63 @@ impl Observer {
             (None, Some(0)) | (None, None) => State::Head,
             (None, Some(n)) => State::Body(n),
         };
-        Head::Done(n)
+        Head::Done(len)
     }
+}
+
+/// What the observer needs from a request head.
+struct Scan {
+    /// Bytes of the head.
+    len: usize,
+    /// `Transfer-Encoding` present: whether its last coding is `chunked`.
+    te_chunked: Option<bool>,
+    /// The `Content-Length` (`Err`: invalid, or several that differ).
+    cl: Result<Option<u64>, ()>,
+    cl_seen: bool,
+    /// `CONNECT`, or an `Upgrade` header.
+    upgrade: bool,
+    http11: bool,
+}
+
+/// Parse a request head into `slots`; `Ok(None)`: not complete yet.
+fn scan<'b>(
+    buf: &'b [u8],
+    slots: &mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<Scan>, httparse::Error> {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let mut out = Scan {
+        len,
+        te_chunked: None,
+        cl: Ok(None),
+        cl_seen: false,
+        upgrade: req.method == Some("CONNECT"),
+        http11: req.version == Some(1),
+    };
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            out.te_chunked = Some(trim_ascii_ws(last).eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            out.cl_seen = true;
+            let v = trim_ows(h.value);
+            let parsed = std::str::from_utf8(v)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok());
+            out.cl = match (parsed, out.cl) {
+                (Some(p), Ok(None)) => Ok(Some(p)),
+                (Some(p), Ok(Some(c))) if p == c => Ok(Some(c)),
+                _ => Err(()),
+            };
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            out.upgrade = true;
+        }
+    }
+    Ok(Some(out))
 }
 
 enum Head {
@@ -416,6 +485,50 @@ mod tests {
                 Some("both Content-Length and Transfer-Encoding")
             ]
         );
+    }
+
+    #[test]
+    fn heads_with_many_headers_are_followed_up_to_the_listener_limit() {
+        // More headers than the observer keeps room for on the stack: the
+        // head is parsed again with room for the listener's limit.
+        let mut head = b"POST /a HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..60 {
+            head.extend_from_slice(format!("X-Filler-{i}: y\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        head.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+        let verdict = Some("both Content-Length and Transfer-Encoding");
+        assert_eq!(run(&[&head]), vec![verdict, None]);
+        let bytes: Vec<&[u8]> = head.chunks(7).collect();
+        assert_eq!(run(&bytes), vec![verdict, None]);
+        // Past the listener's limit the observer stops (hyper answers 431).
+        let v = Verdicts::default();
+        let mut o = Observer::new(65536, 40, v.clone());
+        o.feed(&head);
+        assert!(v.0.lock().unwrap().is_empty());
+        assert!(matches!(o.state, State::Passthrough));
+    }
+
+    #[test]
+    fn a_partial_head_is_kept_and_an_oversized_one_stops() {
+        let v = Verdicts::default();
+        let mut o = Observer::new(64, 100, v.clone());
+        o.feed(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        assert_eq!(o.buf.len(), 25);
+        o.feed(b"\r\n");
+        assert!(o.buf.is_empty());
+        assert_eq!(v.0.lock().unwrap().len(), 1);
+        // A head longer than the limit, whether it comes in one read or in
+        // several, stops the observer instead of growing its buffer.
+        let long = [b"GET /".as_slice(), &[b'a'; 100]].concat();
+        o.feed(&long);
+        assert!(matches!(o.state, State::Passthrough));
+        assert!(o.buf.is_empty());
+        let mut o = Observer::new(64, 100, Verdicts::default());
+        for c in long.chunks(10) {
+            o.feed(c);
+        }
+        assert!(matches!(o.state, State::Passthrough));
     }
 
     #[test]

@@ -147,13 +147,18 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
         return false;
     }
     if doomed.contains(&CONNECTION) {
-        for token in connection_tokens(headers) {
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                if !is_protected(&name) {
-                    doomed.push(name);
-                }
-            }
-        }
+        // `HeaderName::from_bytes` lowercases; no copy of each token first.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !is_protected(n))
+            .collect();
+        doomed.extend(named);
     }
     let te_trailers = headers
         .get_all(TE)
@@ -256,27 +261,38 @@ fn set_forwarding(
     if !keep_host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    // Our `Forwarded` element, built in one buffer: this runs per request.
-    let mut ours = String::with_capacity(64);
+    // Both values are built in one buffer each and handed to the header map
+    // without another copy: this runs for every request.
+    let mut ours = match prior_fwd {
+        Some(prior) => prior,
+        None => String::with_capacity(64),
+    };
+    let had_prior_fwd = !ours.is_empty();
     if let Some(c) = conn {
         let ip = c.peer.ip().to_canonical();
-        let ip_text = ip.to_string();
-        let xff = match prior_xff {
-            Some(prior) => format!("{prior}, {ip_text}"),
-            None => ip_text.clone(),
+        let mut xff = match prior_xff {
+            Some(mut prior) => {
+                prior.push_str(", ");
+                prior
+            }
+            None => String::with_capacity(40),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        push_ip(&mut xff, ip);
+        if let Some(v) = owned_value(xff) {
             headers.insert(X_FORWARDED_FOR, v);
         }
         if !keep_proto {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(c.scheme()));
         }
+        if had_prior_fwd {
+            ours.push_str(", ");
+        }
         ours.push_str("for=");
         match ip {
-            IpAddr::V4(_) => ours.push_str(&ip_text),
+            IpAddr::V4(_) => push_ip(&mut ours, ip),
             IpAddr::V6(_) => {
                 ours.push_str("\"[");
-                ours.push_str(&ip_text);
+                push_ip(&mut ours, ip);
                 ours.push_str("]\"");
             }
         }
@@ -284,31 +300,59 @@ fn set_forwarding(
         ours.push_str(c.scheme());
     }
     if let Some(h) = host_str {
-        if !ours.is_empty() {
+        if conn.is_some() {
             ours.push(';');
+        } else if had_prior_fwd {
+            ours.push_str(", ");
         }
         ours.push_str("host=");
-        ours.push_str(&forwarded_value(h));
+        push_forwarded_value(&mut ours, h);
     }
-    let value = match prior_fwd {
-        Some(prior) if !ours.is_empty() => format!("{prior}, {ours}"),
-        Some(prior) => prior,
-        None => ours,
-    };
-    if !value.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(FORWARDED, v);
+    if let Some(v) = owned_value(ours) {
+        headers.insert(FORWARDED, v);
+    }
+}
+
+/// A header value that takes `s` as it is (no copy); `None` when empty or
+/// not a valid value.
+fn owned_value(s: String) -> Option<HeaderValue> {
+    if s.is_empty() {
+        return None;
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
+}
+
+/// Append an address as text; IPv4 without the formatting machinery (it
+/// runs for every request, and `Display` costs ten times as much).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
         }
     }
 }
 
-/// A `Forwarded` value: a token as is, anything else quoted.
-fn forwarded_value(v: &str) -> String {
+/// Append a `Forwarded` value: a token as is, anything else quoted.
+fn push_forwarded_value(out: &mut String, v: &str) {
     let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if !v.is_empty() && v.chars().all(is_tchar) {
-        v.to_owned()
+        out.push_str(v);
     } else {
-        let mut out = String::with_capacity(v.len() + 2);
         out.push('"');
         for c in v.chars() {
             if c == '"' || c == '\\' {
@@ -317,13 +361,32 @@ fn forwarded_value(v: &str) -> String {
             out.push(c);
         }
         out.push('"');
-        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "199.200.249.255",
+            "255.255.255.255",
+            "10.0.0.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}"));
+        }
+    }
 
     fn conn(peer: &str) -> ConnectionInfo {
         ConnectionInfo::plain(peer.parse().unwrap(), "127.0.0.1:443".parse().unwrap())
