@@ -31,7 +31,7 @@ pub struct BearerJwt {
     local: RwLock<Option<Arc<JwtVerifier>>>,
     external: Vec<Arc<JwksIssuer>>,
     max_len: usize,
-    verified: Option<quick_cache::sync::Cache<Box<str>, Arc<Verified>>>,
+    verified: Option<quick_cache::sync::Cache<Box<[u8]>, Arc<Verified>>>,
     check: Option<super::SessionCheck>,
 }
 
@@ -137,8 +137,9 @@ impl BearerJwt {
         }
     }
 
-    /// The bearer token: `Ok(None)` when there is no `Bearer` credential.
-    fn token<'p>(&self, parts: &'p Parts) -> Result<Option<&'p str>, &'static str> {
+    /// The bearer token's bytes: `Ok(None)` when there is no `Bearer`
+    /// credential. Its characters are checked by [`compact_jws`].
+    fn token<'p>(&self, parts: &'p Parts) -> Result<Option<&'p [u8]>, &'static str> {
         let all = parts.headers.get_all(AUTHORIZATION);
         let mut bearer = None;
         let mut count = 0usize;
@@ -164,16 +165,19 @@ impl BearerJwt {
         if raw.len() > self.max_len {
             return Err("bearer token too long");
         }
-        if !raw
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err("bearer token is not a compact JWS");
-        }
-        std::str::from_utf8(raw)
-            .map(Some)
-            .map_err(|_| "bearer token is not ASCII")
+        Ok(Some(raw))
     }
+}
+
+/// A token's bytes as a compact JWS (base64url parts and dots only).
+fn compact_jws(raw: &[u8]) -> Result<&str, &'static str> {
+    if !raw
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("bearer token is not a compact JWS");
+    }
+    std::str::from_utf8(raw).map_err(|_| "bearer token is not ASCII")
 }
 
 /// A member of a JWS part's JSON, read *before* verification (only to route
@@ -186,25 +190,31 @@ fn peek(part: Option<&str>, member: &str) -> Option<String> {
 
 impl Authenticator for BearerJwt {
     fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
-        let token = match self.token(parts) {
+        let raw = match self.token(parts) {
             Ok(None) => return AuthnFuture::ready(AuthnResult::NoCredential),
             Ok(Some(t)) => t,
             Err(why) => return AuthnFuture::ready(AuthnResult::invalid(why)),
         };
         let local = self.local();
-        // A token remembered as verified is answered here, before its parts
-        // are decoded. Only Hexon's own verifier's tokens are remembered,
-        // and only after the issuer routing below sent them there; the
-        // external issuers are fixed for this authenticator's life, so the
-        // routing would send the token there again.
+        // A token remembered as verified is answered here, before its
+        // characters are scanned or its parts decoded (the remembered bytes
+        // passed those checks; equal bytes pass them again). Only Hexon's own
+        // verifier's tokens are remembered, and only after the issuer
+        // routing below sent them there; the external issuers are fixed for
+        // this authenticator's life, so the routing would send the token
+        // there again.
         if let (Some(cache), Some(v)) = (&self.verified, &local) {
-            if let Some(hit) = cache.get(token) {
+            if let Some(hit) = cache.get(raw) {
                 let fresh = now <= hit.expires && hit.not_before.is_none_or(|nbf| nbf <= now);
                 if fresh && Arc::ptr_eq(&hit.verifier, v) {
                     return AuthnFuture::ready(self.accept(hit.identity.clone()));
                 }
             }
         }
+        let token = match compact_jws(raw) {
+            Ok(t) => t,
+            Err(why) => return AuthnFuture::ready(AuthnResult::invalid(why)),
+        };
         AuthnFuture::new(async move {
             if !self.external.is_empty() {
                 let mut segments = token.split('.');
@@ -224,7 +234,7 @@ impl Authenticator for BearerJwt {
                 Ok(verified) => {
                     if let Some(c) = &self.verified {
                         c.insert(
-                            token.into(),
+                            token.as_bytes().into(),
                             Arc::new(Verified {
                                 identity: verified.identity.clone(),
                                 not_before: verified.claims.nbf,
