@@ -9,7 +9,6 @@
 //! invalid; so does the gateway: 400, before anything reads them. Requests
 //! with several `Host` headers, or none at all, are refused the same way.
 
-use crate::body::PassOrOwn;
 use std::task::{Context, Poll};
 
 use hexon_core::httpsig::authority_of;
@@ -17,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::BoxBody;
+use crate::body::{BoxBody, PassOrOwn};
 use crate::ext::RequestId;
 use crate::respond;
 
