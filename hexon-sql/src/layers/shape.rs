@@ -272,25 +272,19 @@ const fn class_of(b: u8) -> u8 {
     }
 }
 
+/// Whitespace and the operators and commas a literal may stand next to.
+fn space_or_operator(c: u8) -> bool {
+    matches!(
+        c,
+        b' ' | b'\t' | b'\n' | b'\r' | b',' | b'=' | b'<' | b'>' | b'+' | b'-' | b'*' | b'/'
+    )
+}
+
 /// Whether the byte before position `at` lets a literal start a token there.
 fn before_literal(b: &[u8], at: usize) -> bool {
     match at.checked_sub(1).and_then(|p| b.get(p)) {
         None => true,
-        Some(c) => matches!(
-            c,
-            b' ' | b'\t'
-                | b'\n'
-                | b'\r'
-                | b'('
-                | b','
-                | b'='
-                | b'<'
-                | b'>'
-                | b'+'
-                | b'-'
-                | b'*'
-                | b'/'
-        ),
+        Some(&c) => c == b'(' || space_or_operator(c),
     }
 }
 
@@ -298,23 +292,7 @@ fn before_literal(b: &[u8], at: usize) -> bool {
 fn after_literal(b: &[u8], at: usize) -> bool {
     match b.get(at) {
         None => true,
-        Some(c) => matches!(
-            c,
-            b' ' | b'\t'
-                | b'\n'
-                | b'\r'
-                | b')'
-                | b','
-                | b';'
-                | b'='
-                | b'<'
-                | b'>'
-                | b'+'
-                | b'-'
-                | b'*'
-                | b'/'
-                | b':'
-        ),
+        Some(&c) => matches!(c, b')' | b';' | b':') || space_or_operator(c),
     }
 }
 

@@ -181,6 +181,37 @@ fn bind_well_formed(c: &mut Cur<'_>) -> Option<()> {
     c.skip(2 * usize::from(results))
 }
 
+/// Hand each complete typed message at the front of `buf` to `handle`
+/// where it lies (no copy), then advance `buf` once past those handled.
+/// Stops at an incomplete message, or after a message for which `handle`
+/// answers `true` (returned as `Ok(true)`).
+///
+/// # Errors
+/// A length field out of range ([`typed_len`]); the messages before it are
+/// handled and consumed, the bad one stays.
+pub(crate) fn each_typed(
+    buf: &mut BytesMut,
+    max: usize,
+    mut handle: impl FnMut(&[u8]) -> bool,
+) -> Result<bool, FrameError> {
+    let mut at = 0;
+    let out = loop {
+        let rest = buf.get(at..).unwrap_or_default();
+        match typed_len(rest, max) {
+            Ok(Some(n)) if rest.len() >= n => {
+                at += n;
+                if handle(rest.get(..n).unwrap_or_default()) {
+                    break Ok(true);
+                }
+            }
+            Ok(_) => break Ok(false),
+            Err(e) => break Err(e),
+        }
+    };
+    bytes::Buf::advance(buf, at);
+    out
+}
+
 /// A frontend message of the relay phase, checked (exactly the layout
 /// [`well_formed`] accepts) and borrowed from its frame: no copy, no
 /// allocation. Names and texts are raw bytes, as the server reads them.
@@ -397,6 +428,15 @@ pub(crate) fn header(out: &mut BytesMut, tag: u8, body_len: usize) {
     out.put_i32(i32::try_from(body_len + 4).unwrap_or(i32::MAX));
 }
 
+/// A whole message of type `tag` with `body` (for tests).
+#[cfg(test)]
+pub(crate) fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = BytesMut::new();
+    header(&mut f, tag, body.len());
+    f.extend_from_slice(body);
+    f.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,13 +502,6 @@ mod tests {
             decode_frontend(q),
             Ok(PgWireFrontendMessage::Query(_))
         ));
-    }
-
-    fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = BytesMut::new();
-        header(&mut f, tag, body.len());
-        f.extend_from_slice(body);
-        f.to_vec()
     }
 
     #[test]

@@ -732,33 +732,22 @@ impl Pump {
     }
 
     fn process_upstream(&mut self) {
-        // Frames are handled where they lie, then the buffer advances once.
-        let mut at = 0;
-        loop {
-            let rest = self.uin.get(at..).unwrap_or_default();
-            match frame::typed_len(rest, MAX_UPSTREAM_MESSAGE) {
-                Ok(Some(n)) if rest.len() >= n => {
-                    if let Some(f) = rest.get(..n) {
-                        self.relay.on_upstream(f, &mut self.to_client);
-                    }
-                    at += n;
-                }
-                Ok(_) => break,
-                Err(e) => {
-                    frame::error(
-                        &mut self.to_client,
-                        Severity::Fatal,
-                        "08P01",
-                        &format!("the database server sent an invalid message: {e}"),
-                        None,
-                    );
-                    self.closing = true;
-                    self.to_upstream.clear();
-                    break;
-                }
-            }
+        let (relay, to_client) = (&mut self.relay, &mut self.to_client);
+        let handled = frame::each_typed(&mut self.uin, MAX_UPSTREAM_MESSAGE, |f| {
+            relay.on_upstream(f, to_client);
+            false
+        });
+        if let Err(e) = handled {
+            frame::error(
+                &mut self.to_client,
+                Severity::Fatal,
+                "08P01",
+                &format!("the database server sent an invalid message: {e}"),
+                None,
+            );
+            self.closing = true;
+            self.to_upstream.clear();
         }
-        self.uin.advance(at);
     }
 }
 
@@ -780,33 +769,20 @@ fn process_client(
     to_upstream: &mut BytesMut,
     to_client: &mut BytesMut,
 ) -> bool {
-    let mut at = 0;
-    let close = loop {
-        let rest = cin.get(at..).unwrap_or_default();
-        match frame::typed_len(rest, max) {
-            Ok(Some(n)) if rest.len() >= n => {
-                let f = rest.get(..n).unwrap_or_default();
-                at += n;
-                if relay.on_client(f, to_upstream, to_client) == Flow::Close {
-                    break true;
-                }
-            }
-            Ok(_) => break false,
-            Err(e) => {
-                frame::error(
-                    to_client,
-                    Severity::Fatal,
-                    "08P01",
-                    &format!("protocol violation: {e}"),
-                    None,
-                );
-                frame::put(to_upstream, &pgwire::messages::terminate::Terminate::new());
-                break true;
-            }
-        }
-    };
-    cin.advance(at);
-    close
+    frame::each_typed(cin, max, |f| {
+        relay.on_client(f, to_upstream, to_client) == Flow::Close
+    })
+    .unwrap_or_else(|e| {
+        frame::error(
+            to_client,
+            Severity::Fatal,
+            "08P01",
+            &format!("protocol violation: {e}"),
+            None,
+        );
+        frame::put(to_upstream, &pgwire::messages::terminate::Terminate::new());
+        true
+    })
 }
 
 #[cfg(test)]
@@ -846,17 +822,6 @@ mod tests {
         }
     }
 
-    fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(
-            &i32::try_from(body.len() + 4)
-                .unwrap_or(i32::MAX)
-                .to_be_bytes(),
-        );
-        f.extend_from_slice(body);
-        f
-    }
-
     #[test]
     fn client_frames_are_taken_in_place_and_lengths_checked() {
         let mut r = relay();
@@ -864,9 +829,9 @@ mod tests {
         // Two whole messages and the first bytes of a third: the two are
         // handled, the partial one stays.
         let mut cin = BytesMut::new();
-        cin.extend_from_slice(&framed(b'Q', b"SELECT 1\0"));
-        cin.extend_from_slice(&framed(b'Q', b"SELECT 2\0"));
-        let third = framed(b'Q', b"SELECT 3\0");
+        cin.extend_from_slice(&frame::framed(b'Q', b"SELECT 1\0"));
+        cin.extend_from_slice(&frame::framed(b'Q', b"SELECT 2\0"));
+        let third = frame::framed(b'Q', b"SELECT 3\0");
         cin.extend_from_slice(&third[..7]);
         assert!(!process_client(&mut r, &mut cin, 1 << 20, &mut up, &mut cl));
         assert_eq!(&cin[..], &third[..7]);
