@@ -206,6 +206,13 @@ fn normalize_groups(it: impl IntoIterator<Item = Arc<str>>) -> Arc<[Arc<str>]> {
 }
 
 impl Identity {
+    /// Whether `other` is this very value (a clone of it), not merely an
+    /// equal one: a constant-time check for caches that remember what they
+    /// decided for one identity.
+    pub fn ptr_eq(&self, other: &Identity) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Start building an identity for a subject id and username.
     pub fn builder(subject: impl Into<Arc<str>>, username: impl Into<Arc<str>>) -> IdentityBuilder {
         IdentityBuilder {

@@ -23,15 +23,32 @@ pub enum Origin {
 ///
 /// The parse is done at most once, by the first layer that needs it, and
 /// shared with the layers after it.
-#[derive(Clone)]
 pub struct SqlRequest {
     identity: Identity,
     database: Arc<str>,
     sql: Arc<str>,
     dialect: Dialect,
     origin: Origin,
-    parsed: Arc<OnceLock<Result<Arc<Analysis>, Refusal>>>,
+    /// The parse, shared by clones. The shared cell is made on the first
+    /// parse or clone: a statement the verdict cache answers needs neither.
+    parsed: OnceLock<Arc<ParseCell>>,
     limit: Option<crate::layers::LimitAnnotation>,
+}
+
+type ParseCell = OnceLock<Result<Arc<Analysis>, Refusal>>;
+
+impl Clone for SqlRequest {
+    fn clone(&self) -> Self {
+        Self {
+            identity: self.identity.clone(),
+            database: self.database.clone(),
+            sql: self.sql.clone(),
+            dialect: self.dialect,
+            origin: self.origin,
+            parsed: OnceLock::from(self.parse_cell().clone()),
+            limit: self.limit.clone(),
+        }
+    }
 }
 
 impl SqlRequest {
@@ -48,7 +65,7 @@ impl SqlRequest {
             sql: sql.into(),
             dialect,
             origin: Origin::Simple,
-            parsed: Arc::new(OnceLock::new()),
+            parsed: OnceLock::new(),
             limit: None,
         }
     }
@@ -94,12 +111,16 @@ impl SqlRequest {
         self.origin
     }
 
+    fn parse_cell(&self) -> &Arc<ParseCell> {
+        self.parsed.get_or_init(Arc::default)
+    }
+
     /// The parsed and analysed statement; parsed on first use.
     ///
     /// # Errors
     /// A statement that does not parse is refused at [`Stage::Parse`].
     pub fn analysis(&self, limits: &analysis::ParseLimits) -> Result<&Arc<Analysis>, Refusal> {
-        self.parsed
+        self.parse_cell()
             .get_or_init(|| Analysis::parse(&self.sql, self.dialect, limits).map(Arc::new))
             .as_ref()
             .map_err(Clone::clone)

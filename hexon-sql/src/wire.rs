@@ -69,7 +69,7 @@ pub struct BastionConfig {
     #[serde(default = "default_max_per_user")]
     pub max_connections_per_user: usize,
     /// Threads that run the sessions, each a single-threaded runtime that
-    /// serves many sessions: unset for half the CPUs (at least one, at most
+    /// serves many sessions: unset for one per CPU (at most
     /// 256), `0` to run them on the caller's runtime.
     #[serde(default)]
     pub session_threads: Option<usize>,
@@ -332,11 +332,13 @@ pub(crate) async fn serve<F, Fut>(
 /// request/response, so it gains nothing from work stealing, while a
 /// multi-threaded runtime's wake-ups across threads cost CPU on every
 /// statement; one thread serves many sessions from one `epoll` loop, as
-/// pgbouncer does (docs/BENCHMARKS.md has the measurements). Dedicated
-/// threads also keep SQL sessions and the HTTP proxy from slowing each
-/// other down. The default count is half the CPUs.
+/// pgbouncer does. The default is one thread per CPU: with a single thread,
+/// every session waits whenever the kernel preempts it (on a host shared
+/// with the database that is about every other statement), while two
+/// threads on two CPUs served 8–12 % more statements per second under
+/// `pgbench` (docs/BENCHMARKS.md, "2026-12-05: one session thread per CPU").
 fn default_session_threads() -> usize {
-    ConnectionThreads::per_cpu().div_ceil(2)
+    ConnectionThreads::per_cpu()
 }
 
 /// Run `handle` on `tcp` on the least busy session thread (on the caller's
@@ -492,7 +494,7 @@ pub struct ListenerSection {
     /// Sessions one user may have open at once.
     #[serde(default = "default_max_per_user")]
     pub max_connections_per_user: usize,
-    /// Threads that run the sessions; unset for half the CPUs, `0` for the
+    /// Threads that run the sessions; unset for one per CPU, `0` for the
     /// gateway's own runtime.
     #[serde(default)]
     pub session_threads: Option<usize>,
@@ -527,7 +529,7 @@ fn listener(
     {
         errs.push(crate::acl::err(
             &format!("{key}.session_threads"),
-            &format!("at most {MAX_SESSION_THREADS}; one thread serves many sessions (leave it unset for half the CPUs)"),
+            &format!("at most {MAX_SESSION_THREADS}; one thread serves many sessions (leave it unset for one per CPU)"),
         ));
         return None;
     }

@@ -1419,6 +1419,19 @@ pub async fn delete_nats_prefix(url: &str, prefix: &str) {
         return;
     };
     let js = async_nats::jetstream::new(client);
+    // nats-server removes an account's storage directory when its last
+    // stream is deleted; a stream being created at that moment by another
+    // test fails ("could not create storage directory", error 10049). A
+    // file-backed stream no test deletes keeps the directory in place.
+    let _ = js
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "HEXON_TESTS_KEEP_STORAGE".into(),
+            subjects: vec!["hexon-tests.keep-storage".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            max_messages: 1,
+            ..Default::default()
+        })
+        .await;
     let kv = format!("KV_{prefix}_");
     let events = format!("{}_EVENTS", prefix.to_ascii_uppercase());
     let names: Vec<String> = js

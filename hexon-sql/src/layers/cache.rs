@@ -91,6 +91,7 @@ impl<S> Layer<S> for VerdictCacheLayer {
             cache: self.cache.clone(),
             shapes: self.shapes.clone(),
             quick: self.quick.clone(),
+            local: Local::default(),
             inner,
         }
     }
@@ -103,6 +104,8 @@ pub struct VerdictCacheService<S> {
     cache: Option<Arc<VerdictCache>>,
     shapes: Option<Arc<ShapeCache>>,
     quick: Option<Arc<QuickCache>>,
+    /// This service's own memo (a clone starts with an empty one).
+    local: Local,
     inner: S,
 }
 
@@ -135,33 +138,55 @@ where
             return Either::Right(self.inner.call(req));
         };
         // No role: nothing to key on; the layers below refuse it.
-        let Some(role) = self.acl.role_for(req.identity(), req.database()) else {
+        let Some((database, role)) = self.local.scope(&self.acl, &req) else {
             return Either::Right(self.inner.call(req));
         };
+        let origin = req.origin();
+        // This service's own memo first: by text, then (for a statement
+        // with literals) by its quick key.
+        if let Some(admitted) = self.local.exact(origin, req.sql()) {
+            return Either::Left(ready(Ok(admitted)));
+        }
+        // The quick key: one pass over the bytes, no tokenizer.
+        let buffer = std::mem::take(&mut self.local.key);
+        let quick_shape = super::shape::quick_shape_in(req.sql(), buffer);
+        // No literals the quick lexer can take out: remembered by its text.
+        let plain = quick_shape.as_ref().is_none_or(|(_, l)| l.is_empty());
+        if let (Some((k, literals)), false) = (&quick_shape, plain) {
+            if let Some(admitted) = self.local.shaped(origin, k, literals) {
+                if let Some((k, _)) = quick_shape {
+                    self.local.key = k.into_buffer();
+                }
+                return Either::Left(ready(Ok(admitted)));
+            }
+        }
         let key = KeyOpaque(Key {
-            database: req.shared_database(),
-            role: role.name.clone(),
+            database: database.clone(),
+            role: role.clone(),
             dialect: req.dialect(),
-            origin: req.origin(),
+            origin,
             sql: req.shared_sql(),
         });
         if let Some(v) = cache.get(&key) {
+            if let (Ok(admitted), true) = (&v, plain) {
+                self.local.remember_exact(origin, req.sql(), admitted);
+            }
             return Either::Left(ready(v));
         }
-        // The quick key first: one pass over the bytes, no tokenizer.
         let quick = self.quick.as_ref().and_then(|q| {
-            let (k, literals) = super::shape::quick_shape(req.sql())?;
+            let (k, literals) = quick_shape?;
             let quick_key = QuickKey {
-                database: key.0.database.clone(),
-                role: key.0.role.clone(),
+                database: database.clone(),
+                role: role.clone(),
                 dialect: key.0.dialect,
-                origin: key.0.origin,
+                origin,
                 key: k,
             };
             Some((q.get(&quick_key), quick_key, literals))
         });
-        if let Some((Some(v), _, literals)) = &quick {
+        if let Some((Some(v), quick_key, literals)) = &quick {
             if let Some(admitted) = from_shape(v, literals) {
+                self.local.remember_shape(origin, &quick_key.key, v);
                 return Either::Left(ready(Ok(admitted)));
             }
         }
@@ -188,6 +213,9 @@ where
         let mut fut = self.inner.call(req.clone());
         match super::poll_once(&mut fut) {
             Poll::Ready(verdict) => {
+                if let (Ok(admitted), true) = (&verdict, plain) {
+                    self.local.remember_exact(origin, req.sql(), admitted);
+                }
                 cache.insert(key, verdict.clone());
                 // Learn an admitted statement's shape once: a shape whose
                 // template did not check out is remembered as such, so its
@@ -211,7 +239,7 @@ where
 /// The admitted verdict of a shape for a statement with `literals`.
 fn from_shape(
     v: &super::shape::ShapeVerdict,
-    literals: &[super::shape::Literal],
+    literals: &[super::shape::Literal<'_>],
 ) -> Option<Admitted> {
     Some(Admitted {
         sql: v.template.fill(literals)?.into(),
@@ -227,17 +255,19 @@ impl<S> VerdictCacheService<S> {
     /// it has one and the quick lexer found exactly the literals the shape
     /// did (`shape_literals`).
     fn learn_quick(
-        &self,
+        &mut self,
         quick: Option<(
             Option<super::shape::ShapeVerdict>,
             QuickKey,
-            Vec<super::shape::Literal>,
+            Vec<super::shape::Literal<'_>>,
         )>,
-        shape_literals: &[super::shape::Literal],
+        shape_literals: &[super::shape::Literal<'_>],
         v: &super::shape::ShapeVerdict,
     ) {
         if let (Some(q), Some((_, quick_key, literals))) = (&self.quick, quick) {
             if literals == shape_literals {
+                self.local
+                    .remember_shape(quick_key.origin, &quick_key.key, v);
                 q.insert(quick_key, v.clone());
             }
         }
@@ -256,7 +286,7 @@ where
         &mut self,
         req: &SqlRequest,
         admitted: &Admitted,
-        literals: &[super::shape::Literal],
+        literals: &[super::shape::Literal<'_>],
     ) -> Option<super::shape::ShapeVerdict> {
         let analysis = req.analysis(&super::limits(&self.acl)).ok()?;
         let c =
@@ -289,6 +319,162 @@ where
             normalized: admitted.normalized.clone(),
             role: admitted.role.clone(),
         })
+    }
+}
+
+/// Entries of each of [`Local`]'s maps; a full map is emptied.
+const LOCAL_ENTRIES: usize = 64;
+
+type LocalMap<V> = std::collections::HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+/// A service's own memo of the admitted verdicts it handed out, in front of
+/// the shared caches. A clone starts empty: a bastion session owns its
+/// pipeline, so its repeated statements are answered here without the
+/// shared caches' locks, and with copies of the verdicts' text, so without
+/// touching reference counts other sessions' threads write too (with two
+/// session threads that sharing cost more than the lookups).
+///
+/// Entries hold for one scope (identity, database, dialect, and the role the
+/// ACL gives them there): a request in another scope empties the memo. The
+/// ACL of a service never changes, so neither does a verdict. Only what the
+/// shared caches would answer is remembered, with the same keys: exact text,
+/// or the quick key of a shape verdict (never for a statement whose
+/// literals the two lexers disagree on).
+#[derive(Debug, Default)]
+struct Local {
+    scope: Option<Scope>,
+    /// Admitted verdicts by exact text, per origin.
+    exact: [LocalMap<Admitted>; 2],
+    /// Shape verdicts by quick key, per origin.
+    shapes: [LocalMap<LocalShape>; 2],
+    /// Where a template is filled before its text is shared.
+    fill: String,
+    /// A buffer for the quick key.
+    key: String,
+}
+
+impl Clone for Local {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+#[derive(Debug)]
+struct Scope {
+    identity: hexon_core::Identity,
+    dialect: Dialect,
+    /// Copies, not the ACL's shared values.
+    database: Arc<str>,
+    role: Arc<str>,
+}
+
+#[derive(Debug)]
+struct LocalShape {
+    template: super::shape::Template,
+    row_cap: Option<u64>,
+    normalized: Arc<str>,
+}
+
+fn slot(origin: Origin) -> usize {
+    match origin {
+        Origin::Simple => 0,
+        Origin::Prepare => 1,
+    }
+}
+
+impl Local {
+    /// The database and role names of `req`'s scope (emptying the memo when
+    /// the scope changed), or `None` when the identity has no role there.
+    fn scope(&mut self, acl: &Acl, req: &SqlRequest) -> Option<(Arc<str>, Arc<str>)> {
+        if let Some(s) = &self.scope {
+            if s.identity.ptr_eq(req.identity())
+                && s.dialect == req.dialect()
+                && *s.database == *req.database()
+            {
+                return Some((s.database.clone(), s.role.clone()));
+            }
+        }
+        *self = Self::default();
+        let role = acl.role_for(req.identity(), req.database())?;
+        let scope = Scope {
+            identity: req.identity().clone(),
+            dialect: req.dialect(),
+            database: Arc::from(req.database()),
+            role: Arc::from(&*role.name),
+        };
+        let names = (scope.database.clone(), scope.role.clone());
+        self.scope = Some(scope);
+        Some(names)
+    }
+
+    fn exact(&self, origin: Origin, sql: &str) -> Option<Admitted> {
+        self.exact.get(slot(origin))?.get(sql).cloned()
+    }
+
+    fn shaped(
+        &mut self,
+        origin: Origin,
+        key: &super::shape::QuickKey,
+        literals: &[super::shape::Literal<'_>],
+    ) -> Option<Admitted> {
+        let s = self.shapes.get(slot(origin))?.get(key.as_str())?;
+        self.fill.clear();
+        if !s.template.fill_into(literals, &mut self.fill) {
+            return None;
+        }
+        Some(Admitted {
+            sql: Arc::from(self.fill.as_str()),
+            row_cap: s.row_cap,
+            normalized: s.normalized.clone(),
+            role: self.scope.as_ref()?.role.clone(),
+            switches_database: None,
+        })
+    }
+
+    fn remember_exact(&mut self, origin: Origin, sql: &str, a: &Admitted) {
+        let Some(map) = self.exact.get_mut(slot(origin)) else {
+            return;
+        };
+        if map.len() >= LOCAL_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            sql.into(),
+            Admitted {
+                sql: Arc::from(&*a.sql),
+                row_cap: a.row_cap,
+                normalized: Arc::from(&*a.normalized),
+                role: Arc::from(&*a.role),
+                switches_database: a.switches_database.as_deref().map(Arc::from),
+            },
+        );
+    }
+
+    fn remember_shape(
+        &mut self,
+        origin: Origin,
+        key: &super::shape::QuickKey,
+        v: &super::shape::ShapeVerdict,
+    ) {
+        // A shape verdict is for the scope's role (the key has it); one
+        // without literals is looked up by its text.
+        if v.template.slots() == 0 || self.scope.as_ref().is_none_or(|s| *s.role != *v.role) {
+            return;
+        }
+        let Some(map) = self.shapes.get_mut(slot(origin)) else {
+            return;
+        };
+        if map.len() >= LOCAL_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            key.as_str().into(),
+            LocalShape {
+                template: (*v.template).clone(),
+                row_cap: v.row_cap,
+                normalized: Arc::from(&*v.normalized),
+            },
+        );
     }
 }
 
@@ -363,6 +549,106 @@ tables = [{ name = "public.*", ops = ["select"] }]
             Poll::Ready(v) => v,
             Poll::Pending => panic!("pending"),
         }
+    }
+
+    #[test]
+    fn a_services_own_memo_answers_only_its_scope() {
+        const TWO_ROLES: &str = r#"
+[[databases]]
+name = "app"
+dialect = "postgres"
+[[databases.roles]]
+name = "r"
+groups = ["g"]
+tables = [{ name = "public.*", ops = ["select"] }]
+[[databases.roles]]
+name = "r2"
+groups = ["h"]
+tables = [{ name = "public.*", ops = ["select"] }]
+"#;
+        let acl = Arc::new(Acl::from_toml(TWO_ROLES).unwrap_or_else(|e| panic!("{e:?}")));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (inner_acl, counted) = (acl.clone(), calls.clone());
+        let limits = super::super::limits(&acl);
+        // Admits everything as its canonical text, for the role the ACL
+        // gives the caller, with a row cap per role.
+        let inner = tower::service_fn(move |req: SqlRequest| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let role = inner_acl.role_for(req.identity(), req.database()).cloned();
+            ready(match (req.analysis(&limits), role) {
+                (Ok(a), Some(role)) => Ok(Admitted {
+                    sql: a.canonical.as_str().into(),
+                    row_cap: Some(if &*role.name == "r" { 10 } else { 20 }),
+                    normalized: a.normalized.as_str().into(),
+                    role: role.name.clone(),
+                    switches_database: None,
+                }),
+                (Err(e), _) => Err(e.clone()),
+                (_, None) => Err(super::super::no_access(req.database())),
+            })
+        });
+        let mut s = VerdictCacheLayer::new(acl, 100).layer(inner);
+        let who = |group: &str| {
+            hexon_core::Identity::builder(group, group)
+                .groups([group])
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (a, b) = (who("g"), who("h"));
+        let ask =
+            |s: &mut VerdictCacheService<_>, id: &hexon_core::Identity, sql: &str, origin| {
+                let r =
+                    SqlRequest::new(id.clone(), "app", sql, Dialect::Postgres).with_origin(origin);
+                match super::super::poll_once(&mut s.call(r)) {
+                    Poll::Ready(v) => v,
+                    Poll::Pending => panic!("pending"),
+                }
+            };
+        let sql = |n: u32| format!("SELECT name FROM t WHERE id = {n}");
+        let ok = |v: Result<Admitted, Refusal>| v.unwrap_or_else(|e| panic!("{e}"));
+
+        // Learned (decision and probe), then answered with each new literal.
+        ok(ask(&mut s, &a, &sql(1), Origin::Simple));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        for n in 2..6 {
+            let v = ok(ask(&mut s, &a, &sql(n), Origin::Simple));
+            assert_eq!(*v.sql, *sql(n));
+            assert_eq!((&*v.role, v.row_cap), ("r", Some(10)));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A clone starts with an empty memo but shares the caches.
+        let mut clone = s.clone();
+        assert_eq!(
+            *ok(ask(&mut clone, &a, &sql(7), Origin::Simple)).sql,
+            *sql(7)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        // Another identity with another role: never the memo's verdict.
+        let v = ok(ask(&mut s, &b, &sql(8), Origin::Simple));
+        assert_eq!((&*v.role, v.row_cap, &*v.sql), ("r2", Some(20), &*sql(8)));
+        assert!(calls.load(Ordering::SeqCst) > 2);
+        // An identity without a role there: refused below, not remembered.
+        let nobody = who("x");
+        assert!(ask(&mut s, &nobody, &sql(9), Origin::Simple).is_err());
+        // Back to the first: its own role again.
+        let v = ok(ask(&mut s, &a, &sql(10), Origin::Simple));
+        assert_eq!((&*v.role, v.row_cap, &*v.sql), ("r", Some(10), &*sql(10)));
+
+        // By text, per origin: a prepared statement is not a simple query.
+        let text = "SELECT name FROM t WHERE id = $1";
+        let before = calls.load(Ordering::SeqCst);
+        ok(ask(&mut s, &a, text, Origin::Simple));
+        let simple = calls.load(Ordering::SeqCst);
+        assert!(simple > before);
+        ok(ask(&mut s, &a, text, Origin::Simple));
+        assert_eq!(calls.load(Ordering::SeqCst), simple);
+        ok(ask(&mut s, &a, text, Origin::Prepare));
+        let prepared = calls.load(Ordering::SeqCst);
+        assert!(prepared > simple);
+        let v = ok(ask(&mut s, &a, text, Origin::Prepare));
+        assert_eq!(calls.load(Ordering::SeqCst), prepared);
+        assert_eq!((&*v.role, v.row_cap, &*v.sql), ("r", Some(10), text));
     }
 
     #[test]

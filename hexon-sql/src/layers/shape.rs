@@ -27,6 +27,7 @@
 //!   must equal the full path's canonical text for the input with those same
 //!   values.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use sqlparser::ast::escape_quoted_string;
@@ -45,12 +46,15 @@ const STRING: &str = "\u{1}s";
 
 /// A literal value taken out of a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Literal {
-    Number(String),
-    Str(String),
+///
+/// The quick lexer borrows it from the statement (no allocation on the hot
+/// path); the tokenizer's literals are owned.
+pub(crate) enum Literal<'a> {
+    Number(Cow<'a, str>),
+    Str(Cow<'a, str>),
 }
 
-impl Literal {
+impl Literal<'_> {
     /// The literal as sqlparser renders it in canonical text.
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
@@ -65,10 +69,10 @@ impl Literal {
     }
 
     /// The literal a token classified [`Class::Literal`] holds.
-    fn of(t: &Token) -> Option<Self> {
+    fn of(t: &Token) -> Option<Literal<'static>> {
         match t {
-            Token::Number(n, _) => Some(Literal::Number(n.clone())),
-            Token::SingleQuotedString(v) => Some(Literal::Str(v.clone())),
+            Token::Number(n, _) => Some(Literal::Number(Cow::Owned(n.clone()))),
+            Token::SingleQuotedString(v) => Some(Literal::Str(Cow::Owned(v.clone()))),
             _ => None,
         }
     }
@@ -80,7 +84,7 @@ pub(crate) struct Shape(Vec<Token>);
 
 /// The shape of `sql`, or `None` when it has literals the shape cache does
 /// not handle (or does not tokenize).
-pub(crate) fn shape(sql: &str, dialect: Dialect) -> Option<(Shape, Vec<Literal>)> {
+pub(crate) fn shape(sql: &str, dialect: Dialect) -> Option<(Shape, Vec<Literal<'static>>)> {
     let tokens = Tokenizer::new(dialect.parser_dialect(), sql)
         .tokenize()
         .ok()?;
@@ -113,6 +117,23 @@ pub(crate) fn shape(sql: &str, dialect: Dialect) -> Option<(Shape, Vec<Literal>)
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct QuickKey(String);
 
+impl QuickKey {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key's buffer, for [`quick_shape_in`].
+    pub(crate) fn into_buffer(self) -> String {
+        self.0
+    }
+}
+
+/// [`quick_shape_in`] with a new buffer.
+#[cfg(test)]
+pub(crate) fn quick_shape(sql: &str) -> Option<(QuickKey, Vec<Literal<'_>>)> {
+    quick_shape_in(sql, String::new())
+}
+
 /// The quick key of `sql` and its literals, or `None` when the statement
 /// is not plain enough for the quick lexer to be sure how sqlparser
 /// tokenizes it (it then takes [`shape`]).
@@ -144,9 +165,13 @@ pub(crate) struct QuickKey(String);
 /// The cache only ever maps a quick key to a verdict learned through
 /// [`shape`] for a statement whose quick literals equalled its shape
 /// literals; tests compare the two lexers on generated statements.
-pub(crate) fn quick_shape(sql: &str) -> Option<(QuickKey, Vec<Literal>)> {
+///
+/// The key is built in `key` (its text replaced): a buffer handed back
+/// with [`QuickKey::into_buffer`] saves an allocation.
+pub(crate) fn quick_shape_in(sql: &str, mut key: String) -> Option<(QuickKey, Vec<Literal<'_>>)> {
     let b = sql.as_bytes();
-    let mut key = String::with_capacity(sql.len() + 8);
+    key.clear();
+    key.reserve(sql.len() + 8);
     let mut literals = Vec::with_capacity(4);
     let mut limit_seen = false;
     // `sql[..copied]` is in `key` already: text between literals is copied
@@ -183,7 +208,7 @@ pub(crate) fn quick_shape(sql: &str) -> Option<(QuickKey, Vec<Literal>)> {
                 if !limit_seen {
                     key.push_str(sql.get(copied..start)?);
                     key.push_str(NUMBER);
-                    literals.push(Literal::Number(sql.get(start..i)?.to_owned()));
+                    literals.push(Literal::Number(Cow::Borrowed(sql.get(start..i)?)));
                     copied = i;
                 }
             }
@@ -200,7 +225,7 @@ pub(crate) fn quick_shape(sql: &str) -> Option<(QuickKey, Vec<Literal>)> {
                 }
                 key.push_str(sql.get(copied..i)?);
                 key.push_str(STRING);
-                literals.push(Literal::Str(value.to_owned()));
+                literals.push(Literal::Str(Cow::Borrowed(value)));
                 i = end;
                 copied = end;
             }
@@ -362,18 +387,29 @@ pub(crate) struct Template {
 
 impl Template {
     /// The canonical text with `literals` in the slots.
-    pub(crate) fn fill(&self, literals: &[Literal]) -> Option<String> {
-        if literals.len() + 1 != self.parts.len() {
-            return None;
-        }
+    pub(crate) fn fill(&self, literals: &[Literal<'_>]) -> Option<String> {
         let mut out = String::with_capacity(self.parts.iter().map(|p| p.len()).sum::<usize>() + 16);
+        self.fill_into(literals, &mut out).then_some(out)
+    }
+
+    /// How many literals the template takes.
+    pub(crate) fn slots(&self) -> usize {
+        self.parts.len().saturating_sub(1)
+    }
+
+    /// [`fill`](Self::fill), appending to `out`; false (and `out` as it
+    /// was, or partly written) when the literals do not fit the slots.
+    pub(crate) fn fill_into(&self, literals: &[Literal<'_>], out: &mut String) -> bool {
+        if literals.len() + 1 != self.parts.len() {
+            return false;
+        }
         for (i, part) in self.parts.iter().enumerate() {
             out.push_str(part);
             if let Some(l) = literals.get(i) {
-                l.render(&mut out);
+                l.render(out);
             }
         }
-        Some(out)
+        true
     }
 }
 
@@ -395,7 +431,7 @@ pub(crate) struct Candidate {
 /// `input` is the client's text, `literals` its literals (from [`shape`]).
 pub(crate) fn candidate(
     input: &str,
-    literals: &[Literal],
+    literals: &[Literal<'_>],
     sent: &str,
     analysis: &Analysis,
     dialect: Dialect,
@@ -416,12 +452,12 @@ pub(crate) fn candidate(
     }
     // Synthetic values, all distinct, so a slot filled from the wrong
     // literal shows.
-    let synthetic: Vec<Literal> = literals
+    let synthetic: Vec<Literal<'_>> = literals
         .iter()
         .enumerate()
         .map(|(i, l)| match l {
-            Literal::Number(_) => Literal::Number(format!("{}", 7_000_001 + i)),
-            Literal::Str(_) => Literal::Str(format!("hexon shape {i}")),
+            Literal::Number(_) => Literal::Number(Cow::Owned(format!("{}", 7_000_001 + i))),
+            Literal::Str(_) => Literal::Str(Cow::Owned(format!("hexon shape {i}"))),
         })
         .collect();
     let expected = template.fill(&synthetic)?;
@@ -435,7 +471,7 @@ pub(crate) fn candidate(
 
 /// Cut canonical text at its literals (re-tokenised; filled with its own
 /// literals, the template must give back exactly the text).
-fn cut(canonical: &str, dialect: Dialect) -> Option<(Template, Vec<Literal>)> {
+fn cut(canonical: &str, dialect: Dialect) -> Option<(Template, Vec<Literal<'static>>)> {
     use std::fmt::Write as _;
     let tokens = Tokenizer::new(dialect.parser_dialect(), canonical)
         .tokenize()
@@ -461,7 +497,7 @@ fn cut(canonical: &str, dialect: Dialect) -> Option<(Template, Vec<Literal>)> {
 }
 
 /// The input with its literals replaced by `values`, in order.
-fn substitute(input: &str, dialect: Dialect, values: &[Literal]) -> Option<String> {
+fn substitute(input: &str, dialect: Dialect, values: &[Literal<'_>]) -> Option<String> {
     use std::fmt::Write as _;
     let tokens = Tokenizer::new(dialect.parser_dialect(), input)
         .tokenize()
@@ -644,7 +680,7 @@ mod tests {
     }
 
     /// `key` with its markers replaced by `values`, in order.
-    fn refill(key: &QuickKey, values: &[Literal]) -> String {
+    fn refill(key: &QuickKey, values: &[Literal<'_>]) -> String {
         let mut out = String::new();
         let mut rest = &*key.0;
         let mut values = values.iter();
@@ -682,12 +718,12 @@ mod tests {
             let Some((key, literals)) = quick_shape(&sql) else {
                 return Ok(());
             };
-            let other: Vec<Literal> = literals
+            let other: Vec<Literal<'_>> = literals
                 .iter()
                 .enumerate()
                 .map(|(i, l)| match l {
-                    Literal::Number(_) => Literal::Number(numbers[i % 8].to_string()),
-                    Literal::Str(_) => Literal::Str(strings[i % 8].clone()),
+                    Literal::Number(_) => Literal::Number(numbers[i % 8].to_string().into()),
+                    Literal::Str(_) => Literal::Str(strings[i % 8].clone().into()),
                 })
                 .collect();
             let sql2 = refill(&key, &other);

@@ -50,11 +50,40 @@ struct Portal {
     rows: Arc<AtomicU64>,
 }
 
+/// Where an execution counts its rows against the cap.
+#[derive(Debug)]
+enum Rows {
+    /// Its own count (a simple query's result).
+    Own(u64),
+    /// Its portal's, cumulative over the portal's `Execute`s.
+    Portal(Arc<AtomicU64>),
+}
+
+impl Rows {
+    /// Count one more row; the total so far.
+    fn bump(&mut self) -> u64 {
+        match self {
+            Rows::Own(n) => {
+                *n += 1;
+                *n
+            }
+            Rows::Portal(n) => n.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Rows::Own(n) => *n = 0,
+            Rows::Portal(n) => n.store(0, Ordering::Relaxed),
+        }
+    }
+}
+
 /// One execution whose results are being relayed.
 #[derive(Debug)]
 struct Exec {
     stmt: Arc<Stmt>,
-    rows: Arc<AtomicU64>,
+    rows: Rows,
     /// Rows forwarded for this execution (for the query log).
     sent: u64,
     /// The cap was exceeded: rows are being dropped.
@@ -64,7 +93,7 @@ struct Exec {
 }
 
 impl Exec {
-    fn new(stmt: Arc<Stmt>, rows: Arc<AtomicU64>) -> Self {
+    fn new(stmt: Arc<Stmt>, rows: Rows) -> Self {
         Self {
             stmt,
             rows,
@@ -124,6 +153,10 @@ pub(crate) struct Relay {
     info: SessionInfo,
     pipeline: PipelineService,
     statements: Names<Arc<Stmt>>,
+    /// The statement state made last: the next admitted statement with the
+    /// same verdict (a repeated statement, or the same shape with other
+    /// literals, whose verdict the pipeline hands out shared) reuses it.
+    last_stmt: Option<Arc<Stmt>>,
     portals: Names<Portal>,
     pending: VecDeque<Pending>,
     /// A refusal happened in the open extended batch: drop until `Sync`.
@@ -204,6 +237,7 @@ impl Relay {
             info,
             pipeline,
             statements: Names::new(),
+            last_stmt: None,
             portals: Names::new(),
             pending: VecDeque::new(),
             discarding: false,
@@ -312,9 +346,18 @@ impl Relay {
                 }
                 match self.statements.get(statement) {
                     Some(s) => {
+                        // The counter of the portal this one replaces is
+                        // reused when nothing else holds it.
+                        let rows = match self.portals.get(portal) {
+                            Some(p) if Arc::strong_count(&p.rows) == 1 => {
+                                p.rows.store(0, Ordering::Relaxed);
+                                p.rows.clone()
+                            }
+                            _ => Arc::new(AtomicU64::new(0)),
+                        };
                         let portal_state = Portal {
                             stmt: s.clone(),
-                            rows: Arc::new(AtomicU64::new(0)),
+                            rows,
                         };
                         self.portals.insert(portal, portal_state);
                         self.open_batch();
@@ -343,7 +386,7 @@ impl Relay {
             }
             Front::Execute { portal } => match self.portals.get(portal) {
                 Some(p) => {
-                    let exec = Exec::new(p.stmt.clone(), p.rows.clone());
+                    let exec = Exec::new(p.stmt.clone(), Rows::Portal(p.rows.clone()));
                     if let Some(execs) = self.open_batch_execs() {
                         execs.push_back(exec);
                     }
@@ -403,13 +446,24 @@ impl Relay {
         crate::wire::refused_statement(&self.info.acl, req, r)
     }
 
-    fn stmt_from(&self, a: &Admitted) -> Arc<Stmt> {
-        Arc::new(Stmt {
-            // The role's row limit backs the pipeline's cap on every result.
-            row_cap: a.row_cap.or(self.info.role.row_limit()),
+    fn stmt_from(&mut self, a: &Admitted) -> Arc<Stmt> {
+        // The role's row limit backs the pipeline's cap on every result.
+        let row_cap = a.row_cap.or(self.info.role.row_limit());
+        if let Some(last) = &self.last_stmt {
+            if Arc::ptr_eq(&last.normalized, &a.normalized)
+                && Arc::ptr_eq(&last.role, &a.role)
+                && last.row_cap == row_cap
+            {
+                return last.clone();
+            }
+        }
+        let stmt = Arc::new(Stmt {
+            row_cap,
             normalized: a.normalized.clone(),
             role: a.role.clone(),
-        })
+        });
+        self.last_stmt = Some(stmt.clone());
+        stmt
     }
 
     fn query(&mut self, sql: Arc<str>, up: &mut BytesMut, cl: &mut BytesMut) {
@@ -420,7 +474,7 @@ impl Relay {
         match verdict {
             Ok(a) => {
                 frame::put_parts(up, b'Q', &[a.sql.as_bytes(), b"\0"]);
-                let exec = Exec::new(self.stmt_from(&a), Arc::new(AtomicU64::new(0)));
+                let exec = Exec::new(self.stmt_from(&a), Rows::Own(0));
                 match self.pending.back_mut() {
                     // A Query in the middle of an unsynced batch is answered
                     // by the same ReadyForQuery.
@@ -571,7 +625,7 @@ impl Relay {
                     cl.extend_from_slice(frame);
                     return;
                 };
-                let n = e.rows.fetch_add(1, Ordering::Relaxed) + 1;
+                let n = e.rows.bump();
                 if e.stmt.row_cap.is_some_and(|cap| n > cap) {
                     e.over = true;
                 } else {
@@ -589,7 +643,7 @@ impl Relay {
                     }
                     if simple && tag == b'C' {
                         // Each result of a simple query is capped on its own.
-                        e.rows.store(0, Ordering::Relaxed);
+                        e.rows.reset();
                         e.over = false;
                     }
                 }
