@@ -595,15 +595,13 @@ tables = [{ name = "public.*", ops = ["select"] }]
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         let (a, b) = (who("g"), who("h"));
-        let ask =
-            |s: &mut VerdictCacheService<_>, id: &hexon_core::Identity, sql: &str, origin| {
-                let r =
-                    SqlRequest::new(id.clone(), "app", sql, Dialect::Postgres).with_origin(origin);
-                match super::super::poll_once(&mut s.call(r)) {
-                    Poll::Ready(v) => v,
-                    Poll::Pending => panic!("pending"),
-                }
-            };
+        let ask = |s: &mut VerdictCacheService<_>, id: &hexon_core::Identity, sql: &str, origin| {
+            let r = SqlRequest::new(id.clone(), "app", sql, Dialect::Postgres).with_origin(origin);
+            match super::super::poll_once(&mut s.call(r)) {
+                Poll::Ready(v) => v,
+                Poll::Pending => panic!("pending"),
+            }
+        };
         let sql = |n: u32| format!("SELECT name FROM t WHERE id = {n}");
         let ok = |v: Result<Admitted, Refusal>| v.unwrap_or_else(|e| panic!("{e}"));
 

@@ -426,19 +426,30 @@ impl Relay {
     }
 
     /// Run the pipeline on `sql`.
-    fn decide(&mut self, sql: Arc<str>, origin: Origin) -> (Result<Admitted, Refusal>, SqlRequest) {
-        let req = SqlRequest::new(
-            self.info.identity.clone(),
-            self.info.database.clone(),
-            sql,
-            Dialect::Postgres,
-        )
-        .with_origin(origin);
+    /// Run the pipeline on `sql`; a refusal comes with the request, for
+    /// the query log.
+    fn decide(
+        &mut self,
+        sql: Arc<str>,
+        origin: Origin,
+    ) -> Result<Admitted, Box<(Refusal, SqlRequest)>> {
+        let request = |info: &SessionInfo, sql| {
+            SqlRequest::new(
+                info.identity.clone(),
+                info.database.clone(),
+                sql,
+                Dialect::Postgres,
+            )
+            .with_origin(origin)
+        };
         if let Some(r) = self.revoked_now() {
-            return (Err(r), req);
+            return Err(Box::new((r, request(&self.info, sql))));
         }
-        let verdict = crate::layers::decide_now(&mut self.pipeline, req.clone());
-        (verdict, req)
+        // The request moves into the pipeline (no clone on the hot path);
+        // a refused statement is made again for the log, which may parse
+        // it a second time.
+        crate::layers::decide_now(&mut self.pipeline, request(&self.info, sql.clone()))
+            .map_err(|r| Box::new((r, request(&self.info, sql))))
     }
 
     /// The normalised text of a refused statement, when it was parsed.
@@ -470,8 +481,7 @@ impl Relay {
         // A simple query destroys the unnamed statement and portal.
         self.statements.remove(b"");
         self.portals.remove(b"");
-        let (verdict, req) = self.decide(sql, Origin::Simple);
-        match verdict {
+        match self.decide(sql, Origin::Simple) {
             Ok(a) => {
                 frame::put_parts(up, b'Q', &[a.sql.as_bytes(), b"\0"]);
                 let exec = Exec::new(self.stmt_from(&a), Rows::Own(0));
@@ -485,7 +495,8 @@ impl Relay {
                     _ => self.pending.push_back(Pending::Simple(exec)),
                 }
             }
-            Err(r) => {
+            Err(refused) => {
+                let (r, req) = *refused;
                 let statement = self.refused_statement(&req, &r);
                 self.log_refused(&r, &statement);
                 let mut e = BytesMut::new();
@@ -519,15 +530,15 @@ impl Relay {
     }
 
     fn parse(&mut self, name: &[u8], sql: Arc<str>, types: &[u8], up: &mut BytesMut) {
-        let (verdict, req) = self.decide(sql, Origin::Prepare);
-        match verdict {
+        match self.decide(sql, Origin::Prepare) {
             Ok(a) => {
                 let stmt = self.stmt_from(&a);
                 self.statements.insert(name, stmt);
                 frame::put_parts(up, b'P', &[name, b"\0", a.sql.as_bytes(), b"\0", types]);
                 self.open_batch();
             }
-            Err(r) => {
+            Err(refused) => {
+                let (r, req) = *refused;
                 // Whatever the name meant before, it is not usable now.
                 self.statements.remove(name);
                 let statement = self.refused_statement(&req, &r);
