@@ -147,18 +147,6 @@ pub(crate) fn scan(sql: &str, dialect: Dialect) -> Scan {
     let mut pending = false; // tokens since the last `;`
     let backslash = dialect == Dialect::Mysql;
     while let Some(&c) = b.get(i) {
-        // A run of bytes that only continue a token (words, numbers,
-        // operators) is skipped in one tight loop.
-        if plain(c) {
-            i += b
-                .get(i..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(|&&c| plain(c))
-                .count();
-            pending = true;
-            continue;
-        }
         match c {
             b'\'' | b'"' | b'`' => {
                 i += 1;
@@ -271,15 +259,6 @@ pub(crate) fn scan(sql: &str, dialect: Dialect) -> Scan {
         out.statements += 1;
     }
     out
-}
-
-/// A byte [`scan`] treats as part of a token and nothing more: not a
-/// quote, comment or dollar-quote opener, parenthesis, `;` or whitespace.
-fn plain(c: u8) -> bool {
-    !matches!(
-        c,
-        b'\'' | b'"' | b'`' | b'-' | b'#' | b'/' | b'$' | b'(' | b')' | b';'
-    ) && !c.is_ascii_whitespace()
 }
 
 fn read_only_kind(kind: &Kind) -> bool {
@@ -762,8 +741,8 @@ mod tests {
         assert!(my("SELECT /*! 1 */").executable_comment);
         assert!(my("SELECT /*M!100000 1 */").executable_comment);
         assert!(!my("SELECT '/*!'").executable_comment);
-        // Operators next to words are part of the token run; only their
-        // comment forms are special.
+        // Operators next to words are ordinary bytes; only their comment
+        // forms are special.
         assert_eq!(pg("SELECT a-b;c/d").statements, 2);
         assert_eq!(pg("SELECT a-b--;c\n").statements, 1);
         assert_eq!(pg("SELECT a#b;c").statements, 2);
