@@ -205,7 +205,7 @@ impl Env {
             verdict_cache: 1000,
             max_connections: 64,
             max_connections_per_user: 8,
-            // Two dedicated session threads (the default would be half the CPUs).
+            // Two dedicated session threads (the default is one per CPU).
             session_threads: Some(2),
         };
         let acl = Arc::new(Acl::from_toml(&fixture.acl()).unwrap());
