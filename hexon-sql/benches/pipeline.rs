@@ -79,7 +79,9 @@ fn bench(c: &mut Criterion) {
         });
     }
     // A new literal every time (as pgbench's simple protocol sends): the
-    // exact-text cache misses, the shape cache answers.
+    // exact-text caches miss, the service's own memo answers by quick key
+    // (the shared shape cache did, before 2026-12-05; the cached/* rows are
+    // memo hits too).
     let mut shaped = Pipeline::build(acl.clone(), 10_000);
     let mut n = 0u64;
     g.bench_function("shape_hit/point_select", |b| {

@@ -264,10 +264,11 @@ impl<S> VerdictCacheService<S> {
         shape_literals: &[super::shape::Literal<'_>],
         v: &super::shape::ShapeVerdict,
     ) {
-        if let (Some(q), Some((_, quick_key, literals))) = (&self.quick, quick) {
+        if let (Some(q), Some((_, mut quick_key, literals))) = (&self.quick, quick) {
             if literals == shape_literals {
                 self.local
                     .remember_shape(quick_key.origin, &quick_key.key, v);
+                quick_key.key.shrink();
                 q.insert(quick_key, v.clone());
             }
         }
@@ -322,8 +323,16 @@ where
     }
 }
 
-/// Entries of each of [`Local`]'s maps; a full map is emptied.
+/// Entries of each of [`Local`]'s maps; when one is full the memo is
+/// emptied.
 const LOCAL_ENTRIES: usize = 64;
+/// Bytes of text [`Local`] holds at most (keys and copies together): when
+/// a new entry would pass it, the memo is emptied. Bounds a session's
+/// memory however long its admitted statements are.
+const LOCAL_BYTES: usize = 64 * 1024;
+/// Statements longer than this are not remembered (the shared caches still
+/// answer them).
+const LOCAL_MAX_TEXT: usize = 4 * 1024;
 
 type LocalMap<V> = std::collections::HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
@@ -351,6 +360,8 @@ struct Local {
     fill: String,
     /// A buffer for the quick key.
     key: String,
+    /// Text held by the entries (see [`LOCAL_BYTES`]).
+    bytes: usize,
 }
 
 impl Clone for Local {
@@ -431,20 +442,42 @@ impl Local {
         })
     }
 
+    /// Make room for an entry of `size` bytes of text in a map holding
+    /// `entries`, emptying the memo when either bound would be passed;
+    /// false when the entry is too long to remember.
+    fn room(&mut self, entries: usize, size: usize) -> bool {
+        if size > LOCAL_MAX_TEXT {
+            return false;
+        }
+        if entries >= LOCAL_ENTRIES || self.bytes + size > LOCAL_BYTES {
+            self.exact.iter_mut().for_each(LocalMap::clear);
+            self.shapes.iter_mut().for_each(LocalMap::clear);
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        true
+    }
+
     fn remember_exact(&mut self, origin: Origin, sql: &str, a: &Admitted) {
+        // The role is the scope's (its copy is shared by the entries).
+        let Some(role) = self.scope.as_ref().map(|s| s.role.clone()) else {
+            return;
+        };
+        let size = sql.len() + a.sql.len() + a.normalized.len();
+        let entries = self.exact.get(slot(origin)).map_or(0, LocalMap::len);
+        if *role != *a.role || !self.room(entries, size) {
+            return;
+        }
         let Some(map) = self.exact.get_mut(slot(origin)) else {
             return;
         };
-        if map.len() >= LOCAL_ENTRIES {
-            map.clear();
-        }
         map.insert(
             sql.into(),
             Admitted {
                 sql: Arc::from(&*a.sql),
                 row_cap: a.row_cap,
                 normalized: Arc::from(&*a.normalized),
-                role: Arc::from(&*a.role),
+                role,
                 switches_database: a.switches_database.as_deref().map(Arc::from),
             },
         );
@@ -461,12 +494,14 @@ impl Local {
         if v.template.slots() == 0 || self.scope.as_ref().is_none_or(|s| *s.role != *v.role) {
             return;
         }
+        let size = key.as_str().len() + v.template.text_len() + v.normalized.len();
+        let entries = self.shapes.get(slot(origin)).map_or(0, LocalMap::len);
+        if !self.room(entries, size) {
+            return;
+        }
         let Some(map) = self.shapes.get_mut(slot(origin)) else {
             return;
         };
-        if map.len() >= LOCAL_ENTRIES {
-            map.clear();
-        }
         map.insert(
             key.as_str().into(),
             LocalShape {
@@ -552,21 +587,52 @@ tables = [{ name = "public.*", ops = ["select"] }]
     }
 
     #[test]
+    fn the_memo_is_bounded_in_entries_and_bytes() {
+        let mut s = service(Arc::new(AtomicUsize::new(0)));
+        let id = hexon_core::Identity::builder("u", "u")
+            .groups(["g"])
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ask = |s: &mut VerdictCacheService<_>, sql: &str| {
+            let r = SqlRequest::new(id.clone(), "app", sql, Dialect::Postgres);
+            match super::super::poll_once(&mut s.call(r)) {
+                Poll::Ready(v) => v.unwrap_or_else(|e| panic!("{e}")),
+                Poll::Pending => panic!("pending"),
+            }
+        };
+        let columns = |n: usize, tag: usize| {
+            (0..n)
+                .map(|i| format!("c{tag}_{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Too long to remember: answered, not kept.
+        let long = format!("SELECT {} FROM t WHERE id = $1", columns(600, 0));
+        assert!(long.len() > LOCAL_MAX_TEXT);
+        assert_eq!(*ask(&mut s, &long).sql, *long);
+        assert_eq!(*ask(&mut s, &long).sql, *long);
+        assert!(s.local.exact.iter().all(|m| m.is_empty()));
+        assert_eq!(s.local.bytes, 0);
+        // Many distinct statements: never more than the bounds.
+        for tag in 1..200 {
+            let sql = format!("SELECT {} FROM t WHERE id = $1", columns(tag % 40 + 1, tag));
+            assert_eq!(*ask(&mut s, &sql).sql, *sql);
+            assert_eq!(*ask(&mut s, &sql).sql, *sql, "again, from the memo");
+            assert!(s.local.bytes <= LOCAL_BYTES);
+            assert!(s.local.exact.iter().all(|m| m.len() <= LOCAL_ENTRIES));
+            assert!(
+                !s.local.exact.iter().all(|m| m.is_empty()),
+                "the last one is kept"
+            );
+        }
+    }
+
+    #[test]
     fn a_services_own_memo_answers_only_its_scope() {
-        const TWO_ROLES: &str = r#"
-[[databases]]
-name = "app"
-dialect = "postgres"
-[[databases.roles]]
-name = "r"
-groups = ["g"]
-tables = [{ name = "public.*", ops = ["select"] }]
-[[databases.roles]]
-name = "r2"
-groups = ["h"]
-tables = [{ name = "public.*", ops = ["select"] }]
-"#;
-        let acl = Arc::new(Acl::from_toml(TWO_ROLES).unwrap_or_else(|e| panic!("{e:?}")));
+        let two_roles = format!(
+            "{ACL}[[databases.roles]]\nname = \"r2\"\ngroups = [\"h\"]\ntables = [{{ name = \"public.*\", ops = [\"select\"] }}]\n"
+        );
+        let acl = Arc::new(Acl::from_toml(&two_roles).unwrap_or_else(|e| panic!("{e:?}")));
         let calls = Arc::new(AtomicUsize::new(0));
         let (inner_acl, counted) = (acl.clone(), calls.clone());
         let limits = super::super::limits(&acl);

@@ -122,6 +122,12 @@ impl QuickKey {
         &self.0
     }
 
+    /// Give back spare capacity (a reused buffer may have held a longer
+    /// statement) before the key is stored.
+    pub(crate) fn shrink(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     /// The key's buffer, for [`quick_shape_in`].
     pub(crate) fn into_buffer(self) -> String {
         self.0
@@ -390,6 +396,11 @@ impl Template {
     pub(crate) fn fill(&self, literals: &[Literal<'_>]) -> Option<String> {
         let mut out = String::with_capacity(self.parts.iter().map(|p| p.len()).sum::<usize>() + 16);
         self.fill_into(literals, &mut out).then_some(out)
+    }
+
+    /// Bytes of text the template holds.
+    pub(crate) fn text_len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
     }
 
     /// How many literals the template takes.

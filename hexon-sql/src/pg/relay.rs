@@ -425,7 +425,6 @@ impl Relay {
         Flow::Close
     }
 
-    /// Run the pipeline on `sql`.
     /// Run the pipeline on `sql`; a refusal comes with the request, for
     /// the query log.
     fn decide(
