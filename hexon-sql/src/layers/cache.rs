@@ -185,7 +185,7 @@ where
             Some((q.get(&quick_key), quick_key, literals))
         });
         if let Some((Some(v), quick_key, literals)) = &quick {
-            if let Some(admitted) = from_shape(v, literals) {
+            if let Some(admitted) = from_shape(v, literals, &mut self.local.fill) {
                 self.local.remember_shape(origin, &quick_key.key, v);
                 return Either::Left(ready(Ok(admitted)));
             }
@@ -202,7 +202,7 @@ where
             Some((shapes.get(&shape_key), shape_key, literals))
         });
         if let Some((Some(Some(v)), _, literals)) = &shaped {
-            if let Some(admitted) = from_shape(v, literals) {
+            if let Some(admitted) = from_shape(v, literals, &mut self.local.fill) {
                 self.learn_quick(quick, literals, v);
                 return Either::Left(ready(Ok(admitted)));
             }
@@ -236,13 +236,19 @@ where
     }
 }
 
-/// The admitted verdict of a shape for a statement with `literals`.
+/// The admitted verdict of a shape for a statement with `literals`; the
+/// text is filled in `buf` before it is shared.
 fn from_shape(
     v: &super::shape::ShapeVerdict,
     literals: &[super::shape::Literal<'_>],
+    buf: &mut String,
 ) -> Option<Admitted> {
+    buf.clear();
+    if !v.template.fill_into(literals, buf) {
+        return None;
+    }
     Some(Admitted {
-        sql: v.template.fill(literals)?.into(),
+        sql: Arc::from(buf.as_str()),
         row_cap: v.row_cap,
         normalized: v.normalized.clone(),
         role: v.role.clone(),
@@ -355,7 +361,7 @@ struct Local {
     /// Admitted verdicts by exact text, per origin.
     exact: [LocalMap<Admitted>; 2],
     /// Shape verdicts by quick key, per origin.
-    shapes: [LocalMap<LocalShape>; 2],
+    shapes: [LocalMap<super::shape::ShapeVerdict>; 2],
     /// Where a template is filled before its text is shared.
     fill: String,
     /// A buffer for the quick key.
@@ -377,13 +383,6 @@ struct Scope {
     /// Copies, not the ACL's shared values.
     database: Arc<str>,
     role: Arc<str>,
-}
-
-#[derive(Debug)]
-struct LocalShape {
-    template: super::shape::Template,
-    row_cap: Option<u64>,
-    normalized: Arc<str>,
 }
 
 fn slot(origin: Origin) -> usize {
@@ -428,18 +427,17 @@ impl Local {
         key: &super::shape::QuickKey,
         literals: &[super::shape::Literal<'_>],
     ) -> Option<Admitted> {
-        let s = self.shapes.get(slot(origin))?.get(key.as_str())?;
-        self.fill.clear();
-        if !s.template.fill_into(literals, &mut self.fill) {
-            return None;
-        }
-        Some(Admitted {
-            sql: Arc::from(self.fill.as_str()),
-            row_cap: s.row_cap,
-            normalized: s.normalized.clone(),
-            role: self.scope.as_ref()?.role.clone(),
-            switches_database: None,
-        })
+        let v = self.shapes.get(slot(origin))?.get(key.as_str())?;
+        from_shape(v, literals, &mut self.fill)
+    }
+
+    /// The scope's copy of `role`: verdicts are remembered only for the
+    /// role of the scope (their keys in the shared caches have it).
+    fn role(&self, role: &str) -> Option<Arc<str>> {
+        self.scope
+            .as_ref()
+            .filter(|s| *s.role == *role)
+            .map(|s| s.role.clone())
     }
 
     /// Make room for an entry of `size` bytes of text in a map holding
@@ -459,13 +457,12 @@ impl Local {
     }
 
     fn remember_exact(&mut self, origin: Origin, sql: &str, a: &Admitted) {
-        // The role is the scope's (its copy is shared by the entries).
-        let Some(role) = self.scope.as_ref().map(|s| s.role.clone()) else {
+        let Some(role) = self.role(&a.role) else {
             return;
         };
         let size = sql.len() + a.sql.len() + a.normalized.len();
         let entries = self.exact.get(slot(origin)).map_or(0, LocalMap::len);
-        if *role != *a.role || !self.room(entries, size) {
+        if !self.room(entries, size) {
             return;
         }
         let Some(map) = self.exact.get_mut(slot(origin)) else {
@@ -489,11 +486,13 @@ impl Local {
         key: &super::shape::QuickKey,
         v: &super::shape::ShapeVerdict,
     ) {
-        // A shape verdict is for the scope's role (the key has it); one
-        // without literals is looked up by its text.
-        if v.template.slots() == 0 || self.scope.as_ref().is_none_or(|s| *s.role != *v.role) {
+        // One without literals is looked up by its text.
+        if v.template.slots() == 0 {
             return;
         }
+        let Some(role) = self.role(&v.role) else {
+            return;
+        };
         let size = key.as_str().len() + v.template.text_len() + v.normalized.len();
         let entries = self.shapes.get(slot(origin)).map_or(0, LocalMap::len);
         if !self.room(entries, size) {
@@ -504,10 +503,11 @@ impl Local {
         };
         map.insert(
             key.as_str().into(),
-            LocalShape {
-                template: (*v.template).clone(),
+            super::shape::ShapeVerdict {
+                template: Arc::new((*v.template).clone()),
                 row_cap: v.row_cap,
                 normalized: Arc::from(&*v.normalized),
+                role,
             },
         );
     }
