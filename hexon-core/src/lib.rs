@@ -16,7 +16,8 @@
 //! - `verify` (feature `tower`, `axum`) — the backend SDK: a tower layer that
 //!   verifies signed identity and an axum extractor;
 //! - `store` (features `store`, `sqlite`, `postgres`, `nats`) — the state
-//!   layer: durable objects, shared KV with TTL and cluster events.
+//!   layer: durable objects, shared KV with TTL and cluster events;
+//! - `testing` (feature `test-util`) — helpers for tests that start real servers.
 //!
 //! The core is synchronous and I/O-free except where signing must await a
 //! [`Signer`]; time is always a parameter ([`UnixTime`]).
@@ -46,6 +47,9 @@ pub mod rt;
 
 #[cfg(feature = "store")]
 pub mod store;
+
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use identity::{AuthEvent, AuthMethod, Identity, IdentityKind};
 pub use keys::{KeyRing, KeySet, PublicKey};

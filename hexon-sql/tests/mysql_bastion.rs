@@ -657,11 +657,7 @@ impl TlsMariadb {
         let key = dir.path().join("server.key");
         std::fs::write(&ca, cert.pem()).unwrap();
         std::fs::write(&key, kp.serialize_pem()).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = hexon_core::testing::free_port();
         let child = Command::new("mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))

@@ -680,11 +680,8 @@ async fn forward_auth_answers_like_an_auth_request_service() {
     gw.stop().await;
 }
 
-/// A free port on loopback for a proxy under test.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+// A free port on loopback for a proxy under test.
+use hexon_core::testing::free_port;
 
 /// Wait until something listens on `addr`.
 async fn listening(addr: SocketAddr) {

@@ -69,14 +69,8 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// A port that was free a moment ago, outside the kernel's ephemeral range.
+use hexon_core::testing::free_port;
 
 /// Poll `f` every 100 ms until it returns `Some`, for at most [`POLL_LIMIT`].
 fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {

@@ -137,14 +137,8 @@ pub async fn serve(ca: Arc<CertificateAuthority>, settings: hexon_ca::OcspSettin
     format!("http://{addr}/ca")
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A free TCP port on 127.0.0.1, outside the kernel's ephemeral range.
+pub use hexon_core::testing::free_port;
 
 /// A local DNS server (pebble-challtestsrv) that answers 127.0.0.1 for
 /// every name and serves TXT records set through its management API.

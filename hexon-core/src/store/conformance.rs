@@ -1469,11 +1469,7 @@ impl NatsServer {
             "{} is missing: apt-get install nats-server",
             Self::BINARY
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::testing::free_port();
         let mut server = NatsServer {
             child: None,
             port,

@@ -220,15 +220,10 @@ pub fn dns() -> Dns {
 
 // ------------------------------------------------------------ browser
 
-/// A port free at the moment of asking (for configurations that must name
-/// their public port before the gateway binds it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A port free at the moment of asking, outside the kernel's ephemeral
+/// range (for configurations that must name their public port before the
+/// gateway binds it).
+pub use hexon_core::testing::free_port;
 
 /// A browser: cookies per host, no JavaScript.
 pub struct Browser {
