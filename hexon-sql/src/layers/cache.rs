@@ -716,6 +716,78 @@ tables = [{ name = "public.*", ops = ["select"] }]
     }
 
     #[test]
+    fn the_memo_follows_a_database_or_dialect_switch_inside_one_service() {
+        // The same identity reaches two databases through different roles
+        // (row caps 10 and 30) and a third through none.
+        let acl_text = format!(
+            "{ACL}[[databases]]\nname = \"other\"\ndialect = \"postgres\"\n[[databases.roles]]\nname = \"o\"\ngroups = [\"g\"]\ntables = [{{ name = \"public.*\", ops = [\"select\"] }}]\n[[databases]]\nname = \"closed\"\ndialect = \"postgres\"\n[[databases.roles]]\nname = \"c\"\ngroups = [\"nobody\"]\ntables = [{{ name = \"public.*\", ops = [\"select\"] }}]\n"
+        );
+        let acl = Arc::new(Acl::from_toml(&acl_text).unwrap_or_else(|e| panic!("{e:?}")));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (inner_acl, counted) = (acl.clone(), calls.clone());
+        let limits = super::super::limits(&acl);
+        let inner = tower::service_fn(move |req: SqlRequest| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let role = inner_acl.role_for(req.identity(), req.database()).cloned();
+            ready(match (req.analysis(&limits), role) {
+                (Ok(a), Some(role)) => Ok(Admitted {
+                    sql: a.canonical.as_str().into(),
+                    row_cap: Some(if &*role.name == "r" { 10 } else { 30 }),
+                    normalized: a.normalized.as_str().into(),
+                    role: role.name.clone(),
+                    switches_database: None,
+                }),
+                (Err(e), _) => Err(e.clone()),
+                (_, None) => Err(super::super::no_access(req.database())),
+            })
+        });
+        let mut s = VerdictCacheLayer::new(acl, 100).layer(inner);
+        let id = hexon_core::Identity::builder("u", "u")
+            .groups(["g"])
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ask = |s: &mut VerdictCacheService<_>, db: &str, dialect, sql: &str| {
+            let r = SqlRequest::new(id.clone(), db, sql, dialect);
+            match super::super::poll_once(&mut s.call(r)) {
+                Poll::Ready(v) => v,
+                Poll::Pending => panic!("pending"),
+            }
+        };
+        let ok = |v: Result<Admitted, Refusal>| v.unwrap_or_else(|e| panic!("{e}"));
+        let sql = |n: u32| format!("SELECT name FROM t WHERE id = {n}");
+        let pg = Dialect::Postgres;
+
+        // Remembered for `app` (learned, then answered with new literals).
+        ok(ask(&mut s, "app", pg, &sql(1)));
+        ok(ask(&mut s, "app", pg, &sql(2)));
+        let learned = calls.load(Ordering::SeqCst);
+        // `other` in the same service: its own role, never app's verdict.
+        let v = ok(ask(&mut s, "other", pg, &sql(3)));
+        assert_eq!((&*v.role, v.row_cap, &*v.sql), ("o", Some(30), &*sql(3)));
+        assert!(calls.load(Ordering::SeqCst) > learned);
+        // A database the identity has no role in: refused, whatever the
+        // memo held a moment ago.
+        let e = ask(&mut s, "closed", pg, &sql(4));
+        assert!(e.is_err(), "{e:?}");
+        let e = ask(&mut s, "closed", pg, &sql(4));
+        assert!(e.is_err(), "asked again: {e:?}");
+        // Back to `app`: app's role again.
+        let v = ok(ask(&mut s, "app", pg, &sql(5)));
+        assert_eq!((&*v.role, v.row_cap, &*v.sql), ("r", Some(10), &*sql(5)));
+        // The same text under another dialect is decided for that dialect,
+        // not answered from the PostgreSQL entries.
+        let text = "SELECT name FROM t WHERE id = $1";
+        ok(ask(&mut s, "app", pg, text));
+        ok(ask(&mut s, "app", pg, text));
+        let before = calls.load(Ordering::SeqCst);
+        let mysql = ask(&mut s, "app", Dialect::Mysql, text);
+        assert!(
+            calls.load(Ordering::SeqCst) > before,
+            "the MySQL request reached the inner service: {mysql:?}"
+        );
+    }
+
+    #[test]
     fn a_shape_is_learned_once_and_reused() {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut s = service(calls.clone());
