@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::Upstream;
 use super::error::{BodyTimeout, BodyTooLarge};
 use crate::body::BoxError;
 
@@ -81,9 +82,11 @@ where
 /// Where a body-timeout log line belongs.
 #[derive(Debug)]
 pub(crate) struct LogContext {
-    pub(crate) request_id: String,
-    pub(crate) route: String,
-    pub(crate) upstream: String,
+    /// `-` when the request has none.
+    pub(crate) request_id: Arc<str>,
+    pub(crate) route: Arc<str>,
+    /// The upstream's URL.
+    pub(crate) upstream: Upstream,
 }
 
 pin_project_lite::pin_project! {
@@ -125,7 +128,7 @@ impl<B> TimedBody<B> {
         tracing::warn!(
             request_id = %ctx.request_id,
             route = %ctx.route,
-            upstream = %ctx.upstream,
+            upstream = %ctx.upstream.url(),
             error = %why,
             "upstream response body cut"
         );
@@ -225,7 +228,7 @@ mod tests {
         Arc::new(LogContext {
             request_id: "r".into(),
             route: "x".into(),
-            upstream: "u".into(),
+            upstream: Upstream::new("http://127.0.0.1:1", &Default::default()).unwrap(),
         })
     }
 

@@ -329,7 +329,7 @@ impl ReverseProxy {
         let client_upgrade = ws.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let client = match ws {
             Some(_) => match upstream.upgrade_client() {
-                Some(c) => c.clone(),
+                Some(c) => c,
                 None => {
                     return fail.respond(
                         StatusCode::BAD_GATEWAY,
@@ -338,7 +338,7 @@ impl ReverseProxy {
                     );
                 }
             },
-            None => upstream.client().clone(),
+            None => upstream.client(),
         };
 
         let (parts, body) = req.into_parts();
@@ -399,13 +399,14 @@ impl ReverseProxy {
             Ok(Ok(res)) => res,
         };
 
+        // Shared, not copied: read only when a body times out or an
+        // upgrade ends.
         let ctx = LogContext {
             request_id: rid
                 .as_ref()
-                .map(RequestId::to_string)
-                .unwrap_or_else(|| "-".to_owned()),
-            route: route.name().to_owned(),
-            upstream: upstream.url().to_owned(),
+                .map_or_else(|| Arc::from("-"), |r| Arc::clone(&r.0)),
+            route: Arc::clone(&route.0),
+            upstream: upstream.clone(),
         };
         let (mut parts, body) = res.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;

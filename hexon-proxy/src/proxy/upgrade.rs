@@ -44,7 +44,7 @@ pub(crate) fn splice(client: OnUpgrade, upstream: OnUpgrade, ctx: LogContext) {
                 tracing::warn!(
                     request_id = %ctx.request_id,
                     route = %ctx.route,
-                    upstream = %ctx.upstream,
+                    upstream = %ctx.upstream.url(),
                     error = %Chain(&e),
                     "upgrade failed"
                 );
@@ -57,7 +57,7 @@ pub(crate) fn splice(client: OnUpgrade, upstream: OnUpgrade, ctx: LogContext) {
             Ok((up, down)) => tracing::debug!(
                 request_id = %ctx.request_id,
                 route = %ctx.route,
-                upstream = %ctx.upstream,
+                upstream = %ctx.upstream.url(),
                 bytes_up = up,
                 bytes_down = down,
                 "upgraded connection closed"
@@ -65,7 +65,7 @@ pub(crate) fn splice(client: OnUpgrade, upstream: OnUpgrade, ctx: LogContext) {
             Err(e) => tracing::debug!(
                 request_id = %ctx.request_id,
                 route = %ctx.route,
-                upstream = %ctx.upstream,
+                upstream = %ctx.upstream.url(),
                 error = %e,
                 "upgraded connection ended with an error"
             ),
