@@ -713,6 +713,26 @@ async fn proxy_asks_hexon(proxy: SocketAddr, gw: &Gw, k: &Keys) {
     let hd = &j["headers"];
     assert_eq!(hd["hexon-subject"], json!(["billing"]));
     assert_eq!(hd["x-auth-client-id"], json!(["billing"]));
+    // The client's key stays at the edge: the backend gets the identity,
+    // never the credential (it could replay it).
+    assert!(
+        hd.get("x-api-key").is_none(),
+        "the client's API key reached the backend: {hd}"
+    );
+    // The same with the key as a bearer token.
+    let mut r = through_proxy("/orders/9", None);
+    r.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", k.billing).parse().unwrap(),
+    );
+    let res = send(proxy, r).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let hd = &json_body(res).await["headers"];
+    assert_eq!(hd["hexon-subject"], json!(["billing"]));
+    assert!(
+        hd.get("authorization").is_none(),
+        "the client's Authorization reached the backend: {hd}"
+    );
     // What the proxy passed on verifies like a signature the gateway forwards.
     assert_eq!(
         verify_signed("/orders/9?x=1", echoed(hd), gw.keys()),
@@ -792,6 +812,9 @@ http {{
       proxy_set_header X-Auth-Client-ID $h_client;
       proxy_set_header Signature $h_sig;
       proxy_set_header Signature-Input $h_siginput;
+      auth_request_set $h_authz $upstream_http_authorization;
+      proxy_set_header Authorization $h_authz;
+      proxy_set_header X-Api-Key "";
       proxy_pass http://{backend};
     }}
   }}
@@ -1143,7 +1166,10 @@ http://:{port} {{
         uri /authz
         copy_headers Hexon-User Hexon-Subject Hexon-Kind Hexon-Groups Hexon-Auth Hexon-Route Signature Signature-Input X-Auth-Client-ID
     }}
-    reverse_proxy {backend}
+    reverse_proxy {backend} {{
+        header_up -X-Api-Key
+        header_up -Authorization
+    }}
 }}
 "#,
         dir = dir.display(),
@@ -1237,7 +1263,7 @@ providers:
     hexon:
       forwardAuth:
         address: "http://{hexon}/authz"
-        authResponseHeadersRegex: "^(Hexon-|Signature|X-Auth-)"
+        authResponseHeadersRegex: "^(Hexon-|Signature|X-Auth-|X-Api-Key$|Authorization$)"
   services:
     backend:
       loadBalancer:
