@@ -46,7 +46,8 @@ pub(crate) type UpstreamClient = Client<Connector, UpstreamBody>;
 pub struct PoolConfig {
     /// How long an idle connection stays in the pool. Default 90 s.
     pub idle_timeout: Duration,
-    /// Idle connections kept per upstream (per public host). Default 32.
+    /// Idle connections kept per upstream (per public host for TLS and
+    /// HTTP/2 upstreams), on each connection thread. Default 32.
     pub max_idle_per_host: usize,
 }
 
@@ -215,6 +216,11 @@ pub(crate) struct ThreadClients {
 }
 
 impl ThreadClients {
+    /// The connector the clients dial with.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
     /// The calling thread's client.
     pub(crate) fn get(&self) -> &UpstreamClient {
         let i = hexon_core::rt::worker_index();

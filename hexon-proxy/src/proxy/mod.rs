@@ -36,6 +36,7 @@ mod balance;
 mod client;
 mod error;
 mod forward;
+mod h1pool;
 mod limit;
 mod upgrade;
 mod upstream;
@@ -64,6 +65,7 @@ pub use upstream::{
 };
 
 use self::error::Chain;
+use self::h1pool::PooledBody;
 use self::limit::{LimitedBody, LogContext, TimedBody};
 use crate::body::{BoxBody, BoxError};
 use crate::ext::{ConnectionInfo, MatchedRoute, RequestId};
@@ -380,7 +382,26 @@ impl ReverseProxy {
             Some(d) => d.min(start + t.response_header),
             None => start + t.response_header,
         };
-        let res = match tokio::time::timeout_at(head_deadline, client.request(up_req)).await {
+        // Plain `http://` without an upgrade: the thread's kept connections
+        // (CONNECT keeps hyper-util's authority-form handling).
+        let pool = if ws.is_none() && up_req.method() != http::Method::CONNECT {
+            upstream.h1_pool()
+        } else {
+            None
+        };
+        let sent = async {
+            match pool {
+                Some(pool) => {
+                    h1pool::origin_form(up_req.uri_mut());
+                    pool.send(up_req).await
+                }
+                None => match client.request(up_req).await {
+                    Ok(res) => Ok(res.map(|b| PooledBody::new(b, None))),
+                    Err(e) => Err(BoxError::from(e)),
+                },
+            }
+        };
+        let res = match tokio::time::timeout_at(head_deadline, sent).await {
             Err(_) => {
                 return fail.respond(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -392,9 +413,9 @@ impl ReverseProxy {
                 let status = if too_large.load(Ordering::Relaxed) {
                     StatusCode::PAYLOAD_TOO_LARGE
                 } else {
-                    error::status_for(&e)
+                    error::status_for(&*e)
                 };
-                return fail.respond(status, "upstream request failed", Some(&e));
+                return fail.respond(status, "upstream request failed", Some(&*e));
             }
             Ok(Ok(res)) => res,
         };

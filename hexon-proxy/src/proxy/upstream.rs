@@ -10,6 +10,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use super::balance::{Balance, RoundRobin};
 use super::client::{self, PoolConfig, Protocols, ThreadClients, UpstreamClient, UpstreamTls};
 use super::error::UpstreamError;
+use super::h1pool::H1Pool;
 
 /// How the proxy talks to an upstream, from its base URL's scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -155,6 +156,8 @@ struct UpstreamInner {
     client: ThreadClients,
     /// HTTP/1.1-only client for upgrades over `https://` (ALPN could pick h2).
     upgrade_client: Option<ThreadClients>,
+    /// `http://`: ordinary requests take these kept connections.
+    h1: Option<Arc<H1Pool>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -219,6 +222,13 @@ impl Upstream {
         };
         let client =
             client::build_client(dst.clone(), protocols, &config.tls, &config.pool, t.connect)?;
+        let h1 = (scheme == UpstreamScheme::Http).then(|| {
+            Arc::new(H1Pool::new(
+                client.connector().clone(),
+                dst.clone(),
+                &config.pool,
+            ))
+        });
         let upgrade_client = if scheme == UpstreamScheme::Https {
             Some(client::build_client(
                 dst,
@@ -238,6 +248,7 @@ impl Upstream {
                 dst_authority,
                 client,
                 upgrade_client,
+                h1,
             }),
         })
     }
@@ -255,6 +266,11 @@ impl Upstream {
     /// The base path, without trailing slash (`""` for none).
     pub fn base_path(&self) -> &str {
         &self.inner.base_path
+    }
+
+    /// The kept connections for ordinary requests to `http://` upstreams.
+    pub(crate) fn h1_pool(&self) -> Option<&Arc<H1Pool>> {
+        self.inner.h1.as_ref()
     }
 
     /// The client for ordinary requests.

@@ -1,0 +1,270 @@
+//! Kept-alive HTTP/1.1 connections to one plain `http://` upstream, a stack
+//! of idle ones per connection thread.
+//!
+//! Why not hyper-util's pooled client for these: on the proxy's hot path
+//! its checkout and return cost about 12,000 instructions per request
+//! on the calling side (docs/BENCHMARKS.md, "2026-12-05: a connection stack
+//! per thread"; this stack saves 8,500–9,500 of them) — the
+//! pool key hashed with SipHash three times, a `Pooled` guard, a lazy
+//! connect future, and futures moved through several layers. A pool that
+//! only ever holds connections to one upstream, used from one thread,
+//! needs a stack of idle senders and nothing else. hyper's
+//! `client::conn::http1` still speaks the protocol; TLS, HTTP/2 and
+//! upgrades stay on hyper-util's client ([`super::client`]).
+//!
+//! A connection goes back on its thread's stack when the response body
+//! has been read to its end (at once for a response without a body); a
+//! body dropped early takes its connection with it, as hyper closes it.
+//! An idle connection older than the pool's idle timeout, or one the
+//! upstream closed, is dropped when found, and a task on the thread
+//! closes idle connections past the timeout while the stack is not empty;
+//! a request that could not be written on a reused connection is sent
+//! again on another.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tower_service::Service as _;
+
+use super::client::{Connector, PoolConfig, UpstreamBody};
+use crate::body::BoxError;
+
+type Sender = SendRequest<UpstreamBody>;
+
+/// The pool of one upstream.
+pub(crate) struct H1Pool {
+    connector: Connector,
+    dst: Uri,
+    idle_timeout: Duration,
+    max_idle: usize,
+    /// One stack per connection thread (slot 0: threads outside any set).
+    slots: Box<[Mutex<Slot>]>,
+}
+
+#[derive(Default)]
+struct Slot {
+    idle: Vec<Idle>,
+    /// A task closing expired idle connections runs for this stack.
+    reaping: bool,
+}
+
+struct Idle {
+    tx: Sender,
+    since: Instant,
+}
+
+impl H1Pool {
+    pub(crate) fn new(connector: Connector, dst: Uri, pool: &PoolConfig) -> Self {
+        H1Pool {
+            connector,
+            dst,
+            idle_timeout: pool.idle_timeout,
+            max_idle: pool.max_idle_per_host,
+            slots: (0..=hexon_core::rt::MAX_THREADS)
+                .map(|_| Mutex::new(Slot::default()))
+                .collect(),
+        }
+    }
+
+    /// The calling thread's stack. Only that thread locks it (threads
+    /// outside a set share slot 0), so the lock is never contended there.
+    fn slot(&self) -> Option<&Mutex<Slot>> {
+        self.slots.get(self.slot_index())
+    }
+
+    fn slot_index(&self) -> usize {
+        let i = hexon_core::rt::worker_index();
+        if i < self.slots.len() { i } else { 0 }
+    }
+
+    /// The most recently used live idle connection of this thread.
+    fn checkout(&self) -> Option<Sender> {
+        let slot = self.slot()?;
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        while let Some(c) = slot.idle.pop() {
+            if !c.tx.is_closed() && now.saturating_duration_since(c.since) < self.idle_timeout {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn put_back(self: &Arc<Self>, tx: Sender) {
+        if tx.is_closed() {
+            return;
+        }
+        let Some(slot) = self.slot() else { return };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.idle.len() >= self.max_idle {
+            return;
+        }
+        slot.idle.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
+        if !slot.reaping {
+            // On this thread's runtime, like the connections it closes.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                slot.reaping = true;
+                rt.spawn(reap(Arc::downgrade(self), self.slot_index()));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, BoxError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(self.dst.clone()).await?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await?;
+        // On this thread's runtime: a request never waits on another thread.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Send `req` (an origin-form request with its `Host` set) on a kept
+    /// connection or a new one.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, BoxError> {
+        loop {
+            let (mut tx, reused) = match self.checkout() {
+                Some(tx) => (tx, true),
+                None => (self.connect().await?, false),
+            };
+            // A reused connection finishing its previous response, or
+            // closed by the upstream meanwhile.
+            if let Err(e) = tx.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            match tx.try_send_request(req).await {
+                Ok(res) => {
+                    let (parts, body) = res.into_parts();
+                    let body = PooledBody::new(body, Some((tx, Arc::clone(self))));
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the connection was gone. Once more on
+                    // another; a new connection's failure is final.
+                    Some(r) if reused => req = r,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+}
+
+/// Close the idle connections of one stack once they pass the idle
+/// timeout; ends when the stack is empty or the pool is gone (a new
+/// configuration replaced the upstream).
+async fn reap(pool: std::sync::Weak<H1Pool>, index: usize) {
+    loop {
+        let Some(every) = pool.upgrade().map(|p| p.idle_timeout) else {
+            return;
+        };
+        tokio::time::sleep(every.max(Duration::from_millis(10))).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let Some(slot) = pool.slots.get(index) else {
+            return;
+        };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Dropping a sender closes its idle connection.
+        slot.idle.retain(|c| {
+            !c.tx.is_closed() && now.saturating_duration_since(c.since) < pool.idle_timeout
+        });
+        if slot.idle.is_empty() {
+            slot.reaping = false;
+            return;
+        }
+    }
+}
+
+/// `uri` as a request target on an HTTP/1.1 connection: path and query.
+pub(crate) fn origin_form(uri: &mut Uri) {
+    *uri = match uri.path_and_query() {
+        Some(pq) if pq.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        _ => Uri::default(),
+    };
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from an upstream; a pooled connection goes back to
+    /// its pool when the body has been read to its end.
+    pub(crate) struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        back: Option<(Sender, Arc<H1Pool>)>,
+    }
+}
+
+impl PooledBody {
+    /// `back`: the connection and its pool, `None` for a body from
+    /// hyper-util's client (which returns its own connections).
+    pub(crate) fn new(inner: Incoming, mut back: Option<(Sender, Arc<H1Pool>)>) -> Self {
+        // No body to read (HEAD, 204, 304, empty): nobody may poll it.
+        if inner.is_end_stream() {
+            if let Some((tx, pool)) = back.take() {
+                pool.put_back(tx);
+            }
+        }
+        PooledBody { inner, back }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let done = match &frame {
+            None => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Err(_)) => {
+                // A broken connection is not reused.
+                this.back.take();
+                false
+            }
+        };
+        if done {
+            if let Some((tx, pool)) = this.back.take() {
+                pool.put_back(tx);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

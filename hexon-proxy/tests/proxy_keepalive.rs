@@ -1,0 +1,300 @@
+//! Kept-alive connections to `http://` upstreams: reused, replaced when the
+//! upstream closes them, not reused after a body dropped early, expired
+//! when idle too long. The upstreams count the connections they accept.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(missing_docs, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hexon_proxy::body::{BoxBody, boxed, empty, full};
+use hexon_proxy::ext::{ConnectionInfo, MatchedRoute, RequestId};
+use hexon_proxy::proxy::{
+    GroupConfig, PoolConfig, ReverseProxy, RoutingTable, RoutingTableHandle, UpstreamGroup,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tower_service::Service as _;
+
+/// A hyper HTTP/1.1 upstream that counts accepted connections. `GET /big`
+/// answers 1 MiB, `/huge` streams 256 MiB, `/empty` 204, anything else
+/// `ok` and the size of the body it got.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, accepted, _) = counting_upstream_closes().await;
+    (addr, accepted)
+}
+
+/// [`counting_upstream`], also counting the connections the proxy closed.
+async fn counting_upstream_closes() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (count, ended) = (accepted.clone(), closed.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let body: BoxBody = match req.uri().path() {
+                        "/big" => full(Bytes::from(vec![b'x'; 1 << 20])),
+                        "/huge" => {
+                            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                            let frames = futures_util::stream::iter((0..4096).map(move |_| {
+                                Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))
+                            }));
+                            boxed(StreamBody::new(frames))
+                        }
+                        "/empty" => {
+                            return Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .status(StatusCode::NO_CONTENT)
+                                    .body(empty())
+                                    .unwrap(),
+                            );
+                        }
+                        _ => {
+                            let sent = req.into_body().collect().await.unwrap().to_bytes();
+                            full(format!("ok {}", sent.len()))
+                        }
+                    };
+                    Ok(Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, closed)
+}
+
+/// A raw upstream that answers one request per connection and then closes
+/// it, without saying so (`Connection: close` absent): the proxy finds out
+/// only from the closed socket.
+async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A hyper server in front of `proxy` with the upper layers' extensions.
+async fn gateway(upstream: SocketAddr, pool: PoolConfig) -> SocketAddr {
+    let mut table = RoutingTable::new();
+    table.insert(
+        "app",
+        UpstreamGroup::new(
+            &[format!("http://{upstream}")],
+            GroupConfig::default().pool(pool),
+        )
+        .unwrap(),
+    );
+    let proxy = ReverseProxy::new(RoutingTableHandle::new(table));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    let ext = req.extensions_mut();
+                    ext.insert(ConnectionInfo::plain(peer, local));
+                    ext.insert(RequestId("rid".into()));
+                    ext.insert(MatchedRoute("app".into()));
+                    let mut p = proxy.clone();
+                    p.call(req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    local
+}
+
+/// One request on a fresh client connection.
+async fn send(gw: SocketAddr, method: Method, path: &str, body: BoxBody) -> Response<Incoming> {
+    let tcp = TcpStream::connect(gw).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "app.example")
+        .body(body)
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), tx.send_request(req))
+        .await
+        .expect("hung")
+        .unwrap()
+}
+
+async fn text(res: Response<Incoming>) -> String {
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_serves_requests_one_after_another() {
+    let (up, accepted) = counting_upstream().await;
+    let gw = gateway(up, PoolConfig::default()).await;
+    for i in 0..10 {
+        let res = send(gw, Method::GET, "/x", empty()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(text(res).await, "ok 0");
+        // Bodies up, empty answers and answers without a body keep it too.
+        let res = send(gw, Method::POST, "/x", full(vec![b'a'; i * 100])).await;
+        assert_eq!(text(res).await, format!("ok {}", i * 100));
+        let res = send(gw, Method::GET, "/empty", empty()).await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        let res = send(gw, Method::HEAD, "/x", empty()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = send(gw, Method::GET, "/big", empty()).await;
+        assert_eq!(text(res).await.len(), 1 << 20);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_upstream_closed_are_replaced_without_failing_a_request() {
+    let (up, accepted) = closing_upstream().await;
+    let gw = gateway(up, PoolConfig::default()).await;
+    for _ in 0..5 {
+        let res = send(gw, Method::GET, "/x", empty()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(text(res).await, "ok");
+        // Let the upstream's close arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_dropped_early_takes_its_connection_with_it() {
+    let (up, accepted) = counting_upstream().await;
+    let gw = gateway(up, PoolConfig::default()).await;
+    // A client that reads the head of a large answer and hangs up.
+    let mut tcp = TcpStream::connect(gw).await.unwrap();
+    tcp.write_all(b"GET /huge HTTP/1.1\r\nhost: app.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 4096];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let res = send(gw, Method::GET, "/x", empty()).await;
+    assert_eq!(text(res).await, "ok 0");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // That one went back: the next request reuses it.
+    let res = send(gw, Method::GET, "/x", empty()).await;
+    assert_eq!(text(res).await, "ok 0");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_expire() {
+    let (up, accepted) = counting_upstream().await;
+    let pool = PoolConfig::default().idle_timeout(Duration::from_millis(100));
+    let gw = gateway(up, pool).await;
+    assert_eq!(
+        text(send(gw, Method::GET, "/x", empty()).await).await,
+        "ok 0"
+    );
+    assert_eq!(
+        text(send(gw, Method::GET, "/x", empty()).await).await,
+        "ok 0"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        text(send(gw, Method::GET, "/x", empty()).await).await,
+        "ok 0"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_idle_connections_than_the_pool_keeps() {
+    let (up, accepted) = counting_upstream().await;
+    let pool = PoolConfig::default().max_idle_per_host(2);
+    let gw = gateway(up, pool).await;
+    // Eight at once need eight connections; two are kept afterwards.
+    let all = (0..8).map(|_| send(gw, Method::GET, "/x", empty()));
+    for res in futures_util::future::join_all(all).await {
+        assert_eq!(text(res).await, "ok 0");
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(opened >= 2, "{opened}");
+    for _ in 0..2 {
+        let a = send(gw, Method::GET, "/x", empty());
+        let b = send(gw, Method::GET, "/x", empty());
+        let (a, b) = tokio::join!(a, b);
+        assert_eq!(text(a).await, "ok 0");
+        assert_eq!(text(b).await, "ok 0");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), opened);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_streaming_is_not_handed_to_another_request() {
+    let (up, accepted) = counting_upstream().await;
+    let gw = gateway(up, PoolConfig::default()).await;
+    // A download the client does not read: its connection stays busy.
+    let mut slow = TcpStream::connect(gw).await.unwrap();
+    slow.write_all(b"GET /huge HTTP/1.1\r\nhost: app.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 1024];
+    let n = slow.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    // Another request meanwhile gets its own connection at once.
+    let res = tokio::time::timeout(Duration::from_secs(5), send(gw, Method::GET, "/x", empty()))
+        .await
+        .expect("waited behind the download");
+    assert_eq!(text(res).await, "ok 0");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(slow);
+}
