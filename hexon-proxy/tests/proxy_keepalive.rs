@@ -1,6 +1,8 @@
 //! Kept-alive connections to `http://` upstreams: reused, replaced when the
-//! upstream closes them, not reused after a body dropped early, expired
-//! when idle too long. The upstreams count the connections they accept.
+//! upstream closes them, not reused after a body dropped early nor while a
+//! response streams or an upload goes on, closed when idle too long, no
+//! more kept than the bound. The upstreams count the connections they
+//! accept (and some those closed).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -110,7 +112,6 @@ async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                 let _ = tcp
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
             });
         }
     });
@@ -205,8 +206,9 @@ async fn connections_the_upstream_closed_are_replaced_without_failing_a_request(
         let res = send(gw, Method::GET, "/x", empty()).await;
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(text(res).await, "ok");
-        // Let the upstream's close arrive before the next request.
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Let the upstream's close arrive before the next request (a close
+        // racing a request on the wire is a 502, as with any client).
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
 }
@@ -236,8 +238,8 @@ async fn a_body_dropped_early_takes_its_connection_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_expire() {
-    let (up, accepted) = counting_upstream().await;
-    let pool = PoolConfig::default().idle_timeout(Duration::from_millis(100));
+    let (up, accepted, closed) = counting_upstream_closes().await;
+    let pool = PoolConfig::default().idle_timeout(Duration::from_secs(1));
     let gw = gateway(up, pool).await;
     assert_eq!(
         text(send(gw, Method::GET, "/x", empty()).await).await,
@@ -248,7 +250,12 @@ async fn idle_connections_expire() {
         "ok 0"
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Closed by the proxy once idle past the timeout, without another request.
+    let t0 = std::time::Instant::now();
+    while closed.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         text(send(gw, Method::GET, "/x", empty()).await).await,
         "ok 0"
@@ -258,7 +265,7 @@ async fn idle_connections_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_more_idle_connections_than_the_pool_keeps() {
-    let (up, accepted) = counting_upstream().await;
+    let (up, accepted, closed) = counting_upstream_closes().await;
     let pool = PoolConfig::default().max_idle_per_host(2);
     let gw = gateway(up, pool).await;
     // Eight at once need eight connections; two are kept afterwards.
@@ -268,6 +275,14 @@ async fn no_more_idle_connections_than_the_pool_keeps() {
     }
     let opened = accepted.load(Ordering::SeqCst);
     assert!(opened >= 2, "{opened}");
+    // All but two were closed when their answers ended.
+    let t0 = std::time::Instant::now();
+    while closed.load(Ordering::SeqCst) < opened - 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "more than two kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(closed.load(Ordering::SeqCst), opened - 2);
     for _ in 0..2 {
         let a = send(gw, Method::GET, "/x", empty());
         let b = send(gw, Method::GET, "/x", empty());
@@ -297,4 +312,62 @@ async fn a_connection_still_streaming_is_not_handed_to_another_request() {
     assert_eq!(text(res).await, "ok 0");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     drop(slow);
+}
+
+/// A raw upstream that answers `403` as soon as it has a request head and
+/// then reads and discards whatever follows (as nginx does with the body of
+/// a refused upload), keeping the connection open.
+async fn early_answer_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_uploading_is_not_handed_to_another_request() {
+    let (up, accepted) = early_answer_upstream().await;
+    let gw = gateway(up, PoolConfig::default()).await;
+    // An upload that never ends; the upstream answers it at once.
+    let (chunks, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    chunks
+        .send(Ok(Frame::data(Bytes::from_static(b"part"))))
+        .await
+        .unwrap();
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let res = send(gw, Method::POST, "/upload", boxed(StreamBody::new(frames))).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let _ = res.into_body().collect().await;
+    // The next request does not wait behind that upload.
+    let res = tokio::time::timeout(Duration::from_secs(5), send(gw, Method::GET, "/x", empty()))
+        .await
+        .expect("waited behind the upload");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(chunks);
 }

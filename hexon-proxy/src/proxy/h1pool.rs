@@ -13,8 +13,11 @@
 //! upgrades stay on hyper-util's client ([`super::client`]).
 //!
 //! A connection goes back on its thread's stack when the response body
-//! has been read to its end (at once for a response without a body); a
-//! body dropped early takes its connection with it, as hyper closes it.
+//! has been read to its end (at once for a response without a body) and
+//! the request body has been sent whole; one whose upload is still going
+//! (an upstream that answered early) is not kept, so no request waits
+//! behind another's upload. A body dropped early takes its connection
+//! with it, as hyper closes it.
 //! An idle connection older than the pool's idle timeout, or one the
 //! upstream closed, is dropped when found, and a task on the thread
 //! closes idle connections past the timeout while the stack is not empty;
@@ -22,6 +25,7 @@
 //! again on another.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -35,6 +39,7 @@ use tower_service::Service as _;
 
 use super::client::{Connector, PoolConfig, UpstreamBody};
 use crate::body::BoxError;
+use http_body_util::BodyExt as _;
 
 type Sender = SendRequest<UpstreamBody>;
 
@@ -73,8 +78,9 @@ impl H1Pool {
         }
     }
 
-    /// The calling thread's stack. Only that thread locks it (threads
-    /// outside a set share slot 0), so the lock is never contended there.
+    /// The calling thread's stack. On a connection thread only that thread
+    /// locks it; threads outside a set (a multi-threaded runtime) share
+    /// slot 0.
     fn slot(&self) -> Option<&Mutex<Slot>> {
         self.slots.get(self.slot_index())
     }
@@ -141,6 +147,21 @@ impl H1Pool {
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, BoxError> {
+        // A request with a body: whether it was sent whole decides whether
+        // the connection can be kept (bodiless requests skip the flag).
+        let uploaded = if req.body().is_end_stream() {
+            None
+        } else {
+            let flag = Arc::new(AtomicBool::new(false));
+            req = req.map(|body| {
+                UploadBody {
+                    inner: body,
+                    done: Arc::clone(&flag),
+                }
+                .boxed_unsync()
+            });
+            Some(flag)
+        };
         loop {
             let (mut tx, reused) = match self.checkout() {
                 Some(tx) => (tx, true),
@@ -157,7 +178,12 @@ impl H1Pool {
             match tx.try_send_request(req).await {
                 Ok(res) => {
                     let (parts, body) = res.into_parts();
-                    let body = PooledBody::new(body, Some((tx, Arc::clone(self))));
+                    let back = Back {
+                        tx,
+                        pool: Arc::clone(self),
+                        uploaded: uploaded.clone(),
+                    };
+                    let body = PooledBody::new(body, Some(back));
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
@@ -210,23 +236,79 @@ pub(crate) fn origin_form(uri: &mut Uri) {
 }
 
 pin_project_lite::pin_project! {
+    /// A request body that records when it has been sent whole.
+    struct UploadBody {
+        #[pin]
+        inner: UpstreamBody,
+        done: Arc<AtomicBool>,
+    }
+}
+
+impl Body for UploadBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if frame.is_none()
+            || (frame.as_ref().is_some_and(|f| f.is_ok()) && this.inner.is_end_stream())
+        {
+            this.done.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A kept connection on its way back to its pool.
+pub(crate) struct Back {
+    tx: Sender,
+    pool: Arc<H1Pool>,
+    /// For a request with a body: set once it was sent whole.
+    uploaded: Option<Arc<AtomicBool>>,
+}
+
+impl Back {
+    fn give(self) {
+        if self
+            .uploaded
+            .as_ref()
+            .is_none_or(|done| done.load(Ordering::Acquire))
+        {
+            self.pool.put_back(self.tx);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
     /// A response body from an upstream; a pooled connection goes back to
     /// its pool when the body has been read to its end.
     pub(crate) struct PooledBody {
         #[pin]
         inner: Incoming,
-        back: Option<(Sender, Arc<H1Pool>)>,
+        back: Option<Back>,
     }
 }
 
 impl PooledBody {
     /// `back`: the connection and its pool, `None` for a body from
     /// hyper-util's client (which returns its own connections).
-    pub(crate) fn new(inner: Incoming, mut back: Option<(Sender, Arc<H1Pool>)>) -> Self {
+    pub(crate) fn new(inner: Incoming, mut back: Option<Back>) -> Self {
         // No body to read (HEAD, 204, 304, empty): nobody may poll it.
         if inner.is_end_stream() {
-            if let Some((tx, pool)) = back.take() {
-                pool.put_back(tx);
+            if let Some(back) = back.take() {
+                back.give();
             }
         }
         PooledBody { inner, back }
@@ -245,7 +327,8 @@ impl Body for PooledBody {
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let done = match &frame {
             None => true,
-            Some(Ok(_)) => this.inner.is_end_stream(),
+            // Trailers end a chunked body (servers stop polling after them).
+            Some(Ok(f)) => f.is_trailers() || this.inner.is_end_stream(),
             Some(Err(_)) => {
                 // A broken connection is not reused.
                 this.back.take();
@@ -253,8 +336,8 @@ impl Body for PooledBody {
             }
         };
         if done {
-            if let Some((tx, pool)) = this.back.take() {
-                pool.put_back(tx);
+            if let Some(back) = this.back.take() {
+                back.give();
             }
         }
         Poll::Ready(frame)

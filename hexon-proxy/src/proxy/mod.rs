@@ -18,7 +18,9 @@
 //!   public names sees what the gateway signed. HTTP/1.1 upstreams get an
 //!   origin-form request target.
 //! - **Balancing**: [`Balance`] (round-robin today).
-//! - **Pooling**: one hyper-util pooled client per upstream ([`PoolConfig`]).
+//! - **Pooling** ([`PoolConfig`]): `http://` upstreams keep a stack of
+//!   HTTP/1.1 connections per connection thread (`h1pool`); TLS, HTTP/2,
+//!   h2c and upgrades use a hyper-util pooled client per upstream and thread.
 //! - **Timeouts**: [`Timeouts`] per group; 504 on expiry before the response
 //!   head, 502 when the upstream refuses or resets.
 //! - **Headers**: hop-by-hop hygiene both ways and forwarding headers; see
@@ -329,9 +331,11 @@ impl ReverseProxy {
 
         let ws = upgrade::websocket(req.version(), req.headers());
         let client_upgrade = ws.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let client = match ws {
+        // `None`: the upstream's ordinary client, looked up when used (an
+        // `http://` upstream's requests mostly take its kept connections).
+        let upgrade_client = match ws {
             Some(_) => match upstream.upgrade_client() {
-                Some(c) => c,
+                Some(c) => Some(c),
                 None => {
                     return fail.respond(
                         StatusCode::BAD_GATEWAY,
@@ -340,7 +344,7 @@ impl ReverseProxy {
                     );
                 }
             },
-            None => upstream.client(),
+            None => None,
         };
 
         let (parts, body) = req.into_parts();
@@ -395,7 +399,11 @@ impl ReverseProxy {
                     h1pool::origin_form(up_req.uri_mut());
                     pool.send(up_req).await
                 }
-                None => match client.request(up_req).await {
+                None => match upgrade_client
+                    .unwrap_or_else(|| upstream.client())
+                    .request(up_req)
+                    .await
+                {
                     Ok(res) => Ok(res.map(|b| PooledBody::new(b, None))),
                     Err(e) => Err(BoxError::from(e)),
                 },
