@@ -92,6 +92,20 @@ async fn counting_upstream_closes() -> (SocketAddr, Arc<AtomicUsize>, Arc<Atomic
 /// it, without saying so (`Connection: close` absent): the proxy finds out
 /// only from the closed socket.
 async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await
+}
+
+/// A raw upstream that answers `403` as soon as it has a request head and
+/// then reads and discards whatever follows (as nginx does with the body of
+/// a refused upload), keeping the connection open.
+async fn early_answer_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    raw_upstream(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n", true).await
+}
+
+/// A raw TCP upstream counting its connections: on each, it reads one
+/// request head, writes `answer`, then either closes or (`drain`) reads
+/// and discards until the proxy closes.
+async fn raw_upstream(answer: &'static [u8], drain: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -102,16 +116,15 @@ async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
+                let mut buf = [0u8; 4096];
                 while !head.windows(4).any(|w| w == b"\r\n\r\n") {
                     match tcp.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
+                let _ = tcp.write_all(answer).await;
+                while drain && matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
             });
         }
     });
@@ -312,41 +325,6 @@ async fn a_connection_still_streaming_is_not_handed_to_another_request() {
     assert_eq!(text(res).await, "ok 0");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     drop(slow);
-}
-
-/// A raw upstream that answers `403` as soon as it has a request head and
-/// then reads and discards whatever follows (as nginx does with the body of
-/// a refused upload), keeping the connection open.
-async fn early_answer_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
-                    .await;
-                while let Ok(n) = tcp.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

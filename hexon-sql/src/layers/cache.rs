@@ -563,6 +563,42 @@ tables = [{ name = "public.*", ops = ["select"] }]
         VerdictCacheLayer::new(acl, 100).layer(inner)
     }
 
+    /// The cache over an inner service that admits everything as its
+    /// canonical text, for the role the ACL gives the caller, with row cap
+    /// 10 for role `r` and `other_cap` for any other, counting its calls.
+    fn per_role(
+        acl_text: &str,
+        other_cap: u64,
+        calls: Arc<AtomicUsize>,
+    ) -> VerdictCacheService<
+        impl Service<
+            SqlRequest,
+            Response = Admitted,
+            Error = Refusal,
+            Future = Ready<Result<Admitted, Refusal>>,
+        > + Clone,
+    > {
+        let acl = Arc::new(Acl::from_toml(acl_text).unwrap_or_else(|e| panic!("{e:?}")));
+        let (inner_acl, counted) = (acl.clone(), calls);
+        let limits = super::super::limits(&acl);
+        let inner = tower::service_fn(move |req: SqlRequest| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let role = inner_acl.role_for(req.identity(), req.database()).cloned();
+            ready(match (req.analysis(&limits), role) {
+                (Ok(a), Some(role)) => Ok(Admitted {
+                    sql: a.canonical.as_str().into(),
+                    row_cap: Some(if &*role.name == "r" { 10 } else { other_cap }),
+                    normalized: a.normalized.as_str().into(),
+                    role: role.name.clone(),
+                    switches_database: None,
+                }),
+                (Err(e), _) => Err(e.clone()),
+                (_, None) => Err(super::super::no_access(req.database())),
+            })
+        });
+        VerdictCacheLayer::new(acl, 100).layer(inner)
+    }
+
     fn req(sql: &str) -> SqlRequest {
         let id = hexon_core::Identity::builder("u", "u")
             .groups(["g"])
@@ -632,28 +668,8 @@ tables = [{ name = "public.*", ops = ["select"] }]
         let two_roles = format!(
             "{ACL}[[databases.roles]]\nname = \"r2\"\ngroups = [\"h\"]\ntables = [{{ name = \"public.*\", ops = [\"select\"] }}]\n"
         );
-        let acl = Arc::new(Acl::from_toml(&two_roles).unwrap_or_else(|e| panic!("{e:?}")));
         let calls = Arc::new(AtomicUsize::new(0));
-        let (inner_acl, counted) = (acl.clone(), calls.clone());
-        let limits = super::super::limits(&acl);
-        // Admits everything as its canonical text, for the role the ACL
-        // gives the caller, with a row cap per role.
-        let inner = tower::service_fn(move |req: SqlRequest| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let role = inner_acl.role_for(req.identity(), req.database()).cloned();
-            ready(match (req.analysis(&limits), role) {
-                (Ok(a), Some(role)) => Ok(Admitted {
-                    sql: a.canonical.as_str().into(),
-                    row_cap: Some(if &*role.name == "r" { 10 } else { 20 }),
-                    normalized: a.normalized.as_str().into(),
-                    role: role.name.clone(),
-                    switches_database: None,
-                }),
-                (Err(e), _) => Err(e.clone()),
-                (_, None) => Err(super::super::no_access(req.database())),
-            })
-        });
-        let mut s = VerdictCacheLayer::new(acl, 100).layer(inner);
+        let mut s = per_role(&two_roles, 20, calls.clone());
         let who = |group: &str| {
             hexon_core::Identity::builder(group, group)
                 .groups([group])
@@ -722,26 +738,8 @@ tables = [{ name = "public.*", ops = ["select"] }]
         let acl_text = format!(
             "{ACL}[[databases]]\nname = \"other\"\ndialect = \"postgres\"\n[[databases.roles]]\nname = \"o\"\ngroups = [\"g\"]\ntables = [{{ name = \"public.*\", ops = [\"select\"] }}]\n[[databases]]\nname = \"closed\"\ndialect = \"postgres\"\n[[databases.roles]]\nname = \"c\"\ngroups = [\"nobody\"]\ntables = [{{ name = \"public.*\", ops = [\"select\"] }}]\n"
         );
-        let acl = Arc::new(Acl::from_toml(&acl_text).unwrap_or_else(|e| panic!("{e:?}")));
         let calls = Arc::new(AtomicUsize::new(0));
-        let (inner_acl, counted) = (acl.clone(), calls.clone());
-        let limits = super::super::limits(&acl);
-        let inner = tower::service_fn(move |req: SqlRequest| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let role = inner_acl.role_for(req.identity(), req.database()).cloned();
-            ready(match (req.analysis(&limits), role) {
-                (Ok(a), Some(role)) => Ok(Admitted {
-                    sql: a.canonical.as_str().into(),
-                    row_cap: Some(if &*role.name == "r" { 10 } else { 30 }),
-                    normalized: a.normalized.as_str().into(),
-                    role: role.name.clone(),
-                    switches_database: None,
-                }),
-                (Err(e), _) => Err(e.clone()),
-                (_, None) => Err(super::super::no_access(req.database())),
-            })
-        });
-        let mut s = VerdictCacheLayer::new(acl, 100).layer(inner);
+        let mut s = per_role(&acl_text, 30, calls.clone());
         let id = hexon_core::Identity::builder("u", "u")
             .groups(["g"])
             .build()
