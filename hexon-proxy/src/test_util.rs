@@ -87,3 +87,39 @@ pub fn echo_after_upgrade(req: &mut Request<Incoming>) {
         }
     });
 }
+
+/// A hyper server on 127.0.0.1 in front of `proxy` that plays the upper
+/// layers: it inserts `ConnectionInfo`, a `RequestId` (`rid-N`) and, when
+/// given, `MatchedRoute`. Serves until the runtime stops.
+pub async fn start_gateway(
+    proxy: crate::proxy::ReverseProxy,
+    route: Option<&'static str>,
+) -> std::io::Result<SocketAddr> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tower_service::Service as _;
+    static RID: AtomicU64 = AtomicU64::new(1);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    let ext = req.extensions_mut();
+                    ext.insert(crate::ext::ConnectionInfo::plain(peer, local));
+                    let id = format!("rid-{}", RID.fetch_add(1, Ordering::Relaxed));
+                    ext.insert(crate::ext::RequestId(id.into()));
+                    if let Some(r) = route {
+                        ext.insert(crate::ext::MatchedRoute(r.into()));
+                    }
+                    let mut p = proxy.clone();
+                    p.call(req)
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}

@@ -14,19 +14,18 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hexon_proxy::body::{BoxBody, BoxError, boxed, empty, full};
-use hexon_proxy::ext::{ConnectionInfo, MatchedRoute, RequestId};
 use hexon_proxy::proxy::{
     GroupConfig, ReverseProxy, RoutingTable, RoutingTableHandle, Timeouts, TrustedProxies,
     UpstreamGroup, UpstreamTls,
 };
-use hexon_proxy::test_util::{self, Handler, count_body, handler, start_upstream};
+use hexon_proxy::test_util::{self, Handler, count_body, handler, start_gateway, start_upstream};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -38,7 +37,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tower_service::Service as _;
 
 // ---------------------------------------------------------------- bodies
 
@@ -151,38 +149,6 @@ fn header<'a>(j: &'a Value, name: &str) -> Option<&'a str> {
 
 // ---------------------------------------------------------------- gateway
 
-static RID: AtomicU64 = AtomicU64::new(1);
-
-/// A hyper server in front of `proxy` that plays the upper layers: it
-/// inserts `ConnectionInfo`, `RequestId` and (when given) `MatchedRoute`.
-async fn start_gateway(proxy: ReverseProxy, route: Option<&'static str>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = listener.accept().await.unwrap();
-            let proxy = proxy.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |mut req: Request<Incoming>| {
-                    let ext = req.extensions_mut();
-                    ext.insert(ConnectionInfo::plain(peer, local));
-                    let id = format!("rid-{}", RID.fetch_add(1, Ordering::Relaxed));
-                    ext.insert(RequestId(id.into()));
-                    if let Some(r) = route {
-                        ext.insert(MatchedRoute(r.into()));
-                    }
-                    let mut p = proxy.clone();
-                    p.call(req)
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    local
-}
-
 fn proxy_for(route: &str, urls: &[String], config: GroupConfig) -> ReverseProxy {
     let mut table = RoutingTable::new();
     table.insert(route, UpstreamGroup::new(urls, config).unwrap());
@@ -236,7 +202,7 @@ async fn http1_joins_paths_preserves_host_and_sets_forwarding_headers() {
         &[format!("http://{up}/base/")],
         GroupConfig::default(),
     );
-    let gw = start_gateway(proxy, Some("app")).await;
+    let gw = start_gateway(proxy, Some("app")).await.unwrap();
 
     let req = Request::get("/users/42?q=a%20b&x=1")
         .header("host", "app.example.com")
@@ -289,7 +255,7 @@ async fn trusted_peer_forwarding_headers_are_appended() {
     let up = start_upstream_ok(echo("a")).await;
     let proxy = proxy_for("app", &[format!("http://{up}")], GroupConfig::default())
         .with_trusted_proxies(TrustedProxies::from_fn(|ip| ip.is_loopback()));
-    let gw = start_gateway(proxy, Some("app")).await;
+    let gw = start_gateway(proxy, Some("app")).await.unwrap();
     let req = Request::get("/")
         .header("host", "app.example.com")
         .header("x-forwarded-for", "203.0.113.7")
@@ -326,7 +292,8 @@ async fn hop_by_hop_response_headers_are_removed() {
         proxy_for("app", &[format!("http://{up}")], GroupConfig::default()),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
     let res = within(get(gw, "/", "app")).await;
     assert_eq!(res.status(), StatusCode::OK);
     let h = res.headers();
@@ -352,7 +319,8 @@ async fn round_robin_across_two_upstreams() {
         ),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
     let mut seen = Vec::new();
     for _ in 0..4 {
         let res = within(get(gw, "/", "app")).await;
@@ -367,7 +335,7 @@ async fn routing_table_hot_swap() {
     let b = start_upstream_ok(echo("b")).await;
     let proxy = proxy_for("app", &[format!("http://{a}")], GroupConfig::default());
     let handle = proxy.routes().clone();
-    let gw = start_gateway(proxy, Some("app")).await;
+    let gw = start_gateway(proxy, Some("app")).await.unwrap();
     assert_eq!(
         within(get(gw, "/", "app")).await.headers()["x-upstream"],
         "a"
@@ -393,7 +361,8 @@ async fn h2c_upstream_gets_http2_with_public_authority() {
         proxy_for("app", &[format!("h2c://{up}/svc")], GroupConfig::default()),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
     let j = json_body(within(get(gw, "/x?y=1", "app.example.com:8443")).await).await;
     assert_eq!(j["version"], "HTTP/2.0");
     assert_eq!(
@@ -433,7 +402,8 @@ async fn grpc_trailers_pass_through_h2c() {
         proxy_for("grpc", &[format!("h2c://{up}")], GroupConfig::default()),
         Some("grpc"),
     )
-    .await;
+    .await
+    .unwrap();
 
     // The client speaks h2c to the gateway (prior knowledge).
     let tcp = TcpStream::connect(gw).await.unwrap();
@@ -482,7 +452,8 @@ async fn streams_100_mb_up_and_down() {
         ),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
 
     // Upload: chunked, generated on the fly, counted by the upstream.
     let req = Request::post("/upload")
@@ -532,7 +503,8 @@ async fn bodies_stream_without_buffering() {
         proxy_for("app", &[format!("http://{up}")], GroupConfig::default()),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
 
     // Upload: the second chunk is only sent once the upstream saw the first.
     let (tx, rx) = mpsc::channel::<Bytes>(1);
@@ -580,7 +552,8 @@ async fn websocket_upgrade_is_spliced() {
         proxy_for("ws", &[format!("http://{up}")], GroupConfig::default()),
         Some("ws"),
     )
-    .await;
+    .await
+    .unwrap();
     let req = Request::get("/chat")
         .header("host", "app")
         .header("connection", "Upgrade")
@@ -618,7 +591,8 @@ async fn upstream_down_is_502_with_request_id() {
         proxy_for("app", &[format!("http://{addr}")], GroupConfig::default()),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
     let res = within(get(gw, "/", "app")).await;
     assert_error(&res, StatusCode::BAD_GATEWAY);
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -639,7 +613,8 @@ async fn slow_upstream_is_504() {
         proxy_for("app", &[format!("http://{up}")], config),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
     let res = within(get(gw, "/", "app")).await;
     assert_error(&res, StatusCode::GATEWAY_TIMEOUT);
 }
@@ -661,7 +636,8 @@ async fn oversized_requests_are_413() {
         proxy_for("app", &[format!("http://{up}")], config),
         Some("app"),
     )
-    .await;
+    .await
+    .unwrap();
 
     // Declared by Content-Length: refused before the upstream is contacted.
     let req = Request::post("/")
@@ -702,14 +678,16 @@ async fn unknown_or_missing_route_is_502() {
         proxy_for("app", &[format!("http://{up}")], GroupConfig::default()),
         Some("other"),
     )
-    .await;
+    .await
+    .unwrap();
     assert_error(&within(get(gw, "/", "app")).await, StatusCode::BAD_GATEWAY);
 
     let gw = start_gateway(
         proxy_for("app", &[format!("http://{up}")], GroupConfig::default()),
         None,
     )
-    .await;
+    .await
+    .unwrap();
     assert_error(&within(get(gw, "/", "app")).await, StatusCode::BAD_GATEWAY);
 }
 
@@ -837,7 +815,7 @@ async fn https_upstream_with_private_ca_mtls_and_alpn_h2() {
         );
     let proxy = ReverseProxy::new(RoutingTableHandle::new(table));
 
-    let gw = start_gateway(proxy.clone(), Some("mtls")).await;
+    let gw = start_gateway(proxy.clone(), Some("mtls")).await.unwrap();
     let res = within(get(gw, "/v1?x=1", "app.example.com")).await;
     assert_eq!(res.status(), StatusCode::OK);
     let j = json_body(res).await;
@@ -847,7 +825,7 @@ async fn https_upstream_with_private_ca_mtls_and_alpn_h2() {
 
     // Without the client certificate, or without trusting the private CA: 502.
     for route in ["no-client-cert", "public-roots"] {
-        let gw = start_gateway(proxy.clone(), Some(route)).await;
+        let gw = start_gateway(proxy.clone(), Some(route)).await.unwrap();
         assert_error(&within(get(gw, "/", "app")).await, StatusCode::BAD_GATEWAY);
     }
 }

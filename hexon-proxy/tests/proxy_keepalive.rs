@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hexon_proxy::body::{BoxBody, boxed, empty, full};
-use hexon_proxy::ext::{ConnectionInfo, MatchedRoute, RequestId};
 use hexon_proxy::proxy::{
     GroupConfig, PoolConfig, ReverseProxy, RoutingTable, RoutingTableHandle, UpstreamGroup,
 };
+use hexon_proxy::test_util::start_gateway;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};
@@ -30,7 +30,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tower_service::Service as _;
 
 /// A hyper HTTP/1.1 upstream that counts accepted connections. `GET /big`
 /// answers 1 MiB, `/huge` streams 256 MiB, `/empty` 204, anything else
@@ -131,7 +130,7 @@ async fn raw_upstream(answer: &'static [u8], drain: bool) -> (SocketAddr, Arc<At
     (addr, accepted)
 }
 
-/// A hyper server in front of `proxy` with the upper layers' extensions.
+/// The proxy for one upstream behind a server playing the upper layers.
 async fn gateway(upstream: SocketAddr, pool: PoolConfig) -> SocketAddr {
     let mut table = RoutingTable::new();
     table.insert(
@@ -143,28 +142,7 @@ async fn gateway(upstream: SocketAddr, pool: PoolConfig) -> SocketAddr {
         .unwrap(),
     );
     let proxy = ReverseProxy::new(RoutingTableHandle::new(table));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = listener.accept().await.unwrap();
-            let proxy = proxy.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |mut req: Request<Incoming>| {
-                    let ext = req.extensions_mut();
-                    ext.insert(ConnectionInfo::plain(peer, local));
-                    ext.insert(RequestId("rid".into()));
-                    ext.insert(MatchedRoute("app".into()));
-                    let mut p = proxy.clone();
-                    p.call(req)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    local
+    start_gateway(proxy, Some("app")).await.unwrap()
 }
 
 /// One request on a fresh client connection.
