@@ -39,6 +39,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head or trailer section.
 pub(crate) const MAX_HEADERS: usize = 100;
+/// Fields parsed with the small table (see [`read_response_head`]).
+const FEW_HEADERS: usize = 24;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -106,15 +108,30 @@ pub(crate) fn write_request_head(
 /// On success the head's bytes are consumed from `buf`; header values
 /// share them (no copy per value). `scratch` is working space kept by the
 /// caller between calls.
+///
+/// Hop-by-hop fields (`Connection`, `Transfer-Encoding`, `Keep-Alive`, …)
+/// are read for framing and left out of the returned map, as the proxy
+/// would remove them anyway; a `Connection` field naming other fields is
+/// kept, so that the proxy's hop-by-hop hygiene removes those too.
 pub(crate) fn read_response_head(
     buf: &mut BytesMut,
     request_method: &Method,
     scratch: &mut Vec<Field>,
 ) -> Result<Option<ResponseHead>, ProtocolError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut slots);
-        let len = match res.parse(buf) {
+        // Most answers have few fields: a small table first (filling
+        // a hundred empty slots costs more than parsing), the full one when
+        // it overflows.
+        let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let mut many;
+        let mut res = httparse::Response::new(&mut few);
+        let mut parsed = res.parse(buf);
+        if parsed == Err(httparse::Error::TooManyHeaders) {
+            many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            res = httparse::Response::new(&mut many);
+            parsed = res.parse(buf);
+        }
+        let len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 return if buf.len() > MAX_HEAD {
@@ -153,6 +170,9 @@ pub(crate) fn read_response_head(
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ProtocolError("invalid header name"))?;
             frame.see(&name, h.value)?;
+            if super::forward::is_hop_by_hop(&name) && name != CONNECTION {
+                continue;
+            }
             let start = (h.value.as_ptr() as usize)
                 .checked_sub(base)
                 .filter(|s| s + h.value.len() <= len)
@@ -166,6 +186,9 @@ pub(crate) fn read_response_head(
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(scratch.len());
         for f in scratch.drain(..) {
+            if f.name == CONNECTION && !frame.names_fields {
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(f.start..f.end))
                 .map_err(|_| ProtocolError("invalid header value"))?;
             headers.append(f.name, value);
@@ -201,6 +224,8 @@ struct FramingFields {
     length: Option<u64>,
     /// `Connection` lists `close`.
     close: bool,
+    /// `Connection` lists something other than `close` and `keep-alive`.
+    names_fields: bool,
 }
 
 impl FramingFields {
@@ -215,9 +240,13 @@ impl FramingFields {
             }
             self.length = Some(n);
         } else if *name == CONNECTION {
-            self.close |= value
-                .split(|b| *b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
+            for token in value.split(|b| *b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.names_fields = true;
+                }
+            }
         }
         Ok(())
     }
@@ -575,6 +604,36 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_not_returned() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nx-app: 1\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
+        assert_eq!(h.headers["x-app"], "1");
+        // A Connection field naming other fields stays for the proxy to
+        // remove them.
+        let h = head(
+            "HTTP/1.1 200 OK\r\nconnection: x-secret\r\nx-secret: 1\r\ncontent-length: 0\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.headers["connection"], "x-secret");
+        assert!(h.keep_alive);
+        // More fields than the small table holds.
+        let many: String = (0..60).map(|i| format!("x-{i}: {i}\r\n")).collect();
+        let h = head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.headers.len(), 60);
+        assert_eq!(h.headers["x-59"], "59");
     }
 
     #[test]

@@ -275,11 +275,6 @@ async fn exchange(
     conn.io.write_all(&conn.out).await.map_err(closed)?;
     conn.buf.clear();
     loop {
-        match h1codec::read_response_head(&mut conn.buf, method, &mut conn.fields) {
-            Ok(Some(head)) => return Ok(head),
-            Ok(None) => {}
-            Err(e) => return Err(Failure::Other(e.into())),
-        }
         let before = conn.buf.len();
         match conn.fill().await {
             Ok(0) if before == 0 => {
@@ -294,6 +289,11 @@ async fn exchange(
             }
             Ok(_) => {}
             Err(e) if before == 0 => return Err(closed(e)),
+            Err(e) => return Err(Failure::Other(e.into())),
+        }
+        match h1codec::read_response_head(&mut conn.buf, method, &mut conn.fields) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
             Err(e) => return Err(Failure::Other(e.into())),
         }
     }
