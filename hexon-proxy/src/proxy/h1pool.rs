@@ -31,6 +31,7 @@
 //! new connection when its method is idempotent (RFC 9110 §9.2.2, RFC 9112
 //! §9.3.1).
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,7 +43,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tower_service::Service as _;
 
@@ -83,17 +84,16 @@ struct Conn {
 
 impl Conn {
     /// Read more into the buffer. `Ok(0)`: the upstream closed.
+    ///
+    /// Through tokio's `poll_read`, which takes a short read as proof that
+    /// the socket is drained and forgets its readiness: the next read (and
+    /// the idle check) then waits for the reactor instead of trying a
+    /// `recv` that would find nothing.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r),
-            }
-        }
+        std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
