@@ -25,8 +25,6 @@ pub mod body;
 pub mod clients;
 pub mod ext;
 pub mod forward_auth;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod gateway;
 pub mod listener;
 pub mod proxy;

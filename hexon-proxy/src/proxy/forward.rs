@@ -118,7 +118,7 @@ pub(crate) fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// The fixed hop-by-hop headers, removed in both directions.
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
     [
         &CONNECTION,
         &KEEP_ALIVE,

@@ -38,7 +38,6 @@ mod balance;
 mod client;
 mod error;
 mod forward;
-pub(crate) mod h1codec;
 mod h1pool;
 mod limit;
 mod upgrade;
@@ -68,7 +67,7 @@ pub use upstream::{
 };
 
 use self::error::Chain;
-use self::h1pool::{H1Pool, ResponseBody};
+use self::h1pool::PooledBody;
 use self::limit::{LimitedBody, LogContext, TimedBody};
 use crate::body::{BoxBody, BoxError};
 use crate::ext::{ConnectionInfo, MatchedRoute, RequestId};
@@ -387,24 +386,25 @@ impl ReverseProxy {
             Some(d) => d.min(start + t.response_header),
             None => start + t.response_header,
         };
-        // Plain `http://` without an upgrade or a body: the thread's kept
-        // connections (CONNECT keeps hyper-util's authority-form handling).
-        let pool =
-            if ws.is_none() && up_req.method() != http::Method::CONNECT && H1Pool::accepts(&up_req)
-            {
-                upstream.h1_pool()
-            } else {
-                None
-            };
+        // Plain `http://` without an upgrade: the thread's kept connections
+        // (CONNECT keeps hyper-util's authority-form handling).
+        let pool = if ws.is_none() && up_req.method() != http::Method::CONNECT {
+            upstream.h1_pool()
+        } else {
+            None
+        };
         let sent = async {
             match pool {
-                Some(pool) => pool.send(up_req).await,
+                Some(pool) => {
+                    h1pool::origin_form(up_req.uri_mut());
+                    pool.send(up_req).await
+                }
                 None => match upgrade_client
                     .unwrap_or_else(|| upstream.client())
                     .request(up_req)
                     .await
                 {
-                    Ok(res) => Ok(res.map(ResponseBody::Hyper)),
+                    Ok(res) => Ok(res.map(|b| PooledBody::new(b, None))),
                     Err(e) => Err(BoxError::from(e)),
                 },
             }
