@@ -89,20 +89,23 @@ impl TrustedProxies {
     }
 }
 
-fn is_protected(name: &HeaderName) -> bool {
+/// The fields a `Connection` value may not remove, by name in any case.
+fn is_protected_str(name: &str) -> bool {
     [
-        &HOST,
-        &CONTENT_LENGTH,
-        &CONTENT_TYPE,
-        &AUTHORIZATION,
-        &X_REQUEST_ID,
+        HOST.as_str(),
+        CONTENT_LENGTH.as_str(),
+        CONTENT_TYPE.as_str(),
+        AUTHORIZATION.as_str(),
+        X_REQUEST_ID.as_str(),
+        "signature",
+        "signature-input",
+        "content-digest",
     ]
-    .contains(&name)
-        || matches!(
-            name.as_str(),
-            "signature" | "signature-input" | "content-digest"
-        )
-        || name.as_str().starts_with("hexon-")
+    .iter()
+    .any(|p| p.eq_ignore_ascii_case(name))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("hexon-"))
 }
 
 /// Tokens of every `Connection` header, lowercased.
@@ -118,47 +121,37 @@ pub(crate) fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// The fixed hop-by-hop headers, removed in both directions.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-        &TE,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ]
-    .contains(&name)
-}
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
 
 /// Remove hop-by-hop headers (see the module docs). Returns whether the
 /// request asked for `TE: trailers`.
 ///
-/// One pass over the names finds what is present, so the common request
-/// with none of them costs no hash lookups (this runs twice per request).
+/// One pass over the names finds which fixed ones are present, so the
+/// common request with none of them costs no hash lookups (this runs twice
+/// per request); the fields a `Connection` value names are looked up by
+/// their text, without building a `HeaderName` (an allocation each).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
-        return false;
+    let mut present = [false; 8];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            if let Some(p) = present.get_mut(i) {
+                *p = true;
+                any = true;
+            }
+        }
     }
-    if doomed.contains(&CONNECTION) {
-        // `HeaderName::from_bytes` lowercases; no copy of each token first.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|n| !is_protected(n))
-            .collect();
-        doomed.extend(named);
+    if !any {
+        return false;
     }
     let te_trailers = headers
         .get_all(TE)
@@ -170,10 +163,36 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in doomed {
-        headers.remove(name);
+    if headers.get_all(CONNECTION).iter().nth(1).is_none() {
+        // One value (the common case): take it out, then what it names.
+        if let Some(v) = headers.remove(CONNECTION) {
+            remove_named(headers, &v);
+        }
+    } else {
+        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+        headers.remove(CONNECTION);
+        for v in &values {
+            remove_named(headers, v);
+        }
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
     }
     te_trailers
+}
+
+/// Remove the fields a `Connection` value names, except the protected ones.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(v) = connection.to_str() else { return };
+    for token in v.split(',').map(str::trim) {
+        // `&str` keys are lowercased for the lookup; an invalid name
+        // matches nothing.
+        if !token.is_empty() && !is_protected_str(token) {
+            headers.remove(token);
+        }
+    }
 }
 
 /// Request headers for the upstream: hop-by-hop removed, `TE: trailers`
@@ -417,6 +436,34 @@ mod tests {
         assert!(h.contains_key("signature"));
         assert!(h.contains_key("hexon-user"));
         assert!(h.contains_key("trailer"));
+    }
+
+    #[test]
+    fn every_connection_value_is_honoured_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, hv("x-a"));
+        h.append(
+            CONNECTION,
+            hv("X-B, SIGNATURE, Content-Length, HEXON-route"),
+        );
+        for name in [
+            "x-a",
+            "x-b",
+            "x-c",
+            "signature",
+            "content-length",
+            "hexon-route",
+        ] {
+            h.insert(HeaderName::from_static(name), hv("1"));
+        }
+        assert!(!remove_hop_by_hop(&mut h));
+        let mut names: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "hexon-route", "signature", "x-c"]);
+        // A request without any of them is left alone.
+        let before = h.clone();
+        assert!(!remove_hop_by_hop(&mut h));
+        assert_eq!(h, before);
     }
 
     #[test]
