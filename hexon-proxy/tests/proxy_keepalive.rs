@@ -164,6 +164,28 @@ async fn send(gw: SocketAddr, method: Method, path: &str, body: BoxBody) -> Resp
         .unwrap()
 }
 
+/// A client connection that asked for `/huge` and read the answer's head
+/// (`200`), leaving the body unread.
+async fn huge_download(gw: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(gw).await.unwrap();
+    tcp.write_all(b"GET /huge HTTP/1.1\r\nhost: app.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 4096];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    tcp
+}
+
+/// Wait (up to 10 s) until `count` reaches `at_least`.
+async fn reaches(count: &AtomicUsize, at_least: usize, otherwise: &str) {
+    let t0 = std::time::Instant::now();
+    while count.load(Ordering::SeqCst) < at_least {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{otherwise}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn text(res: Response<Incoming>) -> String {
     String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
@@ -209,14 +231,7 @@ async fn a_body_dropped_early_takes_its_connection_with_it() {
     let (up, accepted) = counting_upstream().await;
     let gw = gateway(up, PoolConfig::default()).await;
     // A client that reads the head of a large answer and hangs up.
-    let mut tcp = TcpStream::connect(gw).await.unwrap();
-    tcp.write_all(b"GET /huge HTTP/1.1\r\nhost: app.example\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 4096];
-    let n = tcp.read(&mut head).await.unwrap();
-    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
-    drop(tcp);
+    drop(huge_download(gw).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let res = send(gw, Method::GET, "/x", empty()).await;
     assert_eq!(text(res).await, "ok 0");
@@ -242,11 +257,7 @@ async fn idle_connections_expire() {
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     // Closed by the proxy once idle past the timeout, without another request.
-    let t0 = std::time::Instant::now();
-    while closed.load(Ordering::SeqCst) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "never closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reaches(&closed, 1, "never closed").await;
     assert_eq!(
         text(send(gw, Method::GET, "/x", empty()).await).await,
         "ok 0"
@@ -267,11 +278,7 @@ async fn no_more_idle_connections_than_the_pool_keeps() {
     let opened = accepted.load(Ordering::SeqCst);
     assert!(opened >= 2, "{opened}");
     // All but two were closed when their answers ended.
-    let t0 = std::time::Instant::now();
-    while closed.load(Ordering::SeqCst) < opened - 2 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "more than two kept");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reaches(&closed, opened - 2, "more than two kept").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(closed.load(Ordering::SeqCst), opened - 2);
     for _ in 0..2 {
@@ -289,13 +296,7 @@ async fn a_connection_still_streaming_is_not_handed_to_another_request() {
     let (up, accepted) = counting_upstream().await;
     let gw = gateway(up, PoolConfig::default()).await;
     // A download the client does not read: its connection stays busy.
-    let mut slow = TcpStream::connect(gw).await.unwrap();
-    slow.write_all(b"GET /huge HTTP/1.1\r\nhost: app.example\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 1024];
-    let n = slow.read(&mut head).await.unwrap();
-    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    let slow = huge_download(gw).await;
     // Another request meanwhile gets its own connection at once.
     let res = tokio::time::timeout(Duration::from_secs(5), send(gw, Method::GET, "/x", empty()))
         .await

@@ -120,8 +120,11 @@ pub(crate) fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// The fixed hop-by-hop headers, removed in both directions.
-static HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+
+/// The fixed hop-by-hop headers, removed in both directions (`Connection`
+/// first: what it names goes too).
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -140,35 +143,39 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// per request); the fields a `Connection` value names are looked up by
 /// their text, without building a `HeaderName` (an allocation each).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let mut present = [false; 8];
-    let mut any = false;
+    let mut present = [false; HOP_BY_HOP_COUNT];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            if let Some(p) = present.get_mut(i) {
-                *p = true;
-                any = true;
-            }
+        if let Some(p) = HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .and_then(|i| present.get_mut(i))
+        {
+            *p = true;
         }
     }
-    if !any {
+    if !present.contains(&true) {
         return false;
     }
-    let te_trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    if headers.get_all(CONNECTION).iter().nth(1).is_none() {
+    // Positions in `HOP_BY_HOP`.
+    let [connection, _, _, _, _, te, ..] = present;
+    let te_trailers = te
+        && headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    // `Connection` names further fields to remove.
+    if connection && headers.get_all(CONNECTION).iter().nth(1).is_none() {
         // One value (the common case): take it out, then what it names.
         if let Some(v) = headers.remove(CONNECTION) {
             remove_named(headers, &v);
         }
-    } else {
+    } else if connection {
         let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
         headers.remove(CONNECTION);
         for v in &values {
