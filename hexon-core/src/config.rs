@@ -1720,7 +1720,16 @@ impl Config {
 
     /// The whole effective configuration (defaults filled in) as TOML.
     pub fn effective_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut out =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        // The serializer leaves out empty tables, but an empty `[sql]` or
+        // `[ca]` still turns that part on (with its defaults).
+        for (name, table) in [("sql", &self.sql), ("ca", &self.ca)] {
+            if table.as_ref().is_some_and(toml::Table::is_empty) {
+                out.push_str(&format!("\n[{name}]\n"));
+            }
+        }
+        out
     }
 
     /// Every value that differs from its default, as `path = value` lines

@@ -93,6 +93,16 @@ fn full_example_parses_with_defaults_filled() {
 }
 
 #[test]
+fn an_empty_sql_or_ca_table_survives_the_dump() {
+    // Found by the `config` fuzz target: `[ca]` alone turns the CA on.
+    for text in ["[ca]", "[sql]", "[sql]\n[ca]"] {
+        let c = Config::parse(text, &env).unwrap();
+        let again = Config::parse(&c.effective_toml(), &env).unwrap();
+        assert_eq!(again, c, "{text}");
+    }
+}
+
+#[test]
 fn effective_dump_and_non_defaults() {
     let c = Config::parse(FULL, &env).unwrap();
     let effective = c.effective_toml();
