@@ -2,13 +2,21 @@
 
 /// `bytes` as lower-case hex, two digits a byte.
 pub fn encode(bytes: &[u8]) -> String {
-    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.push(digit(b >> 4));
-        out.push(digit(b & 0x0f));
+        let [hi, lo] = digits(b);
+        out.push(char::from(hi));
+        out.push(char::from(lo));
     }
     out
+}
+
+/// The two lower-case hex digits of `b`, as ASCII bytes.
+#[inline]
+pub fn digits(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let d = |n: u8| DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0');
+    [d(b >> 4), d(b)]
 }
 
 #[cfg(test)]

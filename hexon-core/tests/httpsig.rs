@@ -837,3 +837,46 @@ fn decoding_agrees_with_encoding_for_every_byte() {
         );
     }
 }
+
+#[test]
+fn the_authority_is_lower_cased_without_the_default_port_and_must_be_unambiguous() {
+    let of = |uri: &str, hosts: &[&str]| {
+        let uri: http::Uri = uri.parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        for h in hosts {
+            headers.append(http::header::HOST, HeaderValue::from_str(h).unwrap());
+        }
+        httpsig::authority_of(&uri, &headers)
+    };
+    // Host only: either default port goes, case does not matter.
+    assert_eq!(of("/", &["Example.COM:80"]).as_deref(), Some("example.com"));
+    assert_eq!(
+        of("/", &["EXAMPLE.com:443"]).as_deref(),
+        Some("example.com")
+    );
+    assert_eq!(
+        of("/", &[" Api.Example.com:8443 "]).as_deref(),
+        Some("api.example.com:8443")
+    );
+    // With a scheme, only that scheme's default port is removed.
+    assert_eq!(
+        of("https://Example.com:443/x", &[]).as_deref(),
+        Some("example.com")
+    );
+    assert_eq!(
+        of("http://example.com:443/", &[]).as_deref(),
+        Some("example.com:443")
+    );
+    assert_eq!(
+        of("http://example.com:443/", &["example.com:443"]).as_deref(),
+        Some("example.com:443")
+    );
+    // Disagreeing, repeated or odd authorities give none.
+    assert_eq!(of("https://a.example/", &["b.example"]), None);
+    assert_eq!(of("/", &["a.example", "a.example"]), None);
+    assert_eq!(of("/", &["user@a.example"]), None);
+    assert_eq!(of("/", &["a.example/x"]), None);
+    assert_eq!(of("/", &["a.example\\x"]), None);
+    assert_eq!(of("/", &[""]), None);
+    assert_eq!(of("/", &[]), None);
+}

@@ -130,7 +130,12 @@ pub fn generate() -> RequestId {
     let hi = keys.hash_one((n, 0u8));
     let lo = keys.hash_one((n, 1u8));
     let raw = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
-    RequestId(Arc::from(hexon_core::hex::encode(&raw)))
+    // Written on the stack and copied once into the `Arc`.
+    let mut text = [0u8; 32];
+    for (pair, b) in text.chunks_exact_mut(2).zip(raw) {
+        pair.copy_from_slice(&hexon_core::hex::digits(b));
+    }
+    RequestId(Arc::from(std::str::from_utf8(&text).unwrap_or_default()))
 }
 
 impl<S> Layer<S> for RequestIdLayer {
@@ -252,7 +257,11 @@ mod tests {
         let a = generate();
         let b = generate();
         assert_eq!(a.as_str().len(), 32);
-        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            a.as_str()
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        );
         assert_ne!(a, b);
     }
 }

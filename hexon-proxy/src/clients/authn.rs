@@ -124,6 +124,17 @@ impl ApiKeyAuth {
         const TWO: &str = "more than one API key on the request";
         let mut found = None;
         for v in parts.headers.get_all(AUTHORIZATION) {
+            // Most requests carry a bearer JWT here: look at the scheme and
+            // the key tag on the bytes before checking the whole value.
+            let raw = v.as_bytes();
+            let space = raw.iter().position(|&b| b == b' ').unwrap_or(raw.len());
+            let (scheme, rest) = raw.split_at(space);
+            let ours = scheme.eq_ignore_ascii_case(b"apikey")
+                || (scheme.eq_ignore_ascii_case(b"bearer")
+                    && rest.trim_ascii().starts_with(super::KEY_TAG.as_bytes()));
+            if !ours {
+                continue;
+            }
             let Ok(v) = v.to_str() else { continue };
             // Schemes are case-insensitive (RFC 9110 §11.1).
             let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
@@ -357,5 +368,91 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use hexon_core::store::{MemoryStore, SecretKeys};
+
+    fn auth() -> ApiKeyAuth {
+        let store = Arc::new(MemoryStore::new(Arc::new(SecretKeys::new([7; 32]))));
+        let registry = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(ClientRegistry::open(store))
+            .unwrap();
+        ApiKeyAuth::new(registry)
+    }
+
+    fn parts(headers: &[(&str, &[u8])]) -> Parts {
+        let mut b = Request::builder().uri("/x");
+        for (n, v) in headers {
+            b = b.header(*n, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn found(a: &ApiKeyAuth, headers: &[(&str, &[u8])]) -> Option<Result<String, &'static str>> {
+        let p = parts(headers);
+        a.key(&p).map(|r| {
+            r.map(|f| match f {
+                Found::Header(k) => k.to_owned(),
+                Found::Query(k) => k.into_owned(),
+            })
+        })
+    }
+
+    #[test]
+    fn keys_are_found_under_either_scheme_in_any_case_and_jwts_are_left_alone() {
+        let a = auth();
+        let key = "hxk_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAA";
+        for value in [
+            format!("ApiKey {key}"),
+            format!("apikey  {key} "),
+            format!("Bearer {key}"),
+            format!("BEARER  {key}"),
+        ] {
+            assert_eq!(
+                found(&a, &[("authorization", value.as_bytes())]),
+                Some(Ok(key.to_owned())),
+                "{value}"
+            );
+        }
+        // A bearer JWT, another scheme, or a bearer without the key tag is
+        // not an API key.
+        for value in [
+            &b"Bearer eyJhbGciOiJFZERTQSJ9.e30.c2ln"[..],
+            b"Basic dXNlcjpwYXNz",
+            b"Bearer",
+            b"ApiKeyhxk_x",
+        ] {
+            assert_eq!(found(&a, &[("authorization", value)]), None);
+        }
+        // A key value that is not visible ASCII is not read.
+        assert_eq!(found(&a, &[("authorization", b"ApiKey hxk_\xff")]), None);
+        // Two keys, in any two places, are refused.
+        assert_eq!(
+            found(
+                &a,
+                &[
+                    ("authorization", format!("ApiKey {key}").as_bytes()),
+                    ("authorization", format!("Bearer {key}").as_bytes()),
+                ]
+            ),
+            Some(Err("more than one API key on the request"))
+        );
+        assert_eq!(
+            found(
+                &a,
+                &[
+                    ("authorization", format!("Bearer {key}").as_bytes()),
+                    ("x-api-key", key.as_bytes()),
+                ]
+            ),
+            Some(Err("more than one API key on the request"))
+        );
     }
 }
