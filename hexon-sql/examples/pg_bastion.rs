@@ -24,6 +24,12 @@ use hexon_sql::Acl;
 use hexon_sql::pg::PgBastion;
 use hexon_sql::wire::BastionConfig;
 
+/// The allocator of the `hexon` binary, which runs the bastion in
+/// deployments (bins/hexon/Cargo.toml says why), so that `scripts/bench-sql`
+/// measures what runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ISSUER: &str = "hexon-sql-example";
 const AUDIENCE: &str = "hexon-sql";
 
