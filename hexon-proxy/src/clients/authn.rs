@@ -129,26 +129,18 @@ impl ApiKeyAuth {
             let raw = v.as_bytes();
             let space = raw.iter().position(|&b| b == b' ').unwrap_or(raw.len());
             let (scheme, rest) = raw.split_at(space);
+            // Schemes are case-insensitive (RFC 9110 §11.1).
             let ours = scheme.eq_ignore_ascii_case(b"apikey")
                 || (scheme.eq_ignore_ascii_case(b"bearer")
                     && rest.trim_ascii().starts_with(super::KEY_TAG.as_bytes()));
             if !ours {
                 continue;
             }
+            // A value that is not visible ASCII holds no key.
             let Ok(v) = v.to_str() else { continue };
-            // Schemes are case-insensitive (RFC 9110 §11.1).
-            let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-            let key = if scheme.eq_ignore_ascii_case("apikey") {
-                Some(rest.trim())
-            } else if scheme.eq_ignore_ascii_case("bearer") {
-                Some(rest.trim()).filter(|k| k.starts_with(super::KEY_TAG))
-            } else {
-                None
-            };
-            if let Some(k) = key {
-                if found.replace(k).is_some() {
-                    return Some(Err(TWO));
-                }
+            let key = v.get(space..).unwrap_or_default().trim();
+            if found.replace(key).is_some() {
+                return Some(Err(TWO));
             }
         }
         if let Some(h) = &self.header {

@@ -182,7 +182,8 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
             remove_named(headers, v);
         }
     }
-    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+    // `Connection` (the first) is gone already.
+    for (name, here) in HOP_BY_HOP.iter().zip(present).skip(1) {
         if here {
             headers.remove(name);
         }
