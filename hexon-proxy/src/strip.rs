@@ -111,10 +111,57 @@ impl Pattern {
     }
 }
 
+/// The patterns, with the first bytes they can match: most names of a
+/// request (`accept…`, `cookie`, `host`, `user-agent`) start with a byte no
+/// pattern does and are passed over without a comparison.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Patterns {
+    list: Vec<Pattern>,
+    /// Bit `b`: some pattern may match a name that starts with byte `b`.
+    first: [u64; 4],
+}
+
+impl Patterns {
+    fn new(list: Vec<Pattern>) -> Self {
+        let mut first = [0u64; 4];
+        let mut set = |b: u8| {
+            if let Some(w) = first.get_mut(usize::from(b >> 6)) {
+                *w |= 1 << (b & 63);
+            }
+        };
+        for p in &list {
+            if let Some(&b) = p.name.as_bytes().first() {
+                set(b);
+                // A name's `_` matches a pattern's `-`.
+                if b == b'-' {
+                    set(b'_');
+                }
+            }
+        }
+        Patterns { list, first }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// `name` is lower-case (an [`HeaderName`]).
+    fn matches(&self, name: &str) -> bool {
+        let Some(&b) = name.as_bytes().first() else {
+            return false;
+        };
+        let possible = self
+            .first
+            .get(usize::from(b >> 6))
+            .is_some_and(|w| w >> (b & 63) & 1 == 1);
+        possible && self.list.iter().any(|p| p.matches(name))
+    }
+}
+
 /// Removes client-sent identity headers. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct StripIdentityLayer {
-    patterns: Arc<[Pattern]>,
+    patterns: Arc<Patterns>,
 }
 
 impl Default for StripIdentityLayer {
@@ -127,17 +174,19 @@ impl StripIdentityLayer {
     /// `Hexon-*`, `Signature*` and [`DEFAULT_EXTRA_HEADERS`].
     pub fn new() -> Self {
         StripIdentityLayer {
-            patterns: DEFAULT_EXTRA_HEADERS
-                .iter()
-                .filter_map(|p| Pattern::parse(p))
-                .collect(),
+            patterns: Arc::new(Patterns::new(
+                DEFAULT_EXTRA_HEADERS
+                    .iter()
+                    .filter_map(|p| Pattern::parse(p))
+                    .collect(),
+            )),
         }
     }
 
     /// Only `Hexon-*` and `Signature*` (no extra headers).
     pub fn hexon_only() -> Self {
         StripIdentityLayer {
-            patterns: Arc::from(Vec::new()),
+            patterns: Arc::default(),
         }
     }
 
@@ -157,13 +206,15 @@ impl StripIdentityLayer {
     }
 
     fn push(self, p: Option<Pattern>) -> Self {
-        let mut v = self.patterns.to_vec();
+        let mut v = self.patterns.list.clone();
         if let Some(p) = p {
             if !v.contains(&p) {
                 v.push(p);
             }
         }
-        StripIdentityLayer { patterns: v.into() }
+        StripIdentityLayer {
+            patterns: Arc::new(Patterns::new(v)),
+        }
     }
 
     /// Strip `headers` in place (what the service does to every request).
@@ -172,14 +223,14 @@ impl StripIdentityLayer {
     }
 }
 
-fn strip(patterns: &[Pattern], headers: &mut HeaderMap) {
+fn strip(patterns: &Patterns, headers: &mut HeaderMap) {
     hexon_core::httpsig::remove_identity_headers(headers);
     if patterns.is_empty() {
         return;
     }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| patterns.iter().any(|p| p.matches(n.as_str())))
+        .filter(|n| patterns.matches(n.as_str()))
         .cloned()
         .collect();
     for name in doomed {
@@ -201,14 +252,14 @@ impl<S> Layer<S> for StripIdentityLayer {
 #[derive(Clone)]
 pub struct StripIdentity<S> {
     inner: S,
-    patterns: Arc<[Pattern]>,
+    patterns: Arc<Patterns>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for StripIdentity<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StripIdentity")
             .field("inner", &self.inner)
-            .field("patterns", &self.patterns.len())
+            .field("patterns", &self.patterns.list.len())
             .finish()
     }
 }
@@ -281,7 +332,7 @@ fn names_hexon_credential(value: &[u8]) -> bool {
 /// Drop identity header names from the `Trailer` declaration: HTTP/1.1
 /// encoders only send declared trailers, and a declared `Hexon-User`
 /// trailer must not survive even as a name.
-fn strip_trailer_declaration(patterns: &[Pattern], headers: &mut HeaderMap) {
+fn strip_trailer_declaration(patterns: &Patterns, headers: &mut HeaderMap) {
     let declared: Vec<String> = headers
         .get_all(http::header::TRAILER)
         .iter()
@@ -323,7 +374,7 @@ pin_project_lite::pin_project! {
     pub struct StrippedBody<B> {
         #[pin]
         inner: B,
-        patterns: Arc<[Pattern]>,
+        patterns: Arc<Patterns>,
     }
 }
 
@@ -399,6 +450,38 @@ mod tests {
         layer.strip(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-forwarded-for", "remote-userx", "accept"]);
+    }
+
+    #[test]
+    fn the_first_byte_filter_agrees_with_every_pattern() {
+        let layer = StripIdentityLayer::new()
+            .with_header("-leading-dash")
+            .with_prefix("_under");
+        let p = &layer.patterns;
+        let mut names: Vec<String> = Vec::new();
+        for pat in &p.list {
+            let n = pat.name.to_string();
+            names.push(n.clone());
+            names.push(format!("{n}-more"));
+            names.push(n.replace('-', "_"));
+            for first in [b'_', b'-', b'a', b'x', b'r', b's', b'h', b'0'] {
+                let mut b = n.clone().into_bytes();
+                if let Some(f) = b.first_mut() {
+                    *f = first;
+                }
+                names.push(String::from_utf8(b).unwrap());
+            }
+        }
+        names.extend(["", "a", "accept", "host", "user-agent", "_leading-dash"].map(String::from));
+        let mut matched = 0;
+        for n in &names {
+            let plain = p.list.iter().any(|pat| pat.matches(n));
+            assert_eq!(p.matches(n), plain, "{n:?}");
+            matched += usize::from(plain);
+        }
+        // The names above include every pattern itself.
+        assert!(matched >= p.list.len());
+        assert!(p.matches("_leading_dash") && p.matches("-under-x"));
     }
 
     #[test]

@@ -135,6 +135,24 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     UPGRADE,
 ];
 
+/// The position of `name` in [`HOP_BY_HOP`]. Matched on the name's text:
+/// every request and response passes each of its names through here, and a
+/// `match` on the text is a length switch and one comparison, where
+/// comparing `HeaderName`s against the list took eight.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authorization" => 3,
+        "proxy-authenticate" => 4,
+        "te" => 5,
+        "transfer-encoding" => 6,
+        "upgrade" => 7,
+        _ => return None,
+    })
+}
+
 /// Remove hop-by-hop headers (see the module docs). Returns whether the
 /// request asked for `TE: trailers`.
 ///
@@ -145,11 +163,7 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     let mut present = [false; HOP_BY_HOP_COUNT];
     for name in headers.keys() {
-        if let Some(p) = HOP_BY_HOP
-            .iter()
-            .position(|h| h == name)
-            .and_then(|i| present.get_mut(i))
-        {
+        if let Some(p) = hop_by_hop_index(name).and_then(|i| present.get_mut(i)) {
             *p = true;
         }
     }
@@ -412,6 +426,29 @@ mod tests {
             let mut out = String::from("x");
             push_ip(&mut out, ip);
             assert_eq!(out, format!("x{ip}"));
+        }
+    }
+
+    #[test]
+    fn the_hop_by_hop_positions_are_the_lists() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for other in [
+            "host",
+            "content-length",
+            "connections",
+            "tE",
+            "upgrade-insecure-requests",
+            "proxy-authorization-x",
+            "keep_alive",
+        ] {
+            let Ok(name) = HeaderName::from_bytes(other.as_bytes()) else {
+                continue;
+            };
+            // `tE` parses to `te`: lower-case, as every `HeaderName` is.
+            let expected = HOP_BY_HOP.iter().position(|h| *h == name);
+            assert_eq!(hop_by_hop_index(&name), expected, "{other}");
         }
     }
 
