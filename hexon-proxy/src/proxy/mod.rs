@@ -409,7 +409,10 @@ impl ReverseProxy {
                 },
             }
         };
-        let res = match tokio::time::timeout_at(head_deadline, sent).await {
+        // Boxed: the send is the largest state of this future by far, and
+        // unboxed it made every move of the whole future (into the boxes and
+        // layers above) copy it too.
+        let res = match Box::pin(tokio::time::timeout_at(head_deadline, sent)).await {
             Err(_) => {
                 return fail.respond(
                     StatusCode::GATEWAY_TIMEOUT,
