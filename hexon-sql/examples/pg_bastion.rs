@@ -8,7 +8,8 @@
 //!
 //! It makes a signing key for this run only, writes a one-hour token for
 //! USER (in the GROUPs) to TOKEN_FILE (mode 0600), and serves until
-//! interrupted. It listens **without TLS** (`dangerous_allow_plaintext`), so
+//! interrupted (`QUERY_LOG=1`: with the query log on stderr, as `hexon
+//! serve` writes it). It listens **without TLS** (`dangerous_allow_plaintext`), so
 //! it is for loopback experiments and benchmarks only; a deployment
 //! configures `tls_cert` / `tls_key` and verifies tokens minted by the
 //! gateway.
@@ -64,6 +65,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
     f.open(token_file)?.write_all(token.as_bytes())?;
 
+    // `QUERY_LOG=1` writes the log, the query log included, to stderr as
+    // `hexon serve` does by default (the `info` level, one line per
+    // statement); without it nothing is logged.
+    if std::env::var_os("QUERY_LOG").is_some_and(|v| !v.is_empty() && v != "0") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_target(false)
+            .try_init();
+    }
     // `SESSION_THREADS=N` sets `session_threads` (benchmarks compare counts).
     let threads = std::env::var("SESSION_THREADS")
         .map(|n| format!("session_threads = {n}\n"))

@@ -248,7 +248,9 @@ pub const SAFE_SESSION_VARIABLES: &[&str] = &[
 #[derive(Debug)]
 pub struct Acl {
     pub(crate) validation: ValidationConfig,
-    databases: HashMap<String, Arc<DatabaseAcl>>,
+    /// By name; looked up for every statement (the rate limit), so hashed
+    /// with a fast, per-process seeded hasher rather than SipHash.
+    databases: HashMap<String, Arc<DatabaseAcl>, foldhash::fast::RandomState>,
 }
 
 /// One database's compiled rules.
@@ -327,7 +329,7 @@ impl Acl {
     /// Every problem found, each with its location.
     pub fn new(config: &AclConfig) -> Result<Self, Vec<AclError>> {
         let mut errs = Vec::new();
-        let mut databases = HashMap::new();
+        let mut databases = HashMap::default();
         let v = &config.validation;
         if v.max_bytes == 0 {
             errs.push(err("validation.max_bytes", "must be at least 1"));

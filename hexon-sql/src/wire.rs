@@ -443,15 +443,24 @@ pub(crate) enum Outcome {
     RowCap,
 }
 
+/// When a statement started, for the query log's `duration_us`; `None`
+/// when the query log is off, so that no statement reads the clock for a
+/// log nobody reads (a statement that starts while it is off logs 0).
+pub(crate) fn log_start() -> Option<Instant> {
+    tracing::enabled!(target: "hexon_sql::query", tracing::Level::INFO).then(Instant::now)
+}
+
 /// Log an admitted statement once its results are relayed.
 pub(crate) fn log_admitted(
     who: &LogSubject<'_>,
     statement: &str,
-    start: Instant,
+    start: Option<Instant>,
     rows: u64,
     outcome: Outcome,
 ) {
-    let duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let duration_us = start.map_or(0, |s| {
+        u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
+    });
     tracing::info!(
         target: "hexon_sql::query",
         user = who.identity.username(),

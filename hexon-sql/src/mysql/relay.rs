@@ -115,7 +115,8 @@ struct Exec {
     sent: u64,
     over: bool,
     failed: bool,
-    start: Instant,
+    /// For the query log ([`crate::wire::log_start`]).
+    start: Option<Instant>,
 }
 
 impl Exec {
@@ -128,7 +129,7 @@ impl Exec {
             sent: 0,
             over: false,
             failed: false,
-            start: Instant::now(),
+            start: crate::wire::log_start(),
         }
     }
 }

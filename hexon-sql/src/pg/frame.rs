@@ -105,7 +105,7 @@ struct Cur<'a>(&'a [u8]);
 
 impl<'a> Cur<'a> {
     fn cstr(&mut self) -> Option<&'a [u8]> {
-        let end = self.0.iter().position(|&b| b == 0)?;
+        let end = memchr::memchr(0, self.0)?;
         let s = self.0.get(..end)?;
         self.0 = self.0.get(end + 1..)?;
         Some(s)

@@ -88,7 +88,8 @@ struct Exec {
     sent: u64,
     /// The cap was exceeded: rows are being dropped.
     over: bool,
-    start: Instant,
+    /// For the query log ([`crate::wire::log_start`]).
+    start: Option<Instant>,
     failed: bool,
 }
 
@@ -99,7 +100,7 @@ impl Exec {
             rows,
             sent: 0,
             over: false,
-            start: Instant::now(),
+            start: crate::wire::log_start(),
             failed: false,
         }
     }
