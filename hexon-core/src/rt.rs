@@ -50,6 +50,10 @@ struct Worker {
     shared: Arc<Shared>,
 }
 
+/// What a connection thread calls each time it is about to go idle
+/// ([`ConnectionThreads::start_with`]).
+pub type ParkHook = Arc<dyn Fn() + Send + Sync>;
+
 /// A set of connection threads. See the [module docs](self).
 #[derive(Default)]
 pub struct ConnectionThreads {
@@ -123,6 +127,17 @@ impl ConnectionThreads {
     /// A thread or its runtime could not be created (those already started
     /// wind down).
     pub fn start(n: usize, name: &str) -> std::io::Result<Self> {
+        Self::start_with(n, name, None)
+    }
+
+    /// [`start`](Self::start), each thread calling `on_park` whenever it is
+    /// about to wait for work (tokio's `on_thread_park`): the moment to
+    /// write out what the thread batched while it was busy, such as the
+    /// SQL bastion's query log.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with(n: usize, name: &str, on_park: Option<ParkHook>) -> std::io::Result<Self> {
         // Built up in place: on an error its `Drop` winds down the threads
         // already started.
         let mut set = ConnectionThreads {
@@ -136,15 +151,18 @@ impl ConnectionThreads {
             });
             let (tx, rx) = std::sync::mpsc::channel();
             let thread_shared = shared.clone();
+            let on_park = on_park.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
                     // Built on its own thread: a runtime must not be
                     // dropped inside another one's context.
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
+                    let mut builder = tokio::runtime::Builder::new_current_thread();
+                    builder.enable_all();
+                    if let Some(hook) = on_park {
+                        builder.on_thread_park(move || hook());
+                    }
+                    let rt = match builder.build() {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -279,6 +297,33 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(rt.block_on(done).unwrap(), 7);
+    }
+
+    #[test]
+    fn threads_call_the_park_hook_when_they_go_idle() {
+        // The hook records which thread parked; a task that waits parks
+        // its thread, so the hook must have run on it by the time the
+        // waiting task is resumed from outside.
+        let parked = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+        let seen = parked.clone();
+        let hook: ParkHook = Arc::new(move || seen.lock().unwrap().push(worker_index()));
+        let threads = ConnectionThreads::start_with(1, "park", Some(hook)).unwrap();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        threads.place().unwrap().spawn(async move {
+            let _ = wait.await;
+            tx.send(()).unwrap();
+        });
+        // Wait until the thread has parked at least once (bounded: a
+        // thread that never calls the hook fails here).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while parked.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the hook never ran");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        go.send(()).unwrap();
+        rx.recv().unwrap();
+        assert!(parked.lock().unwrap().iter().all(|&w| w == 1));
     }
 
     #[test]

@@ -65,16 +65,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
     f.open(token_file)?.write_all(token.as_bytes())?;
 
-    // `QUERY_LOG=1` writes the log, the query log included, to stderr as
-    // `hexon serve` does by default (the `info` level, one line per
-    // statement); without it nothing is logged.
-    if std::env::var_os("QUERY_LOG").is_some_and(|v| !v.is_empty() && v != "0") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .with_target(false)
-            .try_init();
+    // `QUERY_LOG=1` writes the log to stderr as `hexon serve` does by
+    // default: the `info` level, the query log as JSON lines (one per
+    // statement) batched per session thread. `QUERY_LOG=each` writes each
+    // line as it comes; `QUERY_LOG=text` sends the query log through the
+    // text formatter, as `hexon serve` did before. Without it nothing is
+    // logged.
+    match std::env::var("QUERY_LOG").as_deref() {
+        Err(_) | Ok("" | "0") => {}
+        Ok(how) => {
+            use tracing_subscriber::prelude::*;
+            let text = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false);
+            let registry =
+                tracing_subscriber::registry().with(tracing_subscriber::EnvFilter::new("info"));
+            if how == "text" {
+                let _ = registry.with(text).try_init();
+            } else {
+                let json = hexon_sql::query_log::QueryLog::new(std::io::stderr);
+                let json = if how == "each" { json } else { json.batched() };
+                let _ = registry
+                    .with(text.with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                        !hexon_sql::query_log::is_query_log(m)
+                    })))
+                    .with(json)
+                    .try_init();
+            }
+        }
     }
     // `SESSION_THREADS=N` sets `session_threads` (benchmarks compare counts).
     let threads = std::env::var("SESSION_THREADS")

@@ -59,6 +59,7 @@ pub mod layers;
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod query_log;
 pub mod request;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod wire;

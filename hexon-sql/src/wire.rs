@@ -292,9 +292,12 @@ pub(crate) async fn serve<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
-    let threads = match ConnectionThreads::start(
+    // Each thread writes out its batched query-log lines when it runs out
+    // of work (`QueryLog::batched`).
+    let threads = match ConnectionThreads::start_with(
         common.session_threads,
         &format!("hexon-{protocol}"),
+        Some(Arc::new(crate::query_log::flush)),
     ) {
         Ok(t) => t,
         Err(e) => {

@@ -1595,12 +1595,34 @@ fn serve_runs_the_sql_bastions_with_gateway_tokens() {
     assert!(text(&o.stderr).contains("no access"), "{}", text(&o.stderr));
     let o = mariadb(&bob, "bob", "SELECT 1");
     assert!(text(&o.stderr).contains("no access"), "{}", text(&o.stderr));
-    // Each statement is in the query log.
-    assert!(
-        stderr_log(&dir).contains("statement refused"),
-        "{}",
-        stderr_log(&dir)
-    );
+    // Each statement is in the query log: JSON lines among the text ones.
+    let log = stderr_log(&dir);
+    let query_log: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let admitted = query_log
+        .iter()
+        .filter(|l| l["user"] == "alice" && l["verdict"] == "admitted")
+        .count();
+    assert_eq!(admitted, 2, "{log}");
+    let refused: Vec<_> = query_log
+        .iter()
+        .filter(|l| l["user"] == "alice" && l["verdict"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{log}");
+    for l in &refused {
+        assert_eq!(l["stage"], "read_only", "{l}");
+        assert!(
+            l["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("statement refused"),
+            "{l}"
+        );
+        assert!(l["ts"].as_str().unwrap().ends_with('Z'), "{l}");
+    }
     // Disabling alice (hot reload) refuses her logins on both bastions.
     let text_now = std::fs::read_to_string(&cfg).unwrap();
     let disabled = text_now.replace(

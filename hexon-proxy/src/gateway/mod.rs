@@ -101,15 +101,32 @@ where
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). The SQL
+/// bastion's query log (target `hexon_sql::query`) is written as JSON lines
+/// by its own layer ([`hexon_sql::query_log`]), which costs a small part of
+/// what the text formatter costs per statement, batched per thread: a
+/// session thread writes its lines out when it runs out of work, and
+/// [`run`]'s runtime does the same for sessions kept on it.
 pub fn init_logging() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+        .with_target(false);
+    #[cfg(feature = "sql")]
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text.with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            !hexon_sql::query_log::is_query_log(m)
+        })))
+        .with(hexon_sql::query_log::QueryLog::new(std::io::stderr).batched())
+        .try_init();
+    #[cfg(not(feature = "sql"))]
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
         .try_init();
 }
 
@@ -118,8 +135,13 @@ pub fn run<F, T>(fut: F) -> Result<T, GatewayError>
 where
     F: std::future::Future<Output = Result<T, GatewayError>>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // SQL sessions run here when `session_threads = 0`: their batched
+    // query-log lines go out as a worker goes idle.
+    #[cfg(feature = "sql")]
+    builder.on_thread_park(hexon_sql::query_log::flush);
+    let rt = builder
         .build()
         .map_err(|e| GatewayError::Other(format!("cannot start the runtime: {e}")))?;
     rt.block_on(fut)

@@ -44,8 +44,9 @@
 //!
 //! Each statement is logged as one `tracing` event with target
 //! `hexon_sql::query` (fields `user`, `database`, `role`, `statement` — the
-//! normalised text —, `verdict`, `stage`, `code`, `duration_us`, `rows`).
-//! Tokens and upstream passwords are never logged.
+//! normalised text —, `verdict`, `stage`, `code`, `duration_us`, `rows`);
+//! [`crate::query_log`] writes them as JSON lines. Tokens and upstream
+//! passwords are never logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,633 @@
+//! The query log as JSON lines: a `tracing` layer for the bastion's
+//! per-statement events (target [`TARGET`]).
+//!
+//! `tracing-subscriber`'s `fmt` layer formats every field through
+//! `core::fmt` (strings through `Debug`, one `write_char` per character,
+//! plus its style machinery even without colours): about 14,700
+//! instructions per statement under `pgbench`, nearly twice the bastion's
+//! whole work on a cached statement. This layer writes the same fields as
+//! one JSON object per line, escaping strings in runs, into a buffer reused
+//! per thread, with one `write_all` per statement: about 5,500
+//! instructions, most of them `tracing`'s own dispatch and the timestamp
+//! (docs/BENCHMARKS.md, "2026-12-06").
+//!
+//! ```no_run
+//! use tracing_subscriber::prelude::*;
+//! tracing_subscriber::registry()
+//!     .with(hexon_sql::query_log::QueryLog::new(std::io::stderr))
+//!     .init();
+//! ```
+//!
+//! A line: `{"ts":"2026-12-06T00:41:07.123456Z","level":"INFO",
+//! "message":"statement","user":"alice","database":"app","role":"reader",
+//! "statement":"SELECT …","verdict":"admitted","stage":"","code":"",
+//! "duration_us":180,"rows":1}` (fields in the order the event has them).
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer};
+
+/// The target of the bastion's per-statement events.
+pub const TARGET: &str = "hexon_sql::query";
+
+/// Lines longer than this are not kept in the per-thread buffer afterwards.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// A batch is written before it would grow past this: `PIPE_BUF` on Linux,
+/// the most a `write` to a pipe (a container's or a supervisor's stderr)
+/// keeps whole beside other writers' lines.
+const BATCH: usize = 4096;
+
+/// Where a batched layer's lines go: its writer, type-erased so that the
+/// per-thread batch can hold it.
+type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// This thread's lines not yet written, and where they go.
+#[derive(Default)]
+struct Batch {
+    lines: String,
+    sink: Option<Sink>,
+}
+
+impl Batch {
+    fn write_out(&mut self) {
+        if let Some(sink) = &self.sink
+            && !self.lines.is_empty()
+        {
+            sink(self.lines.as_bytes());
+        }
+        self.lines.clear();
+        if self.lines.capacity() > KEEP_BUFFER {
+            self.lines = String::new();
+        }
+    }
+}
+
+impl Drop for Batch {
+    // A thread that ends writes what it holds.
+    fn drop(&mut self) {
+        self.write_out();
+    }
+}
+
+thread_local! {
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    static BATCH_LINES: RefCell<Batch> = RefCell::new(Batch::default());
+}
+
+/// The layer: events of [`TARGET`] as JSON lines to `W`'s writers; other
+/// events are left to the other layers (filter them out of those, or the
+/// query log is written twice).
+pub struct QueryLog<W> {
+    make_writer: Arc<W>,
+    /// Set by [`batched`](Self::batched).
+    sink: Option<Sink>,
+}
+
+impl<W> std::fmt::Debug for QueryLog<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryLog")
+            .field("batched", &self.sink.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W> QueryLog<W>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    /// Write to `make_writer` (`std::io::stderr`, a file behind a mutex, a
+    /// non-blocking writer), one `write_all` per line.
+    pub fn new(make_writer: W) -> Self {
+        Self {
+            make_writer: Arc::new(make_writer),
+            sink: None,
+        }
+    }
+
+    /// Batch lines per thread: a thread's lines wait in its buffer until
+    /// the thread calls [`flush`] (the bastion's session threads do each
+    /// time they run out of work), the batch would pass 4 KiB, or the
+    /// thread ends; then they go out in one `write_all`. Under load that is
+    /// one write for many statements instead of one each.
+    ///
+    /// The cost: lines reach the writer when their thread goes idle rather
+    /// than at once (a busy thread goes idle within milliseconds), and a
+    /// process killed mid-batch loses that thread's batch. Events logged on
+    /// threads that never call [`flush`] wait until the batch fills or the
+    /// thread ends: give such runtimes
+    /// `Builder::on_thread_park(hexon_sql::query_log::flush)`.
+    #[must_use]
+    pub fn batched(mut self) -> Self {
+        let make_writer = self.make_writer.clone();
+        self.sink = Some(Arc::new(move |bytes: &[u8]| {
+            let _ = make_writer.make_writer().write_all(bytes);
+        }));
+        self
+    }
+}
+
+/// Write out this thread's batched query-log lines (see
+/// [`QueryLog::batched`]); nothing to do when there are none. Cheap enough
+/// to call each time a thread parks.
+pub fn flush() {
+    BATCH_LINES.with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut()
+            && !b.lines.is_empty()
+        {
+            b.write_out();
+        }
+    });
+}
+
+/// Whether `meta` is a query-log event (for the filters of other layers).
+pub fn is_query_log(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() == TARGET
+}
+
+impl<S, W> Layer<S> for QueryLog<W>
+where
+    S: Subscriber,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if !is_query_log(event.metadata()) {
+            return;
+        }
+        if let Some(sink) = &self.sink
+            && batch(sink, event)
+        {
+            return;
+        }
+        LINE.with(|line| {
+            // A re-entrant event (a writer that logs) gets a line of its own.
+            let mut owned = String::new();
+            let mut guard = line.try_borrow_mut();
+            let buf = match guard.as_mut() {
+                Ok(b) => &mut **b,
+                Err(_) => &mut owned,
+            };
+            buf.clear();
+            format_line(buf, event);
+            let _ = self.make_writer.make_writer().write_all(buf.as_bytes());
+            if buf.capacity() > KEEP_BUFFER {
+                *buf = String::new();
+            }
+        });
+    }
+}
+
+/// Add `event`'s line to this thread's batch for `sink`, writing the batch
+/// out first or after as [`BATCH`] says; `false` when the batch is in use
+/// (an event logged by the sink itself), to write the line alone.
+fn batch(sink: &Sink, event: &Event<'_>) -> bool {
+    BATCH_LINES.with(|b| {
+        let Ok(mut b) = b.try_borrow_mut() else {
+            return false;
+        };
+        // Another layer's lines (a second subscriber on this thread) go to
+        // their own writer first.
+        if !b.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, sink)) {
+            b.write_out();
+            b.sink = Some(sink.clone());
+        }
+        let start = b.lines.len();
+        format_line(&mut b.lines, event);
+        if b.lines.len() > BATCH {
+            if start > 0 {
+                // The lines before this one, then this one begins the next
+                // batch (or goes out alone when it is that long itself).
+                sink(b.lines.get(..start).unwrap_or_default().as_bytes());
+                b.lines.drain(..start);
+            }
+            if b.lines.len() > BATCH {
+                b.write_out();
+            }
+        }
+        true
+    })
+}
+
+/// One event as a JSON object and a newline.
+fn format_line(buf: &mut String, event: &Event<'_>) {
+    buf.push_str("{\"ts\":\"");
+    push_timestamp(buf, SystemTime::now());
+    buf.push_str("\",\"level\":\"");
+    buf.push_str(event.metadata().level().as_str());
+    buf.push('"');
+    event.record(&mut Fields(buf));
+    buf.push_str("}\n");
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.0.push(',');
+        push_json_str(self.0, field.name());
+        self.0.push(':');
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        push_json_str(self.0, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        self.0.push_str(itoa::Buffer::new().format(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        self.0.push_str(itoa::Buffer::new().format(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.0.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // `message` and other formatted values, as text, escaped as they
+        // are written (no intermediate string).
+        self.key(field);
+        self.0.push('"');
+        let _ = std::fmt::write(&mut Escaping(self.0), format_args!("{value:?}"));
+        self.0.push('"');
+    }
+}
+
+/// A `fmt::Write` that appends JSON-string-escaped text (no quotes).
+struct Escaping<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        push_escaped(self.0, s);
+        Ok(())
+    }
+}
+
+/// `s` as a JSON string: quotes, backslashes and control characters
+/// escaped (RFC 8259), the runs between them copied whole.
+pub(crate) fn push_json_str(buf: &mut String, s: &str) {
+    buf.push('"');
+    push_escaped(buf, s);
+    buf.push('"');
+}
+
+/// [`push_json_str`] without the quotes.
+fn push_escaped(buf: &mut String, s: &str) {
+    let b = s.as_bytes();
+    let mut run = 0;
+    while let Some(at) = b.get(run..).and_then(first_escape) {
+        let i = run + at;
+        // `run` and `i` are at ASCII bytes, so on character boundaries.
+        buf.push_str(s.get(run..i).unwrap_or_default());
+        match b.get(i).copied().unwrap_or(0) {
+            b'"' => buf.push_str("\\\""),
+            b'\\' => buf.push_str("\\\\"),
+            b'\n' => buf.push_str("\\n"),
+            b'\r' => buf.push_str("\\r"),
+            b'\t' => buf.push_str("\\t"),
+            c => {
+                buf.push_str("\\u00");
+                push_hex_byte(buf, c);
+            }
+        }
+        run = i + 1;
+    }
+    buf.push_str(s.get(run..).unwrap_or_default());
+}
+
+/// Where the first byte to escape is: eight bytes at a time (SWAR), since
+/// a statement is mostly bytes that need none. `serde_json` and `memchr`
+/// have no search for this set of bytes.
+fn first_escape(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Non-zero when a byte of `x` is below `n` (n <= 128): exact for the
+    // word as a whole, which is all that is asked of it here.
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let zero = |x: u64| below(x, 1);
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let w = u64::from_le_bytes(bytes);
+        let hit = below(w, 0x20)
+            | zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | zero(w ^ (ONES * 0x7f));
+        if hit != 0
+            && let Some(p) = chunk.iter().position(|&c| needs_escape(c))
+        {
+            return Some(at + p);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| needs_escape(c))
+        .map(|p| at + p)
+}
+
+/// The bytes [`push_json_str`] escapes: `"`, `\`, controls and DEL.
+#[inline(always)]
+fn needs_escape(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f
+}
+
+fn push_hex_byte(buf: &mut String, c: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for nibble in [c >> 4, c & 0xf] {
+        buf.push(char::from(
+            HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+        ));
+    }
+}
+
+/// `v` in decimal, at least `width` digits (zero-padded).
+fn push_padded(buf: &mut String, v: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(v);
+    for _ in text.len()..width {
+        buf.push('0');
+    }
+    buf.push_str(text);
+}
+
+/// RFC 3339 in UTC with microseconds, `1970-01-01T00:00:00.000000Z` for a
+/// clock before the epoch. The part up to the seconds is formatted once a
+/// second per thread.
+fn push_timestamp(buf: &mut String, now: SystemTime) {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cached| match cached.try_borrow_mut() {
+        Ok(mut cached) => {
+            if cached.0 != secs {
+                cached.1.clear();
+                push_seconds(&mut cached.1, secs);
+                cached.0 = secs;
+            }
+            buf.push_str(&cached.1);
+        }
+        Err(_) => push_seconds(buf, secs),
+    });
+    push_padded(buf, u64::from(since.subsec_micros()), 6);
+    buf.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch.
+fn push_seconds(buf: &mut String, secs: u64) {
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    for (v, width, sep) in [
+        (y, 4, '-'),
+        (m, 2, '-'),
+        (d, 2, 'T'),
+        (rem / 3600, 2, ':'),
+        (rem / 60 % 60, 2, ':'),
+        (rem % 60, 2, '.'),
+    ] {
+        push_padded(buf, v, width);
+        buf.push(sep);
+    }
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days since the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tracing_subscriber::prelude::*;
+
+    /// Records each `write` apart, to count them.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn writes(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+
+        fn parsed(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().concat()).unwrap();
+            assert!(text.is_empty() || text.ends_with('\n'));
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect()
+        }
+    }
+
+    fn lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let sink = Sink::default();
+        let w = sink.clone();
+        let subscriber = tracing_subscriber::registry().with(QueryLog::new(move || w.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        sink.parsed()
+    }
+
+    fn statement(n: usize, text: &str) {
+        tracing::info!(target: "hexon_sql::query", n, statement = text, "statement");
+    }
+
+    /// Run `f` on a thread of its own with a batched query log (`f` sees
+    /// the sink as it goes); the sink once the thread has ended.
+    fn batched(f: impl FnOnce(&Sink) + Send + 'static) -> Sink {
+        let sink = Sink::default();
+        let (w, inner) = (sink.clone(), sink.clone());
+        std::thread::spawn(move || {
+            let layer = QueryLog::new(move || w.clone()).batched();
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::with_default(subscriber, || f(&inner));
+        })
+        .join()
+        .unwrap();
+        sink
+    }
+
+    #[test]
+    fn batched_lines_wait_for_flush_and_go_out_in_one_write() {
+        let sink = batched(|sink| {
+            for n in 0..3 {
+                statement(n, "SELECT 1");
+            }
+            assert_eq!(sink.writes(), 0, "nothing before the flush");
+            flush();
+            assert_eq!(sink.writes(), 1, "one write for the three");
+            flush();
+            assert_eq!(sink.writes(), 1, "an empty batch writes nothing");
+            statement(3, "SELECT 2");
+        });
+        // The thread's end wrote the last one.
+        assert_eq!(sink.writes(), 2);
+        let got = sink.parsed();
+        let ns: Vec<_> = got.iter().map(|l| l["n"].as_u64().unwrap()).collect();
+        assert_eq!(ns, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn no_batch_passes_pipe_buf_and_none_splits_a_line() {
+        let filler = "x".repeat(200);
+        let sink = batched(move |_| {
+            for n in 0..100 {
+                statement(n, &filler);
+            }
+            statement(100, &"y".repeat(3 * BATCH));
+            statement(101, "SELECT 1");
+        });
+        let writes = sink.0.lock().unwrap().clone();
+        assert!(writes.len() > 5, "{} writes", writes.len());
+        for w in &writes {
+            assert!(w.ends_with(b"\n"), "a write ends a line");
+            let long = w.len() > BATCH;
+            // Only the long line goes out past the limit, and alone.
+            assert!(!long || w.iter().filter(|&&c| c == b'\n').count() == 1);
+        }
+        let ns: Vec<_> = sink
+            .parsed()
+            .iter()
+            .map(|l| l["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, (0..102).collect::<Vec<_>>(), "all, in order");
+    }
+
+    #[test]
+    fn a_statement_is_one_json_line_with_every_field() {
+        let hostile = "SELECT '\"\\\n\r\t\u{0}\u{1f}\u{7f}é😀', 1 -- }\n{\"user\":\"root\"}";
+        let got = lines(|| {
+            tracing::info!(
+                target: "hexon_sql::query",
+                user = "alice",
+                database = "app",
+                statement = hostile,
+                duration_us = 12u64,
+                rows = 3u64,
+                refused = false,
+                offset = -4i64,
+                "statement"
+            );
+            tracing::info!(target: "other", "not the query log");
+        });
+        assert_eq!(got.len(), 1);
+        let l = &got[0];
+        assert_eq!(l["user"], "alice");
+        assert_eq!(l["database"], "app");
+        assert_eq!(l["statement"], hostile);
+        assert_eq!(l["duration_us"], 12);
+        assert_eq!(l["rows"], 3);
+        assert_eq!(l["refused"], false);
+        assert_eq!(l["offset"], -4);
+        assert_eq!(l["message"], "statement");
+        assert_eq!(l["level"], "INFO");
+        let ts = l["ts"].as_str().unwrap();
+        assert_eq!(ts.len(), "2026-12-06T00:41:07.123456Z".len(), "{ts}");
+        assert!(ts.starts_with("20") && ts.ends_with('Z'), "{ts}");
+    }
+
+    #[test]
+    fn strings_escape_as_json() {
+        for s in [
+            "",
+            "plain",
+            "a\"b",
+            "\\",
+            "\u{0}\u{8}\u{c}\u{1b}",
+            "ünï😀",
+            "\n\n",
+        ] {
+            let mut buf = String::new();
+            push_json_str(&mut buf, s);
+            let back: String = serde_json::from_str(&buf).unwrap();
+            assert_eq!(back, s, "{buf}");
+            assert!(!buf.bytes().any(|b| b < 0x20), "{buf:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text, hostile or not, is one JSON string that reads back as
+        /// itself and holds no raw control character (so no line break).
+        #[test]
+        fn any_text_round_trips(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut buf = String::new();
+            push_json_str(&mut buf, &s);
+            let back: String = serde_json::from_str(&buf).unwrap();
+            proptest::prop_assert_eq!(back, s);
+            proptest::prop_assert!(!buf.bytes().any(|b| b < 0x20));
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time search finds what a byte-at-a-time one does.
+        #[test]
+        fn the_escape_search_agrees_with_a_plain_scan(
+            b in proptest::collection::vec(proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(vec![b'a', b' ', b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80]),
+            ], 0..64)
+        ) {
+            proptest::prop_assert_eq!(
+                first_escape(&b),
+                b.iter().position(|&c| needs_escape(c))
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |secs: u64, micros: u32| {
+            let mut buf = String::new();
+            push_timestamp(
+                &mut buf,
+                UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000),
+            );
+            buf
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        // The cached seconds are those of the time asked for.
+        assert_eq!(at(0, 5), "1970-01-01T00:00:00.000005Z");
+        assert_eq!(at(1, 0), "1970-01-01T00:00:01.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_796_517_667, 123_456), "2026-12-06T00:41:07.123456Z");
+        assert_eq!(at(4_102_444_799, 999_999), "2099-12-31T23:59:59.999999Z");
+    }
+}
