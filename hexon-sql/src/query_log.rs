@@ -7,15 +7,20 @@
 //! instructions per statement under `pgbench`, nearly twice the bastion's
 //! whole work on a cached statement. This layer writes the same fields as
 //! one JSON object per line, escaping strings in runs, into a buffer reused
-//! per thread, with one `write_all` per statement: about 5,500
-//! instructions, most of them `tracing`'s own dispatch and the timestamp
-//! (docs/BENCHMARKS.md, "2026-12-06").
+//! per thread: about 4,500 instructions per statement with `tracing`'s
+//! dispatch and the clock reads, 225 ns for the line itself
+//! (docs/BENCHMARKS.md, "2026-12-06: the query log"). Batched
+//! ([`QueryLog::batched`], as `hexon serve` runs it), a thread's lines go
+//! out in one `write` when it runs out of work.
 //!
 //! ```no_run
 //! use tracing_subscriber::prelude::*;
 //! tracing_subscriber::registry()
-//!     .with(hexon_sql::query_log::QueryLog::new(std::io::stderr))
+//!     .with(hexon_sql::query_log::QueryLog::new(std::io::stderr).batched())
 //!     .init();
+//! // Sessions on a runtime of your own (`session_threads = 0`) also need
+//! // `tokio::runtime::Builder::on_thread_park(hexon_sql::query_log::flush)`;
+//! // the bastion's session threads call it themselves.
 //! ```
 //!
 //! A line: `{"ts":"2026-12-06T00:41:07.123456Z","level":"INFO",
