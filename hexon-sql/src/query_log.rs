@@ -49,6 +49,10 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// keeps whole beside other writers' lines.
 const BATCH: usize = 4096;
 
+/// A batch whose first line is older than this is written with the next
+/// line, whether or not its thread went idle in between.
+const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Where a batched layer's lines go: its writer, type-erased so that the
 /// per-thread batch can hold it.
 type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
@@ -58,19 +62,25 @@ type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 struct Batch {
     lines: String,
     sink: Option<Sink>,
+    /// When the first line of `lines` was logged.
+    since: Option<SystemTime>,
 }
 
 impl Batch {
     fn write_out(&mut self) {
+        // Taken out first: a writer that panics loses this batch rather
+        // than leaving it to be written again.
+        let mut lines = std::mem::take(&mut self.lines);
         if let Some(sink) = &self.sink
-            && !self.lines.is_empty()
+            && !lines.is_empty()
         {
-            sink(self.lines.as_bytes());
+            sink(lines.as_bytes());
         }
-        self.lines.clear();
-        if self.lines.capacity() > KEEP_BUFFER {
-            self.lines = String::new();
+        lines.clear();
+        if lines.capacity() <= KEEP_BUFFER {
+            self.lines = lines;
         }
+        self.since = None;
     }
 }
 
@@ -118,16 +128,24 @@ where
 
     /// Batch lines per thread: a thread's lines wait in its buffer until
     /// the thread calls [`flush`] (the bastion's session threads do each
-    /// time they run out of work), the batch would pass 4 KiB, or the
-    /// thread ends; then they go out in one `write_all`. Under load that is
-    /// one write for many statements instead of one each.
+    /// time they run out of work), the batch would pass 4 KiB, a line comes
+    /// 100 ms or more after the batch's first, or the thread ends; then
+    /// they go out in one `write_all`. Under load that is one write for
+    /// many statements instead of one each.
     ///
-    /// The cost: lines reach the writer when their thread goes idle rather
-    /// than at once (a busy thread goes idle within milliseconds), and a
-    /// process killed mid-batch loses that thread's batch. Events logged on
-    /// threads that never call [`flush`] wait until the batch fills or the
-    /// thread ends: give such runtimes
-    /// `Builder::on_thread_park(hexon_sql::query_log::flush)`.
+    /// The costs:
+    /// - a line reaches the writer when its thread goes idle rather than at
+    ///   once; a thread that stays busy without logging more holds its
+    ///   last lines until it does;
+    /// - a process that exits or is killed while a thread holds a batch
+    ///   loses it (at most 4 KiB per thread: threads flush each time they
+    ///   go idle);
+    /// - on a work-stealing runtime a session's task can move between
+    ///   threads, so its lines can come out of order (each has its `ts`);
+    ///   the bastion's session threads never move a session;
+    /// - events logged on threads that never call [`flush`] wait for the
+    ///   conditions above: give such runtimes
+    ///   `Builder::on_thread_park(hexon_sql::query_log::flush)`.
     #[must_use]
     pub fn batched(mut self) -> Self {
         let make_writer = self.make_writer.clone();
@@ -142,7 +160,8 @@ where
 /// [`QueryLog::batched`]); nothing to do when there are none. Cheap enough
 /// to call each time a thread parks.
 pub fn flush() {
-    BATCH_LINES.with(|b| {
+    // `try_with`: a thread being torn down has nothing left to flush.
+    let _ = BATCH_LINES.try_with(|b| {
         if let Ok(mut b) = b.try_borrow_mut()
             && !b.lines.is_empty()
         {
@@ -170,29 +189,35 @@ where
         {
             return;
         }
-        LINE.with(|line| {
-            // A re-entrant event (a writer that logs) gets a line of its own.
-            let mut owned = String::new();
-            let mut guard = line.try_borrow_mut();
-            let buf = match guard.as_mut() {
-                Ok(b) => &mut **b,
-                Err(_) => &mut owned,
-            };
+        let write_line = |buf: &mut String| {
             buf.clear();
             format_line(buf, event);
             let _ = self.make_writer.make_writer().write_all(buf.as_bytes());
-            if buf.capacity() > KEEP_BUFFER {
-                *buf = String::new();
+        };
+        // A re-entrant event (a writer that logs), or one logged while the
+        // thread is torn down, gets a buffer of its own.
+        let reused = LINE.try_with(|line| match line.try_borrow_mut() {
+            Ok(mut buf) => {
+                write_line(&mut buf);
+                if buf.capacity() > KEEP_BUFFER {
+                    *buf = String::new();
+                }
+                true
             }
+            Err(_) => false,
         });
+        if reused != Ok(true) {
+            write_line(&mut String::new());
+        }
     }
 }
 
 /// Add `event`'s line to this thread's batch for `sink`, writing the batch
-/// out first or after as [`BATCH`] says; `false` when the batch is in use
-/// (an event logged by the sink itself), to write the line alone.
+/// out first or after as [`BATCH`] and [`BATCH_AGE`] say; `false` when the
+/// batch cannot be used (an event logged by the sink itself, or by a
+/// thread being torn down), to write the line alone.
 fn batch(sink: &Sink, event: &Event<'_>) -> bool {
-    BATCH_LINES.with(|b| {
+    let batched = BATCH_LINES.try_with(|b| {
         let Ok(mut b) = b.try_borrow_mut() else {
             return false;
         };
@@ -203,26 +228,44 @@ fn batch(sink: &Sink, event: &Event<'_>) -> bool {
             b.sink = Some(sink.clone());
         }
         let start = b.lines.len();
-        format_line(&mut b.lines, event);
-        if b.lines.len() > BATCH {
-            if start > 0 {
-                // The lines before this one, then this one begins the next
-                // batch (or goes out alone when it is that long itself).
-                sink(b.lines.get(..start).unwrap_or_default().as_bytes());
-                b.lines.drain(..start);
-            }
-            if b.lines.len() > BATCH {
-                b.write_out();
-            }
+        let now = SystemTime::now();
+        // A `Debug` that panics half-way must not leave half a line for
+        // the next one to be appended to.
+        let formatted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            format_line_at(&mut b.lines, event, now);
+        }));
+        if let Err(panic) = formatted {
+            b.lines.truncate(start);
+            std::panic::resume_unwind(panic);
+        }
+        let mut since = *b.since.get_or_insert(now);
+        if b.lines.len() > BATCH && start > 0 {
+            // The lines before this one go out; this one begins the next
+            // batch.
+            let line = b.lines.split_off(start);
+            b.write_out();
+            b.lines = line;
+            b.since = Some(now);
+            since = now;
+        }
+        let stale = now.duration_since(since).is_ok_and(|age| age >= BATCH_AGE);
+        if b.lines.len() > BATCH || stale {
+            b.write_out();
         }
         true
-    })
+    });
+    batched == Ok(true)
 }
 
 /// One event as a JSON object and a newline.
 fn format_line(buf: &mut String, event: &Event<'_>) {
+    format_line_at(buf, event, SystemTime::now());
+}
+
+/// [`format_line`] with the time to write.
+fn format_line_at(buf: &mut String, event: &Event<'_>, now: SystemTime) {
     buf.push_str("{\"ts\":\"");
-    push_timestamp(buf, SystemTime::now());
+    push_timestamp(buf, now);
     buf.push_str("\",\"level\":\"");
     buf.push_str(event.metadata().level().as_str());
     buf.push('"');
@@ -282,7 +325,9 @@ impl std::fmt::Write for Escaping<'_> {
 }
 
 /// `s` as a JSON string: quotes, backslashes and control characters
-/// escaped (RFC 8259), the runs between them copied whole.
+/// escaped (RFC 8259), and DEL and the Unicode line breaks U+0085, U+2028
+/// and U+2029 too (readers such as Python's `splitlines` break lines
+/// there), the runs between them copied whole.
 pub(crate) fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
     push_escaped(buf, s);
@@ -295,27 +340,44 @@ fn push_escaped(buf: &mut String, s: &str) {
     let mut run = 0;
     while let Some(at) = b.get(run..).and_then(first_escape) {
         let i = run + at;
-        // `run` and `i` are at ASCII bytes, so on character boundaries.
+        // `i` starts a character (an ASCII byte or a lead byte) and `run`
+        // follows one, so both are on character boundaries.
         buf.push_str(s.get(run..i).unwrap_or_default());
+        let len = escape_len(b, i).max(1);
         match b.get(i).copied().unwrap_or(0) {
             b'"' => buf.push_str("\\\""),
             b'\\' => buf.push_str("\\\\"),
             b'\n' => buf.push_str("\\n"),
             b'\r' => buf.push_str("\\r"),
             b'\t' => buf.push_str("\\t"),
+            0xC2 => buf.push_str("\\u0085"),
+            0xE2 if b.get(i + 2) == Some(&0xA8) => buf.push_str("\\u2028"),
+            0xE2 => buf.push_str("\\u2029"),
             c => {
                 buf.push_str("\\u00");
                 push_hex_byte(buf, c);
             }
         }
-        run = i + 1;
+        run = i + len;
     }
     buf.push_str(s.get(run..).unwrap_or_default());
 }
 
-/// Where the first byte to escape is: eight bytes at a time (SWAR), since
-/// a statement is mostly bytes that need none. `serde_json` and `memchr`
-/// have no search for this set of bytes.
+/// How many bytes at `b[i..]` make one thing to escape: 1 for a byte of
+/// [`needs_escape`], 2 for U+0085, 3 for U+2028 and U+2029; 0 for none.
+#[inline(always)]
+fn escape_len(b: &[u8], i: usize) -> usize {
+    match b.get(i).copied() {
+        Some(c) if needs_escape(c) => 1,
+        Some(0xC2) if b.get(i + 1) == Some(&0x85) => 2,
+        Some(0xE2) if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xA8 | 0xA9)) => 3,
+        _ => 0,
+    }
+}
+
+/// Where the first thing to escape ([`escape_len`]) starts: eight bytes at
+/// a time (SWAR), since a statement is mostly bytes that need nothing.
+/// `serde_json` and `memchr` have no search for this set.
 fn first_escape(b: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -323,32 +385,32 @@ fn first_escape(b: &[u8]) -> Option<usize> {
     // word as a whole, which is all that is asked of it here.
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
     let zero = |x: u64| below(x, 1);
-    let mut chunks = b.chunks_exact(8);
     let mut at = 0;
-    for chunk in &mut chunks {
+    while let Some(chunk) = b.get(at..at + 8) {
         let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
             break;
         };
         let w = u64::from_le_bytes(bytes);
+        // Candidates: the bytes to escape, and the lead bytes of the three
+        // line breaks (confirmed one by one).
         let hit = below(w, 0x20)
             | zero(w ^ (ONES * u64::from(b'"')))
             | zero(w ^ (ONES * u64::from(b'\\')))
-            | zero(w ^ (ONES * 0x7f));
+            | zero(w ^ (ONES * 0x7f))
+            | zero(w ^ (ONES * 0xC2))
+            | zero(w ^ (ONES * 0xE2));
         if hit != 0
-            && let Some(p) = chunk.iter().position(|&c| needs_escape(c))
+            && let Some(p) = (at..at + 8).find(|&p| escape_len(b, p) > 0)
         {
-            return Some(at + p);
+            return Some(p);
         }
         at += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| needs_escape(c))
-        .map(|p| at + p)
+    (at..b.len()).find(|&p| escape_len(b, p) > 0)
 }
 
-/// The bytes [`push_json_str`] escapes: `"`, `\`, controls and DEL.
+/// The bytes [`push_json_str`] escapes on their own: `"`, `\`, controls
+/// and DEL.
 #[inline(always)]
 fn needs_escape(c: u8) -> bool {
     c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f
@@ -382,7 +444,7 @@ fn push_timestamp(buf: &mut String, now: SystemTime) {
     }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    SECOND.with(|cached| match cached.try_borrow_mut() {
+    let cached = SECOND.try_with(|cached| match cached.try_borrow_mut() {
         Ok(mut cached) => {
             if cached.0 != secs {
                 cached.1.clear();
@@ -390,9 +452,13 @@ fn push_timestamp(buf: &mut String, now: SystemTime) {
                 cached.0 = secs;
             }
             buf.push_str(&cached.1);
+            true
         }
-        Err(_) => push_seconds(buf, secs),
+        Err(_) => false,
     });
+    if cached != Ok(true) {
+        push_seconds(buf, secs);
+    }
     push_padded(buf, u64::from(since.subsec_micros()), 6);
     buf.push('Z');
 }
@@ -511,6 +577,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_batch_goes_out_with_the_next_line() {
+        let sink = batched(|sink| {
+            statement(0, "SELECT 1");
+            std::thread::sleep(BATCH_AGE + std::time::Duration::from_millis(20));
+            statement(1, "SELECT 2");
+            assert_eq!(sink.writes(), 1, "both, without a flush");
+        });
+        assert_eq!(sink.parsed().len(), 2);
+    }
+
+    #[test]
+    fn a_line_that_panics_half_way_leaves_nothing_behind() {
+        struct Panics;
+        impl std::fmt::Debug for Panics {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                panic!("a Debug that panics")
+            }
+        }
+        let sink = batched(|_| {
+            statement(0, "SELECT 1");
+            let r = std::panic::catch_unwind(|| {
+                tracing::info!(target: "hexon_sql::query", n = 1u64, bad = ?Panics, "statement");
+            });
+            assert!(r.is_err());
+            statement(2, "SELECT 2");
+        });
+        let ns: Vec<_> = sink
+            .parsed()
+            .iter()
+            .map(|l| l["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, [0, 2]);
+    }
+
+    #[test]
     fn no_batch_passes_pipe_buf_and_none_splits_a_line() {
         let filler = "x".repeat(200);
         let sink = batched(move |_| {
@@ -579,25 +680,43 @@ mod tests {
             "\u{0}\u{8}\u{c}\u{1b}",
             "ünï😀",
             "\n\n",
+            "a\u{2028}b\u{85}c\u{2029}d",
+            "\u{2028}",
         ] {
             let mut buf = String::new();
             push_json_str(&mut buf, s);
             let back: String = serde_json::from_str(&buf).unwrap();
             assert_eq!(back, s, "{buf}");
-            assert!(!buf.bytes().any(|b| b < 0x20), "{buf:?}");
+            assert!(one_line(&buf), "{buf:?}");
         }
+        // Other characters with the same lead bytes pass through as they are.
+        let mut buf = String::new();
+        push_json_str(&mut buf, "…€°£\u{a0}\u{2027}\u{202a}");
+        assert_eq!(buf, "\"…€°£\u{a0}\u{2027}\u{202a}\"");
+        let mut buf = String::new();
+        push_json_str(&mut buf, "x\u{2028}y\u{85}");
+        assert_eq!(buf, r#""x\u2028y\u0085""#);
+    }
+
+    /// No raw character any common reader takes for a line break.
+    fn one_line(json: &str) -> bool {
+        !json
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
     }
 
     proptest::proptest! {
         /// Any text, hostile or not, is one JSON string that reads back as
-        /// itself and holds no raw control character (so no line break).
+        /// itself and holds no raw control character or line break.
         #[test]
-        fn any_text_round_trips(s in "\\PC*|[\\x00-\\x7f]*") {
+        fn any_text_round_trips(
+            s in "\\PC*|[\\x00-\\x7f]*|[a\"\\\\\n\u{85}\u{a0}\u{2026}\u{2028}\u{2029}]*"
+        ) {
             let mut buf = String::new();
             push_json_str(&mut buf, &s);
             let back: String = serde_json::from_str(&buf).unwrap();
             proptest::prop_assert_eq!(back, s);
-            proptest::prop_assert!(!buf.bytes().any(|b| b < 0x20));
+            proptest::prop_assert!(one_line(&buf), "{:?}", buf);
         }
     }
 
@@ -607,12 +726,14 @@ mod tests {
         fn the_escape_search_agrees_with_a_plain_scan(
             b in proptest::collection::vec(proptest::prop_oneof![
                 proptest::num::u8::ANY,
-                proptest::sample::select(vec![b'a', b' ', b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80]),
+                proptest::sample::select(vec![
+                    b'a', b' ', b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80, 0x85, 0xA8, 0xA9, 0xC2, 0xE2,
+                ]),
             ], 0..64)
         ) {
             proptest::prop_assert_eq!(
                 first_escape(&b),
-                b.iter().position(|&c| needs_escape(c))
+                (0..b.len()).find(|&p| escape_len(&b, p) > 0)
             );
         }
     }
