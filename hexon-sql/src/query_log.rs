@@ -7,7 +7,7 @@
 //! instructions per statement under `pgbench`, nearly twice the bastion's
 //! whole work on a cached statement. This layer writes the same fields as
 //! one JSON object per line, escaping strings in runs, into a buffer reused
-//! per thread: about 4,500 instructions per statement with `tracing`'s
+//! per thread: about 5,000 instructions per statement with `tracing`'s
 //! dispatch and the clock reads, 225 ns for the line itself
 //! (docs/BENCHMARKS.md, "2026-12-06: the query log"). Batched
 //! ([`QueryLog::batched`], as `hexon serve` runs it), a thread's lines go
@@ -375,24 +375,36 @@ fn escape_len(b: &[u8], i: usize) -> usize {
     }
 }
 
-/// Where the first thing to escape ([`escape_len`]) starts: eight bytes at
-/// a time (SWAR), since a statement is mostly bytes that need nothing.
-/// `serde_json` and `memchr` have no search for this set.
+/// Where the first thing to escape ([`escape_len`]) starts.
 fn first_escape(b: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = next_candidate(b, from) {
+        if escape_len(b, p) > 0 {
+            return Some(p);
+        }
+        from = p + 1;
+    }
+    None
+}
+
+/// The first byte at or after `from` that may start something to escape
+/// (a byte of [`needs_escape`], or the lead byte of a line break), eight
+/// bytes at a time (SWAR), since a statement is mostly bytes that need
+/// nothing. `serde_json` and `memchr` have no search for this set.
+fn next_candidate(b: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Non-zero when a byte of `x` is below `n` (n <= 128): exact for the
     // word as a whole, which is all that is asked of it here.
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
     let zero = |x: u64| below(x, 1);
-    let mut at = 0;
+    let candidate = |c: u8| needs_escape(c) || c == 0xC2 || c == 0xE2;
+    let mut at = from;
     while let Some(chunk) = b.get(at..at + 8) {
         let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
             break;
         };
         let w = u64::from_le_bytes(bytes);
-        // Candidates: the bytes to escape, and the lead bytes of the three
-        // line breaks (confirmed one by one).
         let hit = below(w, 0x20)
             | zero(w ^ (ONES * u64::from(b'"')))
             | zero(w ^ (ONES * u64::from(b'\\')))
@@ -400,13 +412,16 @@ fn first_escape(b: &[u8]) -> Option<usize> {
             | zero(w ^ (ONES * 0xC2))
             | zero(w ^ (ONES * 0xE2));
         if hit != 0
-            && let Some(p) = (at..at + 8).find(|&p| escape_len(b, p) > 0)
+            && let Some(p) = chunk.iter().position(|&c| candidate(c))
         {
-            return Some(p);
+            return Some(at + p);
         }
         at += 8;
     }
-    (at..b.len()).find(|&p| escape_len(b, p) > 0)
+    b.get(at..)?
+        .iter()
+        .position(|&c| candidate(c))
+        .map(|p| at + p)
 }
 
 /// The bytes [`push_json_str`] escapes on their own: `"`, `\`, controls
