@@ -8,7 +8,7 @@
 //! whole work on a cached statement. This layer writes the same fields as
 //! one JSON object per line, escaping strings in runs, into a buffer reused
 //! per thread: about 5,000 instructions per statement with `tracing`'s
-//! dispatch and the clock reads, 225 ns for the line itself
+//! dispatch and the clock reads, about 250 ns for the line itself
 //! (docs/BENCHMARKS.md, "2026-12-06: the query log"). Batched
 //! ([`QueryLog::batched`], as `hexon serve` runs it), a thread's lines go
 //! out in one `write` when it runs out of work.
