@@ -35,13 +35,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::FilterFn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 
 /// The target of the bastion's per-statement events.
 pub const TARGET: &str = "hexon_sql::query";
 
-/// Lines longer than this are not kept in the per-thread buffer afterwards.
+/// A thread's buffer is not kept after holding more than this.
 const KEEP_BUFFER: usize = 64 * 1024;
 
 /// A batch is written before it would grow past this: `PIPE_BUF` on Linux,
@@ -53,8 +54,8 @@ const BATCH: usize = 4096;
 /// line, whether or not its thread went idle in between.
 const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Where a batched layer's lines go: its writer, type-erased so that the
-/// per-thread batch can hold it.
+/// Where a layer's lines go: its writer, type-erased so that the
+/// per-thread buffer can hold it.
 type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// This thread's lines not yet written, and where they go.
@@ -67,6 +68,42 @@ struct Batch {
 }
 
 impl Batch {
+    /// Add `event`'s line for `sink`, and write out what the batch holds
+    /// when it is not `batched` or as [`BATCH`] and [`BATCH_AGE`] say.
+    fn add(&mut self, sink: &Sink, event: &Event<'_>, batched: bool) {
+        // Another layer's lines (a second subscriber on this thread) go to
+        // their own writer first.
+        if !self.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, sink)) {
+            self.write_out();
+            self.sink = Some(sink.clone());
+        }
+        let start = self.lines.len();
+        let now = SystemTime::now();
+        // A `Debug` that panics half-way must not leave half a line for
+        // the next one to be appended to.
+        let formatted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            format_line(&mut self.lines, event, now);
+        }));
+        if let Err(panic) = formatted {
+            self.lines.truncate(start);
+            std::panic::resume_unwind(panic);
+        }
+        let mut since = *self.since.get_or_insert(now);
+        if self.lines.len() > BATCH && start > 0 {
+            // The lines before this one go out; this one begins the next
+            // batch.
+            let line = self.lines.split_off(start);
+            self.write_out();
+            self.lines = line;
+            self.since = Some(now);
+            since = now;
+        }
+        let stale = now.duration_since(since).is_ok_and(|age| age >= BATCH_AGE);
+        if !batched || self.lines.len() > BATCH || stale {
+            self.write_out();
+        }
+    }
+
     fn write_out(&mut self) {
         // Taken out first: a writer that panics loses this batch rather
         // than leaving it to be written again.
@@ -92,37 +129,38 @@ impl Drop for Batch {
 }
 
 thread_local! {
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
     static BATCH_LINES: RefCell<Batch> = RefCell::new(Batch::default());
 }
 
-/// The layer: events of [`TARGET`] as JSON lines to `W`'s writers; other
-/// events are left to the other layers (filter them out of those, or the
-/// query log is written twice).
-pub struct QueryLog<W> {
-    make_writer: Arc<W>,
+/// The layer: events of [`TARGET`] as JSON lines to a writer; other
+/// events are left to the other layers (give those [`other_events`], or
+/// the query log is written twice).
+pub struct QueryLog {
+    sink: Sink,
     /// Set by [`batched`](Self::batched).
-    sink: Option<Sink>,
+    batched: bool,
 }
 
-impl<W> std::fmt::Debug for QueryLog<W> {
+impl std::fmt::Debug for QueryLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryLog")
-            .field("batched", &self.sink.is_some())
+            .field("batched", &self.batched)
             .finish_non_exhaustive()
     }
 }
 
-impl<W> QueryLog<W>
-where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
-{
+impl QueryLog {
     /// Write to `make_writer` (`std::io::stderr`, a file behind a mutex, a
     /// non-blocking writer), one `write_all` per line.
-    pub fn new(make_writer: W) -> Self {
+    pub fn new<W>(make_writer: W) -> Self
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
         Self {
-            make_writer: Arc::new(make_writer),
-            sink: None,
+            sink: Arc::new(move |bytes: &[u8]| {
+                let _ = make_writer.make_writer().write_all(bytes);
+            }),
+            batched: false,
         }
     }
 
@@ -148,10 +186,7 @@ where
     ///   `Builder::on_thread_park(hexon_sql::query_log::flush)`.
     #[must_use]
     pub fn batched(mut self) -> Self {
-        let make_writer = self.make_writer.clone();
-        self.sink = Some(Arc::new(move |bytes: &[u8]| {
-            let _ = make_writer.make_writer().write_all(bytes);
-        }));
+        self.batched = true;
         self
     }
 }
@@ -170,100 +205,44 @@ pub fn flush() {
     });
 }
 
-/// Whether `meta` is a query-log event (for the filters of other layers).
+/// Whether `meta` is a query-log event.
 pub fn is_query_log(meta: &tracing::Metadata<'_>) -> bool {
     meta.target() == TARGET
 }
 
-impl<S, W> Layer<S> for QueryLog<W>
-where
-    S: Subscriber,
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
-{
+/// A per-layer filter for the other layers of a subscriber that has a
+/// [`QueryLog`]: everything but the query log.
+pub fn other_events() -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
+    fn other(meta: &tracing::Metadata<'_>) -> bool {
+        !is_query_log(meta)
+    }
+    FilterFn::new(other)
+}
+
+impl<S: Subscriber> Layer<S> for QueryLog {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         if !is_query_log(event.metadata()) {
             return;
         }
-        if let Some(sink) = &self.sink
-            && batch(sink, event)
-        {
-            return;
-        }
-        let write_line = |buf: &mut String| {
-            buf.clear();
-            format_line(buf, event);
-            let _ = self.make_writer.make_writer().write_all(buf.as_bytes());
-        };
-        // A re-entrant event (a writer that logs), or one logged while the
-        // thread is torn down, gets a buffer of its own.
-        let reused = LINE.try_with(|line| match line.try_borrow_mut() {
-            Ok(mut buf) => {
-                write_line(&mut buf);
-                if buf.capacity() > KEEP_BUFFER {
-                    *buf = String::new();
-                }
+        let added = BATCH_LINES.try_with(|b| match b.try_borrow_mut() {
+            Ok(mut b) => {
+                b.add(&self.sink, event, self.batched);
                 true
             }
             Err(_) => false,
         });
-        if reused != Ok(true) {
-            write_line(&mut String::new());
+        // A re-entrant event (a writer that logs), or one logged while the
+        // thread is torn down, is written alone.
+        if added != Ok(true) {
+            let mut line = String::new();
+            format_line(&mut line, event, SystemTime::now());
+            (self.sink)(line.as_bytes());
         }
     }
 }
 
-/// Add `event`'s line to this thread's batch for `sink`, writing the batch
-/// out first or after as [`BATCH`] and [`BATCH_AGE`] say; `false` when the
-/// batch cannot be used (an event logged by the sink itself, or by a
-/// thread being torn down), to write the line alone.
-fn batch(sink: &Sink, event: &Event<'_>) -> bool {
-    let batched = BATCH_LINES.try_with(|b| {
-        let Ok(mut b) = b.try_borrow_mut() else {
-            return false;
-        };
-        // Another layer's lines (a second subscriber on this thread) go to
-        // their own writer first.
-        if !b.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, sink)) {
-            b.write_out();
-            b.sink = Some(sink.clone());
-        }
-        let start = b.lines.len();
-        let now = SystemTime::now();
-        // A `Debug` that panics half-way must not leave half a line for
-        // the next one to be appended to.
-        let formatted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            format_line_at(&mut b.lines, event, now);
-        }));
-        if let Err(panic) = formatted {
-            b.lines.truncate(start);
-            std::panic::resume_unwind(panic);
-        }
-        let mut since = *b.since.get_or_insert(now);
-        if b.lines.len() > BATCH && start > 0 {
-            // The lines before this one go out; this one begins the next
-            // batch.
-            let line = b.lines.split_off(start);
-            b.write_out();
-            b.lines = line;
-            b.since = Some(now);
-            since = now;
-        }
-        let stale = now.duration_since(since).is_ok_and(|age| age >= BATCH_AGE);
-        if b.lines.len() > BATCH || stale {
-            b.write_out();
-        }
-        true
-    });
-    batched == Ok(true)
-}
-
-/// One event as a JSON object and a newline.
-fn format_line(buf: &mut String, event: &Event<'_>) {
-    format_line_at(buf, event, SystemTime::now());
-}
-
-/// [`format_line`] with the time to write.
-fn format_line_at(buf: &mut String, event: &Event<'_>, now: SystemTime) {
+/// One event as a JSON object and a newline, stamped `now`.
+fn format_line(buf: &mut String, event: &Event<'_>, now: SystemTime) {
     buf.push_str("{\"ts\":\"");
     push_timestamp(buf, now);
     buf.push_str("\",\"level\":\"");
@@ -338,12 +317,10 @@ pub(crate) fn push_json_str(buf: &mut String, s: &str) {
 fn push_escaped(buf: &mut String, s: &str) {
     let b = s.as_bytes();
     let mut run = 0;
-    while let Some(at) = b.get(run..).and_then(first_escape) {
-        let i = run + at;
+    while let Some((i, len)) = first_escape(b, run) {
         // `i` starts a character (an ASCII byte or a lead byte) and `run`
         // follows one, so both are on character boundaries.
         buf.push_str(s.get(run..i).unwrap_or_default());
-        let len = escape_len(b, i).max(1);
         match b.get(i).copied().unwrap_or(0) {
             b'"' => buf.push_str("\\\""),
             b'\\' => buf.push_str("\\\\"),
@@ -375,12 +352,13 @@ fn escape_len(b: &[u8], i: usize) -> usize {
     }
 }
 
-/// Where the first thing to escape ([`escape_len`]) starts.
-fn first_escape(b: &[u8]) -> Option<usize> {
-    let mut from = 0;
+/// Where the first thing to escape ([`escape_len`]) at or after `from`
+/// starts, and its length.
+fn first_escape(b: &[u8], mut from: usize) -> Option<(usize, usize)> {
     while let Some(p) = next_candidate(b, from) {
-        if escape_len(b, p) > 0 {
-            return Some(p);
+        let len = escape_len(b, p);
+        if len > 0 {
+            return Some((p, len));
         }
         from = p + 1;
     }
@@ -747,7 +725,7 @@ mod tests {
             ], 0..64)
         ) {
             proptest::prop_assert_eq!(
-                first_escape(&b),
+                first_escape(&b, 0).map(|(p, _)| p),
                 (0..b.len()).find(|&p| escape_len(&b, p) > 0)
             );
         }

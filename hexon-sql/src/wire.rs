@@ -420,7 +420,7 @@ pub(crate) struct LogSubject<'a> {
 /// Log a refused statement (target `hexon_sql::query`).
 pub(crate) fn log_refused(who: &LogSubject<'_>, r: &Refusal, statement: &str) {
     tracing::info!(
-        target: "hexon_sql::query",
+        target: crate::query_log::TARGET,
         user = who.identity.username(),
         database = who.database,
         role = who.role,
@@ -450,7 +450,7 @@ pub(crate) enum Outcome {
 /// when the query log is off, so that no statement reads the clock for a
 /// log nobody reads (a statement that starts while it is off logs 0).
 pub(crate) fn log_start() -> Option<Instant> {
-    tracing::enabled!(target: "hexon_sql::query", tracing::Level::INFO).then(Instant::now)
+    tracing::enabled!(target: crate::query_log::TARGET, tracing::Level::INFO).then(Instant::now)
 }
 
 /// Log an admitted statement once its results are relayed.
@@ -465,7 +465,7 @@ pub(crate) fn log_admitted(
         u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
     });
     tracing::info!(
-        target: "hexon_sql::query",
+        target: crate::query_log::TARGET,
         user = who.identity.username(),
         database = who.database,
         role = who.role,

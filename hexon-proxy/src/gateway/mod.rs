@@ -118,9 +118,7 @@ pub fn init_logging() {
     #[cfg(feature = "sql")]
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(text.with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            !hexon_sql::query_log::is_query_log(m)
-        })))
+        .with(text.with_filter(hexon_sql::query_log::other_events()))
         .with(hexon_sql::query_log::QueryLog::new(std::io::stderr).batched())
         .try_init();
     #[cfg(not(feature = "sql"))]
