@@ -91,13 +91,14 @@ pub struct Config {
     pub state: StateConfig,
     /// `[sql]`: the SQL bastion, kept as TOML (after `${VAR}`
     /// substitution): `hexon-sql` validates it and the gateway runs it.
-    /// Not part of the effective-values dump (it holds database
-    /// passwords).
+    /// Skipped by `Serialize` (it holds database passwords);
+    /// [`Config::non_default_values`] shows it redacted.
     #[serde(skip)]
     pub sql: Option<toml::Table>,
     /// `[ca]`: the certificate authority (and `[ca.acme]`, its ACME
     /// server), kept as TOML: `hexon-ca` validates it and the gateway runs
-    /// it. Not part of the effective-values dump (it may hold EAB keys).
+    /// it. Skipped by `Serialize` (it may hold EAB keys);
+    /// [`Config::non_default_values`] shows it redacted.
     #[serde(skip)]
     pub ca: Option<toml::Table>,
     /// `[login]`: the login host (hexon-idp). Unset: no login pages; browsers
@@ -1718,32 +1719,59 @@ impl Config {
         })
     }
 
-    /// The whole effective configuration (defaults filled in) as TOML.
+    /// The whole effective configuration (defaults filled in) as TOML: a
+    /// configuration that parses back to this one. It holds every secret as
+    /// written (database passwords in `[sql]`, keys, password hashes), so
+    /// it is for machines; show people [`Config::non_default_values`].
     pub fn effective_toml(&self) -> String {
-        let mut out =
-            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-        // The serializer leaves out empty tables, but an empty `[sql]` or
-        // `[ca]` still turns that part on (with its defaults).
-        for (name, table) in [("sql", &self.sql), ("ca", &self.ca)] {
-            if table.as_ref().is_some_and(toml::Table::is_empty) {
-                out.push_str(&format!("\n[{name}]\n"));
-            }
-        }
-        out
+        let Ok(toml::Value::Table(mut all)) = toml::Value::try_from(self) else {
+            return "# cannot render the configuration\n".to_owned();
+        };
+        self.insert_withheld(&mut all);
+        // (An empty `[sql]` or `[ca]` is kept: it turns that part on.)
+        toml::to_string_pretty(&all).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
     /// Every value that differs from its default, as `path = value` lines
-    /// (what `hexon check` prints). Values of keys that look secret are redacted.
+    /// (what `hexon check` prints), `[sql]` and `[ca]` included. Values of
+    /// keys that look secret are redacted, and so are URL credentials.
     pub fn non_default_values(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let (Ok(toml::Value::Table(me)), Ok(toml::Value::Table(def))) = (
+        let (Ok(toml::Value::Table(mut me)), Ok(toml::Value::Table(def))) = (
             toml::Value::try_from(self),
             toml::Value::try_from(Config::default()),
         ) else {
             return out;
         };
+        self.insert_withheld(&mut me);
         diff_table("", &me, &def, &mut out);
         out
+    }
+
+    /// What the serializer skips, because people must not see it unredacted
+    /// in a plain `Serialize` of the configuration: the `[sql]` and `[ca]`
+    /// tables, users' password hashes and the SMTP URL.
+    fn insert_withheld(&self, all: &mut toml::Table) {
+        for (name, table) in [("sql", &self.sql), ("ca", &self.ca)] {
+            if let Some(t) = table {
+                all.insert(name.to_owned(), toml::Value::Table(t.clone()));
+            }
+        }
+        if let Some(toml::Value::Array(users)) = all.get_mut("user") {
+            for (u, config) in users.iter_mut().zip(&self.users) {
+                if let (toml::Value::Table(u), Some(h)) = (u, &config.password_hash) {
+                    u.insert("password_hash".into(), toml::Value::String(h.clone()));
+                }
+            }
+        }
+        if let (Some(toml::Value::Table(login)), Some(config)) = (all.get_mut("login"), &self.login)
+        {
+            if let (Some(toml::Value::Table(email)), Some(e)) =
+                (login.get_mut("email"), &config.email)
+            {
+                email.insert("smtp_url".into(), toml::Value::String(e.smtp_url.clone()));
+            }
+        }
     }
 }
 

@@ -103,6 +103,37 @@ fn an_empty_sql_or_ca_table_survives_the_dump() {
 }
 
 #[test]
+fn sql_and_ca_tables_survive_the_dump_and_are_shown_redacted() {
+    // Found by the `config` fuzz target in CI (`sql.password_hash=2`): the
+    // dump dropped a non-empty `[sql]`, so it said the bastion was off.
+    let text = r#"
+[sql.postgres]
+listen = "127.0.0.1:6432"
+[[sql.databases]]
+name = "app"
+upstream = "db.internal:5432"
+[[sql.databases.roles]]
+name = "analyst"
+upstream_password = "hunter2"
+[ca]
+[ca.acme]
+eab_hmac_key = "c2VjcmV0"
+"#;
+    let c = Config::parse(text, &env).unwrap();
+    assert_eq!(Config::parse(&c.effective_toml(), &env).unwrap(), c);
+    let shown = c.non_default_values();
+    for line in [
+        "sql.postgres.listen = \"127.0.0.1:6432\"",
+        "sql.databases[0].name = \"app\"",
+        "sql.databases[0].roles[0].upstream_password = \"[redacted]\"",
+        "ca.acme.eab_hmac_key = \"[redacted]\"",
+    ] {
+        assert!(shown.contains(&line.to_owned()), "{line} in {shown:#?}");
+    }
+    assert!(!format!("{shown:?}").contains("hunter"), "{shown:#?}");
+}
+
+#[test]
 fn effective_dump_and_non_defaults() {
     let c = Config::parse(FULL, &env).unwrap();
     let effective = c.effective_toml();
@@ -713,12 +744,18 @@ password_hash = "$argon2id$v=19$m=19456,t=2,p=1$WwuEd60whWN1zMoJPS05xA$YPcnGN5MM
             .unwrap()
             .starts_with("$argon2id$v=19$")
     );
-    // Neither the hash nor the SMTP URL (it may hold a password) is printed.
-    let dump = c.effective_toml();
+    // Neither the hash nor the SMTP URL's password is printed...
+    let shown = c.non_default_values().join("\n");
     assert!(
-        !dump.contains("argon2id") && !dump.contains("secret@"),
-        "{dump}"
+        !shown.contains("argon2id") && !shown.contains("secret@"),
+        "{shown}"
     );
+    assert!(
+        shown.contains("login.email.smtp_url = \"smtps://[redacted]@mail.example.com:465\""),
+        "{shown}"
+    );
+    // ...but the machine dump keeps both, so it means the same.
+    assert_eq!(Config::parse(&c.effective_toml(), &env).unwrap(), c);
 
     let e = errors(
         r#"

@@ -1483,7 +1483,15 @@ fn check_validates_the_sql_section_with_locations() {
         &format!("{base}{}", sql_section_as(pg, my, "root", "hunter2")),
     );
     let out = hexon(&["check", "-c", p(&plain)]);
-    assert!(text(&out.stdout).contains("1 upstream_password value(s) in plain text"));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("1 upstream_password value(s) in plain text"));
+    // The [sql] values are printed, the password redacted.
+    assert!(
+        stdout.contains("sql.databases[1].upstream = \"127.0.0.1:3306\"")
+            && stdout.contains("sql.databases[1].roles[0].upstream_password = \"[redacted]\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
     let sealed = seal(&plain, "hunter2\n");
     assert!(sealed.status.success(), "{}", text(&sealed.stderr));
     let sealed = text(&sealed.stdout).trim().to_owned();
