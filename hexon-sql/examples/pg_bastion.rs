@@ -110,5 +110,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await;
+    hexon_sql::query_log::drain();
     Ok(())
 }

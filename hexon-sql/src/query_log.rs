@@ -11,7 +11,8 @@
 //! dispatch and the clock reads, about 250 ns for the line itself
 //! (docs/BENCHMARKS.md, "2026-12-06: the query log"). Batched
 //! ([`QueryLog::batched`], as `hexon serve` runs it), a thread's lines go
-//! out in one `write` when it runs out of work.
+//! to a writer thread when it runs out of work, which writes many threads'
+//! batches in a few `write`s every 20 ms.
 //!
 //! ```no_run
 //! use tracing_subscriber::prelude::*;
@@ -21,6 +22,8 @@
 //! // Sessions on a runtime of your own (`session_threads = 0`) also need
 //! // `tokio::runtime::Builder::on_thread_park(hexon_sql::query_log::flush)`;
 //! // the bastion's session threads call it themselves.
+//! // Before the process exits, the lines still waiting:
+//! hexon_sql::query_log::drain();
 //! ```
 //!
 //! A line: `{"ts":"2026-12-06T00:41:07.123456Z","level":"INFO",
@@ -30,8 +33,8 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -52,7 +55,7 @@ const BATCH: usize = 4096;
 
 /// A batch whose first line is older than this is written with the next
 /// line, whether or not its thread went idle in between.
-const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+const BATCH_AGE: Duration = Duration::from_millis(100);
 
 /// Where a layer's lines go: its writer, type-erased so that the
 /// per-thread buffer can hold it.
@@ -63,6 +66,9 @@ type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 struct Batch {
     lines: String,
     sink: Option<Sink>,
+    /// Whether the sink's layer is [`QueryLog::batched`]: its lines go to
+    /// the writer thread, not straight to the sink.
+    batched: bool,
     /// When the first line of `lines` was logged.
     since: Option<SystemTime>,
 }
@@ -77,6 +83,7 @@ impl Batch {
             self.write_out();
             self.sink = Some(sink.clone());
         }
+        self.batched = batched;
         let start = self.lines.len();
         let now = SystemTime::now();
         // A `Debug` that panics half-way must not leave half a line for
@@ -104,20 +111,27 @@ impl Batch {
         }
     }
 
+    /// Write out what the batch holds: hand it to the writer thread when
+    /// batched, else write it here.
     fn write_out(&mut self) {
+        self.since = None;
+        let Some(sink) = &self.sink else { return };
+        if self.lines.is_empty() {
+            return;
+        }
+        if self.batched {
+            let next = WRITER.hand_off(sink, std::mem::take(&mut self.lines));
+            self.lines = next;
+            return;
+        }
         // Taken out first: a writer that panics loses this batch rather
         // than leaving it to be written again.
         let mut lines = std::mem::take(&mut self.lines);
-        if let Some(sink) = &self.sink
-            && !lines.is_empty()
-        {
-            sink(lines.as_bytes());
-        }
+        sink(lines.as_bytes());
         lines.clear();
         if lines.capacity() <= KEEP_BUFFER {
             self.lines = lines;
         }
-        self.since = None;
     }
 }
 
@@ -130,6 +144,176 @@ impl Drop for Batch {
 
 thread_local! {
     static BATCH_LINES: RefCell<Batch> = RefCell::new(Batch::default());
+}
+
+/// How long the writer thread collects batches after the first arrives
+/// before it writes them.
+const WRITE_EVERY: Duration = Duration::from_millis(20);
+
+/// The writer thread's queue, for every batched layer of the process.
+///
+/// Session threads hand their batches over instead of writing them: a
+/// `write` to a file from a session thread cost about 1.5 µs of its CPU per
+/// statement under `pgbench` (one `write` of ~500 bytes per idle moment,
+/// most of it ext4's per-call work), where the writer thread writes
+/// [`WRITE_EVERY`] worth of batches in a few writes of up to [`BATCH`]
+/// bytes. A hand-over is a lock and a push; the writer is woken only when
+/// the queue was empty, so a busy process wakes it about once per
+/// [`WRITE_EVERY`] and an idle one never.
+struct Writer {
+    queue: Mutex<Queue>,
+    /// The queue got work, or a [`drain`] is waiting.
+    work: Condvar,
+    /// The writer wrote what it had taken.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    batches: Vec<(Sink, String)>,
+    /// Emptied buffers for the session threads to reuse.
+    spare: Vec<String>,
+    /// Batches handed over and written so far.
+    handed: u64,
+    written: u64,
+    /// A [`drain`] is waiting: write without collecting first.
+    urgent: bool,
+    started: bool,
+}
+
+static WRITER: Writer = Writer {
+    queue: Mutex::new(Queue {
+        batches: Vec::new(),
+        spare: Vec::new(),
+        handed: 0,
+        written: 0,
+        urgent: false,
+        started: false,
+    }),
+    work: Condvar::new(),
+    done: Condvar::new(),
+};
+
+/// How many emptied buffers the writer keeps for reuse.
+const SPARE: usize = 16;
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The lock is never held across a call that could panic.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queue `lines` for `sink`; a buffer to fill next.
+    fn hand_off(&'static self, sink: &Sink, lines: String) -> String {
+        let mut q = self.lock();
+        if !q.started {
+            let spawned = std::thread::Builder::new()
+                .name("hexon-query-log".into())
+                .spawn(|| WRITER.run());
+            if spawned.is_err() {
+                // No thread: write here rather than lose the lines.
+                drop(q);
+                sink(lines.as_bytes());
+                return String::new();
+            }
+            q.started = true;
+        }
+        q.batches.push((sink.clone(), lines));
+        q.handed += 1;
+        if q.batches.len() == 1 {
+            self.work.notify_one();
+        }
+        q.spare.pop().unwrap_or_default()
+    }
+
+    /// The writer thread: wait for batches, give others [`WRITE_EVERY`] to
+    /// join them, write them in order.
+    fn run(&self) {
+        let mut out = String::new();
+        loop {
+            let mut q = self.lock();
+            while q.batches.is_empty() {
+                q = self
+                    .work
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if !q.urgent {
+                q = self
+                    .work
+                    .wait_timeout_while(q, WRITE_EVERY, |q| !q.urgent)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            q.urgent = false;
+            let batches = std::mem::take(&mut q.batches);
+            let upto = q.handed;
+            drop(q);
+            let mut spare = Vec::new();
+            let mut current: Option<Sink> = None;
+            for (sink, mut lines) in batches {
+                // Consecutive batches for one sink go out together while
+                // they stay within `BATCH` (each is whole lines).
+                let same = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &sink));
+                if !same || out.len() + lines.len() > BATCH {
+                    if let Some(c) = &current {
+                        write_guarded(c, &out);
+                    }
+                    out.clear();
+                    current = Some(sink);
+                }
+                out.push_str(&lines);
+                lines.clear();
+                if lines.capacity() <= KEEP_BUFFER {
+                    spare.push(lines);
+                }
+            }
+            if let Some(c) = &current {
+                write_guarded(c, &out);
+            }
+            out.clear();
+            if out.capacity() > KEEP_BUFFER {
+                out = String::new();
+            }
+            let mut q = self.lock();
+            q.written = upto;
+            let room = SPARE.saturating_sub(q.spare.len());
+            q.spare.extend(spare.into_iter().take(room));
+            drop(q);
+            self.done.notify_all();
+        }
+    }
+}
+
+/// One write to `sink`; a sink that panics loses these lines, and the
+/// writer thread goes on.
+fn write_guarded(sink: &Sink, out: &str) {
+    if !out.is_empty() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(out.as_bytes())));
+    }
+}
+
+/// How long [`drain`] waits at most: a writer blocked on a full pipe must
+/// not keep a process from exiting.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Wait until every batch handed to the writer thread so far is written
+/// (at most 5 s): before a process exits, so that the last lines are not
+/// lost (call [`flush`] first on a thread whose own batch should go too).
+/// Returns at once when nothing is waiting.
+pub fn drain() {
+    let mut q = WRITER.lock();
+    let target = q.handed;
+    if !q.started || q.written >= target {
+        return;
+    }
+    q.urgent = true;
+    WRITER.work.notify_one();
+    let _ = WRITER
+        .done
+        .wait_timeout_while(q, DRAIN_LIMIT, |q| q.written < target);
 }
 
 /// The layer: events of [`TARGET`] as JSON lines to a writer; other
@@ -168,16 +352,18 @@ impl QueryLog {
     /// the thread calls [`flush`] (the bastion's session threads do each
     /// time they run out of work), the batch would pass 4 KiB, a line comes
     /// 100 ms or more after the batch's first, or the thread ends; then
-    /// they go out in one `write_all`. Under load that is one write for
-    /// many statements instead of one each.
+    /// the batch goes to the query log's writer thread, which collects
+    /// batches for 20 ms and writes them in order, consecutive batches
+    /// together up to 4 KiB a `write_all`. Under load that is one write for
+    /// dozens of statements, none of them on a session thread.
     ///
     /// The costs:
-    /// - a line reaches the writer when its thread goes idle rather than at
-    ///   once; a thread that stays busy without logging more holds its
-    ///   last lines until it does;
-    /// - a process that exits or is killed while a thread holds a batch
-    ///   loses it (at most 4 KiB per thread: threads flush each time they
-    ///   go idle);
+    /// - a line reaches the writer when its thread goes idle, plus up to
+    ///   20 ms, rather than at once; a thread that stays busy without
+    ///   logging more holds its last lines until it does;
+    /// - a process that exits or is killed while lines wait loses them (at
+    ///   most 4 KiB per thread and 20 ms of the writer's): call [`drain`]
+    ///   before exiting, as `hexon serve` does;
     /// - on a work-stealing runtime a session's task can move between
     ///   threads, so its lines can come out of order (each has its `ts`);
     ///   the bastion's session threads never move a session;
@@ -191,9 +377,9 @@ impl QueryLog {
     }
 }
 
-/// Write out this thread's batched query-log lines (see
+/// Hand this thread's batched query-log lines to the writer thread (see
 /// [`QueryLog::batched`]); nothing to do when there are none. Cheap enough
-/// to call each time a thread parks.
+/// to call each time a thread parks: a lock and a push.
 pub fn flush() {
     // `try_with`: a thread being torn down has nothing left to flush.
     let _ = BATCH_LINES.try_with(|b| {
@@ -546,6 +732,7 @@ mod tests {
         })
         .join()
         .unwrap();
+        drain();
         sink
     }
 
@@ -555,10 +742,13 @@ mod tests {
             for n in 0..3 {
                 statement(n, "SELECT 1");
             }
+            drain();
             assert_eq!(sink.writes(), 0, "nothing before the flush");
             flush();
+            drain();
             assert_eq!(sink.writes(), 1, "one write for the three");
             flush();
+            drain();
             assert_eq!(sink.writes(), 1, "an empty batch writes nothing");
             statement(3, "SELECT 2");
         });
@@ -575,9 +765,85 @@ mod tests {
             statement(0, "SELECT 1");
             std::thread::sleep(BATCH_AGE + std::time::Duration::from_millis(20));
             statement(1, "SELECT 2");
+            drain();
             assert_eq!(sink.writes(), 1, "both, without a flush");
         });
         assert_eq!(sink.parsed().len(), 2);
+    }
+
+    #[test]
+    fn a_writer_that_panics_loses_its_batch_and_the_writer_thread_goes_on() {
+        #[derive(Clone)]
+        struct PanicsOnce(Arc<std::sync::atomic::AtomicBool>, Sink);
+        impl std::io::Write for PanicsOnce {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    panic!("a writer that panics");
+                }
+                self.1.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let w = PanicsOnce(Arc::default(), sink.clone());
+        std::thread::spawn(move || {
+            let layer = QueryLog::new(move || w.clone()).batched();
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::with_default(subscriber, || {
+                statement(0, "SELECT 1");
+                flush();
+                drain();
+                statement(1, "SELECT 2");
+                flush();
+                drain();
+            });
+        })
+        .join()
+        .unwrap();
+        let ns: Vec<_> = sink
+            .parsed()
+            .iter()
+            .map(|l| l["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, [1], "the first batch is lost, the second written");
+    }
+
+    #[test]
+    fn threads_batches_go_out_whole_and_each_threads_in_order() {
+        let sink = Sink::default();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let w = sink.clone();
+                std::thread::spawn(move || {
+                    let layer = QueryLog::new(move || w.clone()).batched();
+                    let subscriber = tracing_subscriber::registry().with(layer);
+                    tracing::subscriber::with_default(subscriber, || {
+                        for i in 0..200 {
+                            tracing::info!(target: "hexon_sql::query", t, i, statement = "SELECT 1", "statement");
+                            if i % 7 == 0 {
+                                flush();
+                            }
+                        }
+                    });
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drain();
+        for w in sink.0.lock().unwrap().iter() {
+            assert!(w.len() <= BATCH && w.ends_with(b"\n"), "{} bytes", w.len());
+        }
+        let mut next = [0u64; 4];
+        for l in sink.parsed() {
+            let t = usize::try_from(l["t"].as_u64().unwrap()).unwrap();
+            assert_eq!(l["i"].as_u64().unwrap(), next[t], "thread {t} in order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [200; 4], "every line once");
     }
 
     #[test]

@@ -292,7 +292,7 @@ pub(crate) async fn serve<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
-    // Each thread writes out its batched query-log lines when it runs out
+    // Each thread hands its batched query-log lines on when it runs out
     // of work (`QueryLog::batched`).
     let threads = match ConnectionThreads::start_with(
         common.session_threads,

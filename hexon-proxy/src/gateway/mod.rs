@@ -105,8 +105,9 @@ where
 /// bastion's query log (target `hexon_sql::query`) is written as JSON lines
 /// by its own layer ([`hexon_sql::query_log`]), which costs a small part of
 /// what the text formatter costs per statement, batched per thread: a
-/// session thread writes its lines out when it runs out of work, and
-/// [`run`]'s runtime does the same for sessions kept on it.
+/// session thread hands its lines to the query log's writer thread when it
+/// runs out of work, and [`run`]'s runtime does the same for sessions kept
+/// on it (and waits for the writer before it returns).
 pub fn init_logging() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -142,7 +143,11 @@ where
     let rt = builder
         .build()
         .map_err(|e| GatewayError::Other(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(fut)
+    let out = rt.block_on(fut);
+    // The query log's last lines, handed to its writer thread.
+    #[cfg(feature = "sql")]
+    hexon_sql::query_log::drain();
+    out
 }
 
 /// Print an error for the operator.
