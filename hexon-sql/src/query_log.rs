@@ -173,6 +173,8 @@ struct Queue {
     batches: Vec<(Sink, String)>,
     /// Emptied buffers for the session threads to reuse.
     spare: Vec<String>,
+    /// Bytes in `batches`.
+    queued: usize,
     /// Batches handed over and written so far.
     handed: u64,
     written: u64,
@@ -185,6 +187,7 @@ static WRITER: Writer = Writer {
     queue: Mutex::new(Queue {
         batches: Vec::new(),
         spare: Vec::new(),
+        queued: 0,
         handed: 0,
         written: 0,
         urgent: false,
@@ -196,6 +199,11 @@ static WRITER: Writer = Writer {
 
 /// How many emptied buffers the writer keeps for reuse.
 const SPARE: usize = 16;
+
+/// The most the queue holds: past it, a thread handing over a batch waits
+/// for the writer (a stalled reader of stderr slows the sessions down, as a
+/// blocking `write` did, instead of growing the queue without bound).
+const QUEUE_LIMIT: usize = 8 << 20;
 
 impl Writer {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -220,6 +228,15 @@ impl Writer {
             }
             q.started = true;
         }
+        while q.queued > QUEUE_LIMIT {
+            q.urgent = true;
+            self.work.notify_one();
+            q = self
+                .done
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        q.queued += lines.len();
         q.batches.push((sink.clone(), lines));
         q.handed += 1;
         if q.batches.len() == 1 {
@@ -249,6 +266,7 @@ impl Writer {
             }
             q.urgent = false;
             let batches = std::mem::take(&mut q.batches);
+            q.queued = 0;
             let upto = q.handed;
             drop(q);
             let mut spare = Vec::new();
