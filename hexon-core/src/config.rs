@@ -549,8 +549,8 @@ pub struct UserConfig {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
     /// Initial password as an argon2id PHC string (`hexon hash-password`).
-    /// A password the user sets on the login host replaces it. Never
-    /// printed by `hexon check`.
+    /// A password the user sets on the login host replaces it. `hexon
+    /// check` prints it redacted.
     #[serde(default, skip_serializing)]
     pub password_hash: Option<String>,
 }
@@ -597,7 +597,7 @@ pub struct EmailLoginConfig {
     /// SMTP server: `smtps://user:pass@mail.example.com:465` (implicit
     /// TLS), `smtp://mail.example.com:587?tls=required` (STARTTLS), or
     /// `smtp://127.0.0.1:25` (plain: loopback only, or `gateway.dev`).
-    /// Not printed by `hexon check` (it may hold a password).
+    /// `hexon check` prints it with its credentials redacted.
     #[serde(skip_serializing)]
     pub smtp_url: String,
     /// Sender, e.g. `Example Corp <login@example.com>`.
@@ -1720,7 +1720,9 @@ impl Config {
     }
 
     /// The whole effective configuration (defaults filled in) as TOML: a
-    /// configuration that parses back to this one. It holds every secret as
+    /// configuration that parses back to this one (values are written
+    /// after `${VAR}` substitution, so one holding a `$` is read again as
+    /// a variable). It holds every secret as
     /// written (database passwords in `[sql]`, keys, password hashes), so
     /// it is for machines; show people [`Config::non_default_values`].
     pub fn effective_toml(&self) -> String {
@@ -1819,7 +1821,9 @@ fn diff_table(prefix: &str, me: &toml::Table, def: &toml::Table, out: &mut Vec<S
             (v, d) if Some(v) != d => {
                 let shown = if is_secret_key(k) {
                     "\"[redacted]\"".to_owned()
-                } else if let (true, toml::Value::String(url)) = (k.ends_with("_url"), v) {
+                } else if let (true, toml::Value::String(url)) =
+                    (k == "url" || k.ends_with("_url"), v)
+                {
                     toml::Value::String(redact_url(url)).to_string()
                 } else {
                     v.to_string()

@@ -117,7 +117,10 @@ name = "analyst"
 upstream_password = "hunter2"
 [ca]
 [ca.acme]
-eab_hmac_key = "c2VjcmV0"
+url = "https://ca.example.com/acme"
+[[ca.acme.eab_keys]]
+kid = "team-a"
+hmac_key = "c2VjcmV0"
 "#;
     let c = Config::parse(text, &env).unwrap();
     assert_eq!(Config::parse(&c.effective_toml(), &env).unwrap(), c);
@@ -126,11 +129,15 @@ eab_hmac_key = "c2VjcmV0"
         "sql.postgres.listen = \"127.0.0.1:6432\"",
         "sql.databases[0].name = \"app\"",
         "sql.databases[0].roles[0].upstream_password = \"[redacted]\"",
-        "ca.acme.eab_hmac_key = \"[redacted]\"",
+        "ca.acme.eab_keys[0].kid = \"team-a\"",
+        "ca.acme.eab_keys[0].hmac_key = \"[redacted]\"",
     ] {
         assert!(shown.contains(&line.to_owned()), "{line} in {shown:#?}");
     }
-    assert!(!format!("{shown:?}").contains("hunter"), "{shown:#?}");
+    assert!(
+        !format!("{shown:?}").contains("hunter") && !format!("{shown:?}").contains("c2VjcmV0"),
+        "{shown:#?}"
+    );
 }
 
 #[test]

@@ -157,8 +157,9 @@ const WRITE_EVERY: Duration = Duration::from_millis(20);
 /// statement under `pgbench` (one `write` of ~500 bytes per idle moment,
 /// most of it ext4's per-call work), where the writer thread writes
 /// [`WRITE_EVERY`] worth of batches in a few writes of up to [`BATCH`]
-/// bytes. A hand-over is a lock and a push; the writer is woken only when
-/// the queue was empty, so a busy process wakes it about once per
+/// bytes. A hand-over is a lock and a push (it waits only when
+/// [`QUEUE_LIMIT`] bytes are queued); the writer is woken only when the
+/// queue was empty, so a busy process wakes it about once per
 /// [`WRITE_EVERY`] and an idle one never.
 struct Writer {
     queue: Mutex<Queue>,
@@ -213,21 +214,26 @@ impl Writer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queue `lines` for `sink`; a buffer to fill next.
-    fn hand_off(&'static self, sink: &Sink, lines: String) -> String {
+    /// Start the writer thread, once; whether it runs.
+    fn start(&'static self) -> bool {
         let mut q = self.lock();
         if !q.started {
-            let spawned = std::thread::Builder::new()
+            q.started = std::thread::Builder::new()
                 .name("hexon-query-log".into())
-                .spawn(|| WRITER.run());
-            if spawned.is_err() {
-                // No thread: write here rather than lose the lines.
-                drop(q);
-                sink(lines.as_bytes());
-                return String::new();
-            }
-            q.started = true;
+                .spawn(|| WRITER.run())
+                .is_ok();
         }
+        q.started
+    }
+
+    /// Queue `lines` for `sink`; a buffer to fill next.
+    fn hand_off(&'static self, sink: &Sink, lines: String) -> String {
+        if !self.start() {
+            // No thread: write here rather than lose the lines.
+            sink(lines.as_bytes());
+            return String::new();
+        }
+        let mut q = self.lock();
         while q.queued > QUEUE_LIMIT {
             q.urgent = true;
             self.work.notify_one();
@@ -379,9 +385,11 @@ impl QueryLog {
     /// - a line reaches the writer when its thread goes idle, plus up to
     ///   20 ms, rather than at once; a thread that stays busy without
     ///   logging more holds its last lines until it does;
-    /// - a process that exits or is killed while lines wait loses them (at
-    ///   most 4 KiB per thread and 20 ms of the writer's): call [`drain`]
-    ///   before exiting, as `hexon serve` does;
+    /// - a process that exits or is killed while lines wait loses them (4
+    ///   KiB at most per thread, and what the writer has not written yet:
+    ///   20 ms of lines, more if the sink is slow, up to 8 MiB): call
+    ///   [`drain`] before exiting, as `hexon serve` does; threads that are
+    ///   still running then keep what they hold;
     /// - on a work-stealing runtime a session's task can move between
     ///   threads, so its lines can come out of order (each has its `ts`);
     ///   the bastion's session threads never move a session;
@@ -391,13 +399,17 @@ impl QueryLog {
     #[must_use]
     pub fn batched(mut self) -> Self {
         self.batched = true;
+        // Started here rather than at the first hand-over, which can come
+        // from a thread-local's destructor as a thread exits.
+        WRITER.start();
         self
     }
 }
 
 /// Hand this thread's batched query-log lines to the writer thread (see
 /// [`QueryLog::batched`]); nothing to do when there are none. Cheap enough
-/// to call each time a thread parks: a lock and a push.
+/// to call each time a thread parks: a lock and a push (a wait only when
+/// the writer is 8 MiB behind).
 pub fn flush() {
     // `try_with`: a thread being torn down has nothing left to flush.
     let _ = BATCH_LINES.try_with(|b| {
@@ -436,11 +448,16 @@ impl<S: Subscriber> Layer<S> for QueryLog {
             Err(_) => false,
         });
         // A re-entrant event (a writer that logs), or one logged while the
-        // thread is torn down, is written alone.
+        // thread is torn down, goes alone: batched, behind the thread's
+        // last batch.
         if added != Ok(true) {
             let mut line = String::new();
             format_line(&mut line, event, SystemTime::now());
-            (self.sink)(line.as_bytes());
+            if self.batched {
+                WRITER.hand_off(&self.sink, line);
+            } else {
+                (self.sink)(line.as_bytes());
+            }
         }
     }
 }

@@ -144,7 +144,10 @@ where
         .build()
         .map_err(|e| GatewayError::Other(format!("cannot start the runtime: {e}")))?;
     let out = rt.block_on(fut);
-    // The query log's last lines, handed to its writer thread.
+    // The workers hand their last query-log lines over as they stop; then
+    // the writer thread writes them. (Session threads of sessions still
+    // running keep theirs.)
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     #[cfg(feature = "sql")]
     hexon_sql::query_log::drain();
     out
