@@ -1722,14 +1722,13 @@ impl Config {
     /// The whole effective configuration (defaults filled in) as TOML: a
     /// configuration that parses back to this one (values are written
     /// after `${VAR}` substitution, so one holding a `$` is read again as
-    /// a variable). It holds every secret as
-    /// written (database passwords in `[sql]`, keys, password hashes), so
-    /// it is for machines; show people [`Config::non_default_values`].
+    /// a variable). It holds every secret as written (database passwords
+    /// in `[sql]`, keys, password hashes), so it is for machines; show
+    /// people [`Config::non_default_values`].
     pub fn effective_toml(&self) -> String {
-        let Ok(toml::Value::Table(mut all)) = toml::Value::try_from(self) else {
+        let Some(all) = self.whole_table() else {
             return "# cannot render the configuration\n".to_owned();
         };
-        self.insert_withheld(&mut all);
         // (An empty `[sql]` or `[ca]` is kept: it turns that part on.)
         toml::to_string_pretty(&all).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -1739,21 +1738,23 @@ impl Config {
     /// keys that look secret are redacted, and so are URL credentials.
     pub fn non_default_values(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let (Ok(toml::Value::Table(mut me)), Ok(toml::Value::Table(def))) = (
-            toml::Value::try_from(self),
-            toml::Value::try_from(Config::default()),
-        ) else {
+        let (Some(me), Ok(toml::Value::Table(def))) =
+            (self.whole_table(), toml::Value::try_from(Config::default()))
+        else {
             return out;
         };
-        self.insert_withheld(&mut me);
         diff_table("", &me, &def, &mut out);
         out
     }
 
-    /// What the serializer skips, because people must not see it unredacted
-    /// in a plain `Serialize` of the configuration: the `[sql]` and `[ca]`
-    /// tables, users' password hashes and the SMTP URL.
-    fn insert_withheld(&self, all: &mut toml::Table) {
+    /// The whole configuration as a TOML table: its `Serialize` plus what
+    /// that skips, because people must not see it unredacted in a plain
+    /// `Serialize`: the `[sql]` and `[ca]` tables, users' password hashes
+    /// and the SMTP URL.
+    fn whole_table(&self) -> Option<toml::Table> {
+        let Ok(toml::Value::Table(mut all)) = toml::Value::try_from(self) else {
+            return None;
+        };
         for (name, table) in [("sql", &self.sql), ("ca", &self.ca)] {
             if let Some(t) = table {
                 all.insert(name.to_owned(), toml::Value::Table(t.clone()));
@@ -1774,6 +1775,7 @@ impl Config {
                 email.insert("smtp_url".into(), toml::Value::String(e.smtp_url.clone()));
             }
         }
+        Some(all)
     }
 }
 

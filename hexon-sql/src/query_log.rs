@@ -111,28 +111,31 @@ impl Batch {
         }
     }
 
-    /// Write out what the batch holds: hand it to the writer thread when
-    /// batched, else write it here.
+    /// Write out what the batch holds (see [`deliver`]).
     fn write_out(&mut self) {
         self.since = None;
         let Some(sink) = &self.sink else { return };
         if self.lines.is_empty() {
             return;
         }
-        if self.batched {
-            let next = WRITER.hand_off(sink, std::mem::take(&mut self.lines));
-            self.lines = next;
-            return;
-        }
         // Taken out first: a writer that panics loses this batch rather
         // than leaving it to be written again.
-        let mut lines = std::mem::take(&mut self.lines);
-        sink(lines.as_bytes());
-        lines.clear();
-        if lines.capacity() <= KEEP_BUFFER {
-            self.lines = lines;
-        }
+        self.lines = deliver(sink, self.batched, std::mem::take(&mut self.lines));
     }
+}
+
+/// Hand `lines` to the writer thread when `batched`, else write them to
+/// `sink` here; an empty buffer to fill next.
+fn deliver(sink: &Sink, batched: bool, mut lines: String) -> String {
+    if batched {
+        return WRITER.hand_off(sink, lines);
+    }
+    sink(lines.as_bytes());
+    lines.clear();
+    if lines.capacity() > KEEP_BUFFER {
+        lines = String::new();
+    }
+    lines
 }
 
 impl Drop for Batch {
@@ -228,12 +231,16 @@ impl Writer {
 
     /// Queue `lines` for `sink`; a buffer to fill next.
     fn hand_off(&'static self, sink: &Sink, lines: String) -> String {
-        if !self.start() {
-            // No thread: write here rather than lose the lines.
-            sink(lines.as_bytes());
-            return String::new();
-        }
         let mut q = self.lock();
+        if !q.started {
+            drop(q);
+            if !self.start() {
+                // No thread: write here rather than lose the lines.
+                sink(lines.as_bytes());
+                return String::new();
+            }
+            q = self.lock();
+        }
         while q.queued > QUEUE_LIMIT {
             q.urgent = true;
             self.work.notify_one();
@@ -453,11 +460,7 @@ impl<S: Subscriber> Layer<S> for QueryLog {
         if added != Ok(true) {
             let mut line = String::new();
             format_line(&mut line, event, SystemTime::now());
-            if self.batched {
-                WRITER.hand_off(&self.sink, line);
-            } else {
-                (self.sink)(line.as_bytes());
-            }
+            deliver(&self.sink, self.batched, line);
         }
     }
 }
