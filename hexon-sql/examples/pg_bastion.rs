@@ -87,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let json = hexon_sql::query_log::QueryLog::new(std::io::stderr);
                 let json = if how == "each" { json } else { json.batched() };
                 let _ = registry
-                    .with(text.with_filter(hexon_sql::query_log::other_events()))
+                    .with(hexon_sql::query_log::without(text))
                     .with(json)
                     .try_init();
             }

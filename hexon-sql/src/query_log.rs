@@ -6,10 +6,11 @@
 //! plus its style machinery even without colours): about 14,700
 //! instructions per statement under `pgbench`, nearly twice the bastion's
 //! whole work on a cached statement. This layer writes the same fields as
-//! one JSON object per line, escaping strings in runs, into a buffer reused
-//! per thread: about 5,000 instructions per statement with `tracing`'s
-//! dispatch and the clock reads, about 250 ns for the line itself
-//! (docs/BENCHMARKS.md, "2026-12-06: the query log"). Batched
+//! one JSON object per line, escaping strings in runs and field names once
+//! per callsite, into a buffer reused per thread: about 3,400 instructions
+//! per statement with `tracing`'s dispatch and the clock reads
+//! (docs/BENCHMARKS.md, "2026-12-06: the query log", and "2026-12-06,
+//! third session"). Batched
 //! ([`QueryLog::batched`], as `hexon serve` runs it), a thread's lines go
 //! to a writer thread when it runs out of work, which writes many threads'
 //! batches in a few `write`s every 20 ms.
@@ -37,8 +38,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
+use tracing::span;
+use tracing::subscriber::Interest;
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::FilterFn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 
@@ -71,6 +73,8 @@ struct Batch {
     batched: bool,
     /// When the first line of `lines` was logged.
     since: Option<SystemTime>,
+    /// Each callsite's keys, escaped once per thread.
+    keys: Keys,
 }
 
 impl Batch {
@@ -88,8 +92,9 @@ impl Batch {
         let now = SystemTime::now();
         // A `Debug` that panics half-way must not leave half a line for
         // the next one to be appended to.
+        let keys = self.keys.of(event.metadata());
         let formatted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            format_line(&mut self.lines, event, now);
+            format_line(&mut self.lines, event, now, keys);
         }));
         if let Err(panic) = formatted {
             self.lines.truncate(start);
@@ -201,8 +206,10 @@ static WRITER: Writer = Writer {
     done: Condvar::new(),
 };
 
-/// How many emptied buffers the writer keeps for reuse.
-const SPARE: usize = 16;
+/// How many emptied buffers the writer keeps for reuse: under load
+/// threads hand over a batch each time they go idle, dozens in one
+/// [`WRITE_EVERY`].
+const SPARE: usize = 64;
 
 /// The most the queue holds: past it, a thread handing over a batch waits
 /// for the writer (a stalled reader of stderr slows the sessions down, as a
@@ -255,7 +262,11 @@ impl Writer {
         if q.batches.len() == 1 {
             self.work.notify_one();
         }
-        q.spare.pop().unwrap_or_default()
+        // A fresh buffer starts at a batch's size: grown from empty it was
+        // reallocated half a dozen times per hand-over.
+        q.spare
+            .pop()
+            .unwrap_or_else(|| String::with_capacity(BATCH + BATCH / 4))
     }
 
     /// The writer thread: wait for batches, give others [`WRITE_EVERY`] to
@@ -348,7 +359,7 @@ pub fn drain() {
 }
 
 /// The layer: events of [`TARGET`] as JSON lines to a writer; other
-/// events are left to the other layers (give those [`other_events`], or
+/// events are left to the other layers (wrap those in [`without`], or
 /// the query log is written twice).
 pub struct QueryLog {
     sink: Sink,
@@ -433,13 +444,86 @@ pub fn is_query_log(meta: &tracing::Metadata<'_>) -> bool {
     meta.target() == TARGET
 }
 
-/// A per-layer filter for the other layers of a subscriber that has a
-/// [`QueryLog`]: everything but the query log.
-pub fn other_events() -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
-    fn other(meta: &tracing::Metadata<'_>) -> bool {
-        !is_query_log(meta)
+/// `layer` without the query log's events: for the other layers of a
+/// subscriber that has a [`QueryLog`] (`registry().with(without(fmt))`).
+///
+/// A wrapper rather than a per-layer filter: a filter that said `never` to
+/// the query log's callsites, beside a layer that wants them, made
+/// `tracing` ask every filter of the subscriber again at each statement
+/// (`Interest::sometimes`), about 300 instructions a statement; the wrapper
+/// leaves the callsites' interest cached and drops the events in
+/// [`Layer::on_event`]. It does not forward `downcast_raw` (this crate
+/// forbids `unsafe`): a layer found by downcasting, such as `tracing-error`
+/// looks for, is not found through it.
+pub fn without<L>(layer: L) -> Without<L> {
+    Without(layer)
+}
+
+/// A layer that passes on everything but the query log's events: see
+/// [`without`].
+#[derive(Debug, Clone)]
+pub struct Without<L>(L);
+
+impl<S: Subscriber, L: Layer<S>> Layer<S> for Without<L> {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber);
     }
-    FilterFn::new(other)
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber);
+    }
+
+    fn register_callsite(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
+        self.0.register_callsite(meta)
+    }
+
+    fn enabled(&self, meta: &tracing::Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.enabled(meta, ctx)
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, ctx);
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        self.0.on_record(id, values, ctx);
+    }
+
+    fn on_follows_from(&self, id: &span::Id, follows: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_follows_from(id, follows, ctx);
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, ctx: Context<'_, S>) -> bool {
+        // `false` here would hide the event from every layer: the query log
+        // is dropped in `on_event` instead.
+        is_query_log(event.metadata()) || self.0.event_enabled(event, ctx)
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if !is_query_log(event.metadata()) {
+            self.0.on_event(event, ctx);
+        }
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        self.0.on_close(id, ctx);
+    }
+
+    fn on_id_change(&self, old: &span::Id, new: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_id_change(old, new, ctx);
+    }
 }
 
 impl<S: Subscriber> Layer<S> for QueryLog {
@@ -459,61 +543,112 @@ impl<S: Subscriber> Layer<S> for QueryLog {
         // last batch.
         if added != Ok(true) {
             let mut line = String::new();
-            format_line(&mut line, event, SystemTime::now());
+            let keys = Keys::escaped(event.metadata());
+            format_line(&mut line, event, SystemTime::now(), &keys);
             deliver(&self.sink, self.batched, line);
         }
     }
 }
 
-/// One event as a JSON object and a newline, stamped `now`.
-fn format_line(buf: &mut String, event: &Event<'_>, now: SystemTime) {
+/// One event as a JSON object and a newline, stamped `now`; `keys` are
+/// its callsite's ([`Keys::escaped`]).
+fn format_line(buf: &mut String, event: &Event<'_>, now: SystemTime, keys: &[Box<str>]) {
     buf.push_str("{\"ts\":\"");
     push_timestamp(buf, now);
     buf.push_str("\",\"level\":\"");
     buf.push_str(event.metadata().level().as_str());
     buf.push('"');
-    event.record(&mut Fields(buf));
+    event.record(&mut Fields { buf, keys });
     buf.push_str("}\n");
 }
 
-struct Fields<'a>(&'a mut String);
+/// Callsites' field names as they open a JSON member (`,"name":`), made
+/// once per callsite and thread: a name is escaped like any string, which
+/// for the ten fields of a statement's event cost more than the values.
+#[derive(Default)]
+struct Keys(Vec<(tracing::callsite::Identifier, Box<[Box<str>]>)>);
+
+/// Callsites whose keys a thread keeps; the query log has a handful.
+const KEPT_CALLSITES: usize = 32;
+
+impl Keys {
+    /// The keys of `meta`'s fields, by field index.
+    fn of(&mut self, meta: &tracing::Metadata<'_>) -> &[Box<str>] {
+        let id = meta.callsite();
+        let at = match self.0.iter().position(|(c, _)| *c == id) {
+            Some(at) => at,
+            None => {
+                if self.0.len() >= KEPT_CALLSITES {
+                    self.0.clear();
+                }
+                self.0.push((id, Self::escaped(meta)));
+                self.0.len() - 1
+            }
+        };
+        self.0.get(at).map_or(&[], |(_, keys)| keys)
+    }
+
+    /// `,"name":` for each field of `meta`, in field-index order.
+    fn escaped(meta: &tracing::Metadata<'_>) -> Box<[Box<str>]> {
+        meta.fields()
+            .iter()
+            .map(|f| {
+                let mut k = String::from(",");
+                push_json_str(&mut k, f.name());
+                k.push(':');
+                k.into_boxed_str()
+            })
+            .collect()
+    }
+}
+
+struct Fields<'a> {
+    buf: &'a mut String,
+    keys: &'a [Box<str>],
+}
 
 impl Fields<'_> {
     fn key(&mut self, field: &Field) {
-        self.0.push(',');
-        push_json_str(self.0, field.name());
-        self.0.push(':');
+        match self.keys.get(field.index()) {
+            Some(k) => self.buf.push_str(k),
+            // Not from the event's own callsite (never, for an event).
+            None => {
+                self.buf.push(',');
+                push_json_str(self.buf, field.name());
+                self.buf.push(':');
+            }
+        }
     }
 }
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
-        push_json_str(self.0, value);
+        push_json_str(self.buf, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        self.0.push_str(itoa::Buffer::new().format(value));
+        self.buf.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        self.0.push_str(itoa::Buffer::new().format(value));
+        self.buf.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.key(field);
-        self.0.push_str(if value { "true" } else { "false" });
+        self.buf.push_str(if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         // `message` and other formatted values, as text, escaped as they
         // are written (no intermediate string).
         self.key(field);
-        self.0.push('"');
-        let _ = std::fmt::write(&mut Escaping(self.0), format_args!("{value:?}"));
-        self.0.push('"');
+        self.buf.push('"');
+        let _ = std::fmt::write(&mut Escaping(self.buf), format_args!("{value:?}"));
+        self.buf.push('"');
     }
 }
 
@@ -600,7 +735,6 @@ fn next_candidate(b: &[u8], from: usize) -> Option<usize> {
     // word as a whole, which is all that is asked of it here.
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
     let zero = |x: u64| below(x, 1);
-    let candidate = |c: u8| needs_escape(c) || c == 0xC2 || c == 0xE2;
     let mut at = from;
     while let Some(chunk) = b.get(at..at + 8) {
         let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
@@ -620,16 +754,43 @@ fn next_candidate(b: &[u8], from: usize) -> Option<usize> {
         }
         at += 8;
     }
+    // The tail, and strings shorter than a word (most of a line's values).
     b.get(at..)?
         .iter()
         .position(|&c| candidate(c))
         .map(|p| at + p)
 }
 
+/// Whether `c` may start something to escape: a byte of [`needs_escape`]
+/// or the lead byte of a line break. A table: one load per byte where the
+/// comparisons took six.
+#[inline(always)]
+fn candidate(c: u8) -> bool {
+    ESCAPE_CANDIDATES
+        .get(usize::from(c))
+        .copied()
+        .unwrap_or(true)
+}
+
+static ESCAPE_CANDIDATES: [bool; 256] = escape_candidates();
+
+// The index is below 256 by the loop's bound.
+#[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
+const fn escape_candidates() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = needs_escape(c) || c == 0xC2 || c == 0xE2;
+        i += 1;
+    }
+    t
+}
+
 /// The bytes [`push_json_str`] escapes on their own: `"`, `\`, controls
 /// and DEL.
 #[inline(always)]
-fn needs_escape(c: u8) -> bool {
+const fn needs_escape(c: u8) -> bool {
     c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f
 }
 
@@ -676,7 +837,14 @@ fn push_timestamp(buf: &mut String, now: SystemTime) {
     if cached != Ok(true) {
         push_seconds(buf, secs);
     }
-    push_padded(buf, u64::from(since.subsec_micros()), 6);
+    // Six digits, zero-padded, without `itoa` and padding pushes.
+    let mut micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + u8::try_from(micros % 10).unwrap_or(0);
+        micros /= 10;
+    }
+    buf.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
     buf.push('Z');
 }
 
@@ -772,6 +940,50 @@ mod tests {
         .unwrap();
         drain();
         sink
+    }
+
+    #[test]
+    fn other_layers_see_everything_but_the_query_log() {
+        let (query, text) = (Sink::default(), Sink::default());
+        let (q, t) = (query.clone(), text.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(without(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(move || t.clone())
+                    .with_ansi(false),
+            ))
+            .with(QueryLog::new(move || q.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // Each callsite twice: the second time from tracing's cache of
+            // the callsite's interest.
+            for n in 0..2 {
+                statement(n, "SELECT 1");
+                tracing::info!(n, "an ordinary event");
+                tracing::debug!(n, "below the level");
+            }
+        });
+        let text = String::from_utf8(text.0.lock().unwrap().concat()).unwrap();
+        assert_eq!(text.matches("an ordinary event").count(), 2, "{text}");
+        assert!(!text.contains("SELECT 1"), "{text}");
+        assert!(!text.contains("below the level"), "{text}");
+        let query = query.parsed();
+        assert_eq!(query.len(), 2);
+        assert!(query.iter().all(|l| l["statement"] == "SELECT 1"));
+    }
+
+    #[test]
+    fn keys_are_escaped_once_per_callsite_and_still_escaped() {
+        let got = lines(|| {
+            for n in 0..2 {
+                tracing::info!(target: "hexon_sql::query", n, "odd \"key\"" = "v", "statement");
+            }
+        });
+        assert_eq!(got.len(), 2);
+        for l in got {
+            assert_eq!(l["odd \"key\""], "v");
+            assert_eq!(l["message"], "statement");
+        }
     }
 
     #[test]

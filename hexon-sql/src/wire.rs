@@ -448,22 +448,87 @@ pub(crate) enum Outcome {
 
 /// When a statement started, for the query log's `duration_us`; `None`
 /// when the query log is off, so that no statement reads the clock for a
-/// log nobody reads (a statement that starts while it is off logs 0).
+/// log nobody reads (nor is logged: [`Finished::push`]).
 pub(crate) fn log_start() -> Option<Instant> {
     tracing::enabled!(target: crate::query_log::TARGET, tracing::Level::INFO).then(Instant::now)
 }
 
-/// Log an admitted statement once its results are relayed.
-pub(crate) fn log_admitted(
+/// Admitted statements whose results went out, waiting to be logged.
+///
+/// A session logs them once it has written its answer to the client
+/// ([`Finished::log`]), not while it relays the answer: formatting a line
+/// costs about as much as relaying the statement, and at one client that
+/// was time added to every round trip. A refusal logs what is waiting
+/// first, so lines keep the statements' order.
+#[derive(Debug, Default)]
+pub(crate) struct Finished(Vec<Done>);
+
+#[derive(Debug)]
+struct Done {
+    role: Arc<str>,
+    statement: Arc<str>,
+    duration_us: u64,
+    rows: u64,
+    outcome: Outcome,
+}
+
+impl Finished {
+    /// An admitted statement started at `start` ([`log_start`]) is done:
+    /// its duration ends now. A statement that started while the query log
+    /// was off (`start` is `None`) is not logged.
+    pub(crate) fn push(
+        &mut self,
+        role: &Arc<str>,
+        statement: &Arc<str>,
+        start: Option<Instant>,
+        rows: u64,
+        outcome: Outcome,
+    ) {
+        let Some(start) = start else { return };
+        let duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.0.push(Done {
+            role: role.clone(),
+            statement: statement.clone(),
+            duration_us,
+            rows,
+            outcome,
+        });
+    }
+
+    /// Log what is waiting, for `identity` on `database`.
+    #[inline]
+    pub(crate) fn log(&mut self, identity: &Identity, database: &str) {
+        // Called each time a session has written: mostly nothing to do.
+        if !self.0.is_empty() {
+            self.log_all(identity, database);
+        }
+    }
+
+    fn log_all(&mut self, identity: &Identity, database: &str) {
+        for d in self.0.drain(..) {
+            log_admitted(
+                &LogSubject {
+                    identity,
+                    database,
+                    role: &d.role,
+                },
+                &d.statement,
+                d.duration_us,
+                d.rows,
+                d.outcome,
+            );
+        }
+    }
+}
+
+/// Log an admitted statement whose results were relayed.
+fn log_admitted(
     who: &LogSubject<'_>,
     statement: &str,
-    start: Option<Instant>,
+    duration_us: u64,
     rows: u64,
     outcome: Outcome,
 ) {
-    let duration_us = start.map_or(0, |s| {
-        u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX)
-    });
     tracing::info!(
         target: crate::query_log::TARGET,
         user = who.identity.username(),

@@ -119,7 +119,7 @@ pub fn init_logging() {
     #[cfg(feature = "sql")]
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(text.with_filter(hexon_sql::query_log::other_events()))
+        .with(hexon_sql::query_log::without(text))
         .with(hexon_sql::query_log::QueryLog::new(std::io::stderr).batched())
         .try_init();
     #[cfg(not(feature = "sql"))]

@@ -220,7 +220,8 @@ pub(crate) enum Upstream {
 pub(crate) struct Relay {
     info: SessionInfo,
     pipeline: PipelineService,
-    statements: HashMap<u32, Stmt>,
+    /// By the id the server gave (foldhash: looked up at every execute).
+    statements: HashMap<u32, Stmt, foldhash::fast::RandomState>,
     response: Option<Response>,
     /// The command is `COM_RESET_CONNECTION`.
     resetting: bool,
@@ -230,6 +231,8 @@ pub(crate) struct Relay {
     status: u16,
     /// Run on the identity before every statement.
     check: Option<crate::wire::IdentityCheck>,
+    /// Statements done, for the query log ([`Relay::log_finished`]).
+    finished: wire::Finished,
 }
 
 /// Whether a `COM_STMT_PREPARE` answer is complete.
@@ -253,12 +256,13 @@ impl Relay {
         Self {
             info,
             pipeline,
-            statements: HashMap::new(),
+            statements: HashMap::default(),
             response: None,
             resetting: false,
             seq: 1,
             status: frame::SERVER_STATUS_AUTOCOMMIT,
             check: None,
+            finished: wire::Finished::default(),
         }
     }
 
@@ -297,6 +301,7 @@ impl Relay {
 
     fn refuse(&mut self, cl: &mut BytesMut, req: &SqlRequest, r: &Refusal) {
         let statement = wire::refused_statement(&self.info.acl, req, r);
+        self.log_finished();
         wire::log_refused(&self.info.subject(&self.info.role.name), r, &statement);
         self.err(cl, refusal_code(r), r.sqlstate(), &r.reason);
     }
@@ -855,13 +860,20 @@ impl Relay {
         } else {
             Outcome::Done
         };
-        wire::log_admitted(
-            &self.info.subject(&e.role),
-            &e.normalized,
-            e.start,
-            e.sent,
-            outcome,
-        );
+        self.finished
+            .push(&e.role, &e.normalized, e.start, e.sent, outcome);
+    }
+
+    /// Log the statements whose results are relayed: the session calls
+    /// this once it has written to the client ([`wire::Finished`]).
+    pub(crate) fn log_finished(&mut self) {
+        self.finished.log(&self.info.identity, &self.info.db.name);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.log_finished();
     }
 }
 

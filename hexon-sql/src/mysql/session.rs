@@ -289,6 +289,8 @@ where
     let mut to_client = BytesMut::with_capacity(HIGH_WATER);
     let mut to_upstream = BytesMut::with_capacity(4096);
     loop {
+        // The last command's answer is written: now its query log.
+        relay.log_finished();
         let command = match auth::read_packet(&mut client, &mut cin, MAX_PAYLOAD).await {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {

@@ -160,6 +160,9 @@ pub(crate) struct Relay {
     last_stmt: Option<Arc<Stmt>>,
     portals: Names<Portal>,
     pending: VecDeque<Pending>,
+    /// The queue of the last batch answered, emptied, for the next batch
+    /// (a batch per statement: no allocation each time).
+    spare_execs: VecDeque<Exec>,
     /// A refusal happened in the open extended batch: drop until `Sync`.
     discarding: bool,
     /// Transaction status of the last upstream `ReadyForQuery`.
@@ -175,22 +178,27 @@ pub(crate) struct Relay {
     pub(crate) max_message: usize,
     /// Run on the identity before every statement.
     check: Option<crate::wire::IdentityCheck>,
+    /// Statements done, for the query log ([`Relay::log_finished`]).
+    finished: crate::wire::Finished,
 }
 
 /// Prepared statements or portals by name, as the server knows them (raw
 /// bytes). The unnamed one, which most clients use for every statement,
-/// has a slot of its own: no hashing on the hot path.
+/// has a slot of its own: no hashing on the hot path. Named ones (`pgbench
+/// -M prepared`, drivers' statement caches) are looked up at every `Bind`:
+/// foldhash, randomly seeded per map, where SipHash cost ~190 instructions
+/// a lookup; a client choosing colliding names slows only its own session.
 #[derive(Debug)]
 struct Names<T> {
     unnamed: Option<T>,
-    named: HashMap<Box<[u8]>, T>,
+    named: HashMap<Box<[u8]>, T, foldhash::fast::RandomState>,
 }
 
 impl<T> Names<T> {
     fn new() -> Self {
         Self {
             unnamed: None,
-            named: HashMap::new(),
+            named: HashMap::default(),
         }
     }
 
@@ -241,6 +249,7 @@ impl Relay {
             last_stmt: None,
             portals: Names::new(),
             pending: VecDeque::new(),
+            spare_execs: VecDeque::new(),
             discarding: false,
             tx_status: b'I',
             suppress: false,
@@ -248,6 +257,7 @@ impl Relay {
             copy_in: false,
             max_message,
             check: None,
+            finished: crate::wire::Finished::default(),
         }
     }
 
@@ -594,7 +604,7 @@ impl Relay {
             Some(Pending::Extended { synced: false, .. })
         ) {
             self.pending.push_back(Pending::Extended {
-                execs: VecDeque::new(),
+                execs: std::mem::take(&mut self.spare_execs),
                 inject: None,
                 synced: false,
             });
@@ -707,7 +717,7 @@ impl Relay {
         self.copy_in = false;
         if let Some(Pending::Extended { execs, synced, .. }) = self.pending.front_mut() {
             if let Some(e) = execs.pop_front() {
-                log_exec(&self.info, &e);
+                log_exec(&mut self.finished, &e);
             }
             execs.clear();
             if ours {
@@ -726,7 +736,7 @@ impl Relay {
     fn finish_exec(&mut self) {
         if let Some(Pending::Extended { execs, .. }) = self.pending.front_mut() {
             if let Some(e) = execs.pop_front() {
-                log_exec(&self.info, &e);
+                log_exec(&mut self.finished, &e);
             }
         }
     }
@@ -736,11 +746,14 @@ impl Relay {
             self.tx_status = s;
         }
         match self.pending.pop_front() {
-            Some(Pending::Simple(e)) => log_exec(&self.info, &e),
-            Some(Pending::Extended { execs, inject, .. }) => {
-                for e in execs {
-                    log_exec(&self.info, &e);
+            Some(Pending::Simple(e)) => log_exec(&mut self.finished, &e),
+            Some(Pending::Extended {
+                mut execs, inject, ..
+            }) => {
+                for e in execs.drain(..) {
+                    log_exec(&mut self.finished, &e);
                 }
+                self.spare_execs = execs;
                 if let Some(err) = inject {
                     if !self.batch_error {
                         cl.extend_from_slice(&err);
@@ -770,8 +783,15 @@ impl Relay {
         }
     }
 
-    fn log_refused(&self, r: &Refusal, statement: &str) {
+    fn log_refused(&mut self, r: &Refusal, statement: &str) {
+        self.log_finished();
         crate::wire::log_refused(&self.info.subject(&self.info.role.name), r, statement);
+    }
+
+    /// Log the statements whose results are relayed: the session calls
+    /// this once it has written to the client ([`crate::wire::Finished`]).
+    pub(crate) fn log_finished(&mut self) {
+        self.finished.log(&self.info.identity, &self.info.database);
     }
 }
 
@@ -785,7 +805,7 @@ impl SessionInfo {
     }
 }
 
-fn log_exec(info: &SessionInfo, e: &Exec) {
+fn log_exec(finished: &mut crate::wire::Finished, e: &Exec) {
     use crate::wire::Outcome;
     let outcome = if e.over {
         Outcome::RowCap
@@ -794,13 +814,13 @@ fn log_exec(info: &SessionInfo, e: &Exec) {
     } else {
         Outcome::Done
     };
-    crate::wire::log_admitted(
-        &info.subject(&e.stmt.role),
-        &e.stmt.normalized,
-        e.start,
-        e.sent,
-        outcome,
-    );
+    finished.push(&e.stmt.role, &e.stmt.normalized, e.start, e.sent, outcome);
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.log_finished();
+    }
 }
 
 #[cfg(test)]

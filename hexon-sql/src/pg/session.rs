@@ -723,9 +723,12 @@ impl Pump {
                 && !self.flush_client
                 && !self.flush_upstream
             {
+                self.relay.log_finished();
                 return Poll::Ready(Ok(()));
             }
             if !progress {
+                // The answers are written: now the query log.
+                self.relay.log_finished();
                 return Poll::Pending;
             }
         }
