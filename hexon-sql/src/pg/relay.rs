@@ -999,6 +999,81 @@ tables = [{ name = "public.*", ops = ["select"] }]
         assert!(text.contains("54000"));
     }
 
+    /// Query-log lines written while `f` runs (which can count them so
+    /// far), parsed.
+    fn query_log(f: impl FnOnce(&dyn Fn() -> usize)) -> Vec<serde_json::Value> {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        use tracing_subscriber::prelude::*;
+        let lines = Lines::default();
+        let w = lines.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(crate::query_log::QueryLog::new(move || w.clone()));
+        let count = || {
+            let text = lines.0.lock().unwrap();
+            text.iter().filter(|&&b| b == b'\n').count()
+        };
+        tracing::subscriber::with_default(subscriber, || f(&count));
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_statement_is_logged_once_written_and_before_a_later_refusal() {
+        let mut before_the_write = usize::MAX;
+        let lines = query_log(|written| {
+            let mut r = relay();
+            let (mut up, mut cl) = (BytesMut::new(), BytesMut::new());
+            r.on_client(&enc(Query::new("SELECT * FROM t".into())), &mut up, &mut cl);
+            r.on_upstream(&raw(b'T', b"\0\0"), &mut cl);
+            r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
+            r.on_upstream(&raw(b'C', b"SELECT 1\0"), &mut cl);
+            r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+            assert_eq!(tags(&cl), "TDCZ");
+            // The answer is complete but not yet written: no line yet.
+            before_the_write = written();
+            // The next statement is refused before the session wrote: the
+            // waiting line goes first.
+            r.on_client(&enc(Query::new("DELETE FROM t".into())), &mut up, &mut cl);
+            r.on_client(&enc(Query::new("SELECT 2 FROM t".into())), &mut up, &mut cl);
+            r.on_upstream(&raw(b'E', b"\0"), &mut cl);
+            r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+            r.on_upstream(&raw(b'D', b"\0\0"), &mut cl);
+            r.on_upstream(&raw(b'C', b"SELECT 1\0"), &mut cl);
+            r.on_upstream(&raw(b'Z', b"I"), &mut cl);
+            r.log_finished();
+        });
+        assert_eq!(before_the_write, 0, "the first line waited");
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| (l["verdict"].as_str().unwrap(), l["rows"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, [("admitted", 1), ("refused", 0), ("admitted", 1)]);
+        assert!(
+            lines[0]["statement"]
+                .as_str()
+                .unwrap()
+                .starts_with("SELECT")
+        );
+        assert!(
+            lines[2]["statement"]
+                .as_str()
+                .unwrap()
+                .starts_with("SELECT")
+        );
+    }
+
     #[test]
     fn portal_rows_are_capped_cumulatively() {
         let mut r = relay();
