@@ -837,7 +837,9 @@ fn push_timestamp(buf: &mut String, now: SystemTime) {
     if cached != Ok(true) {
         push_seconds(buf, secs);
     }
-    // Six digits, zero-padded, without `itoa` and padding pushes.
+    // The microseconds, on every line: six digits written in place, without
+    // `push_padded`'s `itoa` and padding pushes (the date parts, formatted
+    // once a second, use it).
     let mut micros = since.subsec_micros();
     let mut digits = [b'0'; 6];
     for d in digits.iter_mut().rev() {
@@ -1245,6 +1247,20 @@ mod tests {
                 (0..b.len()).find(|&p| escape_len(&b, p) > 0)
             );
         }
+    }
+
+    #[test]
+    fn padded_numbers_have_at_least_their_width() {
+        let padded = |v, width| {
+            let mut s = String::new();
+            push_padded(&mut s, v, width);
+            s
+        };
+        assert_eq!(padded(5, 6), "000005");
+        assert_eq!(padded(0, 2), "00");
+        assert_eq!(padded(999_999, 6), "999999");
+        assert_eq!(padded(12_345, 4), "12345", "wider than the width: whole");
+        assert_eq!(padded(u64::MAX, 4), u64::MAX.to_string());
     }
 
     #[test]

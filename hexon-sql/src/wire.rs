@@ -446,6 +446,19 @@ pub(crate) enum Outcome {
     RowCap,
 }
 
+impl Outcome {
+    /// How an execution ended, from its flags: the row cap first.
+    pub(crate) fn of(over_cap: bool, failed: bool) -> Self {
+        if over_cap {
+            Outcome::RowCap
+        } else if failed {
+            Outcome::Failed
+        } else {
+            Outcome::Done
+        }
+    }
+}
+
 /// When a statement started, for the query log's `duration_us`; `None`
 /// when the query log is off, so that no statement reads the clock for a
 /// log nobody reads (nor is logged: [`Finished::push`]).

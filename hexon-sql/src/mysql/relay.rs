@@ -853,13 +853,7 @@ impl Relay {
                 s.cursor_rows = e.counted;
             }
         }
-        let outcome = if e.over {
-            Outcome::RowCap
-        } else if e.failed {
-            Outcome::Failed
-        } else {
-            Outcome::Done
-        };
+        let outcome = Outcome::of(e.over, e.failed);
         self.finished
             .push(&e.role, &e.normalized, e.start, e.sent, outcome);
     }

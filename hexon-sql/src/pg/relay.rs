@@ -806,14 +806,7 @@ impl SessionInfo {
 }
 
 fn log_exec(finished: &mut crate::wire::Finished, e: &Exec) {
-    use crate::wire::Outcome;
-    let outcome = if e.over {
-        Outcome::RowCap
-    } else if e.failed {
-        Outcome::Failed
-    } else {
-        Outcome::Done
-    };
+    let outcome = crate::wire::Outcome::of(e.over, e.failed);
     finished.push(&e.stmt.role, &e.stmt.normalized, e.start, e.sent, outcome);
 }
 
