@@ -18,10 +18,30 @@
 //!
 //! Dropping [`ConnectionThreads`] lets each thread finish once its last
 //! connection has ended; the threads then exit on their own.
+//!
+//! **Idle polling** ([`IdlePoll`], off by default): a thread that has just
+//! worked keeps polling its sockets for a short window instead of going to
+//! sleep, as Seastar's reactor does (`--idle-poll-time-us`). A thread that
+//! sleeps in `epoll_wait` pays a wake-up on the next packet — on a virtual
+//! machine an idle vCPU is halted, and waking it costs tens of
+//! microseconds — so a request/response session with one client in flight
+//! waits for two wake-ups per statement. Polling trades CPU for that
+//! latency, so it is bounded three ways: it stops `window` after the
+//! thread's last activity ([`mark_active`]); it does not start while the
+//! host's CPU pressure (`/proc/pressure/cpu`: the share of time some task
+//! waited for a CPU) is above [`IdlePoll::max_pressure`], since on a busy
+//! host the polled CPU is taken from the work it waits for; and it stops
+//! as soon as another task on the same CPU wants to run (a
+//! `sched_yield` that gave the CPU away). The measurements are in
+//! docs/BENCHMARKS.md.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -30,7 +50,11 @@ use tokio::sync::Notify;
 pub const MAX_THREADS: usize = 256;
 
 thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+    /// Set by [`mark_active`], taken by the thread's idle poller.
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    /// The idle poller, while it waits for activity.
+    static POLLER: Cell<Option<Waker>> = const { Cell::new(None) };
 }
 
 /// This thread's index in its [`ConnectionThreads`] set, from 1; `0` on any
@@ -43,6 +67,8 @@ struct Shared {
     live: AtomicUsize,
     closed: AtomicBool,
     idle: Notify,
+    /// Nanoseconds spent idle polling.
+    polled: AtomicU64,
 }
 
 struct Worker {
@@ -53,6 +79,79 @@ struct Worker {
 /// What a connection thread calls each time it is about to go idle
 /// ([`ConnectionThreads::start_with`]).
 pub type ParkHook = Arc<dyn Fn() + Send + Sync>;
+
+/// How the threads of a set wait for work
+/// ([`ConnectionThreads::start_with`]).
+#[derive(Clone, Default)]
+pub struct ThreadOptions {
+    /// Called each time a thread is about to wait for work (tokio's
+    /// `on_thread_park`): the moment to write out what the thread batched
+    /// while it was busy, such as the SQL bastion's query log. Not called
+    /// while a thread idle polls.
+    pub on_park: Option<ParkHook>,
+    /// Keep polling for a while after activity instead of sleeping.
+    pub idle_poll: Option<IdlePoll>,
+}
+
+impl std::fmt::Debug for ThreadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadOptions")
+            .field("on_park", &self.on_park.is_some())
+            .field("idle_poll", &self.idle_poll)
+            .finish()
+    }
+}
+
+/// Idle polling: see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct IdlePoll {
+    /// How long a thread keeps polling after its last
+    /// [`mark_active`].
+    pub window: Duration,
+    /// Highest CPU pressure (0.0–1.0: the share of the last
+    /// [`PRESSURE_INTERVAL`] in which some task on the host waited for a
+    /// CPU) at which a thread starts polling.
+    pub max_pressure: f64,
+    /// Where the pressure is read, in the kernel's PSI format
+    /// (`some avg10=… total=<µs>`): `/proc/pressure/cpu`. Unreadable
+    /// means no polling.
+    pub pressure_file: PathBuf,
+}
+
+impl IdlePoll {
+    /// Poll for `window` after activity while the host's CPU pressure is
+    /// at most [`DEFAULT_MAX_PRESSURE`].
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            max_pressure: DEFAULT_MAX_PRESSURE,
+            pressure_file: PathBuf::from("/proc/pressure/cpu"),
+        }
+    }
+}
+
+/// The CPU pressure above which threads do not idle poll. Under
+/// `pgbench` through the SQL bastion on two vCPUs, one client in flight
+/// gives 0.04–0.12 and eight give 0.8–0.9.
+pub const DEFAULT_MAX_PRESSURE: f64 = 0.3;
+
+/// How often the CPU pressure is read again (each read is a file read).
+pub const PRESSURE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A yield that took longer than this gave the CPU to another task: the
+/// CPU is wanted, so polling stops.
+const YIELD_CONTENDED: Duration = Duration::from_micros(5);
+
+/// Say that a task on this thread just did work (read or wrote a
+/// connection): with [`IdlePoll`] on, the thread polls for its window
+/// before it sleeps again. Costs a thread-local store; does nothing
+/// elsewhere.
+pub fn mark_active() {
+    ACTIVE.with(|a| a.set(true));
+    if let Some(w) = POLLER.with(Cell::take) {
+        w.wake();
+    }
+}
 
 /// A set of connection threads. See the [module docs](self).
 #[derive(Default)]
@@ -127,31 +226,34 @@ impl ConnectionThreads {
     /// A thread or its runtime could not be created (those already started
     /// wind down).
     pub fn start(n: usize, name: &str) -> std::io::Result<Self> {
-        Self::start_with(n, name, None)
+        Self::start_with(n, name, ThreadOptions::default())
     }
 
-    /// [`start`](Self::start), each thread calling `on_park` whenever it is
-    /// about to wait for work (tokio's `on_thread_park`): the moment to
-    /// write out what the thread batched while it was busy, such as the
-    /// SQL bastion's query log.
+    /// [`start`](Self::start) with `options` for how the threads wait.
     ///
     /// # Errors
     /// As [`start`](Self::start).
-    pub fn start_with(n: usize, name: &str, on_park: Option<ParkHook>) -> std::io::Result<Self> {
+    pub fn start_with(n: usize, name: &str, options: ThreadOptions) -> std::io::Result<Self> {
         // Built up in place: on an error its `Drop` winds down the threads
         // already started.
         let mut set = ConnectionThreads {
             workers: Vec::with_capacity(n.min(MAX_THREADS)),
         };
+        // One pressure reading for the set.
+        let idle_poll = options
+            .idle_poll
+            .map(|c| (Arc::new(Pressure::new(&c)), c.window));
         for i in 0..n.min(MAX_THREADS) {
             let shared = Arc::new(Shared {
                 live: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 idle: Notify::new(),
+                polled: AtomicU64::new(0),
             });
             let (tx, rx) = std::sync::mpsc::channel();
             let thread_shared = shared.clone();
-            let on_park = on_park.clone();
+            let on_park = options.on_park.clone();
+            let idle_poll = idle_poll.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
@@ -170,6 +272,9 @@ impl ConnectionThreads {
                         }
                     };
                     WORKER.with(|w| w.set(i + 1));
+                    if let Some((pressure, window)) = idle_poll {
+                        rt.spawn(poll_when_idle(window, pressure, thread_shared.clone()));
+                    }
                     let _ = tx.send(Ok(rt.handle().clone()));
                     rt.block_on(async {
                         tokio::select! {
@@ -217,6 +322,17 @@ impl ConnectionThreads {
             .map(|w| w.shared.live.load(Ordering::Acquire))
             .collect()
     }
+
+    /// Time the threads have spent idle polling ([`IdlePoll`]), all
+    /// together: CPU time spent waiting for work rather than sleeping.
+    pub fn idle_polled(&self) -> Duration {
+        Duration::from_nanos(
+            self.workers
+                .iter()
+                .map(|w| w.shared.polled.load(Ordering::Relaxed))
+                .sum(),
+        )
+    }
 }
 
 impl Drop for ConnectionThreads {
@@ -250,6 +366,131 @@ async fn keep_a_timer_near() {
 
 /// See [`keep_a_timer_near`].
 const TIMER_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The host's CPU pressure, read at most every [`PRESSURE_INTERVAL`] by
+/// whichever thread asks first.
+struct Pressure {
+    file: PathBuf,
+    max: f64,
+    /// Whether the last reading allowed polling.
+    low: AtomicBool,
+    /// The last reading: when, and the `some` total in microseconds.
+    last: Mutex<Option<(Instant, u64)>>,
+    /// An unreadable file is reported once.
+    warned: AtomicBool,
+}
+
+impl Pressure {
+    fn new(c: &IdlePoll) -> Self {
+        Self {
+            file: c.pressure_file.clone(),
+            max: c.max_pressure,
+            low: AtomicBool::new(false),
+            last: Mutex::new(None),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether pressure is low enough to poll. The first reading only
+    /// starts the measurement (no polling until the second).
+    fn low(&self) -> bool {
+        // Another thread reading the file meanwhile: its answer will do.
+        if let Ok(mut last) = self.last.try_lock() {
+            let now = Instant::now();
+            if last.is_none_or(|(at, _)| now.duration_since(at) >= PRESSURE_INTERVAL) {
+                let total = std::fs::read_to_string(&self.file)
+                    .ok()
+                    .and_then(|s| some_total(&s));
+                if total.is_none() && !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(file = %self.file.display(), "idle polling is off: the CPU pressure cannot be read (it needs a kernel with PSI)");
+                }
+                let low = match (*last, total) {
+                    (Some((at, before)), Some(total)) => {
+                        pressure(before, total, now.duration_since(at)) <= self.max
+                    }
+                    _ => false,
+                };
+                self.low.store(low, Ordering::Relaxed);
+                *last = total.map(|t| (now, t));
+            }
+        }
+        self.low.load(Ordering::Relaxed)
+    }
+}
+
+/// The `total=` of the `some` line of a PSI file, in microseconds.
+fn some_total(psi: &str) -> Option<u64> {
+    psi.lines()
+        .find_map(|l| l.strip_prefix("some "))?
+        .split_ascii_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// The share of `elapsed` that the PSI total grew by, from `before` to
+/// `after` microseconds.
+fn pressure(before: u64, after: u64, elapsed: Duration) -> f64 {
+    let waited = Duration::from_micros(after.saturating_sub(before));
+    if elapsed.is_zero() {
+        return 1.0;
+    }
+    waited.as_secs_f64() / elapsed.as_secs_f64()
+}
+
+/// Waits for this thread's next [`mark_active`], taking it.
+async fn next_activity() {
+    std::future::poll_fn(|cx| {
+        if ACTIVE.with(|a| a.replace(false)) {
+            Poll::Ready(())
+        } else {
+            POLLER.with(|p| p.set(Some(cx.waker().clone())));
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// The idle poller of one thread (a task on its runtime): after activity,
+/// and while the host's CPU pressure is low, keeps the runtime polling its
+/// sockets (`epoll_wait` without a timeout) until `window` has passed
+/// without activity or another task wants the CPU.
+///
+/// tokio has no setting for this; a task that yields is the way in: the
+/// runtime then polls its I/O driver without sleeping, runs whatever became
+/// ready, and polls the yielding task again.
+async fn poll_when_idle(window: Duration, pressure: Arc<Pressure>, shared: Arc<Shared>) {
+    loop {
+        next_activity().await;
+        if !pressure.low() {
+            // A busy host: ask again at the next reading, not woken by
+            // activity meanwhile (with many sessions that is every
+            // statement).
+            tokio::time::sleep(PRESSURE_INTERVAL).await;
+            continue;
+        }
+        let start = Instant::now();
+        let mut until = start + window;
+        loop {
+            let now = Instant::now();
+            if ACTIVE.with(|a| a.replace(false)) {
+                until = now + window;
+            }
+            if now >= until {
+                break;
+            }
+            // Whatever else is runnable on this CPU goes first; if it did,
+            // the CPU is wanted and polling stops.
+            std::thread::yield_now();
+            if now.elapsed() > YIELD_CONTENDED {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let polled = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.polled.fetch_add(polled, Ordering::Relaxed);
+    }
+}
 
 /// Runs until the set is dropped and the thread's last connection ended.
 async fn wind_down(s: &Shared) {
@@ -307,7 +548,15 @@ mod tests {
         let parked = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
         let seen = parked.clone();
         let hook: ParkHook = Arc::new(move || seen.lock().unwrap().push(worker_index()));
-        let threads = ConnectionThreads::start_with(1, "park", Some(hook)).unwrap();
+        let threads = ConnectionThreads::start_with(
+            1,
+            "park",
+            ThreadOptions {
+                on_park: Some(hook),
+                idle_poll: None,
+            },
+        )
+        .unwrap();
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
         let (tx, rx) = std::sync::mpsc::channel();
         threads.place().unwrap().spawn(async move {
@@ -324,6 +573,150 @@ mod tests {
         go.send(()).unwrap();
         rx.recv().unwrap();
         assert!(parked.lock().unwrap().iter().all(|&w| w == 1));
+    }
+
+    #[test]
+    fn psi_totals_are_read_from_the_some_line_only() {
+        let psi = "some avg10=24.73 avg60=49.20 avg300=40.40 total=661237695\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(some_total(psi), Some(661_237_695));
+        for bad in [
+            "",
+            "full avg10=0.00 total=5\n",
+            "some avg10=1.00\n",
+            "some total=-3\n",
+            "some total=12x\n",
+            "some total=99999999999999999999999\n",
+            "something total=5\n",
+        ] {
+            assert_eq!(some_total(bad), None, "{bad:?}");
+        }
+        let ms = Duration::from_millis;
+        assert!((pressure(1_000, 51_000, ms(100)) - 0.5).abs() < 1e-9);
+        assert_eq!(pressure(5, 5, ms(100)), 0.0);
+        // A total that went backwards counts as none; no time at all, as
+        // full pressure.
+        assert_eq!(pressure(9, 5, ms(100)), 0.0);
+        assert_eq!(pressure(0, 5, Duration::ZERO), 1.0);
+    }
+
+    /// A set of one idle-polling thread whose pressure comes from `psi`.
+    fn polling_thread(psi: &std::path::Path) -> ConnectionThreads {
+        let mut poll = IdlePoll::new(Duration::from_micros(200));
+        poll.pressure_file = psi.to_owned();
+        ConnectionThreads::start_with(
+            1,
+            "idle-poll",
+            ThreadOptions {
+                on_park: None,
+                idle_poll: Some(poll),
+            },
+        )
+        .unwrap()
+    }
+
+    /// Runs a task on `threads` that is active every millisecond for
+    /// `for_ms`, and waits for it.
+    fn busy_for(threads: &ConnectionThreads, for_ms: u64) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        threads.place().unwrap().spawn(async move {
+            for _ in 0..for_ms {
+                mark_active();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tx.send(()).unwrap();
+        });
+        rx.recv().unwrap();
+    }
+
+    #[test]
+    fn threads_idle_poll_after_activity_only_while_pressure_is_low() {
+        let dir = tempfile::tempdir().unwrap();
+        // No pressure: the total never grows. The gate opens at the second
+        // reading, a pressure interval after the first.
+        let calm = dir.path().join("calm");
+        std::fs::write(&calm, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1000\n").unwrap();
+        let threads = polling_thread(&calm);
+        assert_eq!(
+            threads.idle_polled(),
+            Duration::ZERO,
+            "nothing before activity"
+        );
+        busy_for(&threads, 400);
+        assert!(threads.idle_polled() > Duration::ZERO, "a calm host polls");
+
+        // Full pressure: the total grows as fast as time passes.
+        let busy = dir.path().join("busy");
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (busy, stop) = (busy.clone(), stop.clone());
+            let start = Instant::now();
+            std::fs::write(&busy, "some total=0\n").unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let total = start.elapsed().as_micros();
+                    std::fs::write(&busy, format!("some avg10=100.00 total={total}\n")).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let threads = polling_thread(&busy);
+        busy_for(&threads, 400);
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(
+            threads.idle_polled(),
+            Duration::ZERO,
+            "a busy host does not"
+        );
+
+        // Unreadable: no polling either.
+        let threads = polling_thread(&dir.path().join("missing"));
+        busy_for(&threads, 300);
+        assert_eq!(
+            threads.idle_polled(),
+            Duration::ZERO,
+            "no reading, no polling"
+        );
+    }
+
+    #[test]
+    fn a_polling_thread_still_serves_its_sockets() {
+        // Round trips over loopback to a task on an idle-polling thread:
+        // the runtime's I/O is driven by the polling as well as by sleeping.
+        let dir = tempfile::tempdir().unwrap();
+        let calm = dir.path().join("calm");
+        std::fs::write(&calm, "some total=7\n").unwrap();
+        let threads = polling_thread(&calm);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        threads.place().unwrap().spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 64];
+            // Ends when the test's side closes.
+            while let Ok(n @ 1..) = s.read(&mut b).await {
+                mark_active();
+                if s.write_all(b.get(..n).unwrap_or_default()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Past the pressure's first reading, so that the thread polls.
+        busy_for(&threads, 150);
+        let before = threads.idle_polled();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        use std::io::{Read, Write};
+        for i in 0..2000u32 {
+            let msg = i.to_be_bytes();
+            c.write_all(&msg).unwrap();
+            let mut got = [0u8; 4];
+            c.read_exact(&mut got).unwrap();
+            assert_eq!(got, msg);
+        }
+        assert!(threads.idle_polled() > before, "it polled meanwhile");
     }
 
     #[test]

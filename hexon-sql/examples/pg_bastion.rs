@@ -93,12 +93,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    // `SESSION_THREADS=N` sets `session_threads` (benchmarks compare counts).
-    let threads = std::env::var("SESSION_THREADS")
-        .map(|n| format!("session_threads = {n}\n"))
-        .unwrap_or_default();
+    // `SESSION_THREADS=N` sets `session_threads` and `IDLE_POLL_US=N`
+    // `idle_poll_us` (benchmarks compare settings).
+    let mut settings = String::new();
+    for (var, key) in [
+        ("SESSION_THREADS", "session_threads"),
+        ("IDLE_POLL_US", "idle_poll_us"),
+    ] {
+        if let Ok(n) = std::env::var(var) {
+            settings.push_str(&format!("{key} = {n}\n"));
+        }
+    }
     let config: BastionConfig = toml::from_str(&format!(
-        "listen = {listen:?}\ndangerous_allow_plaintext = true\ntoken_issuer = {ISSUER:?}\ntoken_audience = {AUDIENCE:?}\n{threads}"
+        "listen = {listen:?}\ndangerous_allow_plaintext = true\ntoken_issuer = {ISSUER:?}\ntoken_audience = {AUDIENCE:?}\n{settings}"
     ))?;
     let bastion = PgBastion::bind(&config, Arc::new(acl), keys).await?;
     println!(

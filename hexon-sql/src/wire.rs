@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use hexon_core::jwt::JwtVerifier;
-use hexon_core::rt::ConnectionThreads;
+use hexon_core::rt::{ConnectionThreads, IdlePoll, ThreadOptions};
 use hexon_core::{Identity, UnixTime};
 
 use crate::acl::err;
@@ -73,6 +73,13 @@ pub struct BastionConfig {
     /// 256), `0` to run them on the caller's runtime.
     #[serde(default)]
     pub session_threads: Option<usize>,
+    /// Microseconds a session thread keeps polling its sockets after its
+    /// last activity instead of sleeping (at most 1000; `0`, the default:
+    /// off). Cuts the wake-up latency of statements at the cost of CPU;
+    /// it polls only while the host's CPU pressure is low
+    /// ([`hexon_core::rt::IdlePoll`]; docs/SQL.md, "Idle polling").
+    #[serde(default)]
+    pub idle_poll_us: u64,
 }
 
 fn default_cache() -> usize {
@@ -244,6 +251,8 @@ pub(crate) struct Common {
     pub(crate) upstream_tls: std::collections::HashMap<Arc<str>, UpstreamTlsConfig>,
     /// Dedicated session threads (0: the caller's runtime).
     pub(crate) session_threads: usize,
+    /// Idle polling of the session threads (0: off).
+    pub(crate) idle_poll: Duration,
 }
 
 impl Common {
@@ -257,11 +266,18 @@ impl Common {
         acl: Arc<crate::acl::Acl>,
         keys: hexon_core::KeySet,
     ) -> Result<Self, BastionError> {
+        if config.idle_poll_us > MAX_IDLE_POLL_US {
+            return Err(BastionError::Config(format!(
+                "idle_poll_us = {}: at most {MAX_IDLE_POLL_US} (a thread polls that long after each statement; 50-200 covers a database's answer)",
+                config.idle_poll_us
+            )));
+        }
         Ok(Self {
             session_threads: config
                 .session_threads
                 .unwrap_or_else(default_session_threads)
                 .min(MAX_SESSION_THREADS),
+            idle_poll: Duration::from_micros(config.idle_poll_us),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
             verifier: JwtVerifier::new(
@@ -294,10 +310,14 @@ pub(crate) async fn serve<F, Fut>(
     let handle = Arc::new(handle);
     // Each thread hands its batched query-log lines on when it runs out
     // of work (`QueryLog::batched`).
+    let options = ThreadOptions {
+        on_park: Some(Arc::new(crate::query_log::flush)),
+        idle_poll: (!common.idle_poll.is_zero()).then(|| IdlePoll::new(common.idle_poll)),
+    };
     let threads = match ConnectionThreads::start_with(
         common.session_threads,
         &format!("hexon-{protocol}"),
-        Some(Arc::new(crate::query_log::flush)),
+        options,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -588,6 +608,11 @@ pub struct ListenerSection {
     /// gateway's own runtime.
     #[serde(default)]
     pub session_threads: Option<usize>,
+    /// Microseconds a session thread polls after activity before it
+    /// sleeps (at most 1000; `0`, the default: off). See
+    /// [`BastionConfig::idle_poll_us`].
+    #[serde(default)]
+    pub idle_poll_us: u64,
 }
 
 /// The gateway's `[sql]` section: the ACL (`[sql.validation]`,
@@ -623,11 +648,21 @@ fn listener(
         ));
         return None;
     }
+    if section.idle_poll_us > MAX_IDLE_POLL_US {
+        errs.push(crate::acl::err(
+            &format!("{key}.idle_poll_us"),
+            &format!("at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (50-200 covers a database's answer; 0 turns polling off)"),
+        ));
+        return None;
+    }
     Some(section)
 }
 
 /// Most session threads a listener may ask for.
 const MAX_SESSION_THREADS: usize = hexon_core::rt::MAX_THREADS;
+
+/// Longest idle-polling window, in microseconds.
+const MAX_IDLE_POLL_US: u64 = 1000;
 
 impl SqlSection {
     /// Validate the `[sql]` table of hexon.toml. Locations are relative to
@@ -715,6 +750,7 @@ impl SqlSection {
             max_connections: listener.max_connections,
             max_connections_per_user: listener.max_connections_per_user,
             session_threads: listener.session_threads,
+            idle_poll_us: listener.idle_poll_us,
         }
     }
 }
@@ -726,6 +762,24 @@ mod tests {
     fn section(text: &str) -> Result<SqlSection, Vec<String>> {
         let t: toml::Table = text.parse().unwrap_or_default();
         SqlSection::from_table(t).map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn an_idle_poll_window_over_the_limit_is_refused() {
+        let acl = Arc::new(crate::acl::Acl::from_toml("").unwrap_or_else(|e| panic!("{e:?}")));
+        let config = |us: u64| -> BastionConfig {
+            toml::from_str(&format!(
+                "listen = \"127.0.0.1:0\"\ndangerous_allow_plaintext = true\ntoken_issuer = \"i\"\ntoken_audience = \"a\"\nidle_poll_us = {us}"
+            ))
+            .unwrap()
+        };
+        let keys = hexon_core::KeySet::new;
+        match Common::new(&config(1001), acl.clone(), keys()) {
+            Err(BastionError::Config(m)) => assert!(m.contains("idle_poll_us = 1001"), "{m}"),
+            other => panic!("{:?}", other.err()),
+        }
+        let ok = Common::new(&config(1000), acl, keys()).map_err(|e| e.to_string());
+        assert_eq!(ok.map(|c| c.idle_poll), Ok(Duration::from_micros(1000)));
     }
 
     #[test]
@@ -818,6 +872,14 @@ mod tests {
             .unwrap_or_default();
         assert!(
             e.iter().any(|m| m.starts_with("postgres.session_threads")),
+            "{e:?}"
+        );
+        let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nidle_poll_us = 5000")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("mysql.idle_poll_us") && m.contains("at most 1000")),
             "{e:?}"
         );
         let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nbogus = 1")

@@ -207,6 +207,9 @@ impl Env {
             max_connections_per_user: 8,
             // Two dedicated session threads (the default is one per CPU).
             session_threads: Some(2),
+            // Idle polling on (it engages when the CPU pressure is low):
+            // sessions must behave the same either way.
+            idle_poll_us: 100,
         };
         let acl = Arc::new(Acl::from_toml(&fixture.acl()).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -784,6 +787,7 @@ tables = [{{ name = "no_tls.*", ops = ["select"] }}]
         max_connections_per_user: 8,
         // Sessions on the test's own runtime.
         session_threads: Some(0),
+        idle_poll_us: 0,
     };
     let bastion = rt
         .block_on(MyBastion::bind(

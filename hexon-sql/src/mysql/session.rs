@@ -300,6 +300,8 @@ where
             }
             Err(e) => return Err(e),
         };
+        // The thread idle polls after this (when configured).
+        hexon_core::rt::mark_active();
         let step = relay.on_command(command, &mut to_upstream, &mut to_client);
         flush(&mut server, &mut to_upstream).await?;
         match step {
@@ -312,6 +314,7 @@ where
             }
             Step::Forward => loop {
                 let p = auth::read_packet(&mut server, &mut uin, MAX_PAYLOAD).await?;
+                hexon_core::rt::mark_active();
                 match relay.on_upstream(&p, &mut to_client) {
                     Upstream::More => {
                         if to_client.len() >= HIGH_WATER {

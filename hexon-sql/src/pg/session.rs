@@ -645,6 +645,8 @@ impl Pump {
         C: AsyncRead + AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
     {
+        // The thread idle polls after this (when configured).
+        hexon_core::rt::mark_active();
         // A side whose read was pending in this call has our waker: polling
         // it again before we return only costs a readiness check.
         let (mut client_waits, mut server_waits) = (false, false);
