@@ -27,13 +27,15 @@
 //! microseconds — so a request/response session with one client in flight
 //! waits for two wake-ups per statement. Polling trades CPU for that
 //! latency, so it is bounded three ways: it stops `window` after the
-//! thread's last activity ([`mark_active`]); it does not start while the
-//! host's CPU pressure (`/proc/pressure/cpu`: the share of time some task
-//! waited for a CPU) is above [`IdlePoll::max_pressure`], since on a busy
-//! host the polled CPU is taken from the work it waits for; and it stops
-//! as soon as another task on the same CPU wants to run (a
-//! `sched_yield` that gave the CPU away). The measurements are in
-//! docs/BENCHMARKS.md.
+//! thread's last activity ([`mark_active`]); it does not start, and stops,
+//! while the host's CPU pressure (`/proc/pressure/cpu`: the share of time
+//! some task waited for a CPU) is above [`IdlePoll::max_pressure`], since
+//! on a busy host the polled CPU is taken from the work it waits for; and
+//! it stops until the next activity when another task on the same CPU
+//! wants to run (a `sched_yield` that gave the CPU away). It relies on
+//! tokio's single-threaded scheduler polling its driver with a zero
+//! timeout, not parking, while a task has yielded (`yield_now`). The
+//! measurements are in docs/BENCHMARKS.md.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -323,8 +325,10 @@ impl ConnectionThreads {
             .collect()
     }
 
-    /// Time the threads have spent idle polling ([`IdlePoll`]), all
-    /// together: CPU time spent waiting for work rather than sleeping.
+    /// Time the threads have spent in idle-polling runs ([`IdlePoll`]),
+    /// all together: wall-clock time from a run's start to its end, which
+    /// includes the connections' work done meanwhile (and any time the
+    /// thread was preempted).
     pub fn idle_polled(&self) -> Duration {
         Duration::from_nanos(
             self.workers
@@ -391,8 +395,11 @@ impl Pressure {
         }
     }
 
-    /// Whether pressure is low enough to poll. The first reading only
-    /// starts the measurement (no polling until the second).
+    /// Whether pressure is low enough to poll. A reading is compared with
+    /// the one before it when that is one to two intervals old; otherwise
+    /// (the first reading, or the first after a quiet spell, which would
+    /// average the spell) it only starts the measurement, and the answer is
+    /// no until the next.
     fn low(&self) -> bool {
         // Another thread reading the file meanwhile: its answer will do.
         if let Ok(mut last) = self.last.try_lock() {
@@ -405,7 +412,9 @@ impl Pressure {
                     tracing::warn!(file = %self.file.display(), "idle polling is off: the CPU pressure cannot be read (it needs a kernel with PSI)");
                 }
                 let low = match (*last, total) {
-                    (Some((at, before)), Some(total)) => {
+                    (Some((at, before)), Some(total))
+                        if now.duration_since(at) <= 2 * PRESSURE_INTERVAL =>
+                    {
                         pressure(before, total, now.duration_since(at)) <= self.max
                     }
                     _ => false,
@@ -453,8 +462,9 @@ async fn next_activity() {
 
 /// The idle poller of one thread (a task on its runtime): after activity,
 /// and while the host's CPU pressure is low, keeps the runtime polling its
-/// sockets (`epoll_wait` without a timeout) until `window` has passed
-/// without activity or another task wants the CPU.
+/// sockets (`epoll_wait` with a zero timeout) until `window` has passed
+/// without activity, another task wants the CPU, or the pressure rises
+/// (read again every [`PRESSURE_INTERVAL`] while polling goes on).
 ///
 /// tokio has no setting for this; a task that yields is the way in: the
 /// runtime then polls its I/O driver without sleeping, runs whatever became
@@ -467,10 +477,13 @@ async fn poll_when_idle(window: Duration, pressure: Arc<Pressure>, shared: Arc<S
             // activity meanwhile (with many sessions that is every
             // statement).
             tokio::time::sleep(PRESSURE_INTERVAL).await;
+            // Activity during the sleep is old news.
+            ACTIVE.with(|a| a.set(false));
             continue;
         }
         let start = Instant::now();
         let mut until = start + window;
+        let mut checked = start;
         loop {
             let now = Instant::now();
             if ACTIVE.with(|a| a.replace(false)) {
@@ -478,6 +491,14 @@ async fn poll_when_idle(window: Duration, pressure: Arc<Pressure>, shared: Arc<S
             }
             if now >= until {
                 break;
+            }
+            // Statements closer together than the window keep a run going:
+            // the pressure is looked at again as it goes.
+            if now.duration_since(checked) >= PRESSURE_INTERVAL {
+                checked = now;
+                if !pressure.low() {
+                    break;
+                }
             }
             // Whatever else is runnable on this CPU goes first; if it did,
             // the CPU is wanted and polling stops.
@@ -599,6 +620,13 @@ mod tests {
         assert_eq!(pressure(0, 5, Duration::ZERO), 1.0);
     }
 
+    /// A PSI file in `dir` whose total never grows: no pressure.
+    fn calm(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let calm = dir.path().join("calm");
+        std::fs::write(&calm, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1000\n").unwrap();
+        calm
+    }
+
     /// A set of one idle-polling thread whose pressure comes from `psi`.
     fn polling_thread(psi: &std::path::Path) -> ConnectionThreads {
         let mut poll = IdlePoll::new(Duration::from_micros(200));
@@ -631,11 +659,9 @@ mod tests {
     #[test]
     fn threads_idle_poll_after_activity_only_while_pressure_is_low() {
         let dir = tempfile::tempdir().unwrap();
-        // No pressure: the total never grows. The gate opens at the second
-        // reading, a pressure interval after the first.
-        let calm = dir.path().join("calm");
-        std::fs::write(&calm, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1000\n").unwrap();
-        let threads = polling_thread(&calm);
+        // No pressure: the gate opens at the second reading, a pressure
+        // interval after the first.
+        let threads = polling_thread(&calm(&dir));
         assert_eq!(
             threads.idle_polled(),
             Duration::ZERO,
@@ -644,7 +670,9 @@ mod tests {
         busy_for(&threads, 400);
         assert!(threads.idle_polled() > Duration::ZERO, "a calm host polls");
 
-        // Full pressure: the total grows as fast as time passes.
+        // Pressure: the total grows ten times as fast as time passes (so
+        // that a writer starved for a while on a loaded machine still
+        // shows it), written whole (a new file renamed over the old).
         let busy = dir.path().join("busy");
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
@@ -652,9 +680,11 @@ mod tests {
             let start = Instant::now();
             std::fs::write(&busy, "some total=0\n").unwrap();
             std::thread::spawn(move || {
+                let next = busy.with_extension("new");
                 while !stop.load(Ordering::Relaxed) {
-                    let total = start.elapsed().as_micros();
-                    std::fs::write(&busy, format!("some avg10=100.00 total={total}\n")).unwrap();
+                    let total = start.elapsed().as_micros() * 10;
+                    std::fs::write(&next, format!("some avg10=100.00 total={total}\n")).unwrap();
+                    std::fs::rename(&next, &busy).unwrap();
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })
@@ -680,13 +710,92 @@ mod tests {
     }
 
     #[test]
+    fn a_polling_thread_parks_again_once_activity_stops() {
+        // The query log is handed on when a thread parks: polling must end.
+        let dir = tempfile::tempdir().unwrap();
+        let parks = Arc::new(AtomicUsize::new(0));
+        let counted = parks.clone();
+        let mut poll = IdlePoll::new(Duration::from_micros(200));
+        poll.pressure_file = calm(&dir);
+        let threads = ConnectionThreads::start_with(
+            1,
+            "idle-poll-park",
+            ThreadOptions {
+                on_park: Some(Arc::new(move || {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                })),
+                idle_poll: Some(poll),
+            },
+        )
+        .unwrap();
+        busy_for(&threads, 300);
+        assert!(threads.idle_polled() > Duration::ZERO, "it polled");
+        let after_activity = parks.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while parks.load(Ordering::Relaxed) == after_activity {
+            assert!(Instant::now() < deadline, "the thread never parked again");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn pressure_that_rises_during_a_run_stops_it() {
+        // Activity every millisecond within a 200 ms window keeps one run
+        // going, and a thread that polls does not park. The pressure, read
+        // again as the run goes on, must end it while the activity lasts:
+        // the thread then parks between activities. (On a loaded machine a
+        // `sched_yield` that gives the CPU away ends runs too, so there this
+        // passes even without the new reading; on an idle one it does not.)
+        let dir = tempfile::tempdir().unwrap();
+        let psi = calm(&dir);
+        let parks = Arc::new(AtomicUsize::new(0));
+        let counted = parks.clone();
+        let mut poll = IdlePoll::new(Duration::from_millis(200));
+        poll.pressure_file = psi.clone();
+        let threads = ConnectionThreads::start_with(
+            1,
+            "idle-poll-rise",
+            ThreadOptions {
+                on_park: Some(Arc::new(move || {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                })),
+                idle_poll: Some(poll),
+            },
+        )
+        .unwrap();
+        let (risen, rise) = std::sync::mpsc::channel::<()>();
+        let (done, finished) = std::sync::mpsc::channel::<usize>();
+        let seen = parks.clone();
+        threads.place().unwrap().spawn(async move {
+            while rise.try_recv().is_err() {
+                mark_active();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let at_rise = seen.load(Ordering::Relaxed);
+            for _ in 0..400 {
+                mark_active();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Parks while the activity lasted (without the new reading the
+            // run would go on 200 ms past this point).
+            let _ = done.send(seen.load(Ordering::Relaxed) - at_rise);
+        });
+        // Polling by now: the gate opened at the second reading.
+        std::thread::sleep(Duration::from_millis(300));
+        let next = psi.with_extension("new");
+        std::fs::write(&next, "some avg10=90.00 total=999999999999\n").unwrap();
+        std::fs::rename(&next, &psi).unwrap();
+        risen.send(()).unwrap();
+        let parked = finished.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(parked > 0, "the run went on through the pressure");
+    }
+
+    #[test]
     fn a_polling_thread_still_serves_its_sockets() {
         // Round trips over loopback to a task on an idle-polling thread:
         // the runtime's I/O is driven by the polling as well as by sleeping.
         let dir = tempfile::tempdir().unwrap();
-        let calm = dir.path().join("calm");
-        std::fs::write(&calm, "some total=7\n").unwrap();
-        let threads = polling_thread(&calm);
+        let threads = polling_thread(&calm(&dir));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -703,8 +812,10 @@ mod tests {
                 }
             }
         });
-        // Past the pressure's first reading, so that the thread polls.
+        // Past the pressure's first reading, so that the thread polls; a
+        // run is counted when it ends, so let that one end first.
         busy_for(&threads, 150);
+        std::thread::sleep(Duration::from_millis(50));
         let before = threads.idle_polled();
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -268,15 +268,21 @@ impl Common {
     ) -> Result<Self, BastionError> {
         if config.idle_poll_us > MAX_IDLE_POLL_US {
             return Err(BastionError::Config(format!(
-                "idle_poll_us = {}: at most {MAX_IDLE_POLL_US} (a thread polls that long after each statement; 50-200 covers a database's answer)",
+                "idle_poll_us = {}: at most {MAX_IDLE_POLL_US} (a thread polls that long after each statement; 100-200 covers a database's answer)",
                 config.idle_poll_us
             )));
         }
+        let session_threads = config
+            .session_threads
+            .unwrap_or_else(default_session_threads)
+            .min(MAX_SESSION_THREADS);
+        if session_threads == 0 && config.idle_poll_us > 0 {
+            return Err(BastionError::Config(
+                "idle_poll_us needs session threads, and session_threads = 0 runs sessions on the caller's runtime: unset one of them".into(),
+            ));
+        }
         Ok(Self {
-            session_threads: config
-                .session_threads
-                .unwrap_or_else(default_session_threads)
-                .min(MAX_SESSION_THREADS),
+            session_threads,
             idle_poll: Duration::from_micros(config.idle_poll_us),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
@@ -651,7 +657,14 @@ fn listener(
     if section.idle_poll_us > MAX_IDLE_POLL_US {
         errs.push(crate::acl::err(
             &format!("{key}.idle_poll_us"),
-            &format!("at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (50-200 covers a database's answer; 0 turns polling off)"),
+            &format!("at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (100-200 covers a database's answer; 0 turns polling off)"),
+        ));
+        return None;
+    }
+    if section.idle_poll_us > 0 && section.session_threads == Some(0) {
+        errs.push(crate::acl::err(
+            &format!("{key}.idle_poll_us"),
+            "needs session threads, and session_threads = 0 runs sessions on the gateway's runtime: unset one of them",
         ));
         return None;
     }
@@ -778,8 +791,14 @@ mod tests {
             Err(BastionError::Config(m)) => assert!(m.contains("idle_poll_us = 1001"), "{m}"),
             other => panic!("{:?}", other.err()),
         }
-        let ok = Common::new(&config(1000), acl, keys()).map_err(|e| e.to_string());
+        let ok = Common::new(&config(1000), acl.clone(), keys()).map_err(|e| e.to_string());
         assert_eq!(ok.map(|c| c.idle_poll), Ok(Duration::from_micros(1000)));
+        let mut own_runtime = config(100);
+        own_runtime.session_threads = Some(0);
+        match Common::new(&own_runtime, acl, keys()) {
+            Err(BastionError::Config(m)) => assert!(m.contains("needs session threads"), "{m}"),
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]
@@ -880,6 +899,15 @@ mod tests {
         assert!(
             e.iter()
                 .any(|m| m.starts_with("mysql.idle_poll_us") && m.contains("at most 1000")),
+            "{e:?}"
+        );
+        let e =
+            section("[mysql]\nlisten = \"127.0.0.1:1\"\nidle_poll_us = 100\nsession_threads = 0")
+                .err()
+                .unwrap_or_default();
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("mysql.idle_poll_us") && m.contains("needs session threads")),
             "{e:?}"
         );
         let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nbogus = 1")
