@@ -629,17 +629,32 @@ mod tests {
 
     /// A set of one idle-polling thread whose pressure comes from `psi`.
     fn polling_thread(psi: &std::path::Path) -> ConnectionThreads {
-        let mut poll = IdlePoll::new(Duration::from_micros(200));
+        counted_thread(psi, Duration::from_micros(200), "idle-poll").0
+    }
+
+    /// A set of one idle-polling thread with `window`, its pressure from
+    /// `psi`, and the count of its parks.
+    fn counted_thread(
+        psi: &std::path::Path,
+        window: Duration,
+        name: &str,
+    ) -> (ConnectionThreads, Arc<AtomicUsize>) {
+        let parks = Arc::new(AtomicUsize::new(0));
+        let counted = parks.clone();
+        let mut poll = IdlePoll::new(window);
         poll.pressure_file = psi.to_owned();
-        ConnectionThreads::start_with(
+        let threads = ConnectionThreads::start_with(
             1,
-            "idle-poll",
+            name,
             ThreadOptions {
-                on_park: None,
+                on_park: Some(Arc::new(move || {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                })),
                 idle_poll: Some(poll),
             },
         )
-        .unwrap()
+        .unwrap();
+        (threads, parks)
     }
 
     /// Runs a task on `threads` that is active every millisecond for
@@ -713,21 +728,8 @@ mod tests {
     fn a_polling_thread_parks_again_once_activity_stops() {
         // The query log is handed on when a thread parks: polling must end.
         let dir = tempfile::tempdir().unwrap();
-        let parks = Arc::new(AtomicUsize::new(0));
-        let counted = parks.clone();
-        let mut poll = IdlePoll::new(Duration::from_micros(200));
-        poll.pressure_file = calm(&dir);
-        let threads = ConnectionThreads::start_with(
-            1,
-            "idle-poll-park",
-            ThreadOptions {
-                on_park: Some(Arc::new(move || {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                })),
-                idle_poll: Some(poll),
-            },
-        )
-        .unwrap();
+        let (threads, parks) =
+            counted_thread(&calm(&dir), Duration::from_micros(200), "idle-poll-park");
         busy_for(&threads, 300);
         assert!(threads.idle_polled() > Duration::ZERO, "it polled");
         let after_activity = parks.load(Ordering::Relaxed);
@@ -748,21 +750,7 @@ mod tests {
         // passes even without the new reading; on an idle one it does not.)
         let dir = tempfile::tempdir().unwrap();
         let psi = calm(&dir);
-        let parks = Arc::new(AtomicUsize::new(0));
-        let counted = parks.clone();
-        let mut poll = IdlePoll::new(Duration::from_millis(200));
-        poll.pressure_file = psi.clone();
-        let threads = ConnectionThreads::start_with(
-            1,
-            "idle-poll-rise",
-            ThreadOptions {
-                on_park: Some(Arc::new(move || {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                })),
-                idle_poll: Some(poll),
-            },
-        )
-        .unwrap();
+        let (threads, parks) = counted_thread(&psi, Duration::from_millis(200), "idle-poll-rise");
         let (risen, rise) = std::sync::mpsc::channel::<()>();
         let (done, finished) = std::sync::mpsc::channel::<usize>();
         let seen = parks.clone();
