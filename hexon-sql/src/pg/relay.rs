@@ -1024,6 +1024,36 @@ tables = [{ name = "public.*", ops = ["select"] }]
 
     #[test]
     fn a_statement_is_logged_once_written_and_before_a_later_refusal() {
+        // tracing-core keeps one global maximum level and callsite interest
+        // for all subscribers, rebuilt whenever one is created; tests on
+        // other threads create theirs concurrently (some with level
+        // filters), and a rebuild racing another can leave them below INFO
+        // for a moment, so an event here is now and then not delivered at
+        // all (2 runs in 40 of this test binary lost the refused line). A
+        // run that lost a line entirely is run again; the order of the
+        // lines delivered is always checked.
+        let mut attempts = 0;
+        let (before_the_write, lines) = loop {
+            attempts += 1;
+            let (before, lines) = logged_once_written_and_before_a_refusal();
+            if lines.len() == 3 || attempts == 5 {
+                break (before, lines);
+            }
+        };
+        assert_eq!(before_the_write, 0, "the first line waited");
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| (l["verdict"].as_str().unwrap(), l["rows"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, [("admitted", 1), ("refused", 0), ("admitted", 1)]);
+        for l in [&lines[0], &lines[2]] {
+            assert!(l["statement"].as_str().unwrap().starts_with("SELECT"));
+        }
+    }
+
+    /// The scenario of the test above: the lines logged, and how many
+    /// there were before the session wrote its first answer.
+    fn logged_once_written_and_before_a_refusal() -> (usize, Vec<serde_json::Value>) {
         let mut before_the_write = usize::MAX;
         let lines = query_log(|written| {
             let mut r = relay();
@@ -1047,24 +1077,7 @@ tables = [{ name = "public.*", ops = ["select"] }]
             r.on_upstream(&raw(b'Z', b"I"), &mut cl);
             r.log_finished();
         });
-        assert_eq!(before_the_write, 0, "the first line waited");
-        let got: Vec<_> = lines
-            .iter()
-            .map(|l| (l["verdict"].as_str().unwrap(), l["rows"].as_u64().unwrap()))
-            .collect();
-        assert_eq!(got, [("admitted", 1), ("refused", 0), ("admitted", 1)]);
-        assert!(
-            lines[0]["statement"]
-                .as_str()
-                .unwrap()
-                .starts_with("SELECT")
-        );
-        assert!(
-            lines[2]["statement"]
-                .as_str()
-                .unwrap()
-                .starts_with("SELECT")
-        );
+        (before_the_write, lines)
     }
 
     #[test]
