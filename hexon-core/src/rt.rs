@@ -501,9 +501,11 @@ async fn poll_when_idle(window: Duration, pressure: Arc<Pressure>, shared: Arc<S
                 }
             }
             // Whatever else is runnable on this CPU goes first; if it did,
-            // the CPU is wanted and polling stops.
+            // the CPU is wanted and polling stops. (Timed on its own: a
+            // pressure reading above takes longer than a yield.)
+            let yielded = Instant::now();
             std::thread::yield_now();
-            if now.elapsed() > YIELD_CONTENDED {
+            if yielded.elapsed() > YIELD_CONTENDED {
                 break;
             }
             tokio::task::yield_now().await;
