@@ -266,23 +266,14 @@ impl Common {
         acl: Arc<crate::acl::Acl>,
         keys: hexon_core::KeySet,
     ) -> Result<Self, BastionError> {
-        if config.idle_poll_us > MAX_IDLE_POLL_US {
-            return Err(BastionError::Config(format!(
-                "idle_poll_us = {}: at most {MAX_IDLE_POLL_US} (a thread polls that long after each statement; 100-200 covers a database's answer)",
-                config.idle_poll_us
-            )));
-        }
-        let session_threads = config
-            .session_threads
-            .unwrap_or_else(default_session_threads)
-            .min(MAX_SESSION_THREADS);
-        if session_threads == 0 && config.idle_poll_us > 0 {
-            return Err(BastionError::Config(
-                "idle_poll_us needs session threads, and session_threads = 0 runs sessions on the caller's runtime: unset one of them".into(),
-            ));
-        }
+        check_idle_poll(config.idle_poll_us, config.session_threads).map_err(|m| {
+            BastionError::Config(format!("idle_poll_us = {}: {m}", config.idle_poll_us))
+        })?;
         Ok(Self {
-            session_threads,
+            session_threads: config
+                .session_threads
+                .unwrap_or_else(default_session_threads)
+                .min(MAX_SESSION_THREADS),
             idle_poll: Duration::from_micros(config.idle_poll_us),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
@@ -654,18 +645,8 @@ fn listener(
         ));
         return None;
     }
-    if section.idle_poll_us > MAX_IDLE_POLL_US {
-        errs.push(crate::acl::err(
-            &format!("{key}.idle_poll_us"),
-            &format!("at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (100-200 covers a database's answer; 0 turns polling off)"),
-        ));
-        return None;
-    }
-    if section.idle_poll_us > 0 && section.session_threads == Some(0) {
-        errs.push(crate::acl::err(
-            &format!("{key}.idle_poll_us"),
-            "needs session threads, and session_threads = 0 runs sessions on the gateway's runtime: unset one of them",
-        ));
+    if let Err(m) = check_idle_poll(section.idle_poll_us, section.session_threads) {
+        errs.push(crate::acl::err(&format!("{key}.idle_poll_us"), &m));
         return None;
     }
     Some(section)
@@ -676,6 +657,20 @@ const MAX_SESSION_THREADS: usize = hexon_core::rt::MAX_THREADS;
 
 /// Longest idle-polling window, in microseconds.
 const MAX_IDLE_POLL_US: u64 = 1000;
+
+/// `idle_poll_us` within its bound, and only with session threads to poll
+/// (`session_threads = 0` runs sessions on the embedding program's runtime).
+fn check_idle_poll(idle_poll_us: u64, session_threads: Option<usize>) -> Result<(), String> {
+    if idle_poll_us > MAX_IDLE_POLL_US {
+        return Err(format!(
+            "at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (100-200 covers a database's answer; 0 turns polling off)"
+        ));
+    }
+    if idle_poll_us > 0 && session_threads == Some(0) {
+        return Err("needs session threads, and session_threads = 0 runs sessions on the caller's own runtime: unset one of them".into());
+    }
+    Ok(())
+}
 
 impl SqlSection {
     /// Validate the `[sql]` table of hexon.toml. Locations are relative to
@@ -893,23 +888,22 @@ mod tests {
             e.iter().any(|m| m.starts_with("postgres.session_threads")),
             "{e:?}"
         );
-        let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nidle_poll_us = 5000")
-            .err()
-            .unwrap_or_default();
-        assert!(
-            e.iter()
-                .any(|m| m.starts_with("mysql.idle_poll_us") && m.contains("at most 1000")),
-            "{e:?}"
-        );
-        let e =
-            section("[mysql]\nlisten = \"127.0.0.1:1\"\nidle_poll_us = 100\nsession_threads = 0")
+        for (extra, says) in [
+            ("idle_poll_us = 5000", "at most 1000"),
+            (
+                "idle_poll_us = 100\nsession_threads = 0",
+                "needs session threads",
+            ),
+        ] {
+            let e = section(&format!("[mysql]\nlisten = \"127.0.0.1:1\"\n{extra}"))
                 .err()
                 .unwrap_or_default();
-        assert!(
-            e.iter()
-                .any(|m| m.starts_with("mysql.idle_poll_us") && m.contains("needs session threads")),
-            "{e:?}"
-        );
+            assert!(
+                e.iter()
+                    .any(|m| m.starts_with("mysql.idle_poll_us") && m.contains(says)),
+                "{extra}: {e:?}"
+            );
+        }
         let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nbogus = 1")
             .err()
             .unwrap_or_default();

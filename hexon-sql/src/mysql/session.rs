@@ -289,8 +289,10 @@ where
     let mut to_client = BytesMut::with_capacity(HIGH_WATER);
     let mut to_upstream = BytesMut::with_capacity(4096);
     loop {
-        // The last command's answer is written: now its query log.
+        // The last command's answer is written: now its query log; the
+        // thread idle polls for the next command (when configured).
         relay.log_finished();
+        hexon_core::rt::mark_active();
         let command = match auth::read_packet(&mut client, &mut cin, MAX_PAYLOAD).await {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -300,7 +302,7 @@ where
             }
             Err(e) => return Err(e),
         };
-        // The thread idle polls after this (when configured).
+        // A command arrived: the thread idle polls for the server's answer.
         hexon_core::rt::mark_active();
         let step = relay.on_command(command, &mut to_upstream, &mut to_client);
         flush(&mut server, &mut to_upstream).await?;
@@ -314,7 +316,6 @@ where
             }
             Step::Forward => loop {
                 let p = auth::read_packet(&mut server, &mut uin, MAX_PAYLOAD).await?;
-                hexon_core::rt::mark_active();
                 match relay.on_upstream(&p, &mut to_client) {
                     Upstream::More => {
                         if to_client.len() >= HIGH_WATER {
