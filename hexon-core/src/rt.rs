@@ -32,7 +32,12 @@
 //! some task waited for a CPU) is above [`IdlePoll::max_pressure`], since
 //! on a busy host the polled CPU is taken from the work it waits for; and
 //! it stops until the next activity when another task on the same CPU
-//! wants to run (a `sched_yield` that gave the CPU away). It relies on
+//! wants to run (a `sched_yield` that gave the CPU away). And it stops
+//! while it does not pay: a run that ends without having caught any
+//! activity (the database answers later than the window) only burned CPU,
+//! so while recent runs caught less than one activity each on average, a
+//! thread tries again at most once per [`PROBE_INTERVAL`] until runs catch
+//! activity again. It relies on
 //! tokio's single-threaded scheduler polling its driver with a zero
 //! timeout, not parking, while a task has yielded (`yield_now`). The
 //! measurements are in docs/BENCHMARKS.md.
@@ -71,6 +76,8 @@ struct Shared {
     idle: Notify,
     /// Nanoseconds spent idle polling.
     polled: AtomicU64,
+    /// Idle-polling runs started.
+    runs: AtomicU64,
 }
 
 struct Worker {
@@ -143,6 +150,83 @@ pub const PRESSURE_INTERVAL: Duration = Duration::from_millis(100);
 /// A yield that took longer than this gave the CPU to another task: the
 /// CPU is wanted, so polling stops.
 const YIELD_CONTENDED: Duration = Duration::from_micros(5);
+
+/// While idle polling does not pay (see the [module docs](self)), a thread tries one run
+/// at most this often: at a 100 µs window, at most 1 % of a CPU spent on
+/// finding out whether it pays again.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Whether this process may use every online CPU of the host: no CPU
+/// affinity mask and no cgroup CPU quota that leaves it fewer (`std`'s
+/// [`available_parallelism`](std::thread::available_parallelism) applies
+/// both). Idle polling is worth its CPU only then: under a quota the
+/// polled time is taken from the process's own work (and the CPU
+/// pressure, read host-wide, does not show it), and with an affinity mask
+/// the host's pressure says little about the CPUs the process may use.
+/// `false` when either count cannot be read.
+pub fn uses_every_cpu() -> bool {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| cpu_list_len(&s));
+    let usable = std::thread::available_parallelism()
+        .ok()
+        .map(std::num::NonZero::get);
+    matches!((online, usable), (Some(online), Some(usable)) if usable >= online)
+}
+
+/// How many CPUs a kernel CPU list names (`0-3,8,10-11\n`: 7).
+fn cpu_list_len(list: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in list.trim().split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let one = part.parse::<usize>().ok()?;
+                (one, one)
+            }
+        };
+        n = n.checked_add(last.checked_sub(first)?.checked_add(1)?)?;
+    }
+    Some(n)
+}
+
+/// Whether idle polling has been paying off on one thread: a moving
+/// average of the activity its runs caught, as an adaptive mutex spins
+/// only while spinning has recently succeeded.
+///
+/// A run that ends when its window passes without activity caught nothing
+/// and only burned CPU: with a database farther away than the window
+/// (another host, hundreds of microseconds) every run after a statement
+/// is such a run. A session whose statements and answers follow each
+/// other within the window keeps a run going, catching activity after
+/// activity. Runs count up to [`Payoff::CAP`] catches each, and the
+/// thread polls while the average is at least one per run. Runs that a
+/// busy CPU or pressure ended before their window passed are not counted
+/// unless they caught something: they say nothing about the window.
+#[derive(Debug, Clone)]
+struct Payoff {
+    /// Catches per run, averaged over about the last eight runs, in
+    /// 1/[`Payoff::ONE`]ths.
+    rate: u32,
+}
+
+impl Payoff {
+    const ONE: u32 = 256;
+    const CAP: u32 = 4;
+
+    /// Trusting at first: the first run finds out.
+    fn new() -> Self {
+        Self { rate: Self::ONE }
+    }
+
+    fn pays(&self) -> bool {
+        self.rate >= Self::ONE
+    }
+
+    fn record(&mut self, catches: u32) {
+        self.rate = self.rate - self.rate / 8 + catches.min(Self::CAP) * Self::ONE / 8;
+    }
+}
 
 /// Say that a task on this thread just did work (read or wrote a
 /// connection): with [`IdlePoll`] on, the thread polls for its window
@@ -251,6 +335,7 @@ impl ConnectionThreads {
                 closed: AtomicBool::new(false),
                 idle: Notify::new(),
                 polled: AtomicU64::new(0),
+                runs: AtomicU64::new(0),
             });
             let (tx, rx) = std::sync::mpsc::channel();
             let thread_shared = shared.clone();
@@ -470,34 +555,49 @@ async fn next_activity() {
 /// runtime then polls its I/O driver without sleeping, runs whatever became
 /// ready, and polls the yielding task again.
 async fn poll_when_idle(window: Duration, pressure: Arc<Pressure>, shared: Arc<Shared>) {
+    let mut payoff = Payoff::new();
+    let mut probe = false;
     loop {
         next_activity().await;
-        if !pressure.low() {
-            // A busy host: ask again at the next reading, not woken by
-            // activity meanwhile (with many sessions that is every
-            // statement).
-            tokio::time::sleep(PRESSURE_INTERVAL).await;
+        // A busy host, or polling that has not been paying: not woken by
+        // activity for a while (with many sessions that is every
+        // statement); then the next activity asks again, and after a
+        // pause for the payoff it starts a run that finds out.
+        let pause = if !pressure.low() {
+            PRESSURE_INTERVAL
+        } else if !probe && !payoff.pays() {
+            probe = true;
+            PROBE_INTERVAL
+        } else {
+            probe = false;
+            Duration::ZERO
+        };
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
             // Activity during the sleep is old news.
             ACTIVE.with(|a| a.set(false));
             continue;
         }
+        shared.runs.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let mut until = start + window;
         let mut checked = start;
-        loop {
+        let mut catches = 0u32;
+        let expired = loop {
             let now = Instant::now();
             if ACTIVE.with(|a| a.replace(false)) {
                 until = now + window;
+                catches = catches.saturating_add(1);
             }
             if now >= until {
-                break;
+                break true;
             }
             // Statements closer together than the window keep a run going:
             // the pressure is looked at again as it goes.
             if now.duration_since(checked) >= PRESSURE_INTERVAL {
                 checked = now;
                 if !pressure.low() {
-                    break;
+                    break false;
                 }
             }
             // Whatever else is runnable on this CPU goes first; if it did,
@@ -506,9 +606,12 @@ async fn poll_when_idle(window: Duration, pressure: Arc<Pressure>, shared: Arc<S
             let yielded = Instant::now();
             std::thread::yield_now();
             if yielded.elapsed() > YIELD_CONTENDED {
-                break;
+                break false;
             }
             tokio::task::yield_now().await;
+        };
+        if expired || catches > 0 {
+            payoff.record(catches);
         }
         let polled = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         shared.polled.fetch_add(polled, Ordering::Relaxed);
@@ -818,6 +921,83 @@ mod tests {
             assert_eq!(got, msg);
         }
         assert!(threads.idle_polled() > before, "it polled meanwhile");
+    }
+
+    #[test]
+    fn cpu_lists_are_counted_and_malformed_ones_refused() {
+        for (list, n) in [("0-1\n", 2), ("0", 1), ("0-3,8,10-11", 7), ("5-5", 1)] {
+            assert_eq!(cpu_list_len(list), Some(n), "{list:?}");
+        }
+        for bad in [
+            "",
+            "\n",
+            "3-1",
+            "0-",
+            "-1",
+            "a",
+            "0,,1",
+            "0-1-2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(cpu_list_len(bad), None, "{bad:?}");
+        }
+        // This machine's own answer is either; it must not panic.
+        let _ = uses_every_cpu();
+    }
+
+    #[test]
+    fn polling_pays_while_runs_catch_activity() {
+        let mut p = Payoff::new();
+        assert!(p.pays(), "the first run finds out");
+        // A run that caught nothing turns it off at once...
+        p.record(0);
+        assert!(!p.pays());
+        // ...and runs that catch several turn it on again.
+        p.record(9);
+        assert!(p.pays());
+        // One catch every other run is not enough: each miss burned a
+        // whole window.
+        for _ in 0..64 {
+            p.record(1);
+            p.record(0);
+        }
+        assert!(!p.pays());
+        // A long steady run of misses cannot be undone by one lucky run.
+        for _ in 0..64 {
+            p.record(0);
+        }
+        p.record(u32::MAX);
+        assert!(!p.pays(), "one run counts at most CAP");
+        p.record(u32::MAX);
+        p.record(u32::MAX);
+        assert!(p.pays(), "a few good runs do");
+        // Steady success stays on.
+        for _ in 0..64 {
+            p.record(2);
+        }
+        assert!(p.pays());
+    }
+
+    #[test]
+    fn polling_that_catches_nothing_backs_off() {
+        // Activity every millisecond and a 100 µs window: every run ends
+        // without catching anything. Without the payoff each activity
+        // would start a run (about 300 here); with it, a run starts at most
+        // once per probe interval.
+        let dir = tempfile::tempdir().unwrap();
+        let (threads, _) =
+            counted_thread(&calm(&dir), Duration::from_micros(100), "idle-poll-payoff");
+        busy_for(&threads, 300);
+        let runs = threads
+            .workers
+            .first()
+            .unwrap()
+            .shared
+            .runs
+            .load(Ordering::Relaxed);
+        assert!(runs > 0, "it tried");
+        // 300 ms / 10 ms, plus slack for a slow machine's late timers.
+        assert!(runs <= 45, "{runs} runs for 300 activations");
     }
 
     #[test]

@@ -74,13 +74,22 @@ pub struct BastionConfig {
     #[serde(default)]
     pub session_threads: Option<usize>,
     /// Microseconds a session thread keeps polling its sockets after its
-    /// last activity instead of sleeping (at most 1000; `0`, the default:
-    /// off). Cuts the wake-up latency of statements at the cost of CPU;
-    /// it polls only while the host's CPU pressure is low
+    /// last activity instead of sleeping (at most 1000; `0`: off). Unset:
+    /// [`DEFAULT_IDLE_POLL_US`] when the process may use every CPU of the
+    /// host ([`hexon_core::rt::uses_every_cpu`]: no CPU quota, no affinity
+    /// mask) and runs session threads, off otherwise. Cuts the wake-up
+    /// latency of statements at the cost of CPU; it polls only while the
+    /// host's CPU pressure is low and while polling catches activity
     /// ([`hexon_core::rt::IdlePoll`]; docs/SQL.md, "Idle polling").
     #[serde(default)]
-    pub idle_poll_us: u64,
+    pub idle_poll_us: Option<u64>,
 }
+
+/// The idle-polling window when `idle_poll_us` is unset and the host's
+/// CPUs are all the process's: long enough to cover a database's answer on
+/// the same host or a near one (docs/BENCHMARKS.md: 50 µs missed the
+/// extended protocol's answers, 100 and 200 µs did not).
+pub const DEFAULT_IDLE_POLL_US: u64 = 100;
 
 fn default_cache() -> usize {
     10_000
@@ -253,6 +262,8 @@ pub(crate) struct Common {
     pub(crate) session_threads: usize,
     /// Idle polling of the session threads (0: off).
     pub(crate) idle_poll: Duration,
+    /// Whether `idle_poll` is the default's choice (unset in the config).
+    pub(crate) idle_poll_by_default: bool,
 }
 
 impl Common {
@@ -267,14 +278,25 @@ impl Common {
         keys: hexon_core::KeySet,
     ) -> Result<Self, BastionError> {
         check_idle_poll(config.idle_poll_us, config.session_threads).map_err(|m| {
-            BastionError::Config(format!("idle_poll_us = {}: {m}", config.idle_poll_us))
+            BastionError::Config(format!(
+                "idle_poll_us = {}: {m}",
+                config.idle_poll_us.unwrap_or_default()
+            ))
         })?;
+        let session_threads = config
+            .session_threads
+            .unwrap_or_else(default_session_threads)
+            .min(MAX_SESSION_THREADS);
         Ok(Self {
-            session_threads: config
-                .session_threads
-                .unwrap_or_else(default_session_threads)
-                .min(MAX_SESSION_THREADS),
-            idle_poll: Duration::from_micros(config.idle_poll_us),
+            session_threads,
+            idle_poll: Duration::from_micros(config.idle_poll_us.unwrap_or_else(|| {
+                if session_threads > 0 && hexon_core::rt::uses_every_cpu() {
+                    DEFAULT_IDLE_POLL_US
+                } else {
+                    0
+                }
+            })),
+            idle_poll_by_default: config.idle_poll_us.is_none(),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
             verifier: JwtVerifier::new(
@@ -322,6 +344,20 @@ pub(crate) async fn serve<F, Fut>(
             ConnectionThreads::default()
         }
     };
+    if common.idle_poll_by_default && !threads.is_empty() {
+        if common.idle_poll.is_zero() {
+            tracing::info!(
+                protocol,
+                "idle polling off: this process may not use every CPU of the host (a CPU quota or affinity mask); set idle_poll_us to poll anyway"
+            );
+        } else {
+            tracing::info!(
+                protocol,
+                window_us = common.idle_poll.as_micros(),
+                "idle polling on (the default where the process has every CPU): session threads poll briefly after activity while the host's CPU is idle; idle_poll_us = 0 turns it off"
+            );
+        }
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -606,10 +642,11 @@ pub struct ListenerSection {
     #[serde(default)]
     pub session_threads: Option<usize>,
     /// Microseconds a session thread polls after activity before it
-    /// sleeps (at most 1000; `0`, the default: off). See
+    /// sleeps (at most 1000; `0`: off; unset: [`DEFAULT_IDLE_POLL_US`]
+    /// where the process has the host's every CPU). See
     /// [`BastionConfig::idle_poll_us`].
     #[serde(default)]
-    pub idle_poll_us: u64,
+    pub idle_poll_us: Option<u64>,
 }
 
 /// The gateway's `[sql]` section: the ACL (`[sql.validation]`,
@@ -660,7 +697,13 @@ const MAX_IDLE_POLL_US: u64 = 1000;
 
 /// `idle_poll_us` within its bound, and only with session threads to poll
 /// (`session_threads = 0` runs sessions on the embedding program's runtime).
-fn check_idle_poll(idle_poll_us: u64, session_threads: Option<usize>) -> Result<(), String> {
+fn check_idle_poll(
+    idle_poll_us: Option<u64>,
+    session_threads: Option<usize>,
+) -> Result<(), String> {
+    let Some(idle_poll_us) = idle_poll_us else {
+        return Ok(());
+    };
     if idle_poll_us > MAX_IDLE_POLL_US {
         return Err(format!(
             "at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (100-200 covers a database's answer; 0 turns polling off)"
@@ -794,6 +837,37 @@ mod tests {
             Err(BastionError::Config(m)) => assert!(m.contains("needs session threads"), "{m}"),
             other => panic!("{:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn idle_polling_is_on_by_default_only_with_every_cpu_and_session_threads() {
+        let acl = Arc::new(crate::acl::Acl::from_toml("").unwrap_or_else(|e| panic!("{e:?}")));
+        let common = |extra: &str| {
+            let config: BastionConfig = toml::from_str(&format!(
+                "listen = \"127.0.0.1:0\"\ndangerous_allow_plaintext = true\ntoken_issuer = \"i\"\ntoken_audience = \"a\"\n{extra}"
+            ))
+            .unwrap();
+            Common::new(&config, acl.clone(), hexon_core::KeySet::new())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let unset = common("");
+        assert!(unset.idle_poll_by_default);
+        let expected = if hexon_core::rt::uses_every_cpu() {
+            Duration::from_micros(DEFAULT_IDLE_POLL_US)
+        } else {
+            Duration::ZERO
+        };
+        assert_eq!(unset.idle_poll, expected);
+        let off = common("idle_poll_us = 0");
+        assert_eq!(off.idle_poll, Duration::ZERO);
+        assert!(!off.idle_poll_by_default);
+        // Sessions on the caller's runtime: nothing to poll, and no error
+        // for a setting the user did not make.
+        assert_eq!(common("session_threads = 0").idle_poll, Duration::ZERO);
+        assert_eq!(
+            common("idle_poll_us = 250").idle_poll,
+            Duration::from_micros(250)
+        );
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl Env {
             session_threads: Some(2),
             // Idle polling on (it engages when the CPU pressure is low):
             // sessions must behave the same either way.
-            idle_poll_us: 100,
+            idle_poll_us: Some(100),
         };
         let acl = Arc::new(Acl::from_toml(&fixture.acl()).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -787,7 +787,7 @@ tables = [{{ name = "no_tls.*", ops = ["select"] }}]
         max_connections_per_user: 8,
         // Sessions on the test's own runtime.
         session_threads: Some(0),
-        idle_poll_us: 0,
+        idle_poll_us: Some(0),
     };
     let bastion = rt
         .block_on(MyBastion::bind(

@@ -243,7 +243,7 @@ impl Env {
             session_threads: if tls { Some(0) } else { None },
             // The dedicated threads idle poll (when this host's CPU
             // pressure is low): sessions must behave the same either way.
-            idle_poll_us: if tls { 0 } else { 100 },
+            idle_poll_us: Some(if tls { 0 } else { 100 }),
         };
         let acl = Arc::new(Acl::from_toml(&acl_toml(bench_db)).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
