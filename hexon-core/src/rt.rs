@@ -19,6 +19,13 @@
 //! Dropping [`ConnectionThreads`] lets each thread finish once its last
 //! connection has ended; the threads then exit on their own.
 //!
+//! **Pinning** ([`ThreadOptions::pin_cpus`]): thread `i` runs only on the
+//! `i`-th CPU the process may use. A connection's peers (the client, the
+//! upstream) and the thread that relays between them wake each other on
+//! every request; with the thread fixed, the kernel's wake-up placement
+//! gathers them on its CPU, where a wake-up is cheapest. The cost is that
+//! a pinned thread cannot leave a CPU another process monopolises.
+//!
 //! **Idle polling** ([`IdlePoll`], off by default): a thread that has just
 //! worked keeps polling its sockets for a short window instead of going to
 //! sleep, as Seastar's reactor does (`--idle-poll-time-us`). A thread that
@@ -83,6 +90,8 @@ struct Shared {
 struct Worker {
     handle: Handle,
     shared: Arc<Shared>,
+    /// The CPU the thread is pinned to, if it is.
+    cpu: Option<usize>,
 }
 
 /// What a connection thread calls each time it is about to go idle
@@ -100,6 +109,10 @@ pub struct ThreadOptions {
     pub on_park: Option<ParkHook>,
     /// Keep polling for a while after activity instead of sleeping.
     pub idle_poll: Option<IdlePoll>,
+    /// Pin thread `i` to the `i`-th CPU the process may run on (modulo
+    /// their count), so that the kernel does not move it; see
+    /// [`ConnectionThreads::start_with`].
+    pub pin_cpus: bool,
 }
 
 impl std::fmt::Debug for ThreadOptions {
@@ -107,6 +120,7 @@ impl std::fmt::Debug for ThreadOptions {
         f.debug_struct("ThreadOptions")
             .field("on_park", &self.on_park.is_some())
             .field("idle_poll", &self.idle_poll)
+            .field("pin_cpus", &self.pin_cpus)
             .finish()
     }
 }
@@ -325,6 +339,12 @@ impl ConnectionThreads {
         let mut set = ConnectionThreads {
             workers: Vec::with_capacity(n.min(MAX_THREADS)),
         };
+        // The CPUs to pin to, in order, when asked (none: not pinned).
+        let cpus = if options.pin_cpus {
+            allowed_cpus()
+        } else {
+            Vec::new()
+        };
         // One pressure reading for the set.
         let idle_poll = options
             .idle_poll
@@ -341,9 +361,13 @@ impl ConnectionThreads {
             let thread_shared = shared.clone();
             let on_park = options.on_park.clone();
             let idle_poll = idle_poll.clone();
+            let cpu = cpus.get(i % cpus.len().max(1)).copied();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to(cpu);
+                    }
                     // Built on its own thread: a runtime must not be
                     // dropped inside another one's context.
                     let mut builder = tokio::runtime::Builder::new_current_thread();
@@ -373,7 +397,11 @@ impl ConnectionThreads {
             let handle = rx.recv().map_err(|_| {
                 std::io::Error::other("a connection thread ended before it started")
             })??;
-            set.workers.push(Worker { handle, shared });
+            set.workers.push(Worker {
+                handle,
+                shared,
+                cpu,
+            });
         }
         Ok(set)
     }
@@ -385,6 +413,44 @@ impl ConnectionThreads {
             .workers
             .iter()
             .min_by_key(|w| w.shared.live.load(Ordering::Acquire))?;
+        w.shared.live.fetch_add(1, Ordering::AcqRel);
+        Some(Placement {
+            handle: w.handle.clone(),
+            live: LiveGuard(w.shared.clone()),
+        })
+    }
+
+    /// Where a connection on `socket` goes: with pinned threads
+    /// ([`ThreadOptions::pin_cpus`]), the thread on the CPU that received
+    /// the socket's packets (`SO_INCOMING_CPU`: on one host, where its
+    /// client runs), unless that thread already has more than
+    /// [`NEAR_SLACK`] connections above twice the least busy one's;
+    /// otherwise, and without pinning, as [`place`](Self::place).
+    ///
+    /// A client, the thread relaying for it and the upstream it talks to
+    /// wake each other on every request. With the relaying thread on the
+    /// client's CPU, the kernel keeps the three together; placed by count
+    /// alone, a thread serves clients on every CPU and each wake-up
+    /// crosses CPUs (docs/BENCHMARKS.md, "2026-12-06, fifth session").
+    pub fn place_near<S: std::os::fd::AsFd>(&self, socket: &S) -> Option<Placement> {
+        let near = rustix::net::sockopt::socket_incoming_cpu(socket)
+            .ok()
+            .and_then(|cpu| usize::try_from(cpu).ok())
+            .and_then(|cpu| self.workers.iter().find(|w| w.cpu == Some(cpu)));
+        let least = self
+            .workers
+            .iter()
+            .map(|w| w.shared.live.load(Ordering::Acquire))
+            .min()?;
+        let w = match near {
+            Some(w)
+                if w.shared.live.load(Ordering::Acquire)
+                    <= least.saturating_mul(2).saturating_add(NEAR_SLACK) =>
+            {
+                w
+            }
+            _ => return self.place(),
+        };
         w.shared.live.fetch_add(1, Ordering::AcqRel);
         Some(Placement {
             handle: w.handle.clone(),
@@ -430,6 +496,33 @@ impl Drop for ConnectionThreads {
             w.shared.closed.store(true, Ordering::Release);
             w.shared.idle.notify_waiters();
         }
+    }
+}
+
+/// How far past twice the least busy thread's count [`ConnectionThreads::place_near`]
+/// still places a connection on its client's CPU: a few clients on one
+/// CPU stay together, while many are spread at most about 2:1.
+pub const NEAR_SLACK: usize = 4;
+
+/// The CPUs this thread may run on, in order (empty when unknown).
+fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "connection threads are not pinned: the CPU affinity cannot be read");
+            Vec::new()
+        }
+    }
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        tracing::warn!(error = %e, cpu, "a connection thread could not be pinned to its CPU");
     }
 }
 
@@ -679,7 +772,7 @@ mod tests {
             "park",
             ThreadOptions {
                 on_park: Some(hook),
-                idle_poll: None,
+                ..ThreadOptions::default()
             },
         )
         .unwrap();
@@ -756,6 +849,7 @@ mod tests {
                     counted.fetch_add(1, Ordering::Relaxed);
                 })),
                 idle_poll: Some(poll),
+                ..ThreadOptions::default()
             },
         )
         .unwrap();
@@ -998,6 +1092,126 @@ mod tests {
         assert!(runs > 0, "it tried");
         // 300 ms / 10 ms, plus slack for a slow machine's late timers.
         assert!(runs <= 45, "{runs} runs for 300 activations");
+    }
+
+    /// The CPUs each thread of `threads` may run on, by thread.
+    fn affinities(threads: &ConnectionThreads) -> Vec<Vec<usize>> {
+        threads
+            .workers
+            .iter()
+            .map(|w| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                w.handle.spawn(async move {
+                    let _ = tx.send(allowed_cpus());
+                });
+                rx.recv().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pinned_threads_each_run_on_one_cpu_in_turn() {
+        let allowed = allowed_cpus();
+        assert!(!allowed.is_empty(), "this thread's affinity is readable");
+        // One more thread than CPUs: the last shares the first's CPU.
+        let n = allowed.len() + 1;
+        let pinned = ConnectionThreads::start_with(
+            n,
+            "pinned",
+            ThreadOptions {
+                pin_cpus: true,
+                ..ThreadOptions::default()
+            },
+        )
+        .unwrap();
+        let expected: Vec<Vec<usize>> = (0..n)
+            .map(|i| vec![*allowed.get(i % allowed.len()).unwrap()])
+            .collect();
+        assert_eq!(affinities(&pinned), expected);
+        // Unpinned threads keep the process's whole set.
+        let free = ConnectionThreads::start(2, "free").unwrap();
+        assert_eq!(affinities(&free), vec![allowed.clone(), allowed]);
+    }
+
+    /// A loopback connection whose client side sent from `cpu` (the
+    /// calling thread pinned there meanwhile), accepted: its
+    /// `SO_INCOMING_CPU` is `cpu`. Both ends are returned: the client's
+    /// close, from this thread's CPU, would count as the last packet in.
+    fn accepted_from(
+        listener: &std::net::TcpListener,
+        cpu: usize,
+    ) -> (std::net::TcpStream, std::net::TcpStream) {
+        use std::io::{Read, Write};
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            pin_to(cpu);
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(b"x").unwrap();
+            c
+        });
+        let (mut s, _) = listener.accept().unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        (s, client.join().unwrap())
+    }
+
+    /// The CPU of the thread a placement runs on.
+    fn cpu_of(threads: &ConnectionThreads, p: Placement) -> (Option<usize>, LiveGuard) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let Placement { handle, live } = p;
+        handle.spawn(async move {
+            let _ = tx.send(worker_index());
+        });
+        let index = rx.recv().unwrap();
+        let cpu = threads.workers.get(index - 1).unwrap().cpu;
+        (cpu, live)
+    }
+
+    #[test]
+    fn connections_go_to_the_pinned_thread_on_their_clients_cpu() {
+        let allowed = allowed_cpus();
+        let threads = ConnectionThreads::start_with(
+            allowed.len(),
+            "near",
+            ThreadOptions {
+                pin_cpus: true,
+                ..ThreadOptions::default()
+            },
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // From each CPU in turn, last first (placement by count alone
+        // would start at the first thread), twice: each lands on that
+        // CPU's thread.
+        let mut held = Vec::new();
+        for &cpu in allowed.iter().rev().chain(allowed.iter().rev()) {
+            let (s, _client) = accepted_from(&listener, cpu);
+            let (on, live) = cpu_of(&threads, threads.place_near(&s).unwrap());
+            assert_eq!(on, Some(cpu), "a client on CPU {cpu}");
+            held.push(live);
+        }
+        drop(held);
+        // Many clients on one CPU: spread once its thread is past twice the
+        // least busy one's count plus the slack.
+        let first = *allowed.first().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            let (s, _client) = accepted_from(&listener, first);
+            held.push(cpu_of(&threads, threads.place_near(&s).unwrap()).1);
+        }
+        let live = threads.live();
+        let (most, least) = (live.iter().max().unwrap(), live.iter().min().unwrap());
+        assert!(*most <= 2 * least + NEAR_SLACK + 1, "{live:?}");
+        if allowed.len() > 1 {
+            assert!(*most > *least, "locality still weighs: {live:?}");
+        }
+        // Unpinned threads place by count alone.
+        let free = ConnectionThreads::start(2, "near-free").unwrap();
+        let (s, _client) = accepted_from(&listener, first);
+        let a = free.place_near(&s).unwrap();
+        let b = free.place_near(&s).unwrap();
+        assert_eq!(free.live(), vec![1, 1]);
+        drop((a, b));
     }
 
     #[test]

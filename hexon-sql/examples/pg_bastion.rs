@@ -99,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (var, key) in [
         ("SESSION_THREADS", "session_threads"),
         ("IDLE_POLL_US", "idle_poll_us"),
+        ("PIN_SESSION_THREADS", "pin_session_threads"),
     ] {
         if let Ok(n) = std::env::var(var) {
             settings.push_str(&format!("{key} = {n}\n"));

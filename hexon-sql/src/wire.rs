@@ -83,6 +83,13 @@ pub struct BastionConfig {
     /// ([`hexon_core::rt::IdlePoll`]; docs/SQL.md, "Idle polling").
     #[serde(default)]
     pub idle_poll_us: Option<u64>,
+    /// Pin session thread `i` to the `i`-th CPU the process may use, so
+    /// that the kernel does not move it. Unset: pinned when the process
+    /// may use every CPU of the host ([`hexon_core::rt::uses_every_cpu`]);
+    /// `false` lets the kernel place the threads (docs/SQL.md, "Pinned
+    /// session threads").
+    #[serde(default)]
+    pub pin_session_threads: Option<bool>,
 }
 
 /// The idle-polling window when `idle_poll_us` is unset and the host's
@@ -264,6 +271,10 @@ pub(crate) struct Common {
     pub(crate) idle_poll: Duration,
     /// Whether `idle_poll` is the default's choice (unset in the config).
     pub(crate) idle_poll_by_default: bool,
+    /// Pin the session threads to CPUs.
+    pub(crate) pin_session_threads: bool,
+    /// Whether `pin_session_threads` is the default's choice.
+    pub(crate) pin_by_default: bool,
 }
 
 impl Common {
@@ -287,16 +298,19 @@ impl Common {
             .session_threads
             .unwrap_or_else(default_session_threads)
             .min(MAX_SESSION_THREADS);
+        // What the defaults of idle polling and pinning follow: the
+        // process's own threads, on every CPU of the host.
+        let whole_host = session_threads > 0 && hexon_core::rt::uses_every_cpu();
         Ok(Self {
             session_threads,
-            idle_poll: Duration::from_micros(config.idle_poll_us.unwrap_or_else(|| {
-                if session_threads > 0 && hexon_core::rt::uses_every_cpu() {
-                    DEFAULT_IDLE_POLL_US
-                } else {
-                    0
-                }
+            idle_poll: Duration::from_micros(config.idle_poll_us.unwrap_or(if whole_host {
+                DEFAULT_IDLE_POLL_US
+            } else {
+                0
             })),
             idle_poll_by_default: config.idle_poll_us.is_none(),
+            pin_session_threads: config.pin_session_threads.unwrap_or(whole_host),
+            pin_by_default: config.pin_session_threads.is_none(),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
             verifier: JwtVerifier::new(
@@ -332,6 +346,7 @@ pub(crate) async fn serve<F, Fut>(
     let options = ThreadOptions {
         on_park: Some(Arc::new(crate::query_log::flush)),
         idle_poll: (!common.idle_poll.is_zero()).then(|| IdlePoll::new(common.idle_poll)),
+        pin_cpus: common.pin_session_threads,
     };
     let threads = match ConnectionThreads::start_with(
         common.session_threads,
@@ -344,17 +359,19 @@ pub(crate) async fn serve<F, Fut>(
             ConnectionThreads::default()
         }
     };
-    if common.idle_poll_by_default && !threads.is_empty() {
-        if common.idle_poll.is_zero() {
+    if !threads.is_empty() && (common.idle_poll_by_default || common.pin_by_default) {
+        if common.idle_poll.is_zero() && !common.pin_session_threads {
             tracing::info!(
                 protocol,
-                "idle polling off: this process may not use every CPU of the host (a CPU quota or affinity mask); set idle_poll_us to poll anyway"
+                "session threads neither idle poll nor are pinned to CPUs: this process may not use every CPU of the host (a CPU quota or affinity mask); set idle_poll_us and pin_session_threads to have them anyway"
             );
         } else {
             tracing::info!(
                 protocol,
-                window_us = common.idle_poll.as_micros(),
-                "idle polling on (the default where the process has every CPU): session threads poll briefly after activity while the host's CPU is idle; idle_poll_us = 0 turns it off"
+                threads = threads.len(),
+                idle_poll_us = common.idle_poll.as_micros(),
+                pinned = common.pin_session_threads,
+                "session threads pinned one per CPU and idle polling briefly after activity while the host's CPU is idle (the defaults where the process has every CPU; idle_poll_us = 0 and pin_session_threads = false turn them off)"
             );
         }
     }
@@ -405,7 +422,7 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let handle = handle.clone();
-    let Some(p) = threads.place() else {
+    let Some(p) = threads.place_near(&tcp) else {
         tokio::spawn(async move {
             handle(tcp).await;
             drop(slot);
@@ -647,6 +664,10 @@ pub struct ListenerSection {
     /// [`BastionConfig::idle_poll_us`].
     #[serde(default)]
     pub idle_poll_us: Option<u64>,
+    /// Pin session threads to CPUs (unset: where the process has the
+    /// host's every CPU). See [`BastionConfig::pin_session_threads`].
+    #[serde(default)]
+    pub pin_session_threads: Option<bool>,
 }
 
 /// The gateway's `[sql]` section: the ACL (`[sql.validation]`,
@@ -802,6 +823,7 @@ impl SqlSection {
             max_connections_per_user: listener.max_connections_per_user,
             session_threads: listener.session_threads,
             idle_poll_us: listener.idle_poll_us,
+            pin_session_threads: listener.pin_session_threads,
         }
     }
 }
@@ -868,6 +890,13 @@ mod tests {
             common("idle_poll_us = 250").idle_poll,
             Duration::from_micros(250)
         );
+        // Pinning follows the same rule.
+        assert_eq!(unset.pin_session_threads, hexon_core::rt::uses_every_cpu());
+        assert!(unset.pin_by_default);
+        let pinned = common("pin_session_threads = true");
+        assert!(pinned.pin_session_threads && !pinned.pin_by_default);
+        assert!(!common("pin_session_threads = false").pin_session_threads);
+        assert!(!common("session_threads = 0").pin_session_threads);
     }
 
     #[test]

@@ -207,9 +207,11 @@ impl Env {
             max_connections_per_user: 8,
             // Two dedicated session threads (the default is one per CPU).
             session_threads: Some(2),
-            // Idle polling on (it engages when the CPU pressure is low):
-            // sessions must behave the same either way.
+            // Idle polling on (it engages when the CPU pressure is low)
+            // and the threads pinned, sessions placed by their client's
+            // CPU: sessions must behave the same either way.
             idle_poll_us: Some(100),
+            pin_session_threads: Some(true),
         };
         let acl = Arc::new(Acl::from_toml(&fixture.acl()).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -788,6 +790,7 @@ tables = [{{ name = "no_tls.*", ops = ["select"] }}]
         // Sessions on the test's own runtime.
         session_threads: Some(0),
         idle_poll_us: Some(0),
+        pin_session_threads: Some(false),
     };
     let bastion = rt
         .block_on(MyBastion::bind(

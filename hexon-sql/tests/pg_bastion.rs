@@ -244,6 +244,8 @@ impl Env {
             // The dedicated threads idle poll (when this host's CPU
             // pressure is low): sessions must behave the same either way.
             idle_poll_us: Some(if tls { 0 } else { 100 }),
+            // Pinned, and sessions placed by their client's CPU.
+            pin_session_threads: Some(!tls),
         };
         let acl = Arc::new(Acl::from_toml(&acl_toml(bench_db)).unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
