@@ -288,12 +288,12 @@ impl Common {
         acl: Arc<crate::acl::Acl>,
         keys: hexon_core::KeySet,
     ) -> Result<Self, BastionError> {
-        check_idle_poll(config.idle_poll_us, config.session_threads).map_err(|m| {
-            BastionError::Config(format!(
-                "idle_poll_us = {}: {m}",
-                config.idle_poll_us.unwrap_or_default()
-            ))
-        })?;
+        check_thread_options(
+            config.idle_poll_us,
+            config.pin_session_threads,
+            config.session_threads,
+        )
+        .map_err(|(key, m)| BastionError::Config(format!("{key}: {m}")))?;
         let session_threads = config
             .session_threads
             .unwrap_or_else(default_session_threads)
@@ -371,7 +371,7 @@ pub(crate) async fn serve<F, Fut>(
                 threads = threads.len(),
                 idle_poll_us = common.idle_poll.as_micros(),
                 pinned = common.pin_session_threads,
-                "session threads pinned one per CPU and idle polling briefly after activity while the host's CPU is idle (the defaults where the process has every CPU; idle_poll_us = 0 and pin_session_threads = false turn them off)"
+                "session threads started; pinning one per CPU and idle polling after activity are on by default where the process has every CPU (pin_session_threads = false and idle_poll_us = 0 turn them off)"
             );
         }
     }
@@ -703,8 +703,12 @@ fn listener(
         ));
         return None;
     }
-    if let Err(m) = check_idle_poll(section.idle_poll_us, section.session_threads) {
-        errs.push(crate::acl::err(&format!("{key}.idle_poll_us"), &m));
+    if let Err((option, m)) = check_thread_options(
+        section.idle_poll_us,
+        section.pin_session_threads,
+        section.session_threads,
+    ) {
+        errs.push(crate::acl::err(&format!("{key}.{option}"), &m));
         return None;
     }
     Some(section)
@@ -716,22 +720,31 @@ const MAX_SESSION_THREADS: usize = hexon_core::rt::MAX_THREADS;
 /// Longest idle-polling window, in microseconds.
 const MAX_IDLE_POLL_US: u64 = 1000;
 
-/// `idle_poll_us` within its bound, and only with session threads to poll
-/// (`session_threads = 0` runs sessions on the embedding program's runtime).
-fn check_idle_poll(
+/// `idle_poll_us` within its bound; idle polling and pinning only with
+/// session threads to poll and pin (`session_threads = 0` runs sessions on
+/// the embedding program's runtime). The error names the option at fault.
+fn check_thread_options(
     idle_poll_us: Option<u64>,
+    pin_session_threads: Option<bool>,
     session_threads: Option<usize>,
-) -> Result<(), String> {
+) -> Result<(), (&'static str, String)> {
+    const NEEDS_THREADS: &str = "needs session threads, and session_threads = 0 runs sessions on the caller's own runtime: unset one of them";
+    if pin_session_threads == Some(true) && session_threads == Some(0) {
+        return Err(("pin_session_threads", NEEDS_THREADS.into()));
+    }
     let Some(idle_poll_us) = idle_poll_us else {
         return Ok(());
     };
     if idle_poll_us > MAX_IDLE_POLL_US {
-        return Err(format!(
-            "at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (100-200 covers a database's answer; 0 turns polling off)"
+        return Err((
+            "idle_poll_us",
+            format!(
+                "{idle_poll_us} is over the limit: at most {MAX_IDLE_POLL_US}; a thread polls that long after each statement (100-200 covers a database's answer; 0 turns polling off)"
+            ),
         ));
     }
     if idle_poll_us > 0 && session_threads == Some(0) {
-        return Err("needs session threads, and session_threads = 0 runs sessions on the caller's own runtime: unset one of them".into());
+        return Err(("idle_poll_us", NEEDS_THREADS.into()));
     }
     Ok(())
 }
@@ -848,7 +861,9 @@ mod tests {
         };
         let keys = hexon_core::KeySet::new;
         match Common::new(&config(1001), acl.clone(), keys()) {
-            Err(BastionError::Config(m)) => assert!(m.contains("idle_poll_us = 1001"), "{m}"),
+            Err(BastionError::Config(m)) => {
+                assert!(m.contains("idle_poll_us: 1001 is over the limit"), "{m}");
+            }
             other => panic!("{:?}", other.err()),
         }
         let ok = Common::new(&config(1000), acl.clone(), keys()).map_err(|e| e.to_string());
@@ -991,10 +1006,16 @@ mod tests {
             e.iter().any(|m| m.starts_with("postgres.session_threads")),
             "{e:?}"
         );
-        for (extra, says) in [
-            ("idle_poll_us = 5000", "at most 1000"),
+        for (extra, at, says) in [
+            ("idle_poll_us = 5000", "idle_poll_us", "at most 1000"),
             (
                 "idle_poll_us = 100\nsession_threads = 0",
+                "idle_poll_us",
+                "needs session threads",
+            ),
+            (
+                "pin_session_threads = true\nsession_threads = 0",
+                "pin_session_threads",
                 "needs session threads",
             ),
         ] {
@@ -1003,10 +1024,18 @@ mod tests {
                 .unwrap_or_default();
             assert!(
                 e.iter()
-                    .any(|m| m.starts_with("mysql.idle_poll_us") && m.contains(says)),
+                    .any(|m| m.starts_with(&format!("mysql.{at}")) && m.contains(says)),
                 "{extra}: {e:?}"
             );
         }
+        // Turning either off on the caller's runtime is fine.
+        assert!(section(
+            "[mysql]\nlisten = \"127.0.0.1:1\"\nsession_threads = 0\npin_session_threads = false\nidle_poll_us = 0"
+        )
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .all(|m| !m.contains("needs session threads")));
         let e = section("[mysql]\nlisten = \"127.0.0.1:1\"\nbogus = 1")
             .err()
             .unwrap_or_default();
