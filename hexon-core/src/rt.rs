@@ -94,6 +94,13 @@ struct Worker {
     cpu: Option<usize>,
 }
 
+impl Worker {
+    /// Its live connections.
+    fn live(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+}
+
 /// What a connection thread calls each time it is about to go idle
 /// ([`ConnectionThreads::start_with`]).
 pub type ParkHook = Arc<dyn Fn() + Send + Sync>;
@@ -409,15 +416,7 @@ impl ConnectionThreads {
     /// The least busy thread, its count already raised; `None` when the set
     /// is empty.
     pub fn place(&self) -> Option<Placement> {
-        let w = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.shared.live.load(Ordering::Acquire))?;
-        w.shared.live.fetch_add(1, Ordering::AcqRel);
-        Some(Placement {
-            handle: w.handle.clone(),
-            live: LiveGuard(w.shared.clone()),
-        })
+        Some(Self::take(self.least_busy()?))
     }
 
     /// Where a connection on `socket` goes: with pinned threads
@@ -433,29 +432,29 @@ impl ConnectionThreads {
     /// alone, a thread serves clients on every CPU and each wake-up
     /// crosses CPUs (docs/BENCHMARKS.md, "2026-12-06, fifth session").
     pub fn place_near<S: std::os::fd::AsFd>(&self, socket: &S) -> Option<Placement> {
-        let near = rustix::net::sockopt::socket_incoming_cpu(socket)
-            .ok()
+        let least = self.least_busy()?;
+        // A set is pinned whole or not at all: without pinning no thread
+        // is near, and the socket is not asked.
+        let near = least
+            .cpu
+            .and_then(|_| rustix::net::sockopt::socket_incoming_cpu(socket).ok())
             .and_then(|cpu| usize::try_from(cpu).ok())
-            .and_then(|cpu| self.workers.iter().find(|w| w.cpu == Some(cpu)));
-        let least = self
-            .workers
-            .iter()
-            .map(|w| w.shared.live.load(Ordering::Acquire))
-            .min()?;
-        let w = match near {
-            Some(w)
-                if w.shared.live.load(Ordering::Acquire)
-                    <= least.saturating_mul(2).saturating_add(NEAR_SLACK) =>
-            {
-                w
-            }
-            _ => return self.place(),
-        };
+            .and_then(|cpu| self.workers.iter().find(|w| w.cpu == Some(cpu)))
+            .filter(|w| w.live() <= least.live().saturating_mul(2).saturating_add(NEAR_SLACK));
+        Some(Self::take(near.unwrap_or(least)))
+    }
+
+    fn least_busy(&self) -> Option<&Worker> {
+        self.workers.iter().min_by_key(|w| w.live())
+    }
+
+    /// A placement on `w`, counted live.
+    fn take(w: &Worker) -> Placement {
         w.shared.live.fetch_add(1, Ordering::AcqRel);
-        Some(Placement {
+        Placement {
             handle: w.handle.clone(),
             live: LiveGuard(w.shared.clone()),
-        })
+        }
     }
 
     /// How many threads.
@@ -470,10 +469,7 @@ impl ConnectionThreads {
 
     /// Live connections on each thread.
     pub fn live(&self) -> Vec<usize> {
-        self.workers
-            .iter()
-            .map(|w| w.shared.live.load(Ordering::Acquire))
-            .collect()
+        self.workers.iter().map(Worker::live).collect()
     }
 
     /// Time the threads have spent in idle-polling runs ([`IdlePoll`]),

@@ -269,12 +269,11 @@ pub(crate) struct Common {
     pub(crate) session_threads: usize,
     /// Idle polling of the session threads (0: off).
     pub(crate) idle_poll: Duration,
-    /// Whether `idle_poll` is the default's choice (unset in the config).
-    pub(crate) idle_poll_by_default: bool,
     /// Pin the session threads to CPUs.
     pub(crate) pin_session_threads: bool,
-    /// Whether `pin_session_threads` is the default's choice.
-    pub(crate) pin_by_default: bool,
+    /// Idle polling or pinning was left unset and is off because the
+    /// process may not use every CPU of the host (said once at start).
+    pub(crate) off_for_cpus: bool,
 }
 
 impl Common {
@@ -308,9 +307,10 @@ impl Common {
             } else {
                 0
             })),
-            idle_poll_by_default: config.idle_poll_us.is_none(),
             pin_session_threads: config.pin_session_threads.unwrap_or(whole_host),
-            pin_by_default: config.pin_session_threads.is_none(),
+            off_for_cpus: session_threads > 0
+                && !whole_host
+                && (config.idle_poll_us.is_none() || config.pin_session_threads.is_none()),
             tls: tls_from(config)?,
             allow_plaintext: config.dangerous_allow_plaintext,
             verifier: JwtVerifier::new(
@@ -359,21 +359,20 @@ pub(crate) async fn serve<F, Fut>(
             ConnectionThreads::default()
         }
     };
-    if !threads.is_empty() && (common.idle_poll_by_default || common.pin_by_default) {
-        if common.idle_poll.is_zero() && !common.pin_session_threads {
-            tracing::info!(
-                protocol,
-                "session threads neither idle poll nor are pinned to CPUs: this process may not use every CPU of the host (a CPU quota or affinity mask); set idle_poll_us and pin_session_threads to have them anyway"
-            );
-        } else {
-            tracing::info!(
-                protocol,
-                threads = threads.len(),
-                idle_poll_us = common.idle_poll.as_micros(),
-                pinned = common.pin_session_threads,
-                "session threads started; pinning one per CPU and idle polling after activity are on by default where the process has every CPU (pin_session_threads = false and idle_poll_us = 0 turn them off)"
-            );
-        }
+    if !threads.is_empty() {
+        tracing::info!(
+            protocol,
+            threads = threads.len(),
+            idle_poll_us = common.idle_poll.as_micros(),
+            pinned = common.pin_session_threads,
+            "session threads started"
+        );
+    }
+    if common.off_for_cpus {
+        tracing::info!(
+            protocol,
+            "idle polling and pinning, where left unset, are off: this process may not use every CPU of the host (a CPU quota or affinity mask); set idle_poll_us and pin_session_threads to have them anyway"
+        );
     }
     tokio::pin!(shutdown);
     loop {
@@ -888,16 +887,15 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         let unset = common("");
-        assert!(unset.idle_poll_by_default);
         let expected = if hexon_core::rt::uses_every_cpu() {
             Duration::from_micros(DEFAULT_IDLE_POLL_US)
         } else {
             Duration::ZERO
         };
         assert_eq!(unset.idle_poll, expected);
+        assert_eq!(unset.off_for_cpus, !hexon_core::rt::uses_every_cpu());
         let off = common("idle_poll_us = 0");
         assert_eq!(off.idle_poll, Duration::ZERO);
-        assert!(!off.idle_poll_by_default);
         // Sessions on the caller's runtime: nothing to poll, and no error
         // for a setting the user did not make.
         assert_eq!(common("session_threads = 0").idle_poll, Duration::ZERO);
@@ -907,9 +905,8 @@ mod tests {
         );
         // Pinning follows the same rule.
         assert_eq!(unset.pin_session_threads, hexon_core::rt::uses_every_cpu());
-        assert!(unset.pin_by_default);
-        let pinned = common("pin_session_threads = true");
-        assert!(pinned.pin_session_threads && !pinned.pin_by_default);
+        let pinned = common("pin_session_threads = true\nidle_poll_us = 0");
+        assert!(pinned.pin_session_threads && !pinned.off_for_cpus);
         assert!(!common("pin_session_threads = false").pin_session_threads);
         assert!(!common("session_threads = 0").pin_session_threads);
     }
