@@ -475,6 +475,14 @@ pub struct GatewayConfig {
     /// wake-ups). Unset: one per CPU. `0`: serve on the main runtime.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_threads: Option<usize>,
+    /// Pin connection thread `i` to the `i`-th CPU the process may use, and
+    /// place each new connection on the thread of the CPU its packets
+    /// arrive on. Unset: on when there are connection threads and the
+    /// process may use every CPU of the host
+    /// (`hexon_core::rt::uses_every_cpu`; not under a CPU quota or affinity
+    /// mask, where a pinned thread could share its CPU with anything).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_connection_threads: Option<bool>,
 }
 
 impl Default for GatewayConfig {
@@ -491,6 +499,7 @@ impl Default for GatewayConfig {
             api_key_header: "X-API-Key".into(),
             api_key_query_param: None,
             connection_threads: None,
+            pin_connection_threads: None,
             admin_group: "admins".into(),
         }
     }
@@ -1322,6 +1331,14 @@ impl Config {
             errs.push(
                 "gateway.connection_threads",
                 "at most 256; one thread serves many connections (leave it unset for one per CPU)",
+            );
+        }
+        if self.gateway.pin_connection_threads == Some(true)
+            && self.gateway.connection_threads == Some(0)
+        {
+            errs.push(
+                "gateway.pin_connection_threads",
+                "needs connection threads, and connection_threads = 0 turns them off (remove one of the two)",
             );
         }
         match &self.gateway.api_key_query_param {

@@ -522,6 +522,37 @@ fn connection_threads_are_bounded_and_per_listener() {
     .unwrap();
     assert_eq!(c.gateway.connection_threads, Some(0));
     assert_eq!(c.listeners[0].connection_threads, Some(false));
+    assert_eq!(c.gateway.pin_connection_threads, None);
+}
+
+#[test]
+fn pinned_connection_threads_need_connection_threads() {
+    assert_eq!(
+        errors("[gateway]\nconnection_threads = 0\npin_connection_threads = true\n"),
+        [
+            "gateway.pin_connection_threads: needs connection threads, and connection_threads = 0 turns them off (remove one of the two)"
+        ],
+    );
+    for (text, pin) in [
+        (
+            "connection_threads = 0\npin_connection_threads = false",
+            Some(false),
+        ),
+        (
+            "connection_threads = 2\npin_connection_threads = true",
+            Some(true),
+        ),
+    ] {
+        let c = Config::parse(&format!("[gateway]\n{text}\n"), &env).unwrap();
+        assert_eq!(c.gateway.pin_connection_threads, pin, "{text}");
+        assert!(
+            c.non_default_values()
+                .iter()
+                .any(|v| v.starts_with("gateway.pin_connection_threads")),
+            "{:?}",
+            c.non_default_values()
+        );
+    }
 }
 
 #[test]

@@ -382,6 +382,60 @@ async fn oversized_headers_are_refused() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// With pinned threads a connection is served by the thread on its
+/// client's CPU; by count alone the first would go to the first thread.
+#[tokio::test]
+async fn pinned_connection_threads_serve_each_client_on_its_cpu() {
+    use hexon_core::rt::{ConnectionThreads, ThreadOptions};
+    let affinity = rustix::thread::sched_getaffinity(None).unwrap();
+    let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| affinity.is_set(c))
+        .collect();
+    let options = ThreadOptions {
+        pin_cpus: true,
+        ..ThreadOptions::default()
+    };
+    let threads = std::sync::Arc::new(
+        ConnectionThreads::start_with(allowed.len(), "pinned-test", options).unwrap(),
+    );
+    let server = Listener::bind(ListenerSettings::new("pinned", localhost()), None)
+        .await
+        .unwrap()
+        .with_threads(threads.clone())
+        .serve(service());
+    let addr = server.local_addr();
+    // A client on each CPU, last first: one request each, kept open.
+    let mut open = Vec::new();
+    for (i, &cpu) in allowed.iter().enumerate().rev() {
+        let client = std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            rustix::thread::sched_setaffinity(None, &set).unwrap();
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            s
+        });
+        open.push(
+            tokio::task::spawn_blocking(move || client.join().unwrap())
+                .await
+                .unwrap(),
+        );
+        let live = threads.live();
+        assert_eq!(live.get(i), Some(&1), "the client on CPU {cpu}: {live:?}");
+        assert_eq!(live.iter().sum::<usize>(), allowed.len() - i, "{live:?}");
+    }
+    server.shutdown(Duration::from_secs(1)).await;
+    drop(open);
+}
+
 #[tokio::test]
 async fn connection_threads_serve_connections_and_shut_down_gracefully() {
     use hexon_core::rt::ConnectionThreads;

@@ -97,7 +97,7 @@ use crate::tls::{
     AcmeFiles, CertificateFiles, ClientAuth, DevCertificate, Http01Layer, Http01Tokens,
     MinTlsVersion, ServerTls, TlsSettings,
 };
-use hexon_core::rt::ConnectionThreads;
+use hexon_core::rt::{ConnectionThreads, ThreadOptions};
 
 /// Largest body of a `bind_body` route (it is buffered to be digested).
 pub const BIND_BODY_MAX: u64 = 1024 * 1024;
@@ -811,19 +811,33 @@ impl Gateway {
             .gateway
             .connection_threads
             .unwrap_or_else(ConnectionThreads::per_cpu);
+        // Pinned threads, each connection placed on its client's CPU: the
+        // client, the relaying thread and the upstream then stay on one CPU
+        // (docs/BENCHMARKS.md, "2026-12-06, sixth session"). Off by default
+        // where another process may be confined to the same CPUs.
+        let pin = self
+            .config
+            .gateway
+            .pin_connection_threads
+            .unwrap_or_else(|| threads > 0 && hexon_core::rt::uses_every_cpu());
+        let options = ThreadOptions {
+            pin_cpus: pin,
+            ..ThreadOptions::default()
+        };
         let threads = Arc::new(
-            ConnectionThreads::start(threads, "hexon-http").map_err(|e| {
+            ConnectionThreads::start_with(threads, "hexon-http", options).map_err(|e| {
                 GatewayError::Other(format!("starting {threads} connection threads: {e}"))
             })?,
         );
         tracing::info!(
             connection_threads = threads.len(),
+            pinned = pin && !threads.is_empty(),
             "HTTP connections are served on {} connection thread(s){}",
             threads.len(),
-            if threads.is_empty() {
-                " (none: on the main runtime)"
-            } else {
-                ""
+            match (threads.is_empty(), pin) {
+                (true, _) => " (none: on the main runtime)",
+                (false, true) => ", each pinned to a CPU",
+                (false, false) => "",
             }
         );
         let mut servers = Vec::new();

@@ -327,7 +327,7 @@ where
         let shared = Arc::clone(&shared);
         let stop = conn_stop_rx.clone();
         let service = service.clone();
-        match threads.as_ref().and_then(|t| t.place()) {
+        match threads.as_ref().and_then(|t| t.place_near(&stream)) {
             None => {
                 conns.spawn(async move {
                     let _permit = permit;
