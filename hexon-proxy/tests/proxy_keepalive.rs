@@ -130,6 +130,44 @@ async fn raw_upstream(answer: &'static [u8], drain: bool) -> (SocketAddr, Arc<At
     (addr, accepted)
 }
 
+/// A raw upstream counting its connections that answers the first request
+/// on each and keeps it open, then reads the next request and closes the
+/// connection without an answer: an upstream's idle timeout closing a
+/// connection just as a request is written on it, every time.
+async fn closes_under_the_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut heads = 0;
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while heads < 2 {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        heads += 1;
+                        if heads == 1 {
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            tcp.write_all(answer).await.unwrap();
+                        }
+                    }
+                }
+                // Dropped: closed under the second request.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
 /// The proxy for one upstream behind a server playing the upper layers.
 async fn gateway(upstream: SocketAddr, pool: PoolConfig) -> SocketAddr {
     let mut table = RoutingTable::new();
@@ -219,11 +257,36 @@ async fn connections_the_upstream_closed_are_replaced_without_failing_a_request(
         let res = send(gw, Method::GET, "/x", empty()).await;
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(text(res).await, "ok");
-        // Let the upstream's close arrive before the next request (a close
-        // racing a request on the wire is a 502, as with any client).
+        // Let the upstream's close arrive before the next request (for a
+        // close racing a request on the wire, see the next test).
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_the_upstream_closed_a_connection_under_is_sent_again() {
+    let (up, accepted) = closes_under_the_second_request().await;
+    let gw = gateway(up, PoolConfig::default()).await;
+    let idle = hexon_proxy::proxy::RESEND_AFTER_IDLE + Duration::from_millis(50);
+    let res = send(gw, Method::GET, "/x", empty()).await;
+    assert_eq!(text(res).await, "ok");
+    // Each idempotent request meets the kept connection closing under it,
+    // and is answered on a new one.
+    for (i, method) in [Method::GET, Method::DELETE, Method::OPTIONS]
+        .into_iter()
+        .enumerate()
+    {
+        tokio::time::sleep(idle).await;
+        let res = send(gw, method.clone(), "/x", empty()).await;
+        assert_eq!(res.status(), StatusCode::OK, "{method}");
+        assert_eq!(accepted.load(Ordering::SeqCst), i + 2, "{method}");
+    }
+    // A POST may have had its effect: not sent again, a 502.
+    tokio::time::sleep(idle).await;
+    let res = send(gw, Method::POST, "/x", empty()).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

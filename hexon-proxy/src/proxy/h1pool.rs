@@ -23,6 +23,16 @@
 //! closes idle connections past the timeout while the stack is not empty;
 //! a request that could not be written on a reused connection is sent
 //! again on another.
+//!
+//! An upstream may also close an idle connection just as a request is
+//! written on it (its keep-alive timeout: 5 s in Node.js, uvicorn and
+//! Apache httpd, 2 s in gunicorn; or a restart). The request then meets a
+//! closed connection and no answer. An idempotent request without a body
+//! (RFC 9110 §9.2.2: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`)
+//! on a connection idle for at least [`RESEND_AFTER_IDLE`] is sent once
+//! more, on a new connection, as nginx does; anything else is a `502`.
+//! Only those requests are copied before they are sent: a connection
+//! reused within microseconds under load, the common case, costs no copy.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +52,14 @@ use crate::body::BoxError;
 use http_body_util::BodyExt as _;
 
 type Sender = SendRequest<UpstreamBody>;
+
+/// How long a kept connection to an `http://` upstream must have been idle
+/// for an idempotent request without a body to be sent again, on a new
+/// connection, if the upstream closes the connection under it before
+/// answering. Upstreams close idle connections after a second or more; one
+/// idle for less is not closed by a keep-alive timeout, and a request on it
+/// is not copied (the copy would cost every request under load).
+pub const RESEND_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 /// The pool of one upstream.
 pub(crate) struct H1Pool {
@@ -90,14 +108,16 @@ impl H1Pool {
         if i < self.slots.len() { i } else { 0 }
     }
 
-    /// The most recently used live idle connection of this thread.
-    fn checkout(&self) -> Option<Sender> {
+    /// The most recently used live idle connection of this thread, and how
+    /// long it was idle.
+    fn checkout(&self) -> Option<(Sender, Duration)> {
         let slot = self.slot()?;
         let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while let Some(c) = slot.idle.pop() {
-            if !c.tx.is_closed() && now.saturating_duration_since(c.since) < self.idle_timeout {
-                return Some(c.tx);
+            let idle = now.saturating_duration_since(c.since);
+            if !c.tx.is_closed() && idle < self.idle_timeout {
+                return Some((c.tx, idle));
             }
         }
         None
@@ -162,11 +182,17 @@ impl H1Pool {
             });
             Some(flag)
         };
+        let resendable = uploaded.is_none() && is_idempotent(req.method());
+        // After a resend, only a new connection: the upstream may have
+        // closed the others too (a restart).
+        let mut fresh_only = false;
         loop {
-            let (mut tx, reused) = match self.checkout() {
-                Some(tx) => (tx, true),
-                None => (self.connect().await?, false),
+            let kept = if fresh_only { None } else { self.checkout() };
+            let (mut tx, idle) = match kept {
+                Some((tx, idle)) => (tx, Some(idle)),
+                None => (self.connect().await?, None),
             };
+            let reused = idle.is_some();
             // A reused connection finishing its previous response, or
             // closed by the upstream meanwhile.
             if let Err(e) = tx.ready().await {
@@ -175,6 +201,14 @@ impl H1Pool {
                 }
                 return Err(e.into());
             }
+            let copy = match idle {
+                // Boxed: the copy is rare, and this future's size is paid at
+                // every move.
+                Some(idle) if resendable && idle >= RESEND_AFTER_IDLE => {
+                    Some(Box::new(copy_bodiless(&req)))
+                }
+                _ => None,
+            };
             match tx.try_send_request(req).await {
                 Ok(res) => {
                     let (parts, body) = res.into_parts();
@@ -186,15 +220,58 @@ impl H1Pool {
                     let body = PooledBody::new(body, Some(back));
                     return Ok(Response::from_parts(parts, body));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), copy) {
                     // Not written: the connection was gone. Once more on
                     // another; a new connection's failure is final.
-                    Some(r) if reused => req = r,
+                    (Some(r), _) if reused => req = r,
+                    // Written, and the upstream closed the connection
+                    // without an answer: once more on a new connection.
+                    (None, Some(copy)) if closed_under(e.error()) => {
+                        tracing::debug!(error = %e.error(), "upstream closed an idle connection under a request; sending it again on a new one");
+                        req = *copy;
+                        fresh_only = true;
+                    }
                     _ => return Err(e.into_error().into()),
                 },
             }
         }
     }
+}
+
+/// Idempotent by definition (RFC 9110 §9.2.2): sending it twice has the
+/// effect of sending it once.
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(m)
+}
+
+/// A request without a body, again. The proxy builds upstream requests
+/// without extensions, so there are none to copy.
+fn copy_bodiless(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
+    let mut copy = Request::new(empty.boxed_unsync());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// The upstream closed the connection (or reset it) before any answer.
+fn closed_under(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
 }
 
 /// Close the idle connections of one stack once they pass the idle

@@ -62,6 +62,7 @@ pub use balance::{Balance, RoundRobin};
 pub use client::{PoolConfig, UpstreamTls};
 pub use error::UpstreamError;
 pub use forward::TrustedProxies;
+pub use h1pool::RESEND_AFTER_IDLE;
 pub use upstream::{
     DEFAULT_MAX_REQUEST_BODY, GroupConfig, Timeouts, Upstream, UpstreamGroup, UpstreamScheme,
 };
