@@ -382,6 +382,15 @@ async fn oversized_headers_are_refused() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A plain listener serving on `threads`.
+async fn on_threads(threads: &std::sync::Arc<hexon_core::rt::ConnectionThreads>) -> ServerHandle {
+    Listener::bind(ListenerSettings::new("threads", localhost()), None)
+        .await
+        .unwrap()
+        .with_threads(threads.clone())
+        .serve(service())
+}
+
 /// With pinned threads a connection is served by the thread on its
 /// client's CPU; by count alone the first would go to the first thread.
 #[tokio::test]
@@ -398,11 +407,7 @@ async fn pinned_connection_threads_serve_each_client_on_its_cpu() {
     let threads = std::sync::Arc::new(
         ConnectionThreads::start_with(allowed.len(), "pinned-test", options).unwrap(),
     );
-    let server = Listener::bind(ListenerSettings::new("pinned", localhost()), None)
-        .await
-        .unwrap()
-        .with_threads(threads.clone())
-        .serve(service());
+    let server = on_threads(&threads).await;
     let addr = server.local_addr();
     // A client on each CPU, last first: one request each, kept open.
     let mut open = Vec::new();
@@ -440,11 +445,7 @@ async fn pinned_connection_threads_serve_each_client_on_its_cpu() {
 async fn connection_threads_serve_connections_and_shut_down_gracefully() {
     use hexon_core::rt::ConnectionThreads;
     let threads = std::sync::Arc::new(ConnectionThreads::start(2, "listener-test").unwrap());
-    let server = Listener::bind(ListenerSettings::new("threads", localhost()), None)
-        .await
-        .unwrap()
-        .with_threads(threads.clone())
-        .serve(service());
+    let server = on_threads(&threads).await;
     let addr = server.local_addr();
     // Three keep-alive connections, each served once: least busy first.
     let mut open = Vec::new();

@@ -105,29 +105,15 @@ async fn early_answer_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 /// request head, writes `answer`, then either closes or (`drain`) reads
 /// and discards until the proxy closes.
 async fn raw_upstream(answer: &'static [u8], drain: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp.write_all(answer).await;
-                while drain && matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
+    counted(move |mut tcp| async move {
+        if !read_head(&mut tcp, &mut Vec::new()).await {
+            return;
         }
-    });
-    (addr, accepted)
+        let _ = tcp.write_all(answer).await;
+        let mut buf = [0u8; 4096];
+        while drain && matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
 }
 
 /// A raw upstream counting its connections that answers the first request
@@ -135,37 +121,53 @@ async fn raw_upstream(answer: &'static [u8], drain: bool) -> (SocketAddr, Arc<At
 /// connection without an answer: an upstream's idle timeout closing a
 /// connection just as a request is written on it, every time.
 async fn closes_under_the_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
+    counted(|mut tcp| async move {
+        let mut seen = Vec::new();
+        if read_head(&mut tcp, &mut seen).await {
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            tcp.write_all(answer).await.unwrap();
+            // Dropped once the second head is in: closed under it.
+            read_head(&mut tcp, &mut seen).await;
+        }
+    })
+    .await
+}
+
+/// A TCP upstream counting the connections it accepts, each served by
+/// `serve`.
+async fn counted<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
         loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut heads = 0;
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while heads < 2 {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        heads += 1;
-                        if heads == 1 {
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            tcp.write_all(answer).await.unwrap();
-                        }
-                    }
-                }
-                // Dropped: closed under the second request.
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     (addr, accepted)
+}
+
+/// Read until `seen` holds a whole request head, and take it out; false
+/// when the connection ended first.
+async fn read_head(tcp: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            seen.drain(..end + 4);
+            return true;
+        }
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 /// The proxy for one upstream behind a server playing the upper layers.
