@@ -842,6 +842,40 @@ fn serve_enforces_signs_and_records() {
         lines[3]
     );
 
+    // Open connections per connection thread: one kept-alive client
+    // connection shows on one thread, and is gone once closed.
+    let thread_connections = || {
+        let m = curl(&format!("http://127.0.0.1:{admin}/metrics"), &[]);
+        let samples: Vec<u64> = m
+            .body
+            .lines()
+            .filter(|l| l.starts_with("hexon_connection_thread_connections{thread=\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!samples.is_empty(), "{}", m.body);
+        samples.iter().sum::<u64>()
+    };
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut kept,
+        b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = [0u8; 64];
+    let n = std::io::Read::read(&mut kept, &mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..n]
+    );
+    assert_eq!(thread_connections(), 1);
+    drop(kept);
+    assert_eq!(
+        poll(|| (thread_connections() == 0).then_some(())),
+        Some(()),
+        "the closed connection still counted"
+    );
+
     proc.sigterm();
     let st = proc.wait_for(Duration::from_secs(15));
     assert!(

@@ -829,6 +829,7 @@ impl Gateway {
                 GatewayError::Other(format!("starting {threads} connection threads: {e}"))
             })?,
         );
+        self.metrics.watch_threads(&threads);
         tracing::info!(
             connection_threads = threads.len(),
             pinned = pin && !threads.is_empty(),

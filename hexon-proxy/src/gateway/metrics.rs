@@ -1,10 +1,16 @@
 //! Prometheus metrics for the admin listener's `/metrics`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use hexon_core::rt::ConnectionThreads;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -39,6 +45,39 @@ pub struct Metrics {
     upstream_errors: Family<RouteLabels, Counter>,
     /// The route label of requests no route matched.
     no_route: Arc<str>,
+    /// The connection threads, read at each scrape.
+    threads: ThreadsCollector,
+}
+
+/// Open connections per connection thread, read at each scrape: a thread
+/// keeps the connections placed on it, so an uneven spread (one thread
+/// busy, another idle) shows here, and in the latency.
+#[derive(Clone, Debug, Default)]
+struct ThreadsCollector(Arc<Mutex<Weak<ConnectionThreads>>>);
+
+impl Collector for ThreadsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let threads = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        let live = threads.map(|t| t.live()).unwrap_or_default();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "connection_thread_connections",
+            "Open HTTP connections served by each connection thread",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (thread, n) in live.into_iter().enumerate() {
+            let gauge = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&[("thread", thread)])?)?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,13 +117,27 @@ impl Metrics {
             "Upstream failures answered 502/504",
             upstream_errors.clone(),
         );
+        let threads = ThreadsCollector::default();
+        registry.register_collector(Box::new(threads.clone()));
         Metrics {
             registry,
             requests,
             latency,
             upstream_errors,
             no_route: Arc::from("-"),
+            threads,
         }
+    }
+
+    /// Report the open connections of each of `threads` (the gauge
+    /// `hexon_connection_thread_connections{thread="i"}`) for as long as
+    /// they run; a later call replaces them.
+    pub fn watch_threads(&self, threads: &Arc<ConnectionThreads>) {
+        *self
+            .threads
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(threads);
     }
 
     /// Record one finished request.
