@@ -26,7 +26,7 @@
 //!   stapled, refreshed in the background by [`ServerTls::run_stapling`]
 //!   (see the `stapling` module).
 //! - ACME ([`TlsSettings::acme`]): the certificate of [`AcmeFiles::dir`],
-//!   which the ACME client (feature `acme`, [`acme`]) obtains and renews, with a
+//!   which the ACME client (feature `acme`, module `acme`) obtains and renews, with a
 //!   self-signed placeholder until the first one arrives; `acme-tls/1`
 //!   handshakes (RFC 8737 tls-alpn-01) are answered with the challenge
 //!   certificates the client publishes and nothing else.

@@ -103,7 +103,7 @@ where
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). The SQL
 /// bastion's query log (target `hexon_sql::query`) is written as JSON lines
-/// by its own layer ([`hexon_sql::query_log`]), which costs a small part of
+/// by its own layer (`hexon_sql::query_log`, feature `sql`), which costs a small part of
 /// what the text formatter costs per statement, batched per thread: a
 /// session thread hands its lines to the query log's writer thread when it
 /// runs out of work, and [`run`]'s runtime does the same for sessions kept
