@@ -479,7 +479,7 @@ pub struct GatewayConfig {
     /// place each new connection on the thread of the CPU its packets
     /// arrive on. Unset: on when there are connection threads and the
     /// process may use every CPU of the host
-    /// (`hexon_core::rt::uses_every_cpu`; not under a CPU quota or affinity
+    /// (`hexon_core::rt::host_defaults_apply`; not under a CPU quota or affinity
     /// mask, where a pinned thread could share its CPU with anything).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_connection_threads: Option<bool>,

@@ -195,6 +195,14 @@ pub fn uses_every_cpu() -> bool {
     matches!((online, usable), (Some(online), Some(usable)) if usable >= online)
 }
 
+/// Whether pinning ([`ThreadOptions::pin_cpus`]) and idle polling are on
+/// by default for a set of `threads`: there are threads, and the process
+/// may use every CPU of the host ([`uses_every_cpu`]). The gateway's
+/// connection threads and the SQL bastions' session threads follow it.
+pub fn host_defaults_apply(threads: usize) -> bool {
+    threads > 0 && uses_every_cpu()
+}
+
 /// How many CPUs a kernel CPU list names (`0-3,8,10-11\n`: 7).
 fn cpu_list_len(list: &str) -> Option<usize> {
     let mut n = 0usize;

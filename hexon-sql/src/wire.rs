@@ -299,7 +299,7 @@ impl Common {
             .min(MAX_SESSION_THREADS);
         // What the defaults of idle polling and pinning follow: the
         // process's own threads, on every CPU of the host.
-        let whole_host = session_threads > 0 && hexon_core::rt::uses_every_cpu();
+        let whole_host = hexon_core::rt::host_defaults_apply(session_threads);
         Ok(Self {
             session_threads,
             idle_poll: Duration::from_micros(config.idle_poll_us.unwrap_or(if whole_host {

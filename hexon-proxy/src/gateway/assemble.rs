@@ -819,7 +819,7 @@ impl Gateway {
             .config
             .gateway
             .pin_connection_threads
-            .unwrap_or_else(|| threads > 0 && hexon_core::rt::uses_every_cpu());
+            .unwrap_or_else(|| hexon_core::rt::host_defaults_apply(threads));
         let options = ThreadOptions {
             pin_cpus: pin,
             ..ThreadOptions::default()

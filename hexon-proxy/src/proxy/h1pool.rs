@@ -182,7 +182,6 @@ impl H1Pool {
             });
             Some(flag)
         };
-        let resendable = uploaded.is_none() && is_idempotent(req.method());
         // After a resend, only a new connection: the upstream may have
         // closed the others too (a restart).
         let mut fresh_only = false;
@@ -204,7 +203,11 @@ impl H1Pool {
             let copy = match idle {
                 // Boxed: the copy is rare, and this future's size is paid at
                 // every move.
-                Some(idle) if resendable && idle >= RESEND_AFTER_IDLE => {
+                Some(idle)
+                    if idle >= RESEND_AFTER_IDLE
+                        && uploaded.is_none()
+                        && is_idempotent(req.method()) =>
+                {
                     Some(Box::new(copy_bodiless(&req)))
                 }
                 _ => None,
