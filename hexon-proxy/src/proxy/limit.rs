@@ -92,16 +92,20 @@ pub(crate) struct LogContext {
 pin_project_lite::pin_project! {
     /// Fails the response body when the upstream sends no frame for `idle`,
     /// or when the total deadline passes. The idle clock runs only while
-    /// the body waits on the upstream (armed at the first `Pending` after a
-    /// frame), so a client reading slowly (backpressure) does not count.
+    /// the body waits on the upstream: it starts at a `Pending` that follows
+    /// a frame (or the first poll) and stops at the next frame, so a client
+    /// reading slowly (backpressure) does not count. A body that is always
+    /// ready (a small answer read with its head) never starts the clock:
+    /// its timer is made the first time it waits.
     pub(crate) struct TimedBody<B> {
         #[pin]
         inner: B,
         idle: Duration,
-        idle_armed: bool,
-        idle_sleep: Pin<Box<Sleep>>,
+        // Waiting on the upstream since the idle clock last started.
+        waiting: bool,
+        idle_sleep: Option<Pin<Box<Sleep>>>,
         deadline: Option<Pin<Box<Sleep>>>,
-        ctx: Arc<LogContext>,
+        ctx: LogContext,
     }
 }
 
@@ -110,13 +114,13 @@ impl<B> TimedBody<B> {
         inner: B,
         idle: Duration,
         deadline: Option<Instant>,
-        ctx: Arc<LogContext>,
+        ctx: LogContext,
     ) -> Self {
         TimedBody {
             inner,
             idle,
-            idle_armed: false,
-            idle_sleep: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            idle_sleep: None,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             ctx,
         }
@@ -156,17 +160,24 @@ where
         }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.idle_sleep.as_mut().reset(Instant::now() + *this.idle);
+                *this.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if !*this.idle_armed {
-                    *this.idle_armed = true;
-                    this.idle_sleep.as_mut().reset(Instant::now() + *this.idle);
-                }
-                if this.idle_sleep.as_mut().poll(cx).is_ready() {
+                let idle = *this.idle;
+                let sleep = match this.idle_sleep {
+                    Some(sleep) => {
+                        if !*this.waiting {
+                            sleep.as_mut().reset(Instant::now() + idle);
+                        }
+                        sleep
+                    }
+                    None => this.idle_sleep.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                *this.waiting = true;
+                if sleep.as_mut().poll(cx).is_ready() {
                     return Self::fail(this.ctx, BodyTimeout::Idle);
                 }
                 Poll::Pending
@@ -224,12 +235,12 @@ mod tests {
         }
     }
 
-    fn ctx() -> Arc<LogContext> {
-        Arc::new(LogContext {
+    fn ctx() -> LogContext {
+        LogContext {
             request_id: "r".into(),
             route: "x".into(),
             upstream: Upstream::new("http://127.0.0.1:1", &Default::default()).unwrap(),
-        })
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -281,5 +292,46 @@ mod tests {
             "b"
         );
         assert!(timed.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_in_reading_after_a_wait_is_not_idle_either() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut timed = TimedBody::new(Channel(rx), Duration::from_secs(1), None, ctx());
+        let upstream = tokio::spawn(async move {
+            // The body waits on the upstream first (the idle clock runs)…
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tx.send(Bytes::from_static(b"a")).await.unwrap();
+            tx
+        });
+        assert!(timed.frame().await.unwrap().is_ok());
+        let tx = upstream.await.unwrap();
+        // …then the client stops reading for longer than the idle timeout…
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // …and the upstream answers within it once the body is read again.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tx.send(Bytes::from_static(b"b")).await.unwrap();
+        });
+        assert_eq!(
+            timed.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "b"
+        );
+        assert!(timed.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_silent_after_a_frame_still_times_out() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut timed = TimedBody::new(Channel(rx), Duration::from_secs(1), None, ctx());
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        assert!(timed.frame().await.unwrap().is_ok());
+        // The sender stays open and sends nothing more.
+        let err = timed.frame().await.unwrap().unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<BodyTimeout>(),
+            Some(BodyTimeout::Idle)
+        ));
+        drop(tx);
     }
 }

@@ -464,7 +464,7 @@ impl ReverseProxy {
         forward::prepare_response(&mut parts.headers, false);
         parts.extensions = Extensions::new();
         parts.version = Version::HTTP_11;
-        let body = TimedBody::new(body, t.idle, deadline, Arc::new(ctx));
+        let body = TimedBody::new(body, t.idle, deadline, ctx);
         Response::from_parts(parts, crate::body::boxed(body))
     }
 }

@@ -415,7 +415,6 @@ impl Shared {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        remove_identity_headers(&mut parts.headers);
         // A snapshot pinned on the request (one configuration generation for
         // the whole stack) wins over the handle's current table.
         let table = parts
@@ -425,7 +424,13 @@ impl Shared {
             .unwrap_or_else(|| self.table.load());
         let route = parts.extensions.get::<MatchedRoute>().cloned();
         let mode = route.as_ref().and_then(|r| table.get(r.name()));
-        let Some(identity) = parts.extensions.get::<Identity>().cloned() else {
+        let identity = parts.extensions.get::<Identity>().cloned();
+        // Identity headers the request came with never reach the upstream;
+        // when it is signed, the signer strips them itself before it signs.
+        if identity.is_none() || !matches!(mode, Some(RouteIdentity::Headers { .. })) {
+            remove_identity_headers(&mut parts.headers);
+        }
+        let Some(identity) = identity else {
             // Anonymous (public route): no identity, and no client bearer on JWT routes.
             if let Some(RouteIdentity::Jwt { .. }) = mode {
                 parts.headers.remove(AUTHORIZATION);
