@@ -20,6 +20,7 @@ use bytes::Bytes;
 use hexon_proxy::body::{BoxBody, boxed, empty, full};
 use hexon_proxy::proxy::{
     GroupConfig, PoolConfig, ReverseProxy, RoutingTable, RoutingTableHandle, UpstreamGroup,
+    UpstreamTls,
 };
 use hexon_proxy::test_util::start_gateway;
 use http::{Method, Request, Response, StatusCode};
@@ -28,7 +29,7 @@ use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A hyper HTTP/1.1 upstream that counts accepted connections. `GET /big`
@@ -133,6 +134,49 @@ async fn closes_under_the_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
     .await
 }
 
+/// The same over TLS (HTTP/1.1 by ALPN, a self-signed certificate for
+/// 127.0.0.1, returned as PEM): odd connections end without TLS
+/// `close_notify` (an abrupt close), even ones with it.
+async fn tls_closes_under_the_second_request() -> (SocketAddr, String, Arc<AtomicUsize>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let cert = params.self_signed(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let served = Arc::new(AtomicUsize::new(0));
+    let (addr, accepted) = counted(move |tcp| {
+        let acceptor = acceptor.clone();
+        let abrupt = served.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+        async move {
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut seen = Vec::new();
+            if read_head(&mut tls, &mut seen).await {
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                tls.write_all(answer).await.unwrap();
+                tls.flush().await.unwrap();
+                if read_head(&mut tls, &mut seen).await && !abrupt {
+                    let _ = tls.shutdown().await;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, cert.pem(), accepted)
+}
+
 /// A TCP upstream counting the connections it accepts, each served by
 /// `serve`.
 async fn counted<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
@@ -156,7 +200,7 @@ where
 
 /// Read until `seen` holds a whole request head, and take it out; false
 /// when the connection ended first.
-async fn read_head(tcp: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
+async fn read_head<S: AsyncRead + Unpin>(tcp: &mut S, seen: &mut Vec<u8>) -> bool {
     let mut buf = [0u8; 4096];
     loop {
         if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -172,15 +216,16 @@ async fn read_head(tcp: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
 
 /// The proxy for one upstream behind a server playing the upper layers.
 async fn gateway(upstream: SocketAddr, pool: PoolConfig) -> SocketAddr {
+    gateway_to(
+        format!("http://{upstream}"),
+        GroupConfig::default().pool(pool),
+    )
+    .await
+}
+
+async fn gateway_to(url: String, config: GroupConfig) -> SocketAddr {
     let mut table = RoutingTable::new();
-    table.insert(
-        "app",
-        UpstreamGroup::new(
-            &[format!("http://{upstream}")],
-            GroupConfig::default().pool(pool),
-        )
-        .unwrap(),
-    );
+    table.insert("app", UpstreamGroup::new(&[url], config).unwrap());
     let proxy = ReverseProxy::new(RoutingTableHandle::new(table));
     start_gateway(proxy, Some("app")).await.unwrap()
 }
@@ -286,6 +331,32 @@ async fn an_idempotent_request_the_upstream_closed_a_connection_under_is_sent_ag
     }
     // A POST may have had its effect: not sent again, a 502.
     tokio::time::sleep(idle).await;
+    let res = send(gw, Method::POST, "/x", empty()).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_an_idempotent_request_the_upstream_closed_a_connection_under_is_sent_again() {
+    let (up, cert, accepted) = tls_closes_under_the_second_request().await;
+    let tls = UpstreamTls::ca_pem(cert.as_bytes()).unwrap();
+    let gw = gateway_to(format!("https://{up}"), GroupConfig::default().tls(tls)).await;
+    let res = send(gw, Method::GET, "/x", empty()).await;
+    assert_eq!(text(res).await, "ok");
+    // Each idempotent request meets the kept connection closing under it
+    // (abruptly, then with close_notify, then abruptly), and is answered on
+    // a new one.
+    for (i, method) in [Method::GET, Method::DELETE, Method::OPTIONS]
+        .into_iter()
+        .enumerate()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let res = send(gw, method.clone(), "/x", empty()).await;
+        assert_eq!(res.status(), StatusCode::OK, "{method}");
+        assert_eq!(accepted.load(Ordering::SeqCst), i + 2, "{method}");
+    }
+    // A POST may have had its effect: not sent again, a 502.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let res = send(gw, Method::POST, "/x", empty()).await;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(accepted.load(Ordering::SeqCst), 4);

@@ -243,7 +243,7 @@ impl H1Pool {
 
 /// Idempotent by definition (RFC 9110 §9.2.2): sending it twice has the
 /// effect of sending it once.
-fn is_idempotent(m: &http::Method) -> bool {
+pub(crate) fn is_idempotent(m: &http::Method) -> bool {
     use http::Method;
     [
         Method::GET,
@@ -258,7 +258,7 @@ fn is_idempotent(m: &http::Method) -> bool {
 
 /// A request without a body, again. The proxy builds upstream requests
 /// without extensions, so there are none to copy.
-fn copy_bodiless(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+pub(crate) fn copy_bodiless(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
     let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
     let mut copy = Request::new(empty.boxed_unsync());
     *copy.method_mut() = req.method().clone();
@@ -268,13 +268,28 @@ fn copy_bodiless(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
     copy
 }
 
-/// The upstream closed the connection (or reset it) before any answer.
-fn closed_under(e: &hyper::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    e.is_incomplete_message()
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
+/// The upstream closed the connection (or reset it) before any answer:
+/// hyper's "incomplete message", or a reset, abort, broken pipe or (TLS
+/// closed without `close_notify`) unexpected end anywhere in the error's
+/// chain (hyper-util's client wraps hyper's error).
+pub(crate) fn closed_under(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                )
+            })
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Close the idle connections of one stack once they pass the idle

@@ -400,14 +400,29 @@ impl ReverseProxy {
                     h1pool::origin_form(up_req.uri_mut());
                     pool.send(up_req).await
                 }
-                None => match upgrade_client
-                    .unwrap_or_else(|| upstream.client())
-                    .request(up_req)
-                    .await
-                {
-                    Ok(res) => Ok(res.map(|b| PooledBody::new(b, None))),
-                    Err(e) => Err(BoxError::from(e)),
-                },
+                None => {
+                    let client = upgrade_client.unwrap_or_else(|| upstream.client());
+                    // hyper-util's client does not say whether a connection
+                    // was kept, nor for how long: every idempotent request
+                    // without a body is copied, to be sent once more if the
+                    // upstream closed the connection under it (see `h1pool`
+                    // for `http://`, which copies only after an idle spell).
+                    let copy = (ws.is_none()
+                        && h1pool::is_idempotent(up_req.method())
+                        && http_body::Body::is_end_stream(up_req.body()))
+                    .then(|| Box::new(h1pool::copy_bodiless(&up_req)));
+                    let res = match (client.request(up_req).await, copy) {
+                        (Err(e), Some(copy)) if h1pool::closed_under(&e) => {
+                            tracing::debug!(error = %Chain(&e), "upstream closed a connection under a request; sending it again");
+                            client.request(*copy).await
+                        }
+                        (res, _) => res,
+                    };
+                    match res {
+                        Ok(res) => Ok(res.map(|b| PooledBody::new(b, None))),
+                        Err(e) => Err(BoxError::from(e)),
+                    }
+                }
             }
         };
         // Boxed: the send is the largest state of this future by far, and
