@@ -22,6 +22,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
+mod bench_support;
+
 type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -36,32 +38,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     if std::env::var("PER_CORE").is_ok_and(|v| v == "1") {
         // One current-thread runtime per worker, each with its own
         // SO_REUSEPORT listener and upstream pool: no cross-thread wake-ups.
-        let workers: usize = std::env::var("TOKIO_WORKER_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2);
-        let threads: Vec<_> = (0..workers)
-            .map(|_| {
-                let authority = authority.clone();
-                std::thread::spawn(move || -> Result<(), String> {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    rt.block_on(async move {
-                        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-                        socket.set_reuseport(true).map_err(|e| e.to_string())?;
-                        socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
-                        socket.bind(listen).map_err(|e| e.to_string())?;
-                        let listener = socket.listen(1024).map_err(|e| e.to_string())?;
-                        serve(listener, authority).await.map_err(|e| e.to_string())
-                    })
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().map_err(|_| "worker panicked")??;
-        }
+        let workers = bench_support::workers();
+        bench_support::per_core(listen, workers, move |listener| {
+            let authority = authority.clone();
+            async move { serve(listener, authority).await.map_err(|e| e.to_string()) }
+        })?;
         return Ok(());
     }
     tokio::runtime::Builder::new_multi_thread()

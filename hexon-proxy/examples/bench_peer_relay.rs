@@ -33,6 +33,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod bench_support;
+
 type BoxError = Box<dyn Error + Send + Sync>;
 
 #[derive(Clone, Copy)]
@@ -66,40 +68,22 @@ fn main() -> Result<(), BoxError> {
         ),
         defer: std::env::var("RELAY_DEFER").is_ok_and(|v| v == "1"),
     };
-    let workers: usize = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let threads: Vec<_> = (0..workers)
-        .map(|_| {
-            std::thread::spawn(move || -> Result<(), String> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(async move {
-                    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-                    socket.set_reuseport(true).map_err(|e| e.to_string())?;
-                    socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
-                    socket.bind(listen).map_err(|e| e.to_string())?;
-                    let listener = socket.listen(1024).map_err(|e| e.to_string())?;
-                    loop {
-                        let (client, _) = listener.accept().await.map_err(|e| e.to_string())?;
-                        if mode.hyper_server {
-                            tokio::spawn(hyper_front(client, mode));
-                        } else {
-                            tokio::spawn(async move {
-                                let _ = relay(client, mode).await;
-                            });
-                        }
-                    }
-                })
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| "worker panicked")??;
-    }
+    bench_support::per_core(
+        listen,
+        bench_support::workers(),
+        move |listener| async move {
+            loop {
+                let (client, _) = listener.accept().await.map_err(|e| e.to_string())?;
+                if mode.hyper_server {
+                    tokio::spawn(hyper_front(client, mode));
+                } else {
+                    tokio::spawn(async move {
+                        let _ = relay(client, mode).await;
+                    });
+                }
+            }
+        },
+    )?;
     Ok(())
 }
 
