@@ -132,23 +132,17 @@ async fn read_message(
     frame: fn(&[u8]) -> Framed,
 ) -> Result<Option<usize>, BoxError> {
     loop {
-        if let Some((head, body)) = frame(buf)? {
-            let total = head + body;
-            while buf.len() < total {
-                if io.read_buf(buf).await? == 0 {
-                    return Err("connection closed inside a message".into());
-                }
-            }
-            return Ok(Some(total));
-        }
-        if buf.len() > 64 * 1024 {
-            return Err("head too large".into());
+        match frame(buf)? {
+            Some((head, body)) if buf.len() >= head + body => return Ok(Some(head + body)),
+            Some(_) => {}
+            None if buf.len() > 64 * 1024 => return Err("head too large".into()),
+            None => {}
         }
         if io.read_buf(buf).await? == 0 {
             return if buf.is_empty() {
                 Ok(None)
             } else {
-                Err("connection closed inside a head".into())
+                Err("connection closed inside a message".into())
             };
         }
     }

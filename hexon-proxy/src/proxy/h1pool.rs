@@ -27,12 +27,12 @@
 //! An upstream may also close an idle connection just as a request is
 //! written on it (its keep-alive timeout: 5 s in Node.js, uvicorn and
 //! Apache httpd, 2 s in gunicorn; or a restart). The request then meets a
-//! closed connection and no answer. An idempotent request without a body
-//! (RFC 9110 §9.2.2: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`)
-//! on a connection idle for at least [`RESEND_AFTER_IDLE`] is sent once
-//! more, on a new connection, as nginx does; anything else is a `502`.
-//! Only those requests are copied before they are sent: a connection
-//! reused within microseconds under load, the common case, costs no copy.
+//! closed connection and no answer. One that may be sent twice
+//! ([`super::resend`]) on a connection idle for at least
+//! [`RESEND_AFTER_IDLE`] is sent once more, on a new connection, as nginx
+//! does; anything else is a `502`. Only those requests are copied before
+//! they are sent: a connection reused within microseconds under load, the
+//! common case, costs no copy.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,7 @@ use hyper::client::conn::http1::SendRequest;
 use tower_service::Service as _;
 
 use super::client::{Connector, PoolConfig, UpstreamBody};
+use super::resend;
 use crate::body::BoxError;
 use http_body_util::BodyExt as _;
 
@@ -201,15 +202,7 @@ impl H1Pool {
                 return Err(e.into());
             }
             let copy = match idle {
-                // Boxed: the copy is rare, and this future's size is paid at
-                // every move.
-                Some(idle)
-                    if idle >= RESEND_AFTER_IDLE
-                        && uploaded.is_none()
-                        && is_idempotent(req.method()) =>
-                {
-                    Some(Box::new(copy_bodiless(&req)))
-                }
+                Some(idle) if idle >= RESEND_AFTER_IDLE => resend::copy_if_resendable(&req),
                 _ => None,
             };
             match tx.try_send_request(req).await {
@@ -229,7 +222,7 @@ impl H1Pool {
                     (Some(r), _) if reused => req = r,
                     // Written, and the upstream closed the connection
                     // without an answer: once more on a new connection.
-                    (None, Some(copy)) if closed_under(e.error()) => {
+                    (None, Some(copy)) if resend::closed_under(e.error()) => {
                         tracing::debug!(error = %e.error(), "upstream closed an idle connection under a request; sending it again on a new one");
                         req = *copy;
                         fresh_only = true;
@@ -239,57 +232,6 @@ impl H1Pool {
             }
         }
     }
-}
-
-/// Idempotent by definition (RFC 9110 §9.2.2): sending it twice has the
-/// effect of sending it once.
-pub(crate) fn is_idempotent(m: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(m)
-}
-
-/// A request without a body, again. The proxy builds upstream requests
-/// without extensions, so there are none to copy.
-pub(crate) fn copy_bodiless(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
-    let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
-    let mut copy = Request::new(empty.boxed_unsync());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
-/// The upstream closed the connection (or reset it) before any answer:
-/// hyper's "incomplete message", or a reset, abort, broken pipe or (TLS
-/// closed without `close_notify`) unexpected end anywhere in the error's
-/// chain (hyper-util's client wraps hyper's error).
-pub(crate) fn closed_under(e: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_incomplete_message)
-            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-                )
-            })
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }
 
 /// Close the idle connections of one stack once they pass the idle

@@ -40,6 +40,7 @@ mod error;
 mod forward;
 mod h1pool;
 mod limit;
+mod resend;
 mod upgrade;
 mod upstream;
 
@@ -402,17 +403,14 @@ impl ReverseProxy {
                 }
                 None => {
                     let client = upgrade_client.unwrap_or_else(|| upstream.client());
-                    // hyper-util's client does not say whether a connection
-                    // was kept, nor for how long: every idempotent request
-                    // without a body is copied, to be sent once more if the
-                    // upstream closed the connection under it (see `h1pool`
-                    // for `http://`, which copies only after an idle spell).
-                    let copy = (ws.is_none()
-                        && h1pool::is_idempotent(up_req.method())
-                        && http_body::Body::is_end_stream(up_req.body()))
-                    .then(|| Box::new(h1pool::copy_bodiless(&up_req)));
+                    // Upgrades are not sent again (see `resend`).
+                    let copy = if ws.is_none() {
+                        resend::copy_if_resendable(&up_req)
+                    } else {
+                        None
+                    };
                     let res = match (client.request(up_req).await, copy) {
-                        (Err(e), Some(copy)) if h1pool::closed_under(&e) => {
+                        (Err(e), Some(copy)) if resend::closed_under(&e) => {
                             tracing::debug!(error = %Chain(&e), "upstream closed a connection under a request; sending it again");
                             client.request(*copy).await
                         }
