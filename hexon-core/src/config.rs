@@ -805,6 +805,11 @@ pub struct ListenerConfig {
     /// Accept HTTP/2 with prior knowledge (h2c) on a plain listener (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub h2c: Option<bool>,
+    /// Read HTTP/1.1 requests without a body with the gateway's own reader
+    /// and writer instead of hyper's server (default true; `false` is the
+    /// way back should a client meet a difference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_http1: Option<bool>,
     /// Most simultaneous connections; at the limit new ones wait in the
     /// kernel's backlog (default unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]

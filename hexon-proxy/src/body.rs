@@ -102,3 +102,44 @@ impl<E> std::future::Future for BoxResponseFuture<E> {
         self.inner.as_mut().poll(cx)
     }
 }
+
+/// The body of a request as a [`Listener`](crate::listener::Listener) hands
+/// it to the service: hyper's streaming body, or none — a request head
+/// read by the listener's own HTTP/1.1 reader, which takes only requests
+/// that cannot have a body (no `Content-Length`, no `Transfer-Encoding`).
+#[derive(Debug)]
+pub enum RequestBody {
+    /// A request hyper read (HTTP/2, or HTTP/1 the own reader handed over).
+    Hyper(hyper::body::Incoming),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
+}

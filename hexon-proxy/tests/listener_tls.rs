@@ -241,7 +241,7 @@ async fn optional_client_certificate_and_chain_contents() {
     let alice = client_leaf(&client_ca, "alice");
     let want = alice.der.clone();
     let server = l.serve(tower::service_fn(
-        move |req: http::Request<hyper::body::Incoming>| {
+        move |req: http::Request<hexon_proxy::body::RequestBody>| {
             let want = want.clone();
             async move {
                 let info = req

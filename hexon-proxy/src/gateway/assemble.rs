@@ -880,6 +880,9 @@ impl Gateway {
             if let Some(b) = l.h2c {
                 settings.h2c = b;
             }
+            if let Some(b) = l.fast_http1 {
+                settings.fast_http1 = b;
+            }
             if l.max_connections.is_some() {
                 settings.max_connections = l.max_connections;
             }

@@ -20,7 +20,11 @@
 //! current response, HTTP/2 ones get GOAWAY) and aborts what is left after
 //! the grace period.
 
+mod h1;
 mod smuggling;
+
+#[doc(hidden)]
+pub use h1::fuzz_parse as fuzz_h1_heads;
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,7 +43,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt as _};
 
-use crate::body::{BoxBody, BoxError};
+use crate::body::{BoxBody, BoxError, RequestBody};
 use crate::ext::ConnectionInfo;
 use crate::proxy_protocol::{self, Addresses, PrefixedStream, ProxyProtocolLimits, Transport};
 use crate::respond;
@@ -81,6 +85,11 @@ pub struct ListenerSettings {
     /// Most simultaneous connections; at the limit the accept loop waits
     /// (the kernel backlog queues). `None` (default): unlimited.
     pub max_connections: Option<usize>,
+    /// Read HTTP/1.1 requests that cannot have a body with the listener's
+    /// own reader and writer instead of hyper's server (default on; see
+    /// the module docs of `listener::h1` for what it takes and what it hands to
+    /// hyper). Off: hyper serves every connection.
+    pub fast_http1: bool,
 }
 
 impl ListenerSettings {
@@ -99,6 +108,7 @@ impl ListenerSettings {
             http2_max_concurrent_streams: 256,
             h2c: true,
             max_connections: None,
+            fast_http1: true,
         }
     }
 }
@@ -178,7 +188,7 @@ impl Listener {
     /// [`ServerHandle::shutdown`]. Dropping the handle leaves it running.
     pub fn serve<S>(self, service: S) -> ServerHandle
     where
-        S: Service<Request<Incoming>, Response = Response<BoxBody>> + Clone + Send + 'static,
+        S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
     {
@@ -268,7 +278,7 @@ async fn accept_loop<S>(
     mut stop: watch::Receiver<bool>,
 ) -> (JoinSet<()>, watch::Sender<bool>)
 where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
@@ -428,13 +438,13 @@ enum Proto {
 
 async fn connection<S>(
     shared: Arc<Shared>,
-    service: S,
+    mut service: S,
     stream: TcpStream,
     tcp_peer: SocketAddr,
     local: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
@@ -502,6 +512,24 @@ async fn connection<S>(
         (Io::Plain(_), _) => Proto::Http1,
     };
     let peer = info.peer;
+    let info = Arc::new(info);
+    // HTTP/1 requests without a body: the own reader, until one needs hyper.
+    let (io, prefix) = if shared.settings.fast_http1 && !matches!(proto, Proto::Http2) {
+        let mut io = io;
+        let limits = h1::Limits {
+            max_head: shared.settings.max_header_size.max(8192),
+            max_headers: shared.settings.max_headers,
+            header_read_timeout: shared.settings.header_read_timeout,
+            keep_alive: shared.settings.keep_alive,
+        };
+        match h1::serve(&mut io, &mut service, &info, limits, &mut stop).await {
+            h1::End::Closed => return,
+            h1::End::Handoff(rest) => (io, rest),
+        }
+    } else {
+        (io, bytes::Bytes::new())
+    };
+    let io = PrefixedStream::new(prefix, io);
     let verdicts = Verdicts::default();
     let observer = Observer::new(
         shared.settings.max_header_size.max(8192),
@@ -513,7 +541,6 @@ async fn connection<S>(
         observer,
         shared.settings.header_read_timeout,
     ));
-    let info = Arc::new(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let service = service.clone();
         let info = Arc::clone(&info);
@@ -552,7 +579,7 @@ async fn handle<S>(
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, BoxError>
 where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>> + Send,
+    S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Send,
     S::Error: Into<BoxError>,
 {
     if let Some(reason) = verdict.or_else(|| smuggling::check_headers(req.headers())) {
@@ -566,7 +593,10 @@ where
     }
     req.extensions_mut().insert(ConnectionInfo::clone(&info));
     service.ready().await.map_err(Into::into)?;
-    service.call(req).await.map_err(Into::into)
+    service
+        .call(req.map(RequestBody::Hyper))
+        .await
+        .map_err(Into::into)
 }
 
 /// The connection after PROXY protocol and TLS.

@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hexon_proxy::body::{BoxBody, full};
+use hexon_proxy::body::{BoxBody, RequestBody, full};
 use hexon_proxy::ext::ConnectionInfo;
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -249,7 +248,7 @@ where
 
 /// Test service: reports what it saw as JSON-ish text.
 /// `/slow` waits 500 ms, `/very-slow` 10 s; `/ws` upgrades and echoes.
-pub async fn echo_service(mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+pub async fn echo_service(mut req: Request<RequestBody>) -> Result<Response<BoxBody>, Infallible> {
     if req.uri().path() == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -304,7 +303,7 @@ type EchoFuture = std::pin::Pin<
 >;
 
 /// [`echo_service`] as a tower service.
-pub fn service() -> tower::util::ServiceFn<fn(Request<Incoming>) -> EchoFuture> {
+pub fn service() -> tower::util::ServiceFn<fn(Request<RequestBody>) -> EchoFuture> {
     tower::service_fn(|req| Box::pin(echo_service(req)))
 }
 

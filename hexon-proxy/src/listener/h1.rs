@@ -1,0 +1,733 @@
+//! The listener's own HTTP/1.1 reader and writer, for requests that cannot
+//! have a body.
+//!
+//! hyper's server is a general machine: a dispatcher per connection, its own
+//! buffers, a message head converted field by field, a body channel for
+//! every request. For the request most traffic through a gateway is — an
+//! HTTP/1.1 `GET` with a few headers and no body — that machinery is a
+//! large share of the work per request (docs/BENCHMARKS.md). This loop
+//! reads such heads itself (httparse, the parser hyper uses), builds the
+//! same `http::Request` hyper would, calls the same tower service, and
+//! writes the response itself.
+//!
+//! It takes only what it can serve exactly; everything else goes to hyper
+//! **with the bytes read so far**, and hyper serves the connection from
+//! then on (with the smuggling observer in front of it). Handed over:
+//! a head that does not parse or is larger than the listener allows, more
+//! header fields than [`MAX_FIELDS`], HTTP/1.0, `CONNECT`, a target not in
+//! origin form, and any request with `Content-Length`, `Transfer-Encoding`,
+//! `Expect`, `Upgrade` or `TE` (bodies, `100-continue`, upgrades, trailers).
+//! So every refusal of a malformed request, every body framing decision and
+//! every smuggling check stays where it was: in hyper and the observer.
+//!
+//! What this loop does itself, as hyper does it:
+//! - waits for each head at most the listener's header read timeout
+//!   (idle keep-alive time included), then closes;
+//! - `Connection: close` from the client, keep-alive off, or a shutdown
+//!   request: answers with `connection: close` and closes;
+//! - responses: status line with the canonical reason, the service's
+//!   headers, `date` when the service set none, then `content-length` (the
+//!   service's, or the body's exact size) or chunked encoding; no body for
+//!   `HEAD`, 1xx, 204 and 304; a body that fails or ends short of its
+//!   length closes the connection (the client sees a truncated message,
+//!   never a wrong one);
+//! - a service error closes the connection without an answer.
+
+use std::cell::RefCell;
+use std::future::Future as _;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tower::{Service, ServiceExt as _};
+
+use crate::body::{BoxBody, BoxError, RequestBody};
+use crate::ext::ConnectionInfo;
+
+/// Most header fields a request may have and still be read here; a request
+/// with more goes to hyper, which applies the listener's own limit.
+pub(super) const MAX_FIELDS: usize = 64;
+
+/// Data frames at least this large are written as they are, not copied
+/// into the output buffer.
+const DIRECT_WRITE: usize = 16 * 1024;
+
+/// The output buffer is given back when it grew beyond this.
+const KEEP_OUT: usize = 64 * 1024;
+
+/// How a connection left this loop.
+pub(super) enum End {
+    /// Done: closed by either side, timed out, or stopped.
+    Closed,
+    /// hyper serves the rest of the connection, starting with these bytes
+    /// (read, not yet consumed).
+    Handoff(Bytes),
+}
+
+/// The listener's limits this loop applies.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    /// Largest request head (hyper's read buffer limit).
+    pub(super) max_head: usize,
+    /// Most header fields.
+    pub(super) max_headers: usize,
+    /// Time for a request head to arrive, from the end of the previous
+    /// response (or the connection's start).
+    pub(super) header_read_timeout: Duration,
+    /// Keep connections open between requests.
+    pub(super) keep_alive: bool,
+}
+
+/// A parsed request head this loop serves.
+struct Head {
+    req: Request<RequestBody>,
+    close: bool,
+    head_method: bool,
+}
+
+/// Serve requests from `io` until the connection ends or a request needs
+/// hyper.
+pub(super) async fn serve<I, S>(
+    io: &mut I,
+    service: &mut S,
+    info: &Arc<ConnectionInfo>,
+    limits: Limits,
+    stop: &mut watch::Receiver<bool>,
+) -> End
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<RequestBody>, Response = Response<BoxBody>>,
+    S::Error: Into<BoxError>,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut fields: Vec<[usize; 4]> = Vec::new();
+    // One timer and one shutdown watch for the connection's life; the timer
+    // is made the first time a head is not already there.
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut stopped = pin!(super::stopped(stop));
+    loop {
+        let deadline = Instant::now() + limits.header_read_timeout;
+        let mut armed = false;
+        let head = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf, &mut fields, limits, info) {
+                    Parsed::Ready(head) => break head,
+                    Parsed::Handoff => return End::Handoff(buf.freeze()),
+                    Parsed::Partial if buf.len() >= limits.max_head => {
+                        return End::Handoff(buf.freeze());
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            buf.reserve(4096);
+            let mut read = pin!(io.read_buf(&mut buf));
+            let waited = std::future::poll_fn(|cx| {
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wait::Stop);
+                }
+                if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Wait::Read(r));
+                }
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !armed {
+                    t.as_mut().reset(deadline);
+                    armed = true;
+                }
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wait::Timeout);
+                }
+                Poll::Pending
+            })
+            .await;
+            match waited {
+                Wait::Read(Ok(n)) if n > 0 => {}
+                // End of stream (mid-head too: nothing to answer to), an
+                // error, the header read timeout, or a shutdown.
+                Wait::Read(_) | Wait::Timeout | Wait::Stop => return End::Closed,
+            }
+        };
+        let Head {
+            req,
+            close,
+            head_method,
+        } = head;
+        let close = close || !limits.keep_alive;
+        let ready: Result<(), BoxError> = service.ready().await.map(|_| ()).map_err(Into::into);
+        let res = match ready {
+            Ok(()) => service.call(req).await.map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        let res = match res {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::debug!(peer = %info.peer, error = %e, "service error; connection closed");
+                return End::Closed;
+            }
+        };
+        let keep = match write_response(io, &mut out, res, head_method, close).await {
+            Ok(keep) => keep,
+            Err(e) => {
+                tracing::debug!(peer = %info.peer, error = %e, "writing a response failed");
+                return End::Closed;
+            }
+        };
+        if out.capacity() > KEEP_OUT {
+            out = Vec::with_capacity(4096);
+        }
+        if !keep {
+            let _ = io.shutdown().await;
+            return End::Closed;
+        }
+    }
+}
+
+enum Wait {
+    Read(io::Result<usize>),
+    Timeout,
+    Stop,
+}
+
+// Returned once per request and taken apart at once: boxing the head would
+// add an allocation per request.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once; a Box would allocate per request"
+)]
+enum Parsed {
+    Ready(Head),
+    Partial,
+    Handoff,
+}
+
+/// Parse the head at the start of `buf`; on success it is taken off `buf`.
+fn parse(
+    buf: &mut BytesMut,
+    fields: &mut Vec<[usize; 4]>,
+    limits: Limits,
+    info: &Arc<ConnectionInfo>,
+) -> Parsed {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let slots = slots
+        .get_mut(..limits.max_headers.min(MAX_FIELDS))
+        .unwrap_or_default();
+    let mut req = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(base);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    let (Some(1), Some(method), Some(path)) = (req.version, req.method, req.path) else {
+        return Parsed::Handoff;
+    };
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Parsed::Handoff;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Handoff;
+    };
+    let path_at = offset(path.as_bytes());
+    let path_end = path_at + path.len();
+    fields.clear();
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if [
+            CONTENT_LENGTH.as_str(),
+            TRANSFER_ENCODING.as_str(),
+            "expect",
+            "upgrade",
+            "te",
+        ]
+        .iter()
+        .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        {
+            return Parsed::Handoff;
+        }
+        if name.eq_ignore_ascii_case(CONNECTION.as_str().as_bytes()) {
+            close |= h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        let n = offset(name);
+        let v = offset(h.value);
+        fields.push([n, n + name.len(), v, v + h.value.len()]);
+    }
+    // Names are checked before the head leaves the buffer (a refusal hands
+    // the unchanged bytes to hyper).
+    let mut map = HeaderMap::with_capacity(fields.len());
+    let mut names = Vec::with_capacity(fields.len());
+    for &[ns, ne, ..] in fields.iter() {
+        match buf.get(ns..ne).map(HeaderName::from_bytes) {
+            Some(Ok(name)) => names.push(name),
+            _ => return Parsed::Handoff,
+        }
+    }
+    let head = buf.split_to(len).freeze();
+    let rebuilt = |buf: &mut BytesMut, head: &Bytes| {
+        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+        whole.extend_from_slice(head);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        Parsed::Handoff
+    };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_at..path_end)) else {
+        return rebuilt(buf, &head);
+    };
+    for (name, &[_, _, vs, ve]) in names.into_iter().zip(fields.iter()) {
+        match HeaderValue::from_maybe_shared(head.slice(vs..ve)) {
+            Ok(value) => {
+                map.append(name, value);
+            }
+            Err(_) => return rebuilt(buf, &head),
+        }
+    }
+    let head_method = method == Method::HEAD;
+    let mut req = Request::new(RequestBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = map;
+    req.extensions_mut().insert(ConnectionInfo::clone(info));
+    Parsed::Ready(Head {
+        req,
+        close,
+        head_method,
+    })
+}
+
+/// How the body is framed on the wire.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Write `res`; `Ok(true)` when the connection can carry another request.
+///
+/// Framing as hyper's server does it: a body of known size gets
+/// `content-length` (also for `HEAD`, which gets no body), an empty one
+/// `content-length: 0` (not for `HEAD`), an unknown size the service's own
+/// `content-length` or else chunked encoding; 1xx, 204 and 304 have neither
+/// and no body.
+async fn write_response<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    res: Response<BoxBody>,
+    head_method: bool,
+    close: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (mut parts, mut body) = res.into_parts();
+    let status = parts.status;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only upgrade requests may be answered so, and those are hyper's.
+        return Err(io::Error::other("101 to a request without an upgrade"));
+    }
+    let headers = &mut parts.headers;
+    let close = close
+        || headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    // The framing is this writer's: the service's framing headers are
+    // replaced by what it decides here.
+    headers.remove(TRANSFER_ENCODING);
+    let declared = {
+        let mut all = headers.get_all(CONTENT_LENGTH).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => std::str::from_utf8(v.as_bytes())
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok()),
+            _ => None,
+        }
+    };
+    headers.remove(CONTENT_LENGTH);
+    let exact = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let can_length = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    let can_body = can_length && !head_method;
+    let (length, framing) = match (can_length, exact, declared) {
+        (false, ..) => (None, Framing::None),
+        (true, Some(0), Some(d)) if head_method => (Some(d), Framing::None),
+        (true, Some(0), _) if head_method => (None, Framing::None),
+        (true, Some(n), _) => (Some(n), Framing::Length(n)),
+        (true, None, Some(d)) => (Some(d), Framing::Length(d)),
+        (true, None, None) => (None, Framing::Chunked),
+    };
+    let framing = if can_body { framing } else { Framing::None };
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        with_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else if matches!(framing, Framing::Chunked) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close && !headers.contains_key(CONNECTION) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    drop(parts);
+
+    let sent = send_body(io, out, &mut body, framing).await;
+    // What is buffered goes out even after a body failed: the client then
+    // sees a truncated message, not none at all.
+    if !out.is_empty() {
+        let written = io.write_all(out).await;
+        out.clear();
+        written?;
+    }
+    io.flush().await?;
+    match sent? {
+        true => Ok(!close),
+        false => Err(io::Error::other(
+            "response body ended short of its length, or went past it",
+        )),
+    }
+}
+
+/// Put the body into `out` (or onto the wire) framed as `framing`;
+/// `Ok(false)` when it did not match a declared length.
+async fn send_body<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    body: &mut BoxBody,
+    framing: Framing,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    match framing {
+        Framing::None => Ok(true),
+        Framing::Length(n) => {
+            let mut left = n;
+            while let Some(data) = next_data(io, out, body).await? {
+                let len = data.len() as u64;
+                if len > left {
+                    // More than declared: what was declared goes out, the
+                    // connection ends.
+                    let fits = usize::try_from(left).unwrap_or(usize::MAX);
+                    put(io, out, data.slice(..fits.min(data.len()))).await?;
+                    return Ok(false);
+                }
+                left -= len;
+                put(io, out, data).await?;
+            }
+            Ok(left == 0)
+        }
+        Framing::Chunked => {
+            while let Some(data) = next_data(io, out, body).await? {
+                if data.is_empty() {
+                    continue;
+                }
+                let mut hex = [0u8; 16];
+                out.extend_from_slice(hex_len(data.len(), &mut hex));
+                out.extend_from_slice(b"\r\n");
+                put(io, out, data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            Ok(true)
+        }
+    }
+}
+
+/// The next data frame (trailers are dropped: requests with `TE` are
+/// hyper's). What is buffered goes out first when the body must be waited
+/// for. A body error ends the response (`Err`).
+async fn next_data<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    body: &mut BoxBody,
+) -> io::Result<Option<Bytes>>
+where
+    I: AsyncWrite + Unpin,
+{
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    out.clear();
+                }
+                io.flush().await?;
+                body.frame().await
+            }
+        };
+        match frame {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+/// Append `data` to `out`, or write both when `data` is large.
+async fn put<I>(io: &mut I, out: &mut Vec<u8>, data: Bytes) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    if data.len() < DIRECT_WRITE {
+        out.extend_from_slice(&data);
+        return Ok(());
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    io.write_all(&data).await
+}
+
+/// `n` in lowercase hex, without leading zeros.
+fn hex_len(n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        if let Some(slot) = buf.get_mut(i) {
+            *slot = DIGITS.get(n & 15).copied().unwrap_or(b'0');
+        }
+        n >>= 4;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or_default()
+}
+
+thread_local! {
+    /// The formatted `date` of the current second.
+    static DATE_CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// Call `f` with the current time as an HTTP date (IMF-fixdate, 29 bytes),
+/// formatted once per second per thread.
+fn with_date(f: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let s = httpdate::fmt_http_date(now);
+            if let Some(dst) = c.1.get_mut(..s.len()) {
+                dst.copy_from_slice(s.as_bytes());
+            }
+            c.0 = secs;
+        }
+        f(&c.1);
+    });
+}
+
+/// Fuzzing entry (not an API): parse `data` as a sequence of request heads
+/// the way the connection loop does, checking on every step that a head
+/// handed to hyper, or still incomplete, leaves the bytes exactly as they
+/// were, and that a head taken is exactly what httparse reads there.
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    let info = Arc::new(ConnectionInfo::plain(addr, addr));
+    let limits = Limits {
+        max_head: 64 * 1024,
+        max_headers: 100,
+        header_read_timeout: Duration::from_secs(1),
+        keep_alive: true,
+    };
+    let mut buf = BytesMut::from(data);
+    let mut fields = Vec::new();
+    while !buf.is_empty() {
+        let before = buf.clone();
+        match parse(&mut buf, &mut fields, limits, &info) {
+            Parsed::Partial | Parsed::Handoff => {
+                assert_eq!(buf, before, "bytes changed on a head not taken");
+                return;
+            }
+            Parsed::Ready(head) => {
+                let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                let mut reference = httparse::Request::new(&mut slots);
+                let parsed = reference.parse(&before);
+                assert!(
+                    matches!(parsed, Ok(httparse::Status::Complete(_))),
+                    "a head taken that httparse does not read complete"
+                );
+                let Ok(httparse::Status::Complete(len)) = parsed else {
+                    return;
+                };
+                assert_eq!(&buf[..], before.get(len..).unwrap_or_default());
+                assert_eq!(Some(head.req.method().as_str()), reference.method);
+                // The target as hyper would make it (a fragment is dropped).
+                let target = reference.path.and_then(|p| Uri::try_from(p).ok());
+                assert_eq!(Some(head.req.uri()), target.as_ref());
+                assert_eq!(head.req.headers().len(), reference.headers.len());
+                for h in reference.headers.iter() {
+                    assert!(
+                        head.req
+                            .headers()
+                            .get_all(h.name)
+                            .iter()
+                            .any(|v| v.as_bytes() == h.value),
+                        "header {:?} lost",
+                        h.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(bytes: &[u8], max_headers: usize) -> (Vec<Parsed>, BytesMut) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let info = Arc::new(ConnectionInfo::plain(addr, addr));
+        let limits = Limits {
+            max_head: 1024,
+            max_headers,
+            header_read_timeout: Duration::from_secs(1),
+            keep_alive: true,
+        };
+        let mut buf = BytesMut::from(bytes);
+        let mut fields = Vec::new();
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let p = parse(&mut buf, &mut fields, limits, &info);
+            let stop = !matches!(p, Parsed::Ready(_));
+            out.push(p);
+            if stop {
+                break;
+            }
+        }
+        (out, buf)
+    }
+
+    #[test]
+    fn heads_are_taken_zero_copy_and_in_order() {
+        let (parsed, rest) = parse_all(
+            b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\nHEAD / HTTP/1.1\r\nConnection: close\r\n\r\nGET",
+            100,
+        );
+        assert_eq!(&rest[..], b"GET");
+        let [Parsed::Ready(a), Parsed::Ready(b), Parsed::Partial] = &parsed[..] else {
+            panic!("unexpected parse sequence");
+        };
+        assert_eq!(a.req.uri(), "/a?b=c");
+        assert_eq!(a.req.headers().get_all("x-a").iter().count(), 2);
+        assert!(!a.close && !a.head_method);
+        assert!(b.close && b.head_method);
+        assert!(a.req.extensions().get::<ConnectionInfo>().is_some());
+    }
+
+    #[test]
+    fn requests_that_may_have_a_body_or_need_hyper_are_handed_over_unchanged() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nte: trailers\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \x01\r\n\r\n",
+        ] {
+            let (parsed, rest) = parse_all(head, 100);
+            assert!(
+                matches!(parsed[..], [Parsed::Handoff]),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+            assert_eq!(&rest[..], head, "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn more_fields_than_allowed_go_to_hyper() {
+        let head = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert!(matches!(parse_all(head, 3).0[..], [Parsed::Ready(_)]));
+        assert!(matches!(parse_all(head, 2).0[..], [Parsed::Handoff]));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: 1\r\n".repeat(MAX_FIELDS + 1)
+        );
+        assert!(matches!(
+            parse_all(many.as_bytes(), 1000).0[..],
+            [Parsed::Handoff]
+        ));
+    }
+
+    #[test]
+    fn hex_lengths() {
+        let mut b = [0u8; 16];
+        assert_eq!(hex_len(0, &mut b), b"0");
+        assert_eq!(hex_len(255, &mut b), b"ff");
+        assert_eq!(hex_len(4096, &mut b), b"1000");
+        assert_eq!(hex_len(usize::MAX, &mut b), b"ffffffffffffffff");
+    }
+
+    #[test]
+    fn the_date_is_an_imf_fixdate() {
+        let mut d = Vec::new();
+        with_date(|b| d.extend_from_slice(b));
+        let s = String::from_utf8(d).unwrap_or_default();
+        assert!(httpdate::parse_http_date(&s).is_ok(), "{s:?}");
+        assert_eq!(s.len(), 29);
+    }
+
+    #[test]
+    fn the_fuzz_entry_holds_on_samples() {
+        fuzz_parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab");
+        fuzz_parse(b"GET / HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n");
+        fuzz_parse(b"\n\nGET / HTTP/1.1\n\n");
+    }
+}
