@@ -47,7 +47,13 @@ pub struct PoolConfig {
     /// How long an idle connection stays in the pool. Default 90 s.
     pub idle_timeout: Duration,
     /// Idle connections kept per upstream (per public host for TLS and
-    /// HTTP/2 upstreams), on each connection thread. Default 32.
+    /// HTTP/2 upstreams), on each connection thread. Default 256.
+    ///
+    /// Below a thread's peak of concurrent requests to the upstream, the
+    /// pool closes connections that are needed again a moment later: with
+    /// 32, a thread serving 42 of 64 busy client connections closed and
+    /// reopened an upstream connection every 20 to 75 requests. Idle
+    /// connections still close after [`idle_timeout`](Self::idle_timeout).
     pub max_idle_per_host: usize,
 }
 
@@ -55,7 +61,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             idle_timeout: Duration::from_secs(90),
-            max_idle_per_host: 32,
+            max_idle_per_host: 256,
         }
     }
 }
