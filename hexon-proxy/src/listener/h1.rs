@@ -359,9 +359,23 @@ where
             .get_all(CONNECTION)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    // The framing is this writer's: the service's framing headers are
-    // replaced by what it decides here.
-    headers.remove(TRANSFER_ENCODING);
+    if close {
+        // As hyper does: `close` joins the field, or the field is added
+        // (last in the map).
+        match headers.entry(CONNECTION) {
+            http::header::Entry::Occupied(mut e) => {
+                if !e
+                    .iter()
+                    .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+                {
+                    e.append(HeaderValue::from_static("close"));
+                }
+            }
+            http::header::Entry::Vacant(e) => {
+                e.insert(HeaderValue::from_static("close"));
+            }
+        }
+    }
     let declared = {
         let mut all = headers.get_all(CONTENT_LENGTH).iter();
         match (all.next(), all.next()) {
@@ -371,7 +385,6 @@ where
             _ => None,
         }
     };
-    headers.remove(CONTENT_LENGTH);
     let exact = if body.is_end_stream() {
         Some(0)
     } else {
@@ -391,31 +404,41 @@ where
     };
     let framing = if can_body { framing } else { Framing::None };
 
+    // The head in hyper's order: the fields in the map's order, the
+    // length where the service put it (the framing is this writer's: the
+    // service's `transfer-encoding` and any other `content-length` are
+    // left out), a length or chunked encoding it did not set, then `date`.
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut length_written = false;
     for (name, value) in headers.iter() {
+        if *name == TRANSFER_ENCODING {
+            continue;
+        }
+        if *name == CONTENT_LENGTH {
+            if let (Some(n), false) = (length, length_written) {
+                put_length(out, n);
+                length_written = true;
+            }
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    match (length, &framing) {
+        (Some(n), _) if !length_written => put_length(out, n),
+        (None, Framing::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
     if !headers.contains_key(DATE) {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
-    }
-    if let Some(n) = length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    } else if matches!(framing, Framing::Chunked) {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if close && !headers.contains_key(CONNECTION) {
-        out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
     drop(parts);
@@ -435,6 +458,12 @@ where
             "response body ended short of its length, or went past it",
         )),
     }
+}
+
+fn put_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Put the body into `out` (or onto the wire) framed as `framing`;
