@@ -222,8 +222,10 @@ pub struct Gateway {
 struct EnabledUsers(Arc<RwLock<Arc<Users>>>);
 
 /// Enabled users: subject → resolved groups (nested ones included).
-/// Enabled users by subject: their user name and groups now.
-type Users = std::collections::HashMap<String, (Arc<str>, Arc<[Arc<str>]>)>;
+/// Enabled users by subject: their user name and groups now. Looked up on
+/// every request; foldhash, as the keys come from the configuration.
+type Users =
+    std::collections::HashMap<String, (Arc<str>, Arc<[Arc<str>]>), foldhash::fast::RandomState>;
 
 impl EnabledUsers {
     fn of(config: &Config) -> Users {

@@ -62,6 +62,9 @@ use crate::ext::ConnectionInfo;
 /// with more goes to hyper, which applies the listener's own limit.
 pub(super) const MAX_FIELDS: usize = 64;
 
+/// Header fields a request map has room for beyond the client's own.
+const ROOM_FOR_ADDED: usize = 16;
+
 /// Data frames at least this large are written as they are, not copied
 /// into the output buffer.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -114,8 +117,8 @@ where
     S: Service<Request<RequestBody>, Response = Response<BoxBody>>,
     S::Error: Into<BoxError>,
 {
-    // Allocated when first used: a connection that never sends a request
-    // costs no buffers (10,000 idle connections are 25 MB less).
+    // Allocated when first used, and given back whenever the connection
+    // falls idle (below): an idle connection holds no buffer.
     let mut buf = BytesMut::new();
     let mut out: Vec<u8> = Vec::new();
     let mut fields: Vec<[usize; 4]> = Vec::new();
@@ -281,7 +284,10 @@ fn parse(
     }
     // Names are checked before the head leaves the buffer (a refusal hands
     // the unchanged bytes to hyper).
-    let mut map = HeaderMap::with_capacity(fields.len());
+    // Room for what the gateway adds on the way to the upstream (forwarding
+    // headers, request id, signed identity: about 14 fields) so that the
+    // map is not grown and rehashed two or three times per request.
+    let mut map = HeaderMap::with_capacity(fields.len() + ROOM_FOR_ADDED);
     let mut names = Vec::with_capacity(fields.len());
     for &[ns, ne, ..] in fields.iter() {
         match buf.get(ns..ne).map(HeaderName::from_bytes) {

@@ -1,12 +1,17 @@
 //! Accepting connections: TCP, optional PROXY protocol, optional TLS, then
-//! hyper serving HTTP/1.1 and HTTP/2 (with upgrades) to a tower service.
+//! HTTP/1.1 and HTTP/2 (with upgrades) served to a tower service.
 //!
 //! Per connection: [PROXY header](crate::proxy_protocol) (only on listeners
 //! that enable it, under a size limit and a timeout) → [TLS](crate::tls)
-//! handshake (with a timeout; ALPN picks HTTP/1.1 or HTTP/2) → hyper's
-//! `auto` server: HTTP/1.1 (header read timeout, header size and count
-//! limits, keep-alive) or HTTP/2 (detected by its preface: over TLS by ALPN,
-//! on plain listeners as h2c "prior knowledge" unless
+//! handshake (with a timeout; ALPN picks HTTP/1.1 or HTTP/2) → with
+//! [`ListenerSettings::fast_http1`] (the default) the listener's own
+//! HTTP/1.1 reader and writer for requests that cannot have a body, until
+//! a request needs more (a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2's
+//! preface, a head that does not parse), when the connection and the bytes
+//! read so far go to hyper's `auto` server for the rest of its life:
+//! HTTP/1.1 (header read timeout, header size and count limits,
+//! keep-alive) or HTTP/2 (detected by its preface: over TLS by ALPN, on
+//! plain listeners as h2c "prior knowledge" unless
 //! [`ListenerSettings::h2c`] is off). Every request carries a
 //! [`ConnectionInfo`] extension.
 //!

@@ -79,7 +79,9 @@ use crate::respond;
 /// table through a [`RoutingTableHandle`].
 #[derive(Debug, Default)]
 pub struct RoutingTable {
-    routes: HashMap<Arc<str>, Arc<UpstreamGroup>>,
+    // Read on every request; foldhash, as route names come from the
+    // configuration.
+    routes: HashMap<Arc<str>, Arc<UpstreamGroup>, foldhash::fast::RandomState>,
 }
 
 impl RoutingTable {

@@ -82,7 +82,9 @@ pub enum RouteIdentity {
 /// reload through a [`SignHandle`].
 #[derive(Clone, Debug, Default)]
 pub struct SignTable {
-    routes: HashMap<Box<str>, RouteIdentity>,
+    // Read on every request; foldhash, as route names come from the
+    // configuration.
+    routes: HashMap<Box<str>, RouteIdentity, foldhash::fast::RandomState>,
     default: Option<RouteIdentity>,
     jwt: Option<Arc<JwtIssuer>>,
 }
