@@ -282,20 +282,9 @@ fn parse(
         let v = offset(h.value);
         fields.push([n, n + name.len(), v, v + h.value.len()]);
     }
-    // Names are checked before the head leaves the buffer (a refusal hands
-    // the unchanged bytes to hyper).
-    // Room for what the gateway adds on the way to the upstream (forwarding
-    // headers, request id, signed identity: about 14 fields) so that the
-    // map is not grown and rehashed two or three times per request.
-    let mut map = HeaderMap::with_capacity(fields.len() + ROOM_FOR_ADDED);
-    let mut names = Vec::with_capacity(fields.len());
-    for &[ns, ne, ..] in fields.iter() {
-        match buf.get(ns..ne).map(HeaderName::from_bytes) {
-            Some(Ok(name)) => names.push(name),
-            _ => return Parsed::Handoff,
-        }
-    }
     let head = buf.split_to(len).freeze();
+    // A field or target `http` refuses: the bytes go back in front of what
+    // follows, unchanged, for hyper to answer.
     let rebuilt = |buf: &mut BytesMut, head: &Bytes| {
         let mut whole = BytesMut::with_capacity(head.len() + buf.len());
         whole.extend_from_slice(head);
@@ -306,12 +295,17 @@ fn parse(
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_at..path_end)) else {
         return rebuilt(buf, &head);
     };
-    for (name, &[_, _, vs, ve]) in names.into_iter().zip(fields.iter()) {
-        match HeaderValue::from_maybe_shared(head.slice(vs..ve)) {
-            Ok(value) => {
+    // Room for what the gateway adds on the way to the upstream (forwarding
+    // headers, request id, signed identity: about 14 fields) so that the
+    // map is not grown and rehashed two or three times per request.
+    let mut map = HeaderMap::with_capacity(fields.len() + ROOM_FOR_ADDED);
+    for &[ns, ne, vs, ve] in fields.iter() {
+        let name = head.get(ns..ne).map(HeaderName::from_bytes);
+        match (name, HeaderValue::from_maybe_shared(head.slice(vs..ve))) {
+            (Some(Ok(name)), Ok(value)) => {
                 map.append(name, value);
             }
-            Err(_) => return rebuilt(buf, &head),
+            _ => return rebuilt(buf, &head),
         }
     }
     let head_method = method == Method::HEAD;
