@@ -179,6 +179,12 @@ impl RawConn {
         self.s.write_all(bytes).await
     }
 
+    /// Write `request`, then read its answer ([`answer`](Self::answer)).
+    pub async fn exchange(&mut self, request: &[u8], method: &str) -> std::io::Result<Answer> {
+        self.send(request).await?;
+        self.answer(method).await
+    }
+
     /// Read more; `false` at the end of the stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
         use tokio::io::AsyncReadExt as _;

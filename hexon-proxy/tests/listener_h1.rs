@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hexon_proxy::body::{BoxBody, RequestBody};
 use hexon_proxy::listener::{Listener, ListenerSettings, ServerHandle};
-use hexon_proxy::test_util::RawConn as Conn;
+use hexon_proxy::test_util::{Answer, RawConn as Conn};
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, StreamBody};
 use listener_support::localhost;
@@ -30,6 +30,7 @@ use listener_support::localhost;
 /// - `/fail`: one frame, then a body error;
 /// - `/close`: `connection: close` from the service;
 /// - `/204`: no content;
+/// - `/slow`: `slow` after 300 ms;
 /// - anything else: `{method} {target} reader={own|hyper} host={host}`.
 async fn service(req: Request<RequestBody>) -> Result<Response<BoxBody>, Infallible> {
     let path = req.uri().path().to_owned();
@@ -60,6 +61,10 @@ async fn service(req: Request<RequestBody>) -> Result<Response<BoxBody>, Infalli
                 .header("connection", "close")
                 .body(hexon_proxy::body::full("bye"))
                 .unwrap(),
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Response::new(hexon_proxy::body::full("slow"))
+            }
             "/204" => Response::builder()
                 .status(204)
                 .body(hexon_proxy::body::empty())
@@ -91,6 +96,16 @@ fn unknown_size(frames: Vec<Result<Bytes, hexon_proxy::body::BoxError>>) -> BoxB
     let stream =
         futures_util::stream::iter(frames.into_iter().map(|f| f.map(http_body::Frame::data)));
     BoxBody::new(StreamBody::new(stream))
+}
+
+/// `GET target` (host `h`) on `c`, and its answer.
+async fn get(c: &mut Conn, target: &str) -> Answer {
+    c.exchange(
+        format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(),
+        "GET",
+    )
+    .await
+    .unwrap()
 }
 
 async fn serve(settings: ListenerSettings) -> ServerHandle {
@@ -202,8 +217,7 @@ async fn what_the_reader_does_not_take_goes_to_hyper() {
         ),
     ] {
         let mut c = Conn::open(server.local_addr()).await.unwrap();
-        c.send(req.as_bytes()).await.unwrap();
-        let a = c.answer(method).await.unwrap();
+        let a = c.exchange(req.as_bytes(), method).await.unwrap();
         assert_eq!(a.status, 200, "{req:?}");
         assert_eq!(a.text(), want, "{req:?}");
     }
@@ -222,8 +236,7 @@ async fn malformed_and_hostile_heads_get_hypers_refusal() {
         b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
     ] {
         let mut c = Conn::open(server.local_addr()).await.unwrap();
-        c.send(req).await.unwrap();
-        let a = c.answer("GET").await.unwrap();
+        let a = c.exchange(req, "GET").await.unwrap();
         assert_eq!(a.status, 400, "{:?}", String::from_utf8_lossy(req));
         assert!(c.closed().await, "{:?}", String::from_utf8_lossy(req));
     }
@@ -240,8 +253,7 @@ async fn malformed_and_hostile_heads_get_hypers_refusal() {
     );
     for req in [many, large] {
         let mut c = Conn::open(small.local_addr()).await.unwrap();
-        c.send(req.as_bytes()).await.unwrap();
-        assert_eq!(c.answer("GET").await.unwrap().status, 431);
+        assert_eq!(c.exchange(req.as_bytes(), "GET").await.unwrap().status, 431);
     }
     small.shutdown(Duration::from_secs(1)).await;
     server.shutdown(Duration::from_secs(1)).await;
@@ -274,45 +286,30 @@ async fn response_framing() {
     let mut c = Conn::open(server.local_addr()).await.unwrap();
     // Exact size: a content-length, small and past the direct-write size.
     for n in [0usize, 10, 100_000] {
-        c.send(format!("GET /len/{n} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let a = c.answer("GET").await.unwrap();
+        let a = get(&mut c, &format!("/len/{n}")).await;
         assert_eq!(a.header("content-length"), Some(n.to_string().as_str()));
         assert_eq!(a.body.len(), n);
     }
     // The service's own content-length is kept.
-    c.send(b"GET /declared HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    let a = c.answer("GET").await.unwrap();
+    let a = get(&mut c, "/declared").await;
     assert_eq!(
         (a.header("content-length"), a.text().as_str()),
         (Some("5"), "hello")
     );
     // Unknown size: chunked, empty frames skipped.
-    c.send(b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    let a = c.answer("GET").await.unwrap();
+    let a = get(&mut c, "/stream").await;
     assert_eq!(a.header("transfer-encoding"), Some("chunked"));
     assert_eq!(a.header("x-truncated"), None);
     assert_eq!(a.body.len(), 4 + 20_000 + 6);
     assert!(a.text().starts_with("one,yyy") && a.text().ends_with("y,three"));
     // No body for 204.
-    c.send(b"GET /204 HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    let a = c.answer("GET").await.unwrap();
+    let a = get(&mut c, "/204").await;
     assert_eq!(a.status, 204);
     assert_eq!(a.header("content-length"), None);
     assert_eq!(a.header("transfer-encoding"), None);
     // The connection is still usable after all of them.
-    c.send(b"GET /last HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
     assert_eq!(
-        c.answer("GET").await.unwrap().text(),
+        get(&mut c, "/last").await.text(),
         "GET /last reader=own host=h"
     );
     server.shutdown(Duration::from_secs(1)).await;
@@ -322,10 +319,7 @@ async fn response_framing() {
 async fn a_body_that_fails_or_ends_short_ends_the_connection_not_the_message_framing() {
     let server = server().await;
     let mut c = Conn::open(server.local_addr()).await.unwrap();
-    c.send(b"GET /fail HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    let a = c.answer("GET").await.unwrap();
+    let a = get(&mut c, "/fail").await;
     // The chunk that came is delivered; the terminating chunk never is.
     assert_eq!(a.header("x-truncated"), Some("1"), "{a:?}");
     assert_eq!(a.text(), "partial");
@@ -358,10 +352,7 @@ async fn connection_close_from_either_side_or_keep_alive_off() {
     assert!(c.closed().await);
 
     let mut c = Conn::open(server.local_addr()).await.unwrap();
-    c.send(b"GET /close HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    let a = c.answer("GET").await.unwrap();
+    let a = get(&mut c, "/close").await;
     assert_eq!(a.header("connection"), Some("close"));
     assert!(c.closed().await);
     server.shutdown(Duration::from_secs(1)).await;
@@ -370,11 +361,7 @@ async fn connection_close_from_either_side_or_keep_alive_off() {
     s.keep_alive = false;
     let server = serve(s).await;
     let mut c = Conn::open(server.local_addr()).await.unwrap();
-    c.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-    assert_eq!(
-        c.answer("GET").await.unwrap().header("connection"),
-        Some("close")
-    );
+    assert_eq!(get(&mut c, "/x").await.header("connection"), Some("close"));
     assert!(c.closed().await);
     server.shutdown(Duration::from_secs(1)).await;
 }
@@ -386,8 +373,7 @@ async fn an_idle_connection_is_closed_after_the_header_read_timeout() {
     let server = serve(s).await;
     // Idle after a response.
     let mut c = Conn::open(server.local_addr()).await.unwrap();
-    c.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-    assert_eq!(c.answer("GET").await.unwrap().status, 200);
+    assert_eq!(get(&mut c, "/x").await.status, 200);
     let started = std::time::Instant::now();
     assert!(c.closed().await);
     assert!(
@@ -429,8 +415,7 @@ async fn answers_are_the_ones_hyper_gives() {
         let mut answers = Vec::new();
         for server in [&own, &hyper] {
             let mut c = Conn::open(server.local_addr()).await.unwrap();
-            c.send(req.as_bytes()).await.unwrap();
-            let mut a = c.answer(method).await.unwrap();
+            let mut a = c.exchange(req.as_bytes(), method).await.unwrap();
             // Which reader it was shows in the text, and so in the length.
             let text = a.text().replace("reader=own", "reader=hyper");
             let length = (a.body.len().to_string(), text.len().to_string());
@@ -455,11 +440,7 @@ async fn turned_off_hyper_reads_everything() {
     s.fast_http1 = false;
     let server = serve(s).await;
     let mut c = Conn::open(server.local_addr()).await.unwrap();
-    c.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-    assert_eq!(
-        c.answer("GET").await.unwrap().text(),
-        "GET /x reader=hyper host=h"
-    );
+    assert_eq!(get(&mut c, "/x").await.text(), "GET /x reader=hyper host=h");
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -467,13 +448,25 @@ async fn turned_off_hyper_reads_everything() {
 async fn shutdown_closes_idle_connections_and_finishes_the_request_in_flight() {
     let server = server().await;
     let mut idle = Conn::open(server.local_addr()).await.unwrap();
-    idle.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert_eq!(get(&mut idle, "/x").await.status, 200);
+    let mut busy = Conn::open(server.local_addr()).await.unwrap();
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(idle.answer("GET").await.unwrap().status, 200);
+    let in_flight = tokio::spawn(async move {
+        let a = busy.answer("GET").await.unwrap();
+        (a, busy.closed().await)
+    });
+    // The request has reached the service before the shutdown.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let report = server.shutdown(Duration::from_secs(2)).await;
     assert_eq!(report.aborted, 0);
     assert!(idle.closed().await);
+    // Answered in full, marked as the connection's last, then closed.
+    let (a, closed) = in_flight.await.unwrap();
+    assert_eq!((a.status, a.text().as_str()), (200, "slow"));
+    assert_eq!(a.header("connection"), Some("close"));
+    assert!(closed);
 }
 
 #[tokio::test]
@@ -483,10 +476,7 @@ async fn many_requests_on_one_connection_with_full_bodies() {
     let mut c = Conn::open(server.local_addr()).await.unwrap();
     for i in 0..200 {
         let n = (i * 37) % 3000;
-        c.send(format!("GET /len/{n} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let a = c.answer("GET").await.unwrap();
+        let a = get(&mut c, &format!("/len/{n}")).await;
         assert_eq!(a.body, vec![b'x'; n]);
     }
     server.shutdown(Duration::from_secs(1)).await;

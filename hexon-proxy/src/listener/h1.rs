@@ -24,13 +24,14 @@
 //! - waits for each head at most the listener's header read timeout
 //!   (idle keep-alive time included), then closes;
 //! - `Connection: close` from the client, keep-alive off, or a shutdown
-//!   request: answers with `connection: close` and closes;
-//! - responses: status line with the canonical reason, the service's
-//!   headers, `date` when the service set none, then `content-length` (the
-//!   service's, or the body's exact size) or chunked encoding; no body for
-//!   `HEAD`, 1xx, 204 and 304; a body that fails or ends short of its
-//!   length closes the connection (the client sees a truncated message,
-//!   never a wrong one);
+//!   requested while a request was served: answers with `connection:
+//!   close` and closes; a shutdown while waiting for a head closes at once;
+//! - responses, in hyper's order: status line with the canonical reason,
+//!   the service's fields, `content-length` (the service's, in its place,
+//!   or the body's exact size) or chunked encoding, then `date` when the
+//!   service set none; no body for `HEAD`, 1xx, 204 and 304; a body that
+//!   fails or ends short of its length closes the connection (the client
+//!   sees a truncated message, never a wrong one);
 //! - a service error closes the connection without an answer.
 
 use std::cell::RefCell;
@@ -172,12 +173,11 @@ where
             close,
             head_method,
         } = head;
-        let close = close || !limits.keep_alive;
-        let ready: Result<(), BoxError> = service.ready().await.map(|_| ()).map_err(Into::into);
-        let res = match ready {
-            Ok(()) => service.call(req).await.map_err(Into::into),
-            Err(e) => Err(e),
-        };
+        let res: Result<_, BoxError> = async {
+            let svc = service.ready().await.map_err(Into::into)?;
+            svc.call(req).await.map_err(Into::into)
+        }
+        .await;
         let res = match res {
             Ok(res) => res,
             Err(e) => {
@@ -185,6 +185,10 @@ where
                 return End::Closed;
             }
         };
+        // After a shutdown request the answer says the connection closes,
+        // as hyper's graceful shutdown does. (Ready once, it is not polled
+        // again: the connection ends after this response.)
+        let close = close || !limits.keep_alive || stopped.as_mut().now_or_never().is_some();
         let keep = match write_response(io, &mut out, res, head_method, close).await {
             Ok(keep) => keep,
             Err(e) => {
@@ -273,10 +277,7 @@ fn parse(
             return Parsed::Handoff;
         }
         if name.eq_ignore_ascii_case(CONNECTION.as_str().as_bytes()) {
-            close |= h
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= says_close(h.value);
         }
         let n = offset(name);
         let v = offset(h.value);
@@ -354,28 +355,16 @@ where
         return Err(io::Error::other("101 to a request without an upgrade"));
     }
     let headers = &mut parts.headers;
-    let close = close
-        || headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    if close {
+    let service_closes = headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| says_close(v.as_bytes()));
+    if close && !service_closes {
         // As hyper does: `close` joins the field, or the field is added
         // (last in the map).
-        match headers.entry(CONNECTION) {
-            http::header::Entry::Occupied(mut e) => {
-                if !e
-                    .iter()
-                    .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
-                {
-                    e.append(HeaderValue::from_static("close"));
-                }
-            }
-            http::header::Entry::Vacant(e) => {
-                e.insert(HeaderValue::from_static("close"));
-            }
-        }
+        headers.append(CONNECTION, HeaderValue::from_static("close"));
     }
+    let close = close || service_closes;
     let declared = {
         let mut all = headers.get_all(CONTENT_LENGTH).iter();
         match (all.next(), all.next()) {
@@ -458,6 +447,13 @@ where
             "response body ended short of its length, or went past it",
         )),
     }
+}
+
+/// Whether a `Connection` value has the `close` token.
+fn says_close(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 fn put_length(out: &mut Vec<u8>, n: u64) {

@@ -91,9 +91,9 @@ pub struct ListenerSettings {
     /// (the kernel backlog queues). `None` (default): unlimited.
     pub max_connections: Option<usize>,
     /// Read HTTP/1.1 requests that cannot have a body with the listener's
-    /// own reader and writer instead of hyper's server (default on; see
-    /// the module docs of `listener::h1` for what it takes and what it hands to
-    /// hyper). Off: hyper serves every connection.
+    /// own reader and writer instead of hyper's server (default on; the
+    /// [module docs](self) say what it hands to hyper). Off: hyper serves
+    /// every connection.
     pub fast_http1: bool,
 }
 
