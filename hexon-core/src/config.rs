@@ -810,6 +810,12 @@ pub struct ListenerConfig {
     /// way back should a client meet a difference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_http1: Option<bool>,
+    /// Serve the common request (a bearer token verified before, allowed,
+    /// its signature cached, an `http://` upstream) on the express lane,
+    /// without the tower stack (default true; needs `fast_http1`). `false`
+    /// sends every request through the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub express: Option<bool>,
     /// Most simultaneous connections; at the limit new ones wait in the
     /// kernel's backlog (default unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]

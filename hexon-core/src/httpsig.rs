@@ -161,7 +161,7 @@ pub fn remove_identity_headers(headers: &mut HeaderMap) {
 /// Whether a (lower-case) header name belongs to the identity contract.
 /// `_` counts as `-`: CGI-style stacks (WSGI, PHP, Rack) fold both into the
 /// same variable, so `Hexon_Groups` must not slip past the gateway either.
-fn is_identity_header(name: &str) -> bool {
+pub fn is_identity_header(name: &str) -> bool {
     let n = name.as_bytes();
     let dashed = |prefix: &[u8]| {
         n.len() >= prefix.len()
@@ -277,7 +277,9 @@ impl Binding {
         content_digest: true,
     };
 
-    fn is_bound(self) -> bool {
+    /// Whether the signature covers more than the identity and the
+    /// authority (unbound signatures are cached and reused).
+    pub fn is_bound(self) -> bool {
         self.request || self.content_digest
     }
 }
@@ -369,6 +371,25 @@ impl Hash for CacheKeyRef<'_> {
         self.principal.hash(state);
         self.route.hash(state);
         self.authority.hash(state);
+    }
+}
+
+/// The headers of a cached unbound signature
+/// ([`HttpSigner::cached_headers`]).
+#[derive(Clone)]
+pub struct CachedHeaders(Arc<CachedSignature>);
+
+impl CachedHeaders {
+    /// The identity headers, `Signature-Input` and `Signature`, in the
+    /// order [`HttpSigner::sign`] appends them.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0.headers.iter().map(|(n, v)| (n, v))
+    }
+}
+
+impl fmt::Debug for CachedHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedHeaders").finish_non_exhaustive()
     }
 }
 
@@ -540,6 +561,23 @@ impl HttpSigner {
             expires,
             cached: false,
         })
+    }
+
+    /// The headers [`sign`](Self::sign) would add for an unbound
+    /// signature of `identity` on `route` at `authority` (as [`authority`]
+    /// gives it) at `now`, when it would reuse a cached one; `None` when
+    /// it would sign anew.
+    pub fn cached_headers(
+        &self,
+        identity: &Identity,
+        route: &str,
+        authority: &str,
+        now: UnixTime,
+    ) -> Option<CachedHeaders> {
+        let signer = self.signer();
+        let principal = identity.session().unwrap_or(identity.subject());
+        self.cached(identity, principal, route, authority, &*signer, now)
+            .map(CachedHeaders)
     }
 
     fn cached(
@@ -789,6 +827,21 @@ pub fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
         (None, Some(h)) => h,
         (None, None) => return None,
     };
+    clean_authority(a)
+}
+
+/// [`authority_of`] for a request whose target is in origin form and whose
+/// only `Host` field has the value `host`.
+pub fn host_authority(host: &[u8]) -> Option<String> {
+    // What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
+    if !host.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let text = std::str::from_utf8(host).ok()?;
+    clean_authority(normalize_authority(text.trim(), None))
+}
+
+fn clean_authority(a: String) -> Option<String> {
     let clean = !a.is_empty() && !a.bytes().any(|b| matches!(b, b'@' | b' ' | b'/' | b'\\'));
     clean.then_some(a)
 }

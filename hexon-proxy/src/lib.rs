@@ -12,6 +12,9 @@
 //! - [`sign`] — RFC 9421 signed identity headers or JWT injection, per route;
 //! - [`proxy`] — the reverse proxy: hyper client, pooling, HTTP/1.1 + HTTP/2,
 //!   WebSocket, gRPC trailers, streaming, timeouts, forwarding headers, balancing;
+//! - [`express`] — the express lane: the common request (known bearer token,
+//!   allowed, signature cached, `http://` upstream) served from the bytes read,
+//!   without the tower stack; everything else declines to the stack;
 //! - [`listener`], [`tls`], [`proxy_protocol`] — accepting connections: rustls with SNI
 //!   and reload, client certificates, PROXY protocol v1/v2.
 //!
@@ -23,8 +26,11 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod clients;
+pub mod express;
 pub mod ext;
 pub mod forward_auth;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod listener;
 pub mod proxy;

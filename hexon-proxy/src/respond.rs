@@ -32,21 +32,33 @@ impl Flavor {
     /// `application/grpc+proto`, `application/grpc-web…`), HTML when the
     /// client accepts it, JSON otherwise.
     pub fn of(headers: &HeaderMap) -> Flavor {
+        Flavor::from_values(
+            headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes),
+            headers.get_all(ACCEPT).iter().map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// [`of`](Self::of) from the first `Content-Type` value and every
+    /// `Accept` value.
+    pub fn from_values<'a>(
+        content_type: Option<&[u8]>,
+        mut accept: impl Iterator<Item = &'a [u8]>,
+    ) -> Flavor {
         // `application/grpc`, then nothing or `+codec`, `;params`, `-web…`.
-        let grpc = headers.get(CONTENT_TYPE).is_some_and(|v| {
-            let v = v.as_bytes();
+        let grpc = content_type.is_some_and(|v| {
             v.get(..16)
                 .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
                 && matches!(v.get(16), None | Some(b'+' | b';' | b'-'))
         });
+        // A value that is text (as `HeaderValue::to_str` reads it) asking
+        // for HTML.
+        let html = |v: &[u8]| {
+            v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+                && v.windows(9).any(|w| w == b"text/html")
+        };
         if grpc {
             Flavor::Grpc
-        } else if headers
-            .get_all(ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains("text/html"))
-        {
+        } else if accept.any(html) {
             Flavor::Html
         } else {
             Flavor::Json

@@ -217,6 +217,28 @@ impl StripIdentityLayer {
         }
     }
 
+    /// Whether a header field named `name` (any case) is removed.
+    pub fn strips(&self, name: &[u8]) -> bool {
+        let mut small = [0u8; 64];
+        let long;
+        let lower: &[u8] = match small.get_mut(..name.len()) {
+            Some(dst) => {
+                for (d, s) in dst.iter_mut().zip(name) {
+                    *d = s.to_ascii_lowercase();
+                }
+                dst
+            }
+            None => {
+                long = name.to_ascii_lowercase();
+                &long
+            }
+        };
+        let Ok(lower) = std::str::from_utf8(lower) else {
+            return false;
+        };
+        hexon_core::httpsig::is_identity_header(lower) || self.patterns.matches(lower)
+    }
+
     /// Strip `headers` in place (what the service does to every request).
     pub fn strip(&self, headers: &mut HeaderMap) {
         strip(&self.patterns, headers);

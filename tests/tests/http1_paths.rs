@@ -15,63 +15,10 @@
 )]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
 use hexon_proxy::test_util::{Answer, RawConn};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
 
 mod common;
 use common::*;
-
-/// An upstream that records each request head (these requests have no
-/// body) and answers by path: `/…/chunked` with a chunked body, anything
-/// else with a fixed length; both with hop-by-hop fields the gateway must
-/// drop.
-async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head: Vec<u8> = buf.drain(..end).collect();
-                    let chunked = head
-                        .split(|b| *b == b' ')
-                        .nth(1)
-                        .is_some_and(|target| target.ends_with(b"/chunked"));
-                    seen.lock().unwrap().push(head);
-                    let answer: &[u8] = if chunked {
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nX-Up: c\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Up: l\r\nDate: Sun, 06 Dec 2026 00:00:00 GMT\r\n\r\nok"
-                    };
-                    if s.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, heads)
-}
 
 fn config(upstream: SocketAddr) -> String {
     format!(
@@ -139,6 +86,7 @@ async fn exchange(addr: SocketAddr, request: &str, method: &str) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_readers_send_the_upstream_the_same_bytes_and_the_client_the_same_answer() {
     let (upstream, heads) = recording_upstream().await;
+    let heads = heads.heads;
     let gw = Gw::start(&config(upstream)).await;
     let listeners = gw.running.as_ref().unwrap().listeners.clone();
     let (own, hyper) = (listeners[0], listeners[1]);

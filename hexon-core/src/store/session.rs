@@ -605,6 +605,13 @@ pub fn request_host(parts: &http::request::Parts) -> Option<&str> {
         Some(a) => a.as_str(),
         None => parts.headers.get(http::header::HOST)?.to_str().ok()?,
     };
+    authority_host(authority)
+}
+
+/// The host of an authority (`Host` value or URI authority): without
+/// user info and port; an IPv6 literal keeps its brackets. `None` for an
+/// unclosed bracket.
+pub fn authority_host(authority: &str) -> Option<&str> {
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if authority.starts_with('[') {
         return authority.find(']').map(|end| &authority[..=end]);

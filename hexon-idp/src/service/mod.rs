@@ -480,12 +480,20 @@ impl LoginService {
     /// Whether this service answers `parts`: anything on the login host,
     /// and the `/.hexon/` callback and logout paths on every host.
     pub fn handles(&self, parts: &http::request::Parts) -> bool {
-        let path = parts.uri.path();
+        self.handles_target(
+            hexon_core::store::session::request_host(parts),
+            parts.uri.path(),
+        )
+    }
+
+    /// [`handles`](Self::handles) from the request's host (without port,
+    /// as [`request_host`](hexon_core::store::session::request_host) gives
+    /// it) and path.
+    pub fn handles_target(&self, host: Option<&str>, path: &str) -> bool {
         path == CALLBACK_PATH
             || path == APP_LOGOUT_PATH
             || path == START_PATH
-            || hexon_core::store::session::request_host(parts)
-                .is_some_and(|h| h.eq_ignore_ascii_case(&self.inner.host))
+            || host.is_some_and(|h| h.eq_ignore_ascii_case(&self.inner.host))
     }
 
     /// Answer a request [`handles`](Self::handles) accepted. `ip` is the

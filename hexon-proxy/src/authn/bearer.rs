@@ -137,6 +137,34 @@ impl BearerJwt {
         }
     }
 
+    /// The identity of a token remembered as verified by `local` and fresh
+    /// at `now` (no leeway).
+    fn remembered_by(
+        &self,
+        raw: &[u8],
+        local: Option<&Arc<JwtVerifier>>,
+        now: UnixTime,
+    ) -> Option<hexon_core::Identity> {
+        let (cache, v) = (self.verified.as_ref()?, local?);
+        let hit = cache.get(raw)?;
+        let fresh = now <= hit.expires && hit.not_before.is_none_or(|nbf| nbf <= now);
+        (fresh && Arc::ptr_eq(&hit.verifier, v)).then(|| hit.identity.clone())
+    }
+
+    /// The identity [`authenticate`](Authenticator::authenticate) would
+    /// accept for the bearer token `raw` (its bytes, trimmed) without
+    /// verifying it again: a token this authenticator verified and
+    /// remembers, still fresh, whose identity passes the local check now.
+    /// `None` otherwise — not remembered, expired, or refused: only the
+    /// full authentication decides those.
+    pub fn remembered(&self, raw: &[u8], now: UnixTime) -> Option<hexon_core::Identity> {
+        let identity = self.remembered_by(raw, self.local().as_ref(), now)?;
+        match self.accept(identity) {
+            AuthnResult::Authenticated(identity) => Some(identity),
+            _ => None,
+        }
+    }
+
     /// The bearer token's bytes: `Ok(None)` when there is no `Bearer`
     /// credential. Its characters are checked by [`compact_jws`].
     fn token<'p>(&self, parts: &'p Parts) -> Result<Option<&'p [u8]>, &'static str> {
@@ -203,13 +231,8 @@ impl Authenticator for BearerJwt {
         // routing below sent them there; the external issuers are fixed for
         // this authenticator's life, so the routing would send the token
         // there again.
-        if let (Some(cache), Some(v)) = (&self.verified, &local) {
-            if let Some(hit) = cache.get(raw) {
-                let fresh = now <= hit.expires && hit.not_before.is_none_or(|nbf| nbf <= now);
-                if fresh && Arc::ptr_eq(&hit.verifier, v) {
-                    return AuthnFuture::ready(self.accept(hit.identity.clone()));
-                }
-            }
+        if let Some(identity) = self.remembered_by(raw, local.as_ref(), now) {
+            return AuthnFuture::ready(self.accept(identity));
         }
         let token = match compact_jws(raw) {
             Ok(t) => t,

@@ -63,7 +63,7 @@ pub fn is_api_client_login(identity: &hexon_core::Identity) -> bool {
             .any(|m| identity.last_auth(m).is_some())
 }
 
-const KEY_TAG: &str = "hxk_";
+pub(crate) const KEY_TAG: &str = "hxk_";
 const PREFIX_LEN: usize = 16;
 
 /// A new API key, to show once.

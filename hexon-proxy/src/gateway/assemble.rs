@@ -68,6 +68,7 @@ use super::GatewayError;
 use super::admin::{self, Readiness};
 use super::admin_api::AdminApi;
 use super::audit::{AuditLayer, AuditSink, CaptureLayer};
+use super::express::GatewayExpress;
 use super::authority::SingleAuthorityLayer;
 use super::credentials::DropCredentialsLayer;
 use super::keys;
@@ -115,7 +116,7 @@ pub struct Handles {
 }
 
 impl Handles {
-    fn pin(
+    pub(crate) fn pin(
         &self,
     ) -> (
         Arc<hexon_core::policy::PolicyEngine>,
@@ -649,7 +650,11 @@ impl Gateway {
             .map_err(|_| GatewayError::Other("gateway.api_key_header: not a header name".into()))
     }
 
-    async fn authenticate_layer(&self) -> Result<AuthenticateLayer, GatewayError> {
+    /// The authenticators, and the bearer one (shared with the express
+    /// lane).
+    async fn authenticate_layer(
+        &self,
+    ) -> Result<(AuthenticateLayer, Arc<BearerJwt>), GatewayError> {
         let own = JwtVerifier::new(
             self.keys.clone(),
             self.config.jwt.issuer.as_str(),
@@ -681,7 +686,8 @@ impl Gateway {
         // 9421 signature is a 401 whatever else it carries. API keys before
         // bearer JWTs: `Bearer hxk_…` is a key, the JWT authenticator would
         // call it a malformed token.
-        Ok(AuthenticateLayer::new()
+        let bearer = Arc::new(bearer);
+        let layer = AuthenticateLayer::new()
             .with(HmacAuth::new(self.clients.clone(), nonces.clone()))
             .with(HttpSignatureAuth::new(self.clients.clone(), nonces))
             .with(
@@ -689,12 +695,13 @@ impl Gateway {
                     .with_header(Some(key_header))
                     .with_query_param(self.config.gateway.api_key_query_param.as_deref()),
             )
-            .with(bearer)
+            .with_shared(bearer.clone())
             .with(
                 SessionCookie::new(Arc::new(self.state.sessions.clone()))
                     .with_check(self.enabled.check()),
             )
-            .with(ClientCertificate::new()))
+            .with(ClientCertificate::new());
+        Ok((layer, bearer))
     }
 
     /// Bind every listener (and the admin listener) and serve.
@@ -754,6 +761,20 @@ impl Gateway {
             .filter_map(|l| l.tls.as_ref()?.acme.as_ref())
             .any(|a| a.challenge == AcmeChallenge::Http01)
             .then(Http01Tokens::default);
+        let (authenticate, bearer) = self.authenticate_layer().await?;
+        let express = Arc::new(GatewayExpress {
+            handles: self.handles.clone(),
+            bearer,
+            signer: http_signer.clone(),
+            strip: StripIdentityLayer::new(),
+            api_key_header: self.api_key_header()?,
+            api_key_param: self.config.gateway.api_key_query_param.clone(),
+            forward_auth_path: self.config.gateway.forward_auth_path.clone(),
+            login: self.login.clone(),
+            ca: self.ca.clone(),
+            trusted: trusted.clone(),
+            sink: sink.clone(),
+        });
         let stack = ServiceBuilder::new()
             .layer(AuditLayer::new(sink))
             // Before anything that could refuse or redirect the CA's
@@ -773,7 +794,7 @@ impl Gateway {
                 ),
             })
             .layer(SignedBodyLayer)
-            .layer(self.authenticate_layer().await?)
+            .layer(authenticate)
             .layer(CaptureLayer)
             // SSH certificates for the identity just established; the SSH
             // policy, not a route, decides.
@@ -920,7 +941,11 @@ impl Gateway {
             } else {
                 listener.with_threads(threads.clone())
             };
-            servers.push(listener.serve(stack.clone()));
+            servers.push(if l.express == Some(false) {
+                listener.serve(stack.clone())
+            } else {
+                listener.serve_with_express(stack.clone(), express.clone())
+            });
         }
 
         // Background work of the listeners, started only once all are bound

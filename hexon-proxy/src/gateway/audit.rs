@@ -87,6 +87,39 @@ impl AuditSink {
         })
     }
 
+    /// Whether lines are written (not `off`).
+    pub(crate) fn logs(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// The metrics every request feeds.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Queue one request's line.
+    pub(crate) fn write(&self, l: &Line<'_>) {
+        if self.tx.is_none() {
+            return;
+        }
+        let line = serde_json::json!({
+            "ts": jiff::Timestamp::now().to_string(),
+            "request_id": l.request_id,
+            "client": l.client,
+            "method": l.method,
+            "host": l.host,
+            "path": l.path,
+            "user": l.user,
+            "route": l.route.filter(|r| !r.is_empty()),
+            "decision": l.decision,
+            "reason": l.reason,
+            "rule": l.rule,
+            "status": l.status,
+            "latency_ms": (l.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        });
+        self.emit(line.to_string());
+    }
+
     fn emit(&self, line: String) {
         if let Some(tx) = &self.tx {
             if tx.try_send(line).is_err() {
@@ -214,37 +247,50 @@ where
             let Some((method, host, path, client)) = logged else {
                 return res;
             };
-            let rule = outcome.and_then(|o| o.rule.clone());
+            let rule = outcome.and_then(|o| o.rule.as_deref());
             let request_id = res
                 .as_ref()
                 .ok()
                 .and_then(|r| r.headers().get(crate::request_id::X_REQUEST_ID))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let line = serde_json::json!({
-                "ts": jiff::Timestamp::now().to_string(),
-                "request_id": request_id,
-                "client": client,
-                "method": method,
-                "host": host,
-                "path": path,
-                "user": fields.user.as_ref().map(Identity::username),
-                "route": fields.route.as_deref().filter(|r| !r.is_empty()),
-                "decision": decision,
-                "reason": fields.reason,
-                "rule": rule,
-                "status": status,
-                "latency_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                .and_then(|v| v.to_str().ok());
+            sink.write(&Line {
+                request_id,
+                client: client.as_deref(),
+                method: &method,
+                host: &host,
+                path: &path,
+                user: fields.user.as_ref().map(Identity::username),
+                route: fields.route.as_deref(),
+                decision,
+                reason: fields.reason.as_deref(),
+                rule,
+                status,
+                elapsed,
             });
-            sink.emit(line.to_string());
             res
         })
     }
 }
 
+/// One request's audit line.
+pub(crate) struct Line<'a> {
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) client: Option<&'a str>,
+    pub(crate) method: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) route: Option<&'a str>,
+    pub(crate) decision: &'a str,
+    pub(crate) reason: Option<&'a str>,
+    pub(crate) rule: Option<&'a str>,
+    pub(crate) status: u16,
+    pub(crate) elapsed: std::time::Duration,
+}
+
 /// Client-controlled strings in audit lines are cut at 1 KiB, so a flood of
 /// long paths cannot make the queue hold gigabytes.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     const MAX: usize = 1024;
     if s.len() <= MAX {
         return s.to_owned();

@@ -121,6 +121,26 @@ pub struct CaRoutes {
 }
 
 impl CaRoutes {
+    /// Whether requests for `host` (without port) may be the CA's or the
+    /// ACME server's: every request to either host, whatever the path (a
+    /// superset of what the CA layers answer; the express lane leaves all
+    /// of them to the stack).
+    pub(crate) fn may_claim(&self, host: &str) -> bool {
+        #[cfg(feature = "ca")]
+        {
+            host.eq_ignore_ascii_case(&self.ca_host)
+                || self
+                    .acme
+                    .as_ref()
+                    .is_some_and(|(h, _)| host.eq_ignore_ascii_case(h))
+        }
+        #[cfg(not(feature = "ca"))]
+        {
+            let _ = host;
+            true
+        }
+    }
+
     /// Open the hierarchy (creating it in `<data_dir>/ca` on first start)
     /// and start the responders, if `[ca]` is configured.
     pub async fn start(

@@ -25,6 +25,23 @@ pub struct Login {
     users: hexon_idp::ConfigUsers,
 }
 
+impl Login {
+    /// Whether the login service answers requests for `host` (without
+    /// port) and `path`: the login layer takes them before the rest of the
+    /// stack.
+    pub(crate) fn claims(&self, host: Option<&str>, path: &str) -> bool {
+        #[cfg(feature = "idp")]
+        {
+            self.service.handles_target(host, path)
+        }
+        #[cfg(not(feature = "idp"))]
+        {
+            let _ = (host, path);
+            false
+        }
+    }
+}
+
 fn route_hosts(config: &Config) -> Vec<String> {
     config.routes.iter().map(|r| r.spec.host.clone()).collect()
 }

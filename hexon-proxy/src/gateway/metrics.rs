@@ -43,6 +43,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     upstream_errors: Family<RouteLabels, Counter>,
+    express: Counter,
     /// The route label of requests no route matched.
     no_route: Arc<str>,
     /// The connection threads, read at each scrape.
@@ -117,6 +118,12 @@ impl Metrics {
             "Upstream failures answered 502/504",
             upstream_errors.clone(),
         );
+        let express = Counter::default();
+        registry.register(
+            "express_requests",
+            "Requests served on the express lane (also counted in hexon_requests)",
+            express.clone(),
+        );
         let threads = ThreadsCollector::default();
         registry.register_collector(Box::new(threads.clone()));
         Metrics {
@@ -124,6 +131,7 @@ impl Metrics {
             requests,
             latency,
             upstream_errors,
+            express,
             no_route: Arc::from("-"),
             threads,
         }
@@ -138,6 +146,12 @@ impl Metrics {
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(threads);
+    }
+
+    /// Count a request the express lane served (recorded with
+    /// [`observe`](Self::observe) too).
+    pub fn observe_express(&self) {
+        self.express.inc();
     }
 
     /// Record one finished request.

@@ -10,6 +10,7 @@ pub mod authority;
 pub mod ca;
 pub mod credentials;
 pub mod echo;
+mod express;
 pub mod keys;
 pub mod login;
 pub mod metrics;

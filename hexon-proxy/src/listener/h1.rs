@@ -57,6 +57,7 @@ use tokio::time::{Instant, Sleep};
 use tower::{Service, ServiceExt as _};
 
 use crate::body::{BoxBody, BoxError, RequestBody};
+use crate::express::{Express, RequestHead};
 use crate::ext::ConnectionInfo;
 
 /// Most header fields a request may have and still be read here; a request
@@ -97,18 +98,22 @@ pub(super) struct Limits {
     pub(super) keep_alive: bool,
 }
 
-/// A parsed request head this loop serves.
-struct Head {
-    req: Request<RequestBody>,
+/// A request head taken off the buffer: its bytes, with the fields as
+/// offsets into them (in the loop's field table).
+struct Raw {
+    head: Bytes,
+    method: Method,
+    /// The target's offsets in `head`.
+    target: [usize; 2],
     close: bool,
-    head_method: bool,
 }
 
 /// Serve requests from `io` until the connection ends or a request needs
 /// hyper.
-pub(super) async fn serve<I, S>(
+pub(super) async fn serve<I, S, E>(
     io: &mut I,
     service: &mut S,
+    express: Option<&E>,
     info: &Arc<ConnectionInfo>,
     limits: Limits,
     stop: &mut watch::Receiver<bool>,
@@ -117,6 +122,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request<RequestBody>, Response = Response<BoxBody>>,
     S::Error: Into<BoxError>,
+    E: Express,
 {
     // Allocated when first used, and given back whenever the connection
     // falls idle (below): an idle connection holds no buffer.
@@ -132,8 +138,8 @@ where
         let mut armed = false;
         let head = loop {
             if !buf.is_empty() {
-                match parse(&mut buf, &mut fields, limits, info) {
-                    Parsed::Ready(head) => break head,
+                match parse(&mut buf, &mut fields, limits) {
+                    Parsed::Ready(raw) => break raw,
                     Parsed::Handoff => return End::Handoff(buf.freeze()),
                     Parsed::Partial if buf.len() >= limits.max_head => {
                         return End::Handoff(buf.freeze());
@@ -168,21 +174,55 @@ where
                 Wait::Read(_) | Wait::Timeout | Wait::Stop => return End::Closed,
             }
         };
-        let Head {
-            req,
-            close,
-            head_method,
-        } = head;
-        let res: Result<_, BoxError> = async {
-            let svc = service.ready().await.map_err(Into::into)?;
-            svc.call(req).await.map_err(Into::into)
-        }
-        .await;
-        let res = match res {
-            Ok(res) => res,
-            Err(e) => {
-                tracing::debug!(peer = %info.peer, error = %e, "service error; connection closed");
-                return End::Closed;
+        let close = head.close;
+        let head_method = head.method == Method::HEAD;
+        let planned = express.and_then(|x| {
+            let view = RequestHead {
+                method: &head.method,
+                head: &head.head,
+                target: head.target,
+                fields: &fields,
+            };
+            let plan = x.plan(&view, info, &mut out);
+            // A plan may have begun writing before it declined.
+            if plan.is_none() {
+                out.clear();
+            }
+            Some((x, plan?))
+        });
+        let res = match planned {
+            Some((x, plan)) => {
+                let start = Instant::now();
+                let res = crate::proxy::forward_express(crate::proxy::ExpressForward {
+                    head: &out,
+                    method: &head.method,
+                    upstream: &plan.upstream,
+                    timeouts: plan.timeouts,
+                    request_id: &plan.request_id,
+                    route: &plan.route,
+                    flavor: plan.flavor,
+                })
+                .await;
+                out.clear();
+                x.finished(plan.done, res.status(), start.elapsed());
+                res
+            }
+            None => {
+                let Some(req) = build(head, &fields, &mut buf, info) else {
+                    return End::Handoff(buf.freeze());
+                };
+                let res: Result<_, BoxError> = async {
+                    let svc = service.ready().await.map_err(Into::into)?;
+                    svc.call(req).await.map_err(Into::into)
+                }
+                .await;
+                match res {
+                    Ok(res) => res,
+                    Err(e) => {
+                        tracing::debug!(peer = %info.peer, error = %e, "service error; connection closed");
+                        return End::Closed;
+                    }
+                }
             }
         };
         // After a shutdown request the answer says the connection closes,
@@ -218,25 +258,15 @@ enum Wait {
     Stop,
 }
 
-// Returned once per request and taken apart at once: boxing the head would
-// add an allocation per request.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "moved once; a Box would allocate per request"
-)]
 enum Parsed {
-    Ready(Head),
+    Ready(Raw),
     Partial,
     Handoff,
 }
 
-/// Parse the head at the start of `buf`; on success it is taken off `buf`.
-fn parse(
-    buf: &mut BytesMut,
-    fields: &mut Vec<[usize; 4]>,
-    limits: Limits,
-    info: &Arc<ConnectionInfo>,
-) -> Parsed {
+/// Parse the head at the start of `buf`; on success it is taken off `buf`
+/// and its fields' offsets are in `fields`.
+fn parse(buf: &mut BytesMut, fields: &mut Vec<[usize; 4]>, limits: Limits) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let slots = slots
         .get_mut(..limits.max_headers.min(MAX_FIELDS))
@@ -259,7 +289,7 @@ fn parse(
         return Parsed::Handoff;
     };
     let path_at = offset(path.as_bytes());
-    let path_end = path_at + path.len();
+    let target = [path_at, path_at + path.len()];
     fields.clear();
     let mut close = false;
     for h in req.headers.iter() {
@@ -284,43 +314,65 @@ fn parse(
         fields.push([n, n + name.len(), v, v + h.value.len()]);
     }
     let head = buf.split_to(len).freeze();
-    // A field or target `http` refuses: the bytes go back in front of what
-    // follows, unchanged, for hyper to answer.
+    Parsed::Ready(Raw {
+        head,
+        method,
+        target,
+        close,
+    })
+}
+
+/// The `http::Request` hyper would build from a head `parse` took; `None`
+/// when `http` refuses a field or the target, with the head's bytes put
+/// back in front of `buf`, unchanged, for hyper to answer.
+fn build(
+    raw: Raw,
+    fields: &[[usize; 4]],
+    buf: &mut BytesMut,
+    info: &Arc<ConnectionInfo>,
+) -> Option<Request<RequestBody>> {
+    let head = raw.head;
     let rebuilt = |buf: &mut BytesMut, head: &Bytes| {
         let mut whole = BytesMut::with_capacity(head.len() + buf.len());
         whole.extend_from_slice(head);
         whole.extend_from_slice(buf);
         *buf = whole;
-        Parsed::Handoff
+        None
     };
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_at..path_end)) else {
+    let [ts, te] = raw.target;
+    let target = if ts <= te && te <= head.len() {
+        Uri::from_maybe_shared(head.slice(ts..te)).ok()
+    } else {
+        None
+    };
+    let Some(uri) = target else {
         return rebuilt(buf, &head);
     };
     // Room for what the gateway adds on the way to the upstream (forwarding
     // headers, request id, signed identity: about 14 fields) so that the
     // map is not grown and rehashed two or three times per request.
     let mut map = HeaderMap::with_capacity(fields.len() + ROOM_FOR_ADDED);
-    for &[ns, ne, vs, ve] in fields.iter() {
+    for &[ns, ne, vs, ve] in fields {
         let name = head.get(ns..ne).map(HeaderName::from_bytes);
-        match (name, HeaderValue::from_maybe_shared(head.slice(vs..ve))) {
-            (Some(Ok(name)), Ok(value)) => {
+        let value = if vs <= ve && ve <= head.len() {
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()
+        } else {
+            None
+        };
+        match (name, value) {
+            (Some(Ok(name)), Some(value)) => {
                 map.append(name, value);
             }
             _ => return rebuilt(buf, &head),
         }
     }
-    let head_method = method == Method::HEAD;
     let mut req = Request::new(RequestBody::Empty);
-    *req.method_mut() = method;
+    *req.method_mut() = raw.method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = map;
     req.extensions_mut().insert(ConnectionInfo::clone(info));
-    Parsed::Ready(Head {
-        req,
-        close,
-        head_method,
-    })
+    Some(req)
 }
 
 /// How the body is framed on the wire.
@@ -600,6 +652,44 @@ fn with_date(f: impl FnOnce(&[u8])) {
     });
 }
 
+/// A head parsed and built as the loop does it (for the fuzz entry and the
+/// tests).
+struct Took {
+    req: Request<RequestBody>,
+    close: bool,
+    head_method: bool,
+}
+
+enum Taken {
+    Ready(Took),
+    Partial,
+    Handoff,
+}
+
+fn take(
+    buf: &mut BytesMut,
+    fields: &mut Vec<[usize; 4]>,
+    limits: Limits,
+    info: &Arc<ConnectionInfo>,
+) -> Taken {
+    match parse(buf, fields, limits) {
+        Parsed::Partial => Taken::Partial,
+        Parsed::Handoff => Taken::Handoff,
+        Parsed::Ready(raw) => {
+            let close = raw.close;
+            let head_method = raw.method == Method::HEAD;
+            match build(raw, fields, buf, info) {
+                Some(req) => Taken::Ready(Took {
+                    req,
+                    close,
+                    head_method,
+                }),
+                None => Taken::Handoff,
+            }
+        }
+    }
+}
+
 /// Fuzzing entry (not an API): parse `data` as a sequence of request heads
 /// the way the connection loop does, checking on every step that a head
 /// handed to hyper, or still incomplete, leaves the bytes exactly as they
@@ -618,12 +708,12 @@ pub fn fuzz_parse(data: &[u8]) {
     let mut fields = Vec::new();
     while !buf.is_empty() {
         let before = buf.clone();
-        match parse(&mut buf, &mut fields, limits, &info) {
-            Parsed::Partial | Parsed::Handoff => {
+        match take(&mut buf, &mut fields, limits, &info) {
+            Taken::Partial | Taken::Handoff => {
                 assert_eq!(buf, before, "bytes changed on a head not taken");
                 return;
             }
-            Parsed::Ready(head) => {
+            Taken::Ready(head) => {
                 let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
                 let mut reference = httparse::Request::new(&mut slots);
                 let parsed = reference.parse(&before);
@@ -636,6 +726,12 @@ pub fn fuzz_parse(data: &[u8]) {
                 };
                 assert_eq!(&buf[..], before.get(len..).unwrap_or_default());
                 assert_eq!(Some(head.req.method().as_str()), reference.method);
+                assert_eq!(head.head_method, reference.method == Some("HEAD"));
+                let close = reference
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("connection") && says_close(h.value));
+                assert_eq!(head.close, close, "Connection: close read wrong");
                 // The target as hyper would make it (a fragment is dropped).
                 let target = reference.path.and_then(|p| Uri::try_from(p).ok());
                 assert_eq!(Some(head.req.uri()), target.as_ref());
@@ -660,7 +756,7 @@ pub fn fuzz_parse(data: &[u8]) {
 mod tests {
     use super::*;
 
-    fn parse_all(bytes: &[u8], max_headers: usize) -> (Vec<Parsed>, BytesMut) {
+    fn parse_all(bytes: &[u8], max_headers: usize) -> (Vec<Taken>, BytesMut) {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         let info = Arc::new(ConnectionInfo::plain(addr, addr));
         let limits = Limits {
@@ -673,8 +769,8 @@ mod tests {
         let mut fields = Vec::new();
         let mut out = Vec::new();
         while !buf.is_empty() {
-            let p = parse(&mut buf, &mut fields, limits, &info);
-            let stop = !matches!(p, Parsed::Ready(_));
+            let p = take(&mut buf, &mut fields, limits, &info);
+            let stop = !matches!(p, Taken::Ready(_));
             out.push(p);
             if stop {
                 break;
@@ -690,7 +786,7 @@ mod tests {
             100,
         );
         assert_eq!(&rest[..], b"GET");
-        let [Parsed::Ready(a), Parsed::Ready(b), Parsed::Partial] = &parsed[..] else {
+        let [Taken::Ready(a), Taken::Ready(b), Taken::Partial] = &parsed[..] else {
             panic!("unexpected parse sequence");
         };
         assert_eq!(a.req.uri(), "/a?b=c");
@@ -718,7 +814,7 @@ mod tests {
         ] {
             let (parsed, rest) = parse_all(head, 100);
             assert!(
-                matches!(parsed[..], [Parsed::Handoff]),
+                matches!(parsed[..], [Taken::Handoff]),
                 "{:?}",
                 String::from_utf8_lossy(head)
             );
@@ -729,15 +825,15 @@ mod tests {
     #[test]
     fn more_fields_than_allowed_go_to_hyper() {
         let head = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
-        assert!(matches!(parse_all(head, 3).0[..], [Parsed::Ready(_)]));
-        assert!(matches!(parse_all(head, 2).0[..], [Parsed::Handoff]));
+        assert!(matches!(parse_all(head, 3).0[..], [Taken::Ready(_)]));
+        assert!(matches!(parse_all(head, 2).0[..], [Taken::Handoff]));
         let many = format!(
             "GET / HTTP/1.1\r\n{}\r\n",
             "A: 1\r\n".repeat(MAX_FIELDS + 1)
         );
         assert!(matches!(
             parse_all(many.as_bytes(), 1000).0[..],
-            [Parsed::Handoff]
+            [Taken::Handoff]
         ));
     }
 

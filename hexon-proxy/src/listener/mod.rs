@@ -52,6 +52,7 @@ use crate::body::{BoxBody, BoxError, RequestBody};
 use crate::ext::ConnectionInfo;
 use crate::proxy_protocol::{self, Addresses, PrefixedStream, ProxyProtocolLimits, Transport};
 use crate::respond;
+use crate::express::{Express, NoExpress};
 use crate::tls::ServerTls;
 
 use smuggling::{Observer, SniffIo, Verdicts};
@@ -197,10 +198,33 @@ impl Listener {
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
     {
+        self.serve_inner::<S, NoExpress>(service, None)
+    }
+
+    /// [`serve`](Self::serve), with `express` choosing the requests that
+    /// take the express lane ([`crate::express`]) when
+    /// [`ListenerSettings::fast_http1`] is on; the others go to `service`.
+    pub fn serve_with_express<S, E>(self, service: S, express: Arc<E>) -> ServerHandle
+    where
+        S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        E: Express,
+    {
+        self.serve_inner(service, Some(express))
+    }
+
+    fn serve_inner<S, E>(self, service: S, express: Option<Arc<E>>) -> ServerHandle
+    where
+        S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        E: Express,
+    {
         let (stop_tx, stop_rx) = watch::channel(false);
         let local = self.local;
         let name = self.settings.name.clone();
-        let task = tokio::spawn(accept_loop(self, service, stop_rx));
+        let task = tokio::spawn(accept_loop(self, service, express, stop_rx));
         ServerHandle {
             name,
             local,
@@ -277,15 +301,17 @@ struct Shared {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
-async fn accept_loop<S>(
+async fn accept_loop<S, E>(
     listener: Listener,
     service: S,
+    express: Option<Arc<E>>,
     mut stop: watch::Receiver<bool>,
 ) -> (JoinSet<()>, watch::Sender<bool>)
 where
     S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
+    E: Express,
 {
     let Listener {
         tcp,
@@ -342,11 +368,12 @@ where
         let shared = Arc::clone(&shared);
         let stop = conn_stop_rx.clone();
         let service = service.clone();
+        let express = express.clone();
         match threads.as_ref().and_then(|t| t.place_near(&stream)) {
             None => {
                 conns.spawn(async move {
                     let _permit = permit;
-                    connection(shared, service, stream, peer, local, stop).await;
+                    connection(shared, service, express, stream, peer, local, stop).await;
                 });
             }
             // The socket moves to the thread's own reactor: every wake-up of
@@ -359,7 +386,7 @@ where
                             let (_permit, _live) = (permit, live);
                             match TcpStream::from_std(std) {
                                 Ok(stream) => {
-                                    connection(shared, service, stream, peer, local, stop).await;
+                                    connection(shared, service, express, stream, peer, local, stop).await;
                                 }
                                 Err(e) => {
                                     tracing::warn!(listener = %shared.name, error = %e, "could not register a connection");
@@ -441,9 +468,10 @@ enum Proto {
     Http2,
 }
 
-async fn connection<S>(
+async fn connection<S, E>(
     shared: Arc<Shared>,
     mut service: S,
+    express: Option<Arc<E>>,
     stream: TcpStream,
     tcp_peer: SocketAddr,
     local: SocketAddr,
@@ -452,6 +480,7 @@ async fn connection<S>(
     S: Service<Request<RequestBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
+    E: Express,
 {
     let setup = async {
         let mut stream = stream;
@@ -527,7 +556,7 @@ async fn connection<S>(
             header_read_timeout: shared.settings.header_read_timeout,
             keep_alive: shared.settings.keep_alive,
         };
-        match h1::serve(&mut io, &mut service, &info, limits, &mut stop).await {
+        match h1::serve(&mut io, &mut service, express.as_deref(), &info, limits, &mut stop).await {
             h1::End::Closed => return,
             h1::End::Handoff(rest) => (io, rest),
         }

@@ -153,6 +153,11 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     })
 }
 
+/// Whether `name` is one of the fixed hop-by-hop fields.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
 /// Remove hop-by-hop headers (see the module docs). Returns whether the
 /// request asked for `TE: trailers`.
 ///
@@ -365,7 +370,7 @@ fn owned_value(s: String) -> Option<HeaderValue> {
 
 /// Append an address as text; IPv4 without the formatting machinery (it
 /// runs for every request, and `Display` costs ten times as much).
-fn push_ip(out: &mut String, ip: IpAddr) {
+pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -389,7 +394,7 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 /// Append a `Forwarded` value: a token as is, anything else quoted.
-fn push_forwarded_value(out: &mut String, v: &str) {
+pub(crate) fn push_forwarded_value(out: &mut String, v: &str) {
     let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if !v.is_empty() && v.chars().all(is_tchar) {
         out.push_str(v);

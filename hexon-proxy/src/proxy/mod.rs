@@ -38,6 +38,8 @@ mod balance;
 mod client;
 mod error;
 mod forward;
+pub(crate) mod h1codec;
+mod h1conns;
 mod h1pool;
 mod limit;
 mod resend;
@@ -64,6 +66,8 @@ pub use client::{PoolConfig, UpstreamTls};
 pub use error::UpstreamError;
 pub use forward::TrustedProxies;
 pub use h1pool::RESEND_AFTER_IDLE;
+pub(crate) use forward::{push_forwarded_value, push_ip};
+pub(crate) use upstream::join_path_into;
 pub use upstream::{
     DEFAULT_MAX_REQUEST_BODY, GroupConfig, Timeouts, Upstream, UpstreamGroup, UpstreamScheme,
 };
@@ -111,6 +115,12 @@ impl RoutingTable {
     /// The group of `route`.
     pub fn get(&self, route: &str) -> Option<&Arc<UpstreamGroup>> {
         self.routes.get(route)
+    }
+
+    /// The route's name as the table holds it (shared, not copied), and
+    /// its group.
+    pub fn get_named(&self, route: &str) -> Option<(&Arc<str>, &Arc<UpstreamGroup>)> {
+        self.routes.get_key_value(route)
     }
 
     /// Number of routes.
@@ -482,4 +492,81 @@ impl ReverseProxy {
         let body = TimedBody::new(body, t.idle, deadline, ctx);
         Response::from_parts(parts, crate::body::boxed(body))
     }
+}
+
+/// What the express lane ([`crate::express`]) sends upstream: a request
+/// head, already rewritten for the upstream, for a request without a body.
+pub(crate) struct ExpressForward<'a> {
+    /// The whole head: request line, fields, empty line.
+    pub(crate) head: &'a [u8],
+    /// `GET` or `HEAD`.
+    pub(crate) method: &'a http::Method,
+    pub(crate) upstream: &'a Upstream,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) request_id: &'a RequestId,
+    pub(crate) route: &'a Arc<str>,
+    pub(crate) flavor: respond::Flavor,
+}
+
+/// The express lane's upstream exchange, answered as
+/// [`ReverseProxy`] answers an `http://` request: the same timeouts, the
+/// same error answers (with the request id), hop-by-hop fields removed
+/// from the answer, the body timed; `X-Request-Id` set on the answer as
+/// the request-id layer sets it.
+pub(crate) async fn forward_express(f: ExpressForward<'_>) -> Response<BoxBody> {
+    let fail = Failure {
+        rid: Some(f.request_id),
+        route: f.route,
+        upstream: f.upstream.url(),
+        flavor: f.flavor,
+    };
+    let Some(conns) = f.upstream.express_conns() else {
+        return with_request_id(
+            fail.respond(StatusCode::BAD_GATEWAY, "upstream has no HTTP/1.1 connections", None),
+            f.request_id,
+        );
+    };
+    let t = f.timeouts;
+    let start = Instant::now();
+    let deadline = t.total.map(|d| start + d);
+    let head_deadline = match deadline {
+        Some(d) => d.min(start + t.response_header),
+        None => start + t.response_header,
+    };
+    let res = match tokio::time::timeout_at(head_deadline, conns.send(f.head, f.method)).await {
+        Err(_) => {
+            return with_request_id(
+                fail.respond(StatusCode::GATEWAY_TIMEOUT, "upstream response timeout", None),
+                f.request_id,
+            );
+        }
+        Ok(Err(e)) => {
+            let status = error::status_for(&*e);
+            return with_request_id(
+                fail.respond(status, "upstream request failed", Some(&*e)),
+                f.request_id,
+            );
+        }
+        Ok(Ok(res)) => res,
+    };
+    let ctx = LogContext {
+        request_id: Arc::clone(&f.request_id.0),
+        route: Arc::clone(f.route),
+        upstream: f.upstream.clone(),
+    };
+    let (mut parts, body) = res.into_parts();
+    forward::prepare_response(&mut parts.headers, false);
+    parts.version = Version::HTTP_11;
+    let body = TimedBody::new(body, t.idle, deadline, ctx);
+    with_request_id(
+        Response::from_parts(parts, crate::body::boxed(body)),
+        f.request_id,
+    )
+}
+
+fn with_request_id(mut res: Response<BoxBody>, rid: &RequestId) -> Response<BoxBody> {
+    if let Ok(v) = HeaderValue::from_str(rid.as_str()) {
+        res.headers_mut().insert(crate::request_id::X_REQUEST_ID, v);
+    }
+    res
 }

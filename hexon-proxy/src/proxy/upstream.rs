@@ -10,6 +10,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use super::balance::{Balance, RoundRobin};
 use super::client::{self, PoolConfig, Protocols, ThreadClients, UpstreamClient, UpstreamTls};
 use super::error::UpstreamError;
+use super::h1conns::H1Conns;
 use super::h1pool::H1Pool;
 
 /// How the proxy talks to an upstream, from its base URL's scheme.
@@ -158,6 +159,8 @@ struct UpstreamInner {
     upgrade_client: Option<ThreadClients>,
     /// `http://`: ordinary requests take these kept connections.
     h1: Option<Arc<H1Pool>>,
+    /// `http://`: the express lane's own kept connections.
+    conns: Option<Arc<H1Conns>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -229,6 +232,13 @@ impl Upstream {
                 &config.pool,
             ))
         });
+        let conns = (scheme == UpstreamScheme::Http).then(|| {
+            Arc::new(H1Conns::new(
+                client.connector().clone(),
+                dst.clone(),
+                &config.pool,
+            ))
+        });
         let upgrade_client = if scheme == UpstreamScheme::Https {
             Some(client::build_client(
                 dst,
@@ -249,6 +259,7 @@ impl Upstream {
                 client,
                 upgrade_client,
                 h1,
+                conns,
             }),
         })
     }
@@ -271,6 +282,11 @@ impl Upstream {
     /// The kept connections for ordinary requests to `http://` upstreams.
     pub(crate) fn h1_pool(&self) -> Option<&Arc<H1Pool>> {
         self.inner.h1.as_ref()
+    }
+
+    /// The express lane's kept connections (`http://` upstreams).
+    pub(crate) fn express_conns(&self) -> Option<&Arc<H1Conns>> {
+        self.inner.conns.as_ref()
     }
 
     /// The client for ordinary requests.
@@ -322,25 +338,36 @@ impl Upstream {
 
 /// Base path (no trailing slash) + request path, query preserved.
 pub(crate) fn join_path(base: &str, pq: Option<&PathAndQuery>) -> String {
+    let mut out = Vec::with_capacity(base.len() + pq.map_or(1, |p| p.as_str().len()) + 1);
+    join(&mut out, base, pq);
+    // Built from two strings and ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`join_path`], appended to `out`.
+pub(crate) fn join_path_into(out: &mut Vec<u8>, base: &str, pq: &PathAndQuery) {
+    join(out, base, Some(pq));
+}
+
+fn join(out: &mut Vec<u8>, base: &str, pq: Option<&PathAndQuery>) {
     let path = pq.map(PathAndQuery::path).unwrap_or("/");
-    let mut out = String::with_capacity(base.len() + path.len() + 1);
-    out.push_str(base);
+    let start = out.len();
+    out.extend_from_slice(base.as_bytes());
     if path.starts_with('/') {
-        out.push_str(path);
+        out.extend_from_slice(path.as_bytes());
     } else if path == "*" && base.is_empty() {
-        out.push('*');
+        out.push(b'*');
     } else {
-        out.push('/');
-        out.push_str(path);
+        out.push(b'/');
+        out.extend_from_slice(path.as_bytes());
     }
-    if out.is_empty() {
-        out.push('/');
+    if out.len() == start {
+        out.push(b'/');
     }
     if let Some(q) = pq.and_then(PathAndQuery::query) {
-        out.push('?');
-        out.push_str(q);
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
     }
-    out
 }
 
 /// The upstreams of one route, their balancer and settings.

@@ -62,6 +62,66 @@ pub fn header_echo() -> Handler {
     })
 }
 
+/// What [`recording_upstream`] saw.
+#[derive(Clone, Default)]
+pub struct Recorded {
+    /// Every request head, in arrival order.
+    pub heads: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// An upstream that records each request head (these requests have no
+/// body) and answers by path: `/…/chunked` with a chunked body, `/…/close`
+/// with a fixed length and `Connection: close` (then closes), anything
+/// else with a fixed length; all with hop-by-hop fields the gateway must
+/// drop.
+pub async fn recording_upstream() -> (SocketAddr, Recorded) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let recorded = Recorded::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = recorded.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head: Vec<u8> = buf.drain(..end).collect();
+                    let target = head.split(|b| *b == b' ').nth(1).unwrap_or_default().to_vec();
+                    seen.heads.lock().unwrap().push(head);
+                    let answer: &[u8] = if target.ends_with(b"/chunked") {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nX-Up: c\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                    } else if target.ends_with(b"/close") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\nX-Up: x\r\n\r\nclose"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Up: l\r\nX-Request-Id: from-upstream\r\nDate: Sun, 06 Dec 2026 00:00:00 GMT\r\n\r\nok"
+                    };
+                    if s.write_all(answer).await.is_err() || target.ends_with(b"/close") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, recorded)
+}
+
 // ------------------------------------------------------------ gateway
 
 pub struct Gw {

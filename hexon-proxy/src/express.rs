@@ -1,0 +1,261 @@
+//! The express lane: the common request served without the tower stack.
+//!
+//! Most requests through a gateway are alike: an HTTP/1.1 `GET` with a few
+//! header fields and a credential the gateway has seen before, allowed by
+//! the policy, signed with a signature made a moment ago, forwarded to a
+//! plain `http://` upstream. Through the tower stack such a request costs
+//! about 63,000 instructions (docs/BENCHMARKS.md): a dozen layers, a header
+//! map built and rebuilt, request extensions boxed one by one, hyper's
+//! client connection task. The express lane serves it from the bytes the
+//! listener read: an [`Express`] implementation (the gateway's) looks at
+//! the request head and either declines — the request then goes through
+//! the stack, exactly as without the lane — or returns a [`Plan`] with the
+//! upstream request head already written. The listener then writes that
+//! head on a kept connection of its own thread, reads the answer in the
+//! same task ([`crate::proxy`]'s HTTP/1.1 codec), and writes it to the
+//! client with the same writer the stack's answers go through.
+//!
+//! **The lane never decides anything the stack would decide otherwise.**
+//! It takes a request only when every answer is known to be the one the
+//! stack would give: anything uncertain (an unknown credential, a refusal,
+//! a signature not yet made, a field it does not handle) declines, and the
+//! stack serves it — and, by doing so, usually makes the next such request
+//! one the lane can take (the verified token and the signature are
+//! cached). `tests/tests/http1_paths.rs` checks both paths side by side.
+//!
+//! [`UpstreamHead`] writes the upstream request head as
+//! [`crate::proxy::ReverseProxy`] would send it: hop-by-hop fields
+//! removed, `Host` kept, the forwarding fields (`X-Forwarded-For`,
+//! `-Proto`, `-Host`, `Forwarded`) and `X-Request-Id` set. Field names are
+//! written in lower case, as the stack's header map writes them.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Method, StatusCode};
+
+use crate::ext::{ConnectionInfo, RequestId};
+use crate::proxy::{Timeouts, Upstream};
+use crate::respond::Flavor;
+
+/// A request head as the listener's HTTP/1.1 reader took it: HTTP/1.1, a
+/// target in origin form, no body (no `Content-Length`,
+/// `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`), at most 64 fields.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) head: &'a Bytes,
+    pub(crate) target: [usize; 2],
+    pub(crate) fields: &'a [[usize; 4]],
+}
+
+impl<'a> RequestHead<'a> {
+    /// The method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request target as sent (origin form: path and query).
+    pub fn target(&self) -> &'a [u8] {
+        self.head
+            .get(self.target[0]..self.target[1])
+            .unwrap_or_default()
+    }
+
+    /// The target as `http` reads it (as the stack would see it), or
+    /// `None` where `http` refuses it.
+    pub fn path_and_query(&self) -> Option<PathAndQuery> {
+        let [a, b] = self.target;
+        if a > b || b > self.head.len() {
+            return None;
+        }
+        PathAndQuery::from_maybe_shared(self.head.slice(a..b)).ok()
+    }
+
+    /// The header fields in the order sent: name as sent (any case), value
+    /// without surrounding whitespace.
+    pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let head: &'a [u8] = self.head;
+        self.fields.iter().map(move |&[ns, ne, vs, ve]| {
+            (
+                head.get(ns..ne).unwrap_or_default(),
+                head.get(vs..ve).unwrap_or_default(),
+            )
+        })
+    }
+}
+
+/// Decides which requests take the express lane. See the [module docs](self).
+pub trait Express: Send + Sync + 'static {
+    /// What [`finished`](Self::finished) needs of a request (for its audit
+    /// line and metrics).
+    type Done: Send + 'static;
+
+    /// A plan for `head` on `conn`, with the upstream request head written
+    /// into `out` (empty on entry); `None` declines: the stack serves the
+    /// request.
+    fn plan(
+        &self,
+        head: &RequestHead<'_>,
+        conn: &ConnectionInfo,
+        out: &mut Vec<u8>,
+    ) -> Option<Plan<Self::Done>>;
+
+    /// A planned request was answered with `status` after `elapsed` (up to
+    /// the answer's head, as the stack's audit layer times requests).
+    fn finished(&self, done: Self::Done, status: StatusCode, elapsed: Duration);
+}
+
+/// Where and how an express request is forwarded.
+#[derive(Debug)]
+pub struct Plan<D> {
+    pub(crate) upstream: Upstream,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) request_id: RequestId,
+    pub(crate) route: Arc<str>,
+    pub(crate) flavor: Flavor,
+    pub(crate) done: D,
+}
+
+impl<D> Plan<D> {
+    /// Forward to `upstream` (of the route `route`, with its group's
+    /// `timeouts`); error answers in `flavor` carry `request_id`. `None`
+    /// when the upstream is not a plain `http://` one.
+    pub fn new(
+        upstream: &Upstream,
+        timeouts: Timeouts,
+        request_id: RequestId,
+        route: Arc<str>,
+        flavor: Flavor,
+        done: D,
+    ) -> Option<Self> {
+        upstream.express_conns()?;
+        Some(Plan {
+            upstream: upstream.clone(),
+            timeouts,
+            request_id,
+            route,
+            flavor,
+            done,
+        })
+    }
+}
+
+/// The fields the express lane handles itself and never copies from the
+/// client (in lower case): hop-by-hop fields, and the ones the proxy sets.
+const REPLACED: [&str; 9] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// Writes an upstream request head from a client's, as the reverse proxy
+/// would send it for a client that is not a trusted proxy.
+#[derive(Debug)]
+pub struct UpstreamHead<'o> {
+    out: &'o mut Vec<u8>,
+}
+
+impl<'o> UpstreamHead<'o> {
+    /// Start the head in `out`: the request line, with `base` (the
+    /// upstream's base path, no trailing slash) before the target's path.
+    pub fn start(out: &'o mut Vec<u8>, method: &Method, base: &str, pq: &PathAndQuery) -> Self {
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        crate::proxy::join_path_into(out, base, pq);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        UpstreamHead { out }
+    }
+
+    /// Whether a client field is one the head sets itself (hop-by-hop,
+    /// `Host`, the forwarding fields): leave it out of
+    /// [`copy`](Self::copy). `X-Request-Id` is not among them; the caller
+    /// decides about it.
+    pub fn replaces(name: &[u8]) -> bool {
+        REPLACED.iter().any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Copy a client field; `false` (nothing written) when its value has
+    /// bytes a header map refuses (control characters other than tab).
+    pub fn copy(&mut self, name: &[u8], value: &[u8]) -> bool {
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return false;
+        }
+        self.out.extend(name.iter().map(u8::to_ascii_lowercase));
+        self.put_value(value);
+        true
+    }
+
+    /// Add a field the gateway sets (name in lower case, value valid).
+    pub fn add(&mut self, name: &str, value: &[u8]) {
+        self.out.extend_from_slice(name.as_bytes());
+        self.put_value(value);
+    }
+
+    fn put_value(&mut self, value: &[u8]) {
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// `Host`, the forwarding fields and `X-Request-Id`, then the end of
+    /// the head.
+    pub fn finish(self, host: &[u8], conn: &ConnectionInfo, request_id: &RequestId) {
+        let ip = conn.peer.ip().to_canonical();
+        let scheme = conn.scheme();
+        self.out.extend_from_slice(b"host: ");
+        self.out.extend_from_slice(host);
+        self.out.extend_from_slice(b"\r\nx-forwarded-host: ");
+        self.out.extend_from_slice(host);
+        self.out.extend_from_slice(b"\r\nx-forwarded-for: ");
+        let mut text = String::with_capacity(48);
+        crate::proxy::push_ip(&mut text, ip);
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        self.out.extend_from_slice(scheme.as_bytes());
+        self.out.extend_from_slice(b"\r\nforwarded: for=");
+        match ip {
+            IpAddr::V4(_) => self.out.extend_from_slice(text.as_bytes()),
+            IpAddr::V6(_) => {
+                self.out.extend_from_slice(b"\"[");
+                self.out.extend_from_slice(text.as_bytes());
+                self.out.extend_from_slice(b"]\"");
+            }
+        }
+        self.out.extend_from_slice(b";proto=");
+        self.out.extend_from_slice(scheme.as_bytes());
+        // (A `Host` that is not text gets no `host=`, as in the proxy.)
+        if let Ok(h) = std::str::from_utf8(host) {
+            text.clear();
+            crate::proxy::push_forwarded_value(&mut text, h);
+            self.out.extend_from_slice(b";host=");
+            self.out.extend_from_slice(text.as_bytes());
+        }
+        self.out.extend_from_slice(b"\r\nx-request-id: ");
+        self.out.extend_from_slice(request_id.as_str().as_bytes());
+        self.out.extend_from_slice(b"\r\n\r\n");
+    }
+}
+
+/// No express lane: every request goes through the stack.
+#[derive(Debug)]
+pub(crate) enum NoExpress {}
+
+impl Express for NoExpress {
+    type Done = ();
+
+    fn plan(&self, _: &RequestHead<'_>, _: &ConnectionInfo, _: &mut Vec<u8>) -> Option<Plan<()>> {
+        None
+    }
+
+    fn finished(&self, (): (), _: StatusCode, _: Duration) {}
+}

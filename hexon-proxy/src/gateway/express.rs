@@ -1,0 +1,292 @@
+//! The gateway's express lane ([`crate::express`]): which requests skip the
+//! tower stack, and the upstream head written for them.
+//!
+//! A request takes the lane only when the stack (`assemble.rs`) would
+//! forward it, and forward it exactly as the lane does. Each condition below
+//! stands for the layer that would otherwise act:
+//!
+//! - `GET` or `HEAD` (the listener's reader already refused bodies,
+//!   upgrades, `Expect` and `TE`); not a client certificate connection
+//!   (the certificate authenticator and the policy's certificate SANs);
+//!   a peer that is not a trusted proxy (trusted peers' `X-Request-Id` and
+//!   forwarding fields are kept by the stack);
+//! - no `Cookie` (session cookies are read and removed by the stack), no
+//!   `Trailer` (rewritten by strip), no API key field or query parameter,
+//!   no `Signature-Input` naming a Hexon credential (API client
+//!   authentication), no `Connection` naming other fields;
+//! - one `Host`, a valid authority (single authority, proxy); a path not
+//!   under `/.well-known/` (JWKS, ACME http-01), not the forward-auth path,
+//!   not the login service's and not on the CA's or ACME server's host;
+//! - one `Authorization: Bearer` with a token the bearer authenticator
+//!   verified before and still accepts ([`BearerJwt::remembered`]); not an
+//!   API client's identity (rate limits, grants);
+//! - the policy allows, on a route whose identity mode is unbound signed
+//!   headers with a signature the signer would reuse
+//!   ([`HttpSigner::cached_headers`]), or no identity;
+//! - the upstream picked is `http://`.
+//!
+//! Anything else declines and the stack serves the request, which usually
+//! also makes the next request of the same client one the lane can take.
+//! What the lane then does is what the stack's layers would have done:
+//! strip client identity fields, drop the bearer credential, set the
+//! request id, the signed identity, `Host` and the forwarding fields, and
+//! record the metrics and the audit line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hexon_core::UnixTime;
+use hexon_core::httpsig::HttpSigner;
+use hexon_core::policy::{Credential, HttpRequest, Subject, Verdict};
+use hexon_core::store::session::authority_host;
+use http::{Method, StatusCode};
+
+use super::assemble::Handles;
+use super::audit::{AuditSink, Line, clip};
+use super::ca::CaRoutes;
+use super::login::Login;
+use crate::authn::BearerJwt;
+use crate::express::{Express, Plan, RequestHead, UpstreamHead};
+use crate::ext::ConnectionInfo;
+use crate::respond::Flavor;
+use crate::sign::RouteIdentity;
+use crate::strip::StripIdentityLayer;
+
+/// The gateway's choice of express requests. See the [module docs](self).
+pub(crate) struct GatewayExpress {
+    pub(crate) handles: Handles,
+    pub(crate) bearer: Arc<BearerJwt>,
+    pub(crate) signer: Arc<HttpSigner>,
+    pub(crate) strip: StripIdentityLayer,
+    /// The API key header (lower case).
+    pub(crate) api_key_header: http::HeaderName,
+    pub(crate) api_key_param: Option<String>,
+    pub(crate) forward_auth_path: Option<String>,
+    pub(crate) login: Option<Login>,
+    pub(crate) ca: Option<CaRoutes>,
+    /// Trusted proxies and request-id sources (one list in the config).
+    pub(crate) trusted: Vec<ipnet::IpNet>,
+    pub(crate) sink: AuditSink,
+}
+
+/// What the audit line and the metrics need of an express request.
+pub(crate) struct Done {
+    route: Arc<str>,
+    reason: &'static str,
+    /// Only when audit lines are written.
+    logged: Option<Box<Logged>>,
+}
+
+struct Logged {
+    request_id: Arc<str>,
+    client: String,
+    method: String,
+    host: String,
+    path: String,
+    user: String,
+    rule: Option<String>,
+}
+
+/// `name` is `lower` in any case.
+fn is(name: &[u8], lower: &str) -> bool {
+    name.eq_ignore_ascii_case(lower.as_bytes())
+}
+
+/// A `Connection` value with only `close` and `keep-alive` (which name no
+/// other field).
+fn names_no_fields(value: &[u8]) -> bool {
+    value.split(|b| *b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
+    })
+}
+
+/// What the stack's strip layer sets aside for API client authentication:
+/// a `Signature-Input` naming a Hexon credential as `keyid`.
+fn names_hexon_credential(value: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"keyid=\"cred_";
+    value.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+}
+
+impl Express for GatewayExpress {
+    type Done = Done;
+
+    fn plan(
+        &self,
+        head: &RequestHead<'_>,
+        conn: &ConnectionInfo,
+        out: &mut Vec<u8>,
+    ) -> Option<Plan<Done>> {
+        let method = head.method();
+        if *method != Method::GET && *method != Method::HEAD {
+            return None;
+        }
+        if conn.tls.as_ref().is_some_and(|t| !t.client_chain.is_empty()) {
+            return None;
+        }
+        let peer = conn.peer.ip().to_canonical();
+        if self.trusted.iter().any(|n| n.contains(&peer)) {
+            return None;
+        }
+
+        // One pass over the fields for what decides.
+        let (mut host, mut hosts) = (None, 0usize);
+        let (mut auth, mut auths) = (None, 0usize);
+        let mut content_type = None;
+        for (name, value) in head.fields() {
+            if is(name, "host") {
+                hosts += 1;
+                host = Some(value);
+            } else if is(name, "authorization") {
+                auths += 1;
+                auth = Some(value);
+            } else if is(name, "cookie")
+                || is(name, "trailer")
+                || is(name, self.api_key_header.as_str())
+                || (is(name, "connection") && !names_no_fields(value))
+                || (is(name, "signature-input") && names_hexon_credential(value))
+            {
+                return None;
+            } else if is(name, "content-type") {
+                content_type = content_type.or(Some(value));
+            }
+        }
+        let (Some(host), 1, Some(auth), 1) = (host, hosts, auth, auths) else {
+            return None;
+        };
+        let token = auth
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
+            .and(auth.get(7..))?
+            .trim_ascii();
+        if token.is_empty() || token.starts_with(crate::clients::KEY_TAG.as_bytes()) {
+            return None;
+        }
+        let pq = head.path_and_query()?;
+        if let (Some(param), Some(query)) = (&self.api_key_param, pq.query()) {
+            let named = |pair: &str| pair.split_once('=').map_or(pair, |(n, _)| n) == param;
+            if query.split('&').any(named) {
+                return None;
+            }
+        }
+        // The single authority and the proxy's `Host` check.
+        let authority = hexon_core::httpsig::host_authority(host)?;
+        http::uri::Authority::try_from(host).ok()?;
+        let host_text = std::str::from_utf8(host).ok()?;
+        let path = pq.path();
+        if path.starts_with("/.well-known/") || self.forward_auth_path.as_deref() == Some(path) {
+            return None;
+        }
+        let bare = authority_host(host_text);
+        if self.login.as_ref().is_some_and(|l| l.claims(bare, path))
+            || self
+                .ca
+                .as_ref()
+                .is_some_and(|c| bare.is_none_or(|h| c.may_claim(h)))
+        {
+            return None;
+        }
+
+        let now = UnixTime::now();
+        let identity = self.bearer.remembered(token, now)?;
+        if crate::clients::is_api_client_login(&identity) {
+            return None;
+        }
+        let (policy, routes, sign) = self.handles.pin();
+        let subject = Subject::new(Some(&identity), now)
+            .with_source_ip(peer)
+            .with_credential(Credential::Jwt);
+        let decision = policy.decide(
+            &HttpRequest::new(method.as_str(), host_text, path),
+            &subject,
+        );
+        if decision.verdict != Verdict::Allow {
+            return None;
+        }
+        let route_name = decision.route?;
+        let cached = match sign.get(route_name)? {
+            RouteIdentity::Headers { binding }
+                if !binding.is_bound() =>
+            {
+                Some(
+                    self.signer
+                        .cached_headers(&identity, route_name, &authority, now)?,
+                )
+            }
+            RouteIdentity::None => None,
+            _ => return None,
+        };
+        let (route, group) = routes.get_named(route_name)?;
+        let upstream = group.pick()?;
+        let request_id = crate::request_id::generate();
+
+        let mut w = UpstreamHead::start(out, method, upstream.base_path(), &pq);
+        for (name, value) in head.fields() {
+            let dropped = UpstreamHead::replaces(name)
+                || is(name, "authorization")
+                || is(name, "x-request-id")
+                || self.strip.strips(name);
+            if !dropped && !w.copy(name, value) {
+                return None;
+            }
+        }
+        for (name, value) in cached.iter().flat_map(|c| c.iter()) {
+            w.add(name.as_str(), value.as_bytes());
+        }
+        w.finish(host, conn, &request_id);
+
+        let flavor = Flavor::from_values(
+            content_type,
+            head.fields()
+                .filter(|(n, _)| is(n, "accept"))
+                .map(|(_, v)| v),
+        );
+        let logged = self.sink.logs().then(|| {
+            Box::new(Logged {
+                request_id: Arc::clone(&request_id.0),
+                client: conn.peer.ip().to_string(),
+                method: method.to_string(),
+                host: clip(host_text),
+                path: clip(path),
+                user: identity.username().to_owned(),
+                rule: decision.rule.map(|r| r.to_string()),
+            })
+        });
+        let done = Done {
+            route: Arc::clone(route),
+            reason: decision.reason.as_str(),
+            logged,
+        };
+        Plan::new(
+            upstream,
+            group.config().timeouts,
+            request_id,
+            Arc::clone(route),
+            flavor,
+            done,
+        )
+    }
+
+    fn finished(&self, done: Done, status: StatusCode, elapsed: Duration) {
+        let status = status.as_u16();
+        let metrics = self.sink.metrics();
+        metrics.observe(Some(&done.route), "allow", status, elapsed.as_secs_f64());
+        metrics.observe_express();
+        if let Some(l) = done.logged {
+            self.sink.write(&Line {
+                request_id: Some(&l.request_id),
+                client: Some(&l.client),
+                method: &l.method,
+                host: &l.host,
+                path: &l.path,
+                user: Some(&l.user),
+                route: Some(&done.route),
+                decision: "allow",
+                reason: Some(done.reason),
+                rule: l.rule.as_deref(),
+                status,
+                elapsed,
+            });
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Kept-alive HTTP/1.1 connections to one plain `http://` upstream for the
+//! express lane ([`crate::express`]): a stack of idle sockets per connection
+//! thread, written and read in the task that serves the client.
+//!
+//! Why not hyper's `client::conn` here, as [`super::h1pool`] uses: hyper
+//! runs each connection as a task of its own, fed over a channel, about
+//! 14,000 instructions per request (docs/BENCHMARKS.md). The express lane
+//! already holds the request head as bytes; it writes them on a socket of
+//! its own thread, reads the answer head with [`super::h1codec`], and the
+//! body is read from the socket by whoever polls it (the listener's
+//! connection task, writing it to the client). Earlier attempts to put this
+//! under the whole tower stack lost throughput (the upstream woken per
+//! request while the thread went on with ~12 µs of other work); the lane
+//! exists so that little work sits between those reads and writes.
+//!
+//! A connection goes back on its thread's stack when its answer ended as
+//! framed (at once for an answer without a body), the upstream did not ask
+//! to close, and nothing followed the answer. A body dropped early takes
+//! its connection with it (closed). An idle connection older than the
+//! pool's idle timeout, or one the upstream closed or wrote to while idle,
+//! is dropped when found, and a task on the thread closes idle connections
+//! past the timeout while the stack is not empty. A request whose reused
+//! connection turns out closed before any answer arrived (the upstream
+//! closed it while the request was on its way) is sent again on a new
+//! connection: the lane only carries `GET` and `HEAD`, which are idempotent
+//! (RFC 9110 §9.2.2, RFC 9112 §9.3.1).
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tower_service::Service as _;
+
+use super::client::{Connector, PoolConfig};
+use super::h1codec::{self, Chunked, Decoded, Framing, ProtocolError};
+use crate::body::BoxError;
+
+/// Read-buffer growth per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The express lane's connections to one upstream.
+pub(crate) struct H1Conns {
+    connector: Connector,
+    dst: Uri,
+    idle_timeout: Duration,
+    max_idle: usize,
+    /// One stack per connection thread (slot 0: threads outside any set).
+    slots: Box<[Mutex<Slot>]>,
+}
+
+#[derive(Default)]
+struct Slot {
+    idle: Vec<Conn>,
+    /// A task closing expired idle connections runs for this stack.
+    reaping: bool,
+}
+
+/// One upstream connection and what was read from it but not yet used.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Working space for reading answer heads.
+    fields: Vec<h1codec::Field>,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Read more into the buffer. `Ok(0)`: the upstream closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Still usable while idle: not closed by the upstream and nothing
+    /// unasked-for arrived. No system call unless the socket became
+    /// readable.
+    fn idle_ok(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+impl H1Conns {
+    pub(crate) fn new(connector: Connector, dst: Uri, pool: &PoolConfig) -> Self {
+        H1Conns {
+            connector,
+            dst,
+            idle_timeout: pool.idle_timeout,
+            max_idle: pool.max_idle_per_host,
+            slots: (0..=hexon_core::rt::MAX_THREADS)
+                .map(|_| Mutex::new(Slot::default()))
+                .collect(),
+        }
+    }
+
+    /// The calling thread's stack. On a connection thread only that thread
+    /// locks it; threads outside a set share slot 0.
+    fn slot(&self) -> Option<&Mutex<Slot>> {
+        self.slots.get(self.slot_index())
+    }
+
+    fn slot_index(&self) -> usize {
+        let i = hexon_core::rt::worker_index();
+        if i < self.slots.len() { i } else { 0 }
+    }
+
+    /// The most recently used live idle connection of this thread.
+    fn checkout(&self) -> Option<Conn> {
+        let slot = self.slot()?;
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        while let Some(mut c) = slot.idle.pop() {
+            if now.saturating_duration_since(c.idle_since) < self.idle_timeout && c.idle_ok() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put_back(self: &Arc<Self>, mut conn: Conn) {
+        let Some(slot) = self.slot() else { return };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.idle.len() >= self.max_idle {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        slot.idle.push(conn);
+        if !slot.reaping {
+            // On this thread's runtime, like the connections it closes.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                slot.reaping = true;
+                rt.spawn(reap(Arc::downgrade(self), self.slot_index()));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, BoxError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = match connector.call(self.dst.clone()).await? {
+            hyper_rustls::MaybeHttpsStream::Http(io) => io.into_inner(),
+            hyper_rustls::MaybeHttpsStream::Https(_) => {
+                return Err("an http:// upstream answered with TLS".into());
+            }
+        };
+        Ok(Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            fields: Vec::new(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Write `head` (a whole request head without a body) on a kept
+    /// connection or a new one, and read the answer head. `method` is the
+    /// request's (`HEAD` answers have no body); it must be idempotent.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        head: &[u8],
+        method: &Method,
+    ) -> Result<Response<H1Body>, BoxError> {
+        debug_assert!(method.is_idempotent());
+        // After a failed new connection, no more tries.
+        loop {
+            let (mut conn, reused) = match self.checkout() {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            match exchange(&mut conn, head, method).await {
+                Ok(answer) => {
+                    let (framing, keep_alive) = (answer.framing.clone(), answer.keep_alive);
+                    let mut res = Response::new(H1Body::empty());
+                    *res.status_mut() = answer.status;
+                    *res.version_mut() = answer.version;
+                    *res.headers_mut() = answer.headers;
+                    let framing = match framing {
+                        Framing::Empty => {
+                            finish(self, conn, keep_alive);
+                            return Ok(res);
+                        }
+                        Framing::Length(n) => BodyFraming::Length(n),
+                        Framing::Chunked => BodyFraming::Chunked(Chunked::default()),
+                        Framing::Close => BodyFraming::Close,
+                    };
+                    *res.body_mut() = H1Body {
+                        conn: Some(conn),
+                        pool: Some(Arc::clone(self)),
+                        framing,
+                        keep_alive,
+                    };
+                    return Ok(res);
+                }
+                // Closed before any answer on a reused connection: the
+                // upstream let it go while the request was on its way.
+                Err(Failure::Closed(e)) if reused => {
+                    tracing::debug!(error = %e, "upstream closed a kept connection under a request; sending it again");
+                }
+                Err(Failure::Closed(e) | Failure::Other(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Why an exchange failed.
+enum Failure {
+    /// The connection closed or reset before any byte of an answer.
+    Closed(BoxError),
+    Other(BoxError),
+}
+
+/// Write the request head and read the answer head.
+async fn exchange(
+    conn: &mut Conn,
+    head: &[u8],
+    method: &Method,
+) -> Result<h1codec::ResponseHead, Failure> {
+    let closed = |e: io::Error| match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => Failure::Closed(e.into()),
+        _ => Failure::Other(e.into()),
+    };
+    conn.io.write_all(head).await.map_err(closed)?;
+    conn.buf.clear();
+    loop {
+        let before = conn.buf.len();
+        match conn.fill().await {
+            Ok(0) if before == 0 => {
+                return Err(Failure::Closed(
+                    ProtocolError("connection closed before an answer").into(),
+                ));
+            }
+            Ok(0) => {
+                return Err(Failure::Other(
+                    ProtocolError("connection closed inside the answer head").into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if before == 0 => return Err(closed(e)),
+            Err(e) => return Err(Failure::Other(e.into())),
+        }
+        match h1codec::read_response_head(&mut conn.buf, method, &mut conn.fields) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Other(e.into())),
+        }
+    }
+}
+
+/// An answer ended as framed: keep its connection if it may carry more and
+/// nothing followed the answer.
+fn finish(pool: &Arc<H1Conns>, conn: Conn, keep_alive: bool) {
+    if keep_alive && conn.buf.is_empty() {
+        pool.put_back(conn);
+    }
+}
+
+/// Close the idle connections of one stack once they pass the idle timeout
+/// (or were closed by the upstream); ends when the stack is empty or the
+/// pool is gone (a new configuration replaced the upstream).
+async fn reap(pool: std::sync::Weak<H1Conns>, index: usize) {
+    loop {
+        let Some(every) = pool.upgrade().map(|p| p.idle_timeout) else {
+            return;
+        };
+        tokio::time::sleep(every.max(Duration::from_millis(10))).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let Some(slot) = pool.slots.get(index) else {
+            return;
+        };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Dropping a connection closes it.
+        slot.idle.retain_mut(|c| {
+            now.saturating_duration_since(c.idle_since) < pool.idle_timeout && c.idle_ok()
+        });
+        if slot.idle.is_empty() {
+            slot.reaping = false;
+            return;
+        }
+    }
+}
+
+/// How the rest of an answer body is delimited.
+enum BodyFraming {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+}
+
+/// An answer body read from a kept connection; the connection goes back to
+/// its pool when the body ended as framed. Trailers of a chunked body are
+/// passed on as a trailers frame.
+pub(crate) struct H1Body {
+    /// `None` once the body ended (or failed), and for no body at all.
+    conn: Option<Conn>,
+    pool: Option<Arc<H1Conns>>,
+    framing: BodyFraming,
+    keep_alive: bool,
+}
+
+impl H1Body {
+    fn empty() -> Self {
+        H1Body {
+            conn: None,
+            pool: None,
+            framing: BodyFraming::Length(0),
+            keep_alive: false,
+        }
+    }
+
+    fn end(&mut self) {
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.as_ref()) {
+            let keep = self.keep_alive && !matches!(self.framing, BodyFraming::Close);
+            finish(pool, conn, keep);
+        }
+    }
+
+    fn fail(&mut self, e: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(e.into())))
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.framing {
+                BodyFraming::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = usize::try_from(*left)
+                            .map_or(conn.buf.len(), |l| l.min(conn.buf.len()));
+                        *left -= n as u64;
+                        let data = conn.buf.split_to(n).freeze();
+                        if *left == 0 {
+                            this.end();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                BodyFraming::Chunked(dec) => match dec.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Trailers(t)) => {
+                        this.end();
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::End) => {
+                        this.end();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return this.fail(e),
+                },
+                BodyFraming::Close => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    if matches!(this.framing, BodyFraming::Close) {
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    return this.fail(ProtocolError("connection closed inside the body"));
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || matches!(self.framing, BodyFraming::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.conn, &self.framing) {
+            (None, _) => SizeHint::with_exact(0),
+            (Some(_), BodyFraming::Length(n)) => SizeHint::with_exact(*n),
+            _ => SizeHint::default(),
+        }
+    }
+}
