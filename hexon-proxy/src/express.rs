@@ -259,3 +259,103 @@ impl Express for NoExpress {
 
     fn finished(&self, (): (), _: StatusCode, _: Duration) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::{TrustedProxies, prepare_request};
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// The fields of a head, by name (lower case), values in order.
+    fn fields_of(head: &[u8]) -> Vec<(String, String)> {
+        let text = std::str::from_utf8(head).unwrap_or_default();
+        let mut v: Vec<(String, String)> = text
+            .split("\r\n")
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(": "))
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        // Stable: values of one name keep their order.
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// `UpstreamHead` writes what `prepare_request` makes of the same
+    /// client fields, for IPv4 and IPv6 clients and hosts that are and are
+    /// not `Forwarded` tokens.
+    #[test]
+    fn the_head_carries_what_the_proxy_sets() {
+        let client = [
+            ("Host", "ignored"),
+            ("User-Agent", "t"),
+            ("X-Forwarded-For", "10.0.0.9"),
+            ("Forwarded", "for=10.0.0.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "outer"),
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Proxy-Authorization", "Basic eDp5"),
+            ("Accept", "a"),
+            ("accept", "b"),
+        ];
+        for (peer, host) in [
+            ("192.0.2.7:5000", "app.example.com"),
+            ("[2001:db8::1]:5000", "app.example.com:8443"),
+            ("[::ffff:192.0.2.8]:5000", "[2001:db8::2]"),
+        ] {
+            let peer: std::net::SocketAddr = peer.parse().unwrap_or_else(|_| unreachable!());
+            let conn = ConnectionInfo::plain(peer, peer);
+            let rid = RequestId(Arc::from("0123456789abcdef0123456789abcdef"));
+            let pq = PathAndQuery::from_static("/a/b?c=d");
+
+            let mut out = Vec::new();
+            let mut w = UpstreamHead::start(&mut out, &Method::GET, "/base", &pq);
+            for (n, v) in client {
+                if !UpstreamHead::replaces(n.as_bytes()) {
+                    assert!(w.copy(n.as_bytes(), v.as_bytes()));
+                }
+            }
+            w.finish(host.as_bytes(), &conn, &rid);
+
+            let mut map = HeaderMap::new();
+            for (n, v) in client {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap_or_else(|_| unreachable!()),
+                    HeaderValue::from_static(v),
+                );
+            }
+            let host_value = HeaderValue::from_static(host);
+            prepare_request(
+                &mut map,
+                None,
+                &host_value,
+                Some(&conn),
+                &TrustedProxies::none(),
+                Some(&rid),
+            );
+            let mut expected = b"GET /base/a/b?c=d HTTP/1.1\r\n".to_vec();
+            for (n, v) in &map {
+                expected.extend_from_slice(n.as_str().as_bytes());
+                expected.extend_from_slice(b": ");
+                expected.extend_from_slice(v.as_bytes());
+                expected.extend_from_slice(b"\r\n");
+            }
+            assert!(out.starts_with(b"GET /base/a/b?c=d HTTP/1.1\r\n"));
+            assert!(out.ends_with(b"\r\n\r\n"));
+            assert_eq!(fields_of(&out), fields_of(&expected), "{peer} {host}");
+        }
+    }
+
+    #[test]
+    fn control_bytes_in_a_value_are_refused() {
+        let mut out = Vec::new();
+        let mut w = UpstreamHead::start(&mut out, &Method::GET, "", &PathAndQuery::from_static("/"));
+        assert!(w.copy(b"X-A", b"tab\tok \x80obs-text"));
+        assert!(!w.copy(b"X-B", b"a\x01b"));
+        assert!(!w.copy(b"X-C", b"a\x7fb"));
+        assert!(!w.copy(b"X-D", b"a\rb"));
+        assert_eq!(out, b"GET / HTTP/1.1\r\nx-a: tab\tok \x80obs-text\r\n");
+    }
+}

@@ -67,6 +67,8 @@ pub use error::UpstreamError;
 pub use forward::TrustedProxies;
 pub use h1pool::RESEND_AFTER_IDLE;
 pub(crate) use forward::{push_forwarded_value, push_ip};
+#[cfg(test)]
+pub(crate) use forward::prepare_request;
 pub(crate) use upstream::join_path_into;
 pub use upstream::{
     DEFAULT_MAX_REQUEST_BODY, GroupConfig, Timeouts, Upstream, UpstreamGroup, UpstreamScheme,
