@@ -162,7 +162,11 @@ pub fn remove_identity_headers(headers: &mut HeaderMap) {
 /// `_` counts as `-`: CGI-style stacks (WSGI, PHP, Rack) fold both into the
 /// same variable, so `Hexon_Groups` must not slip past the gateway either.
 pub fn is_identity_header(name: &str) -> bool {
-    let n = name.as_bytes();
+    is_identity_header_bytes(name.as_bytes())
+}
+
+/// [`is_identity_header`] for a lower-case name's bytes.
+pub fn is_identity_header_bytes(n: &[u8]) -> bool {
     let dashed = |prefix: &[u8]| {
         n.len() >= prefix.len()
             && n.iter()
@@ -385,6 +389,12 @@ impl CachedHeaders {
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         self.0.headers.iter().map(|(n, v)| (n, v))
     }
+
+    /// The same fields as HTTP/1.1 field lines, `name: value\r\n` each
+    /// (names in lower case), made once when the signature was cached.
+    pub fn lines(&self) -> &[u8] {
+        &self.0.lines
+    }
 }
 
 impl fmt::Debug for CachedHeaders {
@@ -399,6 +409,8 @@ struct CachedSignature {
     created: UnixTime,
     expires: UnixTime,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// `headers` as HTTP/1.1 field lines (`name: value\r\n` each).
+    lines: Box<[u8]>,
 }
 
 fn read<T: ?Sized>(lock: &RwLock<Arc<T>>) -> Arc<T> {
@@ -541,6 +553,13 @@ impl HttpSigner {
             if let Some(cache) = &self.cache {
                 headers.push((SIGNATURE_INPUT, input));
                 headers.push((SIGNATURE, sig));
+                let mut lines = Vec::with_capacity(1024);
+                for (name, value) in &headers {
+                    lines.extend_from_slice(name.as_str().as_bytes());
+                    lines.extend_from_slice(b": ");
+                    lines.extend_from_slice(value.as_bytes());
+                    lines.extend_from_slice(b"\r\n");
+                }
                 cache.insert(
                     CacheKey {
                         principal: Arc::from(principal),
@@ -553,6 +572,7 @@ impl HttpSigner {
                         created: now,
                         expires,
                         headers,
+                        lines: lines.into(),
                     }),
                 );
             }
@@ -832,13 +852,22 @@ pub fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
 
 /// [`authority_of`] for a request whose target is in origin form and whose
 /// only `Host` field has the value `host`.
-pub fn host_authority(host: &[u8]) -> Option<String> {
+pub fn host_authority(host: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     // What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
     if !host.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
         return None;
     }
-    let text = std::str::from_utf8(host).ok()?;
-    clean_authority(normalize_authority(text.trim(), None))
+    let text = std::str::from_utf8(host).ok()?.trim();
+    // Most hosts are already what normalizing makes of them: no copy.
+    let normal = !text.bytes().any(|b| b.is_ascii_uppercase())
+        && !text.ends_with(":80")
+        && !text.ends_with(":443");
+    if normal {
+        let clean = !text.is_empty()
+            && !text.bytes().any(|b| matches!(b, b'@' | b' ' | b'/' | b'\\'));
+        return clean.then_some(std::borrow::Cow::Borrowed(text));
+    }
+    clean_authority(normalize_authority(text, None)).map(std::borrow::Cow::Owned)
 }
 
 fn clean_authority(a: String) -> Option<String> {

@@ -880,3 +880,34 @@ fn the_authority_is_lower_cased_without_the_default_port_and_must_be_unambiguous
     assert_eq!(of("/", &[""]), None);
     assert_eq!(of("/", &[]), None);
 }
+
+/// `host_authority` (the express lane's reading of a lone `Host`) agrees
+/// with `authority_of`, borrowed or normalized.
+#[test]
+fn host_authority_agrees_with_authority_of() {
+    for host in [
+        "app.example.com",
+        "App.Example.COM",
+        "app.example.com:80",
+        "app.example.com:443",
+        "app.example.com:8443",
+        "[2001:db8::1]:443",
+        "[2001:DB8::1]",
+        "127.0.0.1:9",
+        " spaced.example ",
+        "user@host",
+        "a/b",
+        "back\\slash",
+        "",
+    ] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, http::HeaderValue::from_str(host).unwrap());
+        let uri: http::Uri = "/x".parse().unwrap();
+        assert_eq!(
+            hexon_core::httpsig::host_authority(host.as_bytes()).map(|a| a.into_owned()),
+            hexon_core::httpsig::authority_of(&uri, &headers),
+            "{host:?}"
+        );
+    }
+    assert_eq!(hexon_core::httpsig::host_authority(b"a\x01b"), None);
+}

@@ -201,6 +201,12 @@ impl<'o> UpstreamHead<'o> {
         self.put_value(value);
     }
 
+    /// Add whole field lines (`name: value\r\n` each, names in lower case,
+    /// values valid) the gateway made.
+    pub fn add_lines(&mut self, lines: &[u8]) {
+        self.out.extend_from_slice(lines);
+    }
+
     fn put_value(&mut self, value: &[u8]) {
         self.out.extend_from_slice(b": ");
         self.out.extend_from_slice(value);

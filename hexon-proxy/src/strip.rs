@@ -95,9 +95,8 @@ impl Pattern {
         })
     }
 
-    /// `name` is already lower-case (an [`HeaderName`]).
-    fn matches(&self, name: &str) -> bool {
-        let n = name.as_bytes();
+    /// `n` is already lower-case (an [`HeaderName`]'s bytes).
+    fn matches(&self, n: &[u8]) -> bool {
         let p = self.name.as_bytes();
         let len_ok = if self.prefix {
             n.len() >= p.len()
@@ -145,9 +144,9 @@ impl Patterns {
         self.list.is_empty()
     }
 
-    /// `name` is lower-case (an [`HeaderName`]).
-    fn matches(&self, name: &str) -> bool {
-        let Some(&b) = name.as_bytes().first() else {
+    /// `name` is lower-case (an [`HeaderName`]'s bytes).
+    fn matches(&self, name: &[u8]) -> bool {
+        let Some(&b) = name.first() else {
             return false;
         };
         let possible = self
@@ -233,10 +232,7 @@ impl StripIdentityLayer {
                 &long
             }
         };
-        let Ok(lower) = std::str::from_utf8(lower) else {
-            return false;
-        };
-        hexon_core::httpsig::is_identity_header(lower) || self.patterns.matches(lower)
+        hexon_core::httpsig::is_identity_header_bytes(lower) || self.patterns.matches(lower)
     }
 
     /// Strip `headers` in place (what the service does to every request).
@@ -252,7 +248,7 @@ fn strip(patterns: &Patterns, headers: &mut HeaderMap) {
     }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| patterns.matches(n.as_str()))
+        .filter(|n| patterns.matches(n.as_str().as_bytes()))
         .cloned()
         .collect();
     for name in doomed {
@@ -497,13 +493,38 @@ mod tests {
         names.extend(["", "a", "accept", "host", "user-agent", "_leading-dash"].map(String::from));
         let mut matched = 0;
         for n in &names {
-            let plain = p.list.iter().any(|pat| pat.matches(n));
-            assert_eq!(p.matches(n), plain, "{n:?}");
+            let plain = p.list.iter().any(|pat| pat.matches(n.as_bytes()));
+            assert_eq!(p.matches(n.as_bytes()), plain, "{n:?}");
             matched += usize::from(plain);
         }
         // The names above include every pattern itself.
         assert!(matched >= p.list.len());
-        assert!(p.matches("_leading_dash") && p.matches("-under-x"));
+        assert!(p.matches(b"_leading_dash") && p.matches(b"-under-x"));
+    }
+
+    #[test]
+    fn strips_agrees_with_the_layer_in_any_case() {
+        let layer = StripIdentityLayer::new().with_header("X-Auth-User");
+        let long = format!("x-{}", "a".repeat(80));
+        for name in [
+            "Hexon-User",
+            "HEXON_GROUPS",
+            "signature",
+            "Signature-Input",
+            "X-Auth-User",
+            "x_auth_user",
+            "X-Forwarded-User",
+            "User-Agent",
+            "Accept",
+            "hexon-",
+            long.as_str(),
+        ] {
+            let mut headers = HeaderMap::new();
+            let name_ = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| unreachable!());
+            headers.insert(name_, http::HeaderValue::from_static("v"));
+            layer.strip(&mut headers);
+            assert_eq!(layer.strips(name.as_bytes()), headers.is_empty(), "{name}");
+        }
     }
 
     #[test]

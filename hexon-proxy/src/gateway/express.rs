@@ -230,8 +230,8 @@ impl Express for GatewayExpress {
                 return None;
             }
         }
-        for (name, value) in cached.iter().flat_map(|c| c.iter()) {
-            w.add(name.as_str(), value.as_bytes());
+        if let Some(c) = &cached {
+            w.add_lines(c.lines());
         }
         w.finish(host, conn, &request_id);
 

@@ -395,24 +395,68 @@ pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
 
 /// Append a `Forwarded` value: a token as is, anything else quoted.
 pub(crate) fn push_forwarded_value(out: &mut String, v: &str) {
-    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if !v.is_empty() && v.chars().all(is_tchar) {
+    // Compared byte by byte: this runs for every request, and a `str`
+    // search per character cost ten times as much.
+    let is_tchar =
+        |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !v.is_empty() && v.bytes().all(is_tchar) {
         out.push_str(v);
-    } else {
-        out.push('"');
-        for c in v.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
+        return;
+    }
+    out.push('"');
+    // Runs without `"` or `\\` are copied whole.
+    let mut rest = v;
+    while let Some(i) = rest.find(['"', '\\']) {
+        let (run, tail) = rest.split_at(i);
+        out.push_str(run);
+        out.push('\\');
+        let mut chars = tail.chars();
+        if let Some(c) = chars.next() {
             out.push(c);
         }
-        out.push('"');
+        rest = chars.as_str();
     }
+    out.push_str(rest);
+    out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_values_are_tokens_or_quoted_strings() {
+        // The character-by-character reading of RFC 7239 §4 / RFC 9110 §5.6.4.
+        fn reference(v: &str) -> String {
+            let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if !v.is_empty() && v.chars().all(tchar) {
+                return v.to_owned();
+            }
+            let mut out = String::from("\"");
+            for c in v.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+            out
+        }
+        for v in [
+            "app.example.com",
+            "a.example:8443",
+            "[2001:db8::1]:443",
+            "",
+            "q\"uo\\te",
+            "\"\"\\",
+            "ünï code",
+            "x_~!|",
+        ] {
+            let mut out = String::new();
+            push_forwarded_value(&mut out, v);
+            assert_eq!(out, reference(v), "{v:?}");
+        }
+    }
 
     #[test]
     fn addresses_are_written_as_display_writes_them() {
