@@ -854,7 +854,10 @@ pub fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
 /// only `Host` field has the value `host`.
 pub fn host_authority(host: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     // What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
-    if !host.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+    if !host
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
         return None;
     }
     let text = std::str::from_utf8(host).ok()?.trim();
@@ -864,7 +867,9 @@ pub fn host_authority(host: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
         && !text.ends_with(":443");
     if normal {
         let clean = !text.is_empty()
-            && !text.bytes().any(|b| matches!(b, b'@' | b' ' | b'/' | b'\\'));
+            && !text
+                .bytes()
+                .any(|b| matches!(b, b'@' | b' ' | b'/' | b'\\'));
         return clean.then_some(std::borrow::Cow::Borrowed(text));
     }
     clean_authority(normalize_authority(text, None)).map(std::borrow::Cow::Owned)

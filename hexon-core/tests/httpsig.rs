@@ -901,7 +901,10 @@ fn host_authority_agrees_with_authority_of() {
         "",
     ] {
         let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::HOST, http::HeaderValue::from_str(host).unwrap());
+        headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(host).unwrap(),
+        );
         let uri: http::Uri = "/x".parse().unwrap();
         assert_eq!(
             hexon_core::httpsig::host_authority(host.as_bytes()).map(|a| a.into_owned()),

@@ -181,7 +181,9 @@ impl<'o> UpstreamHead<'o> {
     /// [`copy`](Self::copy). `X-Request-Id` is not among them; the caller
     /// decides about it.
     pub fn replaces(name: &[u8]) -> bool {
-        REPLACED.iter().any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+        REPLACED
+            .iter()
+            .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
     }
 
     /// Copy a client field; `false` (nothing written) when its value has
@@ -357,7 +359,8 @@ mod tests {
     #[test]
     fn control_bytes_in_a_value_are_refused() {
         let mut out = Vec::new();
-        let mut w = UpstreamHead::start(&mut out, &Method::GET, "", &PathAndQuery::from_static("/"));
+        let mut w =
+            UpstreamHead::start(&mut out, &Method::GET, "", &PathAndQuery::from_static("/"));
         assert!(w.copy(b"X-A", b"tab\tok \x80obs-text"));
         assert!(!w.copy(b"X-B", b"a\x01b"));
         assert!(!w.copy(b"X-C", b"a\x7fb"));

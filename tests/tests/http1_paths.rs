@@ -14,8 +14,8 @@
     unreachable_pub
 )]
 
-use std::net::SocketAddr;
 use hexon_proxy::test_util::{Answer, RawConn};
+use std::net::SocketAddr;
 
 mod common;
 use common::*;

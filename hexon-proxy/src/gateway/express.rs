@@ -121,7 +121,11 @@ impl Express for GatewayExpress {
         if *method != Method::GET && *method != Method::HEAD {
             return None;
         }
-        if conn.tls.as_ref().is_some_and(|t| !t.client_chain.is_empty()) {
+        if conn
+            .tls
+            .as_ref()
+            .is_some_and(|t| !t.client_chain.is_empty())
+        {
             return None;
         }
         let peer = conn.peer.ip().to_canonical();
@@ -205,14 +209,10 @@ impl Express for GatewayExpress {
         }
         let route_name = decision.route?;
         let cached = match sign.get(route_name)? {
-            RouteIdentity::Headers { binding }
-                if !binding.is_bound() =>
-            {
-                Some(
-                    self.signer
-                        .cached_headers(&identity, route_name, &authority, now)?,
-                )
-            }
+            RouteIdentity::Headers { binding } if !binding.is_bound() => Some(
+                self.signer
+                    .cached_headers(&identity, route_name, &authority, now)?,
+            ),
             RouteIdentity::None => None,
             _ => return None,
         };

@@ -58,7 +58,9 @@ use tower::{Service, ServiceExt as _};
 
 use crate::body::{BoxBody, BoxError, RequestBody};
 use crate::express::{Express, RequestHead};
-use crate::ext::ConnectionInfo;
+use crate::ext::{ConnectionInfo, RequestId};
+use crate::proxy::ExpressAnswer;
+use crate::proxy::h1codec::ResponseHead;
 
 /// Most header fields a request may have and still be read here; a request
 /// with more goes to hyper, which applies the listener's own limit.
@@ -193,19 +195,27 @@ where
         let res = match planned {
             Some((x, plan)) => {
                 let start = Instant::now();
-                let res = crate::proxy::forward_express(crate::proxy::ExpressForward {
-                    head: &out,
-                    method: &head.method,
-                    upstream: &plan.upstream,
-                    timeouts: plan.timeouts,
-                    request_id: &plan.request_id,
-                    route: &plan.route,
-                    flavor: plan.flavor,
-                })
+                let answer = crate::proxy::forward_express(
+                    crate::proxy::ExpressForward {
+                        head: &out,
+                        method: &head.method,
+                        upstream: &plan.upstream,
+                        timeouts: plan.timeouts,
+                        request_id: &plan.request_id,
+                        route: &plan.route,
+                        flavor: plan.flavor,
+                    },
+                    &mut fields,
+                )
                 .await;
                 out.clear();
-                x.finished(plan.done, res.status(), start.elapsed());
-                res
+                x.finished(plan.done, answer.status(), start.elapsed());
+                match answer {
+                    ExpressAnswer::Own(res) => Answer::Stack(res),
+                    ExpressAnswer::Upstream { head, body } => {
+                        Answer::Upstream(head, body, plan.request_id)
+                    }
+                }
             }
             None => {
                 let Some(req) = build(head, &fields, &mut buf, info) else {
@@ -217,7 +227,7 @@ where
                 }
                 .await;
                 match res {
-                    Ok(res) => res,
+                    Ok(res) => Answer::Stack(res),
                     Err(e) => {
                         tracing::debug!(peer = %info.peer, error = %e, "service error; connection closed");
                         return End::Closed;
@@ -229,7 +239,14 @@ where
         // as hyper's graceful shutdown does. (Ready once, it is not polled
         // again: the connection ends after this response.)
         let close = close || !limits.keep_alive || stopped.as_mut().now_or_never().is_some();
-        let keep = match write_response(io, &mut out, res, head_method, close).await {
+        let written = match res {
+            Answer::Stack(res) => write_response(io, &mut out, res, head_method, close).await,
+            Answer::Upstream(answer, body, rid) => {
+                let answer = (&answer, &fields[..], body);
+                write_upstream_answer(io, &mut out, answer, &rid, head_method, close).await
+            }
+        };
+        let keep = match written {
             Ok(keep) => keep,
             Err(e) => {
                 tracing::debug!(peer = %info.peer, error = %e, "writing a response failed");
@@ -250,6 +267,13 @@ where
             return End::Closed;
         }
     }
+}
+
+/// What the loop writes: the stack's answer, or the upstream's answer the
+/// express lane got (its head, body and the request's id).
+enum Answer {
+    Stack(Response<BoxBody>),
+    Upstream(ResponseHead, BoxBody, RequestId),
 }
 
 enum Wait {
@@ -426,24 +450,7 @@ where
             _ => None,
         }
     };
-    let exact = if body.is_end_stream() {
-        Some(0)
-    } else {
-        body.size_hint().exact()
-    };
-    let can_length = !(status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED);
-    let can_body = can_length && !head_method;
-    let (length, framing) = match (can_length, exact, declared) {
-        (false, ..) => (None, Framing::None),
-        (true, Some(0), Some(d)) if head_method => (Some(d), Framing::None),
-        (true, Some(0), _) if head_method => (None, Framing::None),
-        (true, Some(n), _) => (Some(n), Framing::Length(n)),
-        (true, None, Some(d)) => (Some(d), Framing::Length(d)),
-        (true, None, None) => (None, Framing::Chunked),
-    };
-    let framing = if can_body { framing } else { Framing::None };
+    let (length, framing) = framing_for(status, &body, declared, head_method);
 
     // The head in hyper's order: the fields in the map's order, the
     // length where the service put it (the framing is this writer's: the
@@ -483,8 +490,53 @@ where
     }
     out.extend_from_slice(b"\r\n");
     drop(parts);
+    finish_body(io, out, &mut body, framing, close).await
+}
 
-    let sent = send_body(io, out, &mut body, framing).await;
+/// The length a response head gives and how its body is framed, as hyper's
+/// server decides: a body of known size gets `content-length` (also for
+/// `HEAD`, which gets no body), an empty one `content-length: 0` (not for
+/// `HEAD`), an unknown size the declared `content-length` or else chunked
+/// encoding; 1xx, 204 and 304 have neither and no body.
+fn framing_for(
+    status: StatusCode,
+    body: &BoxBody,
+    declared: Option<u64>,
+    head_method: bool,
+) -> (Option<u64>, Framing) {
+    let exact = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let can_length = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    let can_body = can_length && !head_method;
+    let (length, framing) = match (can_length, exact, declared) {
+        (false, ..) => (None, Framing::None),
+        (true, Some(0), Some(d)) if head_method => (Some(d), Framing::None),
+        (true, Some(0), _) if head_method => (None, Framing::None),
+        (true, Some(n), _) => (Some(n), Framing::Length(n)),
+        (true, None, Some(d)) => (Some(d), Framing::Length(d)),
+        (true, None, None) => (None, Framing::Chunked),
+    };
+    (length, if can_body { framing } else { Framing::None })
+}
+
+/// Send the body after the head in `out`, then flush; `Ok(true)` when the
+/// connection can carry another request.
+async fn finish_body<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    body: &mut BoxBody,
+    framing: Framing,
+    close: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let sent = send_body(io, out, body, framing).await;
     // What is buffered goes out even after a body failed: the client then
     // sees a truncated message, not none at all.
     if !out.is_empty() {
@@ -499,6 +551,66 @@ where
             "response body ended short of its length, or went past it",
         )),
     }
+}
+
+/// Write an upstream's answer the express lane got, as [`write_response`]
+/// writes the stack's answer to the same request: the status line with the
+/// canonical reason, the upstream's fields a client may see (names in lower
+/// case), the request's `x-request-id` in place of the upstream's, the
+/// length or chunked encoding, `date` when the upstream sent none,
+/// `connection: close` when the connection ends.
+async fn write_upstream_answer<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    answer: (&ResponseHead, &[[usize; 4]], BoxBody),
+    request_id: &RequestId,
+    head_method: bool,
+    close: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (head, fields, mut body) = answer;
+    out.reserve(1024);
+    let (length, framing) = framing_for(head.status, &body, head.declared, head_method);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(head.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        head.status
+            .canonical_reason()
+            .unwrap_or("<none>")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for &f in fields {
+        let (name, value) = head.field(f);
+        if name.eq_ignore_ascii_case(b"x-request-id") {
+            continue;
+        }
+        out.extend(name.iter().map(u8::to_ascii_lowercase));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(request_id.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match (length, &framing) {
+        (Some(n), _) => put_length(out, n),
+        (None, Framing::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !head.date {
+        out.extend_from_slice(b"date: ");
+        with_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    finish_body(io, out, &mut body, framing, close).await
 }
 
 /// Whether a `Connection` value has the `close` token.
@@ -752,6 +864,104 @@ pub fn fuzz_parse(data: &[u8]) {
     }
 }
 
+/// Fuzzing entry (not an API): read `data` as request heads the way the
+/// connection loop does and write each one's upstream head as the express
+/// lane writes it (every field copied but the ones it replaces, the
+/// request's own `Host`), checking that what goes upstream is exactly one
+/// well-formed head — nothing a client sends can end it early, add a
+/// second request or smuggle a field the gateway sets — with the method,
+/// target and every copied field intact.
+#[doc(hidden)]
+pub fn fuzz_express_head(data: &[u8]) {
+    use crate::express::UpstreamHead;
+    let addr = std::net::SocketAddr::from(([192, 0, 2, 1], 4000));
+    let info = ConnectionInfo::plain(addr, addr);
+    let limits = Limits {
+        max_head: 64 * 1024,
+        max_headers: 100,
+        header_read_timeout: Duration::from_secs(1),
+        keep_alive: true,
+    };
+    let rid = crate::ext::RequestId(Arc::from("0123456789abcdef0123456789abcdef"));
+    let mut buf = BytesMut::from(data);
+    let mut fields = Vec::new();
+    let mut out = Vec::new();
+    while let Parsed::Ready(raw) = parse(&mut buf, &mut fields, limits) {
+        let view = RequestHead {
+            method: &raw.method,
+            head: &raw.head,
+            target: raw.target,
+            fields: &fields,
+        };
+        let Some(pq) = view.path_and_query() else {
+            continue;
+        };
+        let host = view
+            .fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"host"))
+            .map_or(&b"fallback.example"[..], |(_, v)| v);
+        if http::uri::Authority::try_from(host).is_err() {
+            continue;
+        }
+        out.clear();
+        let mut w = UpstreamHead::start(&mut out, view.method(), "/base", &pq);
+        let mut copied = Vec::new();
+        let mut refused = false;
+        for (name, value) in view.fields() {
+            if UpstreamHead::replaces(name) || name.eq_ignore_ascii_case(b"x-request-id") {
+                continue;
+            }
+            if w.copy(name, value) {
+                copied.push((name.to_ascii_lowercase(), value.to_vec()));
+            } else {
+                refused = true;
+                break;
+            }
+        }
+        if refused {
+            continue;
+        }
+        w.finish(host, &info, &rid);
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut slots);
+        let parsed = req.parse(&out);
+        assert!(
+            matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()),
+            "the upstream head is not one whole head: {parsed:?} {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(req.method, Some(view.method().as_str()));
+        assert_eq!(req.version, Some(1));
+        let mut target = Vec::new();
+        crate::proxy::join_path_into(&mut target, "/base", &pq);
+        assert_eq!(req.path.map(str::as_bytes), Some(&target[..]));
+        for set in [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "x-request-id",
+        ] {
+            let n = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(set))
+                .count();
+            assert_eq!(n, 1, "{set} appears {n} times");
+        }
+        // The copied fields, in order, each intact (httparse trims a
+        // value's surrounding whitespace, as the reader did).
+        let sent: Vec<(Vec<u8>, Vec<u8>)> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec()))
+            .collect();
+        assert!(sent.len() >= copied.len());
+        assert_eq!(&sent[..copied.len()], &copied[..]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -853,6 +1063,15 @@ mod tests {
         let s = String::from_utf8(d).unwrap_or_default();
         assert!(httpdate::parse_http_date(&s).is_ok(), "{s:?}");
         assert_eq!(s.len(), 29);
+    }
+
+    #[test]
+    fn the_express_fuzz_entry_holds_on_samples() {
+        fuzz_express_head(b"GET /a?b HTTP/1.1\r\nHost: a.example\r\nX-A: 1\r\nHost: b\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
+        fuzz_express_head(
+            b"GET / HTTP/1.1\r\nX-A: \x80\xff\r\nConnection: close\r\n\r\nHEAD /x HTTP/1.1\r\n\r\n",
+        );
+        fuzz_express_head(b"GET / HTTP/1.1\r\nHost: [::1]:8\r\nX-B:\ta\tb\t\r\n\r\n");
     }
 
     #[test]

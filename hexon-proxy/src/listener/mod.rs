@@ -29,6 +29,8 @@ mod h1;
 mod smuggling;
 
 #[doc(hidden)]
+pub use h1::fuzz_express_head;
+#[doc(hidden)]
 pub use h1::fuzz_parse as fuzz_h1_heads;
 
 use std::io;
@@ -49,10 +51,10 @@ use tokio::task::JoinSet;
 use tower::{Service, ServiceExt as _};
 
 use crate::body::{BoxBody, BoxError, RequestBody};
+use crate::express::{Express, NoExpress};
 use crate::ext::ConnectionInfo;
 use crate::proxy_protocol::{self, Addresses, PrefixedStream, ProxyProtocolLimits, Transport};
 use crate::respond;
-use crate::express::{Express, NoExpress};
 use crate::tls::ServerTls;
 
 use smuggling::{Observer, SniffIo, Verdicts};
@@ -556,7 +558,16 @@ async fn connection<S, E>(
             header_read_timeout: shared.settings.header_read_timeout,
             keep_alive: shared.settings.keep_alive,
         };
-        match h1::serve(&mut io, &mut service, express.as_deref(), &info, limits, &mut stop).await {
+        match h1::serve(
+            &mut io,
+            &mut service,
+            express.as_deref(),
+            &info,
+            limits,
+            &mut stop,
+        )
+        .await
+        {
             h1::End::Closed => return,
             h1::End::Handoff(rest) => (io, rest),
         }

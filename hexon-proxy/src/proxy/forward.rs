@@ -90,7 +90,7 @@ impl TrustedProxies {
 }
 
 /// The fields a `Connection` value may not remove, by name in any case.
-fn is_protected_str(name: &str) -> bool {
+pub(crate) fn is_protected_str(name: &str) -> bool {
     [
         HOST.as_str(),
         CONTENT_LENGTH.as_str(),
@@ -153,9 +153,11 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     })
 }
 
-/// Whether `name` is one of the fixed hop-by-hop fields.
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop_index(name).is_some()
+/// Whether a field name (any case) is one of the fixed hop-by-hop fields.
+pub(crate) fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Remove hop-by-hop headers (see the module docs). Returns whether the
@@ -397,8 +399,7 @@ pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
 pub(crate) fn push_forwarded_value(out: &mut String, v: &str) {
     // Compared byte by byte: this runs for every request, and a `str`
     // search per character cost ten times as much.
-    let is_tchar =
-        |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if !v.is_empty() && v.bytes().all(is_tchar) {
         out.push_str(v);
         return;

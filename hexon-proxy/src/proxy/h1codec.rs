@@ -72,27 +72,40 @@ pub(crate) enum Framing {
 #[derive(Debug)]
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
-    pub(crate) version: Version,
-    pub(crate) headers: HeaderMap,
+    /// The head's bytes; the fields a client may see are offsets into it
+    /// (see [`read_response_head`]).
+    pub(crate) head: Bytes,
     pub(crate) framing: Framing,
     /// The connection may carry another request after this response.
     pub(crate) keep_alive: bool,
+    /// The `Content-Length` sent (every one the same), if any.
+    pub(crate) declared: Option<u64>,
+    /// A `Date` field is among the fields.
+    pub(crate) date: bool,
+}
+
+impl ResponseHead {
+    /// A field's name and value, by its offsets.
+    pub(crate) fn field(&self, [ns, ne, vs, ve]: [usize; 4]) -> (&[u8], &[u8]) {
+        (
+            self.head.get(ns..ne).unwrap_or_default(),
+            self.head.get(vs..ve).unwrap_or_default(),
+        )
+    }
 }
 
 /// Parse the final response head at the start of `buf`, skipping (and
 /// consuming) interim 1xx responses. `Ok(None)`: more bytes are needed.
-/// On success the head's bytes are consumed from `buf`; header values
-/// share them (no copy per value). `scratch` is working space kept by the
-/// caller between calls.
-///
-/// Hop-by-hop fields (`Connection`, `Transfer-Encoding`, `Keep-Alive`, …)
-/// are read for framing and left out of the returned map, as the proxy
-/// would remove them anyway; a `Connection` field naming other fields is
-/// kept, so that the proxy's hop-by-hop hygiene removes those too.
+/// On success the head's bytes are consumed from `buf`, and `fields` holds
+/// the offsets (name start and end, value start and end) of the fields a
+/// client may see, in order: all but the hop-by-hop ones (read for framing
+/// and left out, as the proxy removes them), the ones a `Connection` field
+/// names (except those the proxy protects) and `Content-Length` (framing:
+/// [`ResponseHead::declared`]).
 pub(crate) fn read_response_head(
     buf: &mut BytesMut,
     request_method: &Method,
-    scratch: &mut Vec<Field>,
+    fields: &mut Vec<[usize; 4]>,
 ) -> Result<Option<ResponseHead>, ProtocolError> {
     loop {
         // Most answers have few fields: a small table first (filling
@@ -138,56 +151,95 @@ pub(crate) fn read_response_head(
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
-        // Names now; values as offsets into the head, shared below.
         let base = buf.as_ptr() as usize;
-        scratch.clear();
-        let mut frame = FramingFields::default();
-        for h in res.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| ProtocolError("invalid header name"))?;
-            frame.see(&name, h.value)?;
-            if super::forward::is_hop_by_hop(&name) && name != CONNECTION {
-                continue;
-            }
-            let start = (h.value.as_ptr() as usize)
+        let at = |b: &[u8]| {
+            (b.as_ptr() as usize)
                 .checked_sub(base)
-                .filter(|s| s + h.value.len() <= len)
-                .ok_or(ProtocolError("invalid header value"))?;
-            scratch.push(Field {
-                name,
-                start,
-                end: start + h.value.len(),
-            });
+                .filter(|s| s + b.len() <= len)
+                .ok_or(ProtocolError("invalid header field"))
+        };
+        fields.clear();
+        let mut frame = FramingFields::default();
+        let mut date = false;
+        // `Connection` values naming other fields (offsets).
+        let mut named: Option<Vec<[usize; 2]>> = None;
+        for h in res.headers.iter() {
+            let name = h.name.as_bytes();
+            // What a header map accepts: tokens (httparse checked) and
+            // values without control bytes other than tab.
+            if h.value
+                .iter()
+                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            {
+                return Err(ProtocolError("invalid header value"));
+            }
+            let kind = frame.see(name, h.value)?;
+            let v = at(h.value)?;
+            match kind {
+                // A value naming only `keep-alive` names a hop-by-hop
+                // field, gone anyway; anything else is read below.
+                Seen::Connection(true) => {
+                    named
+                        .get_or_insert_with(Vec::new)
+                        .push([v, v + h.value.len()]);
+                }
+                Seen::HopByHop | Seen::Connection(false) | Seen::Length => {}
+                Seen::Other => {
+                    date |= name.eq_ignore_ascii_case(b"date");
+                    let n = at(name)?;
+                    fields.push([n, n + name.len(), v, v + h.value.len()]);
+                }
+            }
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(scratch.len());
-        for f in scratch.drain(..) {
-            if f.name == CONNECTION && !frame.names_fields {
-                continue;
-            }
-            let value = HeaderValue::from_maybe_shared(head.slice(f.start..f.end))
-                .map_err(|_| ProtocolError("invalid header value"))?;
-            headers.append(f.name, value);
+        if let Some(named) = named {
+            // As the proxy's hop-by-hop hygiene: what `Connection` names
+            // goes, except the fields the proxy protects.
+            let names = |value: &[usize; 2]| -> Vec<Vec<u8>> {
+                head.get(value[0]..value[1])
+                    .unwrap_or_default()
+                    .split(|b| *b == b',')
+                    .map(|t| t.trim_ascii().to_ascii_lowercase())
+                    .filter(|t| {
+                        !t.is_empty()
+                            && !std::str::from_utf8(t).is_ok_and(super::forward::is_protected_str)
+                    })
+                    .collect()
+            };
+            let doomed: Vec<Vec<u8>> = named.iter().flat_map(names).collect();
+            fields.retain(|f| {
+                let name = head.get(f[0]..f[1]).unwrap_or_default();
+                !doomed.iter().any(|d| d.eq_ignore_ascii_case(name))
+            });
+            date = fields.iter().any(|f| {
+                head.get(f[0]..f[1])
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b"date"))
+            });
         }
         let framing = frame.framing(status, request_method)?;
         let keep_alive = version == Version::HTTP_11 && framing != Framing::Close && !frame.close;
         return Ok(Some(ResponseHead {
             status,
-            version,
-            headers,
+            head,
             framing,
             keep_alive,
+            declared: frame.length,
+            date,
         }));
     }
 }
 
-/// A header field of a head being read: its name, and where its value lies
-/// in the head.
-#[derive(Debug)]
-pub(crate) struct Field {
-    name: HeaderName,
-    start: usize,
-    end: usize,
+/// What kind of field [`FramingFields::see`] saw.
+enum Seen {
+    /// `Connection` (read; never passed on), and whether it names anything
+    /// but `keep-alive`.
+    Connection(bool),
+    /// Another hop-by-hop field (read or not; never passed on).
+    HopByHop,
+    /// `Content-Length` (framing).
+    Length,
+    /// Anything else.
+    Other,
 }
 
 /// What the framing fields of a response said.
@@ -200,31 +252,38 @@ struct FramingFields {
     length: Option<u64>,
     /// `Connection` lists `close`.
     close: bool,
-    /// `Connection` lists something other than `close` and `keep-alive`.
-    names_fields: bool,
 }
 
 impl FramingFields {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), ProtocolError> {
-        if *name == TRANSFER_ENCODING {
+    fn see(&mut self, name: &[u8], value: &[u8]) -> Result<Seen, ProtocolError> {
+        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        if is(&TRANSFER_ENCODING) {
             self.te += 1;
             self.chunked = trim(value).eq_ignore_ascii_case(b"chunked");
-        } else if *name == CONTENT_LENGTH {
+            Ok(Seen::HopByHop)
+        } else if is(&CONTENT_LENGTH) {
             let n = parse_length(value)?;
             if self.length.is_some_and(|l| l != n) {
                 return Err(ProtocolError("differing Content-Length values"));
             }
             self.length = Some(n);
-        } else if *name == CONNECTION {
+            Ok(Seen::Length)
+        } else if is(&CONNECTION) {
+            let mut names = false;
             for token in value.split(|b| *b == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
+                    names = true;
                 } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.names_fields = true;
+                    names = true;
                 }
             }
+            Ok(Seen::Connection(names))
+        } else if super::forward::is_hop_by_hop_bytes(name) {
+            Ok(Seen::HopByHop)
+        } else {
+            Ok(Seen::Other)
         }
-        Ok(())
     }
 
     fn framing(&self, status: StatusCode, method: &Method) -> Result<Framing, ProtocolError> {
@@ -447,8 +506,41 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, method: &Method) -> Result<Option<ResponseHead>, ProtocolError> {
+        Ok(with_fields(raw, method)?.map(|(h, _)| h))
+    }
+
+    /// The head and its client-visible fields, `(name, value)` as text.
+    fn with_fields(
+        raw: &str,
+        method: &Method,
+    ) -> Result<Option<(ResponseHead, Vec<(String, String)>)>, ProtocolError> {
         let mut buf = BytesMut::from(raw.as_bytes());
-        read_response_head(&mut buf, method, &mut Vec::new())
+        let mut fields = Vec::new();
+        let Some(h) = read_response_head(&mut buf, method, &mut fields)? else {
+            return Ok(None);
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let list = fields
+            .iter()
+            .map(|&f| {
+                let (n, v) = h.field(f);
+                (text(n), text(v))
+            })
+            .collect();
+        Ok(Some((h, list)))
+    }
+
+    fn fields_of(raw: &str) -> Vec<(String, String)> {
+        with_fields(raw, &Method::GET)
+            .unwrap_or_default()
+            .map(|(_, f)| f)
+            .unwrap_or_default()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn framing_of(raw: &str) -> Result<Framing, ProtocolError> {
@@ -570,32 +662,27 @@ mod tests {
 
     #[test]
     fn hop_by_hop_fields_are_read_not_returned() {
-        let h = head(
-            "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nx-app: 1\r\n\r\n",
-            &Method::GET,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(h.framing, Framing::Chunked);
-        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
-        assert_eq!(h.headers["x-app"], "1");
-        // A Connection field naming other fields stays for the proxy to
-        // remove them.
-        let h = head(
-            "HTTP/1.1 200 OK\r\nconnection: x-secret\r\nx-secret: 1\r\ncontent-length: 0\r\n\r\n",
-            &Method::GET,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(h.headers["connection"], "x-secret");
-        assert!(h.keep_alive);
+        let raw = "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nx-app: 1\r\n\r\n";
+        assert_eq!(framing_of(raw), Ok(Framing::Chunked));
+        assert_eq!(fields_of(raw), pairs(&[("x-app", "1")]));
+        // What Connection names goes too, except the fields the proxy
+        // protects; Content-Length is framing, Date is noted.
+        let raw = "HTTP/1.1 200 OK\r\nX-Secret: 1\r\nconnection: X-secret, content-type, close\r\nContent-Type: a/b\r\nClose: x\r\ncontent-length: 0\r\nDate: d\r\nx-b: 2\r\n\r\n";
+        let (h, f) = with_fields(raw, &Method::GET).unwrap().unwrap();
+        assert_eq!(
+            f,
+            pairs(&[("Content-Type", "a/b"), ("Date", "d"), ("x-b", "2")])
+        );
+        assert_eq!((h.declared, h.date, h.keep_alive), (Some(0), true, false));
+        // A Connection naming a Date takes the note with it.
+        let raw = "HTTP/1.1 200 OK\r\nDate: d\r\nConnection: date\r\ncontent-length: 0\r\n\r\n";
+        let (h, f) = with_fields(raw, &Method::GET).unwrap().unwrap();
+        assert!(f.is_empty() && !h.date && h.keep_alive);
         // More fields than the small table holds.
         let many: String = (0..60).map(|i| format!("x-{i}: {i}\r\n")).collect();
-        let h = head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), &Method::GET)
-            .unwrap()
-            .unwrap();
-        assert_eq!(h.headers.len(), 60);
-        assert_eq!(h.headers["x-59"], "59");
+        let f = fields_of(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"));
+        assert_eq!(f.len(), 60);
+        assert_eq!(f[59], ("x-59".to_owned(), "59".to_owned()));
     }
 
     #[test]
@@ -603,12 +690,16 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"[..],
         );
-        let h = read_response_head(&mut buf, &Method::GET, &mut Vec::new())
+        let mut fields = Vec::new();
+        let h = read_response_head(&mut buf, &Method::GET, &mut fields)
             .unwrap()
             .unwrap();
         assert_eq!(h.status, StatusCode::OK);
         assert!(h.keep_alive);
-        assert!(!h.headers.contains_key("link"));
+        assert!(
+            fields.is_empty(),
+            "the interim answers' fields are not the final one's"
+        );
         assert_eq!(&buf[..], b"hi");
         for raw in [
             "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n",

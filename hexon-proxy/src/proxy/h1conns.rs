@@ -33,7 +33,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Response, Uri};
+use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -67,8 +67,6 @@ struct Slot {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
-    /// Working space for reading answer heads.
-    fields: Vec<h1codec::Field>,
     idle_since: Instant,
 }
 
@@ -167,19 +165,21 @@ impl H1Conns {
         Ok(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            fields: Vec::new(),
             idle_since: Instant::now(),
         })
     }
 
     /// Write `head` (a whole request head without a body) on a kept
-    /// connection or a new one, and read the answer head. `method` is the
-    /// request's (`HEAD` answers have no body); it must be idempotent.
+    /// connection or a new one, and read the answer head; `fields` gets
+    /// the offsets of its fields a client may see
+    /// ([`h1codec::read_response_head`]). `method` is the request's (`HEAD`
+    /// answers have no body); it must be idempotent.
     pub(crate) async fn send(
         self: &Arc<Self>,
         head: &[u8],
         method: &Method,
-    ) -> Result<Response<H1Body>, BoxError> {
+        fields: &mut Vec<[usize; 4]>,
+    ) -> Result<(h1codec::ResponseHead, H1Body), BoxError> {
         debug_assert!(method.is_idempotent());
         // After a failed new connection, no more tries.
         loop {
@@ -187,29 +187,24 @@ impl H1Conns {
                 Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
-            match exchange(&mut conn, head, method).await {
+            match exchange(&mut conn, head, method, fields).await {
                 Ok(answer) => {
-                    let (framing, keep_alive) = (answer.framing.clone(), answer.keep_alive);
-                    let mut res = Response::new(H1Body::empty());
-                    *res.status_mut() = answer.status;
-                    *res.version_mut() = answer.version;
-                    *res.headers_mut() = answer.headers;
-                    let framing = match framing {
+                    let framing = match answer.framing {
                         Framing::Empty => {
-                            finish(self, conn, keep_alive);
-                            return Ok(res);
+                            finish(self, conn, answer.keep_alive);
+                            return Ok((answer, H1Body::empty()));
                         }
                         Framing::Length(n) => BodyFraming::Length(n),
                         Framing::Chunked => BodyFraming::Chunked(Chunked::default()),
                         Framing::Close => BodyFraming::Close,
                     };
-                    *res.body_mut() = H1Body {
+                    let body = H1Body {
                         conn: Some(conn),
                         pool: Some(Arc::clone(self)),
                         framing,
-                        keep_alive,
+                        keep_alive: answer.keep_alive,
                     };
-                    return Ok(res);
+                    return Ok((answer, body));
                 }
                 // Closed before any answer on a reused connection: the
                 // upstream let it go while the request was on its way.
@@ -234,6 +229,7 @@ async fn exchange(
     conn: &mut Conn,
     head: &[u8],
     method: &Method,
+    fields: &mut Vec<[usize; 4]>,
 ) -> Result<h1codec::ResponseHead, Failure> {
     let closed = |e: io::Error| match e.kind() {
         io::ErrorKind::ConnectionReset
@@ -260,7 +256,7 @@ async fn exchange(
             Err(e) if before == 0 => return Err(closed(e)),
             Err(e) => return Err(Failure::Other(e.into())),
         }
-        match h1codec::read_response_head(&mut conn.buf, method, &mut conn.fields) {
+        match h1codec::read_response_head(&mut conn.buf, method, fields) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(e) => return Err(Failure::Other(e.into())),

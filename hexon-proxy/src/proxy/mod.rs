@@ -65,10 +65,10 @@ pub use balance::{Balance, RoundRobin};
 pub use client::{PoolConfig, UpstreamTls};
 pub use error::UpstreamError;
 pub use forward::TrustedProxies;
-pub use h1pool::RESEND_AFTER_IDLE;
-pub(crate) use forward::{push_forwarded_value, push_ip};
 #[cfg(test)]
 pub(crate) use forward::prepare_request;
+pub(crate) use forward::{push_forwarded_value, push_ip};
+pub use h1pool::RESEND_AFTER_IDLE;
 pub(crate) use upstream::join_path_into;
 pub use upstream::{
     DEFAULT_MAX_REQUEST_BODY, GroupConfig, Timeouts, Upstream, UpstreamGroup, UpstreamScheme,
@@ -510,23 +510,50 @@ pub(crate) struct ExpressForward<'a> {
     pub(crate) flavor: respond::Flavor,
 }
 
-/// The express lane's upstream exchange, answered as
-/// [`ReverseProxy`] answers an `http://` request: the same timeouts, the
-/// same error answers (with the request id), hop-by-hop fields removed
-/// from the answer, the body timed; `X-Request-Id` set on the answer as
-/// the request-id layer sets it.
-pub(crate) async fn forward_express(f: ExpressForward<'_>) -> Response<BoxBody> {
+/// What the express lane answers a client.
+pub(crate) enum ExpressAnswer {
+    /// The upstream's answer: its head (the fields a client may see are
+    /// the offsets `forward_express` was given) and its body, timed.
+    Upstream {
+        head: h1codec::ResponseHead,
+        body: BoxBody,
+    },
+    /// The gateway's own answer (an upstream failure), request id set.
+    Own(Response<BoxBody>),
+}
+
+impl ExpressAnswer {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ExpressAnswer::Upstream { head, .. } => head.status,
+            ExpressAnswer::Own(res) => res.status(),
+        }
+    }
+}
+
+/// The express lane's upstream exchange, answered as [`ReverseProxy`]
+/// answers an `http://` request: the same timeouts, the same error
+/// answers (with the request id), the body timed. The upstream's head is
+/// left as read, its client-visible fields' offsets in `fields`; the
+/// listener writes it (hop-by-hop fields are already out, `X-Request-Id`
+/// is the listener's to set).
+pub(crate) async fn forward_express(
+    f: ExpressForward<'_>,
+    fields: &mut Vec<[usize; 4]>,
+) -> ExpressAnswer {
     let fail = Failure {
         rid: Some(f.request_id),
         route: f.route,
         upstream: f.upstream.url(),
         flavor: f.flavor,
     };
+    let own = |res| ExpressAnswer::Own(with_request_id(res, f.request_id));
     let Some(conns) = f.upstream.express_conns() else {
-        return with_request_id(
-            fail.respond(StatusCode::BAD_GATEWAY, "upstream has no HTTP/1.1 connections", None),
-            f.request_id,
-        );
+        return own(fail.respond(
+            StatusCode::BAD_GATEWAY,
+            "upstream has no HTTP/1.1 connections",
+            None,
+        ));
     };
     let t = f.timeouts;
     let start = Instant::now();
@@ -535,35 +562,28 @@ pub(crate) async fn forward_express(f: ExpressForward<'_>) -> Response<BoxBody> 
         Some(d) => d.min(start + t.response_header),
         None => start + t.response_header,
     };
-    let res = match tokio::time::timeout_at(head_deadline, conns.send(f.head, f.method)).await {
+    let sent = conns.send(f.head, f.method, fields);
+    let (head, body) = match tokio::time::timeout_at(head_deadline, sent).await {
         Err(_) => {
-            return with_request_id(
-                fail.respond(StatusCode::GATEWAY_TIMEOUT, "upstream response timeout", None),
-                f.request_id,
-            );
+            return own(fail.respond(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream response timeout",
+                None,
+            ));
         }
         Ok(Err(e)) => {
             let status = error::status_for(&*e);
-            return with_request_id(
-                fail.respond(status, "upstream request failed", Some(&*e)),
-                f.request_id,
-            );
+            return own(fail.respond(status, "upstream request failed", Some(&*e)));
         }
-        Ok(Ok(res)) => res,
+        Ok(Ok(answer)) => answer,
     };
     let ctx = LogContext {
         request_id: Arc::clone(&f.request_id.0),
         route: Arc::clone(f.route),
         upstream: f.upstream.clone(),
     };
-    let (mut parts, body) = res.into_parts();
-    forward::prepare_response(&mut parts.headers, false);
-    parts.version = Version::HTTP_11;
-    let body = TimedBody::new(body, t.idle, deadline, ctx);
-    with_request_id(
-        Response::from_parts(parts, crate::body::boxed(body)),
-        f.request_id,
-    )
+    let body = crate::body::boxed(TimedBody::new(body, t.idle, deadline, ctx));
+    ExpressAnswer::Upstream { head, body }
 }
 
 fn with_request_id(mut res: Response<BoxBody>, rid: &RequestId) -> Response<BoxBody> {

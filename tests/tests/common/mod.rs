@@ -103,7 +103,11 @@ pub async fn recording_upstream() -> (SocketAddr, Recorded) {
                         }
                     };
                     let head: Vec<u8> = buf.drain(..end).collect();
-                    let target = head.split(|b| *b == b' ').nth(1).unwrap_or_default().to_vec();
+                    let target = head
+                        .split(|b| *b == b' ')
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_vec();
                     seen.heads.lock().unwrap().push(head);
                     let answer: &[u8] = if target.ends_with(b"/chunked") {
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nX-Up: c\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
