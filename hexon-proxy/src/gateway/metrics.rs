@@ -37,6 +37,23 @@ struct RouteLabels {
     route: RouteName,
 }
 
+/// The series the last request on a thread counted in (see
+/// [`Metrics::observe`]).
+struct Last {
+    /// Which `Metrics` ([`Metrics::id`]: tests run several, one after the
+    /// other at the same address).
+    metrics: u64,
+    route: Arc<str>,
+    decision: &'static str,
+    status: u16,
+    requests: Counter,
+    latency: Histogram,
+}
+
+thread_local! {
+    static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Request counters, decision counters and latency histograms.
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +61,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     upstream_errors: Family<RouteLabels, Counter>,
     express: Counter,
+    /// Unique per instance, for the per-thread memo of [`observe`](Self::observe).
+    id: u64,
     /// The route label of requests no route matched.
     no_route: Arc<str>,
     /// The connection threads, read at each scrape.
@@ -132,6 +151,10 @@ impl Metrics {
             latency,
             upstream_errors,
             express,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             no_route: Arc::from("-"),
             threads,
         }
@@ -162,25 +185,61 @@ impl Metrics {
         status: u16,
         seconds: f64,
     ) {
-        let route = RouteName(match route {
-            Some(r) if !r.is_empty() => r.clone(),
-            _ => self.no_route.clone(),
+        let route = match route {
+            Some(r) if !r.is_empty() => r,
+            _ => &self.no_route,
+        };
+        // The series of the last request on this thread, when this one has
+        // the same labels (under load, nearly every request): no lookup in
+        // the families (a lock and two hashes of the labels each).
+        let hit = LAST.with(|last| {
+            let last = last.borrow();
+            let same = last.as_ref().filter(|l| {
+                l.metrics == self.id
+                    && Arc::ptr_eq(&l.route, route)
+                    && std::ptr::eq(l.decision, decision)
+                    && l.status == status
+            });
+            same.map(|l| {
+                l.requests.inc();
+                l.latency.observe(seconds);
+            })
+            .is_some()
         });
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                decision,
-                status,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(seconds);
+        if !hit {
+            let name = RouteName(route.clone());
+            let requests = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: name.clone(),
+                    decision,
+                    status,
+                })
+                .clone();
+            let latency = self
+                .latency
+                .get_or_create(&RouteLabels { route: name })
+                .clone();
+            requests.inc();
+            latency.observe(seconds);
+            LAST.with(|last| {
+                *last.borrow_mut() = Some(Last {
+                    metrics: self.id,
+                    // Held, so the pointer compared above is never another
+                    // route's reusing this one's memory.
+                    route: route.clone(),
+                    decision,
+                    status,
+                    requests,
+                    latency,
+                });
+            });
+        }
         if status == 502 || status == 504 {
             self.upstream_errors
-                .get_or_create(&RouteLabels { route })
+                .get_or_create(&RouteLabels {
+                    route: RouteName(route.clone()),
+                })
                 .inc();
         }
     }
@@ -197,3 +256,57 @@ impl Metrics {
 
 /// Shared metrics.
 pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &Metrics, series: &str) -> String {
+        m.encode()
+            .lines()
+            .find(|l| l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn repeated_labels_count_in_their_own_series_and_instance() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        let r: Arc<str> = Arc::from("app");
+        let other: Arc<str> = Arc::from("app");
+        a.observe(Some(&r), "allow", 200, 0.001);
+        a.observe(Some(&r), "allow", 200, 0.001);
+        b.observe(Some(&r), "allow", 200, 0.001);
+        a.observe(Some(&r), "allow", 200, 0.001);
+        a.observe(Some(&other), "allow", 200, 0.001);
+        a.observe(Some(&r), "allow", 502, 0.001);
+        a.observe(Some(&r), "deny", 502, 0.001);
+        a.observe(None, "none", 404, 0.001);
+        let ok = r#"hexon_requests_total{route="app",decision="allow",status="200"}"#;
+        assert_eq!(count(&a, ok), "4");
+        assert_eq!(count(&b, ok), "1");
+        assert_eq!(
+            count(
+                &a,
+                r#"hexon_requests_total{route="app",decision="allow",status="502"}"#
+            ),
+            "1"
+        );
+        assert_eq!(
+            count(&a, r#"hexon_upstream_errors_total{route="app"}"#),
+            "2"
+        );
+        assert_eq!(
+            count(&a, r#"hexon_request_duration_seconds_count{route="app"}"#),
+            "6"
+        );
+        assert_eq!(
+            count(
+                &a,
+                r#"hexon_requests_total{route="-",decision="none",status="404"}"#
+            ),
+            "1"
+        );
+    }
+}

@@ -405,17 +405,16 @@ pub(crate) fn push_forwarded_value(out: &mut String, v: &str) {
         return;
     }
     out.push('"');
-    // Runs without `"` or `\\` are copied whole.
+    // Runs without `"` or `\\` are copied whole (both are ASCII, so a
+    // byte position found is a character boundary).
     let mut rest = v;
-    while let Some(i) = rest.find(['"', '\\']) {
+    while let Some(i) = rest.bytes().position(|b| b == b'"' || b == b'\\') {
         let (run, tail) = rest.split_at(i);
         out.push_str(run);
         out.push('\\');
-        let mut chars = tail.chars();
-        if let Some(c) = chars.next() {
-            out.push(c);
-        }
-        rest = chars.as_str();
+        let (quoted, after) = tail.split_at(1);
+        out.push_str(quoted);
+        rest = after;
     }
     out.push_str(rest);
     out.push('"');

@@ -28,9 +28,8 @@
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Uri};
@@ -41,6 +40,7 @@ use tower_service::Service as _;
 
 use super::client::{Connector, PoolConfig};
 use super::h1codec::{self, Chunked, Decoded, Framing, ProtocolError};
+use super::stacks::{Kept, ThreadStacks};
 use crate::body::BoxError;
 
 /// Read-buffer growth per read.
@@ -50,24 +50,13 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) struct H1Conns {
     connector: Connector,
     dst: Uri,
-    idle_timeout: Duration,
-    max_idle: usize,
-    /// One stack per connection thread (slot 0: threads outside any set).
-    slots: Box<[Mutex<Slot>]>,
-}
-
-#[derive(Default)]
-struct Slot {
-    idle: Vec<Conn>,
-    /// A task closing expired idle connections runs for this stack.
-    reaping: bool,
+    stacks: Arc<ThreadStacks<Conn>>,
 }
 
 /// One upstream connection and what was read from it but not yet used.
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
-    idle_since: Instant,
 }
 
 impl Conn {
@@ -99,57 +88,18 @@ impl Conn {
     }
 }
 
+impl Kept for Conn {
+    fn usable(&mut self) -> bool {
+        self.idle_ok()
+    }
+}
+
 impl H1Conns {
     pub(crate) fn new(connector: Connector, dst: Uri, pool: &PoolConfig) -> Self {
         H1Conns {
             connector,
             dst,
-            idle_timeout: pool.idle_timeout,
-            max_idle: pool.max_idle_per_host,
-            slots: (0..=hexon_core::rt::MAX_THREADS)
-                .map(|_| Mutex::new(Slot::default()))
-                .collect(),
-        }
-    }
-
-    /// The calling thread's stack. On a connection thread only that thread
-    /// locks it; threads outside a set share slot 0.
-    fn slot(&self) -> Option<&Mutex<Slot>> {
-        self.slots.get(self.slot_index())
-    }
-
-    fn slot_index(&self) -> usize {
-        let i = hexon_core::rt::worker_index();
-        if i < self.slots.len() { i } else { 0 }
-    }
-
-    /// The most recently used live idle connection of this thread.
-    fn checkout(&self) -> Option<Conn> {
-        let slot = self.slot()?;
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        while let Some(mut c) = slot.idle.pop() {
-            if now.saturating_duration_since(c.idle_since) < self.idle_timeout && c.idle_ok() {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    fn put_back(self: &Arc<Self>, mut conn: Conn) {
-        let Some(slot) = self.slot() else { return };
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.idle.len() >= self.max_idle {
-            return;
-        }
-        conn.idle_since = Instant::now();
-        slot.idle.push(conn);
-        if !slot.reaping {
-            // On this thread's runtime, like the connections it closes.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                slot.reaping = true;
-                rt.spawn(reap(Arc::downgrade(self), self.slot_index()));
-            }
+            stacks: ThreadStacks::new(pool),
         }
     }
 
@@ -165,7 +115,6 @@ impl H1Conns {
         Ok(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            idle_since: Instant::now(),
         })
     }
 
@@ -183,8 +132,8 @@ impl H1Conns {
         debug_assert!(method.is_idempotent());
         // After a failed new connection, no more tries.
         loop {
-            let (mut conn, reused) = match self.checkout() {
-                Some(c) => (c, true),
+            let (mut conn, reused) = match self.stacks.take() {
+                Some((c, _)) => (c, true),
                 None => (self.connect().await?, false),
             };
             match exchange(&mut conn, head, method, fields).await {
@@ -268,33 +217,7 @@ async fn exchange(
 /// nothing followed the answer.
 fn finish(pool: &Arc<H1Conns>, conn: Conn, keep_alive: bool) {
     if keep_alive && conn.buf.is_empty() {
-        pool.put_back(conn);
-    }
-}
-
-/// Close the idle connections of one stack once they pass the idle timeout
-/// (or were closed by the upstream); ends when the stack is empty or the
-/// pool is gone (a new configuration replaced the upstream).
-async fn reap(pool: std::sync::Weak<H1Conns>, index: usize) {
-    loop {
-        let Some(every) = pool.upgrade().map(|p| p.idle_timeout) else {
-            return;
-        };
-        tokio::time::sleep(every.max(Duration::from_millis(10))).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let Some(slot) = pool.slots.get(index) else {
-            return;
-        };
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        // Dropping a connection closes it.
-        slot.idle.retain_mut(|c| {
-            now.saturating_duration_since(c.idle_since) < pool.idle_timeout && c.idle_ok()
-        });
-        if slot.idle.is_empty() {
-            slot.reaping = false;
-            return;
-        }
+        pool.stacks.give(conn);
     }
 }
 

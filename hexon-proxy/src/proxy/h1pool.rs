@@ -35,10 +35,10 @@
 //! common case, costs no copy.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
@@ -49,6 +49,7 @@ use tower_service::Service as _;
 
 use super::client::{Connector, PoolConfig, UpstreamBody};
 use super::resend;
+use super::stacks::{Kept, ThreadStacks};
 use crate::body::BoxError;
 use http_body_util::BodyExt as _;
 
@@ -66,22 +67,17 @@ pub const RESEND_AFTER_IDLE: Duration = Duration::from_millis(100);
 pub(crate) struct H1Pool {
     connector: Connector,
     dst: Uri,
-    idle_timeout: Duration,
-    max_idle: usize,
-    /// One stack per connection thread (slot 0: threads outside any set).
-    slots: Box<[Mutex<Slot>]>,
+    stacks: Arc<ThreadStacks<Sender>>,
 }
 
-#[derive(Default)]
-struct Slot {
-    idle: Vec<Idle>,
-    /// A task closing expired idle connections runs for this stack.
-    reaping: bool,
-}
+impl Kept for Sender {
+    fn usable(&mut self) -> bool {
+        !self.is_closed()
+    }
 
-struct Idle {
-    tx: Sender,
-    since: Instant,
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
 }
 
 impl H1Pool {
@@ -89,60 +85,7 @@ impl H1Pool {
         H1Pool {
             connector,
             dst,
-            idle_timeout: pool.idle_timeout,
-            max_idle: pool.max_idle_per_host,
-            slots: (0..=hexon_core::rt::MAX_THREADS)
-                .map(|_| Mutex::new(Slot::default()))
-                .collect(),
-        }
-    }
-
-    /// The calling thread's stack. On a connection thread only that thread
-    /// locks it; threads outside a set (a multi-threaded runtime) share
-    /// slot 0.
-    fn slot(&self) -> Option<&Mutex<Slot>> {
-        self.slots.get(self.slot_index())
-    }
-
-    fn slot_index(&self) -> usize {
-        let i = hexon_core::rt::worker_index();
-        if i < self.slots.len() { i } else { 0 }
-    }
-
-    /// The most recently used live idle connection of this thread, and how
-    /// long it was idle.
-    fn checkout(&self) -> Option<(Sender, Duration)> {
-        let slot = self.slot()?;
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        while let Some(c) = slot.idle.pop() {
-            let idle = now.saturating_duration_since(c.since);
-            if !c.tx.is_closed() && idle < self.idle_timeout {
-                return Some((c.tx, idle));
-            }
-        }
-        None
-    }
-
-    fn put_back(self: &Arc<Self>, tx: Sender) {
-        if tx.is_closed() {
-            return;
-        }
-        let Some(slot) = self.slot() else { return };
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.idle.len() >= self.max_idle {
-            return;
-        }
-        slot.idle.push(Idle {
-            tx,
-            since: Instant::now(),
-        });
-        if !slot.reaping {
-            // On this thread's runtime, like the connections it closes.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                slot.reaping = true;
-                rt.spawn(reap(Arc::downgrade(self), self.slot_index()));
-            }
+            stacks: ThreadStacks::new(pool),
         }
     }
 
@@ -187,7 +130,7 @@ impl H1Pool {
         // closed the others too (a restart).
         let mut fresh_only = false;
         loop {
-            let kept = if fresh_only { None } else { self.checkout() };
+            let kept = if fresh_only { None } else { self.stacks.take() };
             let (mut tx, idle) = match kept {
                 Some((tx, idle)) => (tx, Some(idle)),
                 None => (self.connect().await?, None),
@@ -230,32 +173,6 @@ impl H1Pool {
                     _ => return Err(e.into_error().into()),
                 },
             }
-        }
-    }
-}
-
-/// Close the idle connections of one stack once they pass the idle
-/// timeout; ends when the stack is empty or the pool is gone (a new
-/// configuration replaced the upstream).
-async fn reap(pool: std::sync::Weak<H1Pool>, index: usize) {
-    loop {
-        let Some(every) = pool.upgrade().map(|p| p.idle_timeout) else {
-            return;
-        };
-        tokio::time::sleep(every.max(Duration::from_millis(10))).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let Some(slot) = pool.slots.get(index) else {
-            return;
-        };
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        // Dropping a sender closes its idle connection.
-        slot.idle.retain(|c| {
-            !c.tx.is_closed() && now.saturating_duration_since(c.since) < pool.idle_timeout
-        });
-        if slot.idle.is_empty() {
-            slot.reaping = false;
-            return;
         }
     }
 }
@@ -323,7 +240,7 @@ impl Back {
             .as_ref()
             .is_none_or(|done| done.load(Ordering::Acquire))
         {
-            self.pool.put_back(self.tx);
+            self.pool.stacks.give(self.tx);
         }
     }
 }

@@ -43,6 +43,7 @@ mod h1conns;
 mod h1pool;
 mod limit;
 mod resend;
+mod stacks;
 mod upgrade;
 mod upstream;
 
