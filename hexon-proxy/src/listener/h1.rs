@@ -772,6 +772,11 @@ struct Took {
     head_method: bool,
 }
 
+// Taken apart at once where it is made (the fuzz entry and the tests).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once, in the fuzz entry and the tests only"
+)]
 enum Taken {
     Ready(Took),
     Partial,
@@ -958,7 +963,7 @@ pub fn fuzz_express_head(data: &[u8]) {
             .map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec()))
             .collect();
         assert!(sent.len() >= copied.len());
-        assert_eq!(&sent[..copied.len()], &copied[..]);
+        assert_eq!(sent.get(..copied.len()), Some(&copied[..]));
     }
 }
 

@@ -509,11 +509,14 @@ mod tests {
         Ok(with_fields(raw, method)?.map(|(h, _)| h))
     }
 
-    /// The head and its client-visible fields, `(name, value)` as text.
+    /// Fields as `(name, value)` text.
+    type Fields = Vec<(String, String)>;
+
+    /// The head and its client-visible fields.
     fn with_fields(
         raw: &str,
         method: &Method,
-    ) -> Result<Option<(ResponseHead, Vec<(String, String)>)>, ProtocolError> {
+    ) -> Result<Option<(ResponseHead, Fields)>, ProtocolError> {
         let mut buf = BytesMut::from(raw.as_bytes());
         let mut fields = Vec::new();
         let Some(h) = read_response_head(&mut buf, method, &mut fields)? else {
@@ -530,14 +533,14 @@ mod tests {
         Ok(Some((h, list)))
     }
 
-    fn fields_of(raw: &str) -> Vec<(String, String)> {
+    fn fields_of(raw: &str) -> Fields {
         with_fields(raw, &Method::GET)
             .unwrap_or_default()
             .map(|(_, f)| f)
             .unwrap_or_default()
     }
 
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn pairs(list: &[(&str, &str)]) -> Fields {
         list.iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect()
