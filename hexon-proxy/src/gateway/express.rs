@@ -31,6 +31,13 @@
 //! strip client identity fields, drop the bearer credential, set the
 //! request id, the signed identity, `Host` and the forwarding fields, and
 //! record the metrics and the audit line.
+//!
+//! Known differences, none visible to the client or the upstream: the
+//! stack's debug-level `authenticated` / `authorized` log lines are not
+//! written for lane requests; the lane writes fields in the client's order
+//! (the stack's header map groups them by name); and in a route mixing
+//! `http://` with other upstreams, a pick of another kind declines after
+//! the balancer moved on, so the stack's own pick is the next one.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,6 +20,12 @@
 //! So every refusal of a malformed request, every body framing decision and
 //! every smuggling check stays where it was: in hyper and the observer.
 //!
+//! With an express lane ([`crate::express`]), each head taken is first
+//! offered to it, as bytes: a request it plans is forwarded from here (the
+//! upstream exchange in this task, the answer's head written from the
+//! upstream's bytes with the same framing rules), one it declines becomes
+//! an `http::Request` for the service as before.
+//!
 //! What this loop does itself, as hyper does it:
 //! - waits for each head at most the listener's header read timeout
 //!   (idle keep-alive time included), then closes;

@@ -13,7 +13,9 @@
 //! keep-alive) or HTTP/2 (detected by its preface: over TLS by ALPN, on
 //! plain listeners as h2c "prior knowledge" unless
 //! [`ListenerSettings::h2c`] is off). Every request carries a
-//! [`ConnectionInfo`] extension.
+//! [`ConnectionInfo`] extension. [`Listener::serve_with_express`] also
+//! offers each head the own reader takes to an express lane
+//! ([`crate::express`]), which may forward it without the service.
 //!
 //! Request smuggling vectors are refused with 400 and the connection is
 //! closed; see the `smuggling` module for what hyper already does and what
