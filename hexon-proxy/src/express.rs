@@ -189,18 +189,12 @@ impl<'o> UpstreamHead<'o> {
     /// Copy a client field; `false` (nothing written) when its value has
     /// bytes a header map refuses (control characters other than tab).
     pub fn copy(&mut self, name: &[u8], value: &[u8]) -> bool {
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if !crate::proxy::is_valid_value(value) {
             return false;
         }
         self.out.extend(name.iter().map(u8::to_ascii_lowercase));
         self.put_value(value);
         true
-    }
-
-    /// Add a field the gateway sets (name in lower case, value valid).
-    pub fn add(&mut self, name: &str, value: &[u8]) {
-        self.out.extend_from_slice(name.as_bytes());
-        self.put_value(value);
     }
 
     /// Add whole field lines (`name: value\r\n` each, names in lower case,

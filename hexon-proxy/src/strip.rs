@@ -342,7 +342,7 @@ where
 }
 
 /// Whether a `Signature-Input` value names a Hexon credential as `keyid`.
-fn names_hexon_credential(value: &[u8]) -> bool {
+pub(crate) fn names_hexon_credential(value: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"keyid=\"cred_";
     value.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }

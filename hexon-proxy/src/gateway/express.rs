@@ -108,13 +108,6 @@ fn names_no_fields(value: &[u8]) -> bool {
     })
 }
 
-/// What the stack's strip layer sets aside for API client authentication:
-/// a `Signature-Input` naming a Hexon credential as `keyid`.
-fn names_hexon_credential(value: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"keyid=\"cred_";
-    value.windows(NEEDLE.len()).any(|w| w == NEEDLE)
-}
-
 impl Express for GatewayExpress {
     type Done = Done;
 
@@ -155,7 +148,7 @@ impl Express for GatewayExpress {
                 || is(name, "trailer")
                 || is(name, self.api_key_header.as_str())
                 || (is(name, "connection") && !names_no_fields(value))
-                || (is(name, "signature-input") && names_hexon_credential(value))
+                || (is(name, "signature-input") && crate::strip::names_hexon_credential(value))
             {
                 return None;
             } else if is(name, "content-type") {

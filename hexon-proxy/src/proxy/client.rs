@@ -40,6 +40,18 @@ pub(crate) type Connector = FixedDst<HttpsConnector<HttpConnector>>;
 /// A pooled client bound to one upstream.
 pub(crate) type UpstreamClient = Client<Connector, UpstreamBody>;
 
+/// A new connection to `dst` through `connector` (its connect timeout and
+/// TLS), for the pools that keep connections of their own.
+pub(crate) async fn dial(
+    connector: &Connector,
+    dst: &Uri,
+) -> Result<<Connector as tower_service::Service<Uri>>::Response, BoxError> {
+    use tower_service::Service as _;
+    let mut connector = connector.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+    connector.call(dst.clone()).await
+}
+
 /// Connection pool settings, per upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

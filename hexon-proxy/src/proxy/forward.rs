@@ -153,6 +153,12 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     })
 }
 
+/// Whether a field value has only bytes a header map accepts (no control
+/// bytes other than tab).
+pub(crate) fn is_valid_value(value: &[u8]) -> bool {
+    !value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
 /// Whether a field name (any case) is one of the fixed hop-by-hop fields.
 pub(crate) fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
     HOP_BY_HOP

@@ -167,10 +167,7 @@ pub(crate) fn read_response_head(
             let name = h.name.as_bytes();
             // What a header map accepts: tokens (httparse checked) and
             // values without control bytes other than tab.
-            if h.value
-                .iter()
-                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-            {
+            if !super::forward::is_valid_value(h.value) {
                 return Err(ProtocolError("invalid header value"));
             }
             let kind = frame.see(name, h.value)?;
@@ -490,11 +487,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
     if !rest.is_empty() {
         // Extensions: must start with ';' and hold no control bytes other
         // than HTAB (a CR here would hide a line break).
-        if !rest.starts_with(b";")
-            || rest
-                .iter()
-                .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
-        {
+        if !rest.starts_with(b";") || !super::forward::is_valid_value(rest) {
             return Err(ProtocolError("malformed chunk extension"));
         }
     }

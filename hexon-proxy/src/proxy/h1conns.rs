@@ -36,7 +36,6 @@ use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tower_service::Service as _;
 
 use super::client::{Connector, PoolConfig};
 use super::h1codec::{self, Chunked, Decoded, Framing, ProtocolError};
@@ -104,9 +103,7 @@ impl H1Conns {
     }
 
     async fn connect(&self) -> Result<Conn, BoxError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = match connector.call(self.dst.clone()).await? {
+        let io = match super::client::dial(&self.connector, &self.dst).await? {
             hyper_rustls::MaybeHttpsStream::Http(io) => io.into_inner(),
             hyper_rustls::MaybeHttpsStream::Https(_) => {
                 return Err("an http:// upstream answered with TLS".into());

@@ -45,7 +45,6 @@ use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use tower_service::Service as _;
 
 use super::client::{Connector, PoolConfig, UpstreamBody};
 use super::resend;
@@ -90,9 +89,7 @@ impl H1Pool {
     }
 
     async fn connect(&self) -> Result<Sender, BoxError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(self.dst.clone()).await?;
+        let io = super::client::dial(&self.connector, &self.dst).await?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await?;

@@ -68,7 +68,7 @@ pub use error::UpstreamError;
 pub use forward::TrustedProxies;
 #[cfg(test)]
 pub(crate) use forward::prepare_request;
-pub(crate) use forward::{push_forwarded_value, push_ip};
+pub(crate) use forward::{is_valid_value, push_forwarded_value, push_ip};
 pub use h1pool::RESEND_AFTER_IDLE;
 pub(crate) use upstream::join_path_into;
 pub use upstream::{
@@ -397,12 +397,7 @@ impl ReverseProxy {
         *up_req.headers_mut() = headers;
 
         let t = config.timeouts;
-        let start = Instant::now();
-        let deadline = t.total.map(|d| start + d);
-        let head_deadline = match deadline {
-            Some(d) => d.min(start + t.response_header),
-            None => start + t.response_header,
-        };
+        let (deadline, head_deadline) = deadlines(&t);
         // Plain `http://` without an upgrade: the thread's kept connections
         // (CONNECT keeps hyper-util's authority-form handling).
         let pool = if ws.is_none() && up_req.method() != http::Method::CONNECT {
@@ -557,12 +552,7 @@ pub(crate) async fn forward_express(
         ));
     };
     let t = f.timeouts;
-    let start = Instant::now();
-    let deadline = t.total.map(|d| start + d);
-    let head_deadline = match deadline {
-        Some(d) => d.min(start + t.response_header),
-        None => start + t.response_header,
-    };
+    let (deadline, head_deadline) = deadlines(&t);
     let sent = conns.send(f.head, f.method, fields);
     let (head, body) = match tokio::time::timeout_at(head_deadline, sent).await {
         Err(_) => {
@@ -585,6 +575,14 @@ pub(crate) async fn forward_express(
     };
     let body = crate::body::boxed(TimedBody::new(body, t.idle, deadline, ctx));
     ExpressAnswer::Upstream { head, body }
+}
+
+/// From now: the whole exchange's deadline (if any) and the answer head's.
+fn deadlines(t: &Timeouts) -> (Option<Instant>, Instant) {
+    let start = Instant::now();
+    let deadline = t.total.map(|d| start + d);
+    let head = start + t.response_header;
+    (deadline, deadline.map_or(head, |d| d.min(head)))
 }
 
 fn with_request_id(mut res: Response<BoxBody>, rid: &RequestId) -> Response<BoxBody> {
