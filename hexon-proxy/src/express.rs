@@ -214,38 +214,86 @@ impl<'o> UpstreamHead<'o> {
     pub fn finish(self, host: &[u8], conn: &ConnectionInfo, request_id: &RequestId) {
         let ip = conn.peer.ip().to_canonical();
         let scheme = conn.scheme();
-        self.out.extend_from_slice(b"host: ");
-        self.out.extend_from_slice(host);
-        self.out.extend_from_slice(b"\r\nx-forwarded-host: ");
-        self.out.extend_from_slice(host);
-        self.out.extend_from_slice(b"\r\nx-forwarded-for: ");
-        let mut text = String::with_capacity(48);
-        crate::proxy::push_ip(&mut text, ip);
-        self.out.extend_from_slice(text.as_bytes());
-        self.out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-        self.out.extend_from_slice(scheme.as_bytes());
-        self.out.extend_from_slice(b"\r\nforwarded: for=");
-        match ip {
-            IpAddr::V4(_) => self.out.extend_from_slice(text.as_bytes()),
-            IpAddr::V6(_) => {
-                self.out.extend_from_slice(b"\"[");
-                self.out.extend_from_slice(text.as_bytes());
-                self.out.extend_from_slice(b"]\"");
-            }
+        if host.len() > MAX_REMEMBERED_HOST {
+            write_tail(self.out, host, ip, scheme);
+        } else {
+            LAST_TAIL.with_borrow_mut(|last| {
+                let same = last.ip == Some(ip) && last.scheme == scheme && *last.host == *host;
+                if !same {
+                    last.ip = Some(ip);
+                    last.scheme = scheme;
+                    last.host.clear();
+                    last.host.extend_from_slice(host);
+                    last.text.clear();
+                    write_tail(&mut last.text, host, ip, scheme);
+                }
+                self.out.extend_from_slice(&last.text);
+            });
         }
-        self.out.extend_from_slice(b";proto=");
-        self.out.extend_from_slice(scheme.as_bytes());
-        // (A `Host` that is not text gets no `host=`, as in the proxy.)
-        if let Ok(h) = std::str::from_utf8(host) {
-            text.clear();
-            crate::proxy::push_forwarded_value(&mut text, h);
-            self.out.extend_from_slice(b";host=");
-            self.out.extend_from_slice(text.as_bytes());
-        }
-        self.out.extend_from_slice(b"\r\nx-request-id: ");
         self.out.extend_from_slice(request_id.as_str().as_bytes());
         self.out.extend_from_slice(b"\r\n\r\n");
     }
+}
+
+/// The part of an upstream head from `Host` to the name of
+/// `X-Request-Id`, as last written on this thread, with what it was
+/// written from. A connection's requests, and most of a thread's, come
+/// from one client address with one scheme and one `Host`: copying the
+/// text costs a fraction of writing it (the address and `Forwarded`'s
+/// quoting).
+struct Tail {
+    ip: Option<IpAddr>,
+    scheme: &'static str,
+    host: Vec<u8>,
+    text: Vec<u8>,
+}
+
+thread_local! {
+    static LAST_TAIL: std::cell::RefCell<Tail> = const {
+        std::cell::RefCell::new(Tail {
+            ip: None,
+            scheme: "",
+            host: Vec::new(),
+            text: Vec::new(),
+        })
+    };
+}
+
+/// Longer `Host` values are written each time, not remembered.
+const MAX_REMEMBERED_HOST: usize = 256;
+
+/// `Host`, `X-Forwarded-Host`, `-For`, `-Proto`, `Forwarded` and the name
+/// of `X-Request-Id` (see [`Tail`]).
+fn write_tail(out: &mut Vec<u8>, host: &[u8], ip: IpAddr, scheme: &str) {
+    out.extend_from_slice(b"host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nx-forwarded-for: ");
+    let mut text = String::with_capacity(48);
+    crate::proxy::push_ip(&mut text, ip);
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(scheme.as_bytes());
+    out.extend_from_slice(b"\r\nforwarded: for=");
+    match ip {
+        IpAddr::V4(_) => out.extend_from_slice(text.as_bytes()),
+        IpAddr::V6(_) => {
+            out.extend_from_slice(b"\"[");
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(b"]\"");
+        }
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(scheme.as_bytes());
+    // (A `Host` that is not text gets no `host=`, as in the proxy.)
+    if let Ok(h) = std::str::from_utf8(host) {
+        text.clear();
+        crate::proxy::push_forwarded_value(&mut text, h);
+        out.extend_from_slice(b";host=");
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nx-request-id: ");
 }
 
 /// No express lane: every request goes through the stack.
@@ -347,6 +395,49 @@ mod tests {
             assert!(out.starts_with(b"GET /base/a/b?c=d HTTP/1.1\r\n"));
             assert!(out.ends_with(b"\r\n\r\n"));
             assert_eq!(fields_of(&out), fields_of(&expected), "{peer} {host}");
+        }
+    }
+
+    /// The remembered forwarding fields are the ones written afresh, for
+    /// each change of client address, scheme or `Host` and each repeat.
+    #[test]
+    fn remembered_forwarding_fields_follow_the_request() {
+        let v4: std::net::SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let v6: std::net::SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        let plain = |peer| ConnectionInfo::plain(peer, peer);
+        let tls = |peer| ConnectionInfo {
+            tls: Some(Arc::new(crate::ext::TlsInfo::default())),
+            ..ConnectionInfo::plain(peer, peer)
+        };
+        let long = "h".repeat(MAX_REMEMBERED_HOST + 1);
+        let steps = [
+            (plain(v4), "a.example"),
+            (plain(v4), "a.example"),
+            (plain(v6), "a.example"),
+            (tls(v6), "a.example"),
+            (tls(v6), "b.example:8443"),
+            (plain(v4), "a.example"),
+            (plain(v4), long.as_str()),
+            (plain(v4), "a.example"),
+        ];
+        let rid = RequestId(Arc::from("r1"));
+        for (i, (conn, host)) in steps.iter().enumerate() {
+            let mut out = Vec::new();
+            let w =
+                UpstreamHead::start(&mut out, &Method::GET, "", &PathAndQuery::from_static("/"));
+            w.finish(host.as_bytes(), conn, &rid);
+            let mut expected = b"GET / HTTP/1.1\r\n".to_vec();
+            write_tail(
+                &mut expected,
+                host.as_bytes(),
+                conn.peer.ip().to_canonical(),
+                conn.scheme(),
+            );
+            expected.extend_from_slice(b"r1\r\n\r\n");
+            assert_eq!(out, expected, "step {i}");
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains(&format!("\r\nx-forwarded-proto: {}\r\n", conn.scheme())));
+            assert!(text.contains(&format!("host: {host}\r\n")), "step {i}");
         }
     }
 

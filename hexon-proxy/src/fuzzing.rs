@@ -44,6 +44,13 @@ fn read_answer(input: &[u8], method: &Method, step: usize) -> Vec<Outcome> {
             }
         }
     };
+    // The listener writes these fields as they are: each must be one a
+    // header map accepts.
+    for &f in &fields {
+        let (name, value) = head.field(f);
+        assert!(http::HeaderName::from_bytes(name).is_ok(), "{name:?}");
+        assert!(http::HeaderValue::from_bytes(value).is_ok(), "{value:?}");
+    }
     out.push(Outcome::Head(head.status, head.framing.clone()));
     let mut body = Vec::new();
     match head.framing {

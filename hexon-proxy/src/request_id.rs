@@ -120,15 +120,19 @@ pub fn is_well_formed(id: &[u8]) -> bool {
 /// served; they are not secrets. So instead of a `getrandom` system call per
 /// request (measurable under load), each id hashes a process-wide counter
 /// with std's randomly keyed hasher (`RandomState`: SipHash under a key drawn
-/// from the OS once), twice with different tags for 128 bits.
+/// from the OS once): the counter is hashed once, and the hasher's state
+/// is finished twice, before and after one more byte, for 128 bits.
 pub fn generate() -> RequestId {
-    use std::hash::BuildHasher as _;
+    use std::hash::{BuildHasher as _, Hasher as _};
     static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let keys = KEYS.get_or_init(std::hash::RandomState::new);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let hi = keys.hash_one((n, 0u8));
-    let lo = keys.hash_one((n, 1u8));
+    let mut h = keys.build_hasher();
+    h.write_u64(n);
+    let hi = h.finish();
+    h.write_u8(1);
+    let lo = h.finish();
     let raw = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
     // Written on the stack and copied once into the `Arc`.
     let mut text = [0u8; 32];

@@ -75,6 +75,14 @@ upstream = ["http://{upstream}"]
 groups = ["eng"]
 
 [[route]]
+name = "slow"
+path = "/slow/*"
+response_timeout = "1s"
+upstream = ["http://{upstream}"]
+[[route.allow]]
+groups = ["eng"]
+
+[[route]]
 name = "down"
 path = "/down/*"
 upstream = ["http://127.0.0.1:9"]
@@ -215,6 +223,8 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
             format!("{}Accept: text/html\r\n", auth(&alice)),
             true,
         ),
+        // No answer in time: 504 with the request id.
+        ("GET", "/slow/slow".into(), auth(&alice), true),
         // Declined, served by the stack on both listeners.
         (
             "GET",
@@ -336,8 +346,13 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
                 assert_eq!(field("signature"), None);
             }
             "/signed/close" => assert_eq!(express_answer.2, "close"),
-            "/down/x" | "/down/y" => {
-                assert_eq!(express_answer.0, 502);
+            "/down/x" | "/down/y" | "/slow/slow" => {
+                let status = if target.starts_with("/slow") {
+                    504
+                } else {
+                    502
+                };
+                assert_eq!(express_answer.0, status);
                 assert!(
                     express_answer.2.contains("<request id>"),
                     "{:?}",
@@ -374,6 +389,22 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
         rec.connections.load(Ordering::SeqCst) - connections <= 1,
         "upstream connections not kept"
     );
+
+    // Answer timeouts on a kept connection (the lane keeps one timer per
+    // connection): each slow answer is a 504, and the requests after one
+    // are answered as usual.
+    let count = express_count(admin).await;
+    let slow = format!(
+        "GET /slow/slow HTTP/1.1\r\nHost: app.example.com\r\n{}\r\n",
+        auth(&alice)
+    );
+    for _ in 0..2 {
+        let a = c.exchange(slow.as_bytes(), "GET").await.unwrap();
+        assert_eq!(a.status, 504);
+        let a = c.exchange(one.as_bytes(), "GET").await.unwrap();
+        assert_eq!((a.status, a.text()), (200, "ok".to_owned()));
+    }
+    assert_eq!(express_count(admin).await - count, 4);
 
     // The audit lines of a request served either way say the same.
     gw.stop().await;

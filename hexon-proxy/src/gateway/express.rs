@@ -39,6 +39,8 @@
 //! `http://` with other upstreams, a pick of another kind declines after
 //! the balancer moved on, so the stack's own pick is the next one.
 
+use std::cell::RefCell;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,7 @@ use hexon_core::UnixTime;
 use hexon_core::httpsig::HttpSigner;
 use hexon_core::policy::{Credential, HttpRequest, Subject, Verdict};
 use hexon_core::store::session::authority_host;
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 
 use super::assemble::Handles;
@@ -94,6 +97,64 @@ struct Logged {
     rule: Option<String>,
 }
 
+/// What [`Express::plan`] read of the head before the `Host`.
+struct Read<'h> {
+    token: &'h [u8],
+    pq: PathAndQuery,
+    content_type: Option<&'h [u8]>,
+    peer: IpAddr,
+}
+
+/// What the lane reads of a `Host` value.
+struct HostFacts {
+    /// The value (visible ASCII).
+    text: String,
+    /// The single authority a signature covers
+    /// ([`hexon_core::httpsig::host_authority`]).
+    authority: String,
+    /// The host without port ([`authority_host`]).
+    bare: Option<String>,
+}
+
+impl HostFacts {
+    /// `None` for a value the stack would refuse or read otherwise: not a
+    /// single authority, or not one the proxy's `Host` check accepts.
+    fn read(host: &[u8]) -> Option<Self> {
+        let authority = hexon_core::httpsig::host_authority(host)?.into_owned();
+        http::uri::Authority::try_from(host).ok()?;
+        let text = std::str::from_utf8(host).ok()?.to_owned();
+        let bare = authority_host(&text).map(str::to_owned);
+        Some(HostFacts {
+            text,
+            authority,
+            bare,
+        })
+    }
+}
+
+thread_local! {
+    /// The facts of the last `Host` value read on this thread: a
+    /// connection's requests, and most of a thread's, name one host, and
+    /// comparing the value costs a fraction of reading it again.
+    static LAST_HOST: RefCell<Option<HostFacts>> = const { RefCell::new(None) };
+}
+
+/// Longer `Host` values are read each time, not remembered.
+const MAX_REMEMBERED_HOST: usize = 256;
+
+/// `f` with the facts of `host`; `None` when the value is refused.
+fn with_host<R>(host: &[u8], f: impl FnOnce(&HostFacts) -> Option<R>) -> Option<R> {
+    if host.len() > MAX_REMEMBERED_HOST {
+        return f(&HostFacts::read(host)?);
+    }
+    LAST_HOST.with_borrow_mut(|last| {
+        if last.as_ref().is_none_or(|l| l.text.as_bytes() != host) {
+            *last = Some(HostFacts::read(host)?);
+        }
+        f(last.as_ref()?)
+    })
+}
+
 /// `name` is `lower` in any case.
 fn is(name: &[u8], lower: &str) -> bool {
     name.eq_ignore_ascii_case(lower.as_bytes())
@@ -106,6 +167,112 @@ fn names_no_fields(value: &[u8]) -> bool {
         let t = t.trim_ascii();
         t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
     })
+}
+
+impl GatewayExpress {
+    /// The rest of [`Express::plan`], with what the `Host` value says.
+    fn plan_for(
+        &self,
+        head: &RequestHead<'_>,
+        conn: &ConnectionInfo,
+        out: &mut Vec<u8>,
+        facts: &HostFacts,
+        read: Read<'_>,
+    ) -> Option<Plan<Done>> {
+        let Read {
+            token,
+            pq,
+            content_type,
+            peer,
+        } = read;
+        let method = head.method();
+        let path = pq.path();
+        let (host, host_text) = (facts.text.as_bytes(), &*facts.text);
+        let bare = facts.bare.as_deref();
+        if self.login.as_ref().is_some_and(|l| l.claims(bare, path))
+            || self
+                .ca
+                .as_ref()
+                .is_some_and(|c| bare.is_none_or(|h| c.may_claim(h)))
+        {
+            return None;
+        }
+
+        let now = UnixTime::now();
+        let identity = self.bearer.remembered(token, now)?;
+        if crate::clients::is_api_client_login(&identity) {
+            return None;
+        }
+        let (policy, routes, sign) = self.handles.pin();
+        let subject = Subject::new(Some(&identity), now)
+            .with_source_ip(peer)
+            .with_credential(Credential::Jwt);
+        let decision = policy.decide(
+            &HttpRequest::new(method.as_str(), host_text, path),
+            &subject,
+        );
+        if decision.verdict != Verdict::Allow {
+            return None;
+        }
+        let route_name = decision.route?;
+        let cached = match sign.get(route_name)? {
+            RouteIdentity::Headers { binding } if !binding.is_bound() => Some(
+                self.signer
+                    .cached_headers(&identity, route_name, &facts.authority, now)?,
+            ),
+            RouteIdentity::None => None,
+            _ => return None,
+        };
+        let (route, group) = routes.get_named(route_name)?;
+        let upstream = group.pick()?;
+        let request_id = crate::request_id::generate();
+
+        let mut w = UpstreamHead::start(out, method, upstream.base_path(), &pq);
+        for (name, value) in head.fields() {
+            let dropped = UpstreamHead::replaces(name)
+                || is(name, "authorization")
+                || is(name, "x-request-id")
+                || self.strip.strips(name);
+            if !dropped && !w.copy(name, value) {
+                return None;
+            }
+        }
+        if let Some(c) = &cached {
+            w.add_lines(c.lines());
+        }
+        w.finish(host, conn, &request_id);
+
+        let flavor = Flavor::from_values(
+            content_type,
+            head.fields()
+                .filter(|(n, _)| is(n, "accept"))
+                .map(|(_, v)| v),
+        );
+        let logged = self.sink.logs().then(|| {
+            Box::new(Logged {
+                request_id: Arc::clone(&request_id.0),
+                client: conn.peer.ip().to_string(),
+                method: method.to_string(),
+                host: clip(host_text),
+                path: clip(path),
+                user: identity.username().to_owned(),
+                rule: decision.rule.map(|r| r.to_string()),
+            })
+        });
+        let done = Done {
+            route: Arc::clone(route),
+            reason: decision.reason.as_str(),
+            logged,
+        };
+        Plan::new(
+            upstream,
+            group.config().timeouts,
+            request_id,
+            Arc::clone(route),
+            flavor,
+            done,
+        )
+    }
 }
 
 impl Express for GatewayExpress {
@@ -173,100 +340,18 @@ impl Express for GatewayExpress {
                 return None;
             }
         }
-        // The single authority and the proxy's `Host` check.
-        let authority = hexon_core::httpsig::host_authority(host)?;
-        http::uri::Authority::try_from(host).ok()?;
-        let host_text = std::str::from_utf8(host).ok()?;
         let path = pq.path();
         if path.starts_with("/.well-known/") || self.forward_auth_path.as_deref() == Some(path) {
             return None;
         }
-        let bare = authority_host(host_text);
-        if self.login.as_ref().is_some_and(|l| l.claims(bare, path))
-            || self
-                .ca
-                .as_ref()
-                .is_some_and(|c| bare.is_none_or(|h| c.may_claim(h)))
-        {
-            return None;
-        }
-
-        let now = UnixTime::now();
-        let identity = self.bearer.remembered(token, now)?;
-        if crate::clients::is_api_client_login(&identity) {
-            return None;
-        }
-        let (policy, routes, sign) = self.handles.pin();
-        let subject = Subject::new(Some(&identity), now)
-            .with_source_ip(peer)
-            .with_credential(Credential::Jwt);
-        let decision = policy.decide(
-            &HttpRequest::new(method.as_str(), host_text, path),
-            &subject,
-        );
-        if decision.verdict != Verdict::Allow {
-            return None;
-        }
-        let route_name = decision.route?;
-        let cached = match sign.get(route_name)? {
-            RouteIdentity::Headers { binding } if !binding.is_bound() => Some(
-                self.signer
-                    .cached_headers(&identity, route_name, &authority, now)?,
-            ),
-            RouteIdentity::None => None,
-            _ => return None,
-        };
-        let (route, group) = routes.get_named(route_name)?;
-        let upstream = group.pick()?;
-        let request_id = crate::request_id::generate();
-
-        let mut w = UpstreamHead::start(out, method, upstream.base_path(), &pq);
-        for (name, value) in head.fields() {
-            let dropped = UpstreamHead::replaces(name)
-                || is(name, "authorization")
-                || is(name, "x-request-id")
-                || self.strip.strips(name);
-            if !dropped && !w.copy(name, value) {
-                return None;
-            }
-        }
-        if let Some(c) = &cached {
-            w.add_lines(c.lines());
-        }
-        w.finish(host, conn, &request_id);
-
-        let flavor = Flavor::from_values(
+        let read = Read {
+            token,
+            pq,
             content_type,
-            head.fields()
-                .filter(|(n, _)| is(n, "accept"))
-                .map(|(_, v)| v),
-        );
-        let logged = self.sink.logs().then(|| {
-            Box::new(Logged {
-                request_id: Arc::clone(&request_id.0),
-                client: conn.peer.ip().to_string(),
-                method: method.to_string(),
-                host: clip(host_text),
-                path: clip(path),
-                user: identity.username().to_owned(),
-                rule: decision.rule.map(|r| r.to_string()),
-            })
-        });
-        let done = Done {
-            route: Arc::clone(route),
-            reason: decision.reason.as_str(),
-            logged,
+            peer,
         };
-        Plan::new(
-            upstream,
-            group.config().timeouts,
-            request_id,
-            Arc::clone(route),
-            flavor,
-            done,
-        )
+        with_host(host, |facts| self.plan_for(head, conn, out, facts, read))
     }
-
     fn finished(&self, done: Done, status: StatusCode, elapsed: Duration) {
         let status = status.as_u16();
         let metrics = self.sink.metrics();

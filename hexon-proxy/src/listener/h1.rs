@@ -82,6 +82,10 @@ const DIRECT_WRITE: usize = 16 * 1024;
 /// The output buffer is given back when it grew beyond this (between
 /// pipelined requests; otherwise it is given back after every response).
 const KEEP_OUT: usize = 64 * 1024;
+/// Room reserved beyond a client's head for the express lane's upstream
+/// head: the signed identity fields (about 700 bytes) and the forwarding
+/// fields.
+const EXPRESS_HEAD_EXTRA: usize = 2048;
 
 /// How a connection left this loop.
 pub(super) enum End {
@@ -140,6 +144,9 @@ where
     // One timer and one shutdown watch for the connection's life; the timer
     // is made the first time a head is not already there.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
+    // The express lane's timer for upstream answers, kept likewise (made
+    // by the first lane request; see `proxy::until`).
+    let mut answer_timer: Option<Pin<Box<Sleep>>> = None;
     let mut stopped = pin!(super::stopped(stop));
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
@@ -158,11 +165,15 @@ where
             buf.reserve(4096);
             let mut read = pin!(io.read_buf(&mut buf));
             let waited = std::future::poll_fn(|cx| {
-                if stopped.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wait::Stop);
-                }
+                // The read first: when bytes are there (the usual wake-up)
+                // the shutdown watch is not polled, which costs a lock. A
+                // shutdown is still seen: it wakes this task, whose read
+                // is then pending.
                 if let Poll::Ready(r) = read.as_mut().poll(cx) {
                     return Poll::Ready(Wait::Read(r));
+                }
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wait::Stop);
                 }
                 let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !armed {
@@ -191,6 +202,10 @@ where
                 target: head.target,
                 fields: &fields,
             };
+            // One allocation for the upstream head (the client's fields,
+            // the signed identity and the forwarding fields), not a few
+            // growing ones.
+            out.reserve(head.head.len() + EXPRESS_HEAD_EXTRA);
             let plan = x.plan(&view, info, &mut out);
             // A plan may have begun writing before it declined.
             if plan.is_none() {
@@ -212,6 +227,7 @@ where
                         flavor: plan.flavor,
                     },
                     &mut fields,
+                    &mut answer_timer,
                 )
                 .await;
                 out.clear();

@@ -159,11 +159,22 @@ pub(crate) fn is_valid_value(value: &[u8]) -> bool {
     !value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
-/// Whether a field name (any case) is one of the fixed hop-by-hop fields.
+/// Whether a field name (any case) is one of the fixed hop-by-hop fields
+/// ([`HOP_BY_HOP`]). By length first: every field of every upstream answer
+/// the express lane reads passes through here, and most have a length no
+/// hop-by-hop name has.
 pub(crate) fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        18 => &[b"proxy-authenticate"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// Remove hop-by-hop headers (see the module docs). Returns whether the
@@ -429,6 +440,37 @@ pub(crate) fn push_forwarded_value(out: &mut String, v: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_bytes_are_the_hop_by_hop_names() {
+        for h in &HOP_BY_HOP {
+            let name = h.as_str();
+            assert!(is_hop_by_hop_bytes(name.as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop_bytes(name.to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
+            // One byte changed, one too many or too few: not hop-by-hop.
+            let mut other = name.as_bytes().to_vec();
+            other[0] ^= 0x01;
+            assert!(!is_hop_by_hop_bytes(&other), "{name}");
+            assert!(
+                !is_hop_by_hop_bytes(format!("{name}s").as_bytes()),
+                "{name}"
+            );
+            assert!(!is_hop_by_hop_bytes(&name.as_bytes()[1..]), "{name}");
+        }
+        for name in [
+            "date",
+            "server",
+            "content-length",
+            "x-connection",
+            "trailer",
+            "",
+        ] {
+            assert!(!is_hop_by_hop_bytes(name.as_bytes()), "{name}");
+        }
+    }
 
     #[test]
     fn forwarded_values_are_tokens_or_quoted_strings() {

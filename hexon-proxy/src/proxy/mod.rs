@@ -536,6 +536,7 @@ impl ExpressAnswer {
 pub(crate) async fn forward_express(
     f: ExpressForward<'_>,
     fields: &mut Vec<[usize; 4]>,
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
 ) -> ExpressAnswer {
     let fail = Failure {
         rid: Some(f.request_id),
@@ -554,19 +555,19 @@ pub(crate) async fn forward_express(
     let t = f.timeouts;
     let (deadline, head_deadline) = deadlines(&t);
     let sent = conns.send(f.head, f.method, fields);
-    let (head, body) = match tokio::time::timeout_at(head_deadline, sent).await {
-        Err(_) => {
+    let (head, body) = match until(timer, head_deadline, sent).await {
+        None => {
             return own(fail.respond(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream response timeout",
                 None,
             ));
         }
-        Ok(Err(e)) => {
+        Some(Err(e)) => {
             let status = error::status_for(&*e);
             return own(fail.respond(status, "upstream request failed", Some(&*e)));
         }
-        Ok(Ok(answer)) => answer,
+        Some(Ok(answer)) => answer,
     };
     let ctx = LogContext {
         request_id: Arc::clone(&f.request_id.0),
@@ -575,6 +576,35 @@ pub(crate) async fn forward_express(
     };
     let body = crate::body::boxed(TimedBody::new(body, t.idle, deadline, ctx));
     ExpressAnswer::Upstream { head, body }
+}
+
+/// `fut`'s output, or `None` when `deadline` comes first, timed by `timer`,
+/// which the caller keeps from one call to the next (made on first use).
+/// A kept timer moved to a later deadline is one atomic update in tokio;
+/// a new one per call (`tokio::time::timeout_at`) is entered into the
+/// runtime's timer wheel and taken out again each time.
+pub(crate) async fn until<F: Future>(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Instant,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !armed {
+            t.as_mut().reset(deadline);
+            armed = true;
+        }
+        match t.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// From now: the whole exchange's deadline (if any) and the answer head's.

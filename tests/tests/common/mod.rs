@@ -73,8 +73,8 @@ pub struct Recorded {
 
 /// An upstream that records each request head (these requests have no
 /// body) and answers by path: `/…/chunked` with a chunked body, `/…/close`
-/// with a fixed length and `Connection: close` (then closes), anything
-/// else with a fixed length; all with hop-by-hop fields the gateway must
+/// with a fixed length and `Connection: close` (then closes), `/…/slow`
+/// after 1.5 s, anything else with a fixed length; all with hop-by-hop fields the gateway must
 /// drop.
 pub async fn recording_upstream() -> (SocketAddr, Recorded) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -109,6 +109,10 @@ pub async fn recording_upstream() -> (SocketAddr, Recorded) {
                         .unwrap_or_default()
                         .to_vec();
                     seen.heads.lock().unwrap().push(head);
+                    if target.ends_with(b"/slow") {
+                        // Past a route's 1 s answer timeout.
+                        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                    }
                     let answer: &[u8] = if target.ends_with(b"/chunked") {
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nX-Up: c\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
                     } else if target.ends_with(b"/close") {
