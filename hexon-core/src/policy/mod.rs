@@ -159,12 +159,62 @@ pub struct HttpRequest<'a> {
     pub host: &'a str,
     /// Path as received (percent-encoded); a query string is ignored.
     pub path: &'a str,
+    /// `host`, already normalized ([`HttpRequest::with_normal_host`]).
+    normal: Option<&'a NormalHost>,
+}
+
+/// A request host as the route matcher reads it: port removed, one
+/// trailing dot removed, ASCII lower case. Made once by [`NormalHost::new`]
+/// and kept, it saves reading the host again for each request that sends
+/// the same one (a kept connection's requests do): decide those with
+/// [`HttpRequest::with_normal_host`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NormalHost(Box<str>);
+
+impl NormalHost {
+    /// Normalize a request host (`Host` header or URI authority host);
+    /// fails on an empty, over-long or malformed host, as
+    /// [`PolicyEngine::decide`] does.
+    pub fn new(host: &str) -> Result<Self, RequestError> {
+        let mut buf = [0u8; MAX_HOST + 3];
+        normalize_host(host, &mut buf).map(|h| NormalHost(h.into()))
+    }
+
+    /// The normalized host.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl<'a> HttpRequest<'a> {
     /// A request from its parts.
     pub fn new(method: &'a str, host: &'a str, path: &'a str) -> Self {
-        HttpRequest { method, host, path }
+        HttpRequest {
+            method,
+            host,
+            path,
+            normal: None,
+        }
+    }
+
+    /// A request whose host was normalized before ([`NormalHost`]); it is
+    /// decided as [`new`](Self::new) with the host it was made from.
+    pub fn with_normal_host(method: &'a str, host: &'a NormalHost, path: &'a str) -> Self {
+        HttpRequest {
+            method,
+            host: host.as_str(),
+            path,
+            normal: Some(host),
+        }
+    }
+
+    /// The host as the matcher reads it, normalized into `buf` unless it
+    /// was before.
+    fn normal_host<'b>(&'b self, buf: &'b mut [u8; MAX_HOST + 3]) -> Result<&'b str, RequestError> {
+        match self.normal {
+            Some(n) => Ok(n.as_str()),
+            None => normalize_host(self.host, buf),
+        }
     }
 
     /// The parts of an [`http::Request`]: the host from the URI authority
@@ -185,6 +235,7 @@ impl<'a> HttpRequest<'a> {
             method: req.method().as_str(),
             host,
             path: req.uri().path(),
+            normal: None,
         }
     }
 }
@@ -467,7 +518,7 @@ impl PolicyEngine {
     /// malformed host or path.
     pub fn match_route(&self, req: &HttpRequest<'_>) -> Result<Option<&Route>, RequestError> {
         let mut buf = [0u8; MAX_HOST + 3];
-        let host = normalize_host(req.host, &mut buf)?;
+        let host = req.normal_host(&mut buf)?;
         let path = normalize_path(req.path)?;
         Ok(self.lookup(host, &path, req.method))
     }
@@ -488,7 +539,7 @@ impl PolicyEngine {
     /// percent-decoding or slash-collapsing.
     pub fn decide<'e>(&'e self, req: &HttpRequest<'_>, subject: &Subject<'_>) -> Decision<'e> {
         let mut buf = [0u8; MAX_HOST + 3];
-        let Ok(host) = normalize_host(req.host, &mut buf) else {
+        let Ok(host) = req.normal_host(&mut buf) else {
             return Decision::deny(Reason::MalformedHost);
         };
         let Ok(path) = normalize_path(req.path) else {
@@ -529,7 +580,7 @@ impl PolicyEngine {
             decision,
         };
         let mut buf = [0u8; MAX_HOST + 3];
-        let host = match normalize_host(req.host, &mut buf) {
+        let host = match req.normal_host(&mut buf) {
             Ok(h) => h,
             Err(e) => {
                 ex.request_error = Some(e);

@@ -1353,3 +1353,60 @@ fn second_tier_routes_only_take_what_the_first_tier_leaves() {
     let ex = e.explain(&req("app.example.com", "/admin/x"), &at(Some(&bob)));
     assert_eq!(ex.decision.route, Some("app"));
 }
+
+/// A request decided with a host normalized before is decided as the one
+/// with the raw host: same route, verdict and reason, for hosts with
+/// ports, case, a trailing dot, IPv6 literals, and malformed ones (which
+/// `NormalHost::new` refuses with the error `decide` denies for).
+#[test]
+fn a_normal_host_decides_as_the_raw_one() {
+    let e = engine(&[
+        route("api", "api.example.com", "/api/*"),
+        route("wild", "*.example.com", "/*"),
+        route("v6", "[2001:db8::1]", "/*"),
+        route("any", "*", "/other/*"),
+    ]);
+    let alice = user("alice", &[]);
+    for host in [
+        "api.example.com",
+        "API.Example.COM:8443",
+        "api.example.com.",
+        "x.example.com:80",
+        "[2001:DB8::1]:443",
+        "[2001:db8::1]",
+        "elsewhere.test",
+        "",
+        "a..b",
+        "bad host",
+        "[::1",
+        "h:99999",
+    ] {
+        for path in ["/api/x", "/other/y", "/"] {
+            let raw = e.decide(&req(host, path), &at(Some(&alice)));
+            let explained = e.explain(&req(host, path), &at(Some(&alice)));
+            match NormalHost::new(host) {
+                Ok(n) => {
+                    let pre = HttpRequest::with_normal_host("GET", &n, path);
+                    let d = e.decide(&pre, &at(Some(&alice)));
+                    assert_eq!(
+                        (d.verdict, d.reason, d.route),
+                        (raw.verdict, raw.reason, raw.route),
+                        "{host} {path}"
+                    );
+                    let x = e.explain(&pre, &at(Some(&alice)));
+                    assert_eq!(x.normalized_host, explained.normalized_host, "{host}");
+                    assert_eq!(
+                        e.match_route(&pre).map(|r| r.map(|r| r.name().to_owned())),
+                        e.match_route(&req(host, path))
+                            .map(|r| r.map(|r| r.name().to_owned())),
+                        "{host} {path}"
+                    );
+                }
+                Err(err) => {
+                    assert_eq!(raw.reason, Reason::MalformedHost, "{host}");
+                    assert_eq!(e.match_route(&req(host, path)).err(), Some(err), "{host}");
+                }
+            }
+        }
+    }
+}

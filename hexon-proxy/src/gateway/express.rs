@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use hexon_core::UnixTime;
 use hexon_core::httpsig::HttpSigner;
-use hexon_core::policy::{Credential, HttpRequest, Subject, Verdict};
+use hexon_core::policy::{Credential, HttpRequest, NormalHost, Subject, Verdict};
 use hexon_core::store::session::authority_host;
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
@@ -114,6 +114,8 @@ struct HostFacts {
     authority: String,
     /// The host without port ([`authority_host`]).
     bare: Option<String>,
+    /// The host as the policy reads it.
+    normal: NormalHost,
 }
 
 impl HostFacts {
@@ -124,10 +126,13 @@ impl HostFacts {
         http::uri::Authority::try_from(host).ok()?;
         let text = std::str::from_utf8(host).ok()?.to_owned();
         let bare = authority_host(&text).map(str::to_owned);
+        // (A host the policy refuses is denied: the stack answers.)
+        let normal = NormalHost::new(&text).ok()?;
         Some(HostFacts {
             text,
             authority,
             bare,
+            normal,
         })
     }
 }
@@ -208,7 +213,7 @@ impl GatewayExpress {
             .with_source_ip(peer)
             .with_credential(Credential::Jwt);
         let decision = policy.decide(
-            &HttpRequest::new(method.as_str(), host_text, path),
+            &HttpRequest::with_normal_host(method.as_str(), &facts.normal, path),
             &subject,
         );
         if decision.verdict != Verdict::Allow {

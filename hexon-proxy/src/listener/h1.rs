@@ -147,7 +147,11 @@ where
     // The express lane's timer for upstream answers, kept likewise (made
     // by the first lane request; see `proxy::until`).
     let mut answer_timer: Option<Pin<Box<Sleep>>> = None;
-    let mut stopped = pin!(super::stopped(stop));
+    // The watch is waited on through a copy, so that `stop` itself can be
+    // read after each response: a read of the value, where polling the
+    // waiting future again costs a lock.
+    let mut waiting = stop.clone();
+    let mut stopped = pin!(super::stopped(&mut waiting));
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
         let mut armed = false;
@@ -258,9 +262,8 @@ where
             }
         };
         // After a shutdown request the answer says the connection closes,
-        // as hyper's graceful shutdown does. (Ready once, it is not polled
-        // again: the connection ends after this response.)
-        let close = close || !limits.keep_alive || stopped.as_mut().now_or_never().is_some();
+        // as hyper's graceful shutdown does.
+        let close = close || !limits.keep_alive || *stop.borrow();
         let written = match res {
             Answer::Stack(res) => write_response(io, &mut out, res, head_method, close).await,
             Answer::Upstream(answer, body, rid) => {
