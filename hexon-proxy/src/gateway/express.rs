@@ -380,3 +380,44 @@ impl Express for GatewayExpress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the per-thread memo gives is what reading the value gives, as
+    /// the `Host` changes, repeats, is refused or is too long to remember.
+    #[test]
+    fn remembered_host_facts_are_the_ones_read() {
+        let long = format!("{}.example", "h".repeat(MAX_REMEMBERED_HOST));
+        let facts = |f: &HostFacts| {
+            (
+                f.text.clone(),
+                f.authority.clone(),
+                f.bare.clone(),
+                f.normal.clone(),
+            )
+        };
+        for host in [
+            "a.example",
+            "a.example",
+            "B.Example:8443",
+            "bad host",
+            "a.example",
+            "[2001:db8::1]:80",
+            "[2001:db8::1",
+            long.as_str(),
+            "a.example",
+        ] {
+            let fresh = HostFacts::read(host.as_bytes()).map(|f| facts(&f));
+            let remembered = with_host(host.as_bytes(), |f| Some(facts(f)));
+            assert_eq!(remembered, fresh, "{host}");
+        }
+        // And what it reads is what each reader gives.
+        let f = HostFacts::read(b"B.Example:80").unwrap();
+        assert_eq!(f.authority, "b.example");
+        assert_eq!(f.bare.as_deref(), Some("B.Example"));
+        assert_eq!(f.normal.as_str(), "b.example");
+        assert!(HostFacts::read(b"a b").is_none());
+    }
+}

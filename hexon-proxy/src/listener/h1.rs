@@ -154,7 +154,6 @@ where
     let mut stopped = pin!(super::stopped(&mut waiting));
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
-        let mut armed = false;
         let head = loop {
             if !buf.is_empty() {
                 match parse(&mut buf, &mut fields, limits) {
@@ -168,7 +167,7 @@ where
             }
             buf.reserve(4096);
             let mut read = pin!(io.read_buf(&mut buf));
-            let waited = std::future::poll_fn(|cx| {
+            let read_or_stop = std::future::poll_fn(|cx| {
                 // The read first: when bytes are there (the usual wake-up)
                 // the shutdown watch is not polled, which costs a lock. A
                 // shutdown is still seen: it wakes this task, whose read
@@ -179,17 +178,11 @@ where
                 if stopped.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wait::Stop);
                 }
-                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if !armed {
-                    t.as_mut().reset(deadline);
-                    armed = true;
-                }
-                if t.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wait::Timeout);
-                }
                 Poll::Pending
-            })
-            .await;
+            });
+            let waited = crate::proxy::until(&mut timer, deadline, read_or_stop)
+                .await
+                .unwrap_or(Wait::Timeout);
             match waited {
                 Wait::Read(Ok(n)) if n > 0 => {}
                 // End of stream (mid-head too: nothing to answer to), an
