@@ -259,8 +259,9 @@ thread_local! {
     };
 }
 
-/// Longer `Host` values are written each time, not remembered.
-const MAX_REMEMBERED_HOST: usize = 256;
+/// Longer `Host` values are not remembered per thread (here, nor by the
+/// gateway's planner): written, or read, each time.
+pub(crate) const MAX_REMEMBERED_HOST: usize = 256;
 
 /// `Host`, `X-Forwarded-Host`, `-For`, `-Proto`, `Forwarded` and the name
 /// of `X-Request-Id` (see [`Tail`]).

@@ -56,7 +56,7 @@ use super::audit::{AuditSink, Line, clip};
 use super::ca::CaRoutes;
 use super::login::Login;
 use crate::authn::BearerJwt;
-use crate::express::{Express, Plan, RequestHead, UpstreamHead};
+use crate::express::{Express, MAX_REMEMBERED_HOST, Plan, RequestHead, UpstreamHead};
 use crate::ext::ConnectionInfo;
 use crate::respond::Flavor;
 use crate::sign::RouteIdentity;
@@ -143,9 +143,6 @@ thread_local! {
     /// comparing the value costs a fraction of reading it again.
     static LAST_HOST: RefCell<Option<HostFacts>> = const { RefCell::new(None) };
 }
-
-/// Longer `Host` values are read each time, not remembered.
-const MAX_REMEMBERED_HOST: usize = 256;
 
 /// `f` with the facts of `host`; `None` when the value is refused.
 fn with_host<R>(host: &[u8], f: impl FnOnce(&HostFacts) -> Option<R>) -> Option<R> {
