@@ -183,6 +183,12 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
         ),
         ("HEAD", "/signed/h".into(), auth(&alice), true),
         ("GET", "/signed/chunked".into(), auth(&alice), true),
+        // A body that is not read with its head (the streamed path), an
+        // empty one, none at all.
+        ("GET", "/signed/late".into(), auth(&alice), true),
+        ("GET", "/signed/empty".into(), auth(&alice), true),
+        ("HEAD", "/signed/empty".into(), auth(&alice), true),
+        ("GET", "/signed/nocontent".into(), auth(&alice), true),
         // Hop-by-hop fields naming nothing else: removed on the lane.
         (
             "GET",
@@ -315,6 +321,25 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
                     Some(&vec!["2".to_owned()])
                 );
                 assert_eq!(express_answer.2, "");
+            }
+            "/signed/late" => {
+                assert_eq!(express_answer.0, 200);
+                assert_eq!(express_answer.2, "later");
+                assert_eq!(express_answer.1.get("x-up"), Some(&vec!["t".to_owned()]));
+            }
+            "/signed/empty" => {
+                assert_eq!(express_answer.0, 200);
+                assert_eq!(express_answer.2, "");
+                assert_eq!(
+                    express_answer.1.get("content-length"),
+                    Some(&vec!["0".to_owned()])
+                );
+            }
+            "/signed/nocontent" => {
+                assert_eq!(express_answer.0, 204);
+                assert_eq!(express_answer.2, "");
+                assert_eq!(express_answer.1.get("content-length"), None);
+                assert_eq!(express_answer.1.get("x-up"), Some(&vec!["n".to_owned()]));
             }
             "/signed/chunked" => {
                 assert_eq!(express_answer.2, "abcde");

@@ -31,8 +31,53 @@ pub struct BearerJwt {
     local: RwLock<Option<Arc<JwtVerifier>>>,
     external: Vec<Arc<JwksIssuer>>,
     max_len: usize,
-    verified: Option<quick_cache::sync::Cache<Box<[u8]>, Arc<Verified>>>,
+    verified: Option<quick_cache::sync::Cache<TokenKey, Arc<Verified>>>,
     check: Option<super::SessionCheck>,
+}
+
+/// A remembered token's bytes, the key of the verified-token cache.
+///
+/// Hashed by its length and last [`HASHED_TAIL`] bytes only, and compared
+/// whole. A compact JWS ends with its signature, so those bytes differ
+/// between tokens like the whole token does, and a lookup hashes 40 bytes
+/// instead of the whole token (often 500 or more; the lookup is on every
+/// request). Collisions cost a comparison, never a wrong hit; and no one
+/// can fill a bucket on purpose, since only tokens that verified are
+/// stored, and their signatures cannot be chosen without the signing key.
+#[derive(PartialEq, Eq)]
+struct TokenKey(Box<[u8]>);
+
+/// A token's bytes, looked up as a [`TokenKey`].
+struct TokenRef<'a>(&'a [u8]);
+
+/// How many of a token's last bytes its cache key hashes.
+const HASHED_TAIL: usize = 32;
+
+fn hash_token<H: std::hash::Hasher>(token: &[u8], state: &mut H) {
+    use std::hash::Hash as _;
+    token.len().hash(state);
+    token
+        .get(token.len().saturating_sub(HASHED_TAIL)..)
+        .unwrap_or(token)
+        .hash(state);
+}
+
+impl std::hash::Hash for TokenKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_token(&self.0, state);
+    }
+}
+
+impl std::hash::Hash for TokenRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_token(self.0, state);
+    }
+}
+
+impl quick_cache::Equivalent<TokenKey> for TokenRef<'_> {
+    fn equivalent(&self, key: &TokenKey) -> bool {
+        *self.0 == *key.0
+    }
 }
 
 /// A token Hexon's own verifier accepted, remembered so the same token (a
@@ -146,7 +191,7 @@ impl BearerJwt {
         now: UnixTime,
     ) -> Option<hexon_core::Identity> {
         let (cache, v) = (self.verified.as_ref()?, local?);
-        let hit = cache.get(raw)?;
+        let hit = cache.get(&TokenRef(raw))?;
         let fresh = now <= hit.expires && hit.not_before.is_none_or(|nbf| nbf <= now);
         (fresh && Arc::ptr_eq(&hit.verifier, v)).then(|| hit.identity.clone())
     }
@@ -257,7 +302,7 @@ impl Authenticator for BearerJwt {
                 Ok(verified) => {
                     if let Some(c) = &self.verified {
                         c.insert(
-                            token.as_bytes().into(),
+                            TokenKey(token.as_bytes().into()),
                             Arc::new(Verified {
                                 identity: verified.identity.clone(),
                                 not_before: verified.claims.nbf,
@@ -299,6 +344,29 @@ mod tests {
     use hexon_core::{Ed25519Signer, Identity, Signer, UnixTime};
 
     use super::*;
+
+    /// Keys that hash alike (same length and tail) are still told apart
+    /// by the whole bytes: a lookup finds its own token or none.
+    #[test]
+    fn tokens_alike_at_the_end_are_distinct_keys() {
+        let tail = "x".repeat(HASHED_TAIL);
+        let (a, b, c) = (
+            format!("aaa.{tail}"),
+            format!("bbb.{tail}"),
+            format!("ccc.{tail}"),
+        );
+        let cache = quick_cache::sync::Cache::<TokenKey, usize>::new(16);
+        cache.insert(TokenKey(a.as_bytes().into()), 1);
+        cache.insert(TokenKey(b.as_bytes().into()), 2);
+        assert_eq!(cache.get(&TokenRef(a.as_bytes())), Some(1));
+        assert_eq!(cache.get(&TokenRef(b.as_bytes())), Some(2));
+        assert_eq!(cache.get(&TokenRef(c.as_bytes())), None);
+        // Shorter than the hashed tail, and empty.
+        cache.insert(TokenKey(b"short".as_slice().into()), 3);
+        assert_eq!(cache.get(&TokenRef(b"short")), Some(3));
+        assert_eq!(cache.get(&TokenRef(b"shorT")), None);
+        assert_eq!(cache.get(&TokenRef(b"")), None);
+    }
 
     fn parts(token: &str) -> Parts {
         http::Request::get("/")

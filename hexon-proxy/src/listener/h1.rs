@@ -65,8 +65,8 @@ use tower::{Service, ServiceExt as _};
 use crate::body::{BoxBody, BoxError, RequestBody};
 use crate::express::{Express, RequestHead};
 use crate::ext::{ConnectionInfo, RequestId};
-use crate::proxy::ExpressAnswer;
 use crate::proxy::h1codec::ResponseHead;
+use crate::proxy::{ExpressAnswer, ExpressBody};
 
 /// Most header fields a request may have and still be read here; a request
 /// with more goes to hyper, which applies the listener's own limit.
@@ -291,7 +291,7 @@ where
 /// express lane got (its head, body and the request's id).
 enum Answer {
     Stack(Response<BoxBody>),
-    Upstream(ResponseHead, BoxBody, RequestId),
+    Upstream(ResponseHead, ExpressBody, RequestId),
 }
 
 enum Wait {
@@ -527,6 +527,16 @@ fn framing_for(
     } else {
         body.size_hint().exact()
     };
+    framing_of(status, exact, declared, head_method)
+}
+
+/// [`framing_for`] a body whose size is `exact` (if known).
+fn framing_of(
+    status: StatusCode,
+    exact: Option<u64>,
+    declared: Option<u64>,
+    head_method: bool,
+) -> (Option<u64>, Framing) {
     let can_length = !(status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED);
@@ -555,8 +565,22 @@ where
     I: AsyncWrite + Unpin,
 {
     let sent = send_body(io, out, body, framing).await;
-    // What is buffered goes out even after a body failed: the client then
-    // sees a truncated message, not none at all.
+    flush_out(io, out, sent, close).await
+}
+
+/// Write what `out` holds and flush, after a body was `sent` (whether it
+/// matched its framing); `Ok(true)` when the connection can carry another
+/// request. What is buffered goes out even after a body failed: the
+/// client then sees a truncated message, not none at all.
+async fn flush_out<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    sent: io::Result<bool>,
+    close: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
     if !out.is_empty() {
         let written = io.write_all(out).await;
         out.clear();
@@ -580,7 +604,7 @@ where
 async fn write_upstream_answer<I>(
     io: &mut I,
     out: &mut Vec<u8>,
-    answer: (&ResponseHead, &[[usize; 4]], BoxBody),
+    answer: (&ResponseHead, &[[usize; 4]], ExpressBody),
     request_id: &RequestId,
     head_method: bool,
     close: bool,
@@ -588,9 +612,17 @@ async fn write_upstream_answer<I>(
 where
     I: AsyncWrite + Unpin,
 {
-    let (head, fields, mut body) = answer;
+    let (head, fields, body) = answer;
+    let (length, framing) = match &body {
+        ExpressBody::Whole(data) => framing_of(
+            head.status,
+            Some(data.len() as u64),
+            head.declared,
+            head_method,
+        ),
+        ExpressBody::Streaming(body) => framing_for(head.status, body, head.declared, head_method),
+    };
     out.reserve(1024);
-    let (length, framing) = framing_for(head.status, &body, head.declared, head_method);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(head.status.as_str().as_bytes());
     out.push(b' ');
@@ -606,7 +638,11 @@ where
         if name.eq_ignore_ascii_case(b"x-request-id") {
             continue;
         }
-        out.extend(name.iter().map(u8::to_ascii_lowercase));
+        let at = out.len();
+        out.extend_from_slice(name);
+        if let Some(copied) = out.get_mut(at..) {
+            copied.make_ascii_lowercase();
+        }
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
@@ -628,6 +664,18 @@ where
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    let mut body = match body {
+        ExpressBody::Streaming(body) => body,
+        ExpressBody::Whole(data) => {
+            // Head and body in one write (framing is `Length` of the
+            // data's size, or `None` for `HEAD`, 204 and 304).
+            let sent = match framing {
+                Framing::Length(_) => put(io, out, data).await.map(|()| true),
+                _ => Ok(true),
+            };
+            return flush_out(io, out, sent, close).await;
+        }
+    };
     finish_body(io, out, &mut body, framing, close).await
 }
 

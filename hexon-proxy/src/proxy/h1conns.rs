@@ -246,6 +246,27 @@ impl H1Body {
         }
     }
 
+    /// The whole body, when it is already read (a small answer arrives
+    /// with its head): its connection goes back to the pool now, and the
+    /// body needs no polling, timing or boxing. `None` (the body is left
+    /// as it was) when more is to come or the body is framed otherwise.
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
+        let Some(conn) = self.conn.as_mut() else {
+            // No body at all (`Framing::Empty`), or one already ended.
+            return matches!(self.framing, BodyFraming::Length(0)).then(Bytes::new);
+        };
+        let BodyFraming::Length(left) = &mut self.framing else {
+            return None;
+        };
+        let n = usize::try_from(*left)
+            .ok()
+            .filter(|n| *n <= conn.buf.len())?;
+        let data = conn.buf.split_to(n).freeze();
+        *left = 0;
+        self.end();
+        Some(data)
+    }
+
     fn end(&mut self) {
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.as_ref()) {
             let keep = self.keep_alive && !matches!(self.framing, BodyFraming::Close);

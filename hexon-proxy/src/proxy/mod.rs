@@ -509,13 +509,23 @@ pub(crate) struct ExpressForward<'a> {
 /// What the express lane answers a client.
 pub(crate) enum ExpressAnswer {
     /// The upstream's answer: its head (the fields a client may see are
-    /// the offsets `forward_express` was given) and its body, timed.
+    /// the offsets `forward_express` was given) and its body.
     Upstream {
         head: h1codec::ResponseHead,
-        body: BoxBody,
+        body: ExpressBody,
     },
     /// The gateway's own answer (an upstream failure), request id set.
     Own(Response<BoxBody>),
+}
+
+/// An upstream answer's body on the express lane.
+pub(crate) enum ExpressBody {
+    /// All of it, read with the head (the usual small answer): its
+    /// connection is back in the pool, and there is nothing to wait for.
+    Whole(Bytes),
+    /// The rest is still to come from the upstream, timed (idle and total
+    /// deadlines) as the stack times it.
+    Streaming(BoxBody),
 }
 
 impl ExpressAnswer {
@@ -555,7 +565,7 @@ pub(crate) async fn forward_express(
     let t = f.timeouts;
     let (deadline, head_deadline) = deadlines(&t);
     let sent = conns.send(f.head, f.method, fields);
-    let (head, body) = match until(timer, head_deadline, sent).await {
+    let (head, mut body) = match until(timer, head_deadline, sent).await {
         None => {
             return own(fail.respond(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -569,39 +579,59 @@ pub(crate) async fn forward_express(
         }
         Some(Ok(answer)) => answer,
     };
+    if let Some(data) = body.take_whole() {
+        return ExpressAnswer::Upstream {
+            head,
+            body: ExpressBody::Whole(data),
+        };
+    }
     let ctx = LogContext {
         request_id: Arc::clone(&f.request_id.0),
         route: Arc::clone(f.route),
         upstream: f.upstream.clone(),
     };
     let body = crate::body::boxed(TimedBody::new(body, t.idle, deadline, ctx));
-    ExpressAnswer::Upstream { head, body }
+    ExpressAnswer::Upstream {
+        head,
+        body: ExpressBody::Streaming(body),
+    }
 }
 
 /// `fut`'s output, or `None` when `deadline` comes first, timed by `timer`,
 /// which the caller keeps from one call to the next (made on first use).
-/// A kept timer moved to a later deadline is one atomic update in tokio;
-/// a new one per call (`tokio::time::timeout_at`) is entered into the
+/// A new timer per call (`tokio::time::timeout_at`) is entered into the
 /// runtime's timer wheel and taken out again each time.
+///
+/// The kept timer is moved lazily. Set for later than `deadline`, it is
+/// moved earlier at once; set for earlier (the usual case: each request's
+/// deadline is a little later than the last one's), it is left, and when
+/// it fires before `deadline` it is moved then. So a connection's timer
+/// moves about once per timeout, not once per request.
 pub(crate) async fn until<F: Future>(
     timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     deadline: Instant,
     fut: F,
 ) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
-    let mut armed = false;
+    let mut checked = false;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
         let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !armed {
-            t.as_mut().reset(deadline);
-            armed = true;
+        if !checked {
+            if t.deadline() > deadline {
+                t.as_mut().reset(deadline);
+            }
+            checked = true;
         }
-        match t.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match t.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= deadline => return Poll::Ready(None),
+                // Fired for an earlier deadline: on to this one.
+                Poll::Ready(()) => t.as_mut().reset(deadline),
+            }
         }
     })
     .await
@@ -620,4 +650,86 @@ fn with_request_id(mut res: Response<BoxBody>, rid: &RequestId) -> Response<BoxB
         res.headers_mut().insert(crate::request_id::X_REQUEST_ID, v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The kept timer ends each wait at that wait's deadline, whether it
+    /// was set for earlier (left, then moved when it fires), for later
+    /// (moved at once), or fired long ago; a future ready in time wins.
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_timer_ends_each_wait_at_its_own_deadline() {
+        let mut timer = None;
+        let never = std::future::pending::<()>;
+        // (Timers fire on whole milliseconds: at most one late.)
+        let waited = |start: Instant, d: Duration| {
+            let w = Instant::now() - start;
+            assert!(
+                w >= d && w <= d + Duration::from_millis(1),
+                "waited {w:?}, not {d:?}"
+            );
+        };
+
+        // First use: made for this deadline.
+        let start = Instant::now();
+        assert_eq!(
+            until(&mut timer, start + Duration::from_secs(1), never()).await,
+            None
+        );
+        waited(start, Duration::from_secs(1));
+
+        // Set for earlier (it fired already): waits for the new deadline.
+        let start = Instant::now();
+        assert_eq!(
+            until(&mut timer, start + Duration::from_secs(5), never()).await,
+            None
+        );
+        waited(start, Duration::from_secs(5));
+
+        // Set for earlier and not yet fired: it fires, is moved, and the
+        // wait still ends at the new deadline.
+        let start = Instant::now();
+        let early = start + Duration::from_secs(2);
+        timer.as_mut().unwrap().as_mut().reset(early);
+        assert_eq!(
+            until(&mut timer, start + Duration::from_secs(3), never()).await,
+            None
+        );
+        waited(start, Duration::from_secs(3));
+
+        // Set for later: moved earlier at once.
+        let start = Instant::now();
+        timer
+            .as_mut()
+            .unwrap()
+            .as_mut()
+            .reset(start + Duration::from_secs(60));
+        assert_eq!(
+            until(&mut timer, start + Duration::from_secs(1), never()).await,
+            None
+        );
+        waited(start, Duration::from_secs(1));
+
+        // A future that is ready before the deadline gives its output, and
+        // a deadline already past ends a wait for a pending one at once.
+        let start = Instant::now();
+        let soon = tokio::time::sleep(Duration::from_millis(300));
+        let out = until(&mut timer, start + Duration::from_secs(1), async {
+            soon.await;
+            7
+        })
+        .await;
+        assert_eq!(out, Some(7));
+        waited(start, Duration::from_millis(300));
+        let start = Instant::now();
+        assert_eq!(
+            until(&mut timer, start - Duration::from_millis(1), never()).await,
+            None
+        );
+        waited(start, Duration::ZERO);
+    }
 }

@@ -113,8 +113,24 @@ pub async fn recording_upstream() -> (SocketAddr, Recorded) {
                         // Past a route's 1 s answer timeout.
                         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
                     }
+                    if target.ends_with(b"/late") {
+                        // The body comes after the head, not with it.
+                        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: t\r\n\r\n";
+                        if s.write_all(head).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        if s.write_all(b"later").await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let answer: &[u8] = if target.ends_with(b"/chunked") {
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nX-Up: c\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                    } else if target.ends_with(b"/empty") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Up: e\r\n\r\n"
+                    } else if target.ends_with(b"/nocontent") {
+                        b"HTTP/1.1 204 No Content\r\nX-Up: n\r\n\r\n"
                     } else if target.ends_with(b"/close") {
                         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\nX-Up: x\r\n\r\nclose"
                     } else {
