@@ -613,17 +613,14 @@ pub(crate) async fn until<F: Future>(
     fut: F,
 ) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
-    let mut checked = false;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
         let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !checked {
-            if t.deadline() > deadline {
-                t.as_mut().reset(deadline);
-            }
-            checked = true;
+        // (Once moved, the timer is at `deadline`: later polls leave it.)
+        if t.deadline() > deadline {
+            t.as_mut().reset(deadline);
         }
         loop {
             match t.as_mut().poll(cx) {
