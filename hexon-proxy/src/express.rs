@@ -197,6 +197,25 @@ impl<'o> UpstreamHead<'o> {
         true
     }
 
+    /// Add the field `name` (lower case) with the value `write` appends;
+    /// nothing when it appends nothing. `false` (nothing written) when the
+    /// value has bytes a header map refuses.
+    pub fn add_with(&mut self, name: &[u8], write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let start = self.out.len();
+        self.out.extend_from_slice(name);
+        self.out.extend_from_slice(b": ");
+        let value = self.out.len();
+        write(self.out);
+        let v = self.out.get(value..).unwrap_or_default();
+        let (empty, valid) = (v.is_empty(), crate::proxy::is_valid_value(v));
+        if empty || !valid {
+            self.out.truncate(start);
+            return valid;
+        }
+        self.out.extend_from_slice(b"\r\n");
+        true
+    }
+
     /// Add whole field lines (`name: value\r\n` each, names in lower case,
     /// values valid) the gateway made.
     pub fn add_lines(&mut self, lines: &[u8]) {
@@ -316,6 +335,24 @@ mod tests {
     use super::*;
     use crate::proxy::{TrustedProxies, prepare_request};
     use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A field made by a writer: written whole when valid, left out when
+    /// empty, refused (nothing written) when a header map would refuse it.
+    #[test]
+    fn a_written_field_is_whole_absent_or_refused() {
+        let pq = PathAndQuery::from_static("/a");
+        let mut out = Vec::new();
+        let mut w = UpstreamHead::start(&mut out, &Method::GET, "", &pq);
+        assert!(w.add_with(b"cookie", |o| o.extend_from_slice(b"a=1; b=2")));
+        assert!(w.add_with(b"cookie", |_| {}));
+        assert!(!w.add_with(b"cookie", |o| o.extend_from_slice(b"a=\x01")));
+        assert!(!w.add_with(b"cookie", |o| o.extend_from_slice(b"a\r\nx: y")));
+        assert!(w.add_with(b"x-tab", |o| o.extend_from_slice(b"a\tb")));
+        assert_eq!(
+            out,
+            b"GET /a HTTP/1.1\r\ncookie: a=1; b=2\r\nx-tab: a\tb\r\n"
+        );
+    }
 
     /// The fields of a head, by name (lower case), values in order.
     fn fields_of(head: &[u8]) -> Vec<(String, String)> {

@@ -735,3 +735,112 @@ async fn kv_sessions_are_shared_revoked_everywhere_and_fail_closed() {
         StatusCode::OK
     );
 }
+
+/// `peek` (what the express lane reads) answers what `get` would, and only
+/// when the lookup would write nothing; `remembered` then applies the
+/// authenticator's own checks.
+#[tokio::test]
+async fn a_peeked_session_is_what_get_returns_and_only_when_nothing_is_due() {
+    use hexon_core::store::{KvBackend, MemoryKvBackend, SecretKeys};
+    use hexon_proxy::authn::SessionStore as _;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let backend = MemoryKvBackend::new();
+    let keys = Arc::new(SecretKeys::new([7; 32]));
+    let start = UnixTime::now();
+    let offset = Arc::new(AtomicI64::new(0));
+    let clock = {
+        let offset = offset.clone();
+        move || UnixTime::from_secs(start.as_secs() + offset.load(Ordering::SeqCst))
+    };
+    let store = KvSessionStore::open(&backend, keys.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .with_clock(clock.clone());
+    let later = start.saturating_add(Duration::from_secs(1800));
+    let scoped = alice()
+        .to_builder()
+        .audience("app.example")
+        .build()
+        .unwrap();
+    store
+        .insert("plain", &Session::new(alice(), later), start)
+        .await
+        .unwrap();
+    let idle = Session::new(scoped, later).with_idle_timeout(Duration::from_secs(80));
+    store.insert("idle", &idle, start).await.unwrap();
+
+    // Live, nothing due: peek says what get says.
+    for id in ["plain", "idle"] {
+        let got = store.get(id).await.unwrap();
+        assert!(got.is_some(), "{id}");
+        assert_eq!(store.peek(id), got, "{id}");
+    }
+    assert_eq!(store.peek("unknown"), None);
+    // A record that does not open is no session, to either.
+    let raw = backend
+        .bucket("sessions", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    raw.put(
+        &KvSessionStore::digest("forged"),
+        b"junk",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.peek("forged"), None);
+    assert_eq!(store.get("forged").await.unwrap(), None);
+
+    // The authenticator's checks: audience, expiry, current state.
+    let cookie = SessionCookie::new(Arc::new(store.clone()));
+    let user = |i: Option<Identity>| i.map(|i| i.username().to_owned());
+    assert_eq!(
+        user(cookie.remembered("idle", Some("APP.example"), start)),
+        Some("alice".to_owned())
+    );
+    assert_eq!(
+        cookie.remembered("idle", Some("other.example"), start),
+        None
+    );
+    assert_eq!(cookie.remembered("idle", None, start), None);
+    assert!(cookie.remembered("plain", None, start).is_some());
+    assert_eq!(cookie.remembered("plain", None, later), None);
+    let refused = cookie.clone().with_check(|_| Err("disabled"));
+    assert_eq!(refused.remembered("plain", None, start), None);
+
+    // An idle mark due (after an eighth of the timeout): peek leaves it to
+    // get, which marks the session seen; then peek answers again.
+    offset.store(15, Ordering::SeqCst);
+    assert_eq!(store.peek("idle"), None);
+    assert!(
+        store.peek("plain").is_some(),
+        "no idle timeout, nothing due"
+    );
+    let marked = store.get("idle").await.unwrap();
+    assert!(marked.is_some());
+    assert_eq!(store.peek("idle"), marked);
+    // Unused for longer than the timeout: ended, for both.
+    offset.store(15 + 81, Ordering::SeqCst);
+    assert_eq!(store.peek("idle"), None);
+    assert_eq!(store.get("idle").await.unwrap(), None);
+    // Revoked (on any node): neither answers with it.
+    store.revoke_subject(alice().subject()).await.unwrap();
+    assert_eq!(store.peek("plain"), None);
+    assert_eq!(store.get("plain").await.unwrap(), None);
+
+    // A store that cannot answer at once never does.
+    let down = KvSessionStore::open(&DownBackend, keys, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(down.peek("plain"), None);
+
+    // The in-process store answers for live sessions, not expired ones.
+    let memory = MemorySessionStore::new().with_clock(clock);
+    memory.insert("m", Session::new(alice(), later));
+    memory.insert("old", Session::new(alice(), start));
+    assert!(memory.peek("m").is_some());
+    assert_eq!(memory.peek("m"), memory.get("m").await.unwrap());
+    assert_eq!(memory.peek("old"), None);
+    assert_eq!(memory.get("old").await.unwrap(), None);
+    assert_eq!(memory.len(), 1, "get removed the expired session");
+}

@@ -167,6 +167,30 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
     let alice = gw.token("alice").await;
     let bob = gw.token("bob").await;
     let auth = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    // Sessions as the login service stores them: a session handle, the
+    // application host as audience, an idle timeout.
+    let now = hexon_core::UnixTime::now();
+    let later = now.saturating_add(std::time::Duration::from_secs(600));
+    for (cookie, subject, groups, audience) in [
+        ("s-alice", "alice", vec!["eng"], "app.example.com"),
+        ("s-bob", "bob", vec![], "app.example.com"),
+        ("s-elsewhere", "alice", vec!["eng"], "other.example.com"),
+    ] {
+        let identity = hexon_core::Identity::builder(subject, subject)
+            .groups(groups)
+            .session(format!("h-{cookie}"))
+            .audience(audience)
+            .build()
+            .unwrap();
+        let session = hexon_proxy::authn::Session::new(identity, later)
+            .with_idle_timeout(std::time::Duration::from_secs(3600));
+        gw.gateway
+            .sessions()
+            .insert(cookie, &session, now)
+            .await
+            .unwrap();
+    }
+    let session = |id: &str| format!("Cookie: __Host-hexon-session={id}\r\n");
 
     // (method, target, extra fields, taken by the lane)
     let cases: Vec<(&str, String, String, bool)> = vec![
@@ -218,6 +242,37 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
             true,
         ),
         ("GET", "/plain/p".into(), auth(&alice), true),
+        // Sessions, and the cookies that come with them: the session
+        // cookie never goes upstream, the others do (as one field).
+        (
+            "GET",
+            "/signed/session".into(),
+            "Cookie: a=1; __Host-hexon-session=s-alice\r\nCookie: b=2;c\r\n".into(),
+            true,
+        ),
+        (
+            "GET",
+            "/signed/only-session".into(),
+            session("s-alice"),
+            true,
+        ),
+        ("HEAD", "/plain/session".into(), session("s-alice"), true),
+        (
+            "GET",
+            "/signed/cookie".into(),
+            format!("{}Cookie: a=b\r\n", auth(&alice)),
+            true,
+        ),
+        // A bearer token decides before a session cookie, which is dropped.
+        (
+            "GET",
+            "/signed/both".into(),
+            format!(
+                "{}Cookie: __Host-hexon-session=s-bob; c=3\r\n",
+                auth(&alice)
+            ),
+            true,
+        ),
         // The upstream closes after answering: the next request opens another.
         ("GET", "/signed/close".into(), auth(&alice), true),
         ("GET", "/signed/after-close".into(), auth(&alice), true),
@@ -238,17 +293,36 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
             format!("{}Connection: x-secret\r\nX-Secret: 1\r\n", auth(&alice)),
             false,
         ),
-        (
-            "GET",
-            "/signed/cookie".into(),
-            format!("{}Cookie: a=b\r\n", auth(&alice)),
-            false,
-        ),
         ("GET", "/jwt/x".into(), auth(&alice), false),
         ("DELETE", "/signed/d".into(), auth(&alice), false),
         ("GET", "/signed/bob".into(), auth(&bob), false),
         ("GET", "/signed/broken".into(), auth("e30.e30.AAAA"), false),
         ("GET", "/signed/none".into(), String::new(), false),
+        (
+            "GET",
+            "/signed/crumbs".into(),
+            "Cookie: a=1\r\n".into(),
+            false,
+        ),
+        ("GET", "/signed/session-bob".into(), session("s-bob"), false),
+        (
+            "GET",
+            "/signed/session-elsewhere".into(),
+            session("s-elsewhere"),
+            false,
+        ),
+        (
+            "GET",
+            "/signed/session-unknown".into(),
+            session("s-nope"),
+            false,
+        ),
+        (
+            "GET",
+            "/signed/session-twice".into(),
+            "Cookie: __Host-hexon-session=s-alice; __Host-hexon-session=s-alice\r\n".into(),
+            false,
+        ),
         ("GET", "/nowhere".into(), auth(&alice), false),
         ("GET", "/signed/./dot".into(), auth(&alice), false),
         ("GET", "/.well-known/jwks.json".into(), auth(&alice), false),
@@ -370,6 +444,31 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
                 assert_eq!(field("hexon-user"), None);
                 assert_eq!(field("signature"), None);
             }
+            "/signed/session" => {
+                assert_eq!(express_answer.0, 200);
+                assert_eq!(field("hexon-user"), Some(vec!["alice".to_owned()]));
+                assert_eq!(field("cookie"), Some(vec!["a=1; b=2".to_owned()]));
+                assert!(field("signature").unwrap()[0].starts_with("hexon="));
+            }
+            "/signed/only-session" | "/plain/session" => {
+                assert_eq!(express_answer.0, 200);
+                assert_eq!(field("cookie"), None);
+            }
+            "/signed/cookie" => assert_eq!(field("cookie"), Some(vec!["a=b".to_owned()])),
+            "/signed/both" => {
+                assert_eq!(field("hexon-user"), Some(vec!["alice".to_owned()]));
+                assert_eq!(field("cookie"), Some(vec!["c=3".to_owned()]));
+            }
+            "/signed/session-bob" => assert_eq!(express_answer.0, 403),
+            "/signed/session-elsewhere" | "/signed/session-unknown" | "/signed/session-twice" => {
+                assert_eq!(express_answer.0, 401);
+                assert!(
+                    express_answer.1.contains_key("set-cookie"),
+                    "{:?}",
+                    express_answer.1
+                );
+            }
+            "/signed/crumbs" => assert_eq!(express_answer.0, 401),
             "/signed/close" => assert_eq!(express_answer.2, "close"),
             "/down/x" | "/down/y" | "/slow/slow" => {
                 let status = if target.starts_with("/slow") {
@@ -430,6 +529,22 @@ async fn the_express_lane_forwards_what_the_stack_forwards_and_answers_alike() {
         assert_eq!((a.status, a.text()), (200, "ok".to_owned()));
     }
     assert_eq!(express_count(admin).await - count, 4);
+
+    // A session revoked (on any node sharing the state) is refused at
+    // once: the stack answers, with the cookie cleared.
+    let count = express_count(admin).await;
+    let with_session = format!(
+        "GET /signed/s HTTP/1.1\r\nHost: app.example.com\r\n{}\r\n",
+        session("s-alice")
+    );
+    let a = c.exchange(with_session.as_bytes(), "GET").await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(express_count(admin).await - count, 1);
+    gw.gateway.sessions().revoke_subject("alice").await.unwrap();
+    let a = c.exchange(with_session.as_bytes(), "GET").await.unwrap();
+    assert_eq!(a.status, 401);
+    assert!(a.header("set-cookie").is_some());
+    assert_eq!(express_count(admin).await - count, 1);
 
     // The audit lines of a request served either way say the same.
     gw.stop().await;

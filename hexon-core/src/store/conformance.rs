@@ -57,6 +57,17 @@ pub async fn kv_suite(backend: &dyn KvBackend) {
     kv_buckets_are_separate(backend).await;
 }
 
+/// `get_now`, where the backend answers it, says what `get` says.
+async fn now_agrees(name: &str, kv: &dyn KvStore, key: &str, step: &str) {
+    if let Some(now) = kv.get_now(key) {
+        assert_eq!(
+            Some(now),
+            kv.get(key).await.ok(),
+            "{name}: get_now and get disagree {step}"
+        );
+    }
+}
+
 /// get / put / delete.
 pub async fn kv_crud(name: &str, kv: &dyn KvStore) {
     let key = unique("k");
@@ -65,7 +76,9 @@ pub async fn kv_crud(name: &str, kv: &dyn KvStore) {
         None,
         "{name}: fresh key must be absent"
     );
+    now_agrees(name, kv, &key, "on a fresh key").await;
     let r1 = kv.put(&key, b"one", TTL).await.unwrap();
+    now_agrees(name, kv, &key, "after put").await;
     let got = kv.get(&key).await.unwrap().expect("value after put");
     assert_eq!(
         (got.value.as_slice(), got.revision),
@@ -98,6 +111,12 @@ pub async fn kv_crud(name: &str, kv: &dyn KvStore) {
         "{name}: second delete finds nothing"
     );
     assert_eq!(kv.get(&key).await.unwrap(), None);
+    now_agrees(name, kv, &key, "after delete").await;
+    assert_eq!(
+        kv.get_now(""),
+        None,
+        "{name}: get_now of an invalid key must leave the error to get"
+    );
 }
 
 /// compare-and-set, delete-if, and no ABA after delete and re-create.
@@ -341,6 +360,7 @@ pub async fn kv_ttl_expiry(name: &str, kv: &dyn KvStore) {
         None,
         "{name}: expired entry still visible"
     );
+    now_agrees(name, kv, &a, "after expiry").await;
     assert!(
         kv.put_if_absent(&b, b"b2", TTL).await.unwrap().is_some(),
         "{name}: put_if_absent must succeed over an expired entry"

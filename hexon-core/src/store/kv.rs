@@ -70,6 +70,16 @@ pub trait KvStore: Send + Sync + fmt::Debug {
     /// The live entry under `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, StoreError>;
 
+    /// What [`get`](Self::get) would answer, when the backend can tell
+    /// without waiting (in-process buckets): `Some(None)` for no live entry.
+    /// `None` when it cannot (a store across the network, an invalid key):
+    /// ask `get`. Lets a caller that must not wait (the gateway's express
+    /// lane) use state it can read at once, and leave the rest to `get`.
+    fn get_now(&self, key: &str) -> Option<Option<KvEntry>> {
+        let _ = key;
+        None
+    }
+
     /// Set `key` to `value` for `ttl`, whatever was there.
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError>;
 

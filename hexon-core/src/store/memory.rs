@@ -132,17 +132,27 @@ impl MemoryKv {
     fn live<'a>(map: &'a HashMap<String, Slot>, key: &str, now: Instant) -> Option<&'a Slot> {
         map.get(key).filter(|slot| slot.expires > now)
     }
+
+    /// The live entry under `key` (a checked key).
+    fn entry(&self, key: &str) -> Option<KvEntry> {
+        let map = lock(&self.map);
+        Self::live(&map, key, Instant::now()).map(|slot| KvEntry {
+            value: slot.value.clone(),
+            revision: slot.revision,
+        })
+    }
 }
 
 #[async_trait]
 impl KvStore for MemoryKv {
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
         check_key(key)?;
-        let map = lock(&self.map);
-        Ok(Self::live(&map, key, Instant::now()).map(|slot| KvEntry {
-            value: slot.value.clone(),
-            revision: slot.revision,
-        }))
+        Ok(self.entry(key))
+    }
+
+    fn get_now(&self, key: &str) -> Option<Option<KvEntry>> {
+        check_key(key).ok()?;
+        Some(self.entry(key))
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::{Event, EventBus, KvBackend, KvStore, Revision, SecretKeys, StoreError};
+use super::{Event, EventBus, KvBackend, KvEntry, KvStore, Revision, SecretKeys, StoreError};
 use crate::{Identity, UnixTime};
 
 /// Longest session cookie value accepted (the store's ids are far shorter).
@@ -77,11 +77,27 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The session for the cookie value `id`, if it exists (expired sessions
     /// may be returned; the authenticator checks `expires`).
     fn get<'a>(&'a self, id: &'a str) -> SessionFuture<'a>;
+
+    /// The session for the cookie value `id` when the store can tell at
+    /// once — without waiting and without writing — that it is live and
+    /// that a lookup would change nothing (no idle mark due, nothing to
+    /// remove): then it is what [`get`](Self::get) would return. `None`
+    /// otherwise, which decides nothing: ask `get`. The default never
+    /// answers. Lets a caller that must not wait (the gateway's express
+    /// lane) serve the sessions a store holds in process.
+    fn peek(&self, id: &str) -> Option<Session> {
+        let _ = id;
+        None
+    }
 }
 
 impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     fn get<'a>(&'a self, id: &'a str) -> SessionFuture<'a> {
         (**self).get(id)
+    }
+
+    fn peek(&self, id: &str) -> Option<Session> {
+        (**self).peek(id)
     }
 }
 
@@ -174,30 +190,41 @@ impl MemorySessionStore {
         self.len() == 0
     }
 
+    /// The live session under `k`: `Err(())` when there is one and it
+    /// expired.
+    fn find(&self, k: &Key) -> Result<Option<Session>, ()> {
+        let now = (self.clock)();
+        let map = self.read();
+        let Some((stored, s)) = map.get_key_value(k) else {
+            return Ok(None);
+        };
+        if !bool::from(stored.ct_eq(k)) {
+            return Ok(None);
+        }
+        if s.expires > now {
+            Ok(Some(s.clone()))
+        } else {
+            Err(())
+        }
+    }
+
     fn lookup(&self, id: &str) -> Option<Session> {
         let k = key(id);
-        let now = (self.clock)();
-        let expired = {
-            let map = self.read();
-            let (stored, s) = map.get_key_value(&k)?;
-            if !bool::from(stored.ct_eq(&k)) {
-                return None;
-            }
-            if s.expires > now {
-                return Some(s.clone());
-            }
-            true
-        };
-        if expired {
+        self.find(&k).unwrap_or_else(|()| {
             self.write().remove(&k);
-        }
-        None
+            None
+        })
     }
 }
 
 impl SessionStore for MemorySessionStore {
     fn get<'a>(&'a self, id: &'a str) -> SessionFuture<'a> {
         Box::pin(std::future::ready(Ok(self.lookup(id))))
+    }
+
+    /// Always answers for a live session (an expired one `get` removes).
+    fn peek(&self, id: &str) -> Option<Session> {
+        self.find(&key(id)).ok().flatten()
     }
 }
 
@@ -261,6 +288,44 @@ struct StoredSession {
     idle: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     seen: Option<UnixTime>,
+}
+
+impl StoredSession {
+    fn session(&self) -> Session {
+        Session {
+            identity: self.identity.clone(),
+            expires: self.expires,
+            created: self.created,
+            idle_timeout: self.idle.map(std::time::Duration::from_secs),
+        }
+    }
+
+    /// Where the session stands with its idle timeout at `now`.
+    fn idle_at(&self, now: UnixTime) -> Idle {
+        let (Some(idle), Some(seen)) = (self.idle, self.seen) else {
+            return Idle::InUse;
+        };
+        let idle = std::time::Duration::from_secs(idle);
+        let quiet = now.since(seen);
+        if quiet > idle {
+            Idle::Ended
+        } else if quiet >= (idle / 8).max(std::time::Duration::from_secs(1)) {
+            Idle::MarkSeen
+        } else {
+            Idle::InUse
+        }
+    }
+}
+
+/// A session's idle state ([`StoredSession::idle_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    /// No idle timeout, or seen recently enough: nothing to do.
+    InUse,
+    /// In time, but last marked seen long enough ago to mark it again.
+    MarkSeen,
+    /// Unused for longer than its idle timeout: it ends.
+    Ended,
 }
 
 fn kv_key(id: &str) -> String {
@@ -420,35 +485,33 @@ impl KvSessionStore {
         revision: Revision,
         stored: &StoredSession,
     ) -> Result<bool, StoreError> {
-        let (Some(idle), Some(seen)) = (stored.idle, stored.seen) else {
-            return Ok(true);
-        };
         let now = (self.clock)();
-        let idle = std::time::Duration::from_secs(idle);
-        let quiet = now.since(seen);
-        if quiet > idle {
-            let _ = self.sessions.delete_if(key, revision).await;
-            self.opened.remove(key);
-            return Ok(false);
-        }
-        if quiet >= (idle / 8).max(std::time::Duration::from_secs(1)) {
-            let ttl = stored.expires.since(now).min(self.max_lifetime);
-            if !ttl.is_zero() {
-                let touched = StoredSession {
-                    identity: stored.identity.clone(),
-                    expires: stored.expires,
-                    created: stored.created,
-                    generation: stored.generation,
-                    idle: stored.idle,
-                    seen: Some(now),
-                };
-                let sealed = self.seal(key, &touched)?;
-                if let Some(rev) = self
-                    .sessions
-                    .compare_and_set(key, revision, &sealed, ttl)
-                    .await?
-                {
-                    self.opened.insert(key.to_owned(), (rev, Arc::new(touched)));
+        match stored.idle_at(now) {
+            Idle::InUse => {}
+            Idle::Ended => {
+                let _ = self.sessions.delete_if(key, revision).await;
+                self.opened.remove(key);
+                return Ok(false);
+            }
+            Idle::MarkSeen => {
+                let ttl = stored.expires.since(now).min(self.max_lifetime);
+                if !ttl.is_zero() {
+                    let touched = StoredSession {
+                        identity: stored.identity.clone(),
+                        expires: stored.expires,
+                        created: stored.created,
+                        generation: stored.generation,
+                        idle: stored.idle,
+                        seen: Some(now),
+                    };
+                    let sealed = self.seal(key, &touched)?;
+                    if let Some(rev) = self
+                        .sessions
+                        .compare_and_set(key, revision, &sealed, ttl)
+                        .await?
+                    {
+                        self.opened.insert(key.to_owned(), (rev, Arc::new(touched)));
+                    }
                 }
             }
         }
@@ -517,42 +580,44 @@ impl KvSessionStore {
         Ok(())
     }
 
+    /// The record of `entry`, stored under `key`: opened before (same
+    /// revision) or opened now. `Err` for a record that does not open or
+    /// decode.
+    fn opened_record(&self, key: &str, entry: &KvEntry) -> Result<Arc<StoredSession>, StoreError> {
+        if let Some((_, stored)) = self
+            .opened
+            .get(key)
+            .filter(|(revision, _)| *revision == entry.revision)
+        {
+            return Ok(stored);
+        }
+        let stored = self
+            .keys
+            .open(&entry.value, &seal_context(key))
+            .and_then(|json| {
+                serde_json::from_slice::<StoredSession>(json.expose())
+                    .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))
+            })?;
+        let stored = Arc::new(stored);
+        self.opened
+            .insert(key.to_owned(), (entry.revision, stored.clone()));
+        Ok(stored)
+    }
+
     async fn lookup(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let key = kv_key(id);
         let Some(entry) = self.sessions.get(&key).await? else {
             return Ok(None);
         };
-        let cached = self
-            .opened
-            .get(&key)
-            .filter(|(revision, _)| *revision == entry.revision)
-            .map(|(_, stored)| stored);
-        let stored = match cached {
-            Some(stored) => stored,
-            None => {
-                // A record that does not open or decode is not a session:
-                // forged, moved from another key, or sealed with a key no
-                // longer configured. Refuse it like an unknown session
-                // (401), not as an outage (503).
-                let opened = self
-                    .keys
-                    .open(&entry.value, &seal_context(&key))
-                    .and_then(|json| {
-                        serde_json::from_slice::<StoredSession>(json.expose())
-                            .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))
-                    });
-                match opened {
-                    Ok(stored) => {
-                        let stored = Arc::new(stored);
-                        self.opened
-                            .insert(key.clone(), (entry.revision, stored.clone()));
-                        stored
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "refusing a session record that does not open");
-                        return Ok(None);
-                    }
-                }
+        let stored = match self.opened_record(&key, &entry) {
+            Ok(stored) => stored,
+            // A record that does not open or decode is not a session:
+            // forged, moved from another key, or sealed with a key no
+            // longer configured. Refuse it like an unknown session (401),
+            // not as an outage (503).
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing a session record that does not open");
+                return Ok(None);
             }
         };
         let current = match self.revocations.get(stored.identity.subject()).await? {
@@ -570,18 +635,28 @@ impl KvSessionStore {
         if !self.check_idle(&key, entry.revision, &stored).await? {
             return Ok(None);
         }
-        Ok(Some(Session {
-            identity: stored.identity.clone(),
-            expires: stored.expires,
-            created: stored.created,
-            idle_timeout: stored.idle.map(std::time::Duration::from_secs),
-        }))
+        Ok(Some(stored.session()))
     }
 }
 
 impl SessionStore for KvSessionStore {
     fn get<'a>(&'a self, id: &'a str) -> SessionFuture<'a> {
         Box::pin(self.lookup(id))
+    }
+
+    /// Answers when both buckets answer at once ([`KvStore::get_now`]: the
+    /// in-process backend) and the lookup would write nothing: the record
+    /// opens, its generation is the user's current one, and no idle mark
+    /// is due. The same checks as `get`, in the same order.
+    fn peek(&self, id: &str) -> Option<Session> {
+        let key = kv_key(id);
+        let entry = self.sessions.get_now(&key)??;
+        let stored = self.opened_record(&key, &entry).ok()?;
+        let marker = self.revocations.get_now(stored.identity.subject())??;
+        if parse_generation(&marker.value).ok()? != stored.generation {
+            return None;
+        }
+        (stored.idle_at((self.clock)()) == Idle::InUse).then(|| stored.session())
     }
 }
 

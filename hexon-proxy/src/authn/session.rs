@@ -84,10 +84,26 @@ impl SessionCookie {
     /// The cookie value on the request: `Ok(None)` if absent, `Err` if
     /// present but unacceptable.
     fn cookie<'p>(&self, parts: &'p Parts) -> Result<Option<&'p str>, &'static str> {
+        self.value_in(
+            parts
+                .headers
+                .get_all(COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// The session cookie's value in a request's `Cookie` field values
+    /// (`lines`): `Ok(None)` if absent, `Err` if present but unacceptable
+    /// (sent twice, empty, longer than 1 KiB, not visible ASCII).
+    pub fn value_in<'p>(
+        &self,
+        lines: impl IntoIterator<Item = &'p [u8]>,
+    ) -> Result<Option<&'p str>, &'static str> {
         let name = self.name.as_bytes();
         let mut found: Option<&[u8]> = None;
-        for header in parts.headers.get_all(COOKIE) {
-            for (n, v) in cookie_pairs(header.as_bytes()) {
+        for line in lines {
+            for (n, v) in cookie_pairs(line) {
                 if n != name {
                     continue;
                 }
@@ -116,6 +132,37 @@ impl SessionCookie {
     }
 }
 
+impl SessionCookie {
+    /// What [`authenticate`](Authenticator::authenticate) makes of the
+    /// session `s` the store returned, on a request for `host` (without
+    /// port).
+    fn accept(&self, s: Session, host: Option<&str>, now: UnixTime) -> AuthnResult {
+        if s.expires <= now {
+            return AuthnResult::invalid("session expired");
+        }
+        if !audience_matches(s.identity.audience(), host) {
+            return AuthnResult::invalid("session belongs to another host");
+        }
+        match self.check.as_ref().map_or(Ok(()), |c| c(&s.identity)) {
+            Ok(()) => AuthnResult::Authenticated(s.identity),
+            Err(why) => AuthnResult::invalid(why),
+        }
+    }
+
+    /// The identity [`authenticate`](Authenticator::authenticate) would
+    /// accept for the session cookie value `id` ([`value_in`](Self::value_in))
+    /// on a request for `host` (without port), when the store can tell at
+    /// once ([`SessionStore::peek`]) and the session passes every check now.
+    /// `None` otherwise — not known at once, expired, revoked, for another
+    /// host, refused: only the full authentication decides those.
+    pub fn remembered(&self, id: &str, host: Option<&str>, now: UnixTime) -> Option<Identity> {
+        match self.accept(self.store.peek(id)?, host, now) {
+            AuthnResult::Authenticated(identity) => Some(identity),
+            _ => None,
+        }
+    }
+}
+
 impl Authenticator for SessionCookie {
     fn authenticate<'a>(&'a self, parts: &'a Parts, now: UnixTime) -> AuthnFuture<'a> {
         let id = match self.cookie(parts) {
@@ -127,14 +174,7 @@ impl Authenticator for SessionCookie {
             match self.store.get(id).await {
                 Err(e) => AuthnResult::Unavailable(format!("session store: {e}").into()),
                 Ok(None) => AuthnResult::invalid("unknown or revoked session"),
-                Ok(Some(s)) if s.expires <= now => AuthnResult::invalid("session expired"),
-                Ok(Some(s)) if !audience_matches(s.identity.audience(), parts) => {
-                    AuthnResult::invalid("session belongs to another host")
-                }
-                Ok(Some(s)) => match self.check.as_ref().map_or(Ok(()), |c| c(&s.identity)) {
-                    Ok(()) => AuthnResult::Authenticated(s.identity),
-                    Err(why) => AuthnResult::invalid(why),
-                },
+                Ok(Some(s)) => self.accept(s, request_host(parts), now),
             }
         })
     }
@@ -178,13 +218,14 @@ impl Authenticator for SessionCookie {
     }
 }
 
-/// Whether a session scoped to `audience` (a host name) may be used on this
-/// request: sessions without an audience are valid on every host; scoped
-/// ones only on their host (compared without port, ASCII case-insensitive).
-/// A copied cookie is useless at another application.
-fn audience_matches(audience: Option<&str>, parts: &Parts) -> bool {
+/// Whether a session scoped to `audience` (a host name) may be used on a
+/// request for `host` ([`request_host`]): sessions without an audience are
+/// valid on every host; scoped ones only on their host (compared without
+/// port, ASCII case-insensitive). A copied cookie is useless at another
+/// application.
+fn audience_matches(audience: Option<&str>, host: Option<&str>) -> bool {
     let Some(audience) = audience else {
         return true;
     };
-    request_host(parts).is_some_and(|h| h.eq_ignore_ascii_case(audience))
+    host.is_some_and(|h| h.eq_ignore_ascii_case(audience))
 }

@@ -650,11 +650,11 @@ impl Gateway {
             .map_err(|_| GatewayError::Other("gateway.api_key_header: not a header name".into()))
     }
 
-    /// The authenticators, and the bearer one (shared with the express
-    /// lane).
+    /// The authenticators, and the bearer and session ones (shared with
+    /// the express lane).
     async fn authenticate_layer(
         &self,
-    ) -> Result<(AuthenticateLayer, Arc<BearerJwt>), GatewayError> {
+    ) -> Result<(AuthenticateLayer, Arc<BearerJwt>, SessionCookie), GatewayError> {
         let own = JwtVerifier::new(
             self.keys.clone(),
             self.config.jwt.issuer.as_str(),
@@ -687,6 +687,8 @@ impl Gateway {
         // bearer JWTs: `Bearer hxk_…` is a key, the JWT authenticator would
         // call it a malformed token.
         let bearer = Arc::new(bearer);
+        let session = SessionCookie::new(Arc::new(self.state.sessions.clone()))
+            .with_check(self.enabled.check());
         let layer = AuthenticateLayer::new()
             .with(HmacAuth::new(self.clients.clone(), nonces.clone()))
             .with(HttpSignatureAuth::new(self.clients.clone(), nonces))
@@ -696,12 +698,9 @@ impl Gateway {
                     .with_query_param(self.config.gateway.api_key_query_param.as_deref()),
             )
             .with_shared(bearer.clone())
-            .with(
-                SessionCookie::new(Arc::new(self.state.sessions.clone()))
-                    .with_check(self.enabled.check()),
-            )
+            .with(session.clone())
             .with(ClientCertificate::new());
-        Ok((layer, bearer))
+        Ok((layer, bearer, session))
     }
 
     /// Bind every listener (and the admin listener) and serve.
@@ -761,10 +760,11 @@ impl Gateway {
             .filter_map(|l| l.tls.as_ref()?.acme.as_ref())
             .any(|a| a.challenge == AcmeChallenge::Http01)
             .then(Http01Tokens::default);
-        let (authenticate, bearer) = self.authenticate_layer().await?;
+        let (authenticate, bearer, session) = self.authenticate_layer().await?;
         let express = Arc::new(GatewayExpress {
             handles: self.handles.clone(),
             bearer,
+            session,
             signer: http_signer.clone(),
             strip: StripIdentityLayer::new(),
             api_key_header: self.api_key_header()?,

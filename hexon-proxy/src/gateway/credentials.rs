@@ -155,26 +155,43 @@ fn drop_credentials<B>(req: &mut Request<B>, cookie: &str) {
     if !headers.contains_key(COOKIE) {
         return;
     }
-    // Read cookies with the session authenticator's own parser, so whatever
-    // it would accept as the session cookie is what is removed here.
     let mut kept: Vec<u8> = Vec::new();
-    for line in headers.get_all(COOKIE) {
-        for (name, value) in cookie_pairs(line.as_bytes()) {
-            if name == cookie.as_bytes() {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(name);
-            kept.push(b'=');
-            kept.extend_from_slice(value);
-        }
-    }
+    kept_cookies(
+        headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes),
+        cookie,
+        &mut kept,
+    );
     headers.remove(COOKIE);
     if !kept.is_empty() {
         if let Ok(v) = HeaderValue::from_bytes(&kept) {
             headers.insert(COOKIE, v);
+        }
+    }
+}
+
+/// The one `Cookie` value forwarded for a request's `Cookie` field values
+/// (`lines`), appended to `out`: every `name=value` pair but the session
+/// cookie `cookie`, in order, joined by `; ` (nothing when none is left).
+/// Cookies are read with the session authenticator's own parser, so
+/// whatever it would accept as the session cookie is what is removed. The
+/// stack and the express lane both forward this.
+pub(crate) fn kept_cookies<'a>(
+    lines: impl IntoIterator<Item = &'a [u8]>,
+    cookie: &str,
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    for line in lines {
+        for (name, value) in cookie_pairs(line) {
+            if name == cookie.as_bytes() {
+                continue;
+            }
+            if out.len() > start {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(name);
+            out.push(b'=');
+            out.extend_from_slice(value);
         }
     }
 }

@@ -10,16 +10,21 @@
 //!   (the certificate authenticator and the policy's certificate SANs);
 //!   a peer that is not a trusted proxy (trusted peers' `X-Request-Id` and
 //!   forwarding fields are kept by the stack);
-//! - no `Cookie` (session cookies are read and removed by the stack), no
-//!   `Trailer` (rewritten by strip), no API key field or query parameter,
-//!   no `Signature-Input` naming a Hexon credential (API client
+//! - no `Trailer` (rewritten by strip), no API key field or query
+//!   parameter, no `Signature-Input` naming a Hexon credential (API client
 //!   authentication), no `Connection` naming other fields;
 //! - one `Host`, a valid authority (single authority, proxy); a path not
 //!   under `/.well-known/` (JWKS, ACME http-01), not the forward-auth path,
 //!   not the login service's and not on the CA's or ACME server's host;
-//! - one `Authorization: Bearer` with a token the bearer authenticator
-//!   verified before and still accepts ([`BearerJwt::remembered`]); not an
-//!   API client's identity (rate limits, grants);
+//! - a credential the stack's first authenticator to find one would
+//!   accept, known without waiting: one `Authorization: Bearer` with a
+//!   token the bearer authenticator verified before and still accepts
+//!   ([`BearerJwt::remembered`]), not an API client's identity (rate
+//!   limits, grants); or, with no `Authorization`, the session cookie of a
+//!   session the store can vouch for at once ([`SessionCookie::remembered`]:
+//!   the in-process store, no idle mark due). Other cookies are forwarded
+//!   as the stack forwards them, without the session cookie
+//!   ([`kept_cookies`]);
 //! - the policy allows, on a route whose identity mode is unbound signed
 //!   headers with a signature the signer would reuse
 //!   ([`HttpSigner::cached_headers`]), or no identity;
@@ -54,8 +59,9 @@ use http::{Method, StatusCode};
 use super::assemble::Handles;
 use super::audit::{AuditSink, Line, clip};
 use super::ca::CaRoutes;
+use super::credentials::kept_cookies;
 use super::login::Login;
-use crate::authn::BearerJwt;
+use crate::authn::{BearerJwt, SessionCookie};
 use crate::express::{Express, MAX_REMEMBERED_HOST, Plan, RequestHead, UpstreamHead};
 use crate::ext::ConnectionInfo;
 use crate::respond::Flavor;
@@ -66,6 +72,8 @@ use crate::strip::StripIdentityLayer;
 pub(crate) struct GatewayExpress {
     pub(crate) handles: Handles,
     pub(crate) bearer: Arc<BearerJwt>,
+    /// The stack's session authenticator (same store, same check).
+    pub(crate) session: SessionCookie,
     pub(crate) signer: Arc<HttpSigner>,
     pub(crate) strip: StripIdentityLayer,
     /// The API key header (lower case).
@@ -97,9 +105,20 @@ struct Logged {
     rule: Option<String>,
 }
 
+/// The credential a lane request carries.
+#[derive(Clone, Copy)]
+enum Cred<'h> {
+    /// A bearer token's bytes.
+    Bearer(&'h [u8]),
+    /// The session cookie's value.
+    Session(&'h str),
+}
+
 /// What [`Express::plan`] read of the head before the `Host`.
 struct Read<'h> {
-    token: &'h [u8],
+    cred: Cred<'h>,
+    /// Whether the request has `Cookie` fields.
+    cookies: bool,
     pq: PathAndQuery,
     content_type: Option<&'h [u8]>,
     peer: IpAddr,
@@ -182,7 +201,8 @@ impl GatewayExpress {
         read: Read<'_>,
     ) -> Option<Plan<Done>> {
         let Read {
-            token,
+            cred,
+            cookies,
             pq,
             content_type,
             peer,
@@ -201,14 +221,17 @@ impl GatewayExpress {
         }
 
         let now = UnixTime::now();
-        let identity = self.bearer.remembered(token, now)?;
+        let (identity, credential) = match cred {
+            Cred::Bearer(token) => (self.bearer.remembered(token, now)?, Credential::Jwt),
+            Cred::Session(id) => (self.session.remembered(id, bare, now)?, Credential::Session),
+        };
         if crate::clients::is_api_client_login(&identity) {
             return None;
         }
         let (policy, routes, sign) = self.handles.pin();
         let subject = Subject::new(Some(&identity), now)
             .with_source_ip(peer)
-            .with_credential(Credential::Jwt);
+            .with_credential(credential);
         let decision = policy.decide(
             &HttpRequest::with_normal_host(method.as_str(), &facts.normal, path),
             &subject,
@@ -233,9 +256,21 @@ impl GatewayExpress {
         for (name, value) in head.fields() {
             let dropped = UpstreamHead::replaces(name)
                 || is(name, "authorization")
+                || is(name, "cookie")
                 || is(name, "x-request-id")
                 || self.strip.strips(name);
             if !dropped && !w.copy(name, value) {
+                return None;
+            }
+        }
+        if cookies {
+            let lines = head
+                .fields()
+                .filter(|(n, _)| is(n, "cookie"))
+                .map(|(_, v)| v);
+            if !w.add_with(b"cookie", |out| {
+                kept_cookies(lines, self.session.cookie_name(), out);
+            }) {
                 return None;
             }
         }
@@ -306,6 +341,7 @@ impl Express for GatewayExpress {
         let (mut host, mut hosts) = (None, 0usize);
         let (mut auth, mut auths) = (None, 0usize);
         let mut content_type = None;
+        let mut cookies = false;
         for (name, value) in head.fields() {
             if is(name, "host") {
                 hosts += 1;
@@ -313,8 +349,9 @@ impl Express for GatewayExpress {
             } else if is(name, "authorization") {
                 auths += 1;
                 auth = Some(value);
-            } else if is(name, "cookie")
-                || is(name, "trailer")
+            } else if is(name, "cookie") {
+                cookies = true;
+            } else if is(name, "trailer")
                 || is(name, self.api_key_header.as_str())
                 || (is(name, "connection") && !names_no_fields(value))
                 || (is(name, "signature-input") && crate::strip::names_hexon_credential(value))
@@ -324,17 +361,32 @@ impl Express for GatewayExpress {
                 content_type = content_type.or(Some(value));
             }
         }
-        let (Some(host), 1, Some(auth), 1) = (host, hosts, auth, auths) else {
+        let (Some(host), 1) = (host, hosts) else {
             return None;
         };
-        let token = auth
-            .get(..7)
-            .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
-            .and(auth.get(7..))?
-            .trim_ascii();
-        if token.is_empty() || token.starts_with(crate::clients::KEY_TAG.as_bytes()) {
-            return None;
-        }
+        // The stack's authenticators in their order: a bearer token decides
+        // before a session cookie.
+        let cred = match (auth, auths) {
+            (Some(auth), 1) => {
+                let token = auth
+                    .get(..7)
+                    .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
+                    .and(auth.get(7..))?
+                    .trim_ascii();
+                if token.is_empty() || token.starts_with(crate::clients::KEY_TAG.as_bytes()) {
+                    return None;
+                }
+                Cred::Bearer(token)
+            }
+            (None, 0) if cookies => {
+                let lines = head
+                    .fields()
+                    .filter(|(n, _)| is(n, "cookie"))
+                    .map(|(_, v)| v);
+                Cred::Session(self.session.value_in(lines).ok()??)
+            }
+            _ => return None,
+        };
         let pq = head.path_and_query()?;
         if let (Some(param), Some(query)) = (&self.api_key_param, pq.query()) {
             let named = |pair: &str| pair.split_once('=').map_or(pair, |(n, _)| n) == param;
@@ -347,7 +399,8 @@ impl Express for GatewayExpress {
             return None;
         }
         let read = Read {
-            token,
+            cred,
+            cookies,
             pq,
             content_type,
             peer,

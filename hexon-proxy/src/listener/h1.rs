@@ -938,13 +938,16 @@ pub fn fuzz_parse(data: &[u8]) {
 /// Fuzzing entry (not an API): read `data` as request heads the way the
 /// connection loop does and write each one's upstream head as the express
 /// lane writes it (every field copied but the ones it replaces, the
-/// request's own `Host`), checking that what goes upstream is exactly one
-/// well-formed head — nothing a client sends can end it early, add a
-/// second request or smuggle a field the gateway sets — with the method,
-/// target and every copied field intact.
+/// request's own `Host`, the cookies without the session cookie),
+/// checking that what goes upstream is exactly one well-formed head —
+/// nothing a client sends can end it early, add a second request or
+/// smuggle a field the gateway sets — with the method, target, every
+/// copied field and every other cookie intact.
 #[doc(hidden)]
 pub fn fuzz_express_head(data: &[u8]) {
     use crate::express::UpstreamHead;
+    use crate::gateway::credentials::kept_cookies;
+    const SESSION: &str = crate::authn::DEFAULT_SESSION_COOKIE;
     let addr = std::net::SocketAddr::from(([192, 0, 2, 1], 4000));
     let info = ConnectionInfo::plain(addr, addr);
     let limits = Limits {
@@ -978,8 +981,12 @@ pub fn fuzz_express_head(data: &[u8]) {
         let mut w = UpstreamHead::start(&mut out, view.method(), "/base", &pq);
         let mut copied = Vec::new();
         let mut refused = false;
+        let is_cookie = |n: &[u8]| n.eq_ignore_ascii_case(b"cookie");
         for (name, value) in view.fields() {
-            if UpstreamHead::replaces(name) || name.eq_ignore_ascii_case(b"x-request-id") {
+            if UpstreamHead::replaces(name)
+                || name.eq_ignore_ascii_case(b"x-request-id")
+                || is_cookie(name)
+            {
                 continue;
             }
             if w.copy(name, value) {
@@ -989,7 +996,10 @@ pub fn fuzz_express_head(data: &[u8]) {
                 break;
             }
         }
-        if refused {
+        // The cookies as the gateway's lane forwards them: one field,
+        // without the session cookie.
+        let lines = || view.fields().filter(|(n, _)| is_cookie(n)).map(|(_, v)| v);
+        if refused || !w.add_with(b"cookie", |o| kept_cookies(lines(), SESSION, o)) {
             continue;
         }
         w.finish(host, &info, &rid);
@@ -1030,6 +1040,24 @@ pub fn fuzz_express_head(data: &[u8]) {
             .collect();
         assert!(sent.len() >= copied.len());
         assert_eq!(sent.get(..copied.len()), Some(&copied[..]));
+        // At most one `Cookie`, with every pair of the client's but the
+        // session cookie, intact and in order.
+        let cookies: Vec<&[u8]> = req
+            .headers
+            .iter()
+            .filter(|h| is_cookie(h.name.as_bytes()))
+            .map(|h| h.value)
+            .collect();
+        assert!(cookies.len() <= 1, "{} cookie fields", cookies.len());
+        let expected: Vec<(&[u8], &[u8])> = lines()
+            .flat_map(crate::authn::cookie_pairs)
+            .filter(|(n, _)| *n != SESSION.as_bytes())
+            .collect();
+        let sent: Vec<(&[u8], &[u8])> = cookies
+            .first()
+            .map(|c| crate::authn::cookie_pairs(c).collect())
+            .unwrap_or_default();
+        assert_eq!(sent, expected);
     }
 }
 
@@ -1143,6 +1171,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nX-A: \x80\xff\r\nConnection: close\r\n\r\nHEAD /x HTTP/1.1\r\n\r\n",
         );
         fuzz_express_head(b"GET / HTTP/1.1\r\nHost: [::1]:8\r\nX-B:\ta\tb\t\r\n\r\n");
+        fuzz_express_head(
+            b"GET / HTTP/1.1\r\nCookie: a=1;__Host-hexon-session=s; b==\t\r\ncookie: ;;x;=y;  __Host-hexon-session =t\r\n\r\nGET / HTTP/1.1\r\nCookie: __Host-hexon-session=only\r\nCookie: \x80=\xff\r\n\r\n",
+        );
     }
 
     #[test]
