@@ -9,7 +9,9 @@
 //! ([`Busy`]) instead of piling up.
 //!
 //! Unknown users are verified against a dummy hash of the same cost, so the
-//! time a login takes does not say whether the account exists.
+//! time a login takes does not say whether the account exists. The dummy
+//! is made, not hashed ([`dummy_hash`]): starting the pool costs no
+//! hashing time and keeps no hashing memory.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,30 @@ pub fn hash_now(argon2: &Argon2<'_>, password: &str) -> Result<String, String> {
         .map_err(|e| format!("hashing: {e}"))
 }
 
+/// A hash of no password, for unknown users: `argon2`'s parameters (what
+/// verifying costs is read from them), a random salt and a random 32-byte
+/// output (the length `argon2` makes). Verifying any password against it
+/// costs what verifying a real hash of the configured cost does and fails:
+/// a match would take a preimage of a random 256-bit output. Made rather
+/// than hashed, so that no hashing time or memory (tens of MiB, kept by
+/// the allocator afterwards) is spent at start.
+fn dummy_hash(argon2: &Argon2<'_>) -> Result<String, String> {
+    use argon2::password_hash::{Output, ParamsString};
+    use rand_core::RngCore as _;
+    let salt = SaltString::generate(&mut OsRng);
+    let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    OsRng.fill_bytes(&mut output);
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(argon2.params())
+            .map_err(|e| format!("argon2 parameters: {e}"))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&output).map_err(|e| format!("dummy hash: {e}"))?),
+    };
+    Ok(hash.to_string())
+}
+
 /// Whether `phc` is an argon2id hash this crate can verify.
 pub fn is_valid_hash(phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| h.algorithm.as_str() == "argon2id")
@@ -92,7 +118,7 @@ impl HashPool {
     /// waiting jobs.
     pub fn start(config: &PasswordHashConfig) -> Result<HashPool, String> {
         let argon2 = argon2(config)?;
-        let dummy = hash_now(&argon2, "hexon dummy password for unknown users")?;
+        let dummy = dummy_hash(&argon2)?;
         let (tx, rx) = sync_channel::<Job>(config.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..config.threads.max(1) {
@@ -182,13 +208,27 @@ mod tests {
     #[tokio::test]
     async fn unknown_users_and_malformed_hashes_never_verify() {
         let pool = HashPool::start(&cheap()).unwrap();
-        // The dummy's own password does not log an unknown user in.
-        assert!(
-            !pool
-                .verify(None, "hexon dummy password for unknown users")
-                .await
-                .unwrap()
+        // The dummy has the configured cost (what verifying it costs), a
+        // salt of its own, and matches nothing.
+        let real = pool.hash("x").await.unwrap().unwrap();
+        let params = |h: &str| h.rsplitn(3, '$').nth(2).unwrap().to_owned();
+        assert_eq!(params(&pool.dummy), params(&real));
+        assert_eq!(params(&real), "$argon2id$v=19$m=64,t=1,p=1");
+        assert!(is_valid_hash(&pool.dummy));
+        let parsed = PasswordHash::new(&pool.dummy).unwrap();
+        assert_eq!(
+            parsed.hash.unwrap().len(),
+            PasswordHash::new(&real).unwrap().hash.unwrap().len()
         );
+        assert_ne!(pool.dummy, HashPool::start(&cheap()).unwrap().dummy);
+        for password in ["", "x", "hexon dummy password for unknown users"] {
+            assert!(!pool.verify(None, password).await.unwrap());
+            assert!(!verify_with(
+                &argon2(&cheap()).unwrap(),
+                &pool.dummy,
+                password
+            ));
+        }
         for bad in [
             "",
             "plaintext",
@@ -205,15 +245,25 @@ mod tests {
         let mut c = cheap();
         c.queue = 1;
         let pool = HashPool::start(&c).unwrap();
-        // Hold the one thread until released.
+        // Hold the one thread until released, and wait until it holds it:
+        // a job still queued would take the slot the test means to fill.
         let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, holding) = std::sync::mpsc::channel::<()>();
         let holder = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.run(move |_| held.recv().is_ok()).await })
+            tokio::spawn(async move {
+                pool.run(move |_| {
+                    let _ = started.send(());
+                    held.recv().is_ok()
+                })
+                .await
+            })
         };
-        tokio::task::yield_now().await;
-        // One thread (held) and one queue slot: of three more jobs, at
-        // least one must be refused without waiting.
+        while holding.try_recv().is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // The thread is held and the queue has one slot: the first job
+        // takes it, the next two are refused without waiting.
         let h = pool.hash("pw");
         let v1 = pool.verify(None, "pw");
         let v2 = pool.verify(None, "pw");
@@ -226,7 +276,7 @@ mod tests {
                 r
             }
         );
-        assert!([h, v1, v2].contains(&Err(Busy)));
+        assert_eq!((h, v1, v2), (Ok(()), Err(Busy), Err(Busy)));
         assert_eq!(holder.await.unwrap(), Ok(true));
     }
 }
