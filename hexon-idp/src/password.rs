@@ -10,7 +10,7 @@
 //!
 //! Unknown users are verified against a dummy hash of the same cost, so the
 //! time a login takes does not say whether the account exists. The dummy
-//! is made, not hashed ([`dummy_hash`]): starting the pool costs no
+//! is made, not hashed (`dummy_hash`): starting the pool costs no
 //! hashing time and keeps no hashing memory.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
