@@ -74,8 +74,8 @@ pub fn hash_now(argon2: &Argon2<'_>, password: &str) -> Result<String, String> {
 }
 
 /// A hash of no password, for unknown users: `argon2`'s parameters (what
-/// verifying costs is read from them), a random salt and a random 32-byte
-/// output (the length `argon2` makes). Verifying any password against it
+/// verifying costs is read from them), a random salt and a random output
+/// of the length `argon2` makes. Verifying any password against it
 /// costs what verifying a real hash of the configured cost does and fails:
 /// a match would take a preimage of a random 256-bit output. Made rather
 /// than hashed, so that no hashing time or memory (tens of MiB, kept by
@@ -84,7 +84,11 @@ fn dummy_hash(argon2: &Argon2<'_>) -> Result<String, String> {
     use argon2::password_hash::{Output, ParamsString};
     use rand_core::RngCore as _;
     let salt = SaltString::generate(&mut OsRng);
-    let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let len = argon2
+        .params()
+        .output_len()
+        .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let mut output = vec![0u8; len];
     OsRng.fill_bytes(&mut output);
     let hash = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),

@@ -181,6 +181,13 @@ fn is(name: &[u8], lower: &str) -> bool {
     name.eq_ignore_ascii_case(lower.as_bytes())
 }
 
+/// The values of the request's `Cookie` fields, in order.
+fn cookie_lines<'h>(head: &RequestHead<'h>) -> impl Iterator<Item = &'h [u8]> + 'h {
+    head.fields()
+        .filter(|(n, _)| is(n, "cookie"))
+        .map(|(_, v)| v)
+}
+
 /// A `Connection` value with only `close` and `keep-alive` (which name no
 /// other field).
 fn names_no_fields(value: &[u8]) -> bool {
@@ -264,10 +271,7 @@ impl GatewayExpress {
             }
         }
         if cookies {
-            let lines = head
-                .fields()
-                .filter(|(n, _)| is(n, "cookie"))
-                .map(|(_, v)| v);
+            let lines = cookie_lines(head);
             if !w.add_with(b"cookie", |out| {
                 kept_cookies(lines, self.session.cookie_name(), out);
             }) {
@@ -378,13 +382,7 @@ impl Express for GatewayExpress {
                 }
                 Cred::Bearer(token)
             }
-            (None, 0) if cookies => {
-                let lines = head
-                    .fields()
-                    .filter(|(n, _)| is(n, "cookie"))
-                    .map(|(_, v)| v);
-                Cred::Session(self.session.value_in(lines).ok()??)
-            }
+            (None, 0) if cookies => Cred::Session(self.session.value_in(cookie_lines(head)).ok()??),
             _ => return None,
         };
         let pq = head.path_and_query()?;
